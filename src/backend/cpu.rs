@@ -1,0 +1,463 @@
+//! The CPU backend: BF16 host buffers, FP32 arithmetic, matrix products by `matrixmultiply`.
+//! It is the reference every GPU kernel is checked against, so it favours plain, exact-to-spec
+//! code over speed; attention still runs its inner products as GEMMs over query tiles so that
+//! CPU runs of realistic lengths finish.
+
+use super::{lse_merge, Backend, Heads, Matrix, Span};
+use crate::model::generator::{Init, Region};
+use anyhow::{ensure, Result};
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
+
+/// A row-major host matrix with room for `capacity_rows` rows.
+#[derive(Clone, Debug)]
+pub struct HostMat<T> {
+    data: Vec<T>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<T: Copy + Default> HostMat<T> {
+    fn new(rows: usize, cols: usize) -> Self {
+        HostMat { data: vec![T::default(); rows * cols], rows, cols }
+    }
+}
+
+impl<T> HostMat<T> {
+    /// The rows in use.
+    pub fn as_slice(&self) -> &[T] {
+        &self.data[..self.rows * self.cols]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.data[..self.rows * self.cols]
+    }
+
+    fn row(&self, r: usize) -> &[T] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+impl<T> Matrix for HostMat<T> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn capacity_rows(&self) -> usize {
+        if self.cols == 0 {
+            self.rows
+        } else {
+            self.data.len() / self.cols
+        }
+    }
+    fn set_rows(&mut self, rows: usize) {
+        assert!(rows <= self.capacity_rows(), "set_rows {rows} beyond capacity {}", self.capacity_rows());
+        self.rows = rows;
+    }
+}
+
+/// Queries per attention tile: bounds the FP32 score tile to QUERY_TILE x keys.
+const QUERY_TILE: usize = 64;
+
+#[derive(Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+/// c[m, n] = a[m, k] b[k, n] in FP32, all row-major and contiguous.
+fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    sgemm_strided(m, k, n, 1.0, a, (k as isize, 1), b, (n as isize, 1), c, n);
+}
+
+/// c[m, n] = alpha a b with explicit (row, column) strides for a and b; c row-major, `ldc` wide.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_strided(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    sa: (isize, isize),
+    b: &[f32],
+    sb: (isize, isize),
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(m == 0 || n == 0 || k == 0 || (a.len() >= (m - 1) * sa.0 as usize + (k - 1) * sa.1 as usize + 1));
+    assert!(m == 0 || n == 0 || k == 0 || (b.len() >= (k - 1) * sb.0 as usize + (n - 1) * sb.1 as usize + 1));
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
+    // SAFETY: the asserts above keep every element matrixmultiply touches inside the slices.
+    unsafe {
+        matrixmultiply::sgemm(m, k, n, alpha, a.as_ptr(), sa.0, sa.1, b.as_ptr(), sb.0, sb.1, 0.0, c.as_mut_ptr(), ldc as isize, 1);
+    }
+}
+
+fn to_f32(x: &[bf16]) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    x.convert_to_f32_slice(&mut out);
+    out
+}
+
+/// GELU, tanh form, in FP32.
+pub fn gelu_f32(z: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * z * (1.0 + (SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)).tanh())
+}
+
+/// RoPE's (cos, sin) for position `pos` and pair `i` of a head of `head_dim`; the angle in FP64
+/// because at 100K positions an FP32 angle is off by milliradians.
+pub fn rope_angle(pos: usize, i: usize, head_dim: usize) -> (f64, f64) {
+    let angle = pos as f64 * 10000f64.powf(-2.0 * i as f64 / head_dim as f64);
+    (angle.cos(), angle.sin())
+}
+
+impl Backend for CpuBackend {
+    type Act = HostMat<bf16>;
+    type Acc = HostMat<f32>;
+
+    fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act> {
+        Ok(HostMat::new(rows, cols))
+    }
+
+    fn alloc_acc(&self, rows: usize, cols: usize) -> Result<Self::Acc> {
+        Ok(HostMat::new(rows, cols))
+    }
+
+    fn fill(&self, out: &mut Self::Act, dst_row0: usize, region: &Region, seed: u64, init: Init) -> Result<()> {
+        ensure!(region.cols() == out.cols, "fill: region is {} wide, buffer {}", region.cols(), out.cols);
+        ensure!(dst_row0 + region.rows <= out.rows, "fill: rows {}..{} beyond {}", dst_row0, dst_row0 + region.rows, out.rows);
+        let cols = out.cols;
+        region.generate_into(seed, init, &mut out.data[dst_row0 * cols..(dst_row0 + region.rows) * cols]);
+        Ok(())
+    }
+
+    fn matmul(&self, x: &Self::Act, w: &Self::Act, out: &mut Self::Act) -> Result<()> {
+        ensure!(x.cols == w.rows, "matmul: x is [{}, {}], w is [{}, {}]", x.rows, x.cols, w.rows, w.cols);
+        ensure!(out.cols == w.cols, "matmul: out has {} columns, w {}", out.cols, w.cols);
+        let (m, k, n) = (x.rows, x.cols, w.cols);
+        out.set_rows(m);
+        let (xf, wf) = (to_f32(x.as_slice()), to_f32(w.as_slice()));
+        let mut c = vec![0.0f32; m * n];
+        sgemm(m, k, n, &xf, &wf, &mut c);
+        out.as_mut_slice().convert_from_f32_slice(&c);
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &Self::Act, gain: &Self::Act, out: &mut Self::Act) -> Result<()> {
+        ensure!(gain.cols == x.cols && out.cols == x.cols, "rms_norm: widths {} / {} / {}", x.cols, gain.cols, out.cols);
+        out.set_rows(x.rows);
+        let d = x.cols;
+        let g = to_f32(gain.row(0));
+        let mut xf = vec![0.0f32; d];
+        for r in 0..x.rows {
+            x.row(r).convert_to_f32_slice(&mut xf);
+            let ms = xf.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (ms + 1e-5).sqrt();
+            for (o, (v, gv)) in out.data[r * d..(r + 1) * d].iter_mut().zip(xf.iter().zip(&g)) {
+                *o = bf16::from_f32(v * inv * gv);
+            }
+        }
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span) -> Result<()> {
+        ensure!(heads.width() <= x.cols, "rope: {} heads x {} wider than {}", heads.heads, heads.head_dim, x.cols);
+        ensure!(span.row0 + span.len <= x.rows, "rope: rows beyond buffer");
+        let half_dim = heads.head_dim / 2;
+        let cols = x.cols;
+        for r in 0..span.len {
+            let pos = span.pos0 + r;
+            let table: Vec<(f32, f32)> =
+                (0..half_dim).map(|i| rope_angle(pos, i, heads.head_dim)).map(|(c, s)| (c as f32, s as f32)).collect();
+            let row = &mut x.data[(span.row0 + r) * cols..(span.row0 + r + 1) * cols];
+            for h in 0..heads.heads {
+                let head = &mut row[h * heads.head_dim..(h + 1) * heads.head_dim];
+                for (i, &(c, s)) in table.iter().enumerate() {
+                    let (a, b) = (head[i].to_f32(), head[i + half_dim].to_f32());
+                    head[i] = bf16::from_f32(a * c - b * s);
+                    head[i + half_dim] = bf16::from_f32(a * s + b * c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn gelu(&self, x: &mut Self::Act) -> Result<()> {
+        for v in x.as_mut_slice() {
+            *v = bf16::from_f32(gelu_f32(v.to_f32()));
+        }
+        Ok(())
+    }
+
+    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()> {
+        ensure!(x.rows == y.rows && x.cols == y.cols, "add: [{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols);
+        for (a, b) in x.as_mut_slice().iter_mut().zip(y.as_slice()) {
+            *a = bf16::from_f32(a.to_f32() + b.to_f32());
+        }
+        Ok(())
+    }
+
+    fn attention_reset(&self, o: &mut Self::Acc, lse: &mut Self::Acc) -> Result<()> {
+        o.as_mut_slice().fill(0.0);
+        lse.as_mut_slice().fill(f32::NEG_INFINITY);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Self::Act,
+        kv: &Self::Act,
+        heads: Heads,
+        qs: Span,
+        ks: Span,
+        causal: bool,
+        o: &mut Self::Acc,
+        lse: &mut Self::Acc,
+    ) -> Result<()> {
+        let (hd, width) = (heads.head_dim, heads.width());
+        ensure!(
+            q.cols == width && kv.cols == 2 * width,
+            "attention: q has {} columns, kv {}, heads need {width} and {}",
+            q.cols,
+            kv.cols,
+            2 * width
+        );
+        ensure!(
+            o.cols == width && lse.cols == heads.heads,
+            "attention: accumulators are [{}, {}] and [{}, {}]",
+            o.rows,
+            o.cols,
+            lse.rows,
+            lse.cols
+        );
+        ensure!(qs.row0 + qs.len <= q.rows && qs.row0 + qs.len <= o.rows, "attention: query rows beyond buffers");
+        ensure!(ks.row0 + ks.len <= kv.rows, "attention: key rows {}..{} beyond {}", ks.row0, ks.row0 + ks.len, kv.rows);
+        // Causal: query at position p sees keys at positions <= p; how many of this block's keys that is.
+        let visible = |qpos: usize| -> usize {
+            if causal {
+                (qpos + 1).saturating_sub(ks.pos0).min(ks.len)
+            } else {
+                ks.len
+            }
+        };
+        if qs.len == 0 || visible(qs.pos0 + qs.len - 1) == 0 {
+            return Ok(()); // fully masked: nothing to add
+        }
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let kv_rows = to_f32(&kv.data[ks.row0 * kv.cols..(ks.row0 + ks.len) * kv.cols]);
+        let mut q_tile = vec![0.0f32; QUERY_TILE * width];
+        let mut scores = vec![0.0f32; QUERY_TILE * ks.len];
+        let mut out_tile = vec![0.0f32; QUERY_TILE * hd];
+        for t0 in (0..qs.len).step_by(QUERY_TILE) {
+            let tq = QUERY_TILE.min(qs.len - t0);
+            let first_pos = qs.pos0 + t0;
+            // Keys past the tile's last query are masked for every query in it: leave them out of the GEMMs.
+            let kn = visible(first_pos + tq - 1);
+            if kn == 0 {
+                continue;
+            }
+            let row0 = qs.row0 + t0;
+            q.data[row0 * width..(row0 + tq) * width].convert_to_f32_slice(&mut q_tile[..tq * width]);
+            for h in 0..heads.heads {
+                let (qh, kh, vh) = (&q_tile[h * hd..], &kv_rows[h * hd..], &kv_rows[width + h * hd..]);
+                // scores[tq, kn] = scale q_h k_h^T
+                sgemm_strided(tq, hd, kn, scale, qh, (width as isize, 1), kh, (1, 2 * width as isize), &mut scores, kn);
+                let mut tile_lse = [f32::NEG_INFINITY; QUERY_TILE];
+                for i in 0..tq {
+                    let row = &mut scores[i * kn..(i + 1) * kn];
+                    let n = visible(first_pos + i).min(kn);
+                    let m = row[..n].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    if n == 0 {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let mut sum = 0.0f32;
+                    for s in row[..n].iter_mut() {
+                        *s = (*s - m).exp();
+                        sum += *s;
+                    }
+                    row[n..].fill(0.0);
+                    let inv = 1.0 / sum;
+                    row[..n].iter_mut().for_each(|s| *s *= inv);
+                    tile_lse[i] = m + sum.ln();
+                }
+                // out_tile[tq, hd] = p v_h
+                sgemm_strided(tq, kn, hd, 1.0, &scores, (kn as isize, 1), vh, (2 * width as isize, 1), &mut out_tile, hd);
+                for i in 0..tq {
+                    let r = row0 + i;
+                    lse_merge(
+                        &mut o.data[r * width + h * hd..r * width + (h + 1) * hd],
+                        &mut lse.data[r * heads.heads + h],
+                        &out_tile[i * hd..(i + 1) * hd],
+                        tile_lse[i],
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> Result<()> {
+        ensure!(o.cols == out.cols, "attention_store: widths {} / {}", o.cols, out.cols);
+        out.set_rows(o.rows);
+        out.as_mut_slice().convert_from_f32_slice(o.as_slice());
+        Ok(())
+    }
+
+    fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> Result<()> {
+        ensure!(src.cols == dst.cols, "copy_rows: widths {} / {}", src.cols, dst.cols);
+        ensure!(src_row0 + rows <= src.rows && dst_row0 + rows <= dst.rows, "copy_rows: rows beyond buffers");
+        let c = src.cols;
+        dst.data[dst_row0 * c..(dst_row0 + rows) * c].copy_from_slice(&src.data[src_row0 * c..(src_row0 + rows) * c]);
+        Ok(())
+    }
+
+    fn download(&self, x: &Self::Act) -> Result<Vec<bf16>> {
+        Ok(x.as_slice().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::generator::uniform;
+
+    fn act_from(be: &CpuBackend, rows: usize, cols: usize, f: impl Fn(usize) -> f32) -> HostMat<bf16> {
+        let mut a = be.alloc_act(rows, cols).unwrap();
+        for (i, v) in a.as_mut_slice().iter_mut().enumerate() {
+            *v = bf16::from_f32(f(i));
+        }
+        a
+    }
+
+    /// FP64 softmax attention of one head, causal by the given positions: [nq, hd].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_f64(q: &[f64], k: &[f64], v: &[f64], qpos: &[usize], kpos: &[usize], hd: usize, causal: bool) -> Vec<f64> {
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut out = vec![0.0; qpos.len() * hd];
+        for (i, &p) in qpos.iter().enumerate() {
+            let s: Vec<f64> =
+                kpos.iter()
+                    .enumerate()
+                    .map(|(j, &kp)| {
+                        if causal && kp > p {
+                            f64::NEG_INFINITY
+                        } else {
+                            (0..hd).map(|c| q[i * hd + c] * k[j * hd + c]).sum::<f64>() * scale
+                        }
+                    })
+                    .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for (j, x) in s.iter().enumerate() {
+                for c in 0..hd {
+                    out[i * hd + c] += (x - m).exp() / z * v[j * hd + c];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_split_into_blocks_matches_fp64_softmax() {
+        // One sequence of 150 tokens, 2 heads of 8; keys split into blocks of awkward sizes at
+        // shuffled offsets, as a ring delivers them; sharp scores (x4) so masking errors show.
+        let be = CpuBackend::new();
+        let heads = Heads { heads: 2, head_dim: 8 };
+        let (n, w) = (150usize, heads.width());
+        let q = act_from(&be, n, w, |i| 4.0 * uniform(3, 1, i as u64));
+        let kv = act_from(&be, n, 2 * w, |i| 4.0 * uniform(3, 2, i as u64));
+        for causal in [true, false] {
+            let mut o = be.alloc_acc(n, w).unwrap();
+            let mut lse = be.alloc_acc(n, heads.heads).unwrap();
+            be.attention_reset(&mut o, &mut lse).unwrap();
+            for (start, len) in [(97, 53), (0, 1), (1, 70), (71, 26)] {
+                let ks = Span { row0: start, len, pos0: start };
+                be.attention(&q, &kv, heads, Span { row0: 0, len: n, pos0: 0 }, ks, causal, &mut o, &mut lse).unwrap();
+            }
+            let pos: Vec<usize> = (0..n).collect();
+            let (mut max_err, mut max_ref) = (0.0f64, 0.0f64);
+            for h in 0..heads.heads {
+                let col = |m: &HostMat<bf16>, off: usize| -> Vec<f64> {
+                    (0..n).flat_map(|r| (0..8).map(move |c| (r, c))).map(|(r, c)| m.row(r)[off + h * 8 + c].to_f64()).collect()
+                };
+                let want = attention_f64(&col(&q, 0), &col(&kv, 0), &col(&kv, w), &pos, &pos, 8, causal);
+                for r in 0..n {
+                    for c in 0..8 {
+                        let got = o.row(r)[h * 8 + c] as f64;
+                        max_err = max_err.max((got - want[r * 8 + c]).abs());
+                        max_ref = max_ref.max(want[r * 8 + c].abs());
+                    }
+                }
+            }
+            // FP32 arithmetic on exact BF16 inputs: errors of a few FP32 ulps of the scores' scale.
+            println!("causal {causal}: max abs error {max_err:.3e} (outputs up to {max_ref:.2})");
+            assert!(max_err < 1e-4, "max abs error {max_err}");
+        }
+    }
+
+    #[test]
+    fn a_query_block_before_every_key_is_skipped_under_the_mask() {
+        let be = CpuBackend::new();
+        let heads = Heads { heads: 1, head_dim: 4 };
+        let q = act_from(&be, 3, 4, |i| i as f32);
+        let kv = act_from(&be, 3, 8, |i| i as f32);
+        let mut o = be.alloc_acc(3, 4).unwrap();
+        let mut lse = be.alloc_acc(3, 1).unwrap();
+        be.attention_reset(&mut o, &mut lse).unwrap();
+        be.attention(&q, &kv, heads, Span { row0: 0, len: 3, pos0: 10 }, Span { row0: 0, len: 3, pos0: 13 }, true, &mut o, &mut lse)
+            .unwrap();
+        assert!(lse.as_slice().iter().all(|&l| l == f32::NEG_INFINITY));
+        assert!(o.as_slice().iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn rope_rotates_by_global_position() {
+        let be = CpuBackend::new();
+        let heads = Heads { heads: 2, head_dim: 4 };
+        let x = act_from(&be, 3, 8, |i| uniform(9, 9, i as u64));
+        let mut y = x.clone();
+        // Rows hold positions 1000, 1001, 1002 (a late zigzag chunk).
+        be.rope(&mut y, heads, Span { row0: 0, len: 3, pos0: 1000 }).unwrap();
+        for r in 0..3 {
+            for h in 0..2 {
+                for i in 0..2 {
+                    let (c, s) = rope_angle(1000 + r, i, 4);
+                    let (a, b) = (x.row(r)[h * 4 + i].to_f64(), x.row(r)[h * 4 + i + 2].to_f64());
+                    let (want_a, want_b) = (a * c - b * s, a * s + b * c);
+                    let (got_a, got_b) = (y.row(r)[h * 4 + i].to_f64(), y.row(r)[h * 4 + i + 2].to_f64());
+                    // One BF16 rounding of a value below 1: within 2^-8.
+                    assert!((got_a - want_a).abs() <= 2f64.powi(-8) && (got_b - want_b).abs() <= 2f64.powi(-8));
+                }
+            }
+        }
+        // Position 0 is the identity.
+        let mut z = x.clone();
+        be.rope(&mut z, heads, Span { row0: 0, len: 1, pos0: 0 }).unwrap();
+        assert_eq!(z.row(0), x.row(0));
+    }
+
+    #[test]
+    fn matmul_matches_fp64_on_awkward_sizes() {
+        let be = CpuBackend::new();
+        let (m, k, n) = (113, 37, 29);
+        let x = act_from(&be, m, k, |i| uniform(1, 1, i as u64));
+        let w = act_from(&be, k, n, |i| uniform(1, 2, i as u64));
+        let mut out = be.alloc_act(m, n).unwrap();
+        be.matmul(&x, &w, &mut out).unwrap();
+        for r in 0..m {
+            for c in 0..n {
+                let want: f64 = (0..k).map(|j| x.row(r)[j].to_f64() * w.row(j)[c].to_f64()).sum();
+                let got = out.row(r)[c].to_f64();
+                // One BF16 rounding of the FP32 sum.
+                assert!((got - want).abs() <= want.abs() * 2f64.powi(-8) + 1e-6, "[{r},{c}] {got} vs {want}");
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The operations a transformer layer needs, on one device: buffers, GEMM, norms, RoPE, GELU,
+//! residual add, and attention of a query block against a key/value block merged by log-sum-exp
+//! into FP32 accumulators. Strategies and the model are written once against this trait.
+//!
+//! Numerics on every backend: storage BF16 (`Act`), arithmetic FP32, one rounding to BF16 per
+//! operation's output; attention statistics and partial outputs FP32 (`Acc`).
+
+pub mod cpu;
+
+use crate::model::generator::{Init, Region};
+
+/// A row-major 2-D buffer. Its row count can shrink and grow within the capacity it was allocated
+/// with, so one buffer serves blocks of different lengths (uneven ring chunks).
+pub trait Matrix {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    fn capacity_rows(&self) -> usize;
+    /// Panics if `rows` exceeds the capacity: a sizing bug, not an input error.
+    fn set_rows(&mut self, rows: usize);
+    fn len(&self) -> usize {
+        self.rows() * self.cols()
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rows `row0 .. row0 + len` of a buffer, holding tokens at global positions `pos0 .. pos0 + len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub row0: usize,
+    pub len: usize,
+    pub pos0: usize,
+}
+
+/// Head layout shared by a query buffer `q` [rows, heads * head_dim] and a key/value buffer
+/// `kv` [rows, 2 * heads * head_dim] = [K | V].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    pub fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+pub trait Backend {
+    /// BF16 activations and weights.
+    type Act: Matrix;
+    /// FP32 attention accumulators.
+    type Acc: Matrix;
+
+    fn alloc_act(&self, rows: usize, cols: usize) -> anyhow::Result<Self::Act>;
+    fn alloc_acc(&self, rows: usize, cols: usize) -> anyhow::Result<Self::Acc>;
+
+    /// Generate `region` of a tensor (DESIGN.md's generator) into rows `dst_row0 ..` of `out`.
+    fn fill(&self, out: &mut Self::Act, dst_row0: usize, region: &Region, seed: u64, init: Init) -> anyhow::Result<()>;
+
+    /// out = x w, x [m, k], w [k, n], FP32 accumulation. Sets out's rows to m.
+    fn matmul(&self, x: &Self::Act, w: &Self::Act, out: &mut Self::Act) -> anyhow::Result<()>;
+
+    /// out = x / sqrt(mean(x^2) + 1e-5) * gain, per row; gain [1, cols].
+    fn rms_norm(&self, x: &Self::Act, gain: &Self::Act, out: &mut Self::Act) -> anyhow::Result<()>;
+
+    /// Rotate the first heads x head_dim columns of rows `span` by their global positions.
+    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span) -> anyhow::Result<()>;
+
+    /// x = GELU(x), tanh form.
+    fn gelu(&self, x: &mut Self::Act) -> anyhow::Result<()>;
+
+    /// x += y.
+    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> anyhow::Result<()>;
+
+    /// Accumulators to the empty state: o = 0, lse = -inf.
+    fn attention_reset(&self, o: &mut Self::Acc, lse: &mut Self::Acc) -> anyhow::Result<()>;
+
+    /// Attention of the queries in rows `qs` of `q` against the keys and values in rows `ks` of `kv`,
+    /// per head, causal by global position if `causal`, scale 1/sqrt(head_dim); merged into the FP32
+    /// accumulators o [rows, heads x head_dim] and lse [rows, heads] by the log-sum-exp rule.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Act,
+        kv: &Self::Act,
+        heads: Heads,
+        qs: Span,
+        ks: Span,
+        causal: bool,
+        o: &mut Self::Acc,
+        lse: &mut Self::Acc,
+    ) -> anyhow::Result<()>;
+
+    /// out = BF16(o); sets out's rows to o's.
+    fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> anyhow::Result<()>;
+
+    /// dst[dst_row0 .. dst_row0 + rows] = src[src_row0 .. src_row0 + rows].
+    fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> anyhow::Result<()>;
+
+    /// The buffer's rows, on the host.
+    fn download(&self, x: &Self::Act) -> anyhow::Result<Vec<half::bf16>>;
+}
+
+/// The log-sum-exp merge of a partial attention result (o_new, lse_new) into (o, lse), in FP32:
+/// lse' = m + ln(e^(lse - m) + e^(lse_new - m)), o' = o e^(lse - lse') + o_new e^(lse_new - lse').
+/// An empty side (lse = -inf, no keys seen) leaves the other unchanged.
+pub fn lse_merge(o: &mut [f32], lse: &mut f32, o_new: &[f32], lse_new: f32) {
+    if lse_new == f32::NEG_INFINITY {
+        return;
+    }
+    if *lse == f32::NEG_INFINITY {
+        o.copy_from_slice(o_new);
+        *lse = lse_new;
+        return;
+    }
+    let m = lse.max(lse_new);
+    let merged = m + ((*lse - m).exp() + (lse_new - m).exp()).ln();
+    let (w_old, w_new) = ((*lse - merged).exp(), (lse_new - merged).exp());
+    for (a, b) in o.iter_mut().zip(o_new) {
+        *a = *a * w_old + b * w_new;
+    }
+    *lse = merged;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Softmax attention of one query over `keys` in FP64: (output, lse).
+    fn softmax_f64(scores: &[f64], values: &[Vec<f64>]) -> (Vec<f64>, f64) {
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+        let mut out = vec![0.0; values[0].len()];
+        for (s, v) in scores.iter().zip(values) {
+            for (o, x) in out.iter_mut().zip(v) {
+                *o += (s - m).exp() / z * x;
+            }
+        }
+        (out, m + z.ln())
+    }
+
+    #[test]
+    fn merging_two_halves_by_lse_equals_softmax_over_the_whole() {
+        use crate::model::generator::uniform;
+        // Sharp scores (up to +-12) so that a wrong weight would show.
+        let n = 37;
+        let scores: Vec<f64> = (0..n).map(|i| 12.0 * uniform(1, 2, i) as f64).collect();
+        let values: Vec<Vec<f64>> = (0..n).map(|i| (0..5).map(|j| uniform(1, 3, i * 5 + j) as f64).collect()).collect();
+        let (want, want_lse) = softmax_f64(&scores, &values);
+        for split in [1, 13, 36] {
+            let (a, la) = softmax_f64(&scores[..split], &values[..split]);
+            let (b, lb) = softmax_f64(&scores[split..], &values[split..]);
+            let mut o: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            let mut lse = la as f32;
+            let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+            lse_merge(&mut o, &mut lse, &b32, lb as f32);
+            assert!((lse as f64 - want_lse).abs() < 1e-5, "lse {lse} vs {want_lse}");
+            for (x, w) in o.iter().zip(&want) {
+                assert!((*x as f64 - w).abs() < 1e-6, "split {split}: {x} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn merging_with_an_empty_side_keeps_the_other() {
+        let mut o = vec![0.0f32; 2];
+        let mut lse = f32::NEG_INFINITY;
+        lse_merge(&mut o, &mut lse, &[1.0, 2.0], 0.5);
+        assert_eq!((o.clone(), lse), (vec![1.0, 2.0], 0.5));
+        lse_merge(&mut o, &mut lse, &[9.0, 9.0], f32::NEG_INFINITY);
+        assert_eq!((o, lse), (vec![1.0, 2.0], 0.5));
+    }
+}

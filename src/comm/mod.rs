@@ -1,0 +1,44 @@
+//! How ranks exchange data. A strategy only ever talks to a `Communicator`: all-reduce for tensor
+//! parallelism, send/recv for the pipeline, the paired exchange of a ring step, plus the few host
+//! collectives the harness needs (barrier, max of timings, one verdict, gather of outputs).
+
+pub mod mpi;
+
+use crate::backend::Backend;
+use anyhow::Result;
+use half::bf16;
+
+pub trait Communicator<B: Backend> {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+
+    /// A communicator of the ranks that pass the same `color`, ranked by `key` (a TP group).
+    fn split(&self, color: usize, key: usize) -> Result<Self>
+    where
+        Self: Sized;
+
+    /// x = sum of x over all ranks, in place, with BF16 on the wire (as NCCL reduces BF16).
+    fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()>;
+
+    /// Send x's rows to rank `to`.
+    fn send(&self, x: &B::Act, to: usize) -> Result<()>;
+
+    /// Receive exactly x's rows from rank `from`; a message of another size is an error.
+    fn recv(&self, x: &mut B::Act, from: usize) -> Result<()>;
+
+    /// One ring step: send `send` to `to` and receive `recv` from `from` as one paired operation
+    /// (no deadlock around the ring), running `overlap` (the compute on the block in hand) while
+    /// the transfer is in flight. Returns once both the transfer and `overlap` are done.
+    fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()>;
+
+    fn barrier(&self) -> Result<()>;
+
+    /// The maximum of `x` over all ranks, on every rank.
+    fn max_f64(&self, x: f64) -> Result<f64>;
+
+    /// True on every rank if `ok` is true on every rank: one verdict for the whole job.
+    fn all_agree(&self, ok: bool) -> Result<bool>;
+
+    /// Every rank's `data` on rank 0 (in rank order); None on the other ranks.
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>>;
+}

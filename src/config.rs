@@ -1,0 +1,435 @@
+//! What to run: the model, the strategy and its parallel sizes, the measurement; presets; and the
+//! validation that turns bad input into one clear line before any work starts.
+
+use clap::{Args, ValueEnum};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyKind {
+    /// One rank, the whole model: the numerical reference.
+    Reference,
+    /// Megatron tensor parallel (--tp) x pipeline parallel (--pp).
+    TpPp,
+    /// Sequence parallel with ring attention over --ring ranks.
+    Ring,
+}
+
+impl StrategyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StrategyKind::Reference => "reference",
+            StrategyKind::TpPp => "tp-pp",
+            StrategyKind::Ring => "ring",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    /// 2P chunks, rank r holds chunks r and 2P-1-r: causal work balanced across the ring.
+    Zigzag,
+    /// P chunks, rank r holds chunk r: the naive split, for comparison.
+    Contiguous,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Zigzag => "zigzag",
+            Layout::Contiguous => "contiguous",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// The reference workload: 16 layers, d_model 4096, 32 heads, MLP 16384, 100K tokens, batch 128.
+    Paper,
+    /// A CPU-sized demo: 4 layers, d_model 256, 8 heads, MLP 1024, 2048 tokens, batch 4.
+    Small,
+    /// For tests and verify: 2 layers, d_model 64, 4 heads, MLP 256, 256 tokens, batch 2.
+    Tiny,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Paper => "paper",
+            Preset::Small => "small",
+            Preset::Tiny => "tiny",
+        }
+    }
+
+    fn values(self) -> PresetValues {
+        match self {
+            Preset::Paper => PresetValues {
+                model: ModelConfig { layers: 16, d_model: 4096, heads: 32, mlp: 16384, seq_len: 100_000, batch: 128 },
+                micro_batch: 1,
+                warmup: 10,
+                iters: 100,
+            },
+            Preset::Small => PresetValues {
+                model: ModelConfig { layers: 4, d_model: 256, heads: 8, mlp: 1024, seq_len: 2048, batch: 4 },
+                micro_batch: 1,
+                warmup: 1,
+                iters: 5,
+            },
+            Preset::Tiny => PresetValues {
+                model: ModelConfig { layers: 2, d_model: 64, heads: 4, mlp: 256, seq_len: 256, batch: 2 },
+                micro_batch: 1,
+                warmup: 1,
+                iters: 3,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// FP32 arithmetic on BF16-rounded host buffers, MPI between ranks.
+    Cpu,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+        }
+    }
+}
+
+struct PresetValues {
+    model: ModelConfig,
+    micro_batch: usize,
+    warmup: usize,
+    iters: usize,
+}
+
+/// The transformer's shape and the work of one iteration (batch sequences of seq_len tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub layers: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    pub mlp: usize,
+    pub seq_len: usize,
+    pub batch: usize,
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.heads
+    }
+}
+
+/// Everything a rank needs to know to run; identical on every rank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    pub preset: Preset,
+    pub model: ModelConfig,
+    pub strategy: StrategyKind,
+    pub tp: usize,
+    pub pp: usize,
+    pub ring: usize,
+    pub layout: Layout,
+    pub micro_batch: usize,
+    pub seed: u64,
+    pub causal: bool,
+    pub backend: BackendKind,
+    pub warmup: usize,
+    pub iters: usize,
+}
+
+impl RunConfig {
+    /// Ranks the strategy occupies.
+    pub fn world(&self) -> usize {
+        match self.strategy {
+            StrategyKind::Reference => 1,
+            StrategyKind::TpPp => self.tp * self.pp,
+            StrategyKind::Ring => self.ring,
+        }
+    }
+
+    pub fn micro_batches(&self) -> usize {
+        self.model.batch / self.micro_batch
+    }
+
+    pub fn tokens_per_iteration(&self) -> usize {
+        self.model.batch * self.model.seq_len
+    }
+
+    /// One line naming the strategy and its parallel layout, for the console.
+    pub fn describe(&self) -> String {
+        let m = &self.model;
+        let par = match self.strategy {
+            StrategyKind::Reference => "1 rank".to_string(),
+            StrategyKind::TpPp => format!("tp {} x pp {}", self.tp, self.pp),
+            StrategyKind::Ring => format!("ring {}, {}", self.ring, self.layout.name()),
+        };
+        format!(
+            "{} ({par}), {} preset: {} layers, d_model {}, {} heads, mlp {}, {} x {} tokens, micro-batch {}, {}, seed {}, {} backend",
+            self.strategy.name(),
+            self.preset.name(),
+            m.layers,
+            m.d_model,
+            m.heads,
+            m.mlp,
+            m.batch,
+            m.seq_len,
+            self.micro_batch,
+            if self.causal { "causal" } else { "non-causal" },
+            self.seed,
+            self.backend.name()
+        )
+    }
+}
+
+/// Bad input: one line naming the flag, what was given and what is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+macro_rules! bad {
+    ($($arg:tt)*) => { return Err(ConfigError(format!($($arg)*))) };
+}
+
+/// The flags shared by `run` and `verify`. Model and measurement flags default to the preset's
+/// values; an explicit flag overrides the preset.
+#[derive(Args, Clone, Debug)]
+pub struct ConfigArgs {
+    /// Parallel strategy.
+    #[arg(long, value_enum)]
+    pub strategy: StrategyKind,
+    /// Starting values for every model and measurement flag.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: Preset,
+    /// Tensor-parallel size (tp-pp). Default: world size / --pp.
+    #[arg(long, value_name = "N")]
+    pub tp: Option<usize>,
+    /// Pipeline stages (tp-pp). Default: 1.
+    #[arg(long, value_name = "N")]
+    pub pp: Option<usize>,
+    /// Ring size (ring). Default: the world size.
+    #[arg(long, value_name = "N")]
+    pub ring: Option<usize>,
+    /// How the ring splits each sequence.
+    #[arg(long, value_enum, default_value = "zigzag")]
+    pub layout: Layout,
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub d_model: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub heads: Option<usize>,
+    /// MLP hidden size.
+    #[arg(long, value_name = "N")]
+    pub mlp: Option<usize>,
+    /// Tokens per sequence.
+    #[arg(long, value_name = "N")]
+    pub seq_len: Option<usize>,
+    /// Sequences per iteration.
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Sequences per micro-batch (pipeline unit; also the unit the ring processes at once).
+    #[arg(long, value_name = "N")]
+    pub micro_batch: Option<usize>,
+    /// Seed of the weight and input generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Full (bidirectional) attention instead of causal.
+    #[arg(long)]
+    pub no_causal: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Warm-up iterations (not measured).
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<usize>,
+    /// Measured iterations.
+    #[arg(long, value_name = "N")]
+    pub iters: Option<usize>,
+}
+
+impl ConfigArgs {
+    /// Resolve the preset and the flags into a validated config for a job of `world` ranks.
+    pub fn resolve(&self, world: usize) -> Result<RunConfig, ConfigError> {
+        let p = self.preset.values();
+        let model = ModelConfig {
+            layers: self.layers.unwrap_or(p.model.layers),
+            d_model: self.d_model.unwrap_or(p.model.d_model),
+            heads: self.heads.unwrap_or(p.model.heads),
+            mlp: self.mlp.unwrap_or(p.model.mlp),
+            seq_len: self.seq_len.unwrap_or(p.model.seq_len),
+            batch: self.batch.unwrap_or(p.model.batch),
+        };
+        let pp = self.pp.unwrap_or(1);
+        let cfg = RunConfig {
+            preset: self.preset,
+            model,
+            strategy: self.strategy,
+            pp,
+            tp: self.tp.unwrap_or(if pp > 0 { (world / pp).max(1) } else { 1 }),
+            ring: self.ring.unwrap_or(world),
+            layout: self.layout,
+            micro_batch: self.micro_batch.unwrap_or(p.micro_batch),
+            seed: self.seed,
+            causal: !self.no_causal,
+            backend: self.backend,
+            warmup: self.warmup.unwrap_or(p.warmup),
+            iters: self.iters.unwrap_or(p.iters),
+        };
+        validate(&cfg, world)?;
+        Ok(cfg)
+    }
+}
+
+/// Every check a config must pass before any work starts. Pure, so every rank reaches the same verdict.
+pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
+    let m = &cfg.model;
+    for (flag, v) in [
+        ("--layers", m.layers),
+        ("--d-model", m.d_model),
+        ("--heads", m.heads),
+        ("--mlp", m.mlp),
+        ("--seq-len", m.seq_len),
+        ("--batch", m.batch),
+        ("--micro-batch", cfg.micro_batch),
+        ("--iters", cfg.iters),
+    ] {
+        if v == 0 {
+            bad!("{flag} 0: must be at least 1");
+        }
+    }
+    if m.d_model % m.heads != 0 {
+        bad!("--d-model {}: must be divisible by --heads {} (each head takes d_model / heads columns)", m.d_model, m.heads);
+    }
+    if m.head_dim() % 2 != 0 {
+        bad!("--d-model {} with --heads {}: head dim {} is odd, RoPE needs an even head dim", m.d_model, m.heads, m.head_dim());
+    }
+    if m.batch % cfg.micro_batch != 0 {
+        bad!("--micro-batch {}: must divide --batch {}", cfg.micro_batch, m.batch);
+    }
+    match cfg.strategy {
+        StrategyKind::Reference => {
+            if world != 1 {
+                bad!("--strategy reference runs on 1 rank, but the job has {world} ranks (launch it without mpirun or with -np 1)");
+            }
+        }
+        StrategyKind::TpPp => {
+            if cfg.tp == 0 {
+                bad!("--tp 0: must be at least 1");
+            }
+            if cfg.pp == 0 {
+                bad!("--pp 0: must be at least 1");
+            }
+            if m.heads % cfg.tp != 0 {
+                bad!("--tp {}: --heads {} must be divisible by the tensor-parallel size", cfg.tp, m.heads);
+            }
+            if m.mlp % cfg.tp != 0 {
+                bad!("--tp {}: --mlp {} must be divisible by the tensor-parallel size", cfg.tp, m.mlp);
+            }
+            if m.layers % cfg.pp != 0 {
+                bad!("--pp {}: --layers {} must be divisible by the number of pipeline stages", cfg.pp, m.layers);
+            }
+            if cfg.tp * cfg.pp != world {
+                bad!(
+                    "--tp {} x --pp {} = {} ranks, but the job has {world} ranks (world size must equal tp x pp)",
+                    cfg.tp,
+                    cfg.pp,
+                    cfg.tp * cfg.pp
+                );
+            }
+        }
+        StrategyKind::Ring => {
+            if cfg.ring == 0 {
+                bad!("--ring 0: must be at least 1");
+            }
+            if cfg.ring != world {
+                bad!("--ring {}: the job has {world} ranks (world size must equal the ring size)", cfg.ring);
+            }
+            let chunks = crate::topology::chunk_count(cfg.layout, cfg.ring);
+            if m.seq_len < chunks {
+                bad!(
+                    "--seq-len {}: a {} ring of {} needs at least {chunks} tokens (one per chunk)",
+                    m.seq_len,
+                    cfg.layout.name(),
+                    cfg.ring
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ConfigArgs,
+    }
+
+    fn resolve(flags: &str, world: usize) -> Result<RunConfig, ConfigError> {
+        let argv = std::iter::once("ringbench").chain(flags.split_whitespace());
+        Cli::try_parse_from(argv).expect("flags parse").args.resolve(world)
+    }
+
+    fn error(flags: &str, world: usize) -> String {
+        resolve(flags, world).expect_err("must be rejected").0
+    }
+
+    #[test]
+    fn explicit_flags_override_the_preset() {
+        let cfg = resolve("--strategy ring --preset paper --seq-len 1000 --iters 2", 16).unwrap();
+        assert_eq!(cfg.model, ModelConfig { layers: 16, d_model: 4096, heads: 32, mlp: 16384, seq_len: 1000, batch: 128 });
+        assert_eq!((cfg.ring, cfg.warmup, cfg.iters, cfg.micro_batch), (16, 10, 2, 1));
+        assert!(cfg.causal);
+    }
+
+    #[test]
+    fn parallel_sizes_default_from_the_world() {
+        let cfg = resolve("--strategy tp-pp --pp 2", 8).unwrap();
+        assert_eq!((cfg.tp, cfg.pp, cfg.world()), (4, 2, 8));
+        assert_eq!(resolve("--strategy ring", 3).unwrap().ring, 3);
+    }
+
+    #[test]
+    fn each_bad_input_names_its_flag() {
+        let cases = [
+            ("--strategy tp-pp --tp 2 --pp 2", 3, "--tp 2 x --pp 2 = 4 ranks, but the job has 3"),
+            ("--strategy ring --ring 4", 2, "--ring 4: the job has 2 ranks"),
+            ("--strategy tp-pp --tp 3", 3, "--tp 3: --heads 4 must be divisible"),
+            ("--strategy tp-pp --tp 1 --pp 3", 3, "--pp 3: --layers 2 must be divisible"),
+            ("--strategy ring --d-model 60 --heads 8", 1, "--d-model 60: must be divisible by --heads 8"),
+            ("--strategy ring --d-model 60 --heads 4", 1, "head dim 15 is odd"),
+            ("--strategy ring --ring 4 --seq-len 7", 4, "--seq-len 7: a zigzag ring of 4 needs at least 8 tokens"),
+            ("--strategy ring --ring 4 --seq-len 3 --layout contiguous", 4, "needs at least 4 tokens"),
+            ("--strategy ring --batch 3 --micro-batch 2", 1, "--micro-batch 2: must divide --batch 3"),
+            ("--strategy ring --layers 0", 1, "--layers 0: must be at least 1"),
+            ("--strategy ring --seq-len 0", 1, "--seq-len 0: must be at least 1"),
+            ("--strategy reference", 2, "--strategy reference runs on 1 rank"),
+            ("--strategy tp-pp --pp 0", 2, "--pp 0: must be at least 1"),
+            ("--strategy tp-pp --tp 2 --mlp 255", 2, "--mlp 255 must be divisible"),
+        ];
+        for (flags, world, want) in cases {
+            let got = error(flags, world);
+            assert!(got.contains(want), "{flags} on {world} ranks: got {got:?}, want {want:?}");
+            assert!(!got.contains('\n'), "one line: {got:?}");
+        }
+    }
+
+    #[test]
+    fn the_smallest_valid_ring_has_one_token_per_chunk() {
+        assert!(resolve("--strategy ring --seq-len 8", 4).is_ok());
+        assert!(resolve("--strategy ring --seq-len 4 --layout contiguous", 4).is_ok());
+    }
+}

@@ -1,0 +1,67 @@
+//! Process start-up and tear-down under MPI: init, who and where this rank is (world rank, local
+//! rank on its node, host name), and ending the whole job when one rank fails, so that no other
+//! rank is left waiting in a collective. A failure names the rank and the host (STYLE.md, item 11).
+
+use anyhow::{anyhow, Result};
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+pub struct Launch {
+    // Dropping the universe finalises MPI: it must outlive every communicator made from `world`.
+    _universe: Universe,
+    pub world: SimpleCommunicator,
+    pub rank: usize,
+    pub size: usize,
+    /// Rank among the processes on this node (MPI_Comm_split_type SHARED): selects the GPU.
+    pub local_rank: usize,
+    pub host: String,
+}
+
+impl Launch {
+    pub fn init() -> Result<Self> {
+        let universe = mpi::initialize().ok_or_else(|| anyhow!("MPI was initialised twice"))?;
+        let world = universe.world();
+        let rank = world.rank() as usize;
+        let local_rank = world.split_shared(rank as i32).rank() as usize;
+        let host = hostname();
+        install_panic_hook(rank, host.clone());
+        Ok(Launch { size: world.size() as usize, world, rank, local_rank, host, _universe: universe })
+    }
+
+    /// A communicator over the whole job for the strategies, separate from the launcher's own.
+    pub fn world_for_strategies(&self) -> SimpleCommunicator {
+        self.world.duplicate()
+    }
+
+    /// Report an error of this rank and end the whole job.
+    pub fn fail(&self, err: &anyhow::Error) -> ! {
+        eprintln!("ringbench: rank {} on host {}: error: {err:#}", self.rank, self.host);
+        self.world.abort(1)
+    }
+}
+
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// This process's rank as the launcher announced it, readable before MPI starts (so that a
+/// command-line error is printed once, by rank 0, not once per rank).
+pub fn rank_from_env() -> Option<usize> {
+    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"].iter().find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// A panic on one rank prints the rank, the host and the message, then aborts every rank.
+fn install_panic_hook(rank: usize, host: String) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("ringbench: rank {rank} on host {host}: panic: {info}");
+        default(info);
+        // SAFETY: MPI is initialised (the hook is installed after init) and MPI_Abort on the world
+        // communicator is valid from any state; it does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+        }
+        std::process::abort();
+    }));
+}

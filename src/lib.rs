@@ -1,0 +1,13 @@
+//! ringbench as a library: the layers of DESIGN.md, top to bottom. The binary (`main.rs`) is the
+//! command line over them; integration tests use them directly.
+
+pub mod backend;
+pub mod comm;
+pub mod config;
+pub mod harness;
+pub mod launch;
+pub mod metrics;
+pub mod model;
+pub mod output;
+pub mod strategy;
+pub mod topology;

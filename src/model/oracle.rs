@@ -1,0 +1,103 @@
+//! The FP64 oracle: the normative model computed in FP64 on the same BF16 weights and inputs, with
+//! no intermediate rounding. It is written independently of `Backend` (plain loops, whole-sequence
+//! attention) so that it checks the BF16 pipeline rather than repeating it. `verify` measures how far
+//! the BF16 reference strays from it and derives its tolerance from that (STYLE.md, item 9).
+
+use super::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, INPUT_TENSOR};
+use crate::backend::cpu::rope_angle;
+use crate::config::ModelConfig;
+
+fn tensor(seed: u64, id: u64, n: usize, init: Init) -> Vec<f64> {
+    (0..n as u64).map(|i| value_bf16(seed, id, i, init).to_f64()).collect()
+}
+
+/// c[m, n] = a[m, k] b[k, n].
+fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    // SAFETY: a is m x k, b is k x n, c is m x n, all contiguous row-major (checked by the slice lengths).
+    assert!(a.len() == m * k && b.len() == k * n);
+    unsafe {
+        matrixmultiply::dgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0, c.as_mut_ptr(), n as isize, 1);
+    }
+    c
+}
+
+fn rms_norm(x: &[f64], gain: &[f64], d: usize) -> Vec<f64> {
+    x.chunks(d)
+        .flat_map(|row| {
+            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / d as f64 + 1e-5).sqrt();
+            row.iter().zip(gain).map(move |(v, g)| v * inv * g)
+        })
+        .collect()
+}
+
+fn gelu(z: f64) -> f64 {
+    0.5 * z * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z * z * z)).tanh())
+}
+
+/// Final hidden states of sequences `seqs` of the batch, [seqs.len(), seq_len, d_model] row-major.
+pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usize>) -> Vec<f64> {
+    let (d, f, s_len, h, hd) = (m.d_model, m.mlp, m.seq_len, m.heads, m.head_dim());
+    let layers: Vec<[Vec<f64>; 6]> = (0..m.layers)
+        .map(|l| {
+            let id = |t| layer_tensor_id(l, t);
+            [
+                tensor(seed, id(LayerTensor::Norm1), d, Init::Gain),
+                tensor(seed, id(LayerTensor::Qkv), d * 3 * d, Init::Weight { fan_in: d }),
+                tensor(seed, id(LayerTensor::Out), d * d, Init::Weight { fan_in: d }),
+                tensor(seed, id(LayerTensor::Norm2), d, Init::Gain),
+                tensor(seed, id(LayerTensor::Up), d * f, Init::Weight { fan_in: d }),
+                tensor(seed, id(LayerTensor::Down), f * d, Init::Weight { fan_in: f }),
+            ]
+        })
+        .collect();
+    let mut out = Vec::with_capacity(seqs.len() * s_len * d);
+    for seq in seqs {
+        let base = (seq * s_len * d) as u64;
+        let mut x: Vec<f64> = (0..(s_len * d) as u64).map(|i| value_bf16(seed, INPUT_TENSOR, base + i, Init::Uniform).to_f64()).collect();
+        for [g1, w_qkv, w_o, g2, w_up, w_down] in &layers {
+            let mut qkv = matmul(&rms_norm(&x, g1, d), w_qkv, s_len, d, 3 * d);
+            for p in 0..s_len {
+                for head in 0..h {
+                    for part in 0..2 {
+                        let base = p * 3 * d + part * d + head * hd;
+                        for i in 0..hd / 2 {
+                            let (c, s) = rope_angle(p, i, hd);
+                            let (a, b) = (qkv[base + i], qkv[base + i + hd / 2]);
+                            qkv[base + i] = a * c - b * s;
+                            qkv[base + i + hd / 2] = a * s + b * c;
+                        }
+                    }
+                }
+            }
+            let mut attn = vec![0.0; s_len * d];
+            let scale = 1.0 / (hd as f64).sqrt();
+            for head in 0..h {
+                let col = |p: usize, part: usize| &qkv[p * 3 * d + part * d + head * hd..][..hd];
+                for p in 0..s_len {
+                    let visible = if causal { p + 1 } else { s_len };
+                    let scores: Vec<f64> =
+                        (0..visible).map(|k| col(p, 0).iter().zip(col(k, 1)).map(|(a, b)| a * b).sum::<f64>() * scale).collect();
+                    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - mx).exp()).sum();
+                    let o = &mut attn[p * d + head * hd..][..hd];
+                    for (k, s) in scores.iter().enumerate() {
+                        let wgt = (s - mx).exp() / z;
+                        for (oi, vi) in o.iter_mut().zip(col(k, 2)) {
+                            *oi += wgt * vi;
+                        }
+                    }
+                }
+            }
+            for (xi, yi) in x.iter_mut().zip(matmul(&attn, w_o, s_len, d, d)) {
+                *xi += yi;
+            }
+            let up: Vec<f64> = matmul(&rms_norm(&x, g2, d), w_up, s_len, d, f).into_iter().map(gelu).collect();
+            for (xi, yi) in x.iter_mut().zip(matmul(&up, w_down, s_len, f, d)) {
+                *xi += yi;
+            }
+        }
+        out.extend_from_slice(&x);
+    }
+    out
+}

@@ -1,0 +1,116 @@
+//! The parallel strategies behind one interface. A strategy owns its weights and buffers, drives
+//! the model layer by layer over micro-batches, and talks to other ranks only through a
+//! `Communicator`. The harness (timing, verification) is the same for all of them.
+
+pub mod reference;
+pub mod ring;
+pub mod tp_pp;
+
+use crate::backend::{Backend, Matrix};
+use crate::comm::Communicator;
+use crate::config::{RunConfig, StrategyKind};
+use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Shard, Workspace};
+use crate::topology::{self, LocalTokens, TpPpCoord};
+use anyhow::Result;
+
+pub trait Strategy<B: Backend, C: Communicator<B>> {
+    /// One iteration: the forward pass over the whole batch. With `keep`, the final hidden states
+    /// of the tokens this rank outputs (see `output_tokens`) are kept for `output`.
+    fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()>;
+
+    /// The kept final hidden states: [batch x tokens per sequence, d_model], sequence-major, in
+    /// the order of `output_tokens`; None if this rank outputs nothing.
+    fn output(&self) -> Option<&B::Act>;
+}
+
+/// Which tokens of every sequence `rank` ends up holding final hidden states for; None for ranks
+/// that hold none (every tp-pp rank but the last stage's first TP rank). Pure, so rank 0 can place
+/// every rank's rows without asking.
+pub fn output_tokens(cfg: &RunConfig, rank: usize) -> Option<LocalTokens> {
+    let whole = LocalTokens::whole(cfg.model.seq_len);
+    match cfg.strategy {
+        StrategyKind::Reference => (rank == 0).then_some(whole),
+        StrategyKind::TpPp => (rank == topology::tp_pp_rank(TpPpCoord { stage: cfg.pp - 1, tp_rank: 0 }, cfg.tp)).then_some(whole),
+        StrategyKind::Ring => Some(topology::ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, rank)),
+    }
+}
+
+/// Set up the strategy `cfg` names on this rank: generate its weights, allocate its buffers.
+pub fn build<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfig, be: &B, comm: &C) -> Result<Box<dyn Strategy<B, C>>> {
+    Ok(match cfg.strategy {
+        StrategyKind::Reference => Box::new(reference::Reference::new(cfg, be)?),
+        StrategyKind::TpPp => Box::new(tp_pp::TpPp::new(cfg, be, comm)?),
+        StrategyKind::Ring => Box::new(ring::Ring::new(cfg, be, comm.rank())?),
+    })
+}
+
+/// A run of consecutive layers on one rank with its buffers: what every strategy drives per
+/// micro-batch (the whole model for reference and ring, one pipeline stage for tp-pp).
+pub(crate) struct Stack<B: Backend> {
+    pub layers: Vec<LayerWeights<B>>,
+    pub ws: Workspace<B>,
+    /// The micro-batch's hidden states, updated in place layer by layer.
+    pub x: B::Act,
+    /// Kept final hidden states of the whole batch (allocated on the first kept forward).
+    pub out: Option<B::Act>,
+    pub tokens: LocalTokens,
+}
+
+impl<B: Backend> Stack<B> {
+    /// Layers `layers` of shard `shard`, for micro-batches of this rank's `tokens`; `kv_rows` is the
+    /// largest K/V block the buffers must hold (> the local rows only for the ring).
+    pub fn new(
+        cfg: &RunConfig,
+        be: &B,
+        shard: &Shard,
+        layers: std::ops::Range<usize>,
+        tokens: LocalTokens,
+        kv_rows: usize,
+        ring: bool,
+    ) -> Result<Self> {
+        let m = &cfg.model;
+        let rows = cfg.micro_batch * tokens.len();
+        Ok(Stack {
+            layers: layers.map(|l| LayerWeights::generate(be, m, shard, l, cfg.seed)).collect::<Result<_>>()?,
+            ws: Workspace::new(be, m, shard, rows, kv_rows, ring)?,
+            x: be.alloc_act(rows, m.d_model)?,
+            out: None,
+            tokens,
+        })
+    }
+
+    pub fn batch(&self, cfg: &RunConfig, micro_batch: usize) -> Batch<'_> {
+        Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &self.tokens }
+    }
+
+    pub fn generate_input(&mut self, be: &B, cfg: &RunConfig, micro_batch: usize) -> Result<()> {
+        let batch = Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &self.tokens };
+        generate_input(be, &cfg.model, cfg.seed, &batch, &mut self.x)
+    }
+
+    /// Every layer of the stack on the current micro-batch in x.
+    pub fn run_layers(
+        &mut self,
+        be: &B,
+        cfg: &RunConfig,
+        micro_batch: usize,
+        attention: &mut dyn FnMut(&mut Workspace<B>, &Batch) -> Result<()>,
+        reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
+    ) -> Result<()> {
+        let batch = Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &self.tokens };
+        for w in &self.layers {
+            layer_forward(be, w, &mut self.ws, &mut self.x, &batch, &mut |ws| attention(ws, &batch), reduce)?;
+        }
+        Ok(())
+    }
+
+    /// Copy the micro-batch's final hidden states into the kept output.
+    pub fn keep(&mut self, be: &B, cfg: &RunConfig, micro_batch: usize) -> Result<()> {
+        let rows = self.x.rows();
+        if self.out.is_none() {
+            self.out = Some(be.alloc_act(cfg.model.batch * self.tokens.len(), cfg.model.d_model)?);
+        }
+        let out = self.out.as_mut().expect("allocated above");
+        be.copy_rows(&self.x, 0, out, micro_batch * rows, rows)
+    }
+}

@@ -1,0 +1,70 @@
+//! Megatron tensor parallel x pipeline parallel.
+//!
+//! Tensor parallel inside a stage: QKV and MLP-up are column-parallel (Y = X A, A split by columns:
+//! each TP rank owns heads/tp heads and mlp/tp MLP columns, no communication); attention-out and
+//! MLP-down are row-parallel (Y = X A, A split by rows: each rank holds a partial sum), each followed
+//! by one all-reduce over the TP group: two per layer.
+//! Pipeline across stages: stage k runs layers k L/pp .. (k+1) L/pp on each micro-batch in turn and
+//! hands its activations to the same TP rank of stage k+1 (fill-drain, forward only).
+
+use super::{Stack, Strategy};
+use crate::backend::{Backend, Matrix};
+use crate::comm::Communicator;
+use crate::config::RunConfig;
+use crate::model::{local_attention, Shard};
+use crate::topology::{even_slice, tp_pp_coord, tp_pp_rank, LocalTokens, TpPpCoord};
+use anyhow::{Context, Result};
+
+pub struct TpPp<B: Backend, C> {
+    cfg: RunConfig,
+    coord: TpPpCoord,
+    /// The ranks of this stage (the TP group); its all-reduces never involve other stages.
+    tp_group: C,
+    stack: Stack<B>,
+}
+
+impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
+    pub fn new(cfg: &RunConfig, be: &B, world: &C) -> Result<Self> {
+        let m = &cfg.model;
+        let coord = tp_pp_coord(world.rank(), cfg.tp);
+        let tp_group = world.split(coord.stage, coord.tp_rank).context("creating the tensor-parallel group")?;
+        let shard = Shard { heads: even_slice(m.heads, cfg.tp, coord.tp_rank), mlp: even_slice(m.mlp, cfg.tp, coord.tp_rank) };
+        let layers = even_slice(m.layers, cfg.pp, coord.stage);
+        let rows = cfg.micro_batch * m.seq_len;
+        let stack = Stack::new(cfg, be, &shard, layers, LocalTokens::whole(m.seq_len), rows, false)?;
+        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack })
+    }
+}
+
+impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
+    fn forward(&mut self, be: &B, world: &C, keep: bool) -> Result<()> {
+        let (cfg, TpPpCoord { stage, tp_rank }) = (&self.cfg, self.coord);
+        let causal = cfg.causal;
+        let prev = (stage > 0).then(|| tp_pp_rank(TpPpCoord { stage: stage - 1, tp_rank }, cfg.tp));
+        let next = (stage + 1 < cfg.pp).then(|| tp_pp_rank(TpPpCoord { stage: stage + 1, tp_rank }, cfg.tp));
+        let tp_group = &self.tp_group;
+        for mb in 0..cfg.micro_batches() {
+            match prev {
+                None => self.stack.generate_input(be, cfg, mb)?,
+                Some(p) => {
+                    let rows = self.stack.batch(cfg, mb).rows();
+                    self.stack.x.set_rows(rows);
+                    world.recv(&mut self.stack.x, p).with_context(|| format!("pipeline receive of micro-batch {mb} from rank {p}"))?;
+                }
+            }
+            self.stack
+                .run_layers(be, cfg, mb, &mut |ws, batch| local_attention(be, ws, batch, causal), &mut |y| tp_group.all_reduce_sum(y))?;
+            match next {
+                Some(n) => world.send(&self.stack.x, n).with_context(|| format!("pipeline send of micro-batch {mb} to rank {n}"))?,
+                None if keep => self.stack.keep(be, cfg, mb)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn output(&self) -> Option<&B::Act> {
+        // Every TP rank of the last stage holds the same all-reduced output; the first one reports it.
+        (self.coord.tp_rank == 0).then_some(self.stack.out.as_ref()).flatten()
+    }
+}

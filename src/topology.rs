@@ -1,0 +1,210 @@
+//! Who is who: the pure functions from a rank to its place in a strategy (tp rank, pipeline stage,
+//! ring position) and to the tokens, heads and layers it owns. No MPI here; everything is unit-tested.
+//!
+//! tp-pp, Megatron's convention (TP groups are contiguous ranks, so they stay inside a node):
+//! `rank = tp_rank + tp * stage`. Example, tp 4 x pp 2:
+//! ```text
+//! rank     0 1 2 3 | 4 5 6 7
+//! stage    0 0 0 0 | 1 1 1 1
+//! tp rank  0 1 2 3 | 0 1 2 3
+//! ```
+//! ring, zigzag over P ranks: each sequence is cut into 2P chunks; rank r holds chunks r and
+//! 2P-1-r, so every rank gets one early (cheap under the causal mask) and one late (expensive) chunk.
+//! Example, P = 4, seq 16: rank 0 holds tokens 0-1 and 14-15, rank 3 holds 6-7 and 8-9.
+
+use crate::config::Layout;
+use std::ops::Range;
+
+/// A run of consecutive global token positions `start .. start + len` within one sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Segment {
+    pub fn end(&self) -> usize {
+        self.start + self.len
+    }
+}
+
+/// The tokens a rank holds of every sequence, in the order its rows store them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalTokens {
+    pub segments: Vec<Segment>,
+}
+
+impl LocalTokens {
+    pub fn whole(seq_len: usize) -> Self {
+        LocalTokens { segments: vec![Segment { start: 0, len: seq_len }] }
+    }
+
+    /// Tokens per sequence.
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each segment with the local row (within one sequence) where it starts.
+    pub fn with_rows(&self) -> impl Iterator<Item = (usize, Segment)> + '_ {
+        self.segments.iter().scan(0, |row, s| {
+            let r = *row;
+            *row += s.len;
+            Some((r, *s))
+        })
+    }
+}
+
+/// `n` nearly equal consecutive chunks of `len` tokens: the first `len % n` are one token longer.
+pub fn chunks(len: usize, n: usize) -> Vec<Segment> {
+    let (base, extra) = (len / n, len % n);
+    let mut start = 0;
+    (0..n)
+        .map(|i| {
+            let s = Segment { start, len: base + usize::from(i < extra) };
+            start += s.len;
+            s
+        })
+        .collect()
+}
+
+/// How many chunks a ring of `ring` ranks cuts each sequence into.
+pub fn chunk_count(layout: Layout, ring: usize) -> usize {
+    match layout {
+        Layout::Zigzag => 2 * ring,
+        Layout::Contiguous => ring,
+    }
+}
+
+/// The tokens ring position `rank` holds of every sequence.
+pub fn ring_tokens(layout: Layout, seq_len: usize, ring: usize, rank: usize) -> LocalTokens {
+    let c = chunks(seq_len, chunk_count(layout, ring));
+    let segments = match layout {
+        Layout::Zigzag => vec![c[rank], c[2 * ring - 1 - rank]],
+        Layout::Contiguous => vec![c[rank]],
+    };
+    LocalTokens { segments }
+}
+
+/// Ring neighbours: (send to, receive from).
+pub fn ring_peers(rank: usize, ring: usize) -> (usize, usize) {
+    ((rank + 1) % ring, (rank + ring - 1) % ring)
+}
+
+/// Whose K/V block ring position `rank` holds at step `step`: blocks travel rank -> rank + 1.
+pub fn ring_block_owner(rank: usize, step: usize, ring: usize) -> usize {
+    (rank + ring - step % ring) % ring
+}
+
+/// A rank's place in tp x pp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpPpCoord {
+    pub stage: usize,
+    pub tp_rank: usize,
+}
+
+pub fn tp_pp_coord(rank: usize, tp: usize) -> TpPpCoord {
+    TpPpCoord { stage: rank / tp, tp_rank: rank % tp }
+}
+
+pub fn tp_pp_rank(c: TpPpCoord, tp: usize) -> usize {
+    c.tp_rank + tp * c.stage
+}
+
+/// The slice `part` of `n` items split evenly across `parts` (heads, MLP columns, layers).
+pub fn even_slice(n: usize, parts: usize, part: usize) -> Range<usize> {
+    debug_assert_eq!(n % parts, 0);
+    let w = n / parts;
+    part * w..(part + 1) * w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coverage(layout: Layout, seq: usize, ring: usize) -> Vec<usize> {
+        let mut seen = vec![0usize; seq];
+        for r in 0..ring {
+            for s in ring_tokens(layout, seq, ring, r).segments {
+                assert!(s.len > 0, "empty chunk: seq {seq} ring {ring} rank {r}");
+                for p in s.start..s.end() {
+                    seen[p] += 1;
+                }
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn both_layouts_cover_every_token_once_also_for_uneven_lengths() {
+        for layout in [Layout::Zigzag, Layout::Contiguous] {
+            for ring in [1, 2, 3, 4, 8, 16] {
+                for seq in [chunk_count(layout, ring), 97, 1000, 1023, 100_003] {
+                    if seq < chunk_count(layout, ring) {
+                        continue;
+                    }
+                    assert!(coverage(layout, seq, ring).iter().all(|&n| n == 1), "{layout:?} seq {seq} ring {ring}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zigzag_worked_example() {
+        let t = |r| ring_tokens(Layout::Zigzag, 16, 4, r).segments;
+        assert_eq!(t(0), vec![Segment { start: 0, len: 2 }, Segment { start: 14, len: 2 }]);
+        assert_eq!(t(3), vec![Segment { start: 6, len: 2 }, Segment { start: 8, len: 2 }]);
+        // Uneven: 10 tokens in 8 chunks, the first two chunks have 2 tokens.
+        let c = chunks(10, 8);
+        assert_eq!(c.iter().map(|s| s.len).collect::<Vec<_>>(), vec![2, 2, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(ring_tokens(Layout::Zigzag, 10, 4, 0).len(), 3);
+    }
+
+    #[test]
+    fn zigzag_balances_causal_work() {
+        // Causal work of a rank ~ sum over its tokens of (position + 1).
+        let work =
+            |layout, r| -> usize { ring_tokens(layout, 1600, 8, r).segments.iter().flat_map(|s| s.start..s.end()).map(|p| p + 1).sum() };
+        let zz: Vec<usize> = (0..8).map(|r| work(Layout::Zigzag, r)).collect();
+        assert!(zz.iter().all(|&w| w == zz[0]), "zigzag work {zz:?}");
+        let ct: Vec<usize> = (0..8).map(|r| work(Layout::Contiguous, r)).collect();
+        assert!(ct[7] > 10 * ct[0]);
+    }
+
+    #[test]
+    fn ring_blocks_arrive_from_the_left() {
+        for ring in [1, 2, 5] {
+            for rank in 0..ring {
+                let (next, prev) = ring_peers(rank, ring);
+                assert_eq!(ring_block_owner(rank, 0, ring), rank);
+                for step in 0..ring {
+                    // What `rank` holds at step+1 is what `prev` held at step.
+                    assert_eq!(ring_block_owner(rank, step + 1, ring), ring_block_owner(prev, step, ring));
+                    assert_eq!(ring_block_owner(next, step + 1, ring), ring_block_owner(rank, step, ring));
+                }
+                let owners: std::collections::BTreeSet<_> = (0..ring).map(|s| ring_block_owner(rank, s, ring)).collect();
+                assert_eq!(owners.len(), ring, "every block visits every rank once");
+            }
+        }
+    }
+
+    #[test]
+    fn tp_pp_worked_example() {
+        let coords: Vec<_> = (0..8).map(|r| tp_pp_coord(r, 4)).collect();
+        assert_eq!(coords[5], TpPpCoord { stage: 1, tp_rank: 1 });
+        for (r, c) in coords.iter().enumerate() {
+            assert_eq!(tp_pp_rank(*c, 4), r);
+        }
+        assert_eq!(even_slice(32, 8, 3), 12..16);
+    }
+
+    #[test]
+    fn local_rows_follow_the_segments() {
+        let t = ring_tokens(Layout::Zigzag, 16, 4, 1);
+        let rows: Vec<_> = t.with_rows().collect();
+        assert_eq!(rows, vec![(0, Segment { start: 2, len: 2 }), (2, Segment { start: 12, len: 2 })]);
+    }
+}

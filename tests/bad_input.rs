@@ -1,0 +1,47 @@
+//! Bad input stops before any work, on 1 rank and on 4, with one line naming the flag, what was
+//! given and what is needed, printed once; never a panic, never a hang.
+
+mod common;
+use common::mpirun;
+
+const CASES: [(&str, &str); 10] = [
+    ("--strategy tp-pp --tp 2 --pp 3 --layers 6", "--tp 2 x --pp 3 = 6 ranks, but the job has"),
+    ("--strategy ring --ring 5", "--ring 5: the job has"),
+    ("--strategy tp-pp --tp 3 --heads 4 --pp 1", "--heads 4 must be divisible"),
+    ("--strategy tp-pp --tp 1 --pp 1 --layers 0", "--layers 0: must be at least 1"),
+    ("--strategy ring --d-model 100 --heads 3", "--d-model 100: must be divisible by --heads 3"),
+    ("--strategy ring --d-model 60 --heads 4", "head dim 15 is odd"),
+    ("--strategy ring --seq-len 1", "--seq-len 1: a zigzag ring of"),
+    ("--strategy ring --batch 3 --micro-batch 2", "--micro-batch 2: must divide --batch 3"),
+    ("--strategy ring --iters 0", "--iters 0: must be at least 1"),
+    ("--strategy ring --mlp 0", "--mlp 0: must be at least 1"),
+];
+
+#[test]
+fn each_bad_input_fails_fast_with_its_message() {
+    for np in [1, 4] {
+        for (flags, want) in CASES {
+            for cmd in ["run", "verify"] {
+                let mut args = vec![cmd];
+                args.extend(flags.split_whitespace());
+                let run = mpirun(np, &args);
+                let out = run.all();
+                assert_ne!(run.status, Some(0), "{cmd} -np {np} {flags} was accepted:\n{out}");
+                assert!(out.contains(want), "{cmd} -np {np} {flags}: want {want:?} in:\n{out}");
+                assert_eq!(out.matches("ringbench: error:").count(), 1, "printed once, by rank 0:\n{out}");
+                assert!(!out.contains("panic"), "{out}");
+                assert!(run.elapsed.as_secs() < 20, "{cmd} -np {np} {flags} took {:?}", run.elapsed);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_malformed_flag_is_reported_once() {
+    let run = mpirun(4, &["run", "--strategy", "ring", "--ring", "four"]);
+    assert_eq!(run.status, Some(2), "{}", run.all());
+    assert_eq!(run.all().matches("invalid value 'four' for '--ring <N>'").count(), 1, "{}", run.all());
+    let run = mpirun(2, &["run", "--strategy", "ring", "--preset", "huge"]);
+    assert_ne!(run.status, Some(0));
+    assert_eq!(run.all().matches("invalid value 'huge'").count(), 1, "{}", run.all());
+}

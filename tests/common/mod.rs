@@ -1,0 +1,57 @@
+//! Launching the ringbench binary under `mpirun` on loopback, one launch at a time.
+
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Launches are serialised: with 2 cores, parallel mpiruns of 8 ranks would only slow each other.
+static MPI: Mutex<()> = Mutex::new(());
+
+/// Upper bound on one launch; a hang fails the test instead of stalling the suite.
+pub const LAUNCH_TIMEOUT_S: u32 = 180;
+
+pub struct Run {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// `mpirun --oversubscribe -np N ringbench ARGS...`, under `timeout`.
+pub fn mpirun(np: usize, args: &[&str]) -> Run {
+    let _guard = MPI.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new("timeout");
+    cmd.arg(LAUNCH_TIMEOUT_S.to_string())
+        .args(["mpirun", "--oversubscribe", "-np", &np.to_string()])
+        // Shared memory within the node; no single-copy mechanism, which containers often forbid.
+        .args(["--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none"])
+        .arg(env!("CARGO_BIN_EXE_ringbench"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+    let t0 = Instant::now();
+    let Output { status, stdout, stderr } = cmd.output().expect("mpirun and timeout are installed");
+    let run = Run {
+        status: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into(),
+        stderr: String::from_utf8_lossy(&stderr).into(),
+        elapsed: t0.elapsed(),
+    };
+    assert_ne!(run.status, Some(124), "mpirun -np {np} {args:?} hung for {LAUNCH_TIMEOUT_S} s:\n{}", run.all());
+    run
+}
+
+/// The numbers of a verify line such as `  ring vs reference:  rel L2 1.2e-3   max abs 4.5e-3`.
+pub fn parse_errors(out: &str, label: &str) -> (f64, f64) {
+    let line = out.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no line {label:?} in:\n{out}"));
+    let nums: Vec<f64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(nums.len() >= 2, "{line}");
+    (nums[nums.len() - 2], nums[nums.len() - 1])
+}

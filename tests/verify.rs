@@ -1,0 +1,101 @@
+//! Every strategy against the single-rank reference, under several process counts, both layouts,
+//! causal and not, at awkward sequence lengths (loopback MPI, CPU backend).
+
+mod common;
+use common::{mpirun, parse_errors};
+
+/// Lengths that do not divide evenly into any ring's chunks.
+const LENGTHS: [usize; 3] = [97, 1000, 1023];
+
+fn verify(np: usize, flags: &str) {
+    let args: Vec<&str> = flags.split_whitespace().collect();
+    let run = mpirun(np, &[&["verify", "--layers", "4"], &args[..]].concat());
+    let out = run.all();
+    assert_eq!(run.status, Some(0), "verify -np {np} {flags} failed:\n{out}");
+    assert_eq!(out.matches("PASS").count(), 1, "one verdict, printed by rank 0:\n{out}");
+    let strategy = args[1];
+    let (rel, max) = parse_errors(&out, &format!("{strategy} vs reference"));
+    let (tol_rel, tol_max) = parse_errors(&out, "tolerance");
+    println!(
+        "-np {np} {flags}: rel L2 {rel:.2e} (<= {tol_rel:.2e}), max abs {max:.2e} (<= {tol_max:.2e}), {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    assert!(rel <= tol_rel && max <= tol_max);
+}
+
+#[test]
+fn tp_pp_matches_the_reference() {
+    let mut i = 0;
+    for (tp, pp) in [(1, 1), (2, 1), (1, 2), (2, 2), (4, 2), (2, 4)] {
+        for causal in ["", "--no-causal"] {
+            let seq = LENGTHS[i % LENGTHS.len()];
+            i += 1;
+            verify(tp * pp, &format!("--strategy tp-pp --tp {tp} --pp {pp} --seq-len {seq} {causal}"));
+        }
+    }
+}
+
+#[test]
+fn ring_matches_the_reference() {
+    let mut i = 0;
+    for ring in [1, 2, 3, 4, 8] {
+        for layout in ["zigzag", "contiguous"] {
+            for causal in ["", "--no-causal"] {
+                let seq = LENGTHS[i % LENGTHS.len()];
+                i += 1;
+                verify(ring, &format!("--strategy ring --ring {ring} --layout {layout} --seq-len {seq} {causal}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn ring_with_one_token_per_chunk_and_micro_batches() {
+    // 16 chunks of 1 token; 4 sequences in micro-batches of 2.
+    verify(8, "--strategy ring --ring 8 --seq-len 16 --batch 4 --micro-batch 2");
+    verify(4, "--strategy tp-pp --tp 2 --pp 2 --seq-len 33 --batch 4 --micro-batch 2");
+}
+
+#[test]
+fn ring_and_tp_pp_agree_with_each_other() {
+    let dir = std::env::temp_dir().join(format!("ringbench-agree-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ring_h5, tp_h5) = (dir.join("ring.h5"), dir.join("tp-pp.h5"));
+    let flags = "--layers 4 --seq-len 1000 --batch 2";
+    let ring = mpirun(
+        4,
+        &[&["verify", "--strategy", "ring", "--save-output", ring_h5.to_str().unwrap()], &flags.split_whitespace().collect::<Vec<_>>()[..]]
+            .concat(),
+    );
+    assert_eq!(ring.status, Some(0), "{}", ring.all());
+    let tp = mpirun(
+        4,
+        &[
+            &["verify", "--strategy", "tp-pp", "--pp", "2", "--save-output", tp_h5.to_str().unwrap()],
+            &flags.split_whitespace().collect::<Vec<_>>()[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(tp.status, Some(0), "{}", tp.all());
+    let read = |p: &std::path::Path| -> Vec<f64> {
+        let ds = hdf5::File::open(p).unwrap().dataset("output").unwrap();
+        assert_eq!(ds.shape(), vec![2, 1000, 64]);
+        ds.read_raw::<f32>().unwrap().into_iter().map(f64::from).collect()
+    };
+    let (a, b) = (read(&ring_h5), read(&tp_h5));
+    let d = ringbench::harness::Diff::between(&a, &b);
+    let (tol_rel, tol_max) = parse_errors(&ring.stdout, "tolerance");
+    println!("ring vs tp-pp: rel L2 {:.2e} (<= {tol_rel:.2e}), max abs {:.2e} (<= {tol_max:.2e})", d.rel_l2, d.max_abs);
+    assert!(d.rel_l2 <= tol_rel && d.max_abs <= tol_max);
+    // The outputs are real hidden states, not a constant.
+    assert!(a.iter().any(|&v| v > 0.5) && a.iter().any(|&v| v < -0.5));
+
+    // An existing output file is refused before any work, and kept.
+    let before = std::fs::read(&ring_h5).unwrap();
+    let again = mpirun(4, &["verify", "--strategy", "ring", "--save-output", ring_h5.to_str().unwrap()]);
+    assert_eq!(again.status, Some(2), "{}", again.all());
+    assert!(again.stderr.contains("--save-output") && again.stderr.contains("exists"), "{}", again.all());
+    assert!(!again.stdout.contains("PASS"));
+    assert_eq!(std::fs::read(&ring_h5).unwrap(), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -274,7 +274,7 @@ impl ConfigArgs {
             model,
             strategy: self.strategy,
             pp,
-            tp: self.tp.unwrap_or(if pp > 0 { (world / pp).max(1) } else { 1 }),
+            tp: self.tp.unwrap_or(world.checked_div(pp).unwrap_or(1).max(1)),
             ring: self.ring.unwrap_or(world),
             layout: self.layout,
             micro_batch: self.micro_batch.unwrap_or(p.micro_batch),

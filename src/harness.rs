@@ -101,11 +101,11 @@ pub fn within(d: Diff, tol: Diff) -> bool {
 pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfig, be: &B, comm: &C, save: Option<&Path>) -> Result<bool> {
     let root = comm.rank() == 0;
     if let Some(path) = save {
-        let free = !root || !path.exists();
-        if !comm.all_agree(free)? {
-            return Err(
-                ConfigError(format!("--save-output {}: the file exists; ringbench never overwrites results", path.display())).into()
-            );
+        // Checked where the file will be written (rank 0), agreed by all, before any work.
+        let problem = if root { save_target_problem(path) } else { None };
+        if !comm.all_agree(problem.is_none())? {
+            let why = problem.unwrap_or_else(|| "rank 0 cannot write it".into());
+            return Err(ConfigError(format!("--save-output {}: {why}", path.display())).into());
         }
     }
     if root {
@@ -123,6 +123,18 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
         None => true,
     };
     comm.all_agree(ok)
+}
+
+/// Why `path` cannot take a new output file, if it cannot.
+fn save_target_problem(path: &Path) -> Option<String> {
+    if path.exists() {
+        return Some("the file exists; ringbench never overwrites results".into());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Some(format!("directory {} does not exist", dir.display()));
+    }
+    None
 }
 
 /// Place every rank's rows at their global (sequence, position): [batch, seq, d_model].
@@ -177,13 +189,12 @@ fn compare_on_root<B: Backend + 'static, C: Communicator<B> + 'static>(
     let pass = finite && within(vs_ref, tol);
 
     let name = cfg.strategy.name();
-    println!("  {name} vs reference:        rel L2 {:.3e}   max abs {:.3e}", vs_ref.rel_l2, vs_ref.max_abs);
-    println!(
-        "  tolerance:                 rel L2 {:.3e}   max abs {:.3e}   (2 x reference vs FP64, + 2^-10 / + 1 ulp)",
-        tol.rel_l2, tol.max_abs
-    );
-    println!("  reference vs FP64 oracle:  rel L2 {:.3e}   max abs {:.3e}", ref_vs_exact.rel_l2, ref_vs_exact.max_abs);
-    println!("  {name} vs FP64 oracle:  rel L2 {:.3e}   max abs {:.3e}", vs_exact.rel_l2, vs_exact.max_abs);
+    let row = |label: String, d: Diff| println!("  {label:<26} rel L2 {:.3e}   max abs {:.3e}", d.rel_l2, d.max_abs);
+    row(format!("{name} vs reference:"), vs_ref);
+    row("tolerance:".into(), tol);
+    row("reference vs FP64 oracle:".into(), ref_vs_exact);
+    row(format!("{name} vs FP64 oracle:"), vs_exact);
+    println!("  (tolerance: 2 x reference vs FP64, plus 2^-10 on rel L2 and one BF16 ulp of the largest output on max abs)");
     if !finite {
         println!("  {name} output holds NaN or infinite values");
     }

@@ -56,7 +56,7 @@ mod tests {
         assert_eq!(ds.shape(), vec![2, 3, 4]);
         assert_eq!(ds.read_raw::<f32>().unwrap(), data);
         drop(file);
-        let err = write_hidden_states(&path, [2, 3, 4], &vec![0.0; 24], "again").unwrap_err();
+        let err = write_hidden_states(&path, [2, 3, 4], &[0.0; 24], "again").unwrap_err();
         assert!(format!("{err:#}").contains("never replaced"), "{err:#}");
         let still = hdf5::File::open(&path).unwrap().dataset("output").unwrap().read_raw::<f32>().unwrap();
         assert_eq!(still, data);

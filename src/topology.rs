@@ -130,9 +130,7 @@ mod tests {
         for r in 0..ring {
             for s in ring_tokens(layout, seq, ring, r).segments {
                 assert!(s.len > 0, "empty chunk: seq {seq} ring {ring} rank {r}");
-                for p in s.start..s.end() {
-                    seen[p] += 1;
-                }
+                seen[s.start..s.end()].iter_mut().for_each(|n| *n += 1);
             }
         }
         seen

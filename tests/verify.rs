@@ -97,5 +97,10 @@ fn ring_and_tp_pp_agree_with_each_other() {
     assert!(again.stderr.contains("--save-output") && again.stderr.contains("exists"), "{}", again.all());
     assert!(!again.stdout.contains("PASS"));
     assert_eq!(std::fs::read(&ring_h5).unwrap(), before);
+
+    let nowhere = dir.join("no-such-dir").join("out.h5");
+    let run = mpirun(2, &["verify", "--strategy", "ring", "--save-output", nowhere.to_str().unwrap()]);
+    assert_eq!(run.status, Some(2), "{}", run.all());
+    assert!(run.stderr.contains("no-such-dir does not exist"), "{}", run.all());
     std::fs::remove_dir_all(&dir).unwrap();
 }

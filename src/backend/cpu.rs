@@ -46,11 +46,7 @@ impl<T> Matrix for HostMat<T> {
         self.cols
     }
     fn capacity_rows(&self) -> usize {
-        if self.cols == 0 {
-            self.rows
-        } else {
-            self.data.len() / self.cols
-        }
+        self.data.len().checked_div(self.cols).unwrap_or(self.rows)
     }
     fn set_rows(&mut self, rows: usize) {
         assert!(rows <= self.capacity_rows(), "set_rows {rows} beyond capacity {}", self.capacity_rows());
@@ -89,8 +85,8 @@ fn sgemm_strided(
     c: &mut [f32],
     ldc: usize,
 ) {
-    assert!(m == 0 || n == 0 || k == 0 || (a.len() >= (m - 1) * sa.0 as usize + (k - 1) * sa.1 as usize + 1));
-    assert!(m == 0 || n == 0 || k == 0 || (b.len() >= (k - 1) * sb.0 as usize + (n - 1) * sb.1 as usize + 1));
+    assert!(m == 0 || n == 0 || k == 0 || (a.len() > (m - 1) * sa.0 as usize + (k - 1) * sa.1 as usize));
+    assert!(m == 0 || n == 0 || k == 0 || (b.len() > (k - 1) * sb.0 as usize + (n - 1) * sb.1 as usize));
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
     // SAFETY: the asserts above keep every element matrixmultiply touches inside the slices.
     unsafe {

@@ -2,6 +2,7 @@
 //! parallelism, send/recv for the pipeline, the paired exchange of a ring step, plus the few host
 //! collectives the harness needs (barrier, max of timings, one verdict, gather of outputs).
 
+pub mod local;
 pub mod mpi;
 
 use crate::backend::Backend;

@@ -1,6 +1,8 @@
 //! The MPI communicator (rsmpi) on host buffers: the CPU backend's transport. BF16 travels as its
 //! 16-bit pattern; the all-reduce sums with a user operation that adds in FP32 and rounds to BF16 at
 //! every step, as NCCL's BF16 reduction does, so the wire carries what a GPU job's would.
+//! Overlap is nominal here: Open MPI moves a large message only inside MPI calls, so a ring step's
+//! transfer mostly happens in its final wait; the CUDA backend's communication stream makes it real.
 
 use super::Communicator;
 use crate::backend::cpu::{CpuBackend, HostMat};

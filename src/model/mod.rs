@@ -144,6 +144,7 @@ pub fn generate_input<B: Backend>(be: &B, m: &ModelConfig, seed: u64, batch: &Ba
 /// Attention of every query block against every key block of the same sequences, skipping pairs
 /// that the causal mask hides entirely. `kv_tokens` is the layout of the rows in `kv`, which may
 /// belong to another rank (a ring block).
+#[allow(clippy::too_many_arguments)]
 pub fn attend<B: Backend>(
     be: &B,
     ws_q: &B::Act,

@@ -44,6 +44,11 @@ pub fn build<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfig
     })
 }
 
+/// Micro-batch `micro_batch`: sequences micro_batch x mb .. (micro_batch + 1) x mb, on `tokens`.
+fn micro_batch_of<'a>(cfg: &RunConfig, micro_batch: usize, tokens: &'a LocalTokens) -> Batch<'a> {
+    Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens }
+}
+
 /// A run of consecutive layers on one rank with its buffers: what every strategy drives per
 /// micro-batch (the whole model for reference and ring, one pipeline stage for tp-pp).
 pub(crate) struct Stack<B: Backend> {
@@ -80,11 +85,11 @@ impl<B: Backend> Stack<B> {
     }
 
     pub fn batch(&self, cfg: &RunConfig, micro_batch: usize) -> Batch<'_> {
-        Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &self.tokens }
+        micro_batch_of(cfg, micro_batch, &self.tokens)
     }
 
     pub fn generate_input(&mut self, be: &B, cfg: &RunConfig, micro_batch: usize) -> Result<()> {
-        let batch = Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &self.tokens };
+        let batch = micro_batch_of(cfg, micro_batch, &self.tokens);
         generate_input(be, &cfg.model, cfg.seed, &batch, &mut self.x)
     }
 
@@ -97,7 +102,7 @@ impl<B: Backend> Stack<B> {
         attention: &mut dyn FnMut(&mut Workspace<B>, &Batch) -> Result<()>,
         reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
     ) -> Result<()> {
-        let batch = Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &self.tokens };
+        let batch = micro_batch_of(cfg, micro_batch, &self.tokens);
         for w in &self.layers {
             layer_forward(be, w, &mut self.ws, &mut self.x, &batch, &mut |ws| attention(ws, &batch), reduce)?;
         }

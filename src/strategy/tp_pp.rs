@@ -5,7 +5,9 @@
 //! MLP-down are row-parallel (Y = X A, A split by rows: each rank holds a partial sum), each followed
 //! by one all-reduce over the TP group: two per layer.
 //! Pipeline across stages: stage k runs layers k L/pp .. (k+1) L/pp on each micro-batch in turn and
-//! hands its activations to the same TP rank of stage k+1 (fill-drain, forward only).
+//! hands its activations to the same TP rank of stage k+1 (fill-drain, forward only). The hand-off
+//! is a blocking send: stage k+1 posts its receive as soon as it is free, so stage k blocks only
+//! while the next stage is still busy, which is the fill-drain schedule itself.
 
 use super::{Stack, Strategy};
 use crate::backend::{Backend, Matrix};

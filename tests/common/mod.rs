@@ -10,6 +10,7 @@ static MPI: Mutex<()> = Mutex::new(());
 /// Upper bound on one launch; a hang fails the test instead of stalling the suite.
 pub const LAUNCH_TIMEOUT_S: u32 = 180;
 
+#[allow(dead_code)] // each test file reads the fields it needs
 pub struct Run {
     pub status: Option<i32>,
     pub stdout: String,
@@ -49,6 +50,7 @@ pub fn mpirun(np: usize, args: &[&str]) -> Run {
 }
 
 /// The numbers of a verify line such as `  ring vs reference:  rel L2 1.2e-3   max abs 4.5e-3`.
+#[allow(dead_code)] // not every test file parses verify output
 pub fn parse_errors(out: &str, label: &str) -> (f64, f64) {
     let line = out.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no line {label:?} in:\n{out}"));
     let nums: Vec<f64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The newcomer's first command: install the system packages, build, and run both strategies on the
-# CPU backend with the `small` preset under mpirun (4 ranks on this machine, loopback).
+# CPU backend with the `small` preset under mpirun (4 ranks on this machine, loopback), then verify.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -8,6 +8,6 @@ cargo build --release
 # Open MPI refuses to start as root without these; containers and CI run as root.
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 MPIRUN=(mpirun --oversubscribe -np 4 --hostfile hostfiles/loopback)
-"${MPIRUN[@]}" target/release/ringbench run --backend cpu --preset small --strategy ring --ring 4
-"${MPIRUN[@]}" target/release/ringbench run --backend cpu --preset small --strategy tp-pp --tp 2 --pp 2
+# Both strategies in one launch; results (rank files, summary.csv, ranks.csv) land in results/<run id>/.
+"${MPIRUN[@]}" target/release/ringbench run --backend cpu --preset small --strategy all --tp 2 --pp 2 --ring 4
 "${MPIRUN[@]}" target/release/ringbench verify --backend cpu --preset tiny --strategy ring --ring 4

@@ -2,9 +2,11 @@
 //! validation that turns bad input into one clear line before any work starts.
 
 use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StrategyKind {
     /// One rank, the whole model: the numerical reference.
     Reference,
@@ -24,7 +26,37 @@ impl StrategyKind {
     }
 }
 
+/// What `--strategy` selects: one strategy, or tp-pp then ring in the same launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyChoice {
+    Reference,
+    TpPp,
+    Ring,
+    /// tp-pp, then ring, on the same world and model (needs tp x pp = ring = world size).
+    All,
+}
+
+impl StrategyChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            StrategyChoice::All => "all",
+            one => one.strategies()[0].name(),
+        }
+    }
+
+    /// The strategy runs, in launch order.
+    pub fn strategies(self) -> Vec<StrategyKind> {
+        match self {
+            StrategyChoice::Reference => vec![StrategyKind::Reference],
+            StrategyChoice::TpPp => vec![StrategyKind::TpPp],
+            StrategyChoice::Ring => vec![StrategyKind::Ring],
+            StrategyChoice::All => vec![StrategyKind::TpPp, StrategyKind::Ring],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Layout {
     /// 2P chunks, rank r holds chunks r and 2P-1-r: causal work balanced across the ring.
     Zigzag,
@@ -41,7 +73,8 @@ impl Layout {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// The reference workload: 16 layers, d_model 4096, 32 heads, MLP 16384, 100K tokens, batch 128.
     Paper,
@@ -84,7 +117,8 @@ impl Preset {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// FP32 arithmetic on BF16-rounded host buffers, MPI between ranks.
     Cpu,
@@ -106,7 +140,7 @@ struct PresetValues {
 }
 
 /// The transformer's shape and the work of one iteration (batch sequences of seq_len tokens).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub layers: usize,
     pub d_model: usize,
@@ -123,7 +157,7 @@ impl ModelConfig {
 }
 
 /// Everything a rank needs to know to run; identical on every rank.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
     pub preset: Preset,
     pub model: ModelConfig,
@@ -204,9 +238,9 @@ macro_rules! bad {
 /// values; an explicit flag overrides the preset.
 #[derive(Args, Clone, Debug)]
 pub struct ConfigArgs {
-    /// Parallel strategy.
+    /// Parallel strategy; `all` runs tp-pp, then ring, in the same launch.
     #[arg(long, value_enum)]
-    pub strategy: StrategyKind,
+    pub strategy: StrategyChoice,
     /// Starting values for every model and measurement flag.
     #[arg(long, value_enum, default_value = "tiny")]
     pub preset: Preset,
@@ -257,8 +291,9 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    /// Resolve the preset and the flags into a validated config for a job of `world` ranks.
-    pub fn resolve(&self, world: usize) -> Result<RunConfig, ConfigError> {
+    /// Resolve the preset and the flags into validated configs, one per strategy run, for a job
+    /// of `world` ranks.
+    pub fn resolve(&self, world: usize) -> Result<Vec<RunConfig>, ConfigError> {
         let p = self.preset.values();
         let model = ModelConfig {
             layers: self.layers.unwrap_or(p.model.layers),
@@ -269,23 +304,28 @@ impl ConfigArgs {
             batch: self.batch.unwrap_or(p.model.batch),
         };
         let pp = self.pp.unwrap_or(1);
-        let cfg = RunConfig {
-            preset: self.preset,
-            model,
-            strategy: self.strategy,
-            pp,
-            tp: self.tp.unwrap_or(world.checked_div(pp).unwrap_or(1).max(1)),
-            ring: self.ring.unwrap_or(world),
-            layout: self.layout,
-            micro_batch: self.micro_batch.unwrap_or(p.micro_batch),
-            seed: self.seed,
-            causal: !self.no_causal,
-            backend: self.backend,
-            warmup: self.warmup.unwrap_or(p.warmup),
-            iters: self.iters.unwrap_or(p.iters),
-        };
-        validate(&cfg, world)?;
-        Ok(cfg)
+        self.strategy
+            .strategies()
+            .into_iter()
+            .map(|strategy| {
+                let cfg = RunConfig {
+                    preset: self.preset,
+                    model,
+                    strategy,
+                    pp,
+                    tp: self.tp.unwrap_or(world.checked_div(pp).unwrap_or(1).max(1)),
+                    ring: self.ring.unwrap_or(world),
+                    layout: self.layout,
+                    micro_batch: self.micro_batch.unwrap_or(p.micro_batch),
+                    seed: self.seed,
+                    causal: !self.no_causal,
+                    backend: self.backend,
+                    warmup: self.warmup.unwrap_or(p.warmup),
+                    iters: self.iters.unwrap_or(p.iters),
+                };
+                validate(&cfg, world).map(|()| cfg)
+            })
+            .collect()
     }
 }
 
@@ -380,7 +420,7 @@ mod tests {
 
     fn resolve(flags: &str, world: usize) -> Result<RunConfig, ConfigError> {
         let argv = std::iter::once("ringbench").chain(flags.split_whitespace());
-        Cli::try_parse_from(argv).expect("flags parse").args.resolve(world)
+        Cli::try_parse_from(argv).expect("flags parse").args.resolve(world).map(|mut v| v.remove(0))
     }
 
     fn error(flags: &str, world: usize) -> String {
@@ -425,6 +465,25 @@ mod tests {
             assert!(got.contains(want), "{flags} on {world} ranks: got {got:?}, want {want:?}");
             assert!(!got.contains('\n'), "one line: {got:?}");
         }
+    }
+
+    #[test]
+    fn all_runs_tp_pp_then_ring_on_the_same_world() {
+        let argv = "ringbench --strategy all --tp 2 --pp 2 --ring 4".split_whitespace();
+        let runs = Cli::try_parse_from(argv).unwrap().args.resolve(4).unwrap();
+        assert_eq!(runs.iter().map(|c| c.strategy).collect::<Vec<_>>(), vec![StrategyKind::TpPp, StrategyKind::Ring]);
+        assert!(runs.iter().all(|c| c.world() == 4));
+        let argv = "ringbench --strategy all --tp 2 --pp 2 --ring 2".split_whitespace();
+        let err = Cli::try_parse_from(argv).unwrap().args.resolve(4).unwrap_err();
+        assert!(err.0.contains("--ring 2: the job has 4 ranks"), "{err}");
+    }
+
+    #[test]
+    fn the_config_round_trips_through_json() {
+        let cfg = resolve("--strategy ring --layout contiguous --no-causal", 2).unwrap();
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains("\"layout\":\"contiguous\""), "{json}");
+        assert_eq!(serde_json::from_str::<RunConfig>(&json).unwrap(), cfg);
     }
 
     #[test]

@@ -1,55 +1,245 @@
-//! The one harness every strategy runs under (STYLE.md, item 1): `run` times warm-up and measured
-//! iterations; `verify` runs a strategy once, gathers its final hidden states to rank 0 in global
+//! The one harness every strategy runs under (STYLE.md, item 1): `run` applies the measurement
+//! protocol and writes the results; `verify` runs a strategy once, gathers its final hidden states to rank 0 in global
 //! token order and compares them with the single-rank reference, with a tolerance measured from the
 //! reference's own distance to the FP64 oracle.
 
 use crate::backend::Backend;
+use crate::comm::metered::Metered;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, StrategyKind};
-use crate::metrics::{fmt_seconds, Stats};
+use crate::metrics::{flops, fmt_bytes, fmt_seconds, IterationRecord};
 use crate::model::oracle;
 use crate::output;
+use crate::output::rankfile::{self, RankRun};
+use crate::output::reduce::{self, StrategySummary};
 use crate::strategy::{self, reference::Reference, Strategy};
 use anyhow::{ensure, Result};
 use half::bf16;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Warm-up, then measured iterations. Each iteration starts from a barrier and lasts until the
-/// slowest rank finishes its forward pass: the time the job as a whole takes for one batch.
-pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfig, be: &B, comm: &C) -> Result<()> {
+/// Who and where this rank is, for its results.
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub rank: usize,
+    pub local_rank: usize,
+    pub host: String,
+    /// MPI library version, as the library reports it.
+    pub mpi_library: String,
+}
+
+/// Where results go.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The results root: runs land in `<out>/<run id>/`.
+    pub out: PathBuf,
+    /// Chosen run id; default: the SLURM job id, or `<UTC timestamp>-<strategy>`.
+    pub run_id: Option<String>,
+    /// No progress display.
+    pub quiet: bool,
+}
+
+fn utc_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn check_run_id(id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty() && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!("--run-id {id:?}: use letters, digits, '.', '_' and '-' (it names a directory)")))
+    }
+}
+
+/// Rank 0 picks the run id and creates `<out>/<id>/`, which must be new; every rank learns the
+/// outcome, so a clash is bad input on every rank, before any work.
+fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &str, opts: &RunOptions) -> Result<PathBuf> {
     let root = comm.rank() == 0;
+    let mut id = Vec::new();
+    let mut problem = None;
     if root {
-        println!("ringbench run: {}", cfg.describe());
-        println!("world {} ranks; {} warm-up + {} measured iterations", comm.size(), cfg.warmup, cfg.iters);
+        let chosen = opts.run_id.clone().or_else(|| std::env::var("SLURM_JOB_ID").ok().filter(|v| !v.is_empty()));
+        let name = chosen.unwrap_or_else(|| format!("{}-{choice}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+        if let Err(e) = check_run_id(&name) {
+            problem = Some(e.0);
+        } else {
+            let dir = opts.out.join(&name);
+            if let Err(e) = std::fs::create_dir_all(&opts.out) {
+                problem = Some(format!("--out {}: cannot create the results directory: {e}", opts.out.display()));
+            } else {
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => id = name.into_bytes(),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        problem =
+                            Some(format!("run directory {} exists; results are never overwritten (choose another --run-id)", dir.display()))
+                    }
+                    Err(e) => problem = Some(format!("--out {}: cannot create run directory {}: {e}", opts.out.display(), dir.display())),
+                }
+            }
+        }
     }
-    let mut strat = strategy::build(cfg, be, comm)?;
-    for _ in 0..cfg.warmup {
-        comm.barrier()?;
-        strat.forward(be, comm, false)?;
+    if !comm.all_agree(problem.is_none())? {
+        return Err(ConfigError(problem.unwrap_or_else(|| "rank 0 could not create the run directory".into())).into());
     }
-    let mut times = Vec::with_capacity(cfg.iters);
-    for _ in 0..cfg.iters {
-        comm.barrier()?;
-        let t0 = Instant::now();
-        strat.forward(be, comm, false)?;
-        times.push(comm.max_f64(t0.elapsed().as_secs_f64())?);
+    comm.broadcast_bytes(&mut id)?;
+    Ok(opts.out.join(String::from_utf8(id)?))
+}
+
+fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if quiet || !std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} iterations ({msg}), ETA {eta}") {
+        bar.set_style(style);
     }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Run each config in turn under the measurement protocol, write this rank's results file after
+/// each, then (rank 0) reduce the run directory into CSV and print the summary.
+pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
+    cfgs: &[RunConfig],
+    choice: &str,
+    be: &B,
+    comm: &C,
+    place: &Place,
+    opts: &RunOptions,
+) -> Result<()> {
+    let root = comm.rank() == 0;
+    let dir = create_run_dir(comm, choice, opts)?;
+    let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if root {
-        let s = Stats::of(&times).expect("--iters is validated >= 1");
-        let tokens = cfg.tokens_per_iteration() as f64;
-        println!(
-            "iteration time: mean {} (std {}, min {}, max {}, n {})",
-            fmt_seconds(s.mean),
-            fmt_seconds(s.std),
-            fmt_seconds(s.min),
-            fmt_seconds(s.max),
-            s.n
-        );
-        println!("tokens/s: {:.1}", tokens / s.mean);
-        println!("time per token: {} (iteration time / {} tokens)", fmt_seconds(s.mean / tokens), tokens);
+        println!("ringbench run {run_id}: {} ranks, results in {}", comm.size(), dir.display());
+    }
+    // Strategies communicate through a metered duplicate of the world; the harness's own
+    // barriers and reductions use `comm` and are not counted.
+    let metered = Metered::new(comm.split(0, comm.rank())?);
+    let (h5_major, h5_minor, h5_release) = hdf5::library_version();
+    let libraries = format!("{}; HDF5 {h5_major}.{h5_minor}.{h5_release}", place.mpi_library);
+    let mut done: Vec<RankRun> = Vec::new();
+    for (sequence, cfg) in cfgs.iter().enumerate() {
+        if root {
+            println!("{}", cfg.describe());
+        }
+        be.reset_peak_memory();
+        let start_utc = utc_now();
+        let iterations = measure(cfg, be, comm, &metered, root && !opts.quiet)?;
+        done.push(RankRun {
+            run_id: run_id.clone(),
+            sequence: sequence as u32,
+            config: cfg.clone(),
+            rank: place.rank,
+            local_rank: place.local_rank,
+            host: place.host.clone(),
+            device: be.device_name(),
+            libraries: libraries.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: env!("RINGBENCH_GIT_COMMIT").to_string(),
+            start_utc,
+            end_utc: utc_now(),
+            status: "complete".into(),
+            iterations,
+            memory: be.memory(),
+            flops: flops::rank_flops(cfg, comm.rank()),
+            device_peak_flops: be.peak_flops(),
+        });
+        rankfile::write(&dir, place.rank, &done)?;
+    }
+    // Every rank file is complete before rank 0 reads them (shared filesystem, as on clusters).
+    comm.barrier()?;
+    if root {
+        let summaries = reduce::reduce_into(std::slice::from_ref(&dir), &dir)?;
+        print_summaries(&summaries);
+        println!("wrote {} rank files, summary.csv and ranks.csv to {}", comm.size(), dir.display());
     }
     Ok(())
+}
+
+/// Warm-up and measured iterations of one strategy. Each iteration starts at a barrier; its record
+/// holds this rank's time to the end of its forward pass and what the metered communicator saw.
+fn measure<B: Backend + 'static, C: Communicator<B> + 'static>(
+    cfg: &RunConfig,
+    be: &B,
+    comm: &C,
+    metered: &Metered<C>,
+    show: bool,
+) -> Result<Vec<IterationRecord>> {
+    let mut strat = strategy::build(cfg, be, metered)?;
+    let bar = progress_bar(cfg.warmup + cfg.iters, cfg.strategy.name(), !show);
+    bar.set_message("warm-up");
+    for _ in 0..cfg.warmup {
+        comm.barrier()?;
+        strat.forward(be, metered, false)?;
+        bar.inc(1);
+    }
+    bar.set_message("measured");
+    let mut records = Vec::with_capacity(cfg.iters);
+    for _ in 0..cfg.iters {
+        comm.barrier()?;
+        metered.counters().take();
+        let t0 = Instant::now();
+        strat.forward(be, metered, false)?;
+        let total_s = t0.elapsed().as_secs_f64();
+        let (comm_s, bytes_sent, bytes_received) = metered.counters().take();
+        records.push(IterationRecord { total_s, comm_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(records)
+}
+
+/// The console's account of each strategy run, then the side-by-side comparison.
+pub fn print_summaries(summaries: &[StrategySummary]) {
+    for s in summaries {
+        let it = &s.iter;
+        println!("{} ({}):", s.config.strategy.name(), s.status);
+        println!(
+            "  iteration      mean {}, 95% CI [{}, {}], cv {:.1}%, min {}, median {}, max {} (n {})",
+            fmt_seconds(it.mean),
+            fmt_seconds(it.ci95.0),
+            fmt_seconds(it.ci95.1),
+            100.0 * it.cv(),
+            fmt_seconds(it.min),
+            fmt_seconds(it.median),
+            fmt_seconds(it.max),
+            it.n
+        );
+        println!("  tokens/s       {:.1}, 95% CI [{:.1}, {:.1}]", s.tps, s.tps_ci95.0, s.tps_ci95.1);
+        println!("  time per token {} (iteration time / {} tokens)", fmt_seconds(s.tpot_s), s.config.tokens_per_iteration());
+        println!(
+            "  per rank       communication {} max / {} mean, compute {} max / {} mean, sent {}/iter max",
+            fmt_seconds(s.comm_s.0),
+            fmt_seconds(s.comm_s.1),
+            fmt_seconds(s.compute_s.0),
+            fmt_seconds(s.compute_s.1),
+            fmt_bytes(s.sent_per_iter_max)
+        );
+        let device = s.peak_device_max.map(|b| format!(", process/device peak {} max", fmt_bytes(b))).unwrap_or_default();
+        println!("  peak memory    buffers {} max / {} mean{device}", fmt_bytes(s.peak_buffers.0), fmt_bytes(s.peak_buffers.1));
+        let mfu = s.mfu.map(|m| format!("MFU {:.1}%", 100.0 * m)).unwrap_or_else(|| "MFU n/a (device peak unknown)".into());
+        println!("  compute        {:.4} TFLOP/s per rank, {mfu}", s.tflops_per_gpu);
+    }
+    let find = |k: StrategyKind| summaries.iter().find(|s| s.config.strategy == k);
+    if let (Some(tp), Some(ring)) = (find(StrategyKind::TpPp), find(StrategyKind::Ring)) {
+        println!();
+        println!("{:<24}{:>18}{:>18}", "", "tp-pp", "ring");
+        println!("{:<24}{:>18.1}{:>18.1}", "tokens/s", tp.tps, ring.tps);
+        println!("{:<24}{:>18}{:>18}", "time per token", fmt_seconds(tp.tpot_s), fmt_seconds(ring.tpot_s));
+        println!("{:<24}{:>18}{:>18}", "iteration (mean)", fmt_seconds(tp.iter.mean), fmt_seconds(ring.iter.mean));
+        println!("{:<24}{:>18}{:>18}", "peak memory (max rank)", fmt_bytes(tp.peak_buffers.0), fmt_bytes(ring.peak_buffers.0));
+        println!("{:<24}{:>18}{:>18}", "communication (max)", fmt_seconds(tp.comm_s.0), fmt_seconds(ring.comm_s.0));
+        println!(
+            "ring speed-up over tp-pp: {:.2}x; ring memory / tp-pp memory: {:.2}x",
+            ring.tps / tp.tps,
+            ring.peak_buffers.0 / tp.peak_buffers.0
+        );
+    }
 }
 
 /// Errors between two outputs of the same shape.

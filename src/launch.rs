@@ -34,6 +34,14 @@ impl Launch {
         self.world.duplicate()
     }
 
+    /// The MPI library's version line ("Open MPI v4.1.4, ...").
+    pub fn mpi_library(&self) -> String {
+        mpi::environment::library_version()
+            .ok()
+            .and_then(|v| v.replace('\0', "").lines().next().map(|l| l.trim().to_string()))
+            .unwrap_or_else(|| "MPI (version unknown)".into())
+    }
+
     /// Report an error of this rank and end the whole job.
     pub fn fail(&self, err: &anyhow::Error) -> ! {
         eprintln!("ringbench: rank {} on host {}: error: {err:#}", self.rank, self.host);

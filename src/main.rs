@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use ringbench::backend::cpu::CpuBackend;
 use ringbench::comm::mpi::MpiComm;
 use ringbench::config::{BackendKind, ConfigArgs, ConfigError};
-use ringbench::harness;
+use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Rebuild summary.csv and ranks.csv from the rank files of run directories (no MPI).
+    /// With one directory the tables go into it (an identical existing table is left alone, a
+    /// different one is refused); with several, into --out as one combined table.
+    Reduce(ReduceArgs),
     /// Time warm-up and measured iterations of one strategy; rank 0 prints the mean iteration
     /// time, tokens/s and time per token.
     Run(RunArgs),
@@ -36,6 +40,25 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Results root: the run lands in DIR/<run id>/ (rank files, summary.csv, ranks.csv).
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    out: PathBuf,
+    /// Run id (a new directory name). Default: $SLURM_JOB_ID, else <UTC timestamp>-<strategy>.
+    #[arg(long, value_name = "ID")]
+    run_id: Option<String>,
+    /// No progress display.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ReduceArgs {
+    /// Run directories holding rank-NNNNN.h5 files.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// Where to write the tables (a directory; created if missing). Default: the one DIR.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -62,6 +85,9 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
+    if let Command::Reduce(args) = &cli.command {
+        return reduce(args);
+    }
     let launch = match Launch::init() {
         Ok(l) => l,
         Err(e) => {
@@ -86,22 +112,63 @@ fn main() -> ExitCode {
     code
 }
 
+fn reduce(args: &ReduceArgs) -> ExitCode {
+    let out = match (&args.out, args.dirs.as_slice()) {
+        (Some(out), _) => out.clone(),
+        (None, [one]) => one.clone(),
+        (None, _) => {
+            eprintln!("ringbench: error: --out: several run directories need --out DIR for the combined tables");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let written =
+        std::fs::create_dir_all(&out).map_err(anyhow::Error::from).and_then(|()| ringbench::output::reduce::reduce_into(&args.dirs, &out));
+    match written {
+        Ok(summaries) => {
+            harness::print_summaries(&summaries);
+            println!("wrote summary.csv and ranks.csv to {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringbench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
     let config_args = match &cli.command {
         Command::Run(a) => &a.config,
         Command::Verify(a) => &a.config,
+        Command::Reduce(_) => unreachable!("reduce runs without MPI"),
     };
-    let cfg = config_args.resolve(launch.size)?;
-    match cfg.backend {
+    let cfgs = config_args.resolve(launch.size)?;
+    match cfgs[0].backend {
         BackendKind::Cpu => {
             let be = CpuBackend::new();
             let comm = MpiComm::new(launch.world_for_strategies());
             match &cli.command {
-                Command::Run(_) => harness::run(&cfg, &be, &comm).map(|()| ExitCode::SUCCESS),
+                Command::Run(a) => {
+                    let place = Place {
+                        rank: launch.rank,
+                        local_rank: launch.local_rank,
+                        host: launch.host.clone(),
+                        mpi_library: launch.mpi_library(),
+                    };
+                    let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet };
+                    harness::run(&cfgs, config_args.strategy.name(), &be, &comm, &place, &opts).map(|()| ExitCode::SUCCESS)
+                }
                 Command::Verify(a) => {
-                    let pass = harness::verify(&cfg, &be, &comm, a.save_output.as_deref())?;
+                    if a.save_output.is_some() && cfgs.len() > 1 {
+                        return Err(ConfigError("--save-output takes one strategy's output; --strategy all runs two".into()).into());
+                    }
+                    let mut pass = true;
+                    for cfg in &cfgs {
+                        pass &= harness::verify(cfg, &be, &comm, a.save_output.as_deref())?;
+                    }
                     Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
                 }
+                Command::Reduce(_) => unreachable!("reduce runs without MPI"),
             }
         }
     }

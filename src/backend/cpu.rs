@@ -3,23 +3,72 @@
 //! code over speed; attention still runs its inner products as GEMMs over query tiles so that
 //! CPU runs of realistic lengths finish.
 
-use super::{lse_merge, Backend, Heads, Matrix, Span};
+use super::{lse_merge, Backend, Heads, Matrix, MemoryStats, Span};
 use crate::model::generator::{Init, Region};
 use anyhow::{ensure, Result};
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// A row-major host matrix with room for `capacity_rows` rows.
-#[derive(Clone, Debug)]
+/// Bytes held by a backend's buffers now, and at most since the last reset.
+#[derive(Debug, Default)]
+struct Tracker {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Tracker {
+    fn add(&self, bytes: u64) {
+        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: u64) {
+        self.current.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A row-major host matrix with room for `capacity_rows` rows; its bytes count towards the
+/// backend's memory high-water mark while it lives.
+#[derive(Debug)]
 pub struct HostMat<T> {
     data: Vec<T>,
     rows: usize,
     cols: usize,
+    tracker: Option<Arc<Tracker>>,
 }
 
 impl<T: Copy + Default> HostMat<T> {
-    fn new(rows: usize, cols: usize) -> Self {
-        HostMat { data: vec![T::default(); rows * cols], rows, cols }
+    fn new(rows: usize, cols: usize, tracker: Option<Arc<Tracker>>) -> Self {
+        let m = HostMat { data: vec![T::default(); rows * cols], rows, cols, tracker };
+        if let Some(t) = &m.tracker {
+            t.add(m.bytes());
+        }
+        m
+    }
+}
+
+impl<T> HostMat<T> {
+    fn bytes(&self) -> u64 {
+        (self.data.len() * std::mem::size_of::<T>()) as u64
+    }
+}
+
+impl<T: Clone> Clone for HostMat<T> {
+    fn clone(&self) -> Self {
+        if let Some(t) = &self.tracker {
+            t.add(self.bytes());
+        }
+        HostMat { data: self.data.clone(), rows: self.rows, cols: self.cols, tracker: self.tracker.clone() }
+    }
+}
+
+impl<T> Drop for HostMat<T> {
+    fn drop(&mut self) {
+        if let Some(t) = &self.tracker {
+            t.sub(self.bytes());
+        }
     }
 }
 
@@ -58,12 +107,29 @@ impl<T> Matrix for HostMat<T> {
 const QUERY_TILE: usize = 64;
 
 #[derive(Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    memory: Arc<Tracker>,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend::default()
     }
+}
+
+/// "cpu: <model name> x<logical cores>" from /proc/cpuinfo.
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find_map(|l| l.strip_prefix("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("cpu: {} x{cores}", model.unwrap_or_else(|| std::env::consts::ARCH.to_string()))
+}
+
+/// The process's peak resident set (VmHWM), in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// c[m, n] = a[m, k] b[k, n] in FP32, all row-major and contiguous.
@@ -117,12 +183,32 @@ impl Backend for CpuBackend {
     type Act = HostMat<bf16>;
     type Acc = HostMat<f32>;
 
+    fn device_name(&self) -> String {
+        cpu_name()
+    }
+
+    /// Unknown: a CPU's BF16 peak depends on vector units this backend does not use; no MFU.
+    fn peak_flops(&self) -> Option<f64> {
+        None
+    }
+
+    fn reset_peak_memory(&self) {
+        self.memory.peak.store(self.memory.current.load(Ordering::Relaxed), Ordering::Relaxed);
+        // Linux resets VmHWM to the current RSS on "5"; where that is not allowed the peak
+        // stays process-wide, which only overstates a later run.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+
+    fn memory(&self) -> MemoryStats {
+        MemoryStats { buffers_peak_bytes: self.memory.peak.load(Ordering::Relaxed), device_peak_bytes: peak_rss_bytes() }
+    }
+
     fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act> {
-        Ok(HostMat::new(rows, cols))
+        Ok(HostMat::new(rows, cols, Some(self.memory.clone())))
     }
 
     fn alloc_acc(&self, rows: usize, cols: usize) -> Result<Self::Acc> {
-        Ok(HostMat::new(rows, cols))
+        Ok(HostMat::new(rows, cols, Some(self.memory.clone())))
     }
 
     fn fill(&self, out: &mut Self::Act, dst_row0: usize, region: &Region, seed: u64, init: Init) -> Result<()> {
@@ -437,6 +523,23 @@ mod tests {
         let mut z = x.clone();
         be.rope(&mut z, heads, Span { row0: 0, len: 1, pos0: 0 }).unwrap();
         assert_eq!(z.row(0), x.row(0));
+    }
+
+    #[test]
+    fn buffers_count_towards_the_high_water_mark_while_they_live() {
+        let be = CpuBackend::new();
+        let a = be.alloc_act(10, 10).unwrap(); // 200 B
+        {
+            let _b = be.alloc_acc(10, 10).unwrap(); // 400 B
+            let _c = a.clone(); // 200 B
+        }
+        assert_eq!(be.memory().buffers_peak_bytes, 800);
+        be.reset_peak_memory();
+        assert_eq!(be.memory().buffers_peak_bytes, 200);
+        drop(a);
+        let _d = be.alloc_act(1, 1).unwrap();
+        assert_eq!(be.memory().buffers_peak_bytes, 200);
+        assert!(be.memory().device_peak_bytes.unwrap() > 0);
     }
 
     #[test]

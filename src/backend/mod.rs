@@ -47,7 +47,28 @@ impl Heads {
     }
 }
 
+/// Peak memory of one rank, as the measurement protocol defines it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// High-water mark of the backend's own buffers since the last reset.
+    pub buffers_peak_bytes: u64,
+    /// The device's (CPU: the process's resident) memory at its highest since the last reset,
+    /// where the platform reports it.
+    pub device_peak_bytes: Option<u64>,
+}
+
 pub trait Backend {
+    /// What runs the kernels, for the results ("cpu: <model> x<cores>", a GPU's name).
+    fn device_name(&self) -> String;
+
+    /// Dense BF16 peak FLOP/s of one device, where known: the denominator of MFU.
+    fn peak_flops(&self) -> Option<f64>;
+
+    /// Start a new peak-memory measurement (between strategy runs).
+    fn reset_peak_memory(&self);
+
+    fn memory(&self) -> MemoryStats;
+
     /// BF16 activations and weights.
     type Act: Matrix;
     /// FP32 attention accumulators.

@@ -142,6 +142,11 @@ impl Communicator<CpuBackend> for LocalComm {
         Ok(self.all_gather(ok)?.into_iter().all(|b| b))
     }
 
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+        *data = self.all_gather(data.clone())?.swap_remove(0);
+        Ok(())
+    }
+
     fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
         let all = self.all_gather(data.to_vec())?;
         Ok((self.rank == 0).then_some(all))

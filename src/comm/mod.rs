@@ -3,6 +3,7 @@
 //! collectives the harness needs (barrier, max of timings, one verdict, gather of outputs).
 
 pub mod local;
+pub mod metered;
 pub mod mpi;
 
 use crate::backend::Backend;
@@ -39,6 +40,9 @@ pub trait Communicator<B: Backend> {
 
     /// True on every rank if `ok` is true on every rank: one verdict for the whole job.
     fn all_agree(&self, ok: bool) -> Result<bool>;
+
+    /// Rank 0's bytes on every rank (`data` is replaced on the others).
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()>;
 
     /// Every rank's `data` on rank 0 (in rank order); None on the other ranks.
     fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>>;

@@ -134,6 +134,15 @@ impl Communicator<CpuBackend> for MpiComm {
         Ok(all == 1)
     }
 
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+        let root = self.comm.process_at_rank(0);
+        let mut len = data.len() as u64;
+        root.broadcast_into(&mut len);
+        data.resize(len as usize, 0);
+        root.broadcast_into(&mut data[..]);
+        Ok(())
+    }
+
     fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
         let Ok(n) = i32::try_from(data.len()) else {
             bail!("gather of {} values exceeds MPI's 32-bit count; verify a smaller config", data.len());

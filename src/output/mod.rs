@@ -1,5 +1,9 @@
-//! Files ringbench writes. Every file is written under a temporary name and linked into place only
-//! when complete, and an existing file is never replaced: results already written are never lost.
+//! Files ringbench writes: per-rank HDF5 results, the CSV tables reduced from them, and verify's
+//! hidden states. Every file is written under a temporary name and moved into place only when
+//! complete; a file that someone else's run wrote is never replaced.
+
+pub mod rankfile;
+pub mod reduce;
 
 use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;
@@ -25,14 +29,14 @@ pub fn write_hidden_states(path: &Path, shape: [usize; 3], data: &[f32], config:
 }
 
 /// `path` with `.partial` appended: where a file lives until it is complete.
-fn partial_name(path: &Path) -> PathBuf {
+pub fn partial_name(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".partial");
     PathBuf::from(s)
 }
 
 /// Move a complete file into place; fails, keeping both files, if `path` already exists.
-fn publish(tmp: &Path, path: &Path) -> Result<()> {
+pub fn publish(tmp: &Path, path: &Path) -> Result<()> {
     // A hard link cannot replace an existing name, unlike rename.
     std::fs::hard_link(tmp, path)
         .with_context(|| format!("publishing {} as {} (an existing file is never replaced)", tmp.display(), path.display()))?;

@@ -1,0 +1,124 @@
+//! The FLOP model: what each rank of a strategy computes per iteration, from the config alone.
+//! A multiply-add counts 2 FLOPs. Linear layers per token and layer: 2 (d x 3d + d x d + 2 d x F).
+//! Attention per (query, visible key) pair and head: 4 head_dim (Q K^T and P V). The pairs are
+//! counted exactly (a causal query at position p sees p + 1 keys), which is the DESIGN convention of
+//! "half of 4 S d" up to a factor (S + 1) / S.
+
+use crate::config::{RunConfig, StrategyKind};
+use crate::topology::{ring_tokens, LocalTokens};
+
+/// FLOPs of one iteration on one rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Flops {
+    pub linear: f64,
+    pub attention: f64,
+}
+
+impl Flops {
+    pub fn total(&self) -> f64 {
+        self.linear + self.attention
+    }
+}
+
+/// Linear-layer FLOPs per token per layer of the whole (unsharded) model.
+pub fn linear_per_token_layer(cfg: &RunConfig) -> f64 {
+    let (d, f) = (cfg.model.d_model as f64, cfg.model.mlp as f64);
+    2.0 * (4.0 * d * d + 2.0 * d * f)
+}
+
+/// (query, key) pairs a sequence's `tokens` attend to, per head.
+fn pairs(tokens: &LocalTokens, seq_len: usize, causal: bool) -> f64 {
+    tokens
+        .segments
+        .iter()
+        .map(|s| if causal { (s.start + 1..=s.end()).map(|p| p as f64).sum::<f64>() } else { (s.len * seq_len) as f64 })
+        .sum()
+}
+
+/// What rank `rank` computes in one iteration (the whole batch).
+pub fn rank_flops(cfg: &RunConfig, rank: usize) -> Flops {
+    let m = &cfg.model;
+    let (seqs, hd) = (m.batch as f64, m.head_dim() as f64);
+    let (tokens, layers, heads, tp) = match cfg.strategy {
+        StrategyKind::Reference => (LocalTokens::whole(m.seq_len), m.layers, m.heads, 1),
+        // Every stage and TP rank does the same share.
+        StrategyKind::TpPp => (LocalTokens::whole(m.seq_len), m.layers / cfg.pp, m.heads / cfg.tp, cfg.tp),
+        StrategyKind::Ring => (ring_tokens(cfg.layout, m.seq_len, cfg.ring, rank), m.layers, m.heads, 1),
+    };
+    let layers = layers as f64;
+    Flops {
+        linear: linear_per_token_layer(cfg) / tp as f64 * tokens.len() as f64 * seqs * layers,
+        attention: 4.0 * hd * heads as f64 * pairs(&tokens, m.seq_len, cfg.causal) * seqs * layers,
+    }
+}
+
+/// The whole job's FLOPs per iteration: the model's forward pass over the batch.
+pub fn job_flops(cfg: &RunConfig) -> Flops {
+    (0..cfg.world())
+        .map(|r| rank_flops(cfg, r))
+        .fold(Flops::default(), |a, b| Flops { linear: a.linear + b.linear, attention: a.attention + b.attention })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendKind, Layout, ModelConfig, Preset};
+
+    fn cfg(strategy: StrategyKind, causal: bool, layout: Layout) -> RunConfig {
+        RunConfig {
+            preset: Preset::Paper,
+            model: ModelConfig { layers: 16, d_model: 4096, heads: 32, mlp: 16384, seq_len: 100_000, batch: 128 },
+            strategy,
+            tp: 8,
+            pp: 2,
+            ring: 16,
+            layout,
+            micro_batch: 1,
+            seed: 0,
+            causal,
+            backend: BackendKind::Cpu,
+            warmup: 10,
+            iters: 100,
+        }
+    }
+
+    #[test]
+    fn paper_model_facts() {
+        let c = cfg(StrategyKind::Reference, false, Layout::Zigzag);
+        // DESIGN: 6.44e9 linear FLOPs per token (16 layers, 12 d^2 parameters each).
+        assert!((linear_per_token_layer(&c) * 16.0 / 6.44e9 - 1.0).abs() < 2e-3);
+        // Non-causal attention per token per layer: 4 S d.
+        let f = job_flops(&c);
+        let per_token_layer = f.attention / (128.0 * 100_000.0 * 16.0);
+        assert!((per_token_layer / (4.0 * 100_000.0 * 4096.0) - 1.0).abs() < 1e-12);
+        // Causal: half of it, up to (S + 1) / S.
+        let causal = job_flops(&cfg(StrategyKind::Reference, true, Layout::Zigzag)).attention;
+        assert!((causal / f.attention - 0.5).abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_ranks_of_every_strategy_add_up_to_the_reference() {
+        for causal in [true, false] {
+            let whole = job_flops(&cfg(StrategyKind::Reference, causal, Layout::Zigzag));
+            for (s, layout) in
+                [(StrategyKind::TpPp, Layout::Zigzag), (StrategyKind::Ring, Layout::Zigzag), (StrategyKind::Ring, Layout::Contiguous)]
+            {
+                let f = job_flops(&cfg(s, causal, layout));
+                assert!(
+                    (f.linear / whole.linear - 1.0).abs() < 1e-12 && (f.attention / whole.attention - 1.0).abs() < 1e-12,
+                    "{s:?} {layout:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zigzag_balances_attention_and_contiguous_does_not() {
+        let zz = cfg(StrategyKind::Ring, true, Layout::Zigzag);
+        let a: Vec<f64> = (0..16).map(|r| rank_flops(&zz, r).attention).collect();
+        let spread = a.iter().cloned().fold(f64::MIN, f64::max) / a.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(spread < 1.001, "zigzag spread {spread}");
+        let ct = cfg(StrategyKind::Ring, true, Layout::Contiguous);
+        assert!(rank_flops(&ct, 15).attention > 20.0 * rank_flops(&ct, 0).attention);
+    }
+}

@@ -1,0 +1,130 @@
+//! What a run measures and how it is summarised: per-iteration records, the FLOP model, and the
+//! statistics every timed quantity is reported with.
+
+pub mod flops;
+
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+/// One measured iteration on one rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct IterationRecord {
+    /// From the barrier that starts the iteration to this rank's end of the forward pass.
+    pub total_s: f64,
+    /// Time blocked in communication calls, not counting compute overlapped with a transfer.
+    pub comm_s: f64,
+    /// total_s - comm_s.
+    pub compute_s: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// Summary of a sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    pub n: usize,
+    pub mean: f64,
+    /// Sample standard deviation (n - 1); 0 for one value.
+    pub std: f64,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    /// 95% confidence interval of the mean (Student t, n - 1 degrees of freedom); the mean itself
+    /// for one value, which has no spread to estimate.
+    pub ci95: (f64, f64),
+}
+
+impl Stats {
+    /// None for an empty sample.
+    pub fn of(xs: &[f64]) -> Option<Stats> {
+        let n = xs.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+        let std = var.sqrt();
+        let mut sorted = xs.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let median = if n % 2 == 1 { sorted[n / 2] } else { 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]) };
+        let half = if n > 1 { t_975(n - 1) * std / (n as f64).sqrt() } else { 0.0 };
+        Some(Stats { n, mean, std, min: sorted[0], median, max: sorted[n - 1], ci95: (mean - half, mean + half) })
+    }
+
+    /// Coefficient of variation, std / mean (0 when the mean is 0).
+    pub fn cv(&self) -> f64 {
+        if self.mean == 0.0 {
+            0.0
+        } else {
+            self.std / self.mean
+        }
+    }
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom (two-sided 95% interval).
+pub fn t_975(df: usize) -> f64 {
+    StudentsT::new(0.0, 1.0, df as f64).expect("df >= 1 is a valid Student t").inverse_cdf(0.975)
+}
+
+/// A duration with a unit that keeps 3-4 significant digits readable: "12.3 ms", "4.56 us".
+pub fn fmt_seconds(s: f64) -> String {
+    let (v, unit) = match s.abs() {
+        x if x >= 1.0 => (s, "s"),
+        x if x >= 1e-3 => (s * 1e3, "ms"),
+        x if x >= 1e-6 => (s * 1e6, "us"),
+        _ => (s * 1e9, "ns"),
+    };
+    format!("{v:.3} {unit}")
+}
+
+/// A byte count in binary units with 3 decimals: "812.000 KiB", "6.400 GiB".
+pub fn fmt_bytes(b: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b;
+    let mut u = 0;
+    while v.abs() >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.3} {}", units[u])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_of_a_small_sample() {
+        let s = Stats::of(&[6.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!((s.n, s.mean, s.min, s.median, s.max), (4, 3.0, 1.0, 2.5, 6.0));
+        assert!((s.std - (14.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert!((s.cv() - s.std / 3.0).abs() < 1e-15);
+        // t(0.975, 3) = 3.182446 (tables); half width = t s / sqrt(n).
+        let half = 3.182446 * s.std / 2.0;
+        assert!((s.ci95.0 - (3.0 - half)).abs() < 1e-5 && (s.ci95.1 - (3.0 + half)).abs() < 1e-5, "{:?}", s.ci95);
+        let one = Stats::of(&[2.5]).unwrap();
+        assert_eq!((one.std, one.median, one.ci95), (0.0, 2.5, (2.5, 2.5)));
+        assert!(Stats::of(&[]).is_none());
+    }
+
+    #[test]
+    fn student_t_quantiles_match_the_tables() {
+        for (df, want) in [(1, 12.706205), (2, 4.302653), (9, 2.262157), (99, 1.984217)] {
+            assert!((t_975(df) - want).abs() < 1e-5, "df {df}: {}", t_975(df));
+        }
+    }
+
+    #[test]
+    fn bytes_pick_their_unit() {
+        assert_eq!(fmt_bytes(512.0), "512.000 B");
+        assert_eq!(fmt_bytes(1536.0), "1.500 KiB");
+        assert_eq!(fmt_bytes(6.4e9), "5.960 GiB");
+    }
+
+    #[test]
+    fn seconds_pick_their_unit() {
+        assert_eq!(fmt_seconds(1.5), "1.500 s");
+        assert_eq!(fmt_seconds(0.0123), "12.300 ms");
+        assert_eq!(fmt_seconds(4.56e-6), "4.560 us");
+        assert_eq!(fmt_seconds(7.0e-9), "7.000 ns");
+    }
+}

@@ -1,0 +1,186 @@
+//! One HDF5 file per rank, `rank-NNNNN.h5`, with one group per strategy run (named after the
+//! strategy) holding the run's attributes and per-iteration datasets. Readable by h5dump and h5py:
+//! ```text
+//! /tp-pp                      group; attributes: config (JSON), strategy, sequence, run_id, rank,
+//!                             local_rank, hostname, device, libraries, ringbench_version,
+//!                             git_commit, start_utc, end_utc, status, peak_buffers_bytes,
+//!                             peak_device_bytes, device_peak_flops (both absent if unknown),
+//!                             linear_flops, attention_flops (this rank's, per iteration)
+//!   iter_s, comm_s, compute_s f64 [iters]  seconds per measured iteration
+//!   bytes_sent, bytes_received u64 [iters]
+//! /ring                       the same
+//! ```
+
+use crate::backend::MemoryStats;
+use crate::config::RunConfig;
+use crate::metrics::flops::Flops;
+use crate::metrics::IterationRecord;
+use anyhow::{bail, Context, Result};
+use hdf5::types::VarLenUnicode;
+use std::path::{Path, PathBuf};
+
+/// One strategy run as one rank saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankRun {
+    pub run_id: String,
+    /// Position of this strategy run within the launch (0 first).
+    pub sequence: u32,
+    pub config: RunConfig,
+    pub rank: usize,
+    pub local_rank: usize,
+    pub host: String,
+    pub device: String,
+    /// MPI and HDF5 library versions.
+    pub libraries: String,
+    pub version: String,
+    pub git_commit: String,
+    pub start_utc: String,
+    pub end_utc: String,
+    /// "complete" for a run that did all its iterations.
+    pub status: String,
+    pub iterations: Vec<IterationRecord>,
+    pub memory: MemoryStats,
+    pub flops: Flops,
+    /// The device's dense BF16 peak FLOP/s, where known (for MFU).
+    pub device_peak_flops: Option<f64>,
+}
+
+pub fn rank_file_name(rank: usize) -> String {
+    format!("rank-{rank:05}.h5")
+}
+
+pub fn rank_file(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(rank_file_name(rank))
+}
+
+fn text(s: &str) -> hdf5::Result<VarLenUnicode> {
+    s.parse().map_err(|e| hdf5::Error::from(format!("{e}")))
+}
+
+fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
+    let g = file.create_group(run.config.strategy.name())?;
+    let config = serde_json::to_string(&run.config).map_err(|e| hdf5::Error::from(e.to_string()))?;
+    for (name, value) in [
+        ("config", config.as_str()),
+        ("strategy", run.config.strategy.name()),
+        ("run_id", &run.run_id),
+        ("hostname", &run.host),
+        ("device", &run.device),
+        ("libraries", &run.libraries),
+        ("ringbench_version", &run.version),
+        ("git_commit", &run.git_commit),
+        ("start_utc", &run.start_utc),
+        ("end_utc", &run.end_utc),
+        ("status", &run.status),
+    ] {
+        g.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&text(value)?)?;
+    }
+    let mut ints = vec![
+        ("sequence", run.sequence as u64),
+        ("rank", run.rank as u64),
+        ("local_rank", run.local_rank as u64),
+        ("peak_buffers_bytes", run.memory.buffers_peak_bytes),
+    ];
+    if let Some(b) = run.memory.device_peak_bytes {
+        ints.push(("peak_device_bytes", b));
+    }
+    for (name, value) in ints {
+        g.new_attr::<u64>().create(name)?.write_scalar(&value)?;
+    }
+    let mut floats = vec![("linear_flops", run.flops.linear), ("attention_flops", run.flops.attention)];
+    if let Some(p) = run.device_peak_flops {
+        floats.push(("device_peak_flops", p));
+    }
+    for (name, value) in floats {
+        g.new_attr::<f64>().create(name)?.write_scalar(&value)?;
+    }
+    let n = run.iterations.len();
+    let series = |f: fn(&IterationRecord) -> f64| -> Vec<f64> { run.iterations.iter().map(f).collect() };
+    for (name, values) in [("iter_s", series(|r| r.total_s)), ("comm_s", series(|r| r.comm_s)), ("compute_s", series(|r| r.compute_s))] {
+        g.new_dataset::<f64>().shape([n]).create(name)?.write_raw(&values)?;
+    }
+    let counts = |f: fn(&IterationRecord) -> u64| -> Vec<u64> { run.iterations.iter().map(f).collect() };
+    for (name, values) in [("bytes_sent", counts(|r| r.bytes_sent)), ("bytes_received", counts(|r| r.bytes_received))] {
+        g.new_dataset::<u64>().shape([n]).create(name)?.write_raw(&values)?;
+    }
+    Ok(())
+}
+
+/// Write this rank's file with every strategy run so far. The file is rebuilt under a temporary
+/// name and renamed over the previous version (this rank's own, from an earlier strategy of the
+/// same launch), so the file on disk is always complete.
+pub fn write(dir: &Path, rank: usize, runs: &[RankRun]) -> Result<PathBuf> {
+    let path = rank_file(dir, rank);
+    let tmp = super::partial_name(&path);
+    let written = (|| -> hdf5::Result<()> {
+        let file = hdf5::File::create(&tmp)?;
+        for run in runs {
+            write_group(&file, run)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("writing {}: {e}", tmp.display());
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("moving {} into place", tmp.display()))?;
+    Ok(path)
+}
+
+fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
+    let s = |name: &str| -> hdf5::Result<String> { Ok(g.attr(name)?.read_scalar::<VarLenUnicode>()?.as_str().to_string()) };
+    let u = |name: &str| -> hdf5::Result<u64> { g.attr(name)?.read_scalar::<u64>() };
+    let f = |name: &str| -> hdf5::Result<f64> { g.attr(name)?.read_scalar::<f64>() };
+    let config: RunConfig = serde_json::from_str(&s("config")?).map_err(|e| hdf5::Error::from(format!("attribute config: {e}")))?;
+    let floats = |name: &str| -> hdf5::Result<Vec<f64>> { g.dataset(name)?.read_raw::<f64>() };
+    let ints = |name: &str| -> hdf5::Result<Vec<u64>> { g.dataset(name)?.read_raw::<u64>() };
+    let (total, comm, compute) = (floats("iter_s")?, floats("comm_s")?, floats("compute_s")?);
+    let (sent, received) = (ints("bytes_sent")?, ints("bytes_received")?);
+    let n = total.len();
+    if [comm.len(), compute.len(), sent.len(), received.len()].iter().any(|&l| l != n) {
+        return Err(hdf5::Error::from("per-iteration datasets differ in length"));
+    }
+    let iterations = (0..n)
+        .map(|i| IterationRecord {
+            total_s: total[i],
+            comm_s: comm[i],
+            compute_s: compute[i],
+            bytes_sent: sent[i],
+            bytes_received: received[i],
+        })
+        .collect();
+    Ok(RankRun {
+        run_id: s("run_id")?,
+        sequence: u("sequence")? as u32,
+        config,
+        rank: u("rank")? as usize,
+        local_rank: u("local_rank")? as usize,
+        host: s("hostname")?,
+        device: s("device")?,
+        libraries: s("libraries")?,
+        version: s("ringbench_version")?,
+        git_commit: s("git_commit")?,
+        start_utc: s("start_utc")?,
+        end_utc: s("end_utc")?,
+        status: s("status")?,
+        iterations,
+        memory: MemoryStats {
+            buffers_peak_bytes: u("peak_buffers_bytes")?,
+            device_peak_bytes: g.attr("peak_device_bytes").and_then(|a| a.read_scalar::<u64>()).ok(),
+        },
+        flops: Flops { linear: f("linear_flops")?, attention: f("attention_flops")? },
+        device_peak_flops: g.attr("device_peak_flops").and_then(|a| a.read_scalar::<f64>()).ok(),
+    })
+}
+
+/// Every strategy run in a rank file, in launch order.
+pub fn read(path: &Path) -> Result<Vec<RankRun>> {
+    let file = hdf5::File::open(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut runs = Vec::new();
+    for name in file.member_names().map_err(|e| anyhow::anyhow!("{e}"))? {
+        let g = file.group(&name).map_err(|e| anyhow::anyhow!("group {name}: {e}"))?;
+        runs.push(read_group(&g).map_err(|e| anyhow::anyhow!("group {name}: {e}"))?);
+    }
+    runs.sort_by_key(|r| r.sequence);
+    Ok(runs)
+}

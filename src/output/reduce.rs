@@ -1,0 +1,341 @@
+//! From rank files to tables: `summary.csv` (one row per strategy run) and `ranks.csv` (one row per
+//! rank and strategy run). Rank 0 calls this at the end of a run and `ringbench reduce` calls it
+//! offline; both read only the rank files, so they write the same bytes.
+//!
+//! The job's iteration time is, per iteration, the slowest rank's: every rank starts it from the
+//! same barrier. Tokens/s = batch x seq / mean iteration time; its 95% interval is that of the mean
+//! iteration time, inverted. Time per token = mean iteration time / (batch x seq).
+
+use super::rankfile::{self, RankRun};
+use crate::config::{RunConfig, StrategyKind};
+use crate::metrics::flops::job_flops;
+use crate::metrics::Stats;
+use anyhow::{bail, ensure, Context, Result};
+use std::path::{Path, PathBuf};
+
+const GIB: f64 = (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// One strategy run, reduced over its ranks.
+#[derive(Clone, Debug)]
+pub struct StrategySummary {
+    pub config: RunConfig,
+    pub first: RankRun,
+    pub status: String,
+    /// Job iteration time in seconds (slowest rank per iteration).
+    pub iter: Stats,
+    pub tps: f64,
+    pub tps_ci95: (f64, f64),
+    pub tpot_s: f64,
+    /// Per-rank mean communication / compute seconds per iteration: max and mean over ranks.
+    pub comm_s: (f64, f64),
+    pub compute_s: (f64, f64),
+    /// Bytes a rank sends per iteration, the most of any rank.
+    pub sent_per_iter_max: f64,
+    /// Backend buffers' high-water mark: max and mean over ranks, bytes.
+    pub peak_buffers: (f64, f64),
+    /// Device (CPU: process resident) peak, max over ranks, where reported.
+    pub peak_device_max: Option<f64>,
+    pub tflops_per_gpu: f64,
+    pub mfu: Option<f64>,
+}
+
+/// Read every rank file of a run directory, checking that the set is complete and consistent.
+pub fn load(dir: &Path) -> Result<Vec<RankRun>> {
+    let read_rank = |rank: usize| -> Result<Vec<RankRun>> {
+        let path = rankfile::rank_file(dir, rank);
+        ensure!(path.exists(), "rank {rank}: {} is missing", path.display());
+        let runs = rankfile::read(&path).with_context(|| format!("rank {rank}: cannot read {}", path.display()))?;
+        ensure!(!runs.is_empty(), "rank {rank}: {} holds no strategy run", path.display());
+        Ok(runs)
+    };
+    let first = read_rank(0)?;
+    let world = first[0].config.world();
+    let mut all = first.clone();
+    for rank in 1..world {
+        let runs = read_rank(rank)?;
+        ensure!(
+            runs.len() == first.len(),
+            "rank {rank}: {} strategy runs in {}, rank 0 has {}",
+            runs.len(),
+            rankfile::rank_file_name(rank),
+            first.len()
+        );
+        for (a, b) in runs.iter().zip(&first) {
+            ensure!(a.rank == rank, "rank {rank}: {} says it is rank {}", rankfile::rank_file_name(rank), a.rank);
+            ensure!(a.config == b.config, "rank {rank}: the {} config differs from rank 0's", b.config.strategy.name());
+            ensure!(a.run_id == b.run_id && a.git_commit == b.git_commit, "rank {rank}: run id or git commit differs from rank 0's");
+            ensure!(
+                a.iterations.len() == b.iterations.len(),
+                "rank {rank}: {} iterations of {}, rank 0 has {}",
+                a.iterations.len(),
+                b.config.strategy.name(),
+                b.iterations.len()
+            );
+        }
+        all.extend(runs);
+    }
+    Ok(all)
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    s / n.max(1) as f64
+}
+
+fn max(xs: impl Iterator<Item = f64>) -> f64 {
+    xs.fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// Reduce the ranks of each strategy run (runs grouped by run id and sequence, in file order).
+pub fn summarize(runs: &[RankRun]) -> Result<Vec<StrategySummary>> {
+    let mut keys: Vec<(String, u32)> = Vec::new();
+    for r in runs {
+        if !keys.contains(&(r.run_id.clone(), r.sequence)) {
+            keys.push((r.run_id.clone(), r.sequence));
+        }
+    }
+    keys.iter()
+        .map(|(id, seq)| {
+            let mut ranks: Vec<&RankRun> = runs.iter().filter(|r| &r.run_id == id && r.sequence == *seq).collect();
+            ranks.sort_by_key(|r| r.rank);
+            summarize_one(&ranks)
+        })
+        .collect()
+}
+
+fn summarize_one(ranks: &[&RankRun]) -> Result<StrategySummary> {
+    let first = ranks[0];
+    let cfg = &first.config;
+    let n = first.iterations.len();
+    ensure!(n > 0, "{} of run {}: no measured iterations", cfg.strategy.name(), first.run_id);
+    let job_iter: Vec<f64> = (0..n).map(|i| max(ranks.iter().map(|r| r.iterations[i].total_s))).collect();
+    let iter = Stats::of(&job_iter).expect("n > 0");
+    let tokens = cfg.tokens_per_iteration() as f64;
+    let per_rank_mean =
+        |f: fn(&crate::metrics::IterationRecord) -> f64| -> Vec<f64> { ranks.iter().map(|r| mean(r.iterations.iter().map(f))).collect() };
+    let comm = per_rank_mean(|i| i.comm_s);
+    let compute = per_rank_mean(|i| i.compute_s);
+    let sent = per_rank_mean(|i| i.bytes_sent as f64);
+    let buffers: Vec<f64> = ranks.iter().map(|r| r.memory.buffers_peak_bytes as f64).collect();
+    let device: Vec<f64> = ranks.iter().filter_map(|r| r.memory.device_peak_bytes).map(|b| b as f64).collect();
+    let tflops_per_gpu = job_flops(cfg).total() / ranks.len() as f64 / iter.mean / 1e12;
+    let mfu = first.device_peak_flops.map(|peak| tflops_per_gpu * 1e12 / peak);
+    if let Some(m) = mfu {
+        // A result above the hardware's limit is a measurement bug, never a number to report.
+        ensure!(
+            m <= 1.0,
+            "{}: MFU {m:.3} exceeds 1 ({tflops_per_gpu:.1} TFLOP/s per GPU): a timing or FLOP-count bug",
+            cfg.strategy.name()
+        );
+    }
+    let status = if ranks.iter().all(|r| r.status == "complete") { "complete" } else { "incomplete" };
+    Ok(StrategySummary {
+        config: cfg.clone(),
+        first: first.clone(),
+        status: status.to_string(),
+        tps: tokens / iter.mean,
+        tps_ci95: (tokens / iter.ci95.1, tokens / iter.ci95.0),
+        tpot_s: iter.mean / tokens,
+        iter,
+        comm_s: (max(comm.iter().cloned()), mean(comm.iter().cloned())),
+        compute_s: (max(compute.iter().cloned()), mean(compute.iter().cloned())),
+        sent_per_iter_max: max(sent.iter().cloned()),
+        peak_buffers: (max(buffers.iter().cloned()), mean(buffers.iter().cloned())),
+        peak_device_max: (!device.is_empty()).then(|| max(device.iter().cloned())),
+        tflops_per_gpu,
+        mfu,
+    })
+}
+
+/// Strategy-specific parallel sizes: empty where they do not apply.
+fn parallel_columns(cfg: &RunConfig) -> [String; 4] {
+    let n = |v: usize| v.to_string();
+    match cfg.strategy {
+        StrategyKind::Reference => [n(1), n(1), String::new(), String::new()],
+        StrategyKind::TpPp => [n(cfg.tp), n(cfg.pp), String::new(), String::new()],
+        StrategyKind::Ring => [String::new(), String::new(), n(cfg.ring), cfg.layout.name().to_string()],
+    }
+}
+
+fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
+    let m = &cfg.model;
+    let [tp, pp, ring, layout] = parallel_columns(cfg);
+    vec![
+        ("backend", cfg.backend.name().to_string()),
+        ("world", cfg.world().to_string()),
+        ("tp", tp),
+        ("pp", pp),
+        ("ring", ring),
+        ("layout", layout),
+        ("preset", cfg.preset.name().to_string()),
+        ("layers", m.layers.to_string()),
+        ("d_model", m.d_model.to_string()),
+        ("heads", m.heads.to_string()),
+        ("mlp", m.mlp.to_string()),
+        ("seq_len", m.seq_len.to_string()),
+        ("batch", m.batch.to_string()),
+        ("micro_batch", cfg.micro_batch.to_string()),
+        ("causal", cfg.causal.to_string()),
+        ("seed", cfg.seed.to_string()),
+        ("warmup", cfg.warmup.to_string()),
+        ("iters", cfg.iters.to_string()),
+    ]
+}
+
+fn stats_columns(prefix: &'static str, s: &Stats, scale: f64) -> Vec<(String, String)> {
+    let f = |v: f64| format!("{:.6}", v * scale);
+    vec![
+        (format!("{prefix}_mean"), f(s.mean)),
+        (format!("{prefix}_std"), f(s.std)),
+        (format!("{prefix}_cv"), format!("{:.6}", s.cv())),
+        (format!("{prefix}_min"), f(s.min)),
+        (format!("{prefix}_median"), f(s.median)),
+        (format!("{prefix}_max"), f(s.max)),
+        (format!("{prefix}_ci95_lo"), f(s.ci95.0)),
+        (format!("{prefix}_ci95_hi"), f(s.ci95.1)),
+    ]
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_default()
+}
+
+/// A table as (header, rows), from rows given as (column, value) pairs in one place.
+type Table = (Vec<String>, Vec<Vec<String>>);
+
+fn table(rows: Vec<Vec<(String, String)>>) -> Table {
+    let header = rows.first().map(|r| r.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default();
+    (header, rows.into_iter().map(|r| r.into_iter().map(|(_, v)| v).collect()).collect())
+}
+
+fn own(cols: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+    cols.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+pub fn summary_table(summaries: &[StrategySummary]) -> Table {
+    table(
+        summaries
+            .iter()
+            .map(|s| {
+                let f = &s.first;
+                let mut row = own(vec![
+                    ("run_id", f.run_id.clone()),
+                    ("strategy", s.config.strategy.name().to_string()),
+                    ("sequence", f.sequence.to_string()),
+                    ("status", s.status.clone()),
+                    ("device", f.device.clone()),
+                ]);
+                row.extend(own(model_columns(&s.config)));
+                row.extend(own(vec![
+                    ("tokens_per_iter", s.config.tokens_per_iteration().to_string()),
+                    ("tps", format!("{:.3}", s.tps)),
+                    ("tps_ci95_lo", format!("{:.3}", s.tps_ci95.0)),
+                    ("tps_ci95_hi", format!("{:.3}", s.tps_ci95.1)),
+                    ("tpot_us", format!("{:.6}", s.tpot_s * 1e6)),
+                ]));
+                row.extend(stats_columns("iter_ms", &s.iter, 1e3));
+                row.extend(own(vec![
+                    ("comm_ms_max", format!("{:.6}", s.comm_s.0 * 1e3)),
+                    ("comm_ms_mean", format!("{:.6}", s.comm_s.1 * 1e3)),
+                    ("compute_ms_max", format!("{:.6}", s.compute_s.0 * 1e3)),
+                    ("compute_ms_mean", format!("{:.6}", s.compute_s.1 * 1e3)),
+                    ("sent_mib_per_iter_max", format!("{:.6}", s.sent_per_iter_max / MIB)),
+                    ("peak_mem_gib_max", format!("{:.6}", s.peak_buffers.0 / GIB)),
+                    ("peak_mem_gib_mean", format!("{:.6}", s.peak_buffers.1 / GIB)),
+                    ("peak_device_gib_max", opt(s.peak_device_max.map(|b| b / GIB), 6)),
+                    ("tflops_per_gpu", format!("{:.6}", s.tflops_per_gpu)),
+                    ("mfu", opt(s.mfu, 6)),
+                    ("ringbench_version", f.version.clone()),
+                    ("git_commit", f.git_commit.clone()),
+                    ("start_utc", f.start_utc.clone()),
+                    ("end_utc", f.end_utc.clone()),
+                ]));
+                row
+            })
+            .collect(),
+    )
+}
+
+pub fn ranks_table(runs: &[RankRun]) -> Table {
+    table(
+        runs.iter()
+            .map(|r| {
+                let mut row = own(vec![
+                    ("run_id", r.run_id.clone()),
+                    ("strategy", r.config.strategy.name().to_string()),
+                    ("sequence", r.sequence.to_string()),
+                    ("rank", r.rank.to_string()),
+                    ("local_rank", r.local_rank.to_string()),
+                    ("host", r.host.clone()),
+                    ("device", r.device.clone()),
+                    ("status", r.status.clone()),
+                    ("iters_done", r.iterations.len().to_string()),
+                ]);
+                let series = |f: fn(&crate::metrics::IterationRecord) -> f64| -> Vec<f64> { r.iterations.iter().map(f).collect() };
+                for (prefix, values) in
+                    [("iter_ms", series(|i| i.total_s)), ("comm_ms", series(|i| i.comm_s)), ("compute_ms", series(|i| i.compute_s))]
+                {
+                    if let Some(s) = Stats::of(&values) {
+                        row.extend(stats_columns(prefix, &s, 1e3));
+                    }
+                }
+                let per_iter = |f: fn(&crate::metrics::IterationRecord) -> f64| mean(r.iterations.iter().map(f));
+                let iter_mean = per_iter(|i| i.total_s);
+                row.extend(own(vec![
+                    ("sent_mib_per_iter", format!("{:.6}", per_iter(|i| i.bytes_sent as f64) / MIB)),
+                    ("received_mib_per_iter", format!("{:.6}", per_iter(|i| i.bytes_received as f64) / MIB)),
+                    ("peak_mem_gib", format!("{:.6}", r.memory.buffers_peak_bytes as f64 / GIB)),
+                    ("peak_device_gib", opt(r.memory.device_peak_bytes.map(|b| b as f64 / GIB), 6)),
+                    ("linear_tflop_per_iter", format!("{:.9}", r.flops.linear / 1e12)),
+                    ("attention_tflop_per_iter", format!("{:.9}", r.flops.attention / 1e12)),
+                    ("tflops", format!("{:.6}", r.flops.total() / iter_mean / 1e12)),
+                ]));
+                row
+            })
+            .collect(),
+    )
+}
+
+fn csv_bytes((header, rows): &Table) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for r in rows {
+        w.write_record(r)?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Write `bytes` to `path` unless the same bytes are already there; a different existing file is
+/// an error and is kept.
+fn write_new_or_same(path: &Path, bytes: &[u8]) -> Result<()> {
+    if path.exists() {
+        let old = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        ensure!(
+            old == bytes,
+            "{} exists and differs from what the rank files give; it is never overwritten (remove it, or reduce with --out)",
+            path.display()
+        );
+        return Ok(());
+    }
+    let tmp = super::partial_name(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    super::publish(&tmp, path)
+}
+
+/// Reduce run directories into `summary.csv` and `ranks.csv` in `out`. Every rank file is read and
+/// checked before anything is written.
+pub fn reduce_into(dirs: &[PathBuf], out: &Path) -> Result<Vec<StrategySummary>> {
+    if dirs.is_empty() {
+        bail!("no run directory given");
+    }
+    let mut runs = Vec::new();
+    for d in dirs {
+        runs.extend(load(d).with_context(|| format!("run directory {}", d.display()))?);
+    }
+    let summaries = summarize(&runs)?;
+    let (summary, ranks) = (csv_bytes(&summary_table(&summaries))?, csv_bytes(&ranks_table(&runs))?);
+    write_new_or_same(&out.join("summary.csv"), &summary)?;
+    write_new_or_same(&out.join("ranks.csv"), &ranks)?;
+    Ok(summaries)
+}

@@ -1,0 +1,273 @@
+//! `ringbench run` end to end: the results directory, its files' schema (read back with the hdf5
+//! crate and with h5dump), the arithmetic of tokens/s and time per token, `reduce`, and the rules
+//! that keep results from being lost.
+
+mod common;
+use common::mpirun;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn temp_root(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringbench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The done-when launch of the results issue, into `root/<id>`.
+fn run_all(root: &Path, id: &str) -> common::Run {
+    let out = root.to_str().unwrap();
+    mpirun(
+        4,
+        &[
+            "run",
+            "--backend",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--strategy",
+            "all",
+            "--tp",
+            "2",
+            "--pp",
+            "2",
+            "--ring",
+            "4",
+            "--out",
+            out,
+            "--run-id",
+            id,
+        ],
+    )
+}
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r.records().map(|rec| rec.unwrap().iter().map(String::from).collect()).collect();
+    (header, rows)
+}
+
+fn col<'a>(header: &[String], row: &'a [String], name: &str) -> &'a str {
+    let i = header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {header:?}"));
+    &row[i]
+}
+
+fn num(header: &[String], row: &[String], name: &str) -> f64 {
+    col(header, row, name).parse().unwrap_or_else(|_| panic!("{name} = {:?} is not a number", col(header, row, name)))
+}
+
+fn ringbench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringbench")).args(args).output().unwrap()
+}
+
+const SUMMARY_COLUMNS: &[&str] = &[
+    "run_id",
+    "strategy",
+    "sequence",
+    "status",
+    "device",
+    "backend",
+    "world",
+    "tp",
+    "pp",
+    "ring",
+    "layout",
+    "preset",
+    "layers",
+    "d_model",
+    "heads",
+    "mlp",
+    "seq_len",
+    "batch",
+    "micro_batch",
+    "causal",
+    "seed",
+    "warmup",
+    "iters",
+    "tokens_per_iter",
+    "tps",
+    "tps_ci95_lo",
+    "tps_ci95_hi",
+    "tpot_us",
+    "iter_ms_mean",
+    "iter_ms_std",
+    "iter_ms_cv",
+    "iter_ms_min",
+    "iter_ms_median",
+    "iter_ms_max",
+    "iter_ms_ci95_lo",
+    "iter_ms_ci95_hi",
+    "comm_ms_max",
+    "comm_ms_mean",
+    "compute_ms_max",
+    "compute_ms_mean",
+    "sent_mib_per_iter_max",
+    "peak_mem_gib_max",
+    "peak_mem_gib_mean",
+    "peak_device_gib_max",
+    "tflops_per_gpu",
+    "mfu",
+    "ringbench_version",
+    "git_commit",
+    "start_utc",
+    "end_utc",
+];
+
+#[test]
+fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
+    let root = temp_root("results");
+    let run = run_all(&root, "both");
+    let out = run.all();
+    assert_eq!(run.status, Some(0), "{out}");
+    let dir = root.join("both");
+    for r in 0..4 {
+        assert!(dir.join(format!("rank-{r:05}.h5")).is_file(), "rank {r} file missing:\n{out}");
+    }
+    assert!(out.contains("ring speed-up over tp-pp:"), "{out}");
+
+    // summary.csv: one row per strategy run, every column, and the arithmetic of its numbers.
+    let (header, rows) = read_csv(&dir.join("summary.csv"));
+    assert_eq!(header, SUMMARY_COLUMNS);
+    assert_eq!(rows.iter().map(|r| col(&header, r, "strategy")).collect::<Vec<_>>(), vec!["tp-pp", "ring"]);
+    for row in &rows {
+        let tokens = num(&header, row, "tokens_per_iter");
+        assert_eq!(tokens, 2.0 * 256.0);
+        let iter_s = num(&header, row, "iter_ms_mean") / 1e3;
+        let (tps, tpot_s) = (num(&header, row, "tps"), num(&header, row, "tpot_us") / 1e6);
+        // Printed to 3 decimals (tps) and 6 (ms, us): equal up to that rounding.
+        assert!((tps - tokens / iter_s).abs() <= 1e-6 * tps + 1e-3, "tps {tps} vs {tokens} / {iter_s}");
+        assert!((tpot_s - iter_s / tokens).abs() <= 1e-6 * tpot_s + 1e-12, "tpot {tpot_s} vs {iter_s} / {tokens}");
+        let (lo, hi) = (num(&header, row, "tps_ci95_lo"), num(&header, row, "tps_ci95_hi"));
+        assert!(lo <= tps && tps <= hi, "{lo} <= {tps} <= {hi}");
+        let (min, med, max) = (num(&header, row, "iter_ms_min"), num(&header, row, "iter_ms_median"), num(&header, row, "iter_ms_max"));
+        assert!(min <= med && med <= max && min > 0.0);
+        assert!(num(&header, row, "comm_ms_max") > 0.0 && num(&header, row, "compute_ms_max") > 0.0);
+        assert!(num(&header, row, "sent_mib_per_iter_max") > 0.0 && num(&header, row, "peak_mem_gib_max") > 0.0);
+        assert_eq!(col(&header, row, "mfu"), "", "no MFU without a known device peak");
+        assert_eq!(col(&header, row, "status"), "complete");
+    }
+
+    // ranks.csv: one row per rank and strategy run.
+    let (rheader, rrows) = read_csv(&dir.join("ranks.csv"));
+    assert_eq!(rrows.len(), 8);
+    for name in ["rank", "host", "iter_ms_mean", "iter_ms_ci95_hi", "comm_ms_median", "compute_ms_cv", "peak_mem_gib", "tflops"] {
+        assert!(rheader.iter().any(|h| h == name), "ranks.csv lacks {name}: {rheader:?}");
+    }
+
+    // The rank files, through the crate: one group per strategy run with its per-iteration arrays.
+    let file = hdf5::File::open(dir.join("rank-00002.h5")).unwrap();
+    assert_eq!(file.member_names().unwrap(), vec!["ring", "tp-pp"]);
+    let g = file.group("ring").unwrap();
+    for attr in [
+        "config",
+        "strategy",
+        "run_id",
+        "hostname",
+        "device",
+        "libraries",
+        "ringbench_version",
+        "git_commit",
+        "start_utc",
+        "end_utc",
+        "status",
+    ] {
+        assert!(g.attr(attr).is_ok(), "attribute {attr} missing");
+    }
+    assert_eq!(g.attr("rank").unwrap().read_scalar::<u64>().unwrap(), 2);
+    let iter_s = g.dataset("iter_s").unwrap().read_raw::<f64>().unwrap();
+    assert_eq!(iter_s.len(), 3);
+    assert!(iter_s.iter().all(|&t| t > 0.0));
+    assert_eq!(g.dataset("bytes_sent").unwrap().read_raw::<u64>().unwrap().len(), 3);
+    drop(file);
+    // ...and through h5dump, as other tools would see them.
+    let dump = Command::new("h5dump")
+        .args(["-A", dir.join("rank-00000.h5").to_str().unwrap()])
+        .output()
+        .expect("h5dump (hdf5-tools) is installed");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("GROUP \"tp-pp\"") && dump.contains("ATTRIBUTE \"config\"") && dump.contains("\"layout\":\"zigzag\""), "{dump}");
+
+    // reduce rebuilds both tables byte for byte from the rank files alone.
+    let (summary, ranks) = (std::fs::read(dir.join("summary.csv")).unwrap(), std::fs::read(dir.join("ranks.csv")).unwrap());
+    std::fs::remove_file(dir.join("summary.csv")).unwrap();
+    std::fs::remove_file(dir.join("ranks.csv")).unwrap();
+    let r = ringbench(&["reduce", dir.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(dir.join("summary.csv")).unwrap(), summary);
+    assert_eq!(std::fs::read(dir.join("ranks.csv")).unwrap(), ranks);
+    // Run again over identical tables: nothing to change, success.
+    assert!(ringbench(&["reduce", dir.to_str().unwrap()]).status.success());
+
+    // An existing run directory is refused before any work, and what it holds is kept.
+    let again = run_all(&root, "both");
+    assert_eq!(again.status, Some(2), "{}", again.all());
+    assert!(again.stderr.contains("run directory") && again.stderr.contains("exists"), "{}", again.all());
+    assert_eq!(std::fs::read(dir.join("summary.csv")).unwrap(), summary);
+
+    // Two run directories reduce into one combined table.
+    let second = mpirun(2, &["run", "--strategy", "ring", "--out", root.to_str().unwrap(), "--run-id", "ring-only", "--quiet"]);
+    assert_eq!(second.status, Some(0), "{}", second.all());
+    let combined = root.join("combined");
+    let r = ringbench(&["reduce", dir.to_str().unwrap(), root.join("ring-only").to_str().unwrap(), "--out", combined.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (header, rows) = read_csv(&combined.join("summary.csv"));
+    let ids: Vec<_> = rows.iter().map(|r| (col(&header, r, "run_id").to_string(), col(&header, r, "strategy").to_string())).collect();
+    assert_eq!(ids, vec![("both".into(), "tp-pp".into()), ("both".into(), "ring".into()), ("ring-only".into(), "ring".into())]);
+    assert_eq!(read_csv(&combined.join("ranks.csv")).1.len(), 8 + 2);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn reduce_refuses_a_damaged_run_directory_naming_the_rank() {
+    let root = temp_root("damaged");
+    let run = run_all(&root, "full");
+    assert_eq!(run.status, Some(0), "{}", run.all());
+    let dir = root.join("full");
+    for f in ["summary.csv", "ranks.csv"] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+
+    // A missing rank file.
+    let missing = root.join("missing");
+    std::fs::create_dir(&missing).unwrap();
+    for r in [0, 1, 3] {
+        std::fs::copy(dir.join(format!("rank-{r:05}.h5")), missing.join(format!("rank-{r:05}.h5"))).unwrap();
+    }
+    let r = ringbench(&["reduce", missing.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("rank 2") && err.contains("missing"), "{err}");
+    assert!(!missing.join("summary.csv").exists() && !missing.join("ranks.csv").exists());
+
+    // A truncated rank file.
+    let truncated = root.join("truncated");
+    std::fs::create_dir(&truncated).unwrap();
+    for r in 0..4 {
+        std::fs::copy(dir.join(format!("rank-{r:05}.h5")), truncated.join(format!("rank-{r:05}.h5"))).unwrap();
+    }
+    let bytes = std::fs::read(truncated.join("rank-00003.h5")).unwrap();
+    std::fs::write(truncated.join("rank-00003.h5"), &bytes[..bytes.len() / 2]).unwrap();
+    let r = ringbench(&["reduce", truncated.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("rank 3") && err.contains("cannot read"), "{err}");
+    assert!(!truncated.join("summary.csv").exists() && !truncated.join("ranks.csv").exists());
+
+    // The intact directory still reduces.
+    assert!(ringbench(&["reduce", dir.to_str().unwrap()]).status.success());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn run_ids_and_output_places_are_checked_before_any_work() {
+    let root = temp_root("ids");
+    let r = mpirun(2, &["run", "--strategy", "ring", "--out", root.to_str().unwrap(), "--run-id", "../escape"]);
+    assert_eq!(r.status, Some(2), "{}", r.all());
+    assert!(r.stderr.contains("--run-id \"../escape\""), "{}", r.all());
+    // A file where the results root should be.
+    let file = root.join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let r = mpirun(2, &["run", "--strategy", "ring", "--out", file.to_str().unwrap()]);
+    assert_eq!(r.status, Some(2), "{}", r.all());
+    assert!(r.stderr.contains("--out"), "{}", r.all());
+    std::fs::remove_dir_all(&root).unwrap();
+}

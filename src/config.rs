@@ -288,6 +288,10 @@ pub struct ConfigArgs {
     /// Measured iterations.
     #[arg(long, value_name = "N")]
     pub iters: Option<usize>,
+    /// Seconds one communication call may take before the watchdog reports it and aborts the job.
+    /// Generous: it also bounds how long ranks wait for rank 0's reference in `verify`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800.0)]
+    pub comm_timeout: f64,
 }
 
 impl ConfigArgs {
@@ -303,6 +307,9 @@ impl ConfigArgs {
             seq_len: self.seq_len.unwrap_or(p.model.seq_len),
             batch: self.batch.unwrap_or(p.model.batch),
         };
+        if !(self.comm_timeout.is_finite() && self.comm_timeout > 0.0) {
+            return Err(ConfigError(format!("--comm-timeout {}: must be a positive number of seconds", self.comm_timeout)));
+        }
         let pp = self.pp.unwrap_or(1);
         self.strategy
             .strategies()

@@ -7,10 +7,12 @@ use crate::backend::Backend;
 use crate::comm::metered::Metered;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, StrategyKind};
+use crate::fault::Fault;
+use crate::journal::{self, Journal};
 use crate::metrics::{flops, fmt_bytes, fmt_seconds, IterationRecord};
 use crate::model::oracle;
 use crate::output;
-use crate::output::rankfile::{self, RankRun};
+use crate::output::rankfile::RankRun;
 use crate::output::reduce::{self, StrategySummary};
 use crate::strategy::{self, reference::Reference, Strategy};
 use anyhow::{ensure, Result};
@@ -28,6 +30,30 @@ pub struct Place {
     pub mpi_library: String,
 }
 
+/// Refuse, before any work, a config whose buffers cannot fit in the memory this rank may use.
+/// Every rank checks its own share; the verdict and the worst figures are agreed by all.
+pub fn check_memory<B: Backend, C: Communicator<B>>(cfgs: &[RunConfig], be: &B, comm: &C, sharing: usize, keep: bool) -> Result<()> {
+    let need = cfgs.iter().map(|c| strategy::memory_estimate(c, comm.rank(), keep)).max_by_key(|e| e.total()).expect("at least one config");
+    let budget = be.memory_budget(sharing);
+    let fits = budget.is_none_or(|b| need.total() <= b);
+    let worst_need = comm.max_f64(need.total() as f64)?;
+    let worst_budget = -comm.max_f64(-(budget.map_or(f64::INFINITY, |b| b as f64)))?;
+    if comm.all_agree(fits)? {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "config too large: the {} backend needs about {} per rank (weights {}, activations {}, scratch {}), but a rank may use {} ({} ranks share each host's available memory); reduce --seq-len, --micro-batch, --batch, --d-model or --layers, or use more hosts",
+        cfgs[0].backend.name(),
+        fmt_bytes(worst_need),
+        fmt_bytes(need.weights as f64),
+        fmt_bytes(need.activations as f64),
+        fmt_bytes(need.scratch as f64),
+        fmt_bytes(worst_budget),
+        sharing
+    ))
+    .into())
+}
+
 /// Where results go.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -37,6 +63,8 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// No progress display.
     pub quiet: bool,
+    /// Injected fault, for tests of the failure paths.
+    pub fault: Option<Fault>,
 }
 
 fn utc_now() -> String {
@@ -122,15 +150,13 @@ pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
     let metered = Metered::new(comm.split(0, comm.rank())?);
     let (h5_major, h5_minor, h5_release) = hdf5::library_version();
     let libraries = format!("{}; HDF5 {h5_major}.{h5_minor}.{h5_release}", place.mpi_library);
-    let mut done: Vec<RankRun> = Vec::new();
+    journal::with(|j| *j = Some(Journal { dir: dir.clone(), rank: place.rank, world: comm.size(), runs: Vec::new() }));
     for (sequence, cfg) in cfgs.iter().enumerate() {
         if root {
             println!("{}", cfg.describe());
         }
         be.reset_peak_memory();
-        let start_utc = utc_now();
-        let iterations = measure(cfg, be, comm, &metered, root && !opts.quiet)?;
-        done.push(RankRun {
+        let run = RankRun {
             run_id: run_id.clone(),
             sequence: sequence as u32,
             config: cfg.clone(),
@@ -141,20 +167,28 @@ pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
             libraries: libraries.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             git_commit: env!("RINGBENCH_GIT_COMMIT").to_string(),
-            start_utc,
-            end_utc: utc_now(),
-            status: "complete".into(),
-            iterations,
+            start_utc: utc_now(),
+            end_utc: String::new(),
+            status: "running".into(),
+            iterations: Vec::with_capacity(cfg.iters),
             memory: be.memory(),
             flops: flops::rank_flops(cfg, comm.rank()),
             device_peak_flops: be.peak_flops(),
-        });
-        rankfile::write(&dir, place.rank, &done)?;
+        };
+        journal::with(|j| j.as_mut().map(|j| j.runs.push(run)));
+        measure(cfg, be, comm, &metered, root && !opts.quiet, opts.fault)?;
+        let memory = be.memory();
+        journal::with(|j| -> Result<()> {
+            let j = j.as_mut().expect("journal set above");
+            let last = j.runs.last_mut().expect("pushed above");
+            (last.status, last.end_utc, last.memory) = ("complete".into(), utc_now(), memory);
+            journal::write(j)
+        })?;
     }
     // Every rank file is complete before rank 0 reads them (shared filesystem, as on clusters).
     comm.barrier()?;
     if root {
-        let summaries = reduce::reduce_into(std::slice::from_ref(&dir), &dir)?;
+        let summaries = reduce::reduce_into(std::slice::from_ref(&dir), &dir, false)?;
         print_summaries(&summaries);
         println!("wrote {} rank files, summary.csv and ranks.csv to {}", comm.size(), dir.display());
     }
@@ -162,43 +196,53 @@ pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
 }
 
 /// Warm-up and measured iterations of one strategy. Each iteration starts at a barrier; its record
-/// holds this rank's time to the end of its forward pass and what the metered communicator saw.
+/// holds this rank's time to the end of its forward pass and what the metered communicator saw,
+/// and goes into the journal (the last run there) as soon as it is taken.
 fn measure<B: Backend + 'static, C: Communicator<B> + 'static>(
     cfg: &RunConfig,
     be: &B,
     comm: &C,
     metered: &Metered<C>,
     show: bool,
-) -> Result<Vec<IterationRecord>> {
+    fault: Option<Fault>,
+) -> Result<()> {
     let mut strat = strategy::build(cfg, be, metered)?;
     let bar = progress_bar(cfg.warmup + cfg.iters, cfg.strategy.name(), !show);
-    bar.set_message("warm-up");
-    for _ in 0..cfg.warmup {
+    for i in 0..cfg.warmup + cfg.iters {
+        let warm = i < cfg.warmup;
+        bar.set_message(if warm { "warm-up" } else { "measured" });
         comm.barrier()?;
-        strat.forward(be, metered, false)?;
-        bar.inc(1);
-    }
-    bar.set_message("measured");
-    let mut records = Vec::with_capacity(cfg.iters);
-    for _ in 0..cfg.iters {
-        comm.barrier()?;
+        Fault::strike(fault, comm.rank(), i)?;
         metered.counters().take();
         let t0 = Instant::now();
         strat.forward(be, metered, false)?;
         let total_s = t0.elapsed().as_secs_f64();
         let (comm_s, bytes_sent, bytes_received) = metered.counters().take();
-        records.push(IterationRecord { total_s, comm_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received });
+        let record = IterationRecord { total_s, comm_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received };
+        let memory = be.memory();
+        journal::with(|j| {
+            if let Some(run) = j.as_mut().and_then(|j| j.runs.last_mut()) {
+                run.memory = memory;
+                if !warm {
+                    run.iterations.push(record);
+                }
+            }
+        });
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(records)
+    Ok(())
 }
 
 /// The console's account of each strategy run, then the side-by-side comparison.
 pub fn print_summaries(summaries: &[StrategySummary]) {
     for s in summaries {
-        let it = &s.iter;
         println!("{} ({}):", s.config.strategy.name(), s.status);
+        let Some(m) = &s.measured else {
+            println!("  no measured iterations");
+            continue;
+        };
+        let it = &m.iter;
         println!(
             "  iteration      mean {}, 95% CI [{}, {}], cv {:.1}%, min {}, median {}, max {} (n {})",
             fmt_seconds(it.mean),
@@ -210,22 +254,22 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
             fmt_seconds(it.max),
             it.n
         );
-        println!("  tokens/s       {:.1}, 95% CI [{:.1}, {:.1}]", s.tps, s.tps_ci95.0, s.tps_ci95.1);
-        println!("  time per token {} (iteration time / {} tokens)", fmt_seconds(s.tpot_s), s.config.tokens_per_iteration());
+        println!("  tokens/s       {:.1}, 95% CI [{:.1}, {:.1}]", m.tps, m.tps_ci95.0, m.tps_ci95.1);
+        println!("  time per token {} (iteration time / {} tokens)", fmt_seconds(m.tpot_s), s.config.tokens_per_iteration());
         println!(
             "  per rank       communication {} max / {} mean, compute {} max / {} mean, sent {}/iter max",
-            fmt_seconds(s.comm_s.0),
-            fmt_seconds(s.comm_s.1),
-            fmt_seconds(s.compute_s.0),
-            fmt_seconds(s.compute_s.1),
-            fmt_bytes(s.sent_per_iter_max)
+            fmt_seconds(m.comm_s.0),
+            fmt_seconds(m.comm_s.1),
+            fmt_seconds(m.compute_s.0),
+            fmt_seconds(m.compute_s.1),
+            fmt_bytes(m.sent_per_iter_max)
         );
-        let device = s.peak_device_max.map(|b| format!(", process/device peak {} max", fmt_bytes(b))).unwrap_or_default();
-        println!("  peak memory    buffers {} max / {} mean{device}", fmt_bytes(s.peak_buffers.0), fmt_bytes(s.peak_buffers.1));
-        let mfu = s.mfu.map(|m| format!("MFU {:.1}%", 100.0 * m)).unwrap_or_else(|| "MFU n/a (device peak unknown)".into());
-        println!("  compute        {:.4} TFLOP/s per rank, {mfu}", s.tflops_per_gpu);
+        let device = m.peak_device_max.map(|b| format!(", process/device peak {} max", fmt_bytes(b))).unwrap_or_default();
+        println!("  peak memory    buffers {} max / {} mean{device}", fmt_bytes(m.peak_buffers.0), fmt_bytes(m.peak_buffers.1));
+        let mfu = m.mfu.map(|x| format!("MFU {:.1}%", 100.0 * x)).unwrap_or_else(|| "MFU n/a (device peak unknown)".into());
+        println!("  compute        {:.4} TFLOP/s per rank, {mfu}", m.tflops_per_gpu);
     }
-    let find = |k: StrategyKind| summaries.iter().find(|s| s.config.strategy == k);
+    let find = |k: StrategyKind| summaries.iter().find(|s| s.config.strategy == k).and_then(|s| s.measured.as_ref());
     if let (Some(tp), Some(ring)) = (find(StrategyKind::TpPp), find(StrategyKind::Ring)) {
         println!();
         println!("{:<24}{:>18}{:>18}", "", "tp-pp", "ring");

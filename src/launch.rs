@@ -15,6 +15,8 @@ pub struct Launch {
     pub size: usize,
     /// Rank among the processes on this node (MPI_Comm_split_type SHARED): selects the GPU.
     pub local_rank: usize,
+    /// Processes on this node (they share its host memory).
+    pub local_size: usize,
     pub host: String,
 }
 
@@ -23,10 +25,12 @@ impl Launch {
         let universe = mpi::initialize().ok_or_else(|| anyhow!("MPI was initialised twice"))?;
         let world = universe.world();
         let rank = world.rank() as usize;
-        let local_rank = world.split_shared(rank as i32).rank() as usize;
+        let node = world.split_shared(rank as i32);
+        let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
         let host = hostname();
         install_panic_hook(rank, host.clone());
-        Ok(Launch { size: world.size() as usize, world, rank, local_rank, host, _universe: universe })
+        crate::journal::install_signal_thread(rank, host.clone())?;
+        Ok(Launch { size: world.size() as usize, world, rank, local_rank, local_size, host, _universe: universe })
     }
 
     /// A communicator over the whole job for the strategies, separate from the launcher's own.
@@ -57,6 +61,17 @@ pub fn hostname() -> String {
 /// command-line error is printed once, by rank 0, not once per rank).
 pub fn rank_from_env() -> Option<usize> {
     ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"].iter().find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
+/// End the whole job from any thread (the watchdog's): report, then MPI_Abort.
+pub fn abort_job(report: &str) -> ! {
+    eprintln!("ringbench: {report}");
+    // SAFETY: MPI is initialised before any watchdog starts; MPI_Abort on the world communicator
+    // is the documented way to end every process of the job and does not return.
+    unsafe {
+        mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+    }
+    std::process::abort();
 }
 
 /// A panic on one rank prints the rank, the host and the message, then aborts every rank.

@@ -4,7 +4,9 @@
 pub mod backend;
 pub mod comm;
 pub mod config;
+pub mod fault;
 pub mod harness;
+pub mod journal;
 pub mod launch;
 pub mod metrics;
 pub mod model;

@@ -5,11 +5,14 @@
 use clap::{Args, Parser, Subcommand};
 use ringbench::backend::cpu::CpuBackend;
 use ringbench::comm::mpi::MpiComm;
+use ringbench::comm::watchdog::{Watchdog, Watched};
 use ringbench::config::{BackendKind, ConfigArgs, ConfigError};
+use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +62,10 @@ struct ReduceArgs {
     /// Where to write the tables (a directory; created if missing). Default: the one DIR.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Leave out missing or damaged rank files instead of refusing; the tables are then written as
+    /// summary-partial.csv and ranks-partial.csv, their runs marked "partial".
+    #[arg(long)]
+    partial: bool,
 }
 
 #[derive(Args)]
@@ -121,12 +128,13 @@ fn reduce(args: &ReduceArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let written =
-        std::fs::create_dir_all(&out).map_err(anyhow::Error::from).and_then(|()| ringbench::output::reduce::reduce_into(&args.dirs, &out));
+    let written = std::fs::create_dir_all(&out)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| ringbench::output::reduce::reduce_into(&args.dirs, &out, args.partial));
     match written {
         Ok(summaries) => {
             harness::print_summaries(&summaries);
-            println!("wrote summary.csv and ranks.csv to {}", out.display());
+            println!("wrote the tables to {}", out.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -146,7 +154,13 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
     match cfgs[0].backend {
         BackendKind::Cpu => {
             let be = CpuBackend::new();
-            let comm = MpiComm::new(launch.world_for_strategies());
+            let dog = Watchdog::start(
+                Duration::from_secs_f64(config_args.comm_timeout),
+                format!("rank {} on host {}", launch.rank, launch.host),
+                Box::new(|report| launch::abort_job(report)),
+            );
+            let comm = Watched::new(MpiComm::new(launch.world_for_strategies()), dog);
+            harness::check_memory(&cfgs, &be, &comm, launch.local_size, matches!(cli.command, Command::Verify(_)))?;
             match &cli.command {
                 Command::Run(a) => {
                     let place = Place {
@@ -155,7 +169,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
                         host: launch.host.clone(),
                         mpi_library: launch.mpi_library(),
                     };
-                    let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet };
+                    let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet, fault: Fault::from_env()? };
                     harness::run(&cfgs, config_args.strategy.name(), &be, &comm, &place, &opts).map(|()| ExitCode::SUCCESS)
                 }
                 Command::Verify(a) => {

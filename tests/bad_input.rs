@@ -4,7 +4,9 @@
 mod common;
 use common::mpirun;
 
-const CASES: [(&str, &str); 10] = [
+const CASES: [(&str, &str); 12] = [
+    ("--strategy ring --comm-timeout 0", "--comm-timeout 0: must be a positive number of seconds"),
+    ("--strategy tp-pp --tp 0", "--tp 0: must be at least 1"),
     ("--strategy tp-pp --tp 2 --pp 3 --layers 6", "--tp 2 x --pp 3 = 6 ranks, but the job has"),
     ("--strategy ring --ring 5", "--ring 5: the job has"),
     ("--strategy tp-pp --tp 3 --heads 4 --pp 1", "--heads 4 must be divisible"),
@@ -33,6 +35,23 @@ fn each_bad_input_fails_fast_with_its_message() {
                 assert!(run.elapsed.as_secs() < 20, "{cmd} -np {np} {flags} took {:?}", run.elapsed);
             }
         }
+    }
+}
+
+#[test]
+fn combinations_that_only_fail_together_are_refused() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["run", "--strategy", "all", "--tp", "2", "--pp", "2", "--ring", "2"], "--ring 2: the job has 4 ranks"),
+        (
+            &["verify", "--strategy", "all", "--pp", "2", "--save-output", "x.h5"],
+            "--save-output takes one strategy's output; --strategy all runs two",
+        ),
+        (&["run", "--strategy", "all", "--heads", "6", "--d-model", "96", "--pp", "1"], "--tp 4: --heads 6 must be divisible"),
+    ];
+    for (args, want) in cases {
+        let run = mpirun(4, args);
+        assert_eq!(run.status, Some(2), "{args:?}:\n{}", run.all());
+        assert_eq!(run.all().matches(want).count(), 1, "{args:?}: want {want:?} once in:\n{}", run.all());
     }
 }
 

@@ -180,6 +180,13 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     assert!(iter_s.iter().all(|&t| t > 0.0));
     assert_eq!(g.dataset("bytes_sent").unwrap().read_raw::<u64>().unwrap().len(), 3);
     drop(file);
+    // The memory estimate that refuses oversized configs is exactly what each rank allocated.
+    for r in 0..4 {
+        for run in ringbench::output::rankfile::read(&dir.join(format!("rank-{r:05}.h5"))).unwrap() {
+            let est = ringbench::strategy::memory_estimate(&run.config, r, false);
+            assert_eq!(run.memory.buffers_peak_bytes, est.weights + est.activations, "rank {r} {}", run.config.strategy.name());
+        }
+    }
     // ...and through h5dump, as other tools would see them.
     let dump = Command::new("h5dump")
         .args(["-A", dir.join("rank-00000.h5").to_str().unwrap()])

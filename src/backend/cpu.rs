@@ -203,6 +203,12 @@ impl Backend for CpuBackend {
         MemoryStats { buffers_peak_bytes: self.memory.peak.load(Ordering::Relaxed), device_peak_bytes: peak_rss_bytes() }
     }
 
+    fn memory_budget(&self, sharing: usize) -> Option<u64> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: u64 = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024 / sharing.max(1) as u64)
+    }
+
     fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act> {
         Ok(HostMat::new(rows, cols, Some(self.memory.clone())))
     }

@@ -69,6 +69,10 @@ pub trait Backend {
 
     fn memory(&self) -> MemoryStats;
 
+    /// The memory one rank may use, when `sharing` ranks share this rank's memory (CPU: the
+    /// node's available memory divided among its ranks); None where unknown.
+    fn memory_budget(&self, sharing: usize) -> Option<u64>;
+
     /// BF16 activations and weights.
     type Act: Matrix;
     /// FP32 attention accumulators.

@@ -5,6 +5,7 @@
 pub mod local;
 pub mod metered;
 pub mod mpi;
+pub mod watchdog;
 
 use crate::backend::Backend;
 use anyhow::Result;

@@ -21,7 +21,14 @@ const MIB: f64 = (1u64 << 20) as f64;
 pub struct StrategySummary {
     pub config: RunConfig,
     pub first: RankRun,
+    /// "complete"; "incomplete" if any rank was interrupted; "partial" if rank files are missing.
     pub status: String,
+    /// None when no iteration was measured (interrupted during warm-up).
+    pub measured: Option<Measured>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Measured {
     /// Job iteration time in seconds (slowest rank per iteration).
     pub iter: Stats,
     pub tps: f64,
@@ -41,7 +48,8 @@ pub struct StrategySummary {
 }
 
 /// Read every rank file of a run directory, checking that the set is complete and consistent.
-pub fn load(dir: &Path) -> Result<Vec<RankRun>> {
+/// With `partial`, unreadable or missing rank files are skipped and their reasons returned instead.
+pub fn load(dir: &Path, partial: bool) -> Result<(Vec<RankRun>, Vec<String>)> {
     let read_rank = |rank: usize| -> Result<Vec<RankRun>> {
         let path = rankfile::rank_file(dir, rank);
         ensure!(path.exists(), "rank {rank}: {} is missing", path.display());
@@ -49,33 +57,74 @@ pub fn load(dir: &Path) -> Result<Vec<RankRun>> {
         ensure!(!runs.is_empty(), "rank {rank}: {} holds no strategy run", path.display());
         Ok(runs)
     };
-    let first = read_rank(0)?;
-    let world = first[0].config.world();
-    let mut all = first.clone();
-    for rank in 1..world {
-        let runs = read_rank(rank)?;
-        ensure!(
-            runs.len() == first.len(),
-            "rank {rank}: {} strategy runs in {}, rank 0 has {}",
-            runs.len(),
-            rankfile::rank_file_name(rank),
-            first.len()
-        );
-        for (a, b) in runs.iter().zip(&first) {
-            ensure!(a.rank == rank, "rank {rank}: {} says it is rank {}", rankfile::rank_file_name(rank), a.rank);
-            ensure!(a.config == b.config, "rank {rank}: the {} config differs from rank 0's", b.config.strategy.name());
-            ensure!(a.run_id == b.run_id && a.git_commit == b.git_commit, "rank {rank}: run id or git commit differs from rank 0's");
-            ensure!(
-                a.iterations.len() == b.iterations.len(),
-                "rank {rank}: {} iterations of {}, rank 0 has {}",
-                a.iterations.len(),
-                b.config.strategy.name(),
-                b.iterations.len()
-            );
+    // The world size and the reference for consistency come from rank 0's file, or with
+    // `partial` from the lowest-numbered readable one.
+    let candidates: Vec<usize> = if partial { present_ranks(dir) } else { vec![0] };
+    let mut first = None;
+    for rank in candidates {
+        match read_rank(rank) {
+            Ok(runs) => {
+                first = Some((rank, runs));
+                break;
+            }
+            Err(e) if !partial => return Err(e),
+            Err(_) => {} // reported below, with every other rank
         }
-        all.extend(runs);
     }
-    Ok(all)
+    let Some((first_rank, first)) = first else { bail!("no readable rank file in {}", dir.display()) };
+    let mut problems = Vec::new();
+    let world = first[0].config.world();
+    let mut all = Vec::new();
+    for rank in 0..world {
+        let runs = if rank == first_rank { Ok(first.clone()) } else { read_rank(rank) };
+        let checked = runs.and_then(|runs| {
+            ensure!(
+                runs.len() == first.len(),
+                "rank {rank}: {} strategy runs in {}, rank {first_rank} has {}",
+                runs.len(),
+                rankfile::rank_file_name(rank),
+                first.len()
+            );
+            for (a, b) in runs.iter().zip(&first) {
+                ensure!(a.rank == rank, "rank {rank}: {} says it is rank {}", rankfile::rank_file_name(rank), a.rank);
+                ensure!(a.config == b.config, "rank {rank}: the {} config differs from rank {first_rank}'s", b.config.strategy.name());
+                ensure!(a.run_id == b.run_id, "rank {rank}: run id {} differs from rank {first_rank}'s {}", a.run_id, b.run_id);
+                ensure!(
+                    a.git_commit == b.git_commit,
+                    "rank {rank}: git commit {} differs from rank {first_rank}'s {}",
+                    a.git_commit,
+                    b.git_commit
+                );
+                // An interrupted run may stop a rank one iteration before another.
+                let interrupted = a.status != "complete" || b.status != "complete";
+                ensure!(
+                    interrupted || a.iterations.len() == b.iterations.len(),
+                    "rank {rank}: {} iterations of {}, rank {first_rank} has {}",
+                    a.iterations.len(),
+                    b.config.strategy.name(),
+                    b.iterations.len()
+                );
+            }
+            Ok(runs)
+        });
+        match checked {
+            Ok(runs) => all.extend(runs),
+            Err(e) if partial => problems.push(format!("{e:#}")),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((all, problems))
+}
+
+/// Rank numbers of the rank-NNNNN.h5 files in `dir`, ascending.
+fn present_ranks(dir: &Path) -> Vec<usize> {
+    let mut ranks: Vec<usize> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("rank-")?.strip_suffix(".h5")?.parse().ok()).collect()
+        })
+        .unwrap_or_default();
+    ranks.sort_unstable();
+    ranks
 }
 
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
@@ -88,7 +137,8 @@ fn max(xs: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Reduce the ranks of each strategy run (runs grouped by run id and sequence, in file order).
-pub fn summarize(runs: &[RankRun]) -> Result<Vec<StrategySummary>> {
+/// Runs of `partial_ids` lack some ranks and are marked "partial".
+pub fn summarize(runs: &[RankRun], partial_ids: &[String]) -> Result<Vec<StrategySummary>> {
     let mut keys: Vec<(String, u32)> = Vec::new();
     for r in runs {
         if !keys.contains(&(r.run_id.clone(), r.sequence)) {
@@ -99,7 +149,11 @@ pub fn summarize(runs: &[RankRun]) -> Result<Vec<StrategySummary>> {
         .map(|(id, seq)| {
             let mut ranks: Vec<&RankRun> = runs.iter().filter(|r| &r.run_id == id && r.sequence == *seq).collect();
             ranks.sort_by_key(|r| r.rank);
-            summarize_one(&ranks)
+            let mut s = summarize_one(&ranks)?;
+            if partial_ids.contains(id) {
+                s.status = "partial".into();
+            }
+            Ok(s)
         })
         .collect()
 }
@@ -107,19 +161,28 @@ pub fn summarize(runs: &[RankRun]) -> Result<Vec<StrategySummary>> {
 fn summarize_one(ranks: &[&RankRun]) -> Result<StrategySummary> {
     let first = ranks[0];
     let cfg = &first.config;
-    let n = first.iterations.len();
-    ensure!(n > 0, "{} of run {}: no measured iterations", cfg.strategy.name(), first.run_id);
+    let status = if ranks.iter().all(|r| r.status == "complete") { "complete" } else { "incomplete" };
+    let n = ranks.iter().map(|r| r.iterations.len()).min().unwrap_or(0);
+    let measured = if n == 0 { None } else { Some(measured(ranks, n)?) };
+    Ok(StrategySummary { config: cfg.clone(), first: first.clone(), status: status.to_string(), measured })
+}
+
+/// Statistics over the first `n` iterations, which every rank completed.
+fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
+    let first = ranks[0];
+    let cfg = &first.config;
     let job_iter: Vec<f64> = (0..n).map(|i| max(ranks.iter().map(|r| r.iterations[i].total_s))).collect();
     let iter = Stats::of(&job_iter).expect("n > 0");
     let tokens = cfg.tokens_per_iteration() as f64;
-    let per_rank_mean =
-        |f: fn(&crate::metrics::IterationRecord) -> f64| -> Vec<f64> { ranks.iter().map(|r| mean(r.iterations.iter().map(f))).collect() };
+    let per_rank_mean = |f: fn(&crate::metrics::IterationRecord) -> f64| -> Vec<f64> {
+        ranks.iter().map(|r| mean(r.iterations[..n].iter().map(f))).collect()
+    };
     let comm = per_rank_mean(|i| i.comm_s);
     let compute = per_rank_mean(|i| i.compute_s);
     let sent = per_rank_mean(|i| i.bytes_sent as f64);
     let buffers: Vec<f64> = ranks.iter().map(|r| r.memory.buffers_peak_bytes as f64).collect();
     let device: Vec<f64> = ranks.iter().filter_map(|r| r.memory.device_peak_bytes).map(|b| b as f64).collect();
-    let tflops_per_gpu = job_flops(cfg).total() / ranks.len() as f64 / iter.mean / 1e12;
+    let tflops_per_gpu = job_flops(cfg).total() / cfg.world() as f64 / iter.mean / 1e12;
     let mfu = first.device_peak_flops.map(|peak| tflops_per_gpu * 1e12 / peak);
     if let Some(m) = mfu {
         // A result above the hardware's limit is a measurement bug, never a number to report.
@@ -129,11 +192,7 @@ fn summarize_one(ranks: &[&RankRun]) -> Result<StrategySummary> {
             cfg.strategy.name()
         );
     }
-    let status = if ranks.iter().all(|r| r.status == "complete") { "complete" } else { "incomplete" };
-    Ok(StrategySummary {
-        config: cfg.clone(),
-        first: first.clone(),
-        status: status.to_string(),
+    Ok(Measured {
         tps: tokens / iter.mean,
         tps_ci95: (tokens / iter.ci95.1, tokens / iter.ci95.0),
         tpot_s: iter.mean / tokens,
@@ -213,7 +272,44 @@ fn own(cols: Vec<(&'static str, String)>) -> Vec<(String, String)> {
     cols.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
+fn measured_columns(m: &Measured) -> Vec<(String, String)> {
+    let mut row = own(vec![
+        ("tps", format!("{:.3}", m.tps)),
+        ("tps_ci95_lo", format!("{:.3}", m.tps_ci95.0)),
+        ("tps_ci95_hi", format!("{:.3}", m.tps_ci95.1)),
+        ("tpot_us", format!("{:.6}", m.tpot_s * 1e6)),
+    ]);
+    row.extend(stats_columns("iter_ms", &m.iter, 1e3));
+    row.extend(own(vec![
+        ("comm_ms_max", format!("{:.6}", m.comm_s.0 * 1e3)),
+        ("comm_ms_mean", format!("{:.6}", m.comm_s.1 * 1e3)),
+        ("compute_ms_max", format!("{:.6}", m.compute_s.0 * 1e3)),
+        ("compute_ms_mean", format!("{:.6}", m.compute_s.1 * 1e3)),
+        ("sent_mib_per_iter_max", format!("{:.6}", m.sent_per_iter_max / MIB)),
+        ("peak_mem_gib_max", format!("{:.6}", m.peak_buffers.0 / GIB)),
+        ("peak_mem_gib_mean", format!("{:.6}", m.peak_buffers.1 / GIB)),
+        ("peak_device_gib_max", opt(m.peak_device_max.map(|b| b / GIB), 6)),
+        ("tflops_per_gpu", format!("{:.6}", m.tflops_per_gpu)),
+        ("mfu", opt(m.mfu, 6)),
+    ]));
+    row
+}
+
 pub fn summary_table(summaries: &[StrategySummary]) -> Table {
+    // The columns of a run with measurements, blank for a run without (same names either way).
+    let blank = Measured {
+        iter: Stats::of(&[1.0]).expect("one value"),
+        tps: 0.0,
+        tps_ci95: (0.0, 0.0),
+        tpot_s: 0.0,
+        comm_s: (0.0, 0.0),
+        compute_s: (0.0, 0.0),
+        sent_per_iter_max: 0.0,
+        peak_buffers: (0.0, 0.0),
+        peak_device_max: None,
+        tflops_per_gpu: 0.0,
+        mfu: None,
+    };
     table(
         summaries
             .iter()
@@ -227,25 +323,12 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
                     ("device", f.device.clone()),
                 ]);
                 row.extend(own(model_columns(&s.config)));
+                row.push(("tokens_per_iter".into(), s.config.tokens_per_iteration().to_string()));
+                match &s.measured {
+                    Some(m) => row.extend(measured_columns(m)),
+                    None => row.extend(measured_columns(&blank).into_iter().map(|(k, _)| (k, String::new()))),
+                }
                 row.extend(own(vec![
-                    ("tokens_per_iter", s.config.tokens_per_iteration().to_string()),
-                    ("tps", format!("{:.3}", s.tps)),
-                    ("tps_ci95_lo", format!("{:.3}", s.tps_ci95.0)),
-                    ("tps_ci95_hi", format!("{:.3}", s.tps_ci95.1)),
-                    ("tpot_us", format!("{:.6}", s.tpot_s * 1e6)),
-                ]));
-                row.extend(stats_columns("iter_ms", &s.iter, 1e3));
-                row.extend(own(vec![
-                    ("comm_ms_max", format!("{:.6}", s.comm_s.0 * 1e3)),
-                    ("comm_ms_mean", format!("{:.6}", s.comm_s.1 * 1e3)),
-                    ("compute_ms_max", format!("{:.6}", s.compute_s.0 * 1e3)),
-                    ("compute_ms_mean", format!("{:.6}", s.compute_s.1 * 1e3)),
-                    ("sent_mib_per_iter_max", format!("{:.6}", s.sent_per_iter_max / MIB)),
-                    ("peak_mem_gib_max", format!("{:.6}", s.peak_buffers.0 / GIB)),
-                    ("peak_mem_gib_mean", format!("{:.6}", s.peak_buffers.1 / GIB)),
-                    ("peak_device_gib_max", opt(s.peak_device_max.map(|b| b / GIB), 6)),
-                    ("tflops_per_gpu", format!("{:.6}", s.tflops_per_gpu)),
-                    ("mfu", opt(s.mfu, 6)),
                     ("ringbench_version", f.version.clone()),
                     ("git_commit", f.git_commit.clone()),
                     ("start_utc", f.start_utc.clone()),
@@ -289,7 +372,7 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
                     ("peak_device_gib", opt(r.memory.device_peak_bytes.map(|b| b as f64 / GIB), 6)),
                     ("linear_tflop_per_iter", format!("{:.9}", r.flops.linear / 1e12)),
                     ("attention_tflop_per_iter", format!("{:.9}", r.flops.attention / 1e12)),
-                    ("tflops", format!("{:.6}", r.flops.total() / iter_mean / 1e12)),
+                    ("tflops", if r.iterations.is_empty() { String::new() } else { format!("{:.6}", r.flops.total() / iter_mean / 1e12) }),
                 ]));
                 row
             })
@@ -324,18 +407,29 @@ fn write_new_or_same(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reduce run directories into `summary.csv` and `ranks.csv` in `out`. Every rank file is read and
-/// checked before anything is written.
-pub fn reduce_into(dirs: &[PathBuf], out: &Path) -> Result<Vec<StrategySummary>> {
+/// checked before anything is written. With `partial`, damaged or missing rank files are left out,
+/// the affected runs are marked "partial", and the tables are named `summary-partial.csv` and
+/// `ranks-partial.csv` so that they cannot be mistaken for complete ones.
+pub fn reduce_into(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<Vec<StrategySummary>> {
     if dirs.is_empty() {
         bail!("no run directory given");
     }
     let mut runs = Vec::new();
+    let mut partial_ids = Vec::new();
     for d in dirs {
-        runs.extend(load(d).with_context(|| format!("run directory {}", d.display()))?);
+        let (r, problems) = load(d, partial).with_context(|| format!("run directory {}", d.display()))?;
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("ringbench: reduce --partial: left out: {p}");
+            }
+            partial_ids.extend(r.iter().map(|x| x.run_id.clone()));
+        }
+        runs.extend(r);
     }
-    let summaries = summarize(&runs)?;
+    let summaries = summarize(&runs, &partial_ids)?;
     let (summary, ranks) = (csv_bytes(&summary_table(&summaries))?, csv_bytes(&ranks_table(&runs))?);
-    write_new_or_same(&out.join("summary.csv"), &summary)?;
-    write_new_or_same(&out.join("ranks.csv"), &ranks)?;
+    let suffix = if partial_ids.is_empty() { "" } else { "-partial" };
+    write_new_or_same(&out.join(format!("summary{suffix}.csv")), &summary)?;
+    write_new_or_same(&out.join(format!("ranks{suffix}.csv")), &ranks)?;
     Ok(summaries)
 }

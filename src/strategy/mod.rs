@@ -35,6 +35,51 @@ pub fn output_tokens(cfg: &RunConfig, rank: usize) -> Option<LocalTokens> {
     }
 }
 
+/// Host or device memory one rank of a strategy needs, from the config alone. `weights` and
+/// `activations` are exactly the backend buffers a strategy allocates (tested against the measured
+/// high-water mark); `scratch` bounds the CPU backend's transient FP32 copies inside operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    pub weights: u64,
+    pub activations: u64,
+    pub scratch: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.weights + self.activations + self.scratch
+    }
+}
+
+/// What rank `rank` allocates; `keep` adds the kept output of `verify`.
+pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstimate {
+    let m = &cfg.model;
+    let (bf, f32b) = (2u64, 4u64);
+    let (d, hd) = (m.d_model as u64, m.head_dim() as u64);
+    let (tokens, largest, layers, heads, mlp) = match cfg.strategy {
+        StrategyKind::Reference => (m.seq_len, m.seq_len, m.layers, m.heads, m.mlp),
+        StrategyKind::TpPp => (m.seq_len, m.seq_len, m.layers / cfg.pp, m.heads / cfg.tp, m.mlp / cfg.tp),
+        StrategyKind::Ring => {
+            let lens: Vec<usize> = (0..cfg.ring).map(|r| topology::ring_tokens(cfg.layout, m.seq_len, cfg.ring, r).len()).collect();
+            (lens[rank], lens.iter().copied().max().unwrap_or(0), m.layers, m.heads, m.mlp)
+        }
+    };
+    let ring = cfg.strategy == StrategyKind::Ring;
+    let (w, f, hl) = (heads as u64 * hd, mlp as u64, heads as u64);
+    let rows = (cfg.micro_batch * tokens) as u64;
+    let kv_rows = (cfg.micro_batch * largest) as u64;
+    let weights = layers as u64 * bf * (2 * d + d * w + d * 2 * w + w * d + d * f + f * d);
+    let workspace = bf
+        * (rows * d + rows * w + kv_rows.max(rows) * 2 * w + if ring { kv_rows * 2 * w } else { 0 } + rows * w + rows * d + rows * f)
+        + f32b * (rows * w + rows * hl);
+    let x = bf * rows * d;
+    let out = if keep { bf * (m.batch * tokens) as u64 * d } else { 0 };
+    // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
+    let matmul = f32b * (rows * d + d * f + rows * f);
+    let attention = f32b * (kv_rows * 2 * w + 64 * kv_rows + 64 * w);
+    MemoryEstimate { weights, activations: workspace + x + out, scratch: matmul.max(attention) + bf * rows * d }
+}
+
 /// Set up the strategy `cfg` names on this rank: generate its weights, allocate its buffers.
 pub fn build<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfig, be: &B, comm: &C) -> Result<Box<dyn Strategy<B, C>>> {
     Ok(match cfg.strategy {

@@ -26,12 +26,23 @@ impl Run {
 
 /// `mpirun --oversubscribe -np N ringbench ARGS...`, under `timeout`.
 pub fn mpirun(np: usize, args: &[&str]) -> Run {
+    mpirun_with(np, args, &[], None)
+}
+
+/// `mpirun` with extra environment for the ranks, and optionally SIGTERM sent to mpirun after
+/// `term_after_s` seconds (as SLURM's time limit would).
+pub fn mpirun_with(np: usize, args: &[&str], env: &[(&str, &str)], term_after_s: Option<u32>) -> Run {
     let _guard = MPI.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new("timeout");
-    cmd.arg(LAUNCH_TIMEOUT_S.to_string())
-        .args(["mpirun", "--oversubscribe", "-np", &np.to_string()])
+    match term_after_s {
+        Some(t) => cmd.args(["-s", "TERM", "-k", "60", &t.to_string()]),
+        None => cmd.arg(LAUNCH_TIMEOUT_S.to_string()),
+    };
+    cmd.args(["mpirun", "--oversubscribe", "-np", &np.to_string()])
         // Shared memory within the node; no single-copy mechanism, which containers often forbid.
         .args(["--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none"])
+        .args(env.iter().flat_map(|(k, _)| ["-x", k]))
+        .envs(env.iter().copied())
         .arg(env!("CARGO_BIN_EXE_ringbench"))
         .args(args)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -45,7 +56,9 @@ pub fn mpirun(np: usize, args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&stderr).into(),
         elapsed: t0.elapsed(),
     };
-    assert_ne!(run.status, Some(124), "mpirun -np {np} {args:?} hung for {LAUNCH_TIMEOUT_S} s:\n{}", run.all());
+    if term_after_s.is_none() {
+        assert_ne!(run.status, Some(124), "mpirun -np {np} {args:?} hung for {LAUNCH_TIMEOUT_S} s:\n{}", run.all());
+    }
     run
 }
 

@@ -1,0 +1,197 @@
+//! A watchdog over communication: every call of the wrapped communicator is registered while it
+//! runs, and a monitor thread ends the whole job if one runs longer than the timeout, naming the
+//! rank, host, operation, peer and size. A dead or stalled peer then costs at most the timeout,
+//! never the rest of an allocation.
+
+use super::Communicator;
+use crate::backend::{Backend, Matrix};
+use anyhow::Result;
+use half::bf16;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The call in flight on this rank.
+#[derive(Clone, Debug)]
+struct InFlight {
+    op: &'static str,
+    peer: Option<usize>,
+    bytes: u64,
+    since: Instant,
+}
+
+/// What to do when a call overruns: print the report and end the job.
+pub type OnTimeout = Box<dyn Fn(&str) + Send + Sync>;
+
+pub struct Watchdog {
+    current: Mutex<Option<InFlight>>,
+    timeout: Duration,
+    who: String,
+}
+
+impl Watchdog {
+    /// Start the monitor thread. `who` names this rank in reports ("rank 3 on host gpu-07").
+    pub fn start(timeout: Duration, who: String, on_timeout: OnTimeout) -> Arc<Watchdog> {
+        let dog = Arc::new(Watchdog { current: Mutex::new(None), timeout, who });
+        let watched = Arc::downgrade(&dog);
+        let tick = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        std::thread::Builder::new()
+            .name("ringbench-watchdog".into())
+            .spawn(move || {
+                while let Some(dog) = watched.upgrade() {
+                    if let Some(report) = dog.overrun() {
+                        on_timeout(&report);
+                        return;
+                    }
+                    drop(dog);
+                    std::thread::sleep(tick);
+                }
+            })
+            .expect("spawning the watchdog thread");
+        dog
+    }
+
+    /// The report for a call that has run past the timeout, if one has.
+    fn overrun(&self) -> Option<String> {
+        let cur = self.current.lock().ok()?.clone()?;
+        let waited = cur.since.elapsed();
+        (waited > self.timeout).then(|| {
+            let peer = cur.peer.map(|p| format!(" with rank {p}")).unwrap_or_default();
+            format!(
+                "{}: watchdog: {}{peer} ({} bytes) has not completed after {:.1} s (--comm-timeout {} s); aborting the job",
+                self.who,
+                cur.op,
+                cur.bytes,
+                waited.as_secs_f64(),
+                self.timeout.as_secs_f64()
+            )
+        })
+    }
+
+    fn guard<T>(&self, op: &'static str, peer: Option<usize>, bytes: u64, f: impl FnOnce() -> T) -> T {
+        if let Ok(mut c) = self.current.lock() {
+            *c = Some(InFlight { op, peer, bytes, since: Instant::now() });
+        }
+        let r = f();
+        if let Ok(mut c) = self.current.lock() {
+            *c = None;
+        }
+        r
+    }
+}
+
+/// A communicator whose every call the watchdog times.
+pub struct Watched<C> {
+    inner: C,
+    dog: Arc<Watchdog>,
+}
+
+impl<C> Watched<C> {
+    pub fn new(inner: C, dog: Arc<Watchdog>) -> Self {
+        Watched { inner, dog }
+    }
+}
+
+fn bytes<M: Matrix>(x: &M) -> u64 {
+    2 * x.len() as u64
+}
+
+impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+
+    fn split(&self, color: usize, key: usize) -> Result<Self> {
+        let inner = self.dog.guard("split", None, 0, || self.inner.split(color, key))?;
+        Ok(Watched { inner, dog: self.dog.clone() })
+    }
+
+    fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()> {
+        let n = bytes(x);
+        self.dog.guard("all_reduce", None, n, || self.inner.all_reduce_sum(x))
+    }
+
+    fn send(&self, x: &B::Act, to: usize) -> Result<()> {
+        self.dog.guard("send", Some(to), bytes(x), || self.inner.send(x, to))
+    }
+
+    fn recv(&self, x: &mut B::Act, from: usize) -> Result<()> {
+        let n = bytes(x);
+        self.dog.guard("recv", Some(from), n, || self.inner.recv(x, from))
+    }
+
+    /// The overlapped compute runs inside the call, so it counts towards the timeout: the timeout
+    /// is meant to be generous against a whole ring step.
+    fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let n = bytes(send);
+        self.dog.guard("ring exchange", Some(from), n, || self.inner.exchange(send, to, recv, from, overlap))
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.dog.guard("barrier", None, 0, || self.inner.barrier())
+    }
+
+    fn max_f64(&self, x: f64) -> Result<f64> {
+        self.dog.guard("all_reduce(max)", None, 8, || self.inner.max_f64(x))
+    }
+
+    fn all_agree(&self, ok: bool) -> Result<bool> {
+        self.dog.guard("all_reduce(agree)", None, 4, || self.inner.all_agree(ok))
+    }
+
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+        let n = data.len() as u64;
+        self.dog.guard("broadcast", Some(0), n, || self.inner.broadcast_bytes(data))
+    }
+
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+        self.dog.guard("gather", Some(0), 2 * data.len() as u64, || self.inner.gather_to_root(data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::comm::local::LocalComm;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_call_that_overruns_is_reported_with_operation_and_peer() {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let dog = Watchdog::start(
+            Duration::from_millis(100),
+            "rank 1 on host h".into(),
+            Box::new(move |r| tx.lock().unwrap().send(r.to_string()).unwrap()),
+        );
+        let mut comms = LocalComm::world(2);
+        let c1 = Watched::new(comms.pop().unwrap(), dog);
+        let _c0 = comms.pop().unwrap(); // rank 0 never sends
+        let be = CpuBackend::new();
+        let mut x = crate::backend::Backend::alloc_act(&be, 1, 8).unwrap();
+        // The receive waits on LocalComm's own 60 s deadline; the watchdog speaks long before.
+        std::thread::spawn(move || {
+            let _ = Communicator::<CpuBackend>::recv(&c1, &mut x, 0);
+        });
+        let report = rx.recv_timeout(Duration::from_secs(10)).expect("the watchdog reports");
+        assert!(report.contains("rank 1 on host h: watchdog: recv with rank 0 (16 bytes)"), "{report}");
+    }
+
+    #[test]
+    fn calls_that_complete_are_not_reported() {
+        let (tx, rx) = mpsc::channel::<String>();
+        let tx = Mutex::new(tx);
+        let dog =
+            Watchdog::start(Duration::from_millis(50), "r".into(), Box::new(move |r| tx.lock().unwrap().send(r.to_string()).unwrap()));
+        let c = Watched::new(LocalComm::world(1).pop().unwrap(), dog);
+        for _ in 0..5 {
+            Communicator::<CpuBackend>::barrier(&c).unwrap();
+            std::thread::sleep(Duration::from_millis(30)); // compute between calls is not watched
+        }
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    }
+}

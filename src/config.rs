@@ -192,8 +192,13 @@ impl RunConfig {
         self.model.batch * self.model.seq_len
     }
 
-    /// One line naming the strategy and its parallel layout, for the console.
+    /// One line naming the strategy, its parallel layout and the work, for the console.
     pub fn describe(&self) -> String {
+        format!("{}, seed {}, {} backend", self.describe_work(), self.seed, self.backend.name())
+    }
+
+    /// The strategy, its parallel layout and the model's work, without where it runs.
+    pub fn describe_work(&self) -> String {
         let m = &self.model;
         let par = match self.strategy {
             StrategyKind::Reference => "1 rank".to_string(),
@@ -201,7 +206,7 @@ impl RunConfig {
             StrategyKind::Ring => format!("ring {}, {}", self.ring, self.layout.name()),
         };
         format!(
-            "{} ({par}), {} preset: {} layers, d_model {}, {} heads, mlp {}, {} x {} tokens, micro-batch {}, {}, seed {}, {} backend",
+            "{} ({par}), {} preset: {} layers, d_model {}, {} heads, mlp {}, {} x {} tokens, micro-batch {}, {}",
             self.strategy.name(),
             self.preset.name(),
             m.layers,
@@ -212,8 +217,6 @@ impl RunConfig {
             m.seq_len,
             self.micro_batch,
             if self.causal { "causal" } else { "non-causal" },
-            self.seed,
-            self.backend.name()
         )
     }
 }
@@ -295,6 +298,19 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// The world size the parallel flags describe, for commands that run without MPI (`plan`):
+    /// the ring's size, or tp x pp.
+    pub fn implied_world(&self) -> usize {
+        match self.strategy {
+            StrategyChoice::Reference => 1,
+            StrategyChoice::Ring => self.ring.unwrap_or(1),
+            StrategyChoice::TpPp | StrategyChoice::All => match (self.tp, self.pp, self.ring) {
+                (None, None, Some(r)) => r,
+                (tp, pp, _) => tp.unwrap_or(1) * pp.unwrap_or(1),
+            },
+        }
+    }
+
     /// Resolve the preset and the flags into validated configs, one per strategy run, for a job
     /// of `world` ranks.
     pub fn resolve(&self, world: usize) -> Result<Vec<RunConfig>, ConfigError> {

@@ -11,5 +11,6 @@ pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod plan;
 pub mod strategy;
 pub mod topology;

@@ -10,6 +10,7 @@ use ringbench::config::{BackendKind, ConfigArgs, ConfigError};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
+use ringbench::plan::HardwareArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The analytic model (no MPI, no GPU): per-rank memory, FLOPs and traffic, the compute floor,
+    /// the physical bound on tokens/s, and a projection for a hardware profile.
+    Plan(PlanArgs),
     /// Rebuild summary.csv and ranks.csv from the rank files of run directories (no MPI).
     /// With one directory the tables go into it (an identical existing table is left alone, a
     /// different one is refused); with several, into --out as one combined table.
@@ -52,6 +56,17 @@ struct RunArgs {
     /// No progress display.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    hardware: HardwareArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -92,8 +107,10 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    if let Command::Reduce(args) = &cli.command {
-        return reduce(args);
+    match &cli.command {
+        Command::Reduce(args) => return reduce(args),
+        Command::Plan(args) => return plan(args),
+        _ => {}
     }
     let launch = match Launch::init() {
         Ok(l) => l,
@@ -117,6 +134,37 @@ fn main() -> ExitCode {
     };
     drop(launch); // finalises MPI before the process exits
     code
+}
+
+fn plan(args: &PlanArgs) -> ExitCode {
+    let planned = || -> Result<Vec<String>, ConfigError> {
+        let cfgs = args.config.resolve(args.config.implied_world())?;
+        let sizes = match args.hardware.gpus_per_node {
+            Some(g) => vec![g],
+            None => vec![8, 16], // the headline (JSON tps_projected) is 8-GPU nodes
+        };
+        let hw = args.hardware.hardware(sizes[0])?;
+        Ok(cfgs
+            .iter()
+            .map(|cfg| {
+                let p = ringbench::plan::plan(cfg, &hw, &sizes);
+                if args.json {
+                    serde_json::to_string_pretty(&p).expect("the plan serialises")
+                } else {
+                    ringbench::plan::render(cfg, &p)
+                }
+            })
+            .collect())
+    };
+    match planned() {
+        Ok(outputs) if args.json && outputs.len() > 1 => println!("[{}]", outputs.join(",\n")),
+        Ok(outputs) => println!("{}", outputs.join("\n")),
+        Err(e) => {
+            eprintln!("ringbench: error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn reduce(args: &ReduceArgs) -> ExitCode {
@@ -148,7 +196,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
     let config_args = match &cli.command {
         Command::Run(a) => &a.config,
         Command::Verify(a) => &a.config,
-        Command::Reduce(_) => unreachable!("reduce runs without MPI"),
+        Command::Reduce(_) | Command::Plan(_) => unreachable!("runs without MPI"),
     };
     let cfgs = config_args.resolve(launch.size)?;
     match cfgs[0].backend {
@@ -182,7 +230,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
                     }
                     Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
                 }
-                Command::Reduce(_) => unreachable!("reduce runs without MPI"),
+                Command::Reduce(_) | Command::Plan(_) => unreachable!("runs without MPI"),
             }
         }
     }

@@ -45,6 +45,10 @@ pub struct Measured {
     pub peak_device_max: Option<f64>,
     pub tflops_per_gpu: f64,
     pub mfu: Option<f64>,
+    /// With a known device peak: the busiest rank's FLOPs at peak (the plan's compute floor), and
+    /// floor / measured iteration time.
+    pub compute_floor_s: Option<f64>,
+    pub efficiency_vs_floor: Option<f64>,
 }
 
 /// Read every rank file of a run directory, checking that the set is complete and consistent.
@@ -184,16 +188,26 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
     let device: Vec<f64> = ranks.iter().filter_map(|r| r.memory.device_peak_bytes).map(|b| b as f64).collect();
     let tflops_per_gpu = job_flops(cfg).total() / cfg.world() as f64 / iter.mean / 1e12;
     let mfu = first.device_peak_flops.map(|peak| tflops_per_gpu * 1e12 / peak);
-    if let Some(m) = mfu {
+    let tps = tokens / iter.mean;
+    if let Some(peak) = first.device_peak_flops {
         // A result above the hardware's limit is a measurement bug, never a number to report.
+        let bound = crate::plan::tps_bound(cfg, peak);
+        ensure!(
+            tps <= bound,
+            "{}: measured {tps:.0} tokens/s exceeds the physical bound of {bound:.0} (every GPU at its {:.0} TFLOP/s peak): a timing or FLOP-count bug",
+            cfg.strategy.name(),
+            peak / 1e12
+        );
+        let m = tflops_per_gpu * 1e12 / peak;
         ensure!(
             m <= 1.0,
             "{}: MFU {m:.3} exceeds 1 ({tflops_per_gpu:.1} TFLOP/s per GPU): a timing or FLOP-count bug",
             cfg.strategy.name()
         );
     }
+    let compute_floor_s = first.device_peak_flops.map(|peak| ranks.iter().map(|r| r.flops.total()).fold(0.0, f64::max) / peak);
     Ok(Measured {
-        tps: tokens / iter.mean,
+        tps,
         tps_ci95: (tokens / iter.ci95.1, tokens / iter.ci95.0),
         tpot_s: iter.mean / tokens,
         iter,
@@ -204,6 +218,8 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
         peak_device_max: (!device.is_empty()).then(|| max(device.iter().cloned())),
         tflops_per_gpu,
         mfu,
+        efficiency_vs_floor: compute_floor_s.map(|f| f / iter.mean),
+        compute_floor_s,
     })
 }
 
@@ -291,6 +307,8 @@ fn measured_columns(m: &Measured) -> Vec<(String, String)> {
         ("peak_device_gib_max", opt(m.peak_device_max.map(|b| b / GIB), 6)),
         ("tflops_per_gpu", format!("{:.6}", m.tflops_per_gpu)),
         ("mfu", opt(m.mfu, 6)),
+        ("compute_floor_ms", opt(m.compute_floor_s.map(|f| f * 1e3), 6)),
+        ("efficiency_vs_floor", opt(m.efficiency_vs_floor, 6)),
     ]));
     row
 }
@@ -309,6 +327,8 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
         peak_device_max: None,
         tflops_per_gpu: 0.0,
         mfu: None,
+        compute_floor_s: None,
+        efficiency_vs_floor: None,
     };
     table(
         summaries
@@ -432,4 +452,67 @@ pub fn reduce_into(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<Vec<St
     write_new_or_same(&out.join(format!("summary{suffix}.csv")), &summary)?;
     write_new_or_same(&out.join(format!("ranks{suffix}.csv")), &ranks)?;
     Ok(summaries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryStats;
+    use crate::config::{BackendKind, Layout, ModelConfig, Preset};
+    use crate::metrics::IterationRecord;
+
+    fn rank_run(rank: usize, iter_s: f64, peak: Option<f64>) -> RankRun {
+        let config = RunConfig {
+            preset: Preset::Tiny,
+            model: ModelConfig { layers: 2, d_model: 64, heads: 4, mlp: 256, seq_len: 256, batch: 2 },
+            strategy: StrategyKind::Ring,
+            tp: 2,
+            pp: 1,
+            ring: 2,
+            layout: Layout::Zigzag,
+            micro_batch: 1,
+            seed: 0,
+            causal: true,
+            backend: BackendKind::Cpu,
+            warmup: 0,
+            iters: 2,
+        };
+        RankRun {
+            run_id: "t".into(),
+            sequence: 0,
+            flops: crate::metrics::flops::rank_flops(&config, rank),
+            config,
+            rank,
+            local_rank: rank,
+            host: "h".into(),
+            device: "d".into(),
+            libraries: String::new(),
+            version: "0".into(),
+            git_commit: "c".into(),
+            start_utc: String::new(),
+            end_utc: String::new(),
+            status: "complete".into(),
+            iterations: vec![IterationRecord { total_s: iter_s, comm_s: 0.0, compute_s: iter_s, bytes_sent: 0, bytes_received: 0 }; 2],
+            memory: MemoryStats::default(),
+            device_peak_flops: peak,
+        }
+    }
+
+    #[test]
+    fn a_result_beyond_the_physical_bound_is_an_error_not_a_number() {
+        // 2 ranks at 1 GFLOP/s peak; the tiny model's iteration needs ~0.2 GFLOP, so 1 ms is impossible.
+        let impossible = [rank_run(0, 1e-3, Some(1e9)), rank_run(1, 1e-3, Some(1e9))];
+        let err = summarize(&impossible, &[]).unwrap_err().to_string();
+        assert!(err.contains("exceeds the physical bound"), "{err}");
+        // 10 s an iteration is possible: reported with MFU and efficiency against the compute floor.
+        let fine = [rank_run(0, 10.0, Some(1e9)), rank_run(1, 10.0, Some(1e9))];
+        let s = summarize(&fine, &[]).unwrap();
+        let m = s[0].measured.as_ref().unwrap();
+        let floor = fine.iter().map(|r| r.flops.total()).fold(0.0, f64::max) / 1e9;
+        assert!((m.efficiency_vs_floor.unwrap() - floor / 10.0).abs() < 1e-12);
+        assert!(m.mfu.unwrap() > 0.0 && m.mfu.unwrap() <= 1.0);
+        // Without a known peak there is no bound to check and no MFU.
+        let cpu = [rank_run(0, 1e-9, None), rank_run(1, 1e-9, None)];
+        assert!(summarize(&cpu, &[]).unwrap()[0].measured.as_ref().unwrap().mfu.is_none());
+    }
 }

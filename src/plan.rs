@@ -1,0 +1,549 @@
+//! The analytic model: from a config and a hardware profile, without running anything, what each
+//! rank holds, computes and sends, what the hardware allows (the physical bound), and what a run
+//! should show (the projection). Bandwidths are per direction; a link's time is bytes / bandwidth.
+//!
+//! Projection, per iteration on the busiest rank:
+//! - compute: linear FLOPs at peak x GEMM efficiency, attention FLOPs at peak x attention
+//!   efficiency, plus the element-wise passes (norms, RoPE, GELU, residuals) at HBM bandwidth;
+//! - ring: each of the P - 1 transfers of a layer runs under that step's attention; only what
+//!   exceeds it is exposed (`ring_hidden_fraction` says how much is hidden);
+//! - tp-pp: the two all-reduces per layer are exposed (2 (tp-1)/tp of the buffer each way, at the
+//!   TP group's link); the pipeline runs fill-drain, (micro-batches + pp - 1) stage slots, plus the
+//!   activation hand-offs of the fill.
+
+use crate::config::{RunConfig, StrategyKind};
+use crate::metrics::flops::{self, linear_per_token_layer};
+use crate::strategy::memory_estimate;
+use crate::topology::ring_tokens;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// NVIDIA H100 SXM 80GB: 989 TFLOP/s BF16 dense, 3.35 TB/s, NVLink 450 GB/s, IB 50 GB/s per GPU.
+    H100Sxm,
+    /// NVIDIA A100 SXM 80GB: 312 TFLOP/s BF16 dense, 2.04 TB/s, NVLink 300 GB/s, IB 25 GB/s per GPU.
+    A100Sxm,
+}
+
+/// One GPU model and its links.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Hardware {
+    pub name: String,
+    /// Dense BF16 FLOP/s of one GPU.
+    pub peak_flops: f64,
+    pub hbm_bytes_per_s: f64,
+    pub memory_bytes: f64,
+    /// NVLink bandwidth per GPU, per direction.
+    pub nvlink_bytes_per_s: f64,
+    /// Inter-node bandwidth per GPU, per direction.
+    pub ib_bytes_per_s: f64,
+    /// GPUs in one NVLink domain (one node).
+    pub gpus_per_node: usize,
+    /// Fraction of peak that GEMMs and attention reach (measured on the reference card:
+    /// cuBLAS 770-800 TFLOP/s, cuDNN attention 536-592 TFLOP/s; see GPU.md).
+    pub gemm_efficiency: f64,
+    pub attention_efficiency: f64,
+}
+
+impl Profile {
+    pub fn hardware(self) -> Hardware {
+        match self {
+            Profile::H100Sxm => Hardware {
+                name: "h100-sxm".into(),
+                peak_flops: 989e12,
+                hbm_bytes_per_s: 3.35e12,
+                memory_bytes: 80e9,
+                nvlink_bytes_per_s: 450e9,
+                ib_bytes_per_s: 50e9,
+                gpus_per_node: 8,
+                gemm_efficiency: 0.78,
+                attention_efficiency: 0.55,
+            },
+            Profile::A100Sxm => Hardware {
+                name: "a100-sxm".into(),
+                peak_flops: 312e12,
+                hbm_bytes_per_s: 2.039e12,
+                memory_bytes: 80e9,
+                nvlink_bytes_per_s: 300e9,
+                ib_bytes_per_s: 25e9,
+                gpus_per_node: 8,
+                gemm_efficiency: 0.80,
+                attention_efficiency: 0.60,
+            },
+        }
+    }
+}
+
+/// `plan`'s hardware flags: a profile, and any of its numbers overridden.
+#[derive(Args, Clone, Debug)]
+pub struct HardwareArgs {
+    #[arg(long, value_enum, default_value = "h100-sxm")]
+    pub hardware: Profile,
+    /// GPUs per node (one NVLink domain). Default: show both one 16-GPU domain and 8-GPU nodes.
+    #[arg(long, value_name = "N")]
+    pub gpus_per_node: Option<usize>,
+    #[arg(long, value_name = "TFLOPS")]
+    pub peak_tflops: Option<f64>,
+    #[arg(long, value_name = "TB_PER_S")]
+    pub hbm_tbps: Option<f64>,
+    #[arg(long, value_name = "GB")]
+    pub memory_gb: Option<f64>,
+    #[arg(long, value_name = "GB_PER_S")]
+    pub nvlink_gbps: Option<f64>,
+    #[arg(long, value_name = "GB_PER_S")]
+    pub ib_gbps: Option<f64>,
+    #[arg(long, value_name = "FRACTION")]
+    pub gemm_efficiency: Option<f64>,
+    #[arg(long, value_name = "FRACTION")]
+    pub attention_efficiency: Option<f64>,
+}
+
+impl HardwareArgs {
+    /// The profile with overrides, for `gpus_per_node` GPUs per node.
+    pub fn hardware(&self, gpus_per_node: usize) -> Result<Hardware, crate::config::ConfigError> {
+        let mut hw = self.hardware.hardware();
+        hw.gpus_per_node = gpus_per_node;
+        let positive = |flag: &str, v: Option<f64>, scale: f64, slot: &mut f64| -> Result<(), crate::config::ConfigError> {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(crate::config::ConfigError(format!("{flag} {v}: must be a positive number")));
+                }
+                *slot = v * scale;
+            }
+            Ok(())
+        };
+        positive("--peak-tflops", self.peak_tflops, 1e12, &mut hw.peak_flops)?;
+        positive("--hbm-tbps", self.hbm_tbps, 1e12, &mut hw.hbm_bytes_per_s)?;
+        positive("--memory-gb", self.memory_gb, 1e9, &mut hw.memory_bytes)?;
+        positive("--nvlink-gbps", self.nvlink_gbps, 1e9, &mut hw.nvlink_bytes_per_s)?;
+        positive("--ib-gbps", self.ib_gbps, 1e9, &mut hw.ib_bytes_per_s)?;
+        positive("--gemm-efficiency", self.gemm_efficiency, 1.0, &mut hw.gemm_efficiency)?;
+        positive("--attention-efficiency", self.attention_efficiency, 1.0, &mut hw.attention_efficiency)?;
+        for (flag, v) in [("--gemm-efficiency", hw.gemm_efficiency), ("--attention-efficiency", hw.attention_efficiency)] {
+            if v > 1.0 {
+                return Err(crate::config::ConfigError(format!("{flag} {v}: a fraction of peak cannot exceed 1")));
+            }
+        }
+        if gpus_per_node == 0 {
+            return Err(crate::config::ConfigError("--gpus-per-node 0: must be at least 1".into()));
+        }
+        Ok(hw)
+    }
+}
+
+/// Memory of the busiest rank, bytes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    pub weights: f64,
+    /// Hidden states of one micro-batch on this rank.
+    pub activations_per_micro_batch: f64,
+    /// The K/V blocks: the local one and, for the ring, the second buffer of the next step.
+    pub kv_buffers: f64,
+    /// One pipeline hand-off per micro-batch (0 without a pipeline). It is received into the
+    /// activations buffer itself, so it is not added to the total.
+    pub pipeline_buffers: f64,
+    /// Every other activation buffer of a layer (norm, Q, attention output and FP32 accumulators,
+    /// projections, MLP).
+    pub workspace: f64,
+    pub total: f64,
+    pub capacity: f64,
+    pub fits: bool,
+}
+
+/// How long an iteration takes on one placement of the ranks.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Projection {
+    pub gpus_per_node: usize,
+    pub nodes: usize,
+    /// The link the strategy's heaviest traffic crosses: "nvlink" or "ib".
+    pub link: String,
+    pub link_bytes_per_s: f64,
+    pub compute_s: f64,
+    pub ring_step_transfer_s: f64,
+    pub ring_step_compute_s: f64,
+    pub ring_hidden_fraction: f64,
+    pub allreduce_s: f64,
+    pub pipeline_send_s: f64,
+    /// Communication not hidden under compute: ring transfers beyond their step's attention,
+    /// TP all-reduces, the pipeline's fill hand-offs.
+    pub exposed_comm_s: f64,
+    /// Idle stage slots of the fill-drain pipeline.
+    pub pipeline_bubble_s: f64,
+    pub iteration_s: f64,
+    pub tps_projected: f64,
+    pub tpot_s: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub strategy: String,
+    pub world: usize,
+    pub hardware: Hardware,
+    pub params: f64,
+    pub linear_flops_per_token: f64,
+    pub attention_flops_per_token: f64,
+    /// The busiest rank's FLOPs per iteration.
+    pub rank_linear_flops: f64,
+    pub rank_attention_flops: f64,
+    /// K/V block one ring step moves per sequence (0 for tp-pp).
+    pub ring_step_bytes: f64,
+    /// One TP all-reduce's buffer, per sequence (0 without TP).
+    pub allreduce_bytes: f64,
+    /// One pipeline hand-off, per sequence (0 without PP).
+    pub pipeline_bytes: f64,
+    /// Bytes the busiest rank sends per iteration over each kind of traffic.
+    pub ring_bytes_per_iter: f64,
+    pub allreduce_bytes_per_iter: f64,
+    pub pipeline_bytes_per_iter: f64,
+    pub memory: MemoryPlan,
+    pub memory_per_rank_bytes: f64,
+    /// Every FLOP at peak on the busiest rank, nothing else.
+    pub compute_floor_s: f64,
+    /// The physical upper bound: every GPU at peak on the model's FLOPs, no communication.
+    pub tps_bound: f64,
+    /// Projection for the chosen (or default 8-GPU) node size.
+    pub tps_projected: f64,
+    pub projections: Vec<Projection>,
+}
+
+const BF16: f64 = 2.0;
+
+/// The plan of `cfg` on `hw` for each node size in `node_sizes` (the first is the headline).
+pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
+    let m = &cfg.model;
+    let (d, f, s, l) = (m.d_model as f64, m.mlp as f64, m.seq_len as f64, m.layers as f64);
+    let world = cfg.world();
+    let tokens = cfg.tokens_per_iteration() as f64;
+    let job = flops::job_flops(cfg);
+    // The busiest rank: the one with the most FLOPs (all equal but for the contiguous ring).
+    let busiest = (0..world).max_by(|&a, &b| flops::rank_flops(cfg, a).total().total_cmp(&flops::rank_flops(cfg, b).total())).unwrap_or(0);
+    let rf = flops::rank_flops(cfg, busiest);
+    let mb = cfg.micro_batch as f64;
+    let seqs = m.batch as f64;
+
+    let (ring_step_bytes, allreduce_bytes, pipeline_bytes) = match cfg.strategy {
+        StrategyKind::Ring => (ring_tokens(cfg.layout, m.seq_len, cfg.ring, busiest).len() as f64 * 2.0 * d * BF16, 0.0, 0.0),
+        StrategyKind::TpPp => (0.0, if cfg.tp > 1 { s * d * BF16 } else { 0.0 }, if cfg.pp > 1 { s * d * BF16 } else { 0.0 }),
+        StrategyKind::Reference => (0.0, 0.0, 0.0),
+    };
+    let layers_local = match cfg.strategy {
+        StrategyKind::TpPp => l / cfg.pp as f64,
+        _ => l,
+    };
+    let ring_bytes_per_iter = ring_step_bytes * (cfg.ring.saturating_sub(1)) as f64 * l * seqs;
+    let tp = cfg.tp.max(1) as f64;
+    let allreduce_bytes_per_iter = 2.0 * (tp - 1.0) / tp * allreduce_bytes * 2.0 * layers_local * seqs;
+    let pipeline_bytes_per_iter = pipeline_bytes * seqs;
+
+    let est = memory_estimate(cfg, busiest, false);
+    let rows = (cfg.micro_batch * local_tokens(cfg, busiest)) as f64;
+    let heads_local = (m.heads / if cfg.strategy == StrategyKind::TpPp { cfg.tp } else { 1 }) as f64;
+    let w = heads_local * m.head_dim() as f64;
+    let kv_buffers = BF16 * 2.0 * w * if cfg.strategy == StrategyKind::Ring { 2.0 * mb * max_local_tokens(cfg) as f64 } else { rows };
+    let activations = BF16 * rows * d;
+    let pipeline_buffers = if cfg.strategy == StrategyKind::TpPp && cfg.pp > 1 { activations } else { 0.0 };
+    let buffers = (est.weights + est.activations) as f64;
+    let memory = MemoryPlan {
+        weights: est.weights as f64,
+        activations_per_micro_batch: activations,
+        kv_buffers,
+        pipeline_buffers,
+        workspace: est.activations as f64 - activations - kv_buffers,
+        // weights + activations + kv_buffers + workspace = total
+        total: buffers,
+        capacity: hw.memory_bytes,
+        fits: buffers <= hw.memory_bytes,
+    };
+
+    let params = l * (4.0 * d * d + 2.0 * d * f + 2.0 * d);
+    let flops_per_token = job.total() / tokens;
+    let compute_floor_s = rf.total() / hw.peak_flops;
+    let tps_bound = world as f64 * hw.peak_flops / flops_per_token;
+
+    // Element-wise passes per layer and token row: ~10 reads/writes of d-wide rows, 4 of F-wide ones.
+    let elementwise_s =
+        rows / mb * seqs * layers_local * (10.0 * d + 4.0 * f / if cfg.strategy == StrategyKind::TpPp { tp } else { 1.0 }) * BF16
+            / hw.hbm_bytes_per_s;
+    let compute_s =
+        rf.linear / (hw.peak_flops * hw.gemm_efficiency) + rf.attention / (hw.peak_flops * hw.attention_efficiency) + elementwise_s;
+
+    let projections = node_sizes
+        .iter()
+        .map(|&g| {
+            let nodes = world.div_ceil(g);
+            let cross = |group: usize| group > g; // a group wider than a node leaves NVLink
+            let link_bw = |crossing: bool| if crossing { hw.ib_bytes_per_s } else { hw.nvlink_bytes_per_s };
+            let (mut step_transfer, mut step_compute, mut hidden, mut allreduce_s, mut send_s, mut bubble, exposed, link_cross);
+            (step_transfer, step_compute, hidden, allreduce_s, send_s, bubble) = (0.0, 0.0, 1.0, 0.0, 0.0, 0.0);
+            let iteration_s = match cfg.strategy {
+                StrategyKind::Ring => {
+                    let p = cfg.ring;
+                    link_cross = cross(p);
+                    // Per micro-batch and layer: P - 1 transfers, each under one step of attention.
+                    step_transfer = ring_step_bytes * mb / link_bw(link_cross);
+                    let attn_per_layer_mb = rf.attention / (hw.peak_flops * hw.attention_efficiency) / (l * seqs / mb);
+                    step_compute = attn_per_layer_mb / p as f64;
+                    hidden = if step_transfer > 0.0 { (step_compute / step_transfer).min(1.0) } else { 1.0 };
+                    let exposed_per_step = (step_transfer - step_compute).max(0.0);
+                    exposed = exposed_per_step * (p - 1) as f64 * l * seqs / mb;
+                    compute_s + exposed
+                }
+                StrategyKind::TpPp => {
+                    let (tpn, ppn) = (cfg.tp, cfg.pp);
+                    link_cross = cross(tpn);
+                    allreduce_s = 2.0 * (tp - 1.0) / tp * allreduce_bytes * mb / link_bw(link_cross);
+                    // Stages are consecutive blocks of tp ranks: a hand-off leaves the node when
+                    // the two stages sit on different nodes.
+                    send_s = pipeline_bytes * mb / link_bw(world > g);
+                    let micro_batches = (m.batch / cfg.micro_batch) as f64;
+                    let stage_slot = compute_s / micro_batches + 2.0 * layers_local * allreduce_s;
+                    bubble = (ppn - 1) as f64 * stage_slot;
+                    exposed = 2.0 * layers_local * allreduce_s * micro_batches + (ppn - 1) as f64 * send_s;
+                    compute_s + exposed + bubble
+                }
+                StrategyKind::Reference => {
+                    link_cross = false;
+                    exposed = 0.0;
+                    compute_s
+                }
+            };
+            Projection {
+                gpus_per_node: g,
+                nodes,
+                link: if link_cross { "ib" } else { "nvlink" }.into(),
+                link_bytes_per_s: link_bw(link_cross),
+                compute_s,
+                ring_step_transfer_s: step_transfer,
+                ring_step_compute_s: step_compute,
+                ring_hidden_fraction: hidden,
+                allreduce_s,
+                pipeline_send_s: send_s,
+                exposed_comm_s: exposed,
+                pipeline_bubble_s: bubble,
+                iteration_s,
+                tps_projected: tokens / iteration_s,
+                tpot_s: iteration_s / tokens,
+            }
+        })
+        .collect::<Vec<_>>();
+
+    Plan {
+        strategy: cfg.strategy.name().into(),
+        world,
+        hardware: hw.clone(),
+        params,
+        linear_flops_per_token: linear_per_token_layer(cfg) * l,
+        attention_flops_per_token: job.attention / tokens,
+        rank_linear_flops: rf.linear,
+        rank_attention_flops: rf.attention,
+        ring_step_bytes,
+        allreduce_bytes,
+        pipeline_bytes,
+        ring_bytes_per_iter,
+        allreduce_bytes_per_iter,
+        pipeline_bytes_per_iter,
+        memory_per_rank_bytes: memory.total,
+        memory,
+        compute_floor_s,
+        tps_bound,
+        tps_projected: projections.first().map_or(0.0, |p| p.tps_projected),
+        projections,
+    }
+}
+
+fn local_tokens(cfg: &RunConfig, rank: usize) -> usize {
+    match cfg.strategy {
+        StrategyKind::Ring => ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, rank).len(),
+        _ => cfg.model.seq_len,
+    }
+}
+
+fn max_local_tokens(cfg: &RunConfig) -> usize {
+    (0..cfg.world()).map(|r| local_tokens(cfg, r)).max().unwrap_or(0)
+}
+
+/// The physical bound on tokens/s for a measured run on a device of known peak: every rank at peak
+/// on the model's FLOPs.
+pub fn tps_bound(cfg: &RunConfig, peak_flops: f64) -> f64 {
+    let job = flops::job_flops(cfg);
+    cfg.world() as f64 * peak_flops / (job.total() / cfg.tokens_per_iteration() as f64)
+}
+
+/// The plan as the console shows it.
+pub fn render(cfg: &RunConfig, p: &Plan) -> String {
+    use crate::metrics::{fmt_bytes, fmt_seconds};
+    let hw = &p.hardware;
+    let mut o = String::new();
+    let mut line = |s: String| {
+        o.push_str(&s);
+        o.push('\n');
+    };
+    line(format!("ringbench plan: {}", cfg.describe_work()));
+    line(format!(
+        "hardware: {} ({:.0} TFLOP/s BF16 dense, {:.2} TB/s HBM, {:.0} GB, NVLink {:.0} GB/s, IB {:.0} GB/s per GPU; GEMM at {:.0}% and attention at {:.0}% of peak)",
+        hw.name,
+        hw.peak_flops / 1e12,
+        hw.hbm_bytes_per_s / 1e12,
+        hw.memory_bytes / 1e9,
+        hw.nvlink_bytes_per_s / 1e9,
+        hw.ib_bytes_per_s / 1e9,
+        100.0 * hw.gemm_efficiency,
+        100.0 * hw.attention_efficiency
+    ));
+    line(format!(
+        "model: {:.3e} parameters; per token {:.3e} linear + {:.3e} attention FLOPs{}",
+        p.params,
+        p.linear_flops_per_token,
+        p.attention_flops_per_token,
+        if cfg.causal { " (causal: half of 4 S d per layer)" } else { "" }
+    ));
+    line(format!("per rank ({} ranks; figures for the busiest):", p.world));
+    let mem = &p.memory;
+    let handoff = if mem.pipeline_buffers > 0.0 {
+        format!(" (pipeline hand-offs of {} land in the activations)", fmt_bytes(mem.pipeline_buffers))
+    } else {
+        String::new()
+    };
+    line(format!(
+        "  memory       {} weights + {} activations per micro-batch{handoff} + {} K/V buffers + {} workspace = {} of {}: {}",
+        fmt_bytes(mem.weights),
+        fmt_bytes(mem.activations_per_micro_batch),
+        fmt_bytes(mem.kv_buffers),
+        fmt_bytes(mem.workspace),
+        fmt_bytes(mem.total),
+        fmt_bytes(mem.capacity),
+        if mem.fits { "fits" } else { "DOES NOT FIT" }
+    ));
+    line(format!("  FLOPs        {:.3e} linear + {:.3e} attention per iteration", p.rank_linear_flops, p.rank_attention_flops));
+    match cfg.strategy {
+        StrategyKind::Ring => line(format!(
+            "  traffic      ring K/V {:.1} MB per step and sequence; {} sent per iteration",
+            p.ring_step_bytes / 1e6,
+            fmt_bytes(p.ring_bytes_per_iter)
+        )),
+        StrategyKind::TpPp => line(format!(
+            "  traffic      TP all-reduce {:.1} MB per sequence (2 per layer), {} per iteration on the wire; PP hand-off {:.1} MB per sequence, {} per iteration",
+            p.allreduce_bytes / 1e6,
+            fmt_bytes(p.allreduce_bytes_per_iter),
+            p.pipeline_bytes / 1e6,
+            fmt_bytes(p.pipeline_bytes_per_iter)
+        )),
+        StrategyKind::Reference => line("  traffic      none".into()),
+    }
+    line(format!("  compute floor {} per iteration (every FLOP at peak)", fmt_seconds(p.compute_floor_s)));
+    line(format!("physical bound: {:.0} tokens/s on {} GPUs (every GPU at peak, no communication)", p.tps_bound, p.world));
+    let row = |label: &str, f: &dyn Fn(&Projection) -> String| -> String {
+        let mut s = format!("{label:<28}");
+        for pr in &p.projections {
+            s.push_str(&format!("{:>30}", f(pr)));
+        }
+        s
+    };
+    line(String::new());
+    line(row("projection", &|pr| {
+        if pr.nodes == 1 {
+            format!("one {}-GPU NVLink domain", pr.gpus_per_node)
+        } else {
+            format!("{} nodes x {} GPUs", pr.nodes, pr.gpus_per_node)
+        }
+    }));
+    line(row("  heaviest link", &|pr| format!("{} {:.0} GB/s", pr.link, pr.link_bytes_per_s / 1e9)));
+    line(row("  compute", &|pr| fmt_seconds(pr.compute_s)));
+    if cfg.strategy == StrategyKind::Ring {
+        line(row("  ring step transfer", &|pr| fmt_seconds(pr.ring_step_transfer_s)));
+        line(row("  ring step attention", &|pr| fmt_seconds(pr.ring_step_compute_s)));
+        line(row("  transfer hidden", &|pr| format!("{:.0}%", 100.0 * pr.ring_hidden_fraction)));
+    }
+    if cfg.strategy == StrategyKind::TpPp {
+        line(row("  one all-reduce", &|pr| fmt_seconds(pr.allreduce_s)));
+        line(row("  one pipeline hand-off", &|pr| fmt_seconds(pr.pipeline_send_s)));
+    }
+    line(row("  exposed communication", &|pr| fmt_seconds(pr.exposed_comm_s)));
+    if cfg.strategy == StrategyKind::TpPp {
+        line(row("  pipeline bubble", &|pr| fmt_seconds(pr.pipeline_bubble_s)));
+    }
+    line(row("  iteration", &|pr| fmt_seconds(pr.iteration_s)));
+    line(row("  tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
+    line(row("  time per token", &|pr| fmt_seconds(pr.tpot_s)));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendKind, Layout, ModelConfig, Preset};
+
+    fn paper(strategy: StrategyKind, causal: bool) -> RunConfig {
+        RunConfig {
+            preset: Preset::Paper,
+            model: ModelConfig { layers: 16, d_model: 4096, heads: 32, mlp: 16384, seq_len: 100_000, batch: 128 },
+            strategy,
+            tp: 8,
+            pp: 2,
+            ring: 16,
+            layout: Layout::Zigzag,
+            micro_batch: 1,
+            seed: 0,
+            causal,
+            backend: BackendKind::Cpu,
+            warmup: 10,
+            iters: 100,
+        }
+    }
+
+    #[test]
+    fn the_paper_preset_reproduces_the_design_facts() {
+        let hw = Profile::H100Sxm.hardware();
+        // Computed here from the definitions, independently of the plan's code.
+        let (d, f, s, l) = (4096.0f64, 16384.0f64, 100_000.0f64, 16.0f64);
+        let params = l * (3.0 * d * d + d * d + 2.0 * d * f); // W_qkv, W_o, W_up, W_down
+        let linear_per_token = 2.0 * params;
+        let attention_per_token = |causal: bool| l * 4.0 * s * d * if causal { 0.5 } else { 1.0 };
+        let bound = |causal: bool| 16.0 * 989e12 / (linear_per_token + attention_per_token(causal));
+
+        let ring = plan(&paper(StrategyKind::Ring, true), &hw, &[16, 8]);
+        assert!((ring.params / 3.22e9 - 1.0).abs() < 1e-3 && (ring.params / params - 1.0).abs() < 1e-4, "{}", ring.params);
+        assert!(
+            (ring.linear_flops_per_token / 6.44e9 - 1.0).abs() < 1e-3
+                && (ring.linear_flops_per_token / linear_per_token - 1.0).abs() < 1e-12
+        );
+        // Exact pair counting: (S + 1) / S above the "half" convention.
+        assert!((ring.attention_flops_per_token / attention_per_token(true) - 1.0).abs() < 2e-5);
+        assert!((ring.tps_bound / 810e3 - 1.0).abs() < 0.01 && (ring.tps_bound / bound(true) - 1.0).abs() < 1e-4, "{}", ring.tps_bound);
+        assert_eq!(ring.ring_step_bytes, 6250.0 * 4096.0 * 2.0 * 2.0); // 102.4 MB
+        assert_eq!(ring.ring_step_bytes, 102.4e6);
+        let non_causal = plan(&paper(StrategyKind::Ring, false), &hw, &[8]);
+        assert!((non_causal.tps_bound / 485e3 - 1.0).abs() < 0.01 && (non_causal.tps_bound / bound(false) - 1.0).abs() < 1e-9);
+
+        let tp = plan(&paper(StrategyKind::TpPp, true), &hw, &[16, 8]);
+        assert_eq!(tp.allreduce_bytes, 819.2e6);
+        assert_eq!(tp.tps_bound, ring.tps_bound, "the bound is the model's, not the strategy's");
+        // Full replication: 6.4 GB of weights per ring rank; a tp-pp rank holds 1/16 of the
+        // matrices and its stage's norm gains whole.
+        assert!((ring.memory.weights / (2.0 * (params + 2.0 * d * l)) - 1.0).abs() < 1e-12);
+        assert!((tp.memory.weights / (2.0 * (params / 16.0 + 2.0 * d * l / 2.0)) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn projections_stay_under_the_bound_and_the_ring_slows_when_it_leaves_nvlink() {
+        let hw = Profile::H100Sxm.hardware();
+        for causal in [true, false] {
+            for strategy in [StrategyKind::Ring, StrategyKind::TpPp] {
+                let p = plan(&paper(strategy, causal), &hw, &[16, 8]);
+                for pr in &p.projections {
+                    assert!(pr.tps_projected < p.tps_bound, "{strategy:?}: {} >= {}", pr.tps_projected, p.tps_bound);
+                    assert!(pr.iteration_s >= p.compute_floor_s);
+                }
+            }
+        }
+        let ring = plan(&paper(StrategyKind::Ring, true), &hw, &[16, 8]);
+        let m = &ring.memory;
+        assert_eq!(m.weights + m.activations_per_micro_batch + m.kv_buffers + m.workspace, m.total, "the parts add up");
+        let (one, two) = (&ring.projections[0], &ring.projections[1]);
+        assert_eq!((one.link.as_str(), two.link.as_str()), ("nvlink", "ib"));
+        assert!(two.ring_step_transfer_s > 8.0 * one.ring_step_transfer_s);
+        assert!(two.tps_projected <= one.tps_projected);
+        assert!(one.ring_hidden_fraction == 1.0, "a 102 MB step at 450 GB/s hides under the step's attention");
+    }
+}

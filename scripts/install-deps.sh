@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # System packages ringbench builds and runs against (Debian 12 / Ubuntu): Open MPI, HDF5 (and its
-# h5dump), and libclang for the MPI bindings' build script. Uses sudo when not root.
+# h5dump), libclang for the MPI bindings' build script, and DejaVu fonts for `report`'s charts.
 set -euo pipefail
-PKGS=(libopenmpi-dev openmpi-bin libclang-dev libhdf5-dev hdf5-tools pkg-config)
+PKGS=(libopenmpi-dev openmpi-bin libclang-dev libhdf5-dev hdf5-tools pkg-config fonts-dejavu-core)
 if dpkg -s "${PKGS[@]}" >/dev/null 2>&1; then
     exit 0 # all there: no apt, no network
 fi

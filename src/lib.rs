@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod plan;
+pub mod report;
 pub mod strategy;
 pub mod topology;

@@ -31,6 +31,9 @@ enum Command {
     /// The analytic model (no MPI, no GPU): per-rank memory, FLOPs and traffic, the compute floor,
     /// the physical bound on tokens/s, and a projection for a hardware profile.
     Plan(PlanArgs),
+    /// Write PNG charts of a run directory next to its CSVs (tokens/s with CI, iteration times,
+    /// per-rank peak memory, per-rank compute vs communication).
+    Report(ReportArgs),
     /// Rebuild summary.csv and ranks.csv from the rank files of run directories (no MPI).
     /// With one directory the tables go into it (an identical existing table is left alone, a
     /// different one is refused); with several, into --out as one combined table.
@@ -67,6 +70,13 @@ struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A run directory holding rank-NNNNN.h5 files.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -110,6 +120,18 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Reduce(args) => return reduce(args),
         Command::Plan(args) => return plan(args),
+        Command::Report(args) => {
+            return match ringbench::report::report(&args.dir) {
+                Ok(paths) => {
+                    paths.iter().for_each(|p| println!("wrote {}", p.display()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringbench: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => {}
     }
     let launch = match Launch::init() {
@@ -196,7 +218,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
     let config_args = match &cli.command {
         Command::Run(a) => &a.config,
         Command::Verify(a) => &a.config,
-        Command::Reduce(_) | Command::Plan(_) => unreachable!("runs without MPI"),
+        Command::Reduce(_) | Command::Plan(_) | Command::Report(_) => unreachable!("runs without MPI"),
     };
     let cfgs = config_args.resolve(launch.size)?;
     match cfgs[0].backend {
@@ -230,7 +252,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
                     }
                     Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
                 }
-                Command::Reduce(_) | Command::Plan(_) => unreachable!("runs without MPI"),
+                Command::Reduce(_) | Command::Plan(_) | Command::Report(_) => unreachable!("runs without MPI"),
             }
         }
     }

@@ -108,6 +108,8 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "peak_device_gib_max",
     "tflops_per_gpu",
     "mfu",
+    "compute_floor_ms",
+    "efficiency_vs_floor",
     "ringbench_version",
     "git_commit",
     "start_utc",
@@ -205,6 +207,20 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     assert_eq!(std::fs::read(dir.join("ranks.csv")).unwrap(), ranks);
     // Run again over identical tables: nothing to change, success.
     assert!(ringbench(&["reduce", dir.to_str().unwrap()]).status.success());
+
+    // report: PNG charts next to the CSVs.
+    let r = ringbench(&["report", dir.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for name in ["tps", "iterations", "memory", "compute_comm"] {
+        let png = std::fs::read(dir.join(format!("{name}.png"))).unwrap_or_else(|e| panic!("{name}.png: {e}"));
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png signature");
+        assert_eq!(&png[12..16], b"IHDR");
+        let (w, h) = (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
+        assert_eq!((w, h), (1000, 600), "{name}.png size");
+        assert!(png.len() > 10_000, "{name}.png has content");
+    }
+    // Charts are drawn the same way twice: a second report leaves them as they are.
+    assert!(ringbench(&["report", dir.to_str().unwrap()]).status.success());
 
     // An existing run directory is refused before any work, and what it holds is kept.
     let again = run_all(&root, "both");

@@ -208,7 +208,9 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
     let compute_floor_s = first.device_peak_flops.map(|peak| ranks.iter().map(|r| r.flops.total()).fold(0.0, f64::max) / peak);
     Ok(Measured {
         tps,
-        tps_ci95: (tokens / iter.ci95.1, tokens / iter.ci95.0),
+        // A mean-time interval reaching zero or below (few, noisy iterations) leaves tokens/s
+        // unbounded above.
+        tps_ci95: (tokens / iter.ci95.1, if iter.ci95.0 > 0.0 { tokens / iter.ci95.0 } else { f64::INFINITY }),
         tpot_s: iter.mean / tokens,
         iter,
         comm_s: (max(comm.iter().cloned()), mean(comm.iter().cloned())),
@@ -506,6 +508,14 @@ mod tests {
         assert!(err.contains("exceeds the physical bound"), "{err}");
         // 10 s an iteration is possible: reported with MFU and efficiency against the compute floor.
         let fine = [rank_run(0, 10.0, Some(1e9)), rank_run(1, 10.0, Some(1e9))];
+        // Two iterations of 10 s and 1e-3 s: the interval of the mean time reaches below zero,
+        // so tokens/s has no finite upper bound.
+        let mut noisy = fine.clone();
+        for r in &mut noisy {
+            r.iterations[1].total_s = 1e-3;
+        }
+        let m = summarize(&noisy, &[]).unwrap()[0].measured.clone().unwrap();
+        assert!(m.iter.ci95.0 < 0.0 && m.tps_ci95.1 == f64::INFINITY && m.tps_ci95.0 > 0.0);
         let s = summarize(&fine, &[]).unwrap();
         let m = s[0].measured.as_ref().unwrap();
         let floor = fine.iter().map(|r| r.flops.total()).fold(0.0, f64::max) / 1e9;

@@ -3,6 +3,8 @@
 # h5dump), libclang for the MPI bindings' build script, and DejaVu fonts for `report`'s charts.
 set -euo pipefail
 PKGS=(libopenmpi-dev openmpi-bin libclang-dev libhdf5-dev hdf5-tools pkg-config fonts-dejavu-core)
+# --slurm: also a SLURM controller, node daemon and munge, for scripts/slurm-local.sh.
+[ "${1:-}" = "--slurm" ] && PKGS+=(slurm-wlm munge)
 if dpkg -s "${PKGS[@]}" >/dev/null 2>&1; then
     exit 0 # all there: no apt, no network
 fi

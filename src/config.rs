@@ -175,6 +175,27 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// A preset's config for `strategy` with the given parallel sizes, seed 0, causal, CPU backend
+    /// (not validated: callers that take user input go through `ConfigArgs::resolve`).
+    pub fn of_preset(preset: Preset, strategy: StrategyKind, tp: usize, pp: usize, ring: usize) -> RunConfig {
+        let p = preset.values();
+        RunConfig {
+            preset,
+            model: p.model,
+            strategy,
+            tp,
+            pp,
+            ring,
+            layout: Layout::Zigzag,
+            micro_batch: p.micro_batch,
+            seed: 0,
+            causal: true,
+            backend: BackendKind::Cpu,
+            warmup: p.warmup,
+            iters: p.iters,
+        }
+    }
+
     /// Ranks the strategy occupies.
     pub fn world(&self) -> usize {
         match self.strategy {

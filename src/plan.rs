@@ -472,24 +472,10 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendKind, Layout, ModelConfig, Preset};
+    use crate::config::Preset;
 
     fn paper(strategy: StrategyKind, causal: bool) -> RunConfig {
-        RunConfig {
-            preset: Preset::Paper,
-            model: ModelConfig { layers: 16, d_model: 4096, heads: 32, mlp: 16384, seq_len: 100_000, batch: 128 },
-            strategy,
-            tp: 8,
-            pp: 2,
-            ring: 16,
-            layout: Layout::Zigzag,
-            micro_batch: 1,
-            seed: 0,
-            causal,
-            backend: BackendKind::Cpu,
-            warmup: 10,
-            iters: 100,
-        }
+        RunConfig { causal, ..RunConfig::of_preset(Preset::Paper, strategy, 8, 2, 16) }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! operation's output; attention statistics and partial outputs FP32 (`Acc`).
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::model::generator::{Init, Region};
 

@@ -62,24 +62,10 @@ pub fn job_flops(cfg: &RunConfig) -> Flops {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendKind, Layout, ModelConfig, Preset};
+    use crate::config::{Layout, Preset};
 
     fn cfg(strategy: StrategyKind, causal: bool, layout: Layout) -> RunConfig {
-        RunConfig {
-            preset: Preset::Paper,
-            model: ModelConfig { layers: 16, d_model: 4096, heads: 32, mlp: 16384, seq_len: 100_000, batch: 128 },
-            strategy,
-            tp: 8,
-            pp: 2,
-            ring: 16,
-            layout,
-            micro_batch: 1,
-            seed: 0,
-            causal,
-            backend: BackendKind::Cpu,
-            warmup: 10,
-            iters: 100,
-        }
+        RunConfig { causal, layout, ..RunConfig::of_preset(Preset::Paper, strategy, 8, 2, 16) }
     }
 
     #[test]

@@ -460,25 +460,11 @@ pub fn reduce_into(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<Vec<St
 mod tests {
     use super::*;
     use crate::backend::MemoryStats;
-    use crate::config::{BackendKind, Layout, ModelConfig, Preset};
+    use crate::config::Preset;
     use crate::metrics::IterationRecord;
 
     fn rank_run(rank: usize, iter_s: f64, peak: Option<f64>) -> RankRun {
-        let config = RunConfig {
-            preset: Preset::Tiny,
-            model: ModelConfig { layers: 2, d_model: 64, heads: 4, mlp: 256, seq_len: 256, batch: 2 },
-            strategy: StrategyKind::Ring,
-            tp: 2,
-            pp: 1,
-            ring: 2,
-            layout: Layout::Zigzag,
-            micro_batch: 1,
-            seed: 0,
-            causal: true,
-            backend: BackendKind::Cpu,
-            warmup: 0,
-            iters: 2,
-        };
+        let config = RunConfig { warmup: 0, iters: 2, ..RunConfig::of_preset(Preset::Tiny, StrategyKind::Ring, 2, 1, 2) };
         RankRun {
             run_id: "t".into(),
             sequence: 0,

@@ -1,0 +1,70 @@
+// Element-wise and row kernels. CPU twins: src/backend/cpu.rs (rms_norm, rope, gelu, add,
+// attention_reset, attention_store).
+#include "common.cuh"
+
+// out = x / sqrt(mean(x^2) + 1e-5) * gain, one block per row; (x * inv) * gain as the CPU does.
+extern "C" __global__ void rms_norm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* gain, __nv_bfloat16* out, int cols) {
+    __shared__ float partial[BLOCK / 32];
+    const __nv_bfloat16* row = x + (long long)blockIdx.x * cols;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = bf(row[c]);
+        s += v * v;
+    }
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float t = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.0f;
+        t = warp_sum(t);
+        if (threadIdx.x == 0) partial[0] = t;
+    }
+    __syncthreads();
+    float inv = 1.0f / sqrtf(partial[0] / (float)cols + 1e-5f);
+    __nv_bfloat16* o = out + (long long)blockIdx.x * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = to_bf(__fmul_rn(__fmul_rn(bf(row[c]), inv), bf(gain[c])));
+}
+
+// RoPE on the first heads x head_dim columns of rows row0 .. row0 + len, at positions pos0 ..;
+// the angle in FP64 (at 100K positions an FP32 angle is off by milliradians), as the CPU does.
+extern "C" __global__ void rope_bf16(__nv_bfloat16* x, int cols, int heads, int head_dim, int row0, int len, int pos0) {
+    int half = head_dim / 2;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)len * heads * half) return;
+    int r = (int)(i / (heads * half));
+    int h = (int)((i / half) % heads);
+    int k = (int)(i % half);
+    double angle = (double)(pos0 + r) * pow(10000.0, -2.0 * (double)k / (double)head_dim);
+    float cs = (float)cos(angle), sn = (float)sin(angle);
+    __nv_bfloat16* head = x + (long long)(row0 + r) * cols + h * head_dim;
+    float a = bf(head[k]), b = bf(head[k + half]);
+    head[k] = to_bf(__fsub_rn(__fmul_rn(a, cs), __fmul_rn(b, sn)));
+    head[k + half] = to_bf(__fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, cs)));
+}
+
+// GELU, tanh form, in FP32.
+extern "C" __global__ void gelu_bf16(__nv_bfloat16* x, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float z = bf(x[i]);
+    x[i] = to_bf(0.5f * z * (1.0f + tanhf(0.7978846f * (z + 0.044715f * z * z * z))));
+}
+
+// x += y.
+extern "C" __global__ void add_bf16(__nv_bfloat16* x, const __nv_bfloat16* y, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    x[i] = to_bf(__fadd_rn(bf(x[i]), bf(y[i])));
+}
+
+// Accumulators to the empty state: o = 0, lse = -inf.
+extern "C" __global__ void fill_f32(float* x, long long n, float value) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = value;
+}
+
+// out = BF16(o).
+extern "C" __global__ void f32_to_bf16(const float* o, __nv_bfloat16* out, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = to_bf(o[i]);
+}

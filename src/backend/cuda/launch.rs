@@ -1,0 +1,126 @@
+//! Launch geometry and cuBLAS argument mapping: the arithmetic of running the kernels on
+//! row-major buffers, pure and unit-tested without a GPU.
+
+/// Threads per block of the element-wise and row kernels (BLOCK in kernels/common.cuh).
+pub const BLOCK: u32 = 256;
+/// Query rows per attention block: one warp each (WARPS in kernels/common.cuh).
+pub const ATTENTION_WARPS: u32 = 4;
+/// Largest head dim the attention kernel takes: 32 lanes x MAX_PER_LANE.
+pub const MAX_HEAD_DIM: usize = 32 * 8;
+
+/// A launch: grid and block dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+}
+
+/// Largest grid x-dimension (2^31 - 1).
+const MAX_GRID_X: u64 = (1 << 31) - 1;
+
+/// One thread per element of `n`.
+pub fn elementwise(n: usize) -> Geometry {
+    let blocks = (n as u64).div_ceil(BLOCK as u64).max(1);
+    assert!(blocks <= MAX_GRID_X, "{n} elements exceed one launch");
+    Geometry { grid: (blocks as u32, 1, 1), block: (BLOCK, 1, 1) }
+}
+
+/// One block per row (RMSNorm).
+pub fn per_row(rows: usize) -> Geometry {
+    assert!(rows as u64 <= MAX_GRID_X);
+    Geometry { grid: (rows.max(1) as u32, 1, 1), block: (BLOCK, 1, 1) }
+}
+
+/// One warp per query row and head: x covers the rows in groups of ATTENTION_WARPS, y the heads
+/// (at most 65535).
+pub fn attention(q_len: usize, heads: usize, head_dim: usize) -> Geometry {
+    assert!(head_dim <= MAX_HEAD_DIM, "head dim {head_dim} above the kernel's {MAX_HEAD_DIM}");
+    assert!(heads <= 65535, "{heads} heads exceed the grid's y dimension");
+    let blocks = (q_len as u64).div_ceil(ATTENTION_WARPS as u64).max(1);
+    Geometry { grid: (blocks as u32, heads as u32, 1), block: (32 * ATTENTION_WARPS, 1, 1) }
+}
+
+/// A column-major cuBLAS GEMM C = op(A) op(B), C m x n with leading dimension ldc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColMajorGemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// A is this operand's buffer (no transpose), lda its leading dimension.
+    pub a: Operand,
+    pub lda: usize,
+    pub b: Operand,
+    pub ldb: usize,
+    pub ldc: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operand {
+    X,
+    W,
+}
+
+/// Row-major out[m, n] = x[m, k] w[k, n] as a column-major GEMM without transposes: a row-major
+/// matrix is its transpose in column-major, so out^T = w^T x^T: cuBLAS's A is w (n x k, ld n),
+/// its B is x (k x m, ld k), its C is out (n x m, ld n).
+pub fn row_major_gemm(m: usize, k: usize, n: usize) -> ColMajorGemm {
+    ColMajorGemm { m: n, n: m, k, a: Operand::W, lda: n, b: Operand::X, ldb: k, ldc: n }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What cuBLAS computes for a non-transposed column-major GEMM.
+    fn col_major(g: &ColMajorGemm, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut c = vec![0.0; g.ldc * g.n];
+        for j in 0..g.n {
+            for i in 0..g.m {
+                c[i + j * g.ldc] = (0..g.k).map(|p| a[i + p * g.lda] * b[p + j * g.ldb]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn the_gemm_mapping_computes_the_row_major_product() {
+        let (m, k, n) = (5, 3, 7);
+        let x: Vec<f64> = (0..m * k).map(|i| i as f64 * 0.5 - 3.0).collect();
+        let w: Vec<f64> = (0..k * n).map(|i| (i as f64).sin()).collect();
+        let g = row_major_gemm(m, k, n);
+        let (a, b) = match (g.a, g.b) {
+            (Operand::W, Operand::X) => (&w, &x),
+            _ => (&x, &w),
+        };
+        let out = col_major(&g, a, b);
+        for r in 0..m {
+            for c in 0..n {
+                let want: f64 = (0..k).map(|p| x[r * k + p] * w[p * n + c]).sum();
+                assert!((out[r * n + c] - want).abs() < 1e-12, "[{r},{c}]");
+            }
+        }
+    }
+
+    #[test]
+    fn geometries_cover_every_element_once_and_stay_in_bounds() {
+        for n in [1usize, 255, 256, 257, 100_003] {
+            let g = elementwise(n);
+            let threads = g.grid.0 as usize * g.block.0 as usize;
+            assert!(threads >= n && threads < n + BLOCK as usize, "n {n}");
+        }
+        for (q, heads) in [(1usize, 1usize), (6250, 32), (6251, 4), (100_000, 32)] {
+            let g = attention(q, heads, 128);
+            assert_eq!(g.grid.1 as usize, heads);
+            let rows = g.grid.0 as usize * ATTENTION_WARPS as usize;
+            assert!(rows >= q && rows < q + ATTENTION_WARPS as usize);
+            assert_eq!(g.block.0, 32 * ATTENTION_WARPS);
+        }
+        assert_eq!(per_row(6250).grid.0, 6250);
+    }
+
+    #[test]
+    #[should_panic(expected = "head dim 512 above")]
+    fn a_head_dim_beyond_the_kernel_is_refused() {
+        attention(10, 1, 512);
+    }
+}

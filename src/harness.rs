@@ -116,10 +116,11 @@ fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &str, opts: 
 
 fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
-    let target = if quiet || !std::io::stderr().is_terminal() {
+    // stdout, not stderr: mpirun hands a rank's stdout a terminal when it has one, its stderr a pipe.
+    let target = if quiet || !std::io::stdout().is_terminal() {
         indicatif::ProgressDrawTarget::hidden()
     } else {
-        indicatif::ProgressDrawTarget::stderr()
+        indicatif::ProgressDrawTarget::stdout()
     };
     let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
     if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} iterations ({msg}), ETA {eta}") {

@@ -122,12 +122,16 @@ impl Preset {
 pub enum BackendKind {
     /// FP32 arithmetic on BF16-rounded host buffers, MPI between ranks.
     Cpu,
+    /// One GPU per rank (local rank modulo the visible GPUs): cuBLAS and NVRTC kernels; MPI with
+    /// host staging between ranks.
+    Cuda,
 }
 
 impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
         }
     }
 }

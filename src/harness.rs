@@ -209,6 +209,7 @@ fn measure<B: Backend + 'static, C: Communicator<B> + 'static>(
 ) -> Result<()> {
     let mut strat = strategy::build(cfg, be, metered)?;
     let bar = progress_bar(cfg.warmup + cfg.iters, cfg.strategy.name(), !show);
+    let mut last_checkpoint = Instant::now();
     for i in 0..cfg.warmup + cfg.iters {
         let warm = i < cfg.warmup;
         bar.set_message(if warm { "warm-up" } else { "measured" });
@@ -217,6 +218,8 @@ fn measure<B: Backend + 'static, C: Communicator<B> + 'static>(
         metered.counters().take();
         let t0 = Instant::now();
         strat.forward(be, metered, false)?;
+        // Device work is asynchronous: the iteration ends when the device is done.
+        be.synchronize()?;
         let total_s = t0.elapsed().as_secs_f64();
         let (comm_s, bytes_sent, bytes_received) = metered.counters().take();
         let record = IterationRecord { total_s, comm_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received };
@@ -229,6 +232,8 @@ fn measure<B: Backend + 'static, C: Communicator<B> + 'static>(
                 }
             }
         });
+        // Outside the timed region: keeps what was measured if the process is killed without warning.
+        journal::checkpoint(&mut last_checkpoint)?;
         bar.inc(1);
     }
     bar.finish_and_clear();

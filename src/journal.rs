@@ -4,6 +4,9 @@
 //! moment for the other ranks' files and writes the summary (marked incomplete), and the process
 //! exits with 128 + the signal. It does not wait for the iteration in flight: mpirun follows
 //! SIGTERM with SIGKILL after one second by default (SLURM after KillWait, 30 s by default).
+//! Against a kill without warning (SIGKILL, the OOM killer, a lost node) the harness also writes a
+//! checkpoint of the file at most once a second during a run, marked `interrupted`: that is what
+//! the run is until its last iteration is written as `complete`.
 
 use crate::output::rankfile::{self, RankRun};
 use crate::output::reduce;
@@ -28,6 +31,26 @@ const WAIT_FOR_RANKS: Duration = Duration::from_millis(700);
 pub fn with<T>(f: impl FnOnce(&mut Option<Journal>) -> T) -> T {
     let mut guard = JOURNAL.lock().unwrap_or_else(|e| e.into_inner());
     f(&mut guard)
+}
+
+/// How often, at most, a running strategy's file is checkpointed.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Write this rank's file as it would stand if the process died now, if the last checkpoint is
+/// older than CHECKPOINT_EVERY (`last` tracks it).
+pub fn checkpoint(last: &mut Instant) -> anyhow::Result<()> {
+    if last.elapsed() < CHECKPOINT_EVERY {
+        return Ok(());
+    }
+    *last = Instant::now();
+    with(|j| {
+        let Some(j) = j.as_ref() else { return Ok(()) };
+        let mut runs = j.runs.clone();
+        for r in runs.iter_mut().filter(|r| r.status == "running") {
+            r.status = "interrupted".into();
+        }
+        rankfile::write(&j.dir, j.rank, &runs).map(|_| ())
+    })
 }
 
 /// Write this rank's file from the journal (caller holds the journal).
@@ -58,7 +81,9 @@ fn on_signal(sig: i32, rank: usize, host: &str) -> i32 {
             last.end_utc = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         }
         if let Err(e) = write(j) {
-            eprintln!("ringbench: rank {rank} on host {host}: interrupted by signal {sig}, and writing its results failed: {e:#}");
+            crate::launch::say(&format!(
+                "ringbench: rank {rank} on host {host}: interrupted by signal {sig}, and writing its results failed: {e:#}"
+            ));
         }
         Some((j.dir.clone(), j.world))
     });

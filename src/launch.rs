@@ -48,9 +48,16 @@ impl Launch {
 
     /// Report an error of this rank and end the whole job.
     pub fn fail(&self, err: &anyhow::Error) -> ! {
-        eprintln!("ringbench: rank {} on host {}: error: {err:#}", self.rank, self.host);
+        say(&format!("ringbench: rank {} on host {}: error: {err:#}", self.rank, self.host));
         self.world.abort(1)
     }
+}
+
+/// One line to stderr in a single write, so that lines from several ranks forwarded by mpirun
+/// or srun do not interleave mid-line (eprintln! may write a line in pieces).
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 pub fn hostname() -> String {
@@ -65,7 +72,7 @@ pub fn rank_from_env() -> Option<usize> {
 
 /// End the whole job from any thread (the watchdog's): report, then MPI_Abort.
 pub fn abort_job(report: &str) -> ! {
-    eprintln!("ringbench: {report}");
+    say(&format!("ringbench: {report}"));
     // SAFETY: MPI is initialised before any watchdog starts; MPI_Abort on the world communicator
     // is the documented way to end every process of the job and does not return.
     unsafe {
@@ -78,7 +85,7 @@ pub fn abort_job(report: &str) -> ! {
 fn install_panic_hook(rank: usize, host: String) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        eprintln!("ringbench: rank {rank} on host {host}: panic: {info}");
+        say(&format!("ringbench: rank {rank} on host {host}: panic: {info}"));
         default(info);
         // SAFETY: MPI is initialised (the hook is installed after init) and MPI_Abort on the world
         // communicator is valid from any state; it does not return.

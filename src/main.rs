@@ -4,9 +4,12 @@
 
 use clap::{Args, Parser, Subcommand};
 use ringbench::backend::cpu::CpuBackend;
+use ringbench::backend::cuda::device::CudaBackend;
+use ringbench::backend::Backend;
 use ringbench::comm::mpi::MpiComm;
 use ringbench::comm::watchdog::{Watchdog, Watched};
-use ringbench::config::{BackendKind, ConfigArgs, ConfigError};
+use ringbench::comm::Communicator;
+use ringbench::config::{BackendKind, ConfigArgs, ConfigError, RunConfig};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
@@ -34,6 +37,11 @@ enum Command {
     /// Write PNG charts of a run directory next to its CSVs (tokens/s with CI, iteration times,
     /// per-rank peak memory, per-rank compute vs communication).
     Report(ReportArgs),
+    /// Every backend op on this machine's GPU against the CPU backend, at awkward sizes; a table
+    /// of errors; exit status 1 on any failure (or when there is no GPU).
+    Selftest,
+    /// GPUs, CUDA driver, NVRTC, cuBLAS and CUDA headers as found on this machine.
+    Info,
     /// Rebuild summary.csv and ranks.csv from the rank files of run directories (no MPI).
     /// With one directory the tables go into it (an identical existing table is left alone, a
     /// different one is refused); with several, into --out as one combined table.
@@ -120,6 +128,11 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Reduce(args) => return reduce(args),
         Command::Plan(args) => return plan(args),
+        Command::Info => {
+            print!("{}", ringbench::info::report());
+            return ExitCode::SUCCESS;
+        }
+        Command::Selftest => return selftest(),
         Command::Report(args) => {
             return match ringbench::report::report(&args.dir) {
                 Ok(paths) => {
@@ -156,6 +169,25 @@ fn main() -> ExitCode {
     };
     drop(launch); // finalises MPI before the process exits
     code
+}
+
+fn selftest() -> ExitCode {
+    let gpu = match CudaBackend::new(0, None) {
+        Ok(be) => be,
+        Err(e) => {
+            eprintln!("ringbench selftest: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let label = gpu.device_name();
+    match ringbench::selftest::run(&CpuBackend::new(), &gpu, &label) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ringbench selftest: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn plan(args: &PlanArgs) -> ExitCode {
@@ -218,42 +250,62 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
     let config_args = match &cli.command {
         Command::Run(a) => &a.config,
         Command::Verify(a) => &a.config,
-        Command::Reduce(_) | Command::Plan(_) | Command::Report(_) => unreachable!("runs without MPI"),
+        _ => unreachable!("runs without MPI"),
     };
     let cfgs = config_args.resolve(launch.size)?;
     match cfgs[0].backend {
-        BackendKind::Cpu => {
-            let be = CpuBackend::new();
-            let dog = Watchdog::start(
-                Duration::from_secs_f64(config_args.comm_timeout),
-                format!("rank {} on host {}", launch.rank, launch.host),
-                Box::new(|report| launch::abort_job(report)),
-            );
-            let comm = Watched::new(MpiComm::new(launch.world_for_strategies()), dog);
-            harness::check_memory(&cfgs, &be, &comm, launch.local_size, matches!(cli.command, Command::Verify(_)))?;
-            match &cli.command {
-                Command::Run(a) => {
-                    let place = Place {
-                        rank: launch.rank,
-                        local_rank: launch.local_rank,
-                        host: launch.host.clone(),
-                        mpi_library: launch.mpi_library(),
-                    };
-                    let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet, fault: Fault::from_env()? };
-                    harness::run(&cfgs, config_args.strategy.name(), &be, &comm, &place, &opts).map(|()| ExitCode::SUCCESS)
+        BackendKind::Cpu => execute(cli, config_args, &cfgs, &CpuBackend::new(), launch),
+        BackendKind::Cuda => {
+            // Every rank must have its GPU before any collective work: agree first, so that one
+            // rank without a GPU cannot leave the others waiting.
+            let be = CudaBackend::new(launch.local_rank, None);
+            let agree = MpiComm::new(launch.world_for_strategies());
+            if !Communicator::<CpuBackend>::all_agree(&agree, be.is_ok())? {
+                if let Err(e) = &be {
+                    launch::say(&format!("ringbench: rank {} on host {}: --backend cuda: {e:#}", launch.rank, launch.host));
                 }
-                Command::Verify(a) => {
-                    if a.save_output.is_some() && cfgs.len() > 1 {
-                        return Err(ConfigError("--save-output takes one strategy's output; --strategy all runs two".into()).into());
-                    }
-                    let mut pass = true;
-                    for cfg in &cfgs {
-                        pass &= harness::verify(cfg, &be, &comm, a.save_output.as_deref())?;
-                    }
-                    Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-                }
-                Command::Reduce(_) | Command::Plan(_) | Command::Report(_) => unreachable!("runs without MPI"),
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
             }
+            execute(cli, config_args, &cfgs, &be?, launch)
         }
+    }
+}
+
+/// `run` or `verify` on backend `be`, with MPI (watched) between the ranks.
+fn execute<B: Backend + 'static>(
+    cli: &Cli,
+    config_args: &ConfigArgs,
+    cfgs: &[RunConfig],
+    be: &B,
+    launch: &Launch,
+) -> anyhow::Result<ExitCode>
+where
+    MpiComm: Communicator<B>,
+{
+    let dog = Watchdog::start(
+        Duration::from_secs_f64(config_args.comm_timeout),
+        format!("rank {} on host {}", launch.rank, launch.host),
+        Box::new(|report| launch::abort_job(report)),
+    );
+    let comm = Watched::new(MpiComm::new(launch.world_for_strategies()), dog);
+    harness::check_memory(cfgs, be, &comm, launch.local_size, matches!(cli.command, Command::Verify(_)))?;
+    match &cli.command {
+        Command::Run(a) => {
+            let place =
+                Place { rank: launch.rank, local_rank: launch.local_rank, host: launch.host.clone(), mpi_library: launch.mpi_library() };
+            let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet, fault: Fault::from_env()? };
+            harness::run(cfgs, config_args.strategy.name(), be, &comm, &place, &opts).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Verify(a) => {
+            if a.save_output.is_some() && cfgs.len() > 1 {
+                return Err(ConfigError("--save-output takes one strategy's output; --strategy all runs two".into()).into());
+            }
+            let mut pass = true;
+            for cfg in cfgs {
+                pass &= harness::verify(cfg, be, &comm, a.save_output.as_deref())?;
+            }
+            Ok(if pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        _ => unreachable!("runs without MPI"),
     }
 }

@@ -75,7 +75,11 @@ fn sigterm_keeps_the_iterations_done_and_marks_the_run_incomplete() {
     let dir = root.join("cut");
     let mut done = Vec::new();
     for r in 0..4 {
-        let runs = rankfile::read(&rankfile::rank_file(&dir, r)).unwrap_or_else(|e| panic!("rank {r}: {e:#}\n{out}"));
+        let runs = rankfile::read(&rankfile::rank_file(&dir, r)).unwrap_or_else(|e| {
+            let listing: Vec<_> =
+                std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
+            panic!("rank {r}: {e:#}\nin {}: {listing:?}\n{out}", dir.display())
+        });
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].status, "interrupted", "rank {r}");
         done.push(runs[0].iterations.len());
@@ -85,6 +89,39 @@ fn sigterm_keeps_the_iterations_done_and_marks_the_run_incomplete() {
     let row = summary.lines().nth(1).unwrap();
     assert!(row.contains(",incomplete,"), "{summary}");
     assert!(out.contains("interrupted by signal 15"), "{out}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_kill_without_warning_keeps_the_checkpointed_iterations() {
+    let root = temp_root("sigkill");
+    let guard = common::lock();
+    let mut mpirun = std::process::Command::new("mpirun")
+        .args(["--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_ringbench")])
+        .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "1024", "--iters", "200", "--quiet"])
+        .args(["--out", root.to_str().unwrap(), "--run-id", "killed"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    // SIGKILL every rank (mpirun's children): no handler runs.
+    let killed = std::process::Command::new("pkill").args(["-KILL", "-P", &mpirun.id().to_string()]).status().unwrap();
+    assert!(killed.success(), "no rank to kill");
+    let _ = mpirun.wait();
+    drop(guard);
+    let dir = root.join("killed");
+    for r in 0..2 {
+        let runs = rankfile::read(&rankfile::rank_file(&dir, r)).unwrap_or_else(|e| panic!("rank {r}: {e:#}"));
+        assert_eq!(runs[0].status, "interrupted", "rank {r}");
+        assert!(!runs[0].iterations.is_empty(), "rank {r} kept no iteration");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbench")).args(["reduce", dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(summary.lines().nth(1).unwrap().contains(",incomplete,"), "{summary}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -9,6 +9,33 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::model::generator::{Init, Region};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes held by a backend's buffers now, and at most since the last reset.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Tracker {
+    pub fn add(&self, bytes: u64) {
+        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, bytes: u64) {
+        self.current.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_peak(&self) {
+        self.peak.store(self.current.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
 
 /// A row-major 2-D buffer. Its row count can shrink and grow within the capacity it was allocated
 /// with, so one buffer serves blocks of different lengths (uneven ring chunks).
@@ -127,6 +154,16 @@ pub trait Backend {
 
     /// The buffer's rows, on the host.
     fn download(&self, x: &Self::Act) -> anyhow::Result<Vec<half::bf16>>;
+
+    /// Host values into the buffer's rows (exactly as many as it holds).
+    fn upload(&self, x: &mut Self::Act, data: &[half::bf16]) -> anyhow::Result<()>;
+
+    fn download_acc(&self, x: &Self::Acc) -> anyhow::Result<Vec<f32>>;
+
+    fn upload_acc(&self, x: &mut Self::Acc, data: &[f32]) -> anyhow::Result<()>;
+
+    /// Wait until every operation issued so far has finished (the end of a timed iteration).
+    fn synchronize(&self) -> anyhow::Result<()>;
 }
 
 /// The log-sum-exp merge of a partial attention result (o_new, lse_new) into (o, lse), in FP32:

@@ -2,10 +2,14 @@
 //! 16-bit pattern; the all-reduce sums with a user operation that adds in FP32 and rounds to BF16 at
 //! every step, as NCCL's BF16 reduction does, so the wire carries what a GPU job's would.
 //! Overlap is nominal here: Open MPI moves a large message only inside MPI calls, so a ring step's
-//! transfer mostly happens in its final wait; the CUDA backend's communication stream makes it real.
+//! transfer mostly happens in its final wait.
+//! The same communicator serves the CUDA backend by staging device buffers through the host: a way
+//! to run every strategy on GPUs (and several ranks on one GPU in tests) before NCCL, not a way to
+//! measure GPU communication.
 
 use super::Communicator;
 use crate::backend::cpu::{CpuBackend, HostMat};
+use crate::backend::cuda::device::{CudaBackend, DevMat};
 use crate::backend::Matrix;
 use anyhow::{bail, ensure, Result};
 use half::bf16;
@@ -54,58 +58,33 @@ impl MpiComm {
     }
 }
 
-impl Communicator<CpuBackend> for MpiComm {
-    fn rank(&self) -> usize {
-        self.comm.rank() as usize
-    }
-
-    fn size(&self) -> usize {
-        self.comm.size() as usize
-    }
-
-    fn split(&self, color: usize, key: usize) -> Result<Self> {
-        let c = self
-            .comm
-            .split_by_color_with_key(mpi::topology::Color::with_value(color as i32), key as i32)
-            .ok_or_else(|| anyhow::anyhow!("MPI_Comm_split returned no communicator for color {color}"))?;
-        Ok(MpiComm::new(c))
-    }
-
-    fn all_reduce_sum(&self, x: &mut HostMat<bf16>) -> Result<()> {
-        if self.size() == 1 {
-            return Ok(());
+impl MpiComm {
+    fn all_reduce_bits(&self, x: &mut [u16]) {
+        if self.comm.size() > 1 {
+            let send = x.to_vec();
+            self.comm.all_reduce_into(&send[..], x, &self.bf16_sum);
         }
-        let send = x.as_slice().to_vec();
-        self.comm.all_reduce_into(bits(&send), bits_mut(x.as_mut_slice()), &self.bf16_sum);
+    }
+
+    fn send_bits(&self, x: &[u16], to: usize) -> Result<()> {
+        self.peer(to)?.send(x);
         Ok(())
     }
 
-    fn send(&self, x: &HostMat<bf16>, to: usize) -> Result<()> {
-        self.peer(to)?.send(bits(x.as_slice()));
-        Ok(())
-    }
-
-    fn recv(&self, x: &mut HostMat<bf16>, from: usize) -> Result<()> {
+    fn recv_bits(&self, x: &mut [u16], from: usize) -> Result<()> {
         let want = x.len();
-        let status = self.peer(from)?.receive_into(bits_mut(x.as_mut_slice()));
+        let status = self.peer(from)?.receive_into(x);
         let got = status.count(u16::equivalent_datatype()) as usize;
         ensure!(got == want, "received {got} values from rank {from}, expected {want}");
         Ok(())
     }
 
-    fn exchange(
-        &self,
-        send: &HostMat<bf16>,
-        to: usize,
-        recv: &mut HostMat<bf16>,
-        from: usize,
-        overlap: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<()> {
+    fn exchange_bits(&self, send: &[u16], to: usize, recv: &mut [u16], from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let want = recv.len();
         let (dst, src) = (self.peer(to)?, self.peer(from)?);
         let (work, got) = mpi::request::scope(|scope| {
-            let sreq = dst.immediate_send(scope, bits(send.as_slice()));
-            let rreq = src.immediate_receive_into(scope, bits_mut(recv.as_mut_slice()));
+            let sreq = dst.immediate_send(scope, send);
+            let rreq = src.immediate_receive_into(scope, recv);
             // Requests must complete before the scope ends even if the compute failed.
             let work = overlap();
             let status = rreq.wait();
@@ -117,24 +96,160 @@ impl Communicator<CpuBackend> for MpiComm {
         Ok(())
     }
 
+    fn split_comm(&self, color: usize, key: usize) -> Result<Self> {
+        let c = self
+            .comm
+            .split_by_color_with_key(mpi::topology::Color::with_value(color as i32), key as i32)
+            .ok_or_else(|| anyhow::anyhow!("MPI_Comm_split returned no communicator for color {color}"))?;
+        Ok(MpiComm::new(c))
+    }
+}
+
+impl Communicator<CpuBackend> for MpiComm {
+    fn rank(&self) -> usize {
+        self.comm.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.comm.size() as usize
+    }
+
+    fn split(&self, color: usize, key: usize) -> Result<Self> {
+        self.split_comm(color, key)
+    }
+
+    fn all_reduce_sum(&self, x: &mut HostMat<bf16>) -> Result<()> {
+        self.all_reduce_bits(bits_mut(x.as_mut_slice()));
+        Ok(())
+    }
+
+    fn send(&self, x: &HostMat<bf16>, to: usize) -> Result<()> {
+        self.send_bits(bits(x.as_slice()), to)
+    }
+
+    fn recv(&self, x: &mut HostMat<bf16>, from: usize) -> Result<()> {
+        self.recv_bits(bits_mut(x.as_mut_slice()), from)
+    }
+
+    fn exchange(
+        &self,
+        send: &HostMat<bf16>,
+        to: usize,
+        recv: &mut HostMat<bf16>,
+        from: usize,
+        overlap: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.exchange_bits(bits(send.as_slice()), to, bits_mut(recv.as_mut_slice()), from, overlap)
+    }
+
     fn barrier(&self) -> Result<()> {
+        self.barrier_host()
+    }
+
+    fn max_f64(&self, x: f64) -> Result<f64> {
+        self.max_host(x)
+    }
+
+    fn all_agree(&self, ok: bool) -> Result<bool> {
+        self.agree_host(ok)
+    }
+
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+        self.broadcast_host(data)
+    }
+
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+        self.gather_host(data)
+    }
+}
+
+/// Device buffers staged through the host: download, the MPI operation, upload.
+impl Communicator<CudaBackend> for MpiComm {
+    fn rank(&self) -> usize {
+        self.comm.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.comm.size() as usize
+    }
+
+    fn split(&self, color: usize, key: usize) -> Result<Self> {
+        self.split_comm(color, key)
+    }
+
+    fn all_reduce_sum(&self, x: &mut DevMat<u16>) -> Result<()> {
+        let mut host = x.to_host()?;
+        self.all_reduce_bits(&mut host);
+        x.from_host(&host)
+    }
+
+    fn send(&self, x: &DevMat<u16>, to: usize) -> Result<()> {
+        self.send_bits(&x.to_host()?, to)
+    }
+
+    fn recv(&self, x: &mut DevMat<u16>, from: usize) -> Result<()> {
+        let mut host = vec![0u16; x.len()];
+        self.recv_bits(&mut host, from)?;
+        x.from_host(&host)
+    }
+
+    /// The outgoing block is downloaded first; the compute runs on the GPU while MPI moves the
+    /// host copies; the incoming block is uploaded on the same stream, after the compute.
+    fn exchange(
+        &self,
+        send: &DevMat<u16>,
+        to: usize,
+        recv: &mut DevMat<u16>,
+        from: usize,
+        overlap: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let outgoing = send.to_host()?;
+        let mut incoming = vec![0u16; recv.len()];
+        self.exchange_bits(&outgoing, to, &mut incoming, from, overlap)?;
+        recv.from_host(&incoming)
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.barrier_host()
+    }
+
+    fn max_f64(&self, x: f64) -> Result<f64> {
+        self.max_host(x)
+    }
+
+    fn all_agree(&self, ok: bool) -> Result<bool> {
+        self.agree_host(ok)
+    }
+
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+        self.broadcast_host(data)
+    }
+
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+        self.gather_host(data)
+    }
+}
+
+/// The host collectives both backends share.
+impl MpiComm {
+    fn barrier_host(&self) -> Result<()> {
         self.comm.barrier();
         Ok(())
     }
 
-    fn max_f64(&self, x: f64) -> Result<f64> {
+    fn max_host(&self, x: f64) -> Result<f64> {
         let mut out = 0.0f64;
         self.comm.all_reduce_into(&x, &mut out, SystemOperation::max());
         Ok(out)
     }
 
-    fn all_agree(&self, ok: bool) -> Result<bool> {
+    fn agree_host(&self, ok: bool) -> Result<bool> {
         let mut all = 0i32;
         self.comm.all_reduce_into(&i32::from(ok), &mut all, SystemOperation::min());
         Ok(all == 1)
     }
 
-    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+    fn broadcast_host(&self, data: &mut Vec<u8>) -> Result<()> {
         let root = self.comm.process_at_rank(0);
         let mut len = data.len() as u64;
         root.broadcast_into(&mut len);
@@ -143,7 +258,7 @@ impl Communicator<CpuBackend> for MpiComm {
         Ok(())
     }
 
-    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+    fn gather_host(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
         let Ok(n) = i32::try_from(data.len()) else {
             bail!("gather of {} values exceeds MPI's 32-bit count; verify a smaller config", data.len());
         };
@@ -153,7 +268,7 @@ impl Communicator<CpuBackend> for MpiComm {
             root.gather_varcount_into(bits(data));
             return Ok(None);
         }
-        let mut counts = vec![0i32; self.size()];
+        let mut counts = vec![0i32; self.comm.size() as usize];
         root.gather_into_root(&n, &mut counts[..]);
         let displs: Vec<i32> = counts
             .iter()

@@ -24,6 +24,12 @@ impl Run {
     }
 }
 
+/// Hold the launch lock while driving an mpirun by hand.
+#[allow(dead_code)] // not every test file drives mpirun by hand
+pub fn lock() -> std::sync::MutexGuard<'static, ()> {
+    MPI.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `mpirun --oversubscribe -np N ringbench ARGS...`, under `timeout`.
 pub fn mpirun(np: usize, args: &[&str]) -> Run {
     mpirun_with(np, args, &[], None)
@@ -35,7 +41,9 @@ pub fn mpirun_with(np: usize, args: &[&str], env: &[(&str, &str)], term_after_s:
     let _guard = MPI.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new("timeout");
     match term_after_s {
-        Some(t) => cmd.args(["-s", "TERM", "-k", "60", &t.to_string()]),
+        // --foreground: one SIGTERM to mpirun only. Without it timeout also signals its process
+        // group, mpirun gets a second SIGTERM, and Open MPI takes a second signal as "kill all now".
+        Some(t) => cmd.args(["--foreground", "-s", "TERM", "-k", "60", &t.to_string()]),
         None => cmd.arg(LAUNCH_TIMEOUT_S.to_string()),
     };
     cmd.args(["mpirun", "--oversubscribe", "-np", &np.to_string()])

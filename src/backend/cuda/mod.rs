@@ -2,5 +2,6 @@
 //! registry and its NVRTC build (`kernels`), and the pure arithmetic of launching them and of
 //! calling cuBLAS on row-major buffers (`launch`).
 
+pub mod device;
 pub mod kernels;
 pub mod launch;

@@ -1,0 +1,475 @@
+//! The CUDA backend: one GPU per rank, BF16 buffers in device memory, every linear layer a cuBLAS
+//! BF16 GEMM with FP32 accumulation, every other op a kernel from `kernels/` compiled by NVRTC at
+//! start-up for this device's architecture. Operations are queued on one stream; `synchronize`
+//! ends a timed iteration.
+
+use super::kernels::{self, SOURCES};
+use super::launch::{self, Geometry, Operand};
+use crate::backend::{Backend, Heads, Matrix, MemoryStats, Span, Tracker};
+use crate::model::generator::{Init, Region};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cudarc::cublas::{sys as cublas_sys, CudaBlas};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use half::bf16;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A row-major device matrix with room for `capacity_rows` rows. BF16 is stored as its bit
+/// pattern (u16), which is what the kernels and cuBLAS read.
+pub struct DevMat<T> {
+    data: CudaSlice<T>,
+    rows: usize,
+    cols: usize,
+    capacity_rows: usize,
+    tracker: Arc<Tracker>,
+    /// The stream that orders this buffer's work (for host staging in the MPI communicator).
+    stream: Arc<CudaStream>,
+}
+
+impl<T> Drop for DevMat<T> {
+    fn drop(&mut self) {
+        self.tracker.sub((self.capacity_rows * self.cols * std::mem::size_of::<T>()) as u64);
+    }
+}
+
+impl<T> Matrix for DevMat<T> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn capacity_rows(&self) -> usize {
+        self.capacity_rows
+    }
+    fn set_rows(&mut self, rows: usize) {
+        assert!(rows <= self.capacity_rows, "set_rows {rows} beyond capacity {}", self.capacity_rows);
+        self.rows = rows;
+    }
+}
+
+impl DevMat<u16> {
+    /// The rows in use, copied to the host (waits for the work queued on them).
+    pub fn to_host(&self) -> Result<Vec<u16>> {
+        self.stream.clone_dtoh(&self.data.slice(..self.rows * self.cols)).map_err(err("device to host"))
+    }
+
+    /// Host values into the rows in use, queued on the buffer's stream.
+    pub fn from_host(&mut self, bits: &[u16]) -> Result<()> {
+        let n = self.rows * self.cols;
+        ensure!(bits.len() == n, "{} values into a buffer of {n}", bits.len());
+        self.stream.memcpy_htod(bits, &mut self.data.slice_mut(..n)).map_err(err("host to device"))
+    }
+}
+
+/// Whether the CUDA driver library can be loaded at all (false on machines without an NVIDIA driver).
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen the library under its known names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+pub fn cublas_available() -> bool {
+    // SAFETY: as above.
+    unsafe { cudarc::cublas::sys::is_culib_present() }
+}
+
+/// Number of visible GPUs, or why there are none.
+pub fn device_count() -> Result<usize> {
+    if !driver_available() {
+        bail!("no GPU: the CUDA driver (libcuda.so) is not installed on this machine");
+    }
+    let n = CudaContext::device_count().map_err(|e| anyhow!("CUDA driver: {e:?}"))?;
+    ensure!(n > 0, "no GPU: the CUDA driver found no device (CUDA_VISIBLE_DEVICES={:?})", std::env::var("CUDA_VISIBLE_DEVICES").ok());
+    Ok(n as usize)
+}
+
+/// NVRTC's architecture name for a compute capability: Hopper gets its arch-specific features.
+pub fn arch_for(major: i32, minor: i32) -> Result<&'static str> {
+    Ok(match (major, minor) {
+        (8, 0) => "sm_80",
+        (8, 6) => "sm_86",
+        (8, 7) => "sm_87",
+        (8, 9) => "sm_89",
+        (9, 0) => "sm_90a",
+        (10, 0) => "sm_100",
+        (12, 0) => "sm_120",
+        _ if major < 8 => bail!("compute capability {major}.{minor}: ringbench's BF16 kernels need sm_80 or newer"),
+        _ => bail!("compute capability {major}.{minor} is not in ringbench's architecture list"),
+    })
+}
+
+/// Dense BF16 peak of the GPUs whose figures the project uses (GPU.md, plan profiles).
+pub fn peak_flops_for(name: &str) -> Option<f64> {
+    let n = name.to_ascii_uppercase();
+    if n.contains("H100") || n.contains("H200") || n.contains("GH200") {
+        Some(989e12)
+    } else if n.contains("A100") {
+        Some(312e12)
+    } else {
+        None
+    }
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    name: String,
+    pub arch: &'static str,
+    devices: usize,
+    memory: Arc<Tracker>,
+    /// Device memory in use (total - free) at its highest since the last reset.
+    device_peak: Cell<u64>,
+}
+
+impl CudaBackend {
+    /// Bind GPU `local_rank % devices` and build the kernels for it.
+    pub fn new(local_rank: usize, include: Option<&Path>) -> Result<Self> {
+        let devices = device_count()?;
+        if !cublas_available() {
+            bail!("cuBLAS (libcublas.so) not found: install the CUDA toolkit's libraries and put them on LD_LIBRARY_PATH");
+        }
+        let ordinal = local_rank % devices;
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("creating a context on GPU {ordinal}: {e:?}"))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
+        let arch = arch_for(major, minor)?;
+        let name = ctx.name().map_err(|e| anyhow!("{e:?}"))?;
+        let include = kernels::include_dirs(include);
+        let mut functions = HashMap::new();
+        for k in SOURCES {
+            let ptx = kernels::compile(k, arch, &include)?;
+            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| anyhow!("loading {} for {arch}: {e:?}", k.file))?;
+            for &e in k.entries {
+                functions.insert(e, module.load_function(e).map_err(|err| anyhow!("{} has no kernel {e}: {err:?}", k.file))?);
+            }
+        }
+        let stream = ctx.new_stream().map_err(|e| anyhow!("{e:?}"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
+        Ok(CudaBackend { ctx, stream, blas, functions, name, arch, devices, memory: Arc::default(), device_peak: Cell::new(0) })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn f(&self, name: &str) -> &CudaFunction {
+        self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} is not in the registry"))
+    }
+
+    fn cfg(g: Geometry) -> LaunchConfig {
+        LaunchConfig { grid_dim: g.grid, block_dim: g.block, shared_mem_bytes: 0 }
+    }
+
+    fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, rows: usize, cols: usize) -> Result<DevMat<T>> {
+        let n = rows * cols;
+        let data = self
+            .stream
+            .alloc_zeros::<T>(n.max(1))
+            .map_err(|e| anyhow!("allocating {} bytes on {}: {e:?}", n * std::mem::size_of::<T>(), self.name))?;
+        self.memory.add((n * std::mem::size_of::<T>()) as u64);
+        Ok(DevMat { data, rows, cols, capacity_rows: rows, tracker: self.memory.clone(), stream: self.stream.clone() })
+    }
+
+    fn sample_device_memory(&self) {
+        if let Ok((free, total)) = self.ctx.mem_get_info() {
+            self.device_peak.set(self.device_peak.get().max((total - free) as u64));
+        }
+    }
+}
+
+fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
+    move |e| anyhow!("{what}: {e:?}")
+}
+
+impl Backend for CudaBackend {
+    type Act = DevMat<u16>;
+    type Acc = DevMat<f32>;
+
+    fn device_name(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+
+    fn peak_flops(&self) -> Option<f64> {
+        peak_flops_for(&self.name)
+    }
+
+    fn reset_peak_memory(&self) {
+        self.memory.reset_peak();
+        self.device_peak.set(0);
+        self.sample_device_memory();
+    }
+
+    fn memory(&self) -> MemoryStats {
+        self.sample_device_memory();
+        MemoryStats { buffers_peak_bytes: self.memory.peak(), device_peak_bytes: Some(self.device_peak.get()) }
+    }
+
+    /// A GPU's memory, shared by the ranks bound to it (several only in tests that share one GPU).
+    fn memory_budget(&self, sharing: usize) -> Option<u64> {
+        let (_, total) = self.ctx.mem_get_info().ok()?;
+        Some(total as u64 / sharing.div_ceil(self.devices).max(1) as u64)
+    }
+
+    fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act> {
+        self.alloc(rows, cols)
+    }
+
+    fn alloc_acc(&self, rows: usize, cols: usize) -> Result<Self::Acc> {
+        self.alloc(rows, cols)
+    }
+
+    fn fill(&self, out: &mut Self::Act, dst_row0: usize, region: &Region, seed: u64, init: Init) -> Result<()> {
+        ensure!(region.cols() == out.cols, "fill: region is {} wide, buffer {}", region.cols(), out.cols);
+        ensure!(dst_row0 + region.rows <= out.rows, "fill: rows beyond the buffer");
+        ensure!(region.col_blocks.len() <= 3, "fill: at most three column blocks");
+        let b = |i: usize| region.col_blocks.get(i).copied().unwrap_or((0, 0));
+        let (kind, scale) = match init {
+            Init::Uniform => (0i32, 1.0f32),
+            Init::Weight { fan_in } => (1, (1.0 / (fan_in as f64).sqrt()) as f32),
+            Init::Gain => (2, 1.0),
+        };
+        let (width, rows) = (out.cols as i32, region.rows as i32);
+        let (b0, b1, b2) = (b(0), b(1), b(2));
+        let (b0s, b0w, b1s, b1w, b2s) = (b0.0 as i32, b0.1 as i32, b1.0 as i32, b1.1 as i32, b2.0 as i32);
+        let (gcols, row0, tensor, d0) = (region.global_cols as u64, region.row0 as u64, region.tensor, dst_row0 as i32);
+        let mut l = self.stream.launch_builder(self.f("generate_bf16"));
+        l.arg(&mut out.data).arg(&d0).arg(&rows).arg(&width).arg(&seed).arg(&tensor).arg(&gcols).arg(&row0);
+        l.arg(&b0s).arg(&b0w).arg(&b1s).arg(&b1w).arg(&b2s).arg(&kind).arg(&scale);
+        // SAFETY: arguments are pushed in the kernel's signature order with its types; the grid
+        // covers rows x width elements of a buffer holding at least (dst_row0 + rows) x width.
+        unsafe { l.launch(Self::cfg(launch::elementwise(region.rows * out.cols))) }.map_err(err("generate_bf16"))?;
+        Ok(())
+    }
+
+    fn matmul(&self, x: &Self::Act, w: &Self::Act, out: &mut Self::Act) -> Result<()> {
+        ensure!(
+            x.cols == w.rows && out.cols == w.cols,
+            "matmul: [{}, {}] x [{}, {}] into {} columns",
+            x.rows,
+            x.cols,
+            w.rows,
+            w.cols,
+            out.cols
+        );
+        out.set_rows(x.rows);
+        let g = launch::row_major_gemm(x.rows, x.cols, w.cols);
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let (a, b) = match (g.a, g.b) {
+            (Operand::W, Operand::X) => (&w.data, &x.data),
+            _ => (&x.data, &w.data),
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let (pa, _ra) = a.device_ptr(&self.stream);
+        let (pb, _rb) = b.device_ptr(&self.stream);
+        let (pc, _rc) = out.data.device_ptr_mut(&self.stream);
+        // SAFETY: A is m x k (ld m), B is k x n (ld k), C is m x n (ld m) in column-major terms,
+        // all BF16 inside their buffers (checked shapes above); alpha and beta are host FP32 as
+        // cuBLAS's default pointer mode expects for an FP32 compute type.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                &alpha as *const f32 as *const _,
+                pa as *const _,
+                cublas_sys::cudaDataType::CUDA_R_16BF,
+                g.lda as i32,
+                pb as *const _,
+                cublas_sys::cudaDataType::CUDA_R_16BF,
+                g.ldb as i32,
+                &beta as *const f32 as *const _,
+                pc as *mut _,
+                cublas_sys::cudaDataType::CUDA_R_16BF,
+                g.ldc as i32,
+                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(err("cublasGemmEx"))?;
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &Self::Act, gain: &Self::Act, out: &mut Self::Act) -> Result<()> {
+        ensure!(gain.cols == x.cols && out.cols == x.cols, "rms_norm: widths {} / {} / {}", x.cols, gain.cols, out.cols);
+        out.set_rows(x.rows);
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let cols = x.cols as i32;
+        let mut l = self.stream.launch_builder(self.f("rms_norm_bf16"));
+        l.arg(&x.data).arg(&gain.data).arg(&mut out.data).arg(&cols);
+        // SAFETY: one block per row of x; x, gain and out hold rows x cols, 1 x cols, rows x cols.
+        unsafe { l.launch(Self::cfg(launch::per_row(x.rows))) }.map_err(err("rms_norm_bf16"))?;
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span) -> Result<()> {
+        ensure!(heads.width() <= x.cols && span.row0 + span.len <= x.rows, "rope: outside the buffer");
+        let n = span.len * heads.heads * heads.head_dim / 2;
+        if n == 0 {
+            return Ok(());
+        }
+        let (cols, h, hd, r0, len, p0) =
+            (x.cols as i32, heads.heads as i32, heads.head_dim as i32, span.row0 as i32, span.len as i32, span.pos0 as i32);
+        let mut l = self.stream.launch_builder(self.f("rope_bf16"));
+        l.arg(&mut x.data).arg(&cols).arg(&h).arg(&hd).arg(&r0).arg(&len).arg(&p0);
+        // SAFETY: one thread per (row, head, pair) of the span, inside the buffer (checked above).
+        unsafe { l.launch(Self::cfg(launch::elementwise(n))) }.map_err(err("rope_bf16"))?;
+        Ok(())
+    }
+
+    fn gelu(&self, x: &mut Self::Act) -> Result<()> {
+        let n = x.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut l = self.stream.launch_builder(self.f("gelu_bf16"));
+        l.arg(&mut x.data).arg(&n);
+        // SAFETY: n elements of the buffer's rows.
+        unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("gelu_bf16"))?;
+        Ok(())
+    }
+
+    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()> {
+        ensure!(x.rows == y.rows && x.cols == y.cols, "add: [{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols);
+        let n = x.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut l = self.stream.launch_builder(self.f("add_bf16"));
+        l.arg(&mut x.data).arg(&y.data).arg(&n);
+        // SAFETY: x and y hold the same n elements.
+        unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("add_bf16"))?;
+        Ok(())
+    }
+
+    fn attention_reset(&self, o: &mut Self::Acc, lse: &mut Self::Acc) -> Result<()> {
+        for (buf, value) in [(o, 0.0f32), (lse, f32::NEG_INFINITY)] {
+            let n = buf.len() as i64;
+            if n == 0 {
+                continue;
+            }
+            let mut l = self.stream.launch_builder(self.f("fill_f32"));
+            l.arg(&mut buf.data).arg(&n).arg(&value);
+            // SAFETY: n elements of the buffer's rows.
+            unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("fill_f32"))?;
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Self::Act,
+        kv: &Self::Act,
+        heads: Heads,
+        qs: Span,
+        ks: Span,
+        causal: bool,
+        o: &mut Self::Acc,
+        lse: &mut Self::Acc,
+    ) -> Result<()> {
+        let w = heads.width();
+        ensure!(
+            q.cols == w && kv.cols == 2 * w && o.cols == w && lse.cols == heads.heads,
+            "attention: buffer widths do not match the heads"
+        );
+        ensure!(qs.row0 + qs.len <= q.rows.min(o.rows) && ks.row0 + ks.len <= kv.rows, "attention: spans outside the buffers");
+        if qs.len == 0 || ks.len == 0 {
+            return Ok(());
+        }
+        let scale = (1.0 / (heads.head_dim as f64).sqrt()) as f32;
+        let ints = [heads.heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
+        let causal = i32::from(causal);
+        let mut l = self.stream.launch_builder(self.f("attention_bf16"));
+        l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
+        for v in &ints {
+            l.arg(v);
+        }
+        l.arg(&causal).arg(&scale);
+        // SAFETY: one warp per query row and head; rows and columns inside the buffers (checked).
+        unsafe { l.launch(Self::cfg(launch::attention(qs.len, heads.heads, heads.head_dim))) }.map_err(err("attention_bf16"))?;
+        Ok(())
+    }
+
+    fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> Result<()> {
+        ensure!(o.cols == out.cols, "attention_store: widths {} / {}", o.cols, out.cols);
+        out.set_rows(o.rows);
+        let n = o.len() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut l = self.stream.launch_builder(self.f("f32_to_bf16"));
+        l.arg(&o.data).arg(&mut out.data).arg(&n);
+        // SAFETY: n elements in both buffers.
+        unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("f32_to_bf16"))?;
+        Ok(())
+    }
+
+    fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> Result<()> {
+        ensure!(src.cols == dst.cols && src_row0 + rows <= src.rows && dst_row0 + rows <= dst.rows, "copy_rows: outside the buffers");
+        if rows == 0 {
+            return Ok(());
+        }
+        let c = src.cols;
+        let from = src.data.slice(src_row0 * c..(src_row0 + rows) * c);
+        let mut to = dst.data.slice_mut(dst_row0 * c..(dst_row0 + rows) * c);
+        self.stream.memcpy_dtod(&from, &mut to).map_err(err("copy_rows"))?;
+        Ok(())
+    }
+
+    fn download(&self, x: &Self::Act) -> Result<Vec<bf16>> {
+        Ok(x.to_host()?.into_iter().map(bf16::from_bits).collect())
+    }
+
+    fn upload(&self, x: &mut Self::Act, data: &[bf16]) -> Result<()> {
+        x.from_host(bytemuck::cast_slice(data))
+    }
+
+    fn download_acc(&self, x: &Self::Acc) -> Result<Vec<f32>> {
+        self.stream.clone_dtoh(&x.data.slice(..x.len())).map_err(err("download"))
+    }
+
+    fn upload_acc(&self, x: &mut Self::Acc, data: &[f32]) -> Result<()> {
+        ensure!(data.len() == x.len(), "upload: {} values into a buffer of {}", data.len(), x.len());
+        let n = x.len();
+        self.stream.memcpy_htod(data, &mut x.data.slice_mut(..n)).map_err(err("upload"))?;
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(err("synchronize")).context("the GPU reported an error while running the queued work")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architectures_and_peaks() {
+        assert_eq!(arch_for(9, 0).unwrap(), "sm_90a");
+        assert_eq!(arch_for(8, 0).unwrap(), "sm_80");
+        assert!(arch_for(7, 5).unwrap_err().to_string().contains("sm_80 or newer"));
+        assert_eq!(peak_flops_for("NVIDIA H100 80GB HBM3"), Some(989e12));
+        assert_eq!(peak_flops_for("NVIDIA GeForce RTX 4090"), None);
+    }
+
+    #[test]
+    fn without_a_driver_the_backend_says_so() {
+        if driver_available() {
+            eprintln!("SKIPPED: a CUDA driver is installed here; this test is for machines without one");
+            return;
+        }
+        let e = CudaBackend::new(0, None).err().expect("no GPU here").to_string();
+        assert!(e.contains("no GPU: the CUDA driver (libcuda.so) is not installed"), "{e}");
+    }
+}

@@ -1,0 +1,68 @@
+//! `ringbench info`: what this machine offers ringbench: GPUs, the CUDA driver, NVRTC and cuBLAS
+//! as they load here, and the CUDA headers NVRTC would use. Every line says "not found" rather
+//! than failing, so it is the first thing to run on a new machine.
+
+use crate::backend::cuda::{device, kernels};
+use std::fmt::Write;
+
+fn version_string(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+pub fn report() -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "ringbench {} (commit {})", env!("CARGO_PKG_VERSION"), env!("RINGBENCH_GIT_COMMIT"));
+    if device::driver_available() {
+        let mut v = 0;
+        // SAFETY: the driver library is loaded (checked above); the call writes one int.
+        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        let _ = writeln!(o, "CUDA driver: {} (libcuda.so; {r:?})", version_string(v));
+        match device::device_count() {
+            Ok(n) => {
+                for i in 0..n {
+                    match cudarc::driver::CudaContext::new(i) {
+                        Ok(ctx) => {
+                            let name = ctx.name().unwrap_or_default();
+                            let (maj, min) = ctx.compute_capability().unwrap_or((0, 0));
+                            let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+                            let peak =
+                                device::peak_flops_for(&name).map(|p| format!(", {:.0} TFLOP/s BF16 dense", p / 1e12)).unwrap_or_default();
+                            let _ = writeln!(o, "GPU {i}: {name}, compute capability {maj}.{min}, {mem:.1} GiB{peak}");
+                        }
+                        Err(e) => {
+                            let _ = writeln!(o, "GPU {i}: cannot create a context: {e:?}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(o, "GPUs: {e:#}");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            o,
+            "CUDA driver: not found (libcuda.so): no NVIDIA GPU is usable on this machine; --backend cuda and selftest need one"
+        );
+    }
+    if kernels::nvrtc_available() {
+        let (mut maj, mut min) = (0, 0);
+        // SAFETY: NVRTC is loaded (checked above); the call writes two ints.
+        unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut maj, &mut min) };
+        let _ = writeln!(o, "NVRTC: {maj}.{min}");
+    } else {
+        let _ = writeln!(o, "NVRTC: not found (libnvrtc.so); kernels cannot be compiled here");
+    }
+    let _ = writeln!(o, "cuBLAS: {}", if device::cublas_available() { "found (libcublas.so)" } else { "not found (libcublas.so)" });
+    let include = kernels::include_dirs(None);
+    match include.first() {
+        Some(d) => {
+            let _ = writeln!(o, "CUDA headers: {}", d.display());
+        }
+        None => {
+            let _ = writeln!(o, "CUDA headers: not found (set CUDA_HOME or CUDA_PATH)");
+        }
+    }
+    let _ = writeln!(o, "NCCL: not used yet (the CUDA backend communicates through MPI with host staging)");
+    o
+}

@@ -1,0 +1,317 @@
+//! `ringbench selftest`: every backend op on this machine's GPU against the CPU backend, on fresh
+//! random inputs at awkward sizes (odd lengths, lengths off the tile, a single token), outputs
+//! poisoned with NaN before each run so that an unwritten element fails. Each case is written
+//! once against `Backend` and run on both (STYLE.md, item 8).
+
+use crate::backend::{Backend, Heads, Span};
+use crate::model::generator::{layer_tensor_id, uniform, Init, LayerTensor, Region};
+use anyhow::Result;
+use half::bf16;
+
+/// What an op produced, on the host.
+pub enum Output {
+    Bf16(Vec<bf16>),
+    F32(Vec<f32>),
+}
+
+/// How a GPU result may differ from the CPU's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Tolerance {
+    /// Bit for bit (the generator).
+    Exact,
+    /// One BF16 rounding apart: FP32 sums in another order can round the other way.
+    OneUlp,
+    /// FP32 values within this relative error (attention accumulators: fast exp, another order).
+    Relative(f64),
+}
+
+/// Seeded values in [-scale, scale).
+fn values(seed: u64, n: usize, scale: f32) -> Vec<bf16> {
+    (0..n).map(|i| bf16::from_f32(scale * uniform(seed, 99, i as u64))).collect()
+}
+
+/// One op with its inputs (host data) and shapes.
+pub enum Step {
+    Fill {
+        rows: usize,
+        cols: usize,
+        region: Region,
+        init: Init,
+    },
+    Matmul {
+        m: usize,
+        k: usize,
+        n: usize,
+        x: Vec<bf16>,
+        w: Vec<bf16>,
+    },
+    RmsNorm {
+        rows: usize,
+        cols: usize,
+        x: Vec<bf16>,
+        gain: Vec<bf16>,
+    },
+    Rope {
+        rows: usize,
+        heads: Heads,
+        x: Vec<bf16>,
+        span: Span,
+    },
+    Gelu {
+        x: Vec<bf16>,
+    },
+    Add {
+        x: Vec<bf16>,
+        y: Vec<bf16>,
+    },
+    /// Two attention calls into the same accumulators (so the merge with a non-empty state runs),
+    /// then the store to BF16; returns the FP32 (o, lse) concatenated.
+    Attention {
+        rows: usize,
+        heads: Heads,
+        q: Vec<bf16>,
+        kv: Vec<bf16>,
+        first: (Span, Span),
+        second: (Span, Span),
+        causal: bool,
+    },
+    CopyRows {
+        rows: usize,
+        cols: usize,
+        x: Vec<bf16>,
+        from: usize,
+        to: usize,
+        n: usize,
+    },
+}
+
+const POISON_BF16: bf16 = bf16::NAN;
+
+fn act<B: Backend>(be: &B, rows: usize, cols: usize, data: &[bf16]) -> Result<B::Act> {
+    let mut a = be.alloc_act(rows, cols)?;
+    be.upload(&mut a, data)?;
+    Ok(a)
+}
+
+fn poisoned<B: Backend>(be: &B, rows: usize, cols: usize) -> Result<B::Act> {
+    act(be, rows, cols, &vec![POISON_BF16; rows * cols])
+}
+
+/// Run one step on a backend.
+pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
+    let out = match step {
+        Step::Fill { rows, cols, region, init } => {
+            let mut o = poisoned(be, *rows, *cols)?;
+            be.fill(&mut o, 0, region, 7, *init)?;
+            Output::Bf16(be.download(&o)?)
+        }
+        Step::Matmul { m, k, n, x, w } => {
+            let (x, w) = (act(be, *m, *k, x)?, act(be, *k, *n, w)?);
+            let mut o = poisoned(be, *m, *n)?;
+            be.matmul(&x, &w, &mut o)?;
+            Output::Bf16(be.download(&o)?)
+        }
+        Step::RmsNorm { rows, cols, x, gain } => {
+            let (x, g) = (act(be, *rows, *cols, x)?, act(be, 1, *cols, gain)?);
+            let mut o = poisoned(be, *rows, *cols)?;
+            be.rms_norm(&x, &g, &mut o)?;
+            Output::Bf16(be.download(&o)?)
+        }
+        Step::Rope { rows, heads, x, span } => {
+            let mut x = act(be, *rows, x.len() / rows, x)?;
+            be.rope(&mut x, *heads, *span)?;
+            Output::Bf16(be.download(&x)?)
+        }
+        Step::Gelu { x } => {
+            let mut x = act(be, 1, x.len(), x)?;
+            be.gelu(&mut x)?;
+            Output::Bf16(be.download(&x)?)
+        }
+        Step::Add { x, y } => {
+            let (mut x, y) = (act(be, 1, x.len(), x)?, act(be, 1, y.len(), y)?);
+            be.add(&mut x, &y)?;
+            Output::Bf16(be.download(&x)?)
+        }
+        Step::Attention { rows, heads, q, kv, first, second, causal } => {
+            let w = heads.width();
+            let (q, kv) = (act(be, *rows, w, q)?, act(be, *rows, 2 * w, kv)?);
+            let (mut o, mut lse) = (be.alloc_acc(*rows, w)?, be.alloc_acc(*rows, heads.heads)?);
+            be.upload_acc(&mut o, &vec![f32::NAN; rows * w])?;
+            be.upload_acc(&mut lse, &vec![f32::NAN; rows * heads.heads])?;
+            be.attention_reset(&mut o, &mut lse)?;
+            for (qs, ks) in [first, second] {
+                be.attention(&q, &kv, *heads, *qs, *ks, *causal, &mut o, &mut lse)?;
+            }
+            let mut stored = poisoned(be, *rows, w)?;
+            be.attention_store(&o, &mut stored)?;
+            let mut all = be.download_acc(&o)?;
+            all.extend(be.download_acc(&lse)?);
+            all.extend(be.download(&stored)?.iter().map(|v| v.to_f32()));
+            Output::F32(all)
+        }
+        Step::CopyRows { rows, cols, x, from, to, n } => {
+            let x = act(be, *rows, *cols, x)?;
+            // Rows outside the copy must keep what they held: start from known values, not poison.
+            let mut o = act(be, *rows, *cols, &values(91, rows * cols, 1.0))?;
+            be.copy_rows(&x, *from, &mut o, *to, *n)?;
+            Output::Bf16(be.download(&o)?)
+        }
+    };
+    be.synchronize()?;
+    Ok(out)
+}
+
+/// The cases: every op at awkward sizes.
+pub fn steps() -> Vec<(String, Tolerance, Step)> {
+    let mut v = Vec::new();
+    let qkv = layer_tensor_id(3, LayerTensor::Qkv);
+    v.push((
+        "generate W_qkv shard (3 column blocks, 97 rows)".into(),
+        Tolerance::Exact,
+        Step::Fill {
+            rows: 97,
+            cols: 3 * 40,
+            region: Region { tensor: qkv, global_cols: 3 * 160, row0: 5, rows: 97, col_blocks: vec![(40, 40), (200, 40), (360, 40)] },
+            init: Init::Weight { fan_in: 160 },
+        },
+    ));
+    v.push((
+        "generate gain (1 x 4096)".into(),
+        Tolerance::Exact,
+        Step::Fill { rows: 1, cols: 4096, region: Region::rows(16, 4096, 0, 1), init: Init::Gain },
+    ));
+    v.push((
+        "generate input (1 token x 4096, index 2^33 + ...)".into(),
+        Tolerance::Exact,
+        Step::Fill { rows: 1, cols: 4096, region: Region::rows(1, 4096, 2_100_000, 1), init: Init::Uniform },
+    ));
+    for (i, &(m, k, n)) in [(1usize, 64usize, 96usize), (113, 37, 29), (257, 512, 1024), (1023, 256, 768)].iter().enumerate() {
+        v.push((
+            format!("matmul {m} x {k} x {n}"),
+            Tolerance::OneUlp,
+            Step::Matmul { m, k, n, x: values(10 + i as u64, m * k, 1.0), w: values(20 + i as u64, k * n, 0.1) },
+        ));
+    }
+    for (i, &(rows, cols)) in [(1usize, 64usize), (97, 4096), (300, 200)].iter().enumerate() {
+        v.push((
+            format!("rms_norm {rows} x {cols}"),
+            Tolerance::OneUlp,
+            Step::RmsNorm { rows, cols, x: values(30 + i as u64, rows * cols, 2.0), gain: values(40 + i as u64, cols, 1.0) },
+        ));
+    }
+    for (i, &(rows, heads, hd, pos0)) in [(1usize, 1usize, 64usize, 0usize), (97, 4, 128, 99_903), (300, 2, 64, 6250)].iter().enumerate() {
+        let h = Heads { heads, head_dim: hd };
+        let span = Span { row0: rows / 3, len: rows - rows / 3, pos0 };
+        v.push((
+            format!("rope {rows} rows, {heads} x {hd}, from position {pos0}"),
+            Tolerance::OneUlp,
+            Step::Rope { rows, heads: h, x: values(50 + i as u64, rows * 2 * h.width(), 1.0), span },
+        ));
+    }
+    for n in [1usize, 1023, 100_003] {
+        v.push((format!("gelu {n}"), Tolerance::OneUlp, Step::Gelu { x: values(60, n, 4.0) }));
+        v.push((format!("add {n}"), Tolerance::OneUlp, Step::Add { x: values(61, n, 4.0), y: values(62, n, 4.0) }));
+    }
+    for (i, &(rows, hd, causal)) in [(1usize, 64usize, true), (97, 128, true), (300, 64, false), (257, 128, false)].iter().enumerate() {
+        let heads = Heads { heads: 2, head_dim: hd };
+        let w = heads.width();
+        // Queries are the last part of the rows, keys come in two blocks: one before them
+        // (unmasked), one overlapping them (the diagonal), as a ring delivers them.
+        let split = rows / 2;
+        let q = Span { row0: split, len: rows - split, pos0: 1000 + split };
+        let first = (q, Span { row0: 0, len: split, pos0: 1000 });
+        let second = (q, Span { row0: split, len: rows - split, pos0: 1000 + split });
+        let (first, second) = if rows == 1 { (second, second) } else { (first, second) };
+        v.push((
+            format!("attention {rows} rows, 2 x {hd}, {}", if causal { "causal" } else { "full" }),
+            Tolerance::Relative(2e-4),
+            Step::Attention {
+                rows,
+                heads,
+                q: values(70 + i as u64, rows * w, 3.0),
+                kv: values(80 + i as u64, rows * 2 * w, 3.0),
+                first,
+                second,
+                causal,
+            },
+        ));
+    }
+    v.push((
+        "copy_rows 33 of 97 x 77".into(),
+        Tolerance::Exact,
+        Step::CopyRows { rows: 97, cols: 77, x: values(90, 97 * 77, 1.0), from: 50, to: 3, n: 33 },
+    ));
+    v
+}
+
+/// The comparison of one case: (max abs error, max relative error, pass).
+pub fn compare(want: &Output, got: &Output, tol: Tolerance) -> (f64, f64, bool) {
+    let (a, b): (Vec<f64>, Vec<f64>) = match (want, got) {
+        (Output::Bf16(a), Output::Bf16(b)) => (a.iter().map(|v| v.to_f64()).collect(), b.iter().map(|v| v.to_f64()).collect()),
+        (Output::F32(a), Output::F32(b)) => (a.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect()),
+        _ => return (f64::NAN, f64::NAN, false),
+    };
+    if a.len() != b.len() {
+        return (f64::NAN, f64::NAN, false);
+    }
+    let (mut max_abs, mut max_rel, mut pass) = (0.0f64, 0.0f64, true);
+    for (x, y) in a.iter().zip(&b) {
+        // Where the reference itself is -inf (an LSE with no keys), the GPU must agree exactly.
+        if x.is_infinite() && x == y {
+            continue;
+        }
+        let d = (x - y).abs();
+        // NaN never passes: every comparison with it is false.
+        let ok = match tol {
+            Tolerance::Exact => x == y,
+            Tolerance::OneUlp => d <= crate::harness::bf16_ulp(x.abs().max(y.abs())) + 1e-30,
+            Tolerance::Relative(r) => d <= r * x.abs().max(1.0),
+        };
+        pass &= ok;
+        max_abs = if d > max_abs || d.is_nan() { d } else { max_abs };
+        let rel = d / x.abs().max(1e-30);
+        max_rel = if rel > max_rel || rel.is_nan() { rel } else { max_rel };
+    }
+    (max_abs, max_rel, pass)
+}
+
+/// Run every case on `reference` and `tested`; print the table; true when all pass.
+pub fn run<R: Backend, T: Backend>(reference: &R, tested: &T, label: &str) -> Result<bool> {
+    println!("{:<58} {:>12} {:>12} {:>10}  verdict", "op", "max abs", "max rel", "tolerance");
+    let mut all = true;
+    for (name, tol, step) in steps() {
+        let want = execute(reference, &step)?;
+        let got = execute(tested, &step)?;
+        let (abs, rel, pass) = compare(&want, &got, tol);
+        all &= pass;
+        let t = match tol {
+            Tolerance::Exact => "exact".to_string(),
+            Tolerance::OneUlp => "1 ulp".to_string(),
+            Tolerance::Relative(r) => format!("{r:.0e} rel"),
+        };
+        println!("{name:<58} {abs:>12.3e} {rel:>12.3e} {t:>10}  {}", if pass { "PASS" } else { "FAIL" });
+    }
+    println!("selftest on {label}: {}", if all { "PASS" } else { "FAIL" });
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    #[test]
+    fn the_selftest_itself_passes_cpu_against_cpu_and_catches_poison() {
+        let (a, b) = (CpuBackend::new(), CpuBackend::new());
+        assert!(run(&a, &b, "cpu vs cpu").unwrap());
+        // An output left unwritten (still the NaN poison) fails, whatever the tolerance.
+        let want = Output::Bf16(vec![bf16::ONE; 3]);
+        let got = Output::Bf16(vec![bf16::ONE, POISON_BF16, bf16::ONE]);
+        for tol in [Tolerance::Exact, Tolerance::OneUlp, Tolerance::Relative(1e9)] {
+            assert!(!compare(&want, &got, tol).2, "{tol:?}");
+        }
+        // One BF16 ulp passes OneUlp and fails Exact.
+        let near = Output::Bf16(vec![bf16::ONE, bf16::from_bits(bf16::ONE.to_bits() + 1), bf16::ONE]);
+        assert!(compare(&want, &near, Tolerance::OneUlp).2 && !compare(&want, &near, Tolerance::Exact).2);
+    }
+}

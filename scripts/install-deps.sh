@@ -5,6 +5,8 @@ set -euo pipefail
 PKGS=(libopenmpi-dev openmpi-bin libclang-dev libhdf5-dev hdf5-tools pkg-config fonts-dejavu-core)
 # --slurm: also a SLURM controller, node daemon and munge, for scripts/slurm-local.sh.
 [ "${1:-}" = "--slurm" ] && PKGS+=(slurm-wlm munge)
+# pip fetches NVRTC and ptxas for the kernel check (scripts/cuda-tools.sh); Debian's python3 lacks it.
+python3 -m pip --version >/dev/null 2>&1 || PKGS+=(python3-pip)
 if dpkg -s "${PKGS[@]}" >/dev/null 2>&1; then
     exit 0 # all there: no apt, no network
 fi

@@ -8,7 +8,7 @@ use ringbench::backend::cuda::device::CudaBackend;
 use ringbench::backend::Backend;
 use ringbench::comm::mpi::MpiComm;
 use ringbench::comm::watchdog::{Watchdog, Watched};
-use ringbench::comm::Communicator;
+use ringbench::comm::{Communicator, HostCollectives};
 use ringbench::config::{BackendKind, ConfigArgs, ConfigError, RunConfig};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
@@ -260,7 +260,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
             // rank without a GPU cannot leave the others waiting.
             let be = CudaBackend::new(launch.local_rank, None);
             let agree = MpiComm::new(launch.world_for_strategies());
-            if !Communicator::<CpuBackend>::all_agree(&agree, be.is_ok())? {
+            if !agree.all_agree(be.is_ok())? {
                 if let Err(e) = &be {
                     launch::say(&format!("ringbench: rank {} on host {}: --backend cuda: {e:#}", launch.rank, launch.host));
                 }

@@ -3,7 +3,7 @@
 //! with sharp synthetic inputs and no MPI. Reductions sum in rank order, so every rank of a group
 //! gets bit-identical results, as with MPI's.
 
-use super::Communicator;
+use super::{Communicator, HostCollectives};
 use crate::backend::cpu::{CpuBackend, HostMat};
 use crate::backend::Matrix;
 use anyhow::{anyhow, ensure, Result};
@@ -74,7 +74,7 @@ impl LocalComm {
     }
 }
 
-impl Communicator<CpuBackend> for LocalComm {
+impl HostCollectives for LocalComm {
     fn rank(&self) -> usize {
         self.rank
     }
@@ -83,6 +83,30 @@ impl Communicator<CpuBackend> for LocalComm {
         self.members.len()
     }
 
+    fn barrier(&self) -> Result<()> {
+        self.all_gather(()).map(|_| ())
+    }
+
+    fn max_f64(&self, x: f64) -> Result<f64> {
+        Ok(self.all_gather(x)?.into_iter().fold(f64::NEG_INFINITY, f64::max))
+    }
+
+    fn all_agree(&self, ok: bool) -> Result<bool> {
+        Ok(self.all_gather(ok)?.into_iter().all(|b| b))
+    }
+
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+        *data = self.all_gather(data.clone())?.swap_remove(0);
+        Ok(())
+    }
+
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+        let all = self.all_gather(data.to_vec())?;
+        Ok((self.rank == 0).then_some(all))
+    }
+}
+
+impl Communicator<CpuBackend> for LocalComm {
     fn split(&self, color: usize, key: usize) -> Result<Self> {
         let all = self.all_gather((color, key))?;
         let mut group: Vec<(usize, usize)> = (0..all.len()).filter(|&r| all[r].0 == color).map(|r| (all[r].1, r)).collect();
@@ -128,28 +152,6 @@ impl Communicator<CpuBackend> for LocalComm {
         self.send(send, to)?;
         overlap()?;
         self.recv(recv, from)
-    }
-
-    fn barrier(&self) -> Result<()> {
-        self.all_gather(()).map(|_| ())
-    }
-
-    fn max_f64(&self, x: f64) -> Result<f64> {
-        Ok(self.all_gather(x)?.into_iter().fold(f64::NEG_INFINITY, f64::max))
-    }
-
-    fn all_agree(&self, ok: bool) -> Result<bool> {
-        Ok(self.all_gather(ok)?.into_iter().all(|b| b))
-    }
-
-    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
-        *data = self.all_gather(data.clone())?.swap_remove(0);
-        Ok(())
-    }
-
-    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
-        let all = self.all_gather(data.to_vec())?;
-        Ok((self.rank == 0).then_some(all))
     }
 }
 

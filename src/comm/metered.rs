@@ -3,7 +3,7 @@
 //! running the overlapped compute is compute, not communication; what remains of the call is the
 //! transfer time the compute did not hide.
 
-use super::Communicator;
+use super::{Communicator, HostCollectives};
 use crate::backend::{Backend, Matrix};
 use anyhow::Result;
 use half::bf16;
@@ -66,7 +66,7 @@ fn bytes<M: Matrix>(x: &M) -> u64 {
     x.len() as u64 * ACT_BYTES
 }
 
-impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
+impl<C: HostCollectives> HostCollectives for Metered<C> {
     fn rank(&self) -> usize {
         self.inner.rank()
     }
@@ -75,6 +75,28 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
         self.inner.size()
     }
 
+    fn barrier(&self) -> Result<()> {
+        self.timed(0, 0, || self.inner.barrier())
+    }
+
+    fn max_f64(&self, x: f64) -> Result<f64> {
+        self.timed(0, 0, || self.inner.max_f64(x))
+    }
+
+    fn all_agree(&self, ok: bool) -> Result<bool> {
+        self.timed(0, 0, || self.inner.all_agree(ok))
+    }
+
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+        self.timed(0, 0, || self.inner.gather_to_root(data))
+    }
+
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+        self.timed(0, 0, || self.inner.broadcast_bytes(data))
+    }
+}
+
+impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
     fn split(&self, color: usize, key: usize) -> Result<Self> {
         Ok(Metered { inner: self.inner.split(color, key)?, counters: self.counters.clone() })
     }
@@ -109,26 +131,6 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
         self.counters.add((t0.elapsed().as_secs_f64() - compute_s).max(0.0), sent, received);
         r
     }
-
-    fn barrier(&self) -> Result<()> {
-        self.timed(0, 0, || self.inner.barrier())
-    }
-
-    fn max_f64(&self, x: f64) -> Result<f64> {
-        self.timed(0, 0, || self.inner.max_f64(x))
-    }
-
-    fn all_agree(&self, ok: bool) -> Result<bool> {
-        self.timed(0, 0, || self.inner.all_agree(ok))
-    }
-
-    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
-        self.timed(0, 0, || self.inner.gather_to_root(data))
-    }
-
-    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
-        self.timed(0, 0, || self.inner.broadcast_bytes(data))
-    }
 }
 
 #[cfg(test)]
@@ -145,7 +147,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let be = CpuBackend::new();
                     let comm = Metered::new(c);
-                    let peer = 1 - Communicator::<CpuBackend>::rank(&comm);
+                    let peer = 1 - comm.rank();
                     let a = be.alloc_act(3, 4).unwrap();
                     let mut b = be.alloc_act(3, 4).unwrap();
                     comm.exchange(&a, peer, &mut b, peer, &mut || {

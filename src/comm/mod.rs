@@ -1,6 +1,6 @@
 //! How ranks exchange data. A strategy only ever talks to a `Communicator`: all-reduce for tensor
-//! parallelism, send/recv for the pipeline, the paired exchange of a ring step, plus the few host
-//! collectives the harness needs (barrier, max of timings, one verdict, gather of outputs).
+//! parallelism, send/recv for the pipeline, the paired exchange of a ring step; the harness adds
+//! the few host collectives it needs (barrier, max of timings, one verdict, gather of outputs).
 
 pub mod local;
 pub mod metered;
@@ -11,10 +11,28 @@ use crate::backend::Backend;
 use anyhow::Result;
 use half::bf16;
 
-pub trait Communicator<B: Backend> {
+/// What every transport offers whatever the backend: who is who, and host-side collectives.
+pub trait HostCollectives {
     fn rank(&self) -> usize;
     fn size(&self) -> usize;
 
+    fn barrier(&self) -> Result<()>;
+
+    /// The maximum of `x` over all ranks, on every rank.
+    fn max_f64(&self, x: f64) -> Result<f64>;
+
+    /// True on every rank if `ok` is true on every rank: one verdict for the whole job.
+    fn all_agree(&self, ok: bool) -> Result<bool>;
+
+    /// Rank 0's bytes on every rank (`data` is replaced on the others).
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()>;
+
+    /// Every rank's `data` on rank 0 (in rank order); None on the other ranks.
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>>;
+}
+
+/// The operations on a backend's buffers that the strategies use.
+pub trait Communicator<B: Backend>: HostCollectives {
     /// A communicator of the ranks that pass the same `color`, ranked by `key` (a TP group).
     fn split(&self, color: usize, key: usize) -> Result<Self>
     where
@@ -33,18 +51,4 @@ pub trait Communicator<B: Backend> {
     /// (no deadlock around the ring), running `overlap` (the compute on the block in hand) while
     /// the transfer is in flight. Returns once both the transfer and `overlap` are done.
     fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()>;
-
-    fn barrier(&self) -> Result<()>;
-
-    /// The maximum of `x` over all ranks, on every rank.
-    fn max_f64(&self, x: f64) -> Result<f64>;
-
-    /// True on every rank if `ok` is true on every rank: one verdict for the whole job.
-    fn all_agree(&self, ok: bool) -> Result<bool>;
-
-    /// Rank 0's bytes on every rank (`data` is replaced on the others).
-    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()>;
-
-    /// Every rank's `data` on rank 0 (in rank order); None on the other ranks.
-    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>>;
 }

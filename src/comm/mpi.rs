@@ -7,7 +7,7 @@
 //! to run every strategy on GPUs (and several ranks on one GPU in tests) before NCCL, not a way to
 //! measure GPU communication.
 
-use super::Communicator;
+use super::{Communicator, HostCollectives};
 use crate::backend::cpu::{CpuBackend, HostMat};
 use crate::backend::cuda::device::{CudaBackend, DevMat};
 use crate::backend::Matrix;
@@ -106,14 +106,6 @@ impl MpiComm {
 }
 
 impl Communicator<CpuBackend> for MpiComm {
-    fn rank(&self) -> usize {
-        self.comm.rank() as usize
-    }
-
-    fn size(&self) -> usize {
-        self.comm.size() as usize
-    }
-
     fn split(&self, color: usize, key: usize) -> Result<Self> {
         self.split_comm(color, key)
     }
@@ -141,38 +133,10 @@ impl Communicator<CpuBackend> for MpiComm {
     ) -> Result<()> {
         self.exchange_bits(bits(send.as_slice()), to, bits_mut(recv.as_mut_slice()), from, overlap)
     }
-
-    fn barrier(&self) -> Result<()> {
-        self.barrier_host()
-    }
-
-    fn max_f64(&self, x: f64) -> Result<f64> {
-        self.max_host(x)
-    }
-
-    fn all_agree(&self, ok: bool) -> Result<bool> {
-        self.agree_host(ok)
-    }
-
-    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
-        self.broadcast_host(data)
-    }
-
-    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
-        self.gather_host(data)
-    }
 }
 
 /// Device buffers staged through the host: download, the MPI operation, upload.
 impl Communicator<CudaBackend> for MpiComm {
-    fn rank(&self) -> usize {
-        self.comm.rank() as usize
-    }
-
-    fn size(&self) -> usize {
-        self.comm.size() as usize
-    }
-
     fn split(&self, color: usize, key: usize) -> Result<Self> {
         self.split_comm(color, key)
     }
@@ -208,48 +172,36 @@ impl Communicator<CudaBackend> for MpiComm {
         self.exchange_bits(&outgoing, to, &mut incoming, from, overlap)?;
         recv.from_host(&incoming)
     }
-
-    fn barrier(&self) -> Result<()> {
-        self.barrier_host()
-    }
-
-    fn max_f64(&self, x: f64) -> Result<f64> {
-        self.max_host(x)
-    }
-
-    fn all_agree(&self, ok: bool) -> Result<bool> {
-        self.agree_host(ok)
-    }
-
-    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
-        self.broadcast_host(data)
-    }
-
-    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
-        self.gather_host(data)
-    }
 }
 
 /// The host collectives both backends share.
-impl MpiComm {
-    fn barrier_host(&self) -> Result<()> {
+impl HostCollectives for MpiComm {
+    fn rank(&self) -> usize {
+        self.comm.rank() as usize
+    }
+
+    fn size(&self) -> usize {
+        self.comm.size() as usize
+    }
+
+    fn barrier(&self) -> Result<()> {
         self.comm.barrier();
         Ok(())
     }
 
-    fn max_host(&self, x: f64) -> Result<f64> {
+    fn max_f64(&self, x: f64) -> Result<f64> {
         let mut out = 0.0f64;
         self.comm.all_reduce_into(&x, &mut out, SystemOperation::max());
         Ok(out)
     }
 
-    fn agree_host(&self, ok: bool) -> Result<bool> {
+    fn all_agree(&self, ok: bool) -> Result<bool> {
         let mut all = 0i32;
         self.comm.all_reduce_into(&i32::from(ok), &mut all, SystemOperation::min());
         Ok(all == 1)
     }
 
-    fn broadcast_host(&self, data: &mut Vec<u8>) -> Result<()> {
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
         let root = self.comm.process_at_rank(0);
         let mut len = data.len() as u64;
         root.broadcast_into(&mut len);
@@ -258,7 +210,7 @@ impl MpiComm {
         Ok(())
     }
 
-    fn gather_host(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
         let Ok(n) = i32::try_from(data.len()) else {
             bail!("gather of {} values exceeds MPI's 32-bit count; verify a smaller config", data.len());
         };

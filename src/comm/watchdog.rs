@@ -3,7 +3,7 @@
 //! rank, host, operation, peer and size. A dead or stalled peer then costs at most the timeout,
 //! never the rest of an allocation.
 
-use super::Communicator;
+use super::{Communicator, HostCollectives};
 use crate::backend::{Backend, Matrix};
 use anyhow::Result;
 use half::bf16;
@@ -95,7 +95,7 @@ fn bytes<M: Matrix>(x: &M) -> u64 {
     2 * x.len() as u64
 }
 
-impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
+impl<C: HostCollectives> HostCollectives for Watched<C> {
     fn rank(&self) -> usize {
         self.inner.rank()
     }
@@ -104,6 +104,29 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
         self.inner.size()
     }
 
+    fn barrier(&self) -> Result<()> {
+        self.dog.guard("barrier", None, 0, || self.inner.barrier())
+    }
+
+    fn max_f64(&self, x: f64) -> Result<f64> {
+        self.dog.guard("all_reduce(max)", None, 8, || self.inner.max_f64(x))
+    }
+
+    fn all_agree(&self, ok: bool) -> Result<bool> {
+        self.dog.guard("all_reduce(agree)", None, 4, || self.inner.all_agree(ok))
+    }
+
+    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+        let n = data.len() as u64;
+        self.dog.guard("broadcast", Some(0), n, || self.inner.broadcast_bytes(data))
+    }
+
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+        self.dog.guard("gather", Some(0), 2 * data.len() as u64, || self.inner.gather_to_root(data))
+    }
+}
+
+impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
     fn split(&self, color: usize, key: usize) -> Result<Self> {
         let inner = self.dog.guard("split", None, 0, || self.inner.split(color, key))?;
         Ok(Watched { inner, dog: self.dog.clone() })
@@ -128,27 +151,6 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
     fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let n = bytes(send);
         self.dog.guard("ring exchange", Some(from), n, || self.inner.exchange(send, to, recv, from, overlap))
-    }
-
-    fn barrier(&self) -> Result<()> {
-        self.dog.guard("barrier", None, 0, || self.inner.barrier())
-    }
-
-    fn max_f64(&self, x: f64) -> Result<f64> {
-        self.dog.guard("all_reduce(max)", None, 8, || self.inner.max_f64(x))
-    }
-
-    fn all_agree(&self, ok: bool) -> Result<bool> {
-        self.dog.guard("all_reduce(agree)", None, 4, || self.inner.all_agree(ok))
-    }
-
-    fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
-        let n = data.len() as u64;
-        self.dog.guard("broadcast", Some(0), n, || self.inner.broadcast_bytes(data))
-    }
-
-    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
-        self.dog.guard("gather", Some(0), 2 * data.len() as u64, || self.inner.gather_to_root(data))
     }
 }
 
@@ -189,7 +191,7 @@ mod tests {
             Watchdog::start(Duration::from_millis(50), "r".into(), Box::new(move |r| tx.lock().unwrap().send(r.to_string()).unwrap()));
         let c = Watched::new(LocalComm::world(1).pop().unwrap(), dog);
         for _ in 0..5 {
-            Communicator::<CpuBackend>::barrier(&c).unwrap();
+            c.barrier().unwrap();
             std::thread::sleep(Duration::from_millis(30)); // compute between calls is not watched
         }
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());

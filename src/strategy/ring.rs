@@ -93,6 +93,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu::{CpuBackend, HostMat};
     use crate::comm::local::LocalComm;
+    use crate::comm::HostCollectives;
     use crate::config::{Layout, ModelConfig};
     use crate::model::generator::uniform;
     use half::bf16;

@@ -337,6 +337,9 @@ pub fn within(d: Diff, tol: Diff) -> bool {
     d.rel_l2 <= tol.rel_l2 && d.max_abs <= tol.max_abs
 }
 
+/// The most FLOPs `verify`'s FP64 oracle may take: about a quarter of an hour on one core.
+const ORACLE_FLOP_LIMIT: f64 = 1e13;
+
 /// Run the strategy once, compare on rank 0, and return the verdict every rank agrees on.
 pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfig, be: &B, comm: &C, save: Option<&Path>) -> Result<bool> {
     let root = comm.rank() == 0;
@@ -347,6 +350,15 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
             let why = problem.unwrap_or_else(|| "rank 0 cannot write it".into());
             return Err(ConfigError(format!("--save-output {}: {why}", path.display())).into());
         }
+    }
+    // The FP64 oracle runs on rank 0's CPU: refuse what would take it hours, before any work.
+    let oracle_flops = flops::job_flops(&RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() }).total();
+    if oracle_flops > ORACLE_FLOP_LIMIT {
+        return Err(ConfigError(format!(
+            "verify checks small configs: its FP64 oracle on rank 0 would compute {oracle_flops:.1e} FLOPs (about {:.0} min at ~10 GFLOP/s, the limit is {ORACLE_FLOP_LIMIT:.0e}); reduce --seq-len, --batch, --layers or --d-model",
+            oracle_flops / 1e10 / 60.0
+        ))
+        .into());
     }
     if root {
         println!("ringbench verify: {}", cfg.describe());

@@ -40,7 +40,11 @@ fn each_bad_input_fails_fast_with_its_message() {
 
 #[test]
 fn combinations_that_only_fail_together_are_refused() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["verify", "--strategy", "ring", "--seq-len", "200000", "--batch", "64"],
+            "verify checks small configs: its FP64 oracle on rank 0 would compute",
+        ),
         (&["run", "--strategy", "all", "--tp", "2", "--pp", "2", "--ring", "2"], "--ring 2: the job has 4 ranks"),
         (
             &["verify", "--strategy", "all", "--pp", "2", "--save-output", "x.h5"],

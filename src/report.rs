@@ -73,6 +73,21 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("{e}")
 }
 
+type Chart<'a> =
+    ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+
+/// The series legend, top right (the charts leave head room there).
+fn legend(c: &mut Chart<'_>) -> Result<()> {
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font((FONT, 16))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
 /// Bars of tokens/s with their 95% confidence intervals.
 fn tps_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&StrategySummary]) -> Result<()> {
     // An interval unbounded above (too few iterations) is drawn to twice the value.
@@ -130,14 +145,7 @@ fn iterations_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s
             .label(label(x))
             .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], col.stroke_width(3)));
     }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font((FONT, 16))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut c)
 }
 
 /// Per-rank bars, one group per rank and one bar per strategy run; `value` gives the stacked
@@ -203,14 +211,7 @@ fn per_rank_chart(
                 .legend(move |(a, b)| Rectangle::new([(a, b - 6), (a + 16, b + 6)], col.filled()));
         }
     }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font((FONT, 16))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut c)
 }
 
 fn mean_ms(r: &RankRun, f: fn(&IterationRecord) -> f64) -> f64 {

@@ -31,6 +31,15 @@ impl<T: Copy + Default> HostMat<T> {
     }
 }
 
+impl<T: Copy> HostMat<T> {
+    /// Host values into the rows in use (exactly as many as they hold).
+    fn copy_from_host(&mut self, data: &[T]) -> Result<()> {
+        ensure!(data.len() == self.len(), "upload: {} values into a buffer of {}", data.len(), self.len());
+        self.as_mut_slice().copy_from_slice(data);
+        Ok(())
+    }
+}
+
 impl<T> HostMat<T> {
     fn bytes(&self) -> u64 {
         (self.data.len() * std::mem::size_of::<T>()) as u64
@@ -393,9 +402,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, x: &mut Self::Act, data: &[bf16]) -> Result<()> {
-        ensure!(data.len() == x.len(), "upload: {} values into a buffer of {}", data.len(), x.len());
-        x.as_mut_slice().copy_from_slice(data);
-        Ok(())
+        x.copy_from_host(data)
     }
 
     fn download_acc(&self, x: &Self::Acc) -> Result<Vec<f32>> {
@@ -403,9 +410,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload_acc(&self, x: &mut Self::Acc, data: &[f32]) -> Result<()> {
-        ensure!(data.len() == x.len(), "upload: {} values into a buffer of {}", data.len(), x.len());
-        x.as_mut_slice().copy_from_slice(data);
-        Ok(())
+        x.copy_from_host(data)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -176,6 +176,25 @@ pub struct RunConfig {
     pub backend: BackendKind,
     pub warmup: usize,
     pub iters: usize,
+    /// Set when one process runs the compute of one rank of a larger job (`--emulate-world`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulate: Option<Emulation>,
+}
+
+/// One process standing in for rank `as_rank` of a `world`-rank job: it runs exactly that rank's
+/// compute, and every communication call becomes a device copy of the same size. It measures the
+/// per-rank time of a job larger than the machine; it cannot see waits on other ranks (pipeline
+/// bubbles, stragglers) nor link speed, so its results are labelled emulated wherever they appear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emulation {
+    pub world: usize,
+    pub as_rank: usize,
+}
+
+impl Emulation {
+    pub fn label(&self) -> String {
+        format!("emulated rank {} of {}", self.as_rank, self.world)
+    }
 }
 
 impl RunConfig {
@@ -197,6 +216,7 @@ impl RunConfig {
             backend: BackendKind::Cpu,
             warmup: p.warmup,
             iters: p.iters,
+            emulate: None,
         }
     }
 
@@ -209,6 +229,11 @@ impl RunConfig {
         }
     }
 
+    /// The rank of the strategy this process runs: its own, or the emulated one.
+    pub fn strategy_rank(&self, process_rank: usize) -> usize {
+        self.emulate.map_or(process_rank, |e| e.as_rank)
+    }
+
     pub fn micro_batches(&self) -> usize {
         self.model.batch / self.micro_batch
     }
@@ -219,7 +244,8 @@ impl RunConfig {
 
     /// One line naming the strategy, its parallel layout and the work, for the console.
     pub fn describe(&self) -> String {
-        format!("{}, seed {}, {} backend", self.describe_work(), self.seed, self.backend.name())
+        let emulated = self.emulate.map(|e| format!(", {} (communication replaced by device copies)", e.label())).unwrap_or_default();
+        format!("{}, seed {}, {} backend{emulated}", self.describe_work(), self.seed, self.backend.name())
     }
 
     /// The strategy, its parallel layout and the model's work, without where it runs.
@@ -370,10 +396,47 @@ impl ConfigArgs {
                     backend: self.backend,
                     warmup: self.warmup.unwrap_or(p.warmup),
                     iters: self.iters.unwrap_or(p.iters),
+                    emulate: None,
                 };
                 validate(&cfg, world).map(|()| cfg)
             })
             .collect()
+    }
+}
+
+/// `run`'s flags for emulating one rank of a larger job on this one process.
+#[derive(Args, Clone, Debug, Default)]
+pub struct EmulateArgs {
+    /// Emulate a job of P ranks: this single process runs the compute of --as-rank K only, with
+    /// communication replaced by device copies of the same sizes (results labelled emulated).
+    #[arg(long, value_name = "P", requires = "as_rank")]
+    pub emulate_world: Option<usize>,
+    /// The rank of the emulated job whose work this process runs (0 .. P-1).
+    #[arg(long, value_name = "K", requires = "emulate_world")]
+    pub as_rank: Option<usize>,
+}
+
+impl EmulateArgs {
+    /// The configs to run for a launch of `processes` processes: as `args` resolves them on the
+    /// emulated world, each marked emulated; or, without emulation, as on the real world.
+    pub fn resolve(&self, args: &ConfigArgs, processes: usize) -> Result<Vec<RunConfig>, ConfigError> {
+        let (Some(world), Some(as_rank)) = (self.emulate_world, self.as_rank) else {
+            return args.resolve(processes);
+        };
+        if world == 0 {
+            bad!("--emulate-world 0: must be at least 1");
+        }
+        if as_rank >= world {
+            bad!("--as-rank {as_rank}: must be below --emulate-world {world} (ranks 0 .. {})", world - 1);
+        }
+        if processes != 1 {
+            bad!("--emulate-world runs one rank's work in one process, but the job has {processes} processes (launch it with -np 1)");
+        }
+        let mut cfgs = args.resolve(world)?;
+        for cfg in &mut cfgs {
+            cfg.emulate = Some(Emulation { world, as_rank });
+        }
+        Ok(cfgs)
     }
 }
 

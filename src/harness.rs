@@ -33,7 +33,11 @@ pub struct Place {
 /// Refuse, before any work, a config whose buffers cannot fit in the memory this rank may use.
 /// Every rank checks its own share; the verdict and the worst figures are agreed by all.
 pub fn check_memory<B: Backend, C: Communicator<B>>(cfgs: &[RunConfig], be: &B, comm: &C, sharing: usize, keep: bool) -> Result<()> {
-    let need = cfgs.iter().map(|c| strategy::memory_estimate(c, comm.rank(), keep)).max_by_key(|e| e.total()).expect("at least one config");
+    let need = cfgs
+        .iter()
+        .map(|c| strategy::memory_estimate(c, c.strategy_rank(comm.rank()), keep))
+        .max_by_key(|e| e.total())
+        .expect("at least one config");
     let budget = be.memory_budget(sharing);
     let fits = budget.is_none_or(|b| need.total() <= b);
     let worst_need = comm.max_f64(need.total() as f64)?;
@@ -131,12 +135,15 @@ fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBa
 }
 
 /// Run each config in turn under the measurement protocol, write this rank's results file after
-/// each, then (rank 0) reduce the run directory into CSV and print the summary.
-pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
+/// each, then (rank 0) reduce the run directory into CSV and print the summary. The strategies
+/// talk through `strategy_comm(cfg)` (a duplicate of the world, or an emulated rank's transport),
+/// metered; the harness's own barriers and reductions use `comm` and are not counted.
+pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     cfgs: &[RunConfig],
     choice: &str,
     be: &B,
     comm: &C,
+    strategy_comm: &dyn Fn(&RunConfig) -> Result<S>,
     place: &Place,
     opts: &RunOptions,
 ) -> Result<()> {
@@ -144,11 +151,11 @@ pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
     let dir = create_run_dir(comm, choice, opts)?;
     let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if root {
-        println!("ringbench run {run_id}: {} ranks, results in {}", comm.size(), dir.display());
+        match cfgs[0].emulate {
+            Some(e) => println!("ringbench run {run_id}: one process, {}, results in {}", e.label(), dir.display()),
+            None => println!("ringbench run {run_id}: {} ranks, results in {}", comm.size(), dir.display()),
+        }
     }
-    // Strategies communicate through a metered duplicate of the world; the harness's own
-    // barriers and reductions use `comm` and are not counted.
-    let metered = Metered::new(comm.split(0, comm.rank())?);
     let (h5_major, h5_minor, h5_release) = hdf5::library_version();
     let libraries = format!("{}; HDF5 {h5_major}.{h5_minor}.{h5_release}", place.mpi_library);
     journal::with(|j| *j = Some(Journal { dir: dir.clone(), rank: place.rank, world: comm.size(), runs: Vec::new() }));
@@ -173,10 +180,11 @@ pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
             status: "running".into(),
             iterations: Vec::with_capacity(cfg.iters),
             memory: be.memory(),
-            flops: flops::rank_flops(cfg, comm.rank()),
+            flops: flops::rank_flops(cfg, cfg.strategy_rank(comm.rank())),
             device_peak_flops: be.peak_flops(),
         };
         journal::with(|j| j.as_mut().map(|j| j.runs.push(run)));
+        let metered = Metered::new(strategy_comm(cfg)?);
         measure(cfg, be, comm, &metered, root && !opts.quiet, opts.fault)?;
         let memory = be.memory();
         journal::with(|j| -> Result<()> {
@@ -191,7 +199,8 @@ pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
     if root {
         let summaries = reduce::reduce_into(std::slice::from_ref(&dir), &dir, false)?;
         print_summaries(&summaries);
-        println!("wrote {} rank files, summary.csv and ranks.csv to {}", comm.size(), dir.display());
+        let files = if comm.size() == 1 { "1 rank file".to_string() } else { format!("{} rank files", comm.size()) };
+        println!("wrote {files}, summary.csv and ranks.csv to {}", dir.display());
     }
     Ok(())
 }
@@ -199,11 +208,11 @@ pub fn run<B: Backend + 'static, C: Communicator<B> + 'static>(
 /// Warm-up and measured iterations of one strategy. Each iteration starts at a barrier; its record
 /// holds this rank's time to the end of its forward pass and what the metered communicator saw,
 /// and goes into the journal (the last run there) as soon as it is taken.
-fn measure<B: Backend + 'static, C: Communicator<B> + 'static>(
+fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     cfg: &RunConfig,
     be: &B,
     comm: &C,
-    metered: &Metered<C>,
+    metered: &Metered<S>,
     show: bool,
     fault: Option<Fault>,
 ) -> Result<()> {
@@ -243,7 +252,17 @@ fn measure<B: Backend + 'static, C: Communicator<B> + 'static>(
 /// The console's account of each strategy run, then the side-by-side comparison.
 pub fn print_summaries(summaries: &[StrategySummary]) {
     for s in summaries {
-        println!("{} ({}):", s.config.strategy.name(), s.status);
+        match s.config.emulate {
+            // The job's figures below assume every rank takes as long as the emulated one.
+            Some(e) => println!(
+                "{} ({}, EMULATED rank {} of {}; communication as device copies, no waiting on other ranks):",
+                s.config.strategy.name(),
+                s.status,
+                e.as_rank,
+                e.world
+            ),
+            None => println!("{} ({}):", s.config.strategy.name(), s.status),
+        }
         let Some(m) = &s.measured else {
             println!("  no measured iterations");
             continue;
@@ -284,6 +303,9 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
         println!("{:<24}{:>18}{:>18}", "iteration (mean)", fmt_seconds(tp.iter.mean), fmt_seconds(ring.iter.mean));
         println!("{:<24}{:>18}{:>18}", "peak memory (max rank)", fmt_bytes(tp.peak_buffers.0), fmt_bytes(ring.peak_buffers.0));
         println!("{:<24}{:>18}{:>18}", "communication (max)", fmt_seconds(tp.comm_s.0), fmt_seconds(ring.comm_s.0));
+        if summaries.iter().any(|s| s.config.emulate.is_some()) {
+            println!("(emulated: one rank's work each, not a measured job)");
+        }
         println!(
             "ring speed-up over tp-pp: {:.2}x; ring memory / tp-pp memory: {:.2}x",
             ring.tps / tp.tps,

@@ -9,7 +9,8 @@ use ringbench::backend::Backend;
 use ringbench::comm::mpi::MpiComm;
 use ringbench::comm::watchdog::{Watchdog, Watched};
 use ringbench::comm::{Communicator, HostCollectives};
-use ringbench::config::{BackendKind, ConfigArgs, ConfigError, RunConfig};
+use ringbench::comm::emulated::Emulated;
+use ringbench::config::{BackendKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
@@ -58,6 +59,8 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    #[command(flatten)]
+    emulate: EmulateArgs,
     /// Results root: the run lands in DIR/<run id>/ (rank files, summary.csv, ranks.csv).
     #[arg(long, value_name = "DIR", default_value = "results")]
     out: PathBuf,
@@ -252,7 +255,10 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
         Command::Verify(a) => &a.config,
         _ => unreachable!("runs without MPI"),
     };
-    let cfgs = config_args.resolve(launch.size)?;
+    let cfgs = match &cli.command {
+        Command::Run(a) => a.emulate.resolve(config_args, launch.size)?,
+        _ => config_args.resolve(launch.size)?,
+    };
     match cfgs[0].backend {
         BackendKind::Cpu => execute(cli, config_args, &cfgs, &CpuBackend::new(), launch),
         BackendKind::Cuda => {
@@ -291,10 +297,19 @@ where
     harness::check_memory(cfgs, be, &comm, launch.local_size, matches!(cli.command, Command::Verify(_)))?;
     match &cli.command {
         Command::Run(a) => {
-            let place =
-                Place { rank: launch.rank, local_rank: launch.local_rank, host: launch.host.clone(), mpi_library: launch.mpi_library() };
+            let place = Place {
+                rank: cfgs[0].strategy_rank(launch.rank),
+                local_rank: launch.local_rank,
+                host: launch.host.clone(),
+                mpi_library: launch.mpi_library(),
+            };
             let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet, fault: Fault::from_env()? };
-            harness::run(cfgs, config_args.strategy.name(), be, &comm, &place, &opts).map(|()| ExitCode::SUCCESS)
+            let choice = config_args.strategy.name();
+            match cfgs[0].emulate {
+                None => harness::run(cfgs, choice, be, &comm, &|_| comm.split(0, comm.rank()), &place, &opts),
+                Some(e) => harness::run(cfgs, choice, be, &comm, &|cfg| Emulated::new(be, cfg, e.as_rank), &place, &opts),
+            }
+            .map(|()| ExitCode::SUCCESS)
         }
         Command::Verify(a) => {
             if a.save_output.is_some() && cfgs.len() > 1 {

@@ -2,6 +2,7 @@
 //! parallelism, send/recv for the pipeline, the paired exchange of a ring step; the harness adds
 //! the few host collectives it needs (barrier, max of timings, one verdict, gather of outputs).
 
+pub mod emulated;
 pub mod local;
 pub mod metered;
 pub mod mpi;

@@ -61,9 +61,11 @@ pub fn load(dir: &Path, partial: bool) -> Result<(Vec<RankRun>, Vec<String>)> {
         ensure!(!runs.is_empty(), "rank {rank}: {} holds no strategy run", path.display());
         Ok(runs)
     };
-    // The world size and the reference for consistency come from rank 0's file, or with
-    // `partial` from the lowest-numbered readable one.
-    let candidates: Vec<usize> = if partial { present_ranks(dir) } else { vec![0] };
+    // The world size and the reference for consistency come from the lowest-numbered rank file
+    // (rank 0's, unless it is missing or the run is an emulated rank's), or with `partial` from the
+    // lowest-numbered readable one.
+    let present = present_ranks(dir);
+    let candidates: Vec<usize> = if partial { present } else { vec![present.first().copied().unwrap_or(0)] };
     let mut first = None;
     for rank in candidates {
         match read_rank(rank) {
@@ -77,9 +79,13 @@ pub fn load(dir: &Path, partial: bool) -> Result<(Vec<RankRun>, Vec<String>)> {
     }
     let Some((first_rank, first)) = first else { bail!("no readable rank file in {}", dir.display()) };
     let mut problems = Vec::new();
-    let world = first[0].config.world();
+    // An emulated run is one process's file, named after the rank it stood in for.
+    let expected: Vec<usize> = match first[0].config.emulate {
+        Some(e) => vec![e.as_rank],
+        None => (0..first[0].config.world()).collect(),
+    };
     let mut all = Vec::new();
-    for rank in 0..world {
+    for rank in expected {
         let runs = if rank == first_rank { Ok(first.clone()) } else { read_rank(rank) };
         let checked = runs.and_then(|runs| {
             ensure!(
@@ -239,6 +245,8 @@ fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
     let m = &cfg.model;
     let [tp, pp, ring, layout] = parallel_columns(cfg);
     vec![
+        ("emulated", cfg.emulate.is_some().to_string()),
+        ("emulated_rank", cfg.emulate.map(|e| e.as_rank.to_string()).unwrap_or_default()),
         ("backend", cfg.backend.name().to_string()),
         ("world", cfg.world().to_string()),
         ("tp", tp),
@@ -371,6 +379,7 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
                     ("strategy", r.config.strategy.name().to_string()),
                     ("sequence", r.sequence.to_string()),
                     ("rank", r.rank.to_string()),
+                    ("emulated", r.config.emulate.is_some().to_string()),
                     ("local_rank", r.local_rank.to_string()),
                     ("host", r.host.clone()),
                     ("device", r.device.clone()),

@@ -51,7 +51,7 @@ impl MemoryEstimate {
     }
 }
 
-/// What rank `rank` allocates; `keep` adds the kept output of `verify`.
+/// What rank `rank` allocates; `keep` adds the kept output of `verify`, emulation its scratch buffer.
 pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstimate {
     let m = &cfg.model;
     let (bf, f32b) = (2u64, 4u64);
@@ -74,14 +74,15 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
         + f32b * (rows * w + rows * hl);
     let x = bf * rows * d;
     let out = if keep { bf * (m.batch * tokens) as u64 * d } else { 0 };
+    let emulation = if cfg.emulate.is_some() { crate::comm::emulated::scratch_bytes(cfg) } else { 0 };
     // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
     let matmul = f32b * (rows * d + d * f + rows * f);
     let attention = f32b * (kv_rows * 2 * w + 64 * kv_rows + 64 * w);
-    MemoryEstimate { weights, activations: workspace + x + out, scratch: matmul.max(attention) + bf * rows * d }
+    MemoryEstimate { weights, activations: workspace + x + out + emulation, scratch: matmul.max(attention) + bf * rows * d }
 }
 
 /// Set up the strategy `cfg` names on this rank: generate its weights, allocate its buffers.
-pub fn build<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfig, be: &B, comm: &C) -> Result<Box<dyn Strategy<B, C>>> {
+pub fn build<'a, B: Backend + 'a, C: Communicator<B> + 'a>(cfg: &RunConfig, be: &B, comm: &C) -> Result<Box<dyn Strategy<B, C> + 'a>> {
     Ok(match cfg.strategy {
         StrategyKind::Reference => Box::new(reference::Reference::new(cfg, be)?),
         StrategyKind::TpPp => Box::new(tp_pp::TpPp::new(cfg, be, comm)?),

@@ -1,0 +1,189 @@
+//! The transport of an emulated rank (`--emulate-world P --as-rank K`): one process runs exactly
+//! the compute of rank K of a P-rank job, and every communication call becomes a copy of the same
+//! size in this device's memory. The copies keep the memory traffic and the order of operations of
+//! the real job; they cannot stand for link bandwidth (a device copy is faster than NVLink or
+//! InfiniBand) nor for waiting on other ranks (pipeline fill and drain, stragglers). Hence every
+//! emulated result is labelled so, and `plan` remains the place for link-bound projections.
+//!
+//! Message contents are not what the real job would receive: an emulated ring rank attends to a
+//! copy of its own K/V block in every step. The work is the same (masking and tile skipping depend
+//! only on the token positions of the block's owner, which the strategy knows), so the timing is.
+
+use super::{Communicator, HostCollectives};
+use crate::backend::{Backend, Matrix};
+use crate::config::{RunConfig, StrategyKind};
+use crate::model::generator::{Init, Region, INPUT_TENSOR};
+use anyhow::{ensure, Result};
+use half::bf16;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub struct Emulated<'a, B: Backend> {
+    be: &'a B,
+    rank: usize,
+    size: usize,
+    /// The tensor-parallel size: the only groups strategies split off are tp-pp's TP groups.
+    tp: usize,
+    /// Where sends go and receives come from (tp-pp): one buffer of the largest message, the
+    /// micro-batch's activations, shared by the groups split from this communicator.
+    scratch: Rc<RefCell<Option<B::Act>>>,
+}
+
+/// [rows, cols] of the scratch buffer a config needs: tp-pp's all-reduces and pipeline
+/// messages are one micro-batch's activations; the ring copies block to block and needs none.
+pub fn scratch_shape(cfg: &RunConfig) -> Option<(usize, usize)> {
+    (cfg.strategy == StrategyKind::TpPp && cfg.world() > 1).then_some((cfg.micro_batch * cfg.model.seq_len, cfg.model.d_model))
+}
+
+/// Bytes of the scratch buffer: what an emulated rank holds beyond the real rank's buffers.
+pub fn scratch_bytes(cfg: &RunConfig) -> u64 {
+    scratch_shape(cfg).map_or(0, |(r, c)| (r * c * std::mem::size_of::<bf16>()) as u64)
+}
+
+impl<'a, B: Backend> Emulated<'a, B> {
+    /// Rank `as_rank` of the job `cfg` describes. Allocates the scratch buffer tp-pp's messages
+    /// go through, filled like input activations so a pipeline stage computes on realistic values.
+    pub fn new(be: &'a B, cfg: &RunConfig, as_rank: usize) -> Result<Self> {
+        let scratch = match scratch_shape(cfg) {
+            Some((rows, cols)) => {
+                let mut s = be.alloc_act(rows, cols)?;
+                be.fill(&mut s, 0, &Region::rows(INPUT_TENSOR, cols, 0, rows), cfg.seed, Init::Uniform)?;
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(Emulated { be, rank: as_rank, size: cfg.world(), tp: cfg.tp, scratch: Rc::new(RefCell::new(scratch)) })
+    }
+
+    fn with_scratch<T>(&self, rows: usize, f: impl FnOnce(&mut B::Act) -> Result<T>) -> Result<T> {
+        let mut guard = self.scratch.borrow_mut();
+        let scratch = guard.as_mut().ok_or_else(|| anyhow::anyhow!("emulated communication without a scratch buffer"))?;
+        ensure!(rows <= scratch.capacity_rows(), "emulated message of {rows} rows exceeds the scratch buffer's {}", scratch.capacity_rows());
+        scratch.set_rows(rows);
+        f(scratch)
+    }
+
+    fn check_peer(&self, peer: usize) -> Result<()> {
+        ensure!(peer < self.size, "rank {peer} outside an emulated communicator of {}", self.size);
+        Ok(())
+    }
+}
+
+/// One process is the whole job as far as the harness can see: every collective is this rank's own value.
+impl<B: Backend> HostCollectives for Emulated<'_, B> {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn max_f64(&self, x: f64) -> Result<f64> {
+        Ok(x)
+    }
+
+    fn all_agree(&self, ok: bool) -> Result<bool> {
+        Ok(ok)
+    }
+
+    fn broadcast_bytes(&self, _data: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+
+    fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
+        Ok((self.rank == 0).then(|| vec![data.to_vec()]))
+    }
+}
+
+impl<B: Backend> Communicator<B> for Emulated<'_, B> {
+    /// tp-pp's TP group: color = stage, key = TP rank, tp members.
+    fn split(&self, _color: usize, key: usize) -> Result<Self> {
+        ensure!(key < self.tp, "emulated split: key {key} outside a tensor-parallel group of {}", self.tp);
+        Ok(Emulated { be: self.be, rank: key, size: self.tp, tp: self.tp, scratch: self.scratch.clone() })
+    }
+
+    /// A ring all-reduce moves about the buffer out and the buffer in per rank: one copy out to the
+    /// scratch buffer and one back.
+    fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()> {
+        if self.size == 1 {
+            return Ok(());
+        }
+        let rows = x.rows();
+        self.with_scratch(rows, |s| {
+            self.be.copy_rows(x, 0, s, 0, rows)?;
+            self.be.copy_rows(s, 0, x, 0, rows)
+        })
+    }
+
+    fn send(&self, x: &B::Act, to: usize) -> Result<()> {
+        self.check_peer(to)?;
+        self.with_scratch(x.rows(), |s| self.be.copy_rows(x, 0, s, 0, x.rows()))
+    }
+
+    fn recv(&self, x: &mut B::Act, from: usize) -> Result<()> {
+        self.check_peer(from)?;
+        let rows = x.rows();
+        self.with_scratch(rows, |s| self.be.copy_rows(s, 0, x, 0, rows))
+    }
+
+    /// The incoming block's rows are copied from the outgoing block (cycled when the incoming one
+    /// is longer, as uneven ring chunks can be), then the compute runs; on one stream, in order.
+    fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        self.check_peer(to)?;
+        self.check_peer(from)?;
+        ensure!(send.rows() > 0 || recv.rows() == 0, "emulated exchange: nothing to copy into {} rows", recv.rows());
+        let mut done = 0;
+        while done < recv.rows() {
+            let n = send.rows().min(recv.rows() - done);
+            self.be.copy_rows(send, 0, recv, done, n)?;
+            done += n;
+        }
+        overlap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::config::Preset;
+
+    #[test]
+    fn messages_keep_their_sizes_and_the_tp_group_its_shape() {
+        let be = CpuBackend::new();
+        let cfg = RunConfig::of_preset(Preset::Tiny, StrategyKind::TpPp, 2, 2, 4);
+        let world = Emulated::new(&be, &cfg, 3).unwrap();
+        assert_eq!((world.rank(), world.size()), (3, 4));
+        let group = Communicator::<CpuBackend>::split(&world, 1, 1).unwrap();
+        assert_eq!((group.rank(), group.size()), (1, 2));
+        let rows = cfg.micro_batch * cfg.model.seq_len;
+        let mut x = be.alloc_act(rows, cfg.model.d_model).unwrap();
+        // A receive hands over what the scratch holds: generated activations, not zeros.
+        Communicator::<CpuBackend>::recv(&world, &mut x, 1).unwrap();
+        assert!(x.as_slice().iter().any(|v| v.to_f32() != 0.0));
+        Communicator::<CpuBackend>::all_reduce_sum(&group, &mut x).unwrap();
+        assert!(Communicator::<CpuBackend>::send(&world, &x, 4).is_err(), "rank 4 is outside a world of 4");
+
+        // Uneven ring blocks: 5 rows in, 3 rows out.
+        let ring = RunConfig::of_preset(Preset::Tiny, StrategyKind::Ring, 1, 1, 4);
+        let comm = Emulated::new(&be, &ring, 2).unwrap();
+        let mut send = be.alloc_act(3, 2).unwrap();
+        send.as_mut_slice().iter_mut().enumerate().for_each(|(i, v)| *v = bf16::from_f32(i as f32));
+        let mut recv = be.alloc_act(5, 2).unwrap();
+        let mut ran = false;
+        Communicator::<CpuBackend>::exchange(&comm, &send, 3, &mut recv, 1, &mut || {
+            ran = true;
+            Ok(())
+        })
+        .unwrap();
+        assert!(ran);
+        let got: Vec<f32> = recv.as_slice().iter().map(|v| v.to_f32()).collect();
+        assert_eq!(got, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(scratch_bytes(&ring), 0);
+    }
+}

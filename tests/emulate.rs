@@ -1,0 +1,103 @@
+//! `run --emulate-world P --as-rank K`: one process does exactly rank K's work of a P-rank job.
+//! Checked against a real P-rank launch of the same config: every emulated rank sends and receives
+//! the bytes the real rank did, counts the same FLOPs, and holds the same buffers (tp-pp: plus the
+//! one scratch buffer its copies go through); and the results say "emulated" wherever they appear.
+
+mod common;
+use common::mpirun;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn temp_root(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringbench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// ranks.csv as (strategy, rank) -> column -> value.
+fn ranks(dir: &Path) -> HashMap<(String, String), HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(dir.join("ranks.csv")).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    r.records()
+        .map(|rec| {
+            let row: HashMap<String, String> = header.iter().cloned().zip(rec.unwrap().iter().map(String::from)).collect();
+            ((row["strategy"].clone(), row["rank"].clone()), row)
+        })
+        .collect()
+}
+
+const JOB: [&str; 12] = ["run", "--preset", "tiny", "--strategy", "all", "--tp", "2", "--pp", "2", "--ring", "4", "--quiet"];
+
+#[test]
+fn each_emulated_rank_does_exactly_the_real_ranks_work() {
+    let root = temp_root("emulate");
+    let out = root.to_str().unwrap();
+    let real = mpirun(4, &[&JOB[..], &["--out", out, "--run-id", "real"]].concat());
+    assert_eq!(real.status, Some(0), "{}", real.all());
+    let real_ranks = ranks(&root.join("real"));
+    // tp-pp's emulated copies go through one micro-batch of activations: 256 tokens x 64 x BF16.
+    let scratch_gib = (256 * 64 * 2) as f64 / (1u64 << 30) as f64;
+    for k in 0..4 {
+        let id = format!("emulated-{k}");
+        let run = mpirun(1, &[&JOB[..], &["--out", out, "--run-id", &id, "--emulate-world", "4", "--as-rank", &k.to_string()]].concat());
+        assert_eq!(run.status, Some(0), "{}", run.all());
+        let stdout = &run.stdout;
+        assert!(stdout.contains(&format!("one process, emulated rank {k} of 4")), "{stdout}");
+        assert!(stdout.contains(&format!("tp-pp (complete, EMULATED rank {k} of 4")), "{stdout}");
+        assert!(stdout.contains("(emulated: one rank's work each, not a measured job)"), "{stdout}");
+        let dir = root.join(&id);
+        let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(files.contains(&format!("rank-{k:05}.h5")) && files.iter().filter(|f| f.ends_with(".h5")).count() == 1, "{files:?}");
+        let emulated = ranks(&dir);
+        for strategy in ["tp-pp", "ring"] {
+            let key = (strategy.to_string(), k.to_string());
+            let (e, r) = (&emulated[&key], &real_ranks[&key]);
+            assert_eq!(e["emulated"], "true");
+            assert_eq!(r["emulated"], "false");
+            for column in ["sent_mib_per_iter", "received_mib_per_iter", "linear_tflop_per_iter", "attention_tflop_per_iter"] {
+                assert_eq!(e[column], r[column], "{strategy} rank {k}: {column}");
+            }
+            let extra = if strategy == "tp-pp" { scratch_gib } else { 0.0 };
+            let (pe, pr): (f64, f64) = (e["peak_mem_gib"].parse().unwrap(), r["peak_mem_gib"].parse().unwrap());
+            assert!((pe - pr - extra).abs() < 1e-6, "{strategy} rank {k}: peak {pe} GiB emulated vs {pr} GiB real (+ {extra} scratch)");
+        }
+        let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+        let mut lines = summary.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let (ie, ir, iw) = (
+            header.iter().position(|h| *h == "emulated").unwrap(),
+            header.iter().position(|h| *h == "emulated_rank").unwrap(),
+            header.iter().position(|h| *h == "world").unwrap(),
+        );
+        for line in lines {
+            let row: Vec<&str> = line.split(',').collect();
+            assert_eq!((row[ie], row[ir], row[iw]), ("true", k.to_string().as_str(), "4"), "{line}");
+        }
+        // The offline reducer reads an emulated run's single rank file and writes the same tables.
+        let reduced = std::process::Command::new(env!("CARGO_BIN_EXE_ringbench")).args(["reduce", dir.to_str().unwrap()]).output().unwrap();
+        assert!(reduced.status.success(), "{}", String::from_utf8_lossy(&reduced.stderr));
+        assert!(String::from_utf8_lossy(&reduced.stdout).contains("EMULATED"));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn bad_emulation_flags_are_refused_before_any_work() {
+    let root = temp_root("emulate-bad");
+    let out = root.to_str().unwrap();
+    let cases: [(usize, &[&str], &str); 4] = [
+        (1, &["--emulate-world", "4", "--as-rank", "4"], "--as-rank 4: must be below --emulate-world 4"),
+        (1, &["--emulate-world", "0", "--as-rank", "0"], "--emulate-world 0: must be at least 1"),
+        (2, &["--emulate-world", "4", "--as-rank", "1"], "the job has 2 processes (launch it with -np 1)"),
+        (1, &["--emulate-world", "4"], "--as-rank <K>"),
+    ];
+    for (np, flags, want) in cases {
+        let run = mpirun(np, &[&["run", "--strategy", "ring", "--out", out], flags].concat());
+        assert_ne!(run.status, Some(0), "{flags:?}");
+        assert!(run.stderr.contains(want), "{flags:?}: want {want:?} in\n{}", run.stderr);
+    }
+    let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+    assert!(left.is_empty(), "no run directory for refused input: {left:?}");
+    let _ = std::fs::remove_dir_all(&root);
+}

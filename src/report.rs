@@ -43,7 +43,10 @@ fn colour(i: usize) -> RGBColor {
 }
 
 fn label(s: &StrategySummary) -> String {
-    format!("{} ({})", s.config.strategy.name(), s.first.run_id)
+    match s.config.emulate {
+        Some(e) => format!("{} ({}, EMULATED rank {}/{})", s.config.strategy.name(), s.first.run_id, e.as_rank, e.world),
+        None => format!("{} ({})", s.config.strategy.name(), s.first.run_id),
+    }
 }
 
 /// Draw into `<dir>/<name>.partial.png`, then move it into place (an identical existing chart is

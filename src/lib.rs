@@ -2,6 +2,7 @@
 //! command line over them; integration tests use them directly.
 
 pub mod backend;
+pub mod bench;
 pub mod comm;
 pub mod config;
 pub mod fault;

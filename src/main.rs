@@ -50,9 +50,19 @@ enum Command {
     /// Time warm-up and measured iterations of one strategy; rank 0 prints the mean iteration
     /// time, tokens/s and time per token.
     Run(RunArgs),
+    /// Benchmarks of one part alone, on this machine's device (no MPI).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run a strategy once and compare its final hidden states with the single-rank reference;
     /// prints the errors, the tolerance, and PASS or FAIL (exit status 1 on FAIL, on every rank).
     Verify(VerifyArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The attention kernel alone: one query block against one key/value block per sequence,
+    /// TFLOP/s by the convention 4 x queries x keys x head_dim x heads, halved for causal.
+    Attention(ringbench::bench::AttentionArgs),
 }
 
 #[derive(Args)]
@@ -136,6 +146,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Selftest => return selftest(),
+        Command::Bench(BenchCommand::Attention(args)) => return bench_attention(args),
         Command::Report(args) => {
             return match ringbench::report::report(&args.dir) {
                 Ok(paths) => {
@@ -191,6 +202,32 @@ fn selftest() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn bench_attention(args: &ringbench::bench::AttentionArgs) -> ExitCode {
+    if let Err(e) = args.validate() {
+        eprintln!("ringbench: error: {e}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let result = match args.backend {
+        BackendKind::Cpu => ringbench::bench::attention(&CpuBackend::new(), args),
+        BackendKind::Cuda => match CudaBackend::new(0, None) {
+            Ok(be) => ringbench::bench::attention(&be, args),
+            Err(e) => {
+                eprintln!("ringbench bench attention: --backend cuda: {e:#}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        },
+    };
+    match result {
+        Ok(r) if args.json => println!("{}", serde_json::to_string_pretty(&r).expect("the result serialises")),
+        Ok(r) => println!("{}", ringbench::bench::render(&r)),
+        Err(e) => {
+            eprintln!("ringbench bench attention: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn plan(args: &PlanArgs) -> ExitCode {

@@ -26,6 +26,11 @@ fn info_selftest_and_the_cuda_backend_say_there_is_no_gpu() {
     assert!(err.contains("no GPU: the CUDA driver (libcuda.so) is not installed"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
+    let bench = Command::new(bin).args(["bench", "attention", "--backend", "cuda"]).output().unwrap();
+    let err = String::from_utf8_lossy(&bench.stderr);
+    assert_eq!(bench.status.code(), Some(2), "{err}");
+    assert!(err.contains("--backend cuda: no GPU"), "{err}");
+
     let run = mpirun(2, &["run", "--backend", "cuda", "--strategy", "ring"]);
     let out = run.all();
     assert_eq!(run.status, Some(2), "{out}");

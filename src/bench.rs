@@ -1,0 +1,208 @@
+//! `ringbench bench attention`: the attention kernel alone, on shapes given by flags, so its speed
+//! can be compared with other implementations (scripts/torch_peer.py) on the same card in the
+//! same run. FLOPs follow the usual convention: 4 x queries x keys x head_dim x heads per sequence
+//! (QK^T and PV, a multiply-add as two), halved for causal attention.
+
+use crate::backend::{Backend, Heads, Span};
+use crate::config::{BackendKind, ConfigError};
+use crate::metrics::{fmt_seconds, Stats};
+use crate::model::generator::{Init, Region};
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Generator tensor ids of the benchmark's inputs (outside the model's ids).
+const BENCH_Q: u64 = 1 << 40;
+const BENCH_KV: u64 = (1 << 40) + 1;
+
+#[derive(Args, Clone, Debug)]
+pub struct AttentionArgs {
+    #[arg(long, value_enum, default_value = "cuda")]
+    pub backend: BackendKind,
+    #[arg(long, default_value_t = 32)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 128)]
+    pub head_dim: usize,
+    /// Query tokens per sequence (one ring rank's block in the paper model: 100,000 / 16).
+    #[arg(long, default_value_t = 6250)]
+    pub queries: usize,
+    /// Key/value tokens per sequence.
+    #[arg(long, default_value_t = 6250)]
+    pub keys: usize,
+    /// Sequences, each its own query and key/value block.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Causal mask: queries and keys cover the same positions (a diagonal block; needs --queries = --keys).
+    #[arg(long)]
+    pub causal: bool,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AttentionArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (flag, v) in [
+            ("--heads", self.heads),
+            ("--head-dim", self.head_dim),
+            ("--queries", self.queries),
+            ("--keys", self.keys),
+            ("--batch", self.batch),
+            ("--iters", self.iters),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!("{flag} 0: must be at least 1")));
+            }
+        }
+        if self.causal && self.queries != self.keys {
+            return Err(ConfigError(format!(
+                "--causal: the benchmark's causal block is a diagonal one, so --queries {} must equal --keys {}",
+                self.queries, self.keys
+            )));
+        }
+        Ok(())
+    }
+
+    /// FLOPs of one call by the convention above.
+    pub fn flops(&self) -> f64 {
+        let full = 4.0 * self.queries as f64 * self.keys as f64 * self.head_dim as f64 * self.heads as f64 * self.batch as f64;
+        if self.causal {
+            full / 2.0
+        } else {
+            full
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttentionResult {
+    pub device: String,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub batch: usize,
+    pub causal: bool,
+    pub flops: f64,
+    pub iters: usize,
+    pub mean_s: f64,
+    pub ci95_s: (f64, f64),
+    pub min_s: f64,
+    pub tflops: f64,
+    /// TFLOP/s of the fastest iteration.
+    pub tflops_best: f64,
+}
+
+/// Time the attention of every sequence's query block against its key/value block, merged into
+/// freshly reset accumulators; each iteration ends when the device is done.
+pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionResult> {
+    let heads = Heads { heads: args.heads, head_dim: args.head_dim };
+    let w = heads.width();
+    let (q_rows, kv_rows) = (args.batch * args.queries, args.batch * args.keys);
+    let mut q = be.alloc_act(q_rows, w)?;
+    let mut kv = be.alloc_act(kv_rows, 2 * w)?;
+    be.fill(&mut q, 0, &Region::rows(BENCH_Q, w, 0, q_rows), 0, Init::Uniform)?;
+    be.fill(&mut kv, 0, &Region::rows(BENCH_KV, 2 * w, 0, kv_rows), 0, Init::Uniform)?;
+    let mut o = be.alloc_acc(q_rows, w)?;
+    let mut lse = be.alloc_acc(q_rows, args.heads)?;
+    let mut times = Vec::with_capacity(args.iters);
+    for i in 0..args.warmup + args.iters {
+        be.attention_reset(&mut o, &mut lse)?;
+        be.synchronize()?;
+        let t0 = Instant::now();
+        for s in 0..args.batch {
+            let qs = Span { row0: s * args.queries, len: args.queries, pos0: 0 };
+            let ks = Span { row0: s * args.keys, len: args.keys, pos0: 0 };
+            be.attention(&q, &kv, heads, qs, ks, args.causal, &mut o, &mut lse)?;
+        }
+        be.synchronize()?;
+        if i >= args.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let st = Stats::of(&times).expect("--iters >= 1");
+    let flops = args.flops();
+    Ok(AttentionResult {
+        device: be.device_name(),
+        heads: args.heads,
+        head_dim: args.head_dim,
+        queries: args.queries,
+        keys: args.keys,
+        batch: args.batch,
+        causal: args.causal,
+        flops,
+        iters: st.n,
+        mean_s: st.mean,
+        ci95_s: st.ci95,
+        min_s: st.min,
+        tflops: flops / st.mean / 1e12,
+        tflops_best: flops / st.min / 1e12,
+    })
+}
+
+pub fn render(r: &AttentionResult) -> String {
+    format!(
+        "ringbench bench attention on {}: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, 95% CI [{}, {}], min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
+        r.device,
+        r.batch,
+        r.queries,
+        r.keys,
+        r.heads,
+        r.head_dim,
+        if r.causal { "causal" } else { "non-causal" },
+        fmt_seconds(r.mean_s),
+        fmt_seconds(r.ci95_s.0),
+        fmt_seconds(r.ci95_s.1),
+        fmt_seconds(r.min_s),
+        r.iters,
+        r.tflops,
+        r.tflops_best,
+        r.flops,
+        if r.causal { ", halved for causal" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AttentionArgs,
+    }
+
+    fn args(flags: &str) -> AttentionArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.split_whitespace())).unwrap().args
+    }
+
+    #[test]
+    fn flops_follow_the_convention() {
+        let a = args("--heads 32 --head-dim 128 --queries 6250 --keys 6250");
+        assert_eq!(a.flops(), 4.0 * 6250.0 * 6250.0 * 128.0 * 32.0);
+        let c = args("--heads 32 --head-dim 128 --queries 6250 --keys 6250 --causal --batch 2");
+        assert_eq!(c.flops(), a.flops());
+    }
+
+    #[test]
+    fn bad_shapes_name_their_flag() {
+        assert!(args("--heads 0").validate().unwrap_err().0.contains("--heads 0"));
+        assert!(args("--causal --queries 10 --keys 12").validate().unwrap_err().0.contains("--queries 10 must equal --keys 12"));
+    }
+
+    #[test]
+    fn the_cpu_backend_runs_it_and_the_rate_is_flops_over_time() {
+        let a = args("--backend cpu --heads 2 --head-dim 16 --queries 33 --keys 33 --causal --warmup 0 --iters 2");
+        let r = attention(&CpuBackend::new(), &a).unwrap();
+        assert_eq!(r.iters, 2);
+        assert!((r.tflops - r.flops / r.mean_s / 1e12).abs() <= 1e-12 * r.tflops.max(1.0));
+        assert!(r.min_s <= r.mean_s && r.tflops_best >= r.tflops);
+    }
+}

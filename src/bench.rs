@@ -3,6 +3,8 @@
 //! same run. FLOPs follow the usual convention: 4 x queries x keys x head_dim x heads per sequence
 //! (QK^T and PV, a multiply-add as two), halved for causal attention.
 
+use crate::backend::cuda::device::AttentionKernel;
+use crate::backend::cuda::launch::flash_kernel;
 use crate::backend::{Backend, Heads, Span};
 use crate::config::{BackendKind, ConfigError};
 use crate::metrics::{fmt_seconds, Stats};
@@ -43,6 +45,9 @@ pub struct AttentionArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The CUDA backend's attention kernel (auto: the tensor-core flash kernel for head dims 64 and 128).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kernel: crate::backend::cuda::device::AttentionKernel,
 }
 
 impl AttentionArgs {
@@ -82,6 +87,7 @@ impl AttentionArgs {
 #[derive(Clone, Debug, Serialize)]
 pub struct AttentionResult {
     pub device: String,
+    pub kernel: String,
     pub heads: usize,
     pub head_dim: usize,
     pub queries: usize,
@@ -127,8 +133,14 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionRe
     }
     let st = Stats::of(&times).expect("--iters >= 1");
     let flops = args.flops();
+    let kernel = match (args.backend, args.kernel) {
+        (BackendKind::Cpu, _) => "cpu (tiled FP32 GEMMs)",
+        (BackendKind::Cuda, AttentionKernel::Auto) if flash_kernel(args.head_dim).is_some() => "flash (mma.sync tensor cores)",
+        (BackendKind::Cuda, _) => "plain (one warp per query row)",
+    };
     Ok(AttentionResult {
         device: be.device_name(),
+        kernel: kernel.to_string(),
         heads: args.heads,
         head_dim: args.head_dim,
         queries: args.queries,
@@ -147,8 +159,9 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionRe
 
 pub fn render(r: &AttentionResult) -> String {
     format!(
-        "ringbench bench attention on {}: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, 95% CI [{}, {}], min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
+        "ringbench bench attention on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, 95% CI [{}, {}], min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
         r.device,
+        r.kernel,
         r.batch,
         r.queries,
         r.keys,

@@ -136,6 +136,26 @@ impl BackendKind {
     }
 }
 
+/// How ranks exchange device data (`--comm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommKind {
+    /// MPI on host buffers (the CUDA backend stages through the host; several ranks may share a GPU).
+    #[default]
+    Mpi,
+    /// NCCL between GPUs, on a communication stream of its own (CUDA backend; one rank per GPU).
+    Nccl,
+}
+
+impl CommKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CommKind::Mpi => "mpi",
+            CommKind::Nccl => "nccl",
+        }
+    }
+}
+
 struct PresetValues {
     model: ModelConfig,
     micro_batch: usize,
@@ -174,6 +194,9 @@ pub struct RunConfig {
     pub seed: u64,
     pub causal: bool,
     pub backend: BackendKind,
+    /// The transport between ranks (older results without it used MPI).
+    #[serde(default)]
+    pub comm: CommKind,
     pub warmup: usize,
     pub iters: usize,
     /// Set when one process runs the compute of one rank of a larger job (`--emulate-world`).
@@ -214,6 +237,7 @@ impl RunConfig {
             seed: 0,
             causal: true,
             backend: BackendKind::Cpu,
+            comm: CommKind::Mpi,
             warmup: p.warmup,
             iters: p.iters,
             emulate: None,
@@ -245,7 +269,7 @@ impl RunConfig {
     /// One line naming the strategy, its parallel layout and the work, for the console.
     pub fn describe(&self) -> String {
         let emulated = self.emulate.map(|e| format!(", {} (communication replaced by device copies)", e.label())).unwrap_or_default();
-        format!("{}, seed {}, {} backend{emulated}", self.describe_work(), self.seed, self.backend.name())
+        format!("{}, seed {}, {} backend, {}{emulated}", self.describe_work(), self.seed, self.backend.name(), self.comm.name())
     }
 
     /// The strategy, its parallel layout and the model's work, without where it runs.
@@ -336,6 +360,9 @@ pub struct ConfigArgs {
     pub no_causal: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
+    /// Transport between ranks. Default: nccl with --backend cuda, mpi with --backend cpu.
+    #[arg(long, value_enum)]
+    pub comm: Option<CommKind>,
     /// Warm-up iterations (not measured).
     #[arg(long, value_name = "N")]
     pub warmup: Option<usize>,
@@ -377,6 +404,13 @@ impl ConfigArgs {
         if !(self.comm_timeout.is_finite() && self.comm_timeout > 0.0) {
             return Err(ConfigError(format!("--comm-timeout {}: must be a positive number of seconds", self.comm_timeout)));
         }
+        let comm = match (self.backend, self.comm) {
+            (BackendKind::Cpu, Some(CommKind::Nccl)) => {
+                return Err(ConfigError("--comm nccl: NCCL moves GPU buffers; it needs --backend cuda".into()))
+            }
+            (BackendKind::Cpu, _) => CommKind::Mpi,
+            (BackendKind::Cuda, chosen) => chosen.unwrap_or(CommKind::Nccl),
+        };
         let pp = self.pp.unwrap_or(1);
         self.strategy
             .strategies()
@@ -394,6 +428,7 @@ impl ConfigArgs {
                     seed: self.seed,
                     causal: !self.no_causal,
                     backend: self.backend,
+                    comm,
                     warmup: self.warmup.unwrap_or(p.warmup),
                     iters: self.iters.unwrap_or(p.iters),
                     emulate: None,
@@ -570,6 +605,7 @@ mod tests {
             ("--strategy reference", 2, "--strategy reference runs on 1 rank"),
             ("--strategy tp-pp --pp 0", 2, "--pp 0: must be at least 1"),
             ("--strategy tp-pp --tp 2 --mlp 255", 2, "--mlp 255 must be divisible"),
+            ("--strategy ring --comm nccl", 2, "--comm nccl: NCCL moves GPU buffers; it needs --backend cuda"),
         ];
         for (flags, world, want) in cases {
             let got = error(flags, world);

@@ -53,7 +53,17 @@ pub fn report() -> String {
     } else {
         let _ = writeln!(o, "NVRTC: not found (libnvrtc.so); kernels cannot be compiled here");
     }
-    let _ = writeln!(o, "cuBLAS: {}", if device::cublas_available() { "found (libcublas.so)" } else { "not found (libcublas.so)" });
+    if device::cublas_available() {
+        use cudarc::cublas::sys::{cublasGetProperty, libraryPropertyType};
+        let mut v = [0i32; 3];
+        for (slot, p) in v.iter_mut().zip([libraryPropertyType::MAJOR_VERSION, libraryPropertyType::MINOR_VERSION, libraryPropertyType::PATCH_LEVEL]) {
+            // SAFETY: cuBLAS is loaded (checked above); the call writes one int and needs no handle.
+            unsafe { cublasGetProperty(p, slot) };
+        }
+        let _ = writeln!(o, "cuBLAS: {}.{}.{} (libcublas.so)", v[0], v[1], v[2]);
+    } else {
+        let _ = writeln!(o, "cuBLAS: not found (libcublas.so)");
+    }
     let include = kernels::include_dirs(None);
     match include.first() {
         Some(d) => {
@@ -63,6 +73,13 @@ pub fn report() -> String {
             let _ = writeln!(o, "CUDA headers: not found (set CUDA_HOME or CUDA_PATH)");
         }
     }
-    let _ = writeln!(o, "NCCL: not used yet (the CUDA backend communicates through MPI with host staging)");
+    match crate::comm::nccl::NcclComm::library_version() {
+        Some(v) => {
+            let _ = writeln!(o, "NCCL: {v} (libnccl.so)");
+        }
+        None => {
+            let _ = writeln!(o, "NCCL: not found (libnccl.so, unversioned); --comm nccl needs it, --comm mpi does not");
+        }
+    }
     o
 }

@@ -9,8 +9,9 @@ use ringbench::backend::Backend;
 use ringbench::comm::mpi::MpiComm;
 use ringbench::comm::watchdog::{Watchdog, Watched};
 use ringbench::comm::{Communicator, HostCollectives};
-use ringbench::comm::emulated::Emulated;
-use ringbench::config::{BackendKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig};
+use ringbench::comm::emulated::{EmulationTransfers, Emulated};
+use ringbench::comm::nccl::{placement_problem, NcclComm};
+use ringbench::config::{BackendKind, CommKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
@@ -212,7 +213,10 @@ fn bench_attention(args: &ringbench::bench::AttentionArgs) -> ExitCode {
     let result = match args.backend {
         BackendKind::Cpu => ringbench::bench::attention(&CpuBackend::new(), args),
         BackendKind::Cuda => match CudaBackend::new(0, None) {
-            Ok(be) => ringbench::bench::attention(&be, args),
+            Ok(be) => {
+                be.set_attention_kernel(args.kernel);
+                ringbench::bench::attention(&be, args)
+            }
             Err(e) => {
                 eprintln!("ringbench bench attention: --backend cuda: {e:#}");
                 return ExitCode::from(EXIT_BAD_INPUT);
@@ -296,41 +300,54 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
         Command::Run(a) => a.emulate.resolve(config_args, launch.size)?,
         _ => config_args.resolve(launch.size)?,
     };
+    let world = || MpiComm::new(launch.world_for_strategies());
     match cfgs[0].backend {
-        BackendKind::Cpu => execute(cli, config_args, &cfgs, &CpuBackend::new(), launch),
+        BackendKind::Cpu => execute(cli, config_args, &cfgs, &CpuBackend::new(), launch, || Ok(world())),
         BackendKind::Cuda => {
             // Every rank must have its GPU before any collective work: agree first, so that one
             // rank without a GPU cannot leave the others waiting.
             let be = CudaBackend::new(launch.local_rank, None);
-            let agree = MpiComm::new(launch.world_for_strategies());
+            let agree = world();
             if !agree.all_agree(be.is_ok())? {
                 if let Err(e) = &be {
                     launch::say(&format!("ringbench: rank {} on host {}: --backend cuda: {e:#}", launch.rank, launch.host));
                 }
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             }
-            execute(cli, config_args, &cfgs, &be?, launch)
+            let be = be?;
+            // An emulated rank is one process: its copies need no transport between GPUs.
+            if cfgs[0].comm == CommKind::Mpi || cfgs[0].emulate.is_some() {
+                return execute(cli, config_args, &cfgs, &be, launch, || Ok(world()));
+            }
+            let problem = placement_problem(launch.local_size, be.devices(), &launch.host);
+            if !agree.all_agree(problem.is_none())? {
+                if let Some(p) = problem {
+                    launch::say(&format!("ringbench: rank {}: {p}", launch.rank));
+                }
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            }
+            execute(cli, config_args, &cfgs, &be, launch, || NcclComm::new(world(), &be))
         }
     }
 }
 
-/// `run` or `verify` on backend `be`, with MPI (watched) between the ranks.
-fn execute<B: Backend + 'static>(
+/// `run` or `verify` on backend `be`, with the transport `connect` makes (watched) between ranks.
+fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'static>(
     cli: &Cli,
     config_args: &ConfigArgs,
     cfgs: &[RunConfig],
     be: &B,
     launch: &Launch,
-) -> anyhow::Result<ExitCode>
-where
-    MpiComm: Communicator<B>,
-{
+    connect: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<ExitCode> {
     let dog = Watchdog::start(
         Duration::from_secs_f64(config_args.comm_timeout),
         format!("rank {} on host {}", launch.rank, launch.host),
         Box::new(|report| launch::abort_job(report)),
     );
-    let comm = Watched::new(MpiComm::new(launch.world_for_strategies()), dog);
+    // Creating a communicator is collective (NCCL's init waits for every rank): watched too.
+    let transport = dog.guard("communicator setup", None, 0, connect)?;
+    let comm = Watched::new(transport, dog);
     harness::check_memory(cfgs, be, &comm, launch.local_size, matches!(cli.command, Command::Verify(_)))?;
     match &cli.command {
         Command::Run(a) => {
@@ -344,7 +361,10 @@ where
             let choice = config_args.strategy.name();
             match cfgs[0].emulate {
                 None => harness::run(cfgs, choice, be, &comm, &|_| comm.split(0, comm.rank()), &place, &opts),
-                Some(e) => harness::run(cfgs, choice, be, &comm, &|cfg| Emulated::new(be, cfg, e.as_rank), &place, &opts),
+                Some(e) => {
+                    let transfers = be.emulation_transfers()?;
+                    harness::run(cfgs, choice, be, &comm, &|cfg| Emulated::with_transfers(be, cfg, e.as_rank, transfers.clone()), &place, &opts)
+                }
             }
             .map(|()| ExitCode::SUCCESS)
         }

@@ -67,7 +67,10 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "sequence",
     "status",
     "device",
+    "emulated",
+    "emulated_rank",
     "backend",
+    "comm",
     "world",
     "tp",
     "pp",
@@ -100,6 +103,9 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "iter_ms_ci95_hi",
     "comm_ms_max",
     "comm_ms_mean",
+    "hidden_ms_max",
+    "hidden_ms_mean",
+    "comm_hidden_fraction",
     "compute_ms_max",
     "compute_ms_mean",
     "sent_mib_per_iter_max",
@@ -148,7 +154,11 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
         assert!(num(&header, row, "sent_mib_per_iter_max") > 0.0 && num(&header, row, "peak_mem_gib_max") > 0.0);
         assert_eq!(col(&header, row, "mfu"), "", "no MFU without a known device peak");
         assert_eq!(col(&header, row, "status"), "complete");
+        assert_eq!((col(&header, row, "emulated"), col(&header, row, "comm")), ("false", "mpi"));
+        // MPI on the host moves data only inside its calls: nothing is hidden, and it says so.
+        assert_eq!((num(&header, row, "hidden_ms_max"), num(&header, row, "comm_hidden_fraction")), (0.0, 0.0));
     }
+    assert!(out.contains("host transport: MPI moves data only inside its calls"), "{out}");
 
     // ranks.csv: one row per rank and strategy run.
     let (rheader, rrows) = read_csv(&dir.join("ranks.csv"));
@@ -181,6 +191,7 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     assert_eq!(iter_s.len(), 3);
     assert!(iter_s.iter().all(|&t| t > 0.0));
     assert_eq!(g.dataset("bytes_sent").unwrap().read_raw::<u64>().unwrap().len(), 3);
+    assert_eq!(g.dataset("hidden_s").unwrap().read_raw::<f64>().unwrap(), vec![0.0; 3]);
     drop(file);
     // The memory estimate that refuses oversized configs is exactly what each rank allocated.
     for r in 0..4 {

@@ -9,7 +9,7 @@
 //! copy of its own K/V block in every step. The work is the same (masking and tile skipping depend
 //! only on the token positions of the block's owner, which the strategy knows), so the timing is.
 
-use super::{Communicator, HostCollectives};
+use super::{Communicator, DeviceCommTimes, HostCollectives};
 use crate::backend::{Backend, Matrix};
 use crate::config::{RunConfig, StrategyKind};
 use crate::model::generator::{Init, Region, INPUT_TENSOR};
@@ -18,8 +18,61 @@ use half::bf16;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-pub struct Emulated<'a, B: Backend> {
+/// How an emulated rank's copies run: in order with the compute (`InOrder`: the CPU, or a GPU's
+/// one stream), or as transfers on a stream of their own, overlapped with compute and timed on the
+/// device like NCCL's (the CUDA backend's `SideStreamCopies`).
+pub trait Transfers<B: Backend> {
+    /// Open a transfer: the copies that follow may start once the compute queued so far is done.
+    fn begin(&self) -> Result<()>;
+    /// dst[dst_row0 .. dst_row0 + rows] = src[0 .. rows], as part of the open transfer.
+    fn copy(&self, src: &B::Act, dst: &mut B::Act, dst_row0: usize, rows: usize) -> Result<()>;
+    /// Close the transfer; `overlap` queues the compute that may run during it.
+    fn end(&self, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()>;
+    /// As `Communicator::take_device_times`.
+    fn take_device_times(&self) -> Result<Option<DeviceCommTimes>>;
+}
+
+/// Copies queued in order with the compute: nothing overlaps, the host's clock times them.
+pub struct InOrder<'a, B> {
     be: &'a B,
+}
+
+impl<'a, B> InOrder<'a, B> {
+    pub fn new(be: &'a B) -> Self {
+        InOrder { be }
+    }
+}
+
+/// The transfers a backend gives an emulated rank: the best it has for overlapping copies.
+pub trait EmulationTransfers: Backend + Sized {
+    fn emulation_transfers(&self) -> Result<Rc<dyn Transfers<Self> + '_>>;
+}
+
+impl EmulationTransfers for crate::backend::cpu::CpuBackend {
+    fn emulation_transfers(&self) -> Result<Rc<dyn Transfers<Self> + '_>> {
+        Ok(Rc::new(InOrder::new(self)))
+    }
+}
+
+impl<B: Backend> Transfers<B> for InOrder<'_, B> {
+    fn begin(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn copy(&self, src: &B::Act, dst: &mut B::Act, dst_row0: usize, rows: usize) -> Result<()> {
+        self.be.copy_rows(src, 0, dst, dst_row0, rows)
+    }
+
+    fn end(&self, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        overlap()
+    }
+
+    fn take_device_times(&self) -> Result<Option<DeviceCommTimes>> {
+        Ok(None)
+    }
+}
+
+pub struct Emulated<'a, B: Backend> {
     rank: usize,
     size: usize,
     /// The tensor-parallel size: the only groups strategies split off are tp-pp's TP groups.
@@ -27,6 +80,7 @@ pub struct Emulated<'a, B: Backend> {
     /// Where sends go and receives come from (tp-pp): one buffer of the largest message, the
     /// micro-batch's activations, shared by the groups split from this communicator.
     scratch: Rc<RefCell<Option<B::Act>>>,
+    transfers: Rc<dyn Transfers<B> + 'a>,
 }
 
 /// [rows, cols] of the scratch buffer a config needs: tp-pp's all-reduces and pipeline
@@ -41,9 +95,15 @@ pub fn scratch_bytes(cfg: &RunConfig) -> u64 {
 }
 
 impl<'a, B: Backend> Emulated<'a, B> {
-    /// Rank `as_rank` of the job `cfg` describes. Allocates the scratch buffer tp-pp's messages
-    /// go through, filled like input activations so a pipeline stage computes on realistic values.
+    /// Rank `as_rank` of the job `cfg` describes, its copies in order with the compute.
     pub fn new(be: &'a B, cfg: &RunConfig, as_rank: usize) -> Result<Self> {
+        Self::with_transfers(be, cfg, as_rank, Rc::new(InOrder { be }))
+    }
+
+    /// As `new`, with the copies run by `transfers`. Allocates the scratch buffer tp-pp's
+    /// messages go through, filled like input activations so a pipeline stage computes on
+    /// realistic values.
+    pub fn with_transfers(be: &'a B, cfg: &RunConfig, as_rank: usize, transfers: Rc<dyn Transfers<B> + 'a>) -> Result<Self> {
         let scratch = match scratch_shape(cfg) {
             Some((rows, cols)) => {
                 let mut s = be.alloc_act(rows, cols)?;
@@ -52,7 +112,7 @@ impl<'a, B: Backend> Emulated<'a, B> {
             }
             None => None,
         };
-        Ok(Emulated { be, rank: as_rank, size: cfg.world(), tp: cfg.tp, scratch: Rc::new(RefCell::new(scratch)) })
+        Ok(Emulated { rank: as_rank, size: cfg.world(), tp: cfg.tp, scratch: Rc::new(RefCell::new(scratch)), transfers })
     }
 
     fn with_scratch<T>(&self, rows: usize, f: impl FnOnce(&mut B::Act) -> Result<T>) -> Result<T> {
@@ -104,7 +164,7 @@ impl<B: Backend> Communicator<B> for Emulated<'_, B> {
     /// tp-pp's TP group: color = stage, key = TP rank, tp members.
     fn split(&self, _color: usize, key: usize) -> Result<Self> {
         ensure!(key < self.tp, "emulated split: key {key} outside a tensor-parallel group of {}", self.tp);
-        Ok(Emulated { be: self.be, rank: key, size: self.tp, tp: self.tp, scratch: self.scratch.clone() })
+        Ok(Emulated { rank: key, size: self.tp, tp: self.tp, scratch: self.scratch.clone(), transfers: self.transfers.clone() })
     }
 
     /// A ring all-reduce moves about the buffer out and the buffer in per rank: one copy out to the
@@ -115,35 +175,50 @@ impl<B: Backend> Communicator<B> for Emulated<'_, B> {
         }
         let rows = x.rows();
         self.with_scratch(rows, |s| {
-            self.be.copy_rows(x, 0, s, 0, rows)?;
-            self.be.copy_rows(s, 0, x, 0, rows)
+            self.transfers.begin()?;
+            self.transfers.copy(x, s, 0, rows)?;
+            self.transfers.copy(s, x, 0, rows)?;
+            self.transfers.end(&mut || Ok(()))
         })
     }
 
     fn send(&self, x: &B::Act, to: usize) -> Result<()> {
         self.check_peer(to)?;
-        self.with_scratch(x.rows(), |s| self.be.copy_rows(x, 0, s, 0, x.rows()))
+        self.with_scratch(x.rows(), |s| {
+            self.transfers.begin()?;
+            self.transfers.copy(x, s, 0, x.rows())?;
+            self.transfers.end(&mut || Ok(()))
+        })
     }
 
     fn recv(&self, x: &mut B::Act, from: usize) -> Result<()> {
         self.check_peer(from)?;
         let rows = x.rows();
-        self.with_scratch(rows, |s| self.be.copy_rows(s, 0, x, 0, rows))
+        self.with_scratch(rows, |s| {
+            self.transfers.begin()?;
+            self.transfers.copy(s, x, 0, rows)?;
+            self.transfers.end(&mut || Ok(()))
+        })
     }
 
     /// The incoming block's rows are copied from the outgoing block (cycled when the incoming one
-    /// is longer, as uneven ring chunks can be), then the compute runs; on one stream, in order.
+    /// is longer, as uneven ring chunks can be) while the compute runs.
     fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         self.check_peer(to)?;
         self.check_peer(from)?;
         ensure!(send.rows() > 0 || recv.rows() == 0, "emulated exchange: nothing to copy into {} rows", recv.rows());
+        self.transfers.begin()?;
         let mut done = 0;
         while done < recv.rows() {
             let n = send.rows().min(recv.rows() - done);
-            self.be.copy_rows(send, 0, recv, done, n)?;
+            self.transfers.copy(send, recv, done, n)?;
             done += n;
         }
-        overlap()
+        self.transfers.end(overlap)
+    }
+
+    fn take_device_times(&self) -> Result<Option<DeviceCommTimes>> {
+        self.transfers.take_device_times()
     }
 }
 

@@ -49,6 +49,21 @@ impl<C> Metered<C> {
         &self.counters
     }
 
+    /// One iteration's communication, once the device is synchronised: (exposed seconds, hidden
+    /// seconds, bytes sent, bytes received), and the counters reset. Device-timed transports
+    /// give the times; otherwise the host's clock around each call gives the exposed time, and
+    /// nothing is hidden (see `Communicator::take_device_times`).
+    pub fn take_iteration<B: Backend>(&self) -> Result<(f64, f64, u64, u64)>
+    where
+        C: Communicator<B>,
+    {
+        let (host_s, sent, received) = self.counters.take();
+        Ok(match self.inner.take_device_times()? {
+            Some(t) => (t.exposed_s, t.hidden_s, sent, received),
+            None => (host_s, 0.0, sent, received),
+        })
+    }
+
     /// The unmetered communicator, for the harness's own synchronisation.
     pub fn inner(&self) -> &C {
         &self.inner
@@ -94,6 +109,10 @@ impl<C: HostCollectives> HostCollectives for Metered<C> {
     fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
         self.timed(0, 0, || self.inner.broadcast_bytes(data))
     }
+
+    fn guard_wait(&self, what: &'static str, wait: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        self.inner.guard_wait(what, wait)
+    }
 }
 
 impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
@@ -130,6 +149,10 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
         });
         self.counters.add((t0.elapsed().as_secs_f64() - compute_s).max(0.0), sent, received);
         r
+    }
+
+    fn take_device_times(&self) -> Result<Option<super::DeviceCommTimes>> {
+        self.inner.take_device_times()
     }
 }
 

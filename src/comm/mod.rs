@@ -6,6 +6,7 @@ pub mod emulated;
 pub mod local;
 pub mod metered;
 pub mod mpi;
+pub mod nccl;
 pub mod watchdog;
 
 use crate::backend::Backend;
@@ -30,6 +31,23 @@ pub trait HostCollectives {
 
     /// Every rank's `data` on rank 0 (in rank order); None on the other ranks.
     fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>>;
+
+    /// Run `wait` (a device synchronize that may be waiting on transfers queued by this transport)
+    /// under the transport's guard: the watchdog reports and aborts one that never returns.
+    fn guard_wait(&self, what: &'static str, wait: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let _ = what;
+        wait()
+    }
+}
+
+/// Communication timed on the device, for transports whose calls return before the transfer is
+/// done (NCCL on its own stream): the host's clock around a call measures nothing there.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DeviceCommTimes {
+    /// Time the compute stream stood waiting for transfers.
+    pub exposed_s: f64,
+    /// Transfer time that ran while the compute stream was busy with other work.
+    pub hidden_s: f64,
 }
 
 /// The operations on a backend's buffers that the strategies use.
@@ -52,4 +70,12 @@ pub trait Communicator<B: Backend>: HostCollectives {
     /// (no deadlock around the ring), running `overlap` (the compute on the block in hand) while
     /// the transfer is in flight. Returns once both the transfer and `overlap` are done.
     fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()>;
+
+    /// The device timing of every call since the last take, once the device is synchronised; None
+    /// for transports that move data inside the call, where the host's clock is the measure (and
+    /// nothing is hidden: an MPI transfer without a progress thread moves only inside MPI calls,
+    /// which the overlapped compute runs outside of).
+    fn take_device_times(&self) -> Result<Option<DeviceCommTimes>> {
+        Ok(None)
+    }
 }

@@ -96,7 +96,7 @@ impl MpiComm {
         Ok(())
     }
 
-    fn split_comm(&self, color: usize, key: usize) -> Result<Self> {
+    pub fn split_comm(&self, color: usize, key: usize) -> Result<Self> {
         let c = self
             .comm
             .split_by_color_with_key(mpi::topology::Color::with_value(color as i32), key as i32)

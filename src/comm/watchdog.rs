@@ -67,7 +67,8 @@ impl Watchdog {
         })
     }
 
-    fn guard<T>(&self, op: &'static str, peer: Option<usize>, bytes: u64, f: impl FnOnce() -> T) -> T {
+    /// Run `f` as the call in flight: one that overruns the timeout is reported and ends the job.
+    pub fn guard<T>(&self, op: &'static str, peer: Option<usize>, bytes: u64, f: impl FnOnce() -> T) -> T {
         if let Ok(mut c) = self.current.lock() {
             *c = Some(InFlight { op, peer, bytes, since: Instant::now() });
         }
@@ -124,6 +125,10 @@ impl<C: HostCollectives> HostCollectives for Watched<C> {
     fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
         self.dog.guard("gather", Some(0), 2 * data.len() as u64, || self.inner.gather_to_root(data))
     }
+
+    fn guard_wait(&self, what: &'static str, wait: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        self.dog.guard(what, None, 0, || self.inner.guard_wait(what, wait))
+    }
 }
 
 impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
@@ -151,6 +156,10 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
     fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let n = bytes(send);
         self.dog.guard("ring exchange", Some(from), n, || self.inner.exchange(send, to, recv, from, overlap))
+    }
+
+    fn take_device_times(&self) -> Result<Option<super::DeviceCommTimes>> {
+        self.inner.take_device_times()
     }
 }
 

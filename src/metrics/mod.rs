@@ -10,8 +10,11 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 pub struct IterationRecord {
     /// From the barrier that starts the iteration to this rank's end of the forward pass.
     pub total_s: f64,
-    /// Time blocked in communication calls, not counting compute overlapped with a transfer.
+    /// Communication time not hidden under compute: time blocked in communication calls (host
+    /// transports), or the compute stream's waits for transfers (device-timed transports).
     pub comm_s: f64,
+    /// Transfer time that ran under compute (0 where the transport cannot overlap).
+    pub hidden_s: f64,
     /// total_s - comm_s.
     pub compute_s: f64,
     pub bytes_sent: u64,

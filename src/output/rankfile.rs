@@ -6,7 +6,9 @@
 //!                             git_commit, start_utc, end_utc, status, peak_buffers_bytes,
 //!                             peak_device_bytes, device_peak_flops (both absent if unknown),
 //!                             linear_flops, attention_flops (this rank's, per iteration)
-//!   iter_s, comm_s, compute_s f64 [iters]  seconds per measured iteration
+//!   iter_s, comm_s, hidden_s, compute_s   f64 [iters]  seconds per measured iteration:
+//!                             the job's time, communication not hidden, communication hidden
+//!                             under compute, and iter_s - comm_s
 //!   bytes_sent, bytes_received u64 [iters]
 //! /ring                       the same
 //! ```
@@ -96,7 +98,12 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
     }
     let n = run.iterations.len();
     let series = |f: fn(&IterationRecord) -> f64| -> Vec<f64> { run.iterations.iter().map(f).collect() };
-    for (name, values) in [("iter_s", series(|r| r.total_s)), ("comm_s", series(|r| r.comm_s)), ("compute_s", series(|r| r.compute_s))] {
+    for (name, values) in [
+        ("iter_s", series(|r| r.total_s)),
+        ("comm_s", series(|r| r.comm_s)),
+        ("hidden_s", series(|r| r.hidden_s)),
+        ("compute_s", series(|r| r.compute_s)),
+    ] {
         g.new_dataset::<f64>().shape([n]).create(name)?.write_raw(&values)?;
     }
     let counts = |f: fn(&IterationRecord) -> u64| -> Vec<u64> { run.iterations.iter().map(f).collect() };
@@ -134,16 +141,17 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
     let config: RunConfig = serde_json::from_str(&s("config")?).map_err(|e| hdf5::Error::from(format!("attribute config: {e}")))?;
     let floats = |name: &str| -> hdf5::Result<Vec<f64>> { g.dataset(name)?.read_raw::<f64>() };
     let ints = |name: &str| -> hdf5::Result<Vec<u64>> { g.dataset(name)?.read_raw::<u64>() };
-    let (total, comm, compute) = (floats("iter_s")?, floats("comm_s")?, floats("compute_s")?);
+    let (total, comm, hidden, compute) = (floats("iter_s")?, floats("comm_s")?, floats("hidden_s")?, floats("compute_s")?);
     let (sent, received) = (ints("bytes_sent")?, ints("bytes_received")?);
     let n = total.len();
-    if [comm.len(), compute.len(), sent.len(), received.len()].iter().any(|&l| l != n) {
+    if [comm.len(), hidden.len(), compute.len(), sent.len(), received.len()].iter().any(|&l| l != n) {
         return Err(hdf5::Error::from("per-iteration datasets differ in length"));
     }
     let iterations = (0..n)
         .map(|i| IterationRecord {
             total_s: total[i],
             comm_s: comm[i],
+            hidden_s: hidden[i],
             compute_s: compute[i],
             bytes_sent: sent[i],
             bytes_received: received[i],

@@ -36,6 +36,11 @@ pub struct Measured {
     pub tpot_s: f64,
     /// Per-rank mean communication / compute seconds per iteration: max and mean over ranks.
     pub comm_s: (f64, f64),
+    /// Per-rank mean communication hidden under compute per iteration: max and mean over ranks.
+    pub hidden_s: (f64, f64),
+    /// Of all communication time (exposed + hidden, summed over ranks), the part hidden; None
+    /// when there was no communication.
+    pub hidden_fraction: Option<f64>,
     pub compute_s: (f64, f64),
     /// Bytes a rank sends per iteration, the most of any rank.
     pub sent_per_iter_max: f64,
@@ -188,6 +193,8 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
         ranks.iter().map(|r| mean(r.iterations[..n].iter().map(f))).collect()
     };
     let comm = per_rank_mean(|i| i.comm_s);
+    let hidden = per_rank_mean(|i| i.hidden_s);
+    let (hidden_sum, comm_sum) = (hidden.iter().sum::<f64>(), comm.iter().sum::<f64>());
     let compute = per_rank_mean(|i| i.compute_s);
     let sent = per_rank_mean(|i| i.bytes_sent as f64);
     let buffers: Vec<f64> = ranks.iter().map(|r| r.memory.buffers_peak_bytes as f64).collect();
@@ -220,6 +227,8 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
         tpot_s: iter.mean / tokens,
         iter,
         comm_s: (max(comm.iter().cloned()), mean(comm.iter().cloned())),
+        hidden_s: (max(hidden.iter().cloned()), mean(hidden.iter().cloned())),
+        hidden_fraction: (hidden_sum + comm_sum > 0.0).then(|| hidden_sum / (hidden_sum + comm_sum)),
         compute_s: (max(compute.iter().cloned()), mean(compute.iter().cloned())),
         sent_per_iter_max: max(sent.iter().cloned()),
         peak_buffers: (max(buffers.iter().cloned()), mean(buffers.iter().cloned())),
@@ -248,6 +257,7 @@ fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
         ("emulated", cfg.emulate.is_some().to_string()),
         ("emulated_rank", cfg.emulate.map(|e| e.as_rank.to_string()).unwrap_or_default()),
         ("backend", cfg.backend.name().to_string()),
+        ("comm", cfg.comm.name().to_string()),
         ("world", cfg.world().to_string()),
         ("tp", tp),
         ("pp", pp),
@@ -309,6 +319,9 @@ fn measured_columns(m: &Measured) -> Vec<(String, String)> {
     row.extend(own(vec![
         ("comm_ms_max", format!("{:.6}", m.comm_s.0 * 1e3)),
         ("comm_ms_mean", format!("{:.6}", m.comm_s.1 * 1e3)),
+        ("hidden_ms_max", format!("{:.6}", m.hidden_s.0 * 1e3)),
+        ("hidden_ms_mean", format!("{:.6}", m.hidden_s.1 * 1e3)),
+        ("comm_hidden_fraction", opt(m.hidden_fraction, 6)),
         ("compute_ms_max", format!("{:.6}", m.compute_s.0 * 1e3)),
         ("compute_ms_mean", format!("{:.6}", m.compute_s.1 * 1e3)),
         ("sent_mib_per_iter_max", format!("{:.6}", m.sent_per_iter_max / MIB)),
@@ -331,6 +344,8 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
         tps_ci95: (0.0, 0.0),
         tpot_s: 0.0,
         comm_s: (0.0, 0.0),
+        hidden_s: (0.0, 0.0),
+        hidden_fraction: None,
         compute_s: (0.0, 0.0),
         sent_per_iter_max: 0.0,
         peak_buffers: (0.0, 0.0),
@@ -388,7 +403,12 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
                 ]);
                 let series = |f: fn(&crate::metrics::IterationRecord) -> f64| -> Vec<f64> { r.iterations.iter().map(f).collect() };
                 for (prefix, values) in
-                    [("iter_ms", series(|i| i.total_s)), ("comm_ms", series(|i| i.comm_s)), ("compute_ms", series(|i| i.compute_s))]
+                    [
+                    ("iter_ms", series(|i| i.total_s)),
+                    ("comm_ms", series(|i| i.comm_s)),
+                    ("hidden_ms", series(|i| i.hidden_s)),
+                    ("compute_ms", series(|i| i.compute_s)),
+                ]
                 {
                     if let Some(s) = Stats::of(&values) {
                         row.extend(stats_columns(prefix, &s, 1e3));
@@ -489,7 +509,7 @@ mod tests {
             start_utc: String::new(),
             end_utc: String::new(),
             status: "complete".into(),
-            iterations: vec![IterationRecord { total_s: iter_s, comm_s: 0.0, compute_s: iter_s, bytes_sent: 0, bytes_received: 0 }; 2],
+            iterations: vec![IterationRecord { total_s: iter_s, comm_s: 0.0, hidden_s: 0.0, compute_s: iter_s, bytes_sent: 0, bytes_received: 0 }; 2],
             memory: MemoryStats::default(),
             device_peak_flops: peak,
         }

@@ -64,6 +64,27 @@ impl DevMat<u16> {
     }
 }
 
+impl DevMat<u16> {
+    /// The rows in use as BF16 values (NCCL reduces them as BF16).
+    pub(crate) fn bf16_view(&self) -> cudarc::driver::CudaView<'_, bf16> {
+        let n = self.rows * self.cols;
+        // SAFETY: u16 and bf16 have the same size, and every bit pattern is a valid bf16.
+        unsafe { self.data.transmute::<bf16>(n) }.expect("the rows in use fit the allocation")
+    }
+
+    pub(crate) fn bf16_view_mut(&mut self) -> cudarc::driver::CudaViewMut<'_, bf16> {
+        let n = self.rows * self.cols;
+        // SAFETY: as above.
+        unsafe { self.data.transmute_mut::<bf16>(n) }.expect("the rows in use fit the allocation")
+    }
+}
+
+/// Whether the NCCL library can be loaded (cudarc looks for the unversioned libnccl.so).
+pub fn nccl_available() -> bool {
+    // SAFETY: only tries to dlopen the library under its known names.
+    unsafe { cudarc::nccl::sys::is_culib_present() }
+}
+
 /// Whether the CUDA driver library can be loaded at all (false on machines without an NVIDIA driver).
 pub fn driver_available() -> bool {
     // SAFETY: only tries to dlopen the library under its known names.
@@ -112,6 +133,15 @@ pub fn peak_flops_for(name: &str) -> Option<f64> {
     }
 }
 
+/// Which attention kernel the backend launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttentionKernel {
+    /// The tensor-core flash kernel where it has the head dim (64, 128), else the plain one.
+    Auto,
+    /// The plain one-warp-per-query kernel, for comparison.
+    Plain,
+}
+
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -123,6 +153,7 @@ pub struct CudaBackend {
     memory: Arc<Tracker>,
     /// Device memory in use (total - free) at its highest since the last reset.
     device_peak: Cell<u64>,
+    attention_kernel: Cell<AttentionKernel>,
 }
 
 impl CudaBackend {
@@ -148,11 +179,36 @@ impl CudaBackend {
         }
         let stream = ctx.new_stream().map_err(|e| anyhow!("{e:?}"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
-        Ok(CudaBackend { ctx, stream, blas, functions, name, arch, devices, memory: Arc::default(), device_peak: Cell::new(0) })
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            functions,
+            name,
+            arch,
+            devices,
+            memory: Arc::default(),
+            device_peak: Cell::new(0),
+            attention_kernel: Cell::new(AttentionKernel::Auto),
+        })
     }
 
+    /// The compute stream: every backend operation is queued on it.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn set_attention_kernel(&self, k: AttentionKernel) {
+        self.attention_kernel.set(k);
+    }
+
+    /// Visible GPUs on this host.
+    pub fn devices(&self) -> usize {
+        self.devices
     }
 
     fn f(&self, name: &str) -> &CudaFunction {
@@ -171,6 +227,19 @@ impl CudaBackend {
             .map_err(|e| anyhow!("allocating {} bytes on {}: {e:?}", n * std::mem::size_of::<T>(), self.name))?;
         self.memory.add((n * std::mem::size_of::<T>()) as u64);
         Ok(DevMat { data, rows, cols, capacity_rows: rows, tracker: self.memory.clone(), stream: self.stream.clone() })
+    }
+
+    /// `copy_rows` queued on `stream` (the compute stream, or a transfer's).
+    pub fn copy_rows_on(&self, stream: &Arc<CudaStream>, src: &DevMat<u16>, src_row0: usize, dst: &mut DevMat<u16>, dst_row0: usize, rows: usize) -> Result<()> {
+        ensure!(src.cols == dst.cols && src_row0 + rows <= src.rows && dst_row0 + rows <= dst.rows, "copy_rows: outside the buffers");
+        if rows == 0 {
+            return Ok(());
+        }
+        let c = src.cols;
+        let from = src.data.slice(src_row0 * c..(src_row0 + rows) * c);
+        let mut to = dst.data.slice_mut(dst_row0 * c..(dst_row0 + rows) * c);
+        stream.memcpy_dtod(&from, &mut to).map_err(err("copy_rows"))?;
+        Ok(())
     }
 
     fn sample_device_memory(&self) {
@@ -387,8 +456,22 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let scale = (1.0 / (heads.head_dim as f64).sqrt()) as f32;
-        let ints = [heads.heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
         let causal = i32::from(causal);
+        let flash = launch::flash_kernel(heads.head_dim).filter(|_| self.attention_kernel.get() == AttentionKernel::Auto);
+        if let Some(kernel) = flash {
+            let ints = [heads.heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
+            let mut l = self.stream.launch_builder(self.f(kernel));
+            l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
+            for v in &ints {
+                l.arg(v);
+            }
+            l.arg(&causal).arg(&scale);
+            // SAFETY: 64 query rows per block, rows and columns inside the buffers (checked);
+            // shared memory is static (two padded 64-row tiles).
+            unsafe { l.launch(Self::cfg(launch::flash_attention(qs.len, heads.heads))) }.map_err(err("flash_attention"))?;
+            return Ok(());
+        }
+        let ints = [heads.heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
         let mut l = self.stream.launch_builder(self.f("attention_bf16"));
         l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
         for v in &ints {
@@ -415,15 +498,7 @@ impl Backend for CudaBackend {
     }
 
     fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> Result<()> {
-        ensure!(src.cols == dst.cols && src_row0 + rows <= src.rows && dst_row0 + rows <= dst.rows, "copy_rows: outside the buffers");
-        if rows == 0 {
-            return Ok(());
-        }
-        let c = src.cols;
-        let from = src.data.slice(src_row0 * c..(src_row0 + rows) * c);
-        let mut to = dst.data.slice_mut(dst_row0 * c..(dst_row0 + rows) * c);
-        self.stream.memcpy_dtod(&from, &mut to).map_err(err("copy_rows"))?;
-        Ok(())
+        self.copy_rows_on(&self.stream, src, src_row0, dst, dst_row0, rows)
     }
 
     fn download(&self, x: &Self::Act) -> Result<Vec<bf16>> {

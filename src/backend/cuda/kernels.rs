@@ -26,6 +26,12 @@ pub const SOURCES: &[KernelSource] = &[
         hot: true,
     },
     KernelSource { file: "attention.cu", source: include_str!("../../../kernels/attention.cu"), entries: &["attention_bf16"], hot: true },
+    KernelSource {
+        file: "flash_attention.cu",
+        source: include_str!("../../../kernels/flash_attention.cu"),
+        entries: &["flash_attention_d64_bf16", "flash_attention_d128_bf16"],
+        hot: true,
+    },
 ];
 
 /// The architectures CI compiles for: Ampere and up, and Hopper with its arch-specific features.
@@ -95,7 +101,8 @@ mod tests {
     fn every_entry_point_is_defined_as_extern_c_in_its_source() {
         for k in SOURCES {
             for e in k.entries {
-                assert!(k.source.contains(&format!("__global__ void {e}(")), "{} lacks {e}", k.file);
+                let defined = k.source.lines().any(|l| l.starts_with("extern \"C\" __global__ ") && l.contains(&format!(" {e}(")));
+                assert!(defined, "{} lacks extern \"C\" __global__ ... {e}(", k.file);
             }
             let src = full_source(k);
             assert!(!src.contains("#include \"common.cuh\""), "{}: header spliced", k.file);

@@ -40,6 +40,27 @@ pub fn attention(q_len: usize, heads: usize, head_dim: usize) -> Geometry {
     Geometry { grid: (blocks as u32, heads as u32, 1), block: (32 * ATTENTION_WARPS, 1, 1) }
 }
 
+/// Query rows per flash-attention block (FA_BM in kernels/flash_attention.cu), 4 warps of 16.
+pub const FLASH_ROWS: usize = 64;
+pub const FLASH_THREADS: u32 = 128;
+
+/// The flash-attention entry point for a head dim, where the tensor-core kernel has one.
+pub fn flash_kernel(head_dim: usize) -> Option<&'static str> {
+    match head_dim {
+        64 => Some("flash_attention_d64_bf16"),
+        128 => Some("flash_attention_d128_bf16"),
+        _ => None,
+    }
+}
+
+/// One block per 64 query rows and head.
+pub fn flash_attention(q_len: usize, heads: usize) -> Geometry {
+    assert!(heads <= 65535, "{heads} heads exceed the grid's y dimension");
+    let blocks = (q_len as u64).div_ceil(FLASH_ROWS as u64).max(1);
+    assert!(blocks <= MAX_GRID_X);
+    Geometry { grid: (blocks as u32, heads as u32, 1), block: (FLASH_THREADS, 1, 1) }
+}
+
 /// A column-major cuBLAS GEMM C = op(A) op(B), C m x n with leading dimension ldc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ColMajorGemm {
@@ -116,6 +137,18 @@ mod tests {
             assert_eq!(g.block.0, 32 * ATTENTION_WARPS);
         }
         assert_eq!(per_row(6250).grid.0, 6250);
+    }
+
+    #[test]
+    fn flash_blocks_cover_every_query_row_and_head() {
+        for (q_len, heads) in [(1usize, 1usize), (63, 2), (64, 32), (65, 32), (6250, 32)] {
+            let g = flash_attention(q_len, heads);
+            assert_eq!(g.grid.1 as usize, heads);
+            let rows = g.grid.0 as usize * FLASH_ROWS;
+            assert!(rows >= q_len && rows < q_len + FLASH_ROWS, "{q_len}: {rows} rows");
+        }
+        assert_eq!(flash_kernel(128), Some("flash_attention_d128_bf16"));
+        assert_eq!(flash_kernel(96), None);
     }
 
     #[test]

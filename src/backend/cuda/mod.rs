@@ -5,3 +5,4 @@
 pub mod device;
 pub mod kernels;
 pub mod launch;
+pub mod timeline;

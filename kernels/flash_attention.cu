@@ -1,0 +1,258 @@
+// Flash attention forward on tensor cores (mma.sync m16n8k16, BF16 in, FP32 accumulate) for head
+// dims 64 and 128: attention of a query span against a key/value span, per head, causal by global
+// position, merged in the epilogue into the ring's FP32 (o, lse) accumulators by the log-sum-exp
+// rule, so no separate pass re-reads them. CPU twin: CpuBackend::attention and lse_merge; the
+// plain kernel (attention.cu) serves other head dims. Design notes and measurements:
+// kernels/NOTES.md.
+//
+// Layouts as attention.cu: q [rows, heads x D]; kv [rows, 2 x heads x D] = [K | V];
+// o [rows, heads x D] FP32; lse [rows, heads] FP32.
+//
+// One block: 64 query rows of one head, 4 warps of 16 rows. Q is staged through shared memory
+// into registers once (as mma A fragments); then for each tile of 64 keys, K and V are copied to
+// shared memory with cp.async (V's copy runs while S = Q K^T is computed), S is masked, scaled
+// and exponentiated with an online softmax (running max and sum per row, in log2 units), P is
+// rounded to BF16 straight from the S accumulators (the C fragment of two n-tiles is the A
+// fragment of one k-step) and O += P V. Rows of shared memory are padded by 8 elements so the
+// 8 row addresses of each ldmatrix fall in distinct banks. Tiles past the block's last visible
+// key are never loaded (whole-tile skipping); only tiles that straddle the causal diagonal or the
+// end of the keys are masked element by element.
+#include "common.cuh"
+
+#define FA_BM 64    // query rows per block
+#define FA_BN 64    // keys per tile
+#define FA_THREADS 128
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+// c += a b: a 16x16 (row), b 16x8 (col), c 16x8 FP32.
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Two floats as a BF16 pair, the first in the low half (the lower column of a fragment).
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+
+// Rows [0, 64) x D of a row-major source (stride `stride` elements) into shared memory with
+// row stride D + 8; rows at or past `valid` are zero-filled.
+template <int D>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat16* src, long long stride, int valid) {
+    constexpr int CHUNKS = D / 8; // 16-byte chunks per row
+#pragma unroll
+    for (int c = threadIdx.x; c < FA_BN * CHUNKS; c += FA_THREADS) {
+        const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
+        const bool ok = r < valid;
+        cp_async16(dst + r * (D + 8) + col, ok ? src + r * stride + col : src, ok);
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* o, float* lse, int heads,
+                                                int q_row0, int q_len, int q_pos0, int k_row0, int k_len, int k_pos0, int causal,
+                                                float scale) {
+    constexpr int S = D + 8;  // shared row stride, elements
+    constexpr int KD = D / 16; // k-steps of Q K^T
+    constexpr int ND = D / 8;  // n-tiles of O
+    __shared__ __align__(16) __nv_bfloat16 sk[FA_BN * S];
+    __shared__ __align__(16) __nv_bfloat16 sv[FA_BN * S];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3; // mma fragment coordinates: row group, thread in group
+    const int h = blockIdx.y;
+    const int m0 = blockIdx.x * FA_BM;
+    const int width = heads * D;
+    const long long kv_stride = 2LL * width;
+
+    // Keys the block's last query can see; later tiles are never touched.
+    int kv_end = k_len;
+    if (causal) {
+        const int last_q = q_pos0 + min(m0 + FA_BM, q_len) - 1;
+        kv_end = max(0, min(k_len, last_q - k_pos0 + 1));
+    }
+    if (kv_end == 0) return; // the whole block sees no key: its accumulators keep their state
+
+    // Q: global -> shared (sk as staging) -> A fragments in registers.
+    load_tile<D>(sk, q + (long long)(q_row0 + m0) * width + h * D, width, q_len - m0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    unsigned qf[KD][4];
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++) ldmatrix_x4(qf[kk], sk + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8);
+    __syncthreads();
+
+    float acc[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float row_max[2] = {NEG_INF, NEG_INF}, row_sum[2] = {0.0f, 0.0f};
+    const float scale2 = scale * LOG2E; // scores in log2 units: exp(x) = exp2(x log2 e)
+    const int qpos[2] = {q_pos0 + m0 + warp * 16 + g, q_pos0 + m0 + warp * 16 + g + 8};
+    const int warp_first_qpos = q_pos0 + m0 + warp * 16;
+
+    for (int n0 = 0; n0 < kv_end; n0 += FA_BN) {
+        const __nv_bfloat16* kt = kv + (long long)(k_row0 + n0) * kv_stride + h * D;
+        load_tile<D>(sk, kt, kv_stride, kv_end - n0);
+        cp_async_commit();
+        load_tile<D>(sv, kt + width, kv_stride, kv_end - n0);
+        cp_async_commit();
+        cp_async_wait<1>(); // K has landed; V may still be in flight
+        __syncthreads();
+
+        // S = Q K^T for this warp's 16 rows x 64 keys: 8 n-tiles of 8 keys.
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++) {
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                unsigned b[4];
+                ldmatrix_x4(b, sk + (j * 8 + (lane & 7) + (lane >> 4) * 8) * S + kk * 16 + ((lane >> 3) & 1) * 8);
+                mma16816(s[j], qf[kk], b);
+                mma16816(s[j + 1], qf[kk], b + 2);
+            }
+        }
+
+        // Scale; mask keys past the end and, on tiles that cross the diagonal, keys after the query.
+        const bool mask = n0 + FA_BN > kv_end || (causal && k_pos0 + n0 + FA_BN - 1 > warp_first_qpos);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = n0 + j * 8 + t * 2 + (e & 1);
+                float x = s[j][e] * scale2;
+                if (mask && (key >= kv_end || (causal && k_pos0 + key > qpos[e >> 1]))) x = NEG_INF;
+                s[j][e] = x;
+            }
+        }
+
+        // Online softmax: new running max per row (over the quad that holds the row), rescale.
+        float mx[2] = {row_max[0], row_max[1]};
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
+            mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
+        }
+        float ref[2], corr[2], part[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            // A row that has seen only masked keys keeps max -inf: exponentiate against 0, so
+            // every term is exp2(-inf) = 0 instead of NaN.
+            ref[i] = mx[i] == NEG_INF ? 0.0f : mx[i];
+            corr[i] = exp2f(row_max[i] - ref[i]);
+            row_max[i] = mx[i];
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[j][e] = exp2f(s[j][e] - ref[e >> 1]);
+                part[e >> 1] += s[j][e];
+            }
+        }
+        // Each thread keeps its partial row sums; the quad's are added once, at the end.
+        row_sum[0] = row_sum[0] * corr[0] + part[0];
+        row_sum[1] = row_sum[1] * corr[1] + part[1];
+#pragma unroll
+        for (int n = 0; n < ND; n++) {
+            acc[n][0] *= corr[0];
+            acc[n][1] *= corr[0];
+            acc[n][2] *= corr[1];
+            acc[n][3] *= corr[1];
+        }
+
+        cp_async_wait<0>(); // V has landed
+        __syncthreads();
+        // O += P V: P (16 x 64, BF16) from the S accumulators, V by transposing loads.
+#pragma unroll
+        for (int kk = 0; kk < FA_BN / 16; kk++) {
+            unsigned p[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < ND; n += 2) {
+                unsigned b[4];
+                ldmatrix_x4_trans(b, sv + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S + n * 8 + (lane >> 4) * 8);
+                mma16816(acc[n], p, b);
+                mma16816(acc[n + 1], p, b + 2);
+            }
+        }
+        __syncthreads(); // the next tile's copies overwrite sk and sv
+    }
+
+    // Epilogue: merge (acc / sum, max ln 2 + ln sum) into the accumulators, row by row.
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float l = row_sum[i];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int row = m0 + warp * 16 + g + 8 * i;
+        const bool write = row < q_len && l > 0.0f; // l = 0: every key masked, nothing to merge
+        float* lrow = lse + (long long)(q_row0 + row) * heads + h;
+        const float old = write ? *lrow : NEG_INF;
+        __syncwarp(); // every lane of the quad has read the old LSE before one lane replaces it
+        if (write) {
+            const float block_lse = row_max[i] * LN2 + logf(l);
+            float merged, w_old, w_new;
+            if (old == NEG_INF) {
+                merged = block_lse;
+                w_old = 0.0f;
+                w_new = 1.0f;
+            } else {
+                const float m = fmaxf(old, block_lse);
+                merged = m + logf(expf(old - m) + expf(block_lse - m));
+                w_old = expf(old - merged);
+                w_new = expf(block_lse - merged);
+            }
+            const float inv_l = w_new / l;
+            float* orow = o + (long long)(q_row0 + row) * width + h * D;
+#pragma unroll
+            for (int n = 0; n < ND; n++) {
+                const int d = n * 8 + t * 2;
+                float2 prev = old == NEG_INF ? make_float2(0.0f, 0.0f) : *reinterpret_cast<float2*>(orow + d);
+                *reinterpret_cast<float2*>(orow + d) = make_float2(prev.x * w_old + acc[n][2 * i] * inv_l, prev.y * w_old + acc[n][2 * i + 1] * inv_l);
+            }
+            if (t == 0) *lrow = merged;
+        }
+    }
+}
+
+#define FLASH_ARGS                                                                                                            \
+    const __nv_bfloat16 *q, const __nv_bfloat16 *kv, float *o, float *lse, int heads, int q_row0, int q_len, int q_pos0, \
+        int k_row0, int k_len, int k_pos0, int causal, float scale
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_d64_bf16(FLASH_ARGS) {
+    flash_attention<64>(q, kv, o, lse, heads, q_row0, q_len, q_pos0, k_row0, k_len, k_pos0, causal, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_d128_bf16(FLASH_ARGS) {
+    flash_attention<128>(q, kv, o, lse, heads, q_row0, q_len, q_pos0, k_row0, k_len, k_pos0, causal, scale);
+}

@@ -1,12 +1,14 @@
 //! The kernels in `kernels/*.cu`, embedded in the binary and compiled by NVRTC at start-up for the
 //! device's architecture (STYLE.md, item 5): one source per op family, `extern "C"` entry points
-//! named `op_dtype`, errors that carry the source's name and NVRTC's log. The shared header is
+//! named `op_dtype`, errors that carry the source's name and NVRTC's log. The shared headers are
 //! spliced in here, so a build needs only the CUDA headers (cuda_bf16.h) on its include path.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-const COMMON: &str = include_str!("../../../kernels/common.cuh");
+/// The shared headers, spliced in where a source includes them.
+const HEADERS: &[(&str, &str)] =
+    &[("common.cuh", include_str!("../../../kernels/common.cuh")), ("mma.cuh", include_str!("../../../kernels/mma.cuh"))];
 
 /// A kernel source and the entry points it defines.
 pub struct KernelSource {
@@ -37,9 +39,9 @@ pub const SOURCES: &[KernelSource] = &[
 /// The architectures CI compiles for: Ampere and up, and Hopper with its arch-specific features.
 pub const CHECKED_ARCHS: &[&str] = &["sm_80", "sm_90a"];
 
-/// `source` with the shared header spliced in where it is included.
+/// `source` with the shared headers spliced in where they are included.
 pub fn full_source(k: &KernelSource) -> String {
-    k.source.replace("#include \"common.cuh\"", COMMON)
+    HEADERS.iter().fold(k.source.to_string(), |src, (name, text)| src.replace(&format!("#include \"{name}\""), text))
 }
 
 /// Directories to search for the CUDA headers NVRTC needs, in order: `explicit` (a flag),
@@ -105,7 +107,7 @@ mod tests {
                 assert!(defined, "{} lacks extern \"C\" __global__ ... {e}(", k.file);
             }
             let src = full_source(k);
-            assert!(!src.contains("#include \"common.cuh\""), "{}: header spliced", k.file);
+            assert!(!src.contains("#include \""), "{}: headers spliced", k.file);
             assert!(src.contains("#define WARPS"), "{}: header present", k.file);
         }
     }

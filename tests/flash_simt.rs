@@ -1,0 +1,31 @@
+//! The flash-attention kernel's own CUDA source, compiled with g++ against the SIMT stand-in in
+//! tests/simt (threads for GPU threads, barriers for warp collectives, the PTX ISA's fragment
+//! layouts for ldmatrix and mma.sync, deferred cp.async copies) and run against FP64 softmax
+//! attention, so CI checks the kernel's indexing, masking, online softmax and merge without a GPU.
+//! What it cannot check (timing, the real instructions' rounding) is left to `selftest` on a GPU.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_flash_kernel_source_matches_fp64_attention_on_the_simt_emulation() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = std::env::temp_dir().join(format!("ringbench-flash-simt-{}", std::process::id()));
+    let build = Command::new("g++")
+        .args(["-std=c++17", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-I"])
+        .arg(root.join("tests/simt"))
+        .arg(root.join("tests/simt/flash_check.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("g++ is installed (scripts/install-deps.sh)");
+    let log = String::from_utf8_lossy(&build.stderr);
+    assert!(build.status.success(), "g++ failed:\n{log}");
+    assert!(!log.contains("warning"), "the kernel compiles without warnings:\n{log}");
+    let run = Command::new(&exe).output().unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    println!("{out}");
+    let _ = std::fs::remove_file(&exe);
+    assert!(run.status.success() && out.contains("flash attention on the SIMT emulation: PASS"), "{out}");
+    assert_eq!(out.matches(": PASS").count(), 6, "five cases and the verdict:\n{out}");
+}

@@ -10,7 +10,8 @@
 //
 // One block: 64 query rows of one head, 4 warps of 16 rows. Q is staged through shared memory
 // into registers once (as mma A fragments); then for each tile of 64 keys, K and V are copied to
-// shared memory with cp.async (V's copy runs while S = Q K^T is computed), S is masked, scaled
+// shared memory with cp.async, each copy overlapping compute (V's with S = Q K^T, the next K's
+// with the softmax and P V), S is masked, scaled
 // and exponentiated with an online softmax (running max and sum per row, in log2 units), P is
 // rounded to BF16 straight from the S accumulators (the C fragment of two n-tiles is the A
 // fragment of one k-step) and O += P V. Rows of shared memory are padded by 8 elements so the
@@ -82,10 +83,12 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
     const int qpos[2] = {q_pos0 + m0 + warp * 16 + g, q_pos0 + m0 + warp * 16 + g + 8};
     const int warp_first_qpos = q_pos0 + m0 + warp * 16;
 
+    // The K tile of the first step; afterwards each K tile is fetched while the previous one's
+    // softmax and P V run, and each V tile while its S = Q K^T runs (one buffer each).
+    load_tile<D>(sk, kv + (long long)k_row0 * kv_stride + h * D, kv_stride, kv_end);
+    cp_async_commit();
     for (int n0 = 0; n0 < kv_end; n0 += FA_BN) {
         const __nv_bfloat16* kt = kv + (long long)(k_row0 + n0) * kv_stride + h * D;
-        load_tile<D>(sk, kt, kv_stride, kv_end - n0);
-        cp_async_commit();
         load_tile<D>(sv, kt + width, kv_stride, kv_end - n0);
         cp_async_commit();
         cp_async_wait<1>(); // K has landed; V may still be in flight
@@ -104,6 +107,12 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
                 mma16816(s[j], qf[kk], b);
                 mma16816(s[j + 1], qf[kk], b + 2);
             }
+        }
+        __syncthreads(); // every warp is done with sk: the next K tile may land there
+        const bool next = n0 + FA_BN < kv_end;
+        if (next) {
+            load_tile<D>(sk, kt + FA_BN * kv_stride, kv_stride, kv_end - n0 - FA_BN);
+            cp_async_commit();
         }
 
         // Scale; mask keys past the end and, on tiles that cross the diagonal, keys after the query.
@@ -156,7 +165,12 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
             acc[n][3] *= corr[1];
         }
 
-        cp_async_wait<0>(); // V has landed
+        // V has landed (the next K tile, committed after it, may still be in flight).
+        if (next) {
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
         // O += P V: P (16 x 64, BF16) from the S accumulators, V by transposing loads.
 #pragma unroll
@@ -171,7 +185,7 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
                 mma16816(acc[n + 1], p, b + 2);
             }
         }
-        __syncthreads(); // the next tile's copies overwrite sk and sv
+        __syncthreads(); // every warp is done with sv: the next V tile may land there
     }
 
     // Epilogue: merge (acc / sum, max ln 2 + ln sum) into the accumulators, row by row.

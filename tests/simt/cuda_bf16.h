@@ -4,13 +4,15 @@
 // and the warp-collective operations (shuffles, ldmatrix, mma.sync) meet at barriers, exchange
 // their operands through per-warp slots and compute exactly the fragment layouts the PTX ISA
 // specifies for them. cp.async copies are deferred to the cp.async.wait_group that covers them,
-// so a read of shared memory before its wait sees stale data, as it could on a GPU.
+// so a read of shared memory before its wait sees stale data, as it could on a GPU (or, with
+// SIMT_COPY=eager, land at once, so an overwrite before every warp is done reading shows).
 //
 // It stands in for `#include <cuda_bf16.h>` (found first through -I tests/simt) and, with
 // RINGBENCH_SIMT defined, for kernels/mma.cuh.
 #pragma once
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
@@ -160,20 +162,33 @@ struct Copy {
 inline thread_local std::vector<std::vector<Copy>> t_groups;
 inline thread_local std::vector<Copy> t_pending;
 
-inline void cp_async16(void* dst, const void* src, bool valid) { t_pending.push_back({dst, src, valid}); }
+inline void copy16(const Copy& c) {
+    if (c.valid) {
+        memcpy(c.dst, c.src, 16);
+    } else {
+        memset(c.dst, 0, 16);
+    }
+}
+
+// SIMT_COPY=eager lands each copy when it is issued instead: then a copy issued before every
+// warp has finished reading the buffer it overwrites (a missing __syncthreads) corrupts the
+// reads, which the deferred mode cannot show. The test runs both modes.
+inline const bool g_eager_copies = getenv("SIMT_COPY") && strcmp(getenv("SIMT_COPY"), "eager") == 0;
+
+inline void cp_async16(void* dst, const void* src, bool valid) {
+    if (g_eager_copies) {
+        copy16({dst, src, valid});
+    } else {
+        t_pending.push_back({dst, src, valid});
+    }
+}
 inline void cp_async_commit() {
     t_groups.push_back(t_pending);
     t_pending.clear();
 }
 template <int N> inline void cp_async_wait() {
     while (t_groups.size() > size_t(N)) {
-        for (const Copy& c : t_groups.front()) {
-            if (c.valid) {
-                memcpy(c.dst, c.src, 16);
-            } else {
-                memset(c.dst, 0, 16);
-            }
-        }
+        for (const Copy& c : t_groups.front()) copy16(c);
         t_groups.erase(t_groups.begin());
     }
 }

@@ -224,7 +224,7 @@ fn bench_attention(args: &ringbench::bench::AttentionArgs) -> ExitCode {
         },
     };
     match result {
-        Ok(r) if args.json => println!("{}", serde_json::to_string_pretty(&r).expect("the result serialises")),
+        Ok(r) if args.json => println!("{}", serde_json::to_string(&r).expect("the result serialises")),
         Ok(r) => println!("{}", ringbench::bench::render(&r)),
         Err(e) => {
             eprintln!("ringbench bench attention: error: {e:#}");

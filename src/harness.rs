@@ -182,6 +182,7 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
             memory: be.memory(),
             flops: flops::rank_flops(cfg, cfg.strategy_rank(comm.rank())),
             device_peak_flops: be.peak_flops(),
+            gpu_util: None,
         };
         journal::with(|j| j.as_mut().map(|j| j.runs.push(run)));
         let metered = Metered::new(strategy_comm(cfg)?);
@@ -219,8 +220,12 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     let mut strat = strategy::build(cfg, be, metered)?;
     let bar = progress_bar(cfg.warmup + cfg.iters, cfg.strategy.name(), !show);
     let mut last_checkpoint = Instant::now();
+    let mut sampler = None;
     for i in 0..cfg.warmup + cfg.iters {
         let warm = i < cfg.warmup;
+        if i == cfg.warmup {
+            sampler = be.pci_bus_id().map(crate::metrics::gpu_util::Sampler::start);
+        }
         bar.set_message(if warm { "warm-up" } else { "measured" });
         comm.barrier()?;
         Fault::strike(fault, comm.rank(), i)?;
@@ -247,6 +252,16 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(s) = sampler {
+        match s.finish() {
+            Ok(u) => journal::with(|j| {
+                if let Some(run) = j.as_mut().and_then(|j| j.runs.last_mut()) {
+                    run.gpu_util = Some(u);
+                }
+            }),
+            Err(why) => crate::launch::say(&format!("ringbench: rank {}: GPU utilization not measured: {why}", comm.rank())),
+        }
+    }
     Ok(())
 }
 
@@ -294,7 +309,8 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
         let device = m.peak_device_max.map(|b| format!(", process/device peak {} max", fmt_bytes(b))).unwrap_or_default();
         println!("  peak memory    buffers {} max / {} mean{device}", fmt_bytes(m.peak_buffers.0), fmt_bytes(m.peak_buffers.1));
         let mfu = m.mfu.map(|x| format!("MFU {:.1}%", 100.0 * x)).unwrap_or_else(|| "MFU n/a (device peak unknown)".into());
-        println!("  compute        {:.4} TFLOP/s per rank, {mfu}", m.tflops_per_gpu);
+        let util = m.gpu_util.map(|(mean, max)| format!(", GPU utilization {mean:.1}% mean / {max:.0}% max (NVML)")).unwrap_or_default();
+        println!("  compute        {:.4} TFLOP/s per rank, {mfu}{util}", m.tflops_per_gpu);
     }
     let find = |k: StrategyKind| summaries.iter().find(|s| s.config.strategy == k).and_then(|s| s.measured.as_ref());
     if let (Some(tp), Some(ring)) = (find(StrategyKind::TpPp), find(StrategyKind::Ring)) {

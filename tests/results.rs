@@ -114,6 +114,8 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "peak_device_gib_max",
     "tflops_per_gpu",
     "mfu",
+    "gpu_util_pct_mean",
+    "gpu_util_pct_max",
     "compute_floor_ms",
     "efficiency_vs_floor",
     "ringbench_version",
@@ -153,6 +155,7 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
         assert!(num(&header, row, "comm_ms_max") > 0.0 && num(&header, row, "compute_ms_max") > 0.0);
         assert!(num(&header, row, "sent_mib_per_iter_max") > 0.0 && num(&header, row, "peak_mem_gib_max") > 0.0);
         assert_eq!(col(&header, row, "mfu"), "", "no MFU without a known device peak");
+        assert_eq!(col(&header, row, "gpu_util_pct_mean"), "", "no GPU, no utilization");
         assert_eq!(col(&header, row, "status"), "complete");
         assert_eq!((col(&header, row, "emulated"), col(&header, row, "comm")), ("false", "mpi"));
         // MPI on the host moves data only inside its calls: nothing is hidden, and it says so.

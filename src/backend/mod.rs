@@ -164,6 +164,11 @@ pub trait Backend {
 
     /// Wait until every operation issued so far has finished (the end of a timed iteration).
     fn synchronize(&self) -> anyhow::Result<()>;
+
+    /// The PCI bus id of the GPU this backend runs on ("00000000:19:00.0"), for NVML; None off a GPU.
+    fn pci_bus_id(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The log-sum-exp merge of a partial attention result (o_new, lse_new) into (o, lse), in FP32:

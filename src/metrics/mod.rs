@@ -2,6 +2,7 @@
 //! statistics every timed quantity is reported with.
 
 pub mod flops;
+pub mod gpu_util;
 
 use statrs::distribution::{ContinuousCDF, StudentsT};
 

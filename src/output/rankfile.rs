@@ -5,7 +5,9 @@
 //!                             local_rank, hostname, device, libraries, ringbench_version,
 //!                             git_commit, start_utc, end_utc, status, peak_buffers_bytes,
 //!                             peak_device_bytes, device_peak_flops (both absent if unknown),
-//!                             linear_flops, attention_flops (this rank's, per iteration)
+//!                             linear_flops, attention_flops (this rank's, per iteration),
+//!                             gpu_util_mean, gpu_util_max, gpu_util_samples (NVML, percent;
+//!                             absent where not sampled)
 //!   iter_s, comm_s, hidden_s, compute_s   f64 [iters]  seconds per measured iteration:
 //!                             the job's time, communication not hidden, communication hidden
 //!                             under compute, and iter_s - comm_s
@@ -45,6 +47,8 @@ pub struct RankRun {
     pub flops: Flops,
     /// The device's dense BF16 peak FLOP/s, where known (for MFU).
     pub device_peak_flops: Option<f64>,
+    /// NVML's GPU utilization over the measured iterations, where sampled.
+    pub gpu_util: Option<crate::metrics::gpu_util::GpuUtilization>,
 }
 
 pub fn rank_file_name(rank: usize) -> String {
@@ -92,6 +96,9 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
     let mut floats = vec![("linear_flops", run.flops.linear), ("attention_flops", run.flops.attention)];
     if let Some(p) = run.device_peak_flops {
         floats.push(("device_peak_flops", p));
+    }
+    if let Some(u) = run.gpu_util {
+        floats.extend([("gpu_util_mean", u.mean), ("gpu_util_max", u.max), ("gpu_util_samples", u.samples as f64)]);
     }
     for (name, value) in floats {
         g.new_attr::<f64>().create(name)?.write_scalar(&value)?;
@@ -178,6 +185,10 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
         },
         flops: Flops { linear: f("linear_flops")?, attention: f("attention_flops")? },
         device_peak_flops: g.attr("device_peak_flops").and_then(|a| a.read_scalar::<f64>()).ok(),
+        gpu_util: match (f("gpu_util_mean"), f("gpu_util_max"), f("gpu_util_samples")) {
+            (Ok(mean), Ok(max), Ok(samples)) => Some(crate::metrics::gpu_util::GpuUtilization { mean, max, samples: samples as u64 }),
+            _ => None,
+        },
     })
 }
 

@@ -50,6 +50,8 @@ pub struct Measured {
     pub peak_device_max: Option<f64>,
     pub tflops_per_gpu: f64,
     pub mfu: Option<f64>,
+    /// NVML's GPU utilization in percent: mean of the ranks' means, max of their maxima (where sampled).
+    pub gpu_util: Option<(f64, f64)>,
     /// With a known device peak: the busiest rank's FLOPs at peak (the plan's compute floor), and
     /// floor / measured iteration time.
     pub compute_floor_s: Option<f64>,
@@ -218,6 +220,8 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
             cfg.strategy.name()
         );
     }
+    let utils: Vec<_> = ranks.iter().filter_map(|r| r.gpu_util).collect();
+    let gpu_util = (!utils.is_empty()).then(|| (mean(utils.iter().map(|u| u.mean)), max(utils.iter().map(|u| u.max))));
     let compute_floor_s = first.device_peak_flops.map(|peak| ranks.iter().map(|r| r.flops.total()).fold(0.0, f64::max) / peak);
     Ok(Measured {
         tps,
@@ -235,6 +239,7 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
         peak_device_max: (!device.is_empty()).then(|| max(device.iter().cloned())),
         tflops_per_gpu,
         mfu,
+        gpu_util,
         efficiency_vs_floor: compute_floor_s.map(|f| f / iter.mean),
         compute_floor_s,
     })
@@ -330,6 +335,8 @@ fn measured_columns(m: &Measured) -> Vec<(String, String)> {
         ("peak_device_gib_max", opt(m.peak_device_max.map(|b| b / GIB), 6)),
         ("tflops_per_gpu", format!("{:.6}", m.tflops_per_gpu)),
         ("mfu", opt(m.mfu, 6)),
+        ("gpu_util_pct_mean", opt(m.gpu_util.map(|u| u.0), 3)),
+        ("gpu_util_pct_max", opt(m.gpu_util.map(|u| u.1), 3)),
         ("compute_floor_ms", opt(m.compute_floor_s.map(|f| f * 1e3), 6)),
         ("efficiency_vs_floor", opt(m.efficiency_vs_floor, 6)),
     ]));
@@ -352,6 +359,7 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
         peak_device_max: None,
         tflops_per_gpu: 0.0,
         mfu: None,
+        gpu_util: None,
         compute_floor_s: None,
         efficiency_vs_floor: None,
     };
@@ -423,6 +431,8 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
                     ("peak_device_gib", opt(r.memory.device_peak_bytes.map(|b| b as f64 / GIB), 6)),
                     ("linear_tflop_per_iter", format!("{:.9}", r.flops.linear / 1e12)),
                     ("attention_tflop_per_iter", format!("{:.9}", r.flops.attention / 1e12)),
+                    ("gpu_util_pct_mean", opt(r.gpu_util.map(|u| u.mean), 3)),
+                    ("gpu_util_pct_max", opt(r.gpu_util.map(|u| u.max), 3)),
                     ("tflops", if r.iterations.is_empty() { String::new() } else { format!("{:.6}", r.flops.total() / iter_mean / 1e12) }),
                 ]));
                 row
@@ -512,6 +522,7 @@ mod tests {
             iterations: vec![IterationRecord { total_s: iter_s, comm_s: 0.0, hidden_s: 0.0, compute_s: iter_s, bytes_sent: 0, bytes_received: 0 }; 2],
             memory: MemoryStats::default(),
             device_peak_flops: peak,
+            gpu_util: None,
         }
     }
 

@@ -265,6 +265,14 @@ impl Backend for CudaBackend {
         peak_flops_for(&self.name)
     }
 
+    fn pci_bus_id(&self) -> Option<String> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let get = |a| self.ctx.attribute(a).ok();
+        let (domain, bus, device) =
+            (get(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?, get(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?, get(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?);
+        Some(format!("{domain:08x}:{bus:02x}:{device:02x}.0"))
+    }
+
     fn reset_peak_memory(&self) {
         self.memory.reset_peak();
         self.device_peak.set(0);

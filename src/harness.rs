@@ -230,12 +230,17 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
         comm.barrier()?;
         Fault::strike(fault, comm.rank(), i)?;
         metered.take_iteration::<B>()?;
+        be.timer_start()?;
         let t0 = Instant::now();
         strat.forward(be, metered, false)?;
+        be.timer_stop()?;
         // Device work is asynchronous: the iteration ends when the device is done. The wait is
         // guarded, since queued transfers to a dead peer would otherwise hold it forever.
         comm.guard_wait("device synchronize (end of iteration)", &mut || be.synchronize())?;
-        let total_s = t0.elapsed().as_secs_f64();
+        let host_s = t0.elapsed().as_secs_f64();
+        // On a GPU the iteration is timed on the compute stream (start to end events, the end after
+        // every wait for a transfer); elsewhere by the host's clock.
+        let total_s = be.timer_elapsed()?.unwrap_or(host_s);
         let (comm_s, hidden_s, bytes_sent, bytes_received) = metered.take_iteration::<B>()?;
         let record = IterationRecord { total_s, comm_s, hidden_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received };
         let memory = be.memory();

@@ -165,6 +165,23 @@ pub trait Backend {
     /// Wait until every operation issued so far has finished (the end of a timed iteration).
     fn synchronize(&self) -> anyhow::Result<()>;
 
+    /// Mark the start of a timed iteration on the device's own timeline (CUDA: an event on the
+    /// compute stream); a backend without one keeps no mark.
+    fn timer_start(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Mark the end of the timed iteration, after everything it queued.
+    fn timer_stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Seconds from `timer_start` to `timer_stop` on the device's timeline, once `synchronize`
+    /// has returned; None where the host's clock is the measure.
+    fn timer_elapsed(&self) -> anyhow::Result<Option<f64>> {
+        Ok(None)
+    }
+
     /// The PCI bus id of the GPU this backend runs on ("00000000:19:00.0"), for NVML; None off a GPU.
     fn pci_bus_id(&self) -> Option<String> {
         None

@@ -154,6 +154,8 @@ pub struct CudaBackend {
     /// Device memory in use (total - free) at its highest since the last reset.
     device_peak: Cell<u64>,
     attention_kernel: Cell<AttentionKernel>,
+    /// The events `timer_start` and `timer_stop` recorded on the compute stream.
+    timer: std::cell::RefCell<[Option<cudarc::driver::CudaEvent>; 2]>,
 }
 
 impl CudaBackend {
@@ -190,6 +192,7 @@ impl CudaBackend {
             memory: Arc::default(),
             device_peak: Cell::new(0),
             attention_kernel: Cell::new(AttentionKernel::Auto),
+            timer: std::cell::RefCell::new([None, None]),
         })
     }
 
@@ -263,6 +266,26 @@ impl Backend for CudaBackend {
 
     fn peak_flops(&self) -> Option<f64> {
         peak_flops_for(&self.name)
+    }
+
+    fn timer_start(&self) -> Result<()> {
+        let e = self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(err("recording the start event"))?;
+        *self.timer.borrow_mut() = [Some(e), None];
+        Ok(())
+    }
+
+    fn timer_stop(&self) -> Result<()> {
+        let e = self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(err("recording the end event"))?;
+        self.timer.borrow_mut()[1] = Some(e);
+        Ok(())
+    }
+
+    fn timer_elapsed(&self) -> Result<Option<f64>> {
+        let [start, end] = std::mem::take(&mut *self.timer.borrow_mut());
+        match (start, end) {
+            (Some(s), Some(e)) => Ok(Some(s.elapsed_ms(&e).map_err(err("reading the iteration's events"))? as f64 / 1e3)),
+            _ => Ok(None),
+        }
     }
 
     fn pci_bus_id(&self) -> Option<String> {

@@ -1,20 +1,20 @@
-//! The flash-attention kernel's own CUDA source, compiled with g++ against the SIMT stand-in in
-//! tests/simt (threads for GPU threads, barriers for warp collectives, the PTX ISA's fragment
+//! The attention kernels' own CUDA sources (flash and plain), compiled with g++ against the SIMT
+//! stand-in in tests/simt (threads for GPU threads, barriers for warp collectives, the PTX ISA's fragment
 //! layouts for ldmatrix and mma.sync, cp.async copies landing late or early) and run against FP64 softmax
-//! attention, so CI checks the kernel's indexing, masking, online softmax and merge without a GPU.
+//! attention, so CI checks the kernels' indexing, masking, online softmax and merge without a GPU.
 //! What it cannot check (timing, the real instructions' rounding) is left to `selftest` on a GPU.
 
 use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn the_flash_kernel_source_matches_fp64_attention_on_the_simt_emulation() {
+fn the_attention_kernel_sources_match_fp64_attention_on_the_simt_emulation() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::temp_dir().join(format!("ringbench-flash-simt-{}", std::process::id()));
+    let exe = std::env::temp_dir().join(format!("ringbench-attention-simt-{}", std::process::id()));
     let build = Command::new("g++")
         .args(["-std=c++17", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-I"])
         .arg(root.join("tests/simt"))
-        .arg(root.join("tests/simt/flash_check.cpp"))
+        .arg(root.join("tests/simt/attention_check.cpp"))
         .arg("-o")
         .arg(&exe)
         .output()
@@ -27,8 +27,8 @@ fn the_flash_kernel_source_matches_fp64_attention_on_the_simt_emulation() {
         let run = Command::new(&exe).env("SIMT_COPY", mode).output().unwrap();
         let out = String::from_utf8_lossy(&run.stdout);
         println!("cp.async copies {mode}:\n{out}");
-        assert!(run.status.success() && out.contains("flash attention on the SIMT emulation: PASS"), "{mode}:\n{out}");
-        assert_eq!(out.matches(": PASS").count(), 6, "{mode}: five cases and the verdict:\n{out}");
+        assert!(run.status.success() && out.contains("attention kernels on the SIMT emulation: PASS"), "{mode}:\n{out}");
+        assert_eq!(out.matches(": PASS").count(), 9, "{mode}: eight cases and the verdict:\n{out}");
     }
     let _ = std::fs::remove_file(&exe);
 }

@@ -12,7 +12,7 @@ fn the_attention_kernel_sources_match_fp64_attention_on_the_simt_emulation() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = std::env::temp_dir().join(format!("ringbench-attention-simt-{}", std::process::id()));
     let build = Command::new("g++")
-        .args(["-std=c++17", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-I"])
+        .args(["-std=c++20", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-I"])
         .arg(root.join("tests/simt"))
         .arg(root.join("tests/simt/attention_check.cpp"))
         .arg("-o")

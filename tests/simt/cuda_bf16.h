@@ -16,9 +16,8 @@
 #include <string.h>
 
 #include <algorithm>
-#include <condition_variable>
+#include <barrier>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -78,26 +77,15 @@ struct Dim3 {
 };
 inline thread_local Dim3 threadIdx, blockIdx;
 
+// std::barrier waits on the futex (C++20), far cheaper than a condition variable's broadcast
+// when 128 threads share two cores.
 class Barrier {
   public:
-    explicit Barrier(int n) : n_(n) {}
-    void wait() {
-        std::unique_lock<std::mutex> lock(m_);
-        const unsigned gen = gen_;
-        if (++count_ == n_) {
-            count_ = 0;
-            gen_++;
-            cv_.notify_all();
-        } else {
-            cv_.wait(lock, [&] { return gen != gen_; });
-        }
-    }
+    explicit Barrier(int n) : b_(n) {}
+    void wait() { b_.arrive_and_wait(); }
 
   private:
-    std::mutex m_;
-    std::condition_variable cv_;
-    int n_, count_ = 0;
-    unsigned gen_ = 0;
+    std::barrier<> b_;
 };
 
 // Operands of one warp-collective operation, one slot per lane.

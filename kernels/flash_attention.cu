@@ -8,7 +8,7 @@
 // Layouts as attention.cu: q [rows, heads x D]; kv [rows, 2 x heads x D] = [K | V];
 // o [rows, heads x D] FP32; lse [rows, heads] FP32.
 //
-// One block: 64 query rows of one head, 4 warps of 16 rows. Q is staged through shared memory
+// One block: BM (64 or 128) query rows of one head, in warps of 16 rows. Q is staged through shared memory
 // into registers once (as mma A fragments); then for each tile of 64 keys, K and V are copied to
 // shared memory with cp.async, each copy overlapping compute (V's with S = Q K^T, the next K's
 // with the softmax and P V), S is masked, scaled
@@ -21,58 +21,61 @@
 #include "common.cuh"
 #include "mma.cuh"
 
-#define FA_BM 64    // query rows per block
 #define FA_BN 64    // keys per tile
-#define FA_THREADS 128
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
-// Rows [0, 64) x D of a row-major source (stride `stride` elements) into shared memory with
-// row stride D + 8; rows at or past `valid` are zero-filled.
-template <int D>
+// Rows [0, ROWS) x D of a row-major source (stride `stride` elements) into shared memory with
+// row stride D + 8, by THREADS threads; rows at or past `valid` are zero-filled.
+template <int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat16* src, long long stride, int valid) {
     constexpr int CHUNKS = D / 8; // 16-byte chunks per row
 #pragma unroll
-    for (int c = threadIdx.x; c < FA_BN * CHUNKS; c += FA_THREADS) {
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
         const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
         const bool ok = r < valid;
         cp_async16(dst + r * (D + 8) + col, ok ? src + r * stride + col : src, ok);
     }
 }
 
-template <int D>
+// BM query rows per block: BM / 16 warps of 16 rows each.
+template <int D, int BM>
 __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* o, float* lse, int heads,
                                                 int q_row0, int q_len, int q_pos0, int k_row0, int k_len, int k_pos0, int causal,
                                                 float scale) {
     constexpr int S = D + 8;  // shared row stride, elements
     constexpr int KD = D / 16; // k-steps of Q K^T
     constexpr int ND = D / 8;  // n-tiles of O
-    __shared__ __align__(16) __nv_bfloat16 sk[FA_BN * S];
-    __shared__ __align__(16) __nv_bfloat16 sv[FA_BN * S];
+    constexpr int THREADS = 2 * BM; // 32 threads per 16 rows
+    static_assert(BM <= 2 * FA_BN, "the Q tile is staged through the K and V buffers");
+    // K then V; the Q tile is staged through both before the first K tile lands.
+    __shared__ __align__(16) __nv_bfloat16 smem[2 * FA_BN * S];
+    __nv_bfloat16* const sk = smem;
+    __nv_bfloat16* const sv = smem + FA_BN * S;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3; // mma fragment coordinates: row group, thread in group
     const int h = blockIdx.y;
-    const int m0 = blockIdx.x * FA_BM;
+    const int m0 = blockIdx.x * BM;
     const int width = heads * D;
     const long long kv_stride = 2LL * width;
 
     // Keys the block's last query can see; later tiles are never touched.
     int kv_end = k_len;
     if (causal) {
-        const int last_q = q_pos0 + min(m0 + FA_BM, q_len) - 1;
+        const int last_q = q_pos0 + min(m0 + BM, q_len) - 1;
         kv_end = max(0, min(k_len, last_q - k_pos0 + 1));
     }
     if (kv_end == 0) return; // the whole block sees no key: its accumulators keep their state
 
-    // Q: global -> shared (sk as staging) -> A fragments in registers.
-    load_tile<D>(sk, q + (long long)(q_row0 + m0) * width + h * D, width, q_len - m0);
+    // Q: global -> shared (the K and V buffers as staging) -> A fragments in registers.
+    load_tile<D, BM, THREADS>(smem, q + (long long)(q_row0 + m0) * width + h * D, width, q_len - m0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
     unsigned qf[KD][4];
 #pragma unroll
-    for (int kk = 0; kk < KD; kk++) ldmatrix_x4(qf[kk], sk + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8);
+    for (int kk = 0; kk < KD; kk++) ldmatrix_x4(qf[kk], smem + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8);
     __syncthreads();
 
     float acc[ND][4];
@@ -85,11 +88,11 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
 
     // The K tile of the first step; afterwards each K tile is fetched while the previous one's
     // softmax and P V run, and each V tile while its S = Q K^T runs (one buffer each).
-    load_tile<D>(sk, kv + (long long)k_row0 * kv_stride + h * D, kv_stride, kv_end);
+    load_tile<D, FA_BN, THREADS>(sk, kv + (long long)k_row0 * kv_stride + h * D, kv_stride, kv_end);
     cp_async_commit();
     for (int n0 = 0; n0 < kv_end; n0 += FA_BN) {
         const __nv_bfloat16* kt = kv + (long long)(k_row0 + n0) * kv_stride + h * D;
-        load_tile<D>(sv, kt + width, kv_stride, kv_end - n0);
+        load_tile<D, FA_BN, THREADS>(sv, kt + width, kv_stride, kv_end - n0);
         cp_async_commit();
         cp_async_wait<1>(); // K has landed; V may still be in flight
         __syncthreads();
@@ -111,7 +114,7 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
         __syncthreads(); // every warp is done with sk: the next K tile may land there
         const bool next = n0 + FA_BN < kv_end;
         if (next) {
-            load_tile<D>(sk, kt + FA_BN * kv_stride, kv_stride, kv_end - n0 - FA_BN);
+            load_tile<D, FA_BN, THREADS>(sk, kt + FA_BN * kv_stride, kv_stride, kv_end - n0 - FA_BN);
             cp_async_commit();
         }
 
@@ -229,10 +232,13 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
     const __nv_bfloat16 *q, const __nv_bfloat16 *kv, float *o, float *lse, int heads, int q_row0, int q_len, int q_pos0, \
         int k_row0, int k_len, int k_pos0, int causal, float scale
 
-extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_d64_bf16(FLASH_ARGS) {
-    flash_attention<64>(q, kv, o, lse, heads, q_row0, q_len, q_pos0, k_row0, k_len, k_pos0, causal, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_attention_d128_bf16(FLASH_ARGS) {
-    flash_attention<128>(q, kv, o, lse, heads, q_row0, q_len, q_pos0, k_row0, k_len, k_pos0, causal, scale);
-}
+// Two block shapes per head dim, so the GPU check can time both: 64 query rows (4 warps, two
+// blocks per SM) and 128 (8 warps, each K/V tile serves twice the queries).
+#define FLASH_ENTRY(NAME, D, BM)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(2 * BM) NAME(FLASH_ARGS) {                                        \
+        flash_attention<D, BM>(q, kv, o, lse, heads, q_row0, q_len, q_pos0, k_row0, k_len, k_pos0, causal, scale); \
+    }
+FLASH_ENTRY(flash_attention_d64_m64_bf16, 64, 64)
+FLASH_ENTRY(flash_attention_d128_m64_bf16, 128, 64)
+FLASH_ENTRY(flash_attention_d64_m128_bf16, 64, 128)
+FLASH_ENTRY(flash_attention_d128_m128_bf16, 128, 128)

@@ -43,6 +43,8 @@ check run-small-all-4-mpi "${MPIRUN[@]}" -np 4 "$BIN" run --backend cuda --comm 
 SHAPE=(--heads 32 --head-dim 128 --queries 6250 --keys 6250)
 check bench-attention "$BIN" bench attention "${SHAPE[@]}" --json
 check bench-attention-causal "$BIN" bench attention "${SHAPE[@]}" --causal --json
+check bench-attention-m64 "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --json
+check bench-attention-m64-causal "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --causal --json
 check bench-attention-plain "$BIN" bench attention "${SHAPE[@]}" --kernel plain --iters 3 --json
 check peer-check python3 scripts/torch_peer.py check --json
 check peer-attention python3 scripts/torch_peer.py attention "${SHAPE[@]}" --json
@@ -76,8 +78,14 @@ def summary(run_id):
 def tf(o):
     return f"{o['tflops']:.1f} TFLOP/s" if "tflops" in o else o.get("error", "n/a")[:40]
 print("attention, 32 heads x 6250 q x 6250 kv, head dim 128 (TFLOP/s: 4 q kv d h, halved for causal)")
-for label, ours, peer in [("non-causal", "bench-attention", "peer-attention"), ("causal", "bench-attention-causal", "peer-attention-causal")]:
-    row = [f"ringbench {o['kernel'].split()[0]} {tf(o)}" for o in objs(ours)]
+def kernel(o):
+    k = o["kernel"]
+    return "flash m" + k.split(", ")[1].split()[0] if k.startswith("flash") else k.split()[0]
+for label, ours, peer in [
+    ("non-causal", ["bench-attention", "bench-attention-m64"], "peer-attention"),
+    ("causal", ["bench-attention-causal", "bench-attention-m64-causal"], "peer-attention-causal"),
+]:
+    row = [f"ringbench {kernel(o)} {tf(o)}" for name in ours for o in objs(name)]
     row += [f"{o['peer']} {tf(o)}" for o in objs(peer)]
     print(f"  {label:<11} " + " | ".join(row or ["no result"]))
 plain = objs("bench-attention-plain")

@@ -3,8 +3,6 @@
 //! same run. FLOPs follow the usual convention: 4 x queries x keys x head_dim x heads per sequence
 //! (QK^T and PV, a multiply-add as two), halved for causal attention.
 
-use crate::backend::cuda::device::AttentionKernel;
-use crate::backend::cuda::launch::flash_kernel;
 use crate::backend::{Backend, Heads, Span};
 use crate::config::{BackendKind, ConfigError};
 use crate::metrics::{fmt_seconds, Stats};
@@ -45,7 +43,8 @@ pub struct AttentionArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-    /// The CUDA backend's attention kernel (auto: the tensor-core flash kernel for head dims 64 and 128).
+    /// The CUDA backend's attention kernel (auto: the tensor-core flash kernel, 128 query rows per
+    /// block, for head dims 64 and 128; the plain one otherwise).
     #[arg(long, value_enum, default_value = "auto")]
     pub kernel: crate::backend::cuda::device::AttentionKernel,
 }
@@ -137,14 +136,13 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionRe
     }
     let st = Stats::of(&times).expect("--iters >= 1");
     let flops = args.flops();
-    let kernel = match (args.backend, args.kernel) {
-        (BackendKind::Cpu, _) => "cpu (tiled FP32 GEMMs)",
-        (BackendKind::Cuda, AttentionKernel::Auto) if flash_kernel(args.head_dim).is_some() => "flash (mma.sync tensor cores)",
-        (BackendKind::Cuda, _) => "plain (one warp per query row)",
+    let kernel = match args.backend {
+        BackendKind::Cpu => "cpu (tiled FP32 GEMMs)".to_string(),
+        BackendKind::Cuda => args.kernel.describe(args.head_dim),
     };
     Ok(AttentionResult {
         device: be.device_name(),
-        kernel: kernel.to_string(),
+        kernel,
         heads: args.heads,
         head_dim: args.head_dim,
         queries: args.queries,

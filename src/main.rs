@@ -4,7 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use ringbench::backend::cpu::CpuBackend;
-use ringbench::backend::cuda::device::CudaBackend;
+use ringbench::backend::cuda::device::{AttentionKernel, CudaBackend};
 use ringbench::backend::Backend;
 use ringbench::comm::mpi::MpiComm;
 use ringbench::comm::watchdog::{Watchdog, Watched};
@@ -194,14 +194,31 @@ fn selftest() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let label = gpu.device_name();
-    match ringbench::selftest::run(&CpuBackend::new(), &gpu, &label) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("ringbench selftest: error: {e:#}");
-            ExitCode::FAILURE
+    let cpu = CpuBackend::new();
+    // Every op with the default attention kernel, then the attention cases with each other one.
+    let mut all = true;
+    for (i, kernel) in [AttentionKernel::Auto, AttentionKernel::Flash64, AttentionKernel::Plain].into_iter().enumerate() {
+        gpu.set_attention_kernel(kernel);
+        let label = format!("{}, attention kernel {kernel:?}: {} at head dim 128", gpu.device_name(), kernel.describe(128));
+        println!("{}", if i == 0 { format!("ringbench selftest on {label}") } else { format!("\nattention again, on {label}") });
+        let only_attention = |name: &str| name.starts_with("attention");
+        let result = if i == 0 {
+            ringbench::selftest::run(&cpu, &gpu, &label)
+        } else {
+            ringbench::selftest::run_only(&cpu, &gpu, &label, &only_attention)
+        };
+        match result {
+            Ok(pass) => all &= pass,
+            Err(e) => {
+                eprintln!("ringbench selftest: error: {e:#}");
+                return ExitCode::FAILURE;
+            }
         }
+    }
+    if all {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -136,10 +136,34 @@ pub fn peak_flops_for(name: &str) -> Option<f64> {
 /// Which attention kernel the backend launches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttentionKernel {
-    /// The tensor-core flash kernel where it has the head dim (64, 128), else the plain one.
+    /// The tensor-core flash kernel where it has the head dim (64, 128), else the plain one. Its
+    /// block shape is 128 query rows, by the prediction in kernels/NOTES.md until measured.
     Auto,
+    /// The flash kernel with 128 query rows per block (8 warps).
+    Flash128,
+    /// The flash kernel with 64 query rows per block (4 warps).
+    Flash64,
     /// The plain one-warp-per-query kernel, for comparison.
     Plain,
+}
+
+impl AttentionKernel {
+    /// Query rows per flash block, or None for the plain kernel.
+    pub fn flash_rows(self) -> Option<usize> {
+        match self {
+            AttentionKernel::Auto | AttentionKernel::Flash128 => Some(128),
+            AttentionKernel::Flash64 => Some(64),
+            AttentionKernel::Plain => None,
+        }
+    }
+
+    /// What runs attention of head dim `head_dim` under this choice.
+    pub fn describe(self, head_dim: usize) -> String {
+        match self.flash_rows().filter(|&r| launch::flash_kernel(head_dim, r).is_some()) {
+            Some(rows) => format!("flash, {rows} query rows per block (mma.sync)"),
+            None => "plain (one warp per query row)".to_string(),
+        }
+    }
 }
 
 pub struct CudaBackend {
@@ -488,8 +512,8 @@ impl Backend for CudaBackend {
         }
         let scale = (1.0 / (heads.head_dim as f64).sqrt()) as f32;
         let causal = i32::from(causal);
-        let flash = launch::flash_kernel(heads.head_dim).filter(|_| self.attention_kernel.get() == AttentionKernel::Auto);
-        if let Some(kernel) = flash {
+        let flash = self.attention_kernel.get().flash_rows().and_then(|r| launch::flash_kernel(heads.head_dim, r).map(|k| (k, r)));
+        if let Some((kernel, rows)) = flash {
             let ints = [heads.heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
             let mut l = self.stream.launch_builder(self.f(kernel));
             l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
@@ -497,9 +521,9 @@ impl Backend for CudaBackend {
                 l.arg(v);
             }
             l.arg(&causal).arg(&scale);
-            // SAFETY: 64 query rows per block, rows and columns inside the buffers (checked);
+            // SAFETY: `rows` query rows per block, rows and columns inside the buffers (checked);
             // shared memory is static (two padded 64-row tiles).
-            unsafe { l.launch(Self::cfg(launch::flash_attention(qs.len, heads.heads))) }.map_err(err("flash_attention"))?;
+            unsafe { l.launch(Self::cfg(launch::flash_attention(qs.len, heads.heads, rows))) }.map_err(err("flash_attention"))?;
             return Ok(());
         }
         let ints = [heads.heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);

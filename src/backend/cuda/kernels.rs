@@ -31,7 +31,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "flash_attention.cu",
         source: include_str!("../../../kernels/flash_attention.cu"),
-        entries: &["flash_attention_d64_bf16", "flash_attention_d128_bf16"],
+        entries: &["flash_attention_d64_m64_bf16", "flash_attention_d128_m64_bf16", "flash_attention_d64_m128_bf16", "flash_attention_d128_m128_bf16"],
         hot: true,
     },
 ];
@@ -103,7 +103,11 @@ mod tests {
     fn every_entry_point_is_defined_as_extern_c_in_its_source() {
         for k in SOURCES {
             for e in k.entries {
-                let defined = k.source.lines().any(|l| l.starts_with("extern \"C\" __global__ ") && l.contains(&format!(" {e}(")));
+                // A kernel is defined as `extern "C" __global__ void name(`, or through a macro that
+                // writes that line, invoked as `MACRO(name, ...)`.
+                let defined = k.source.lines().any(|l| {
+                    (l.starts_with("extern \"C\" __global__ ") && l.contains(&format!(" {e}("))) || l.contains(&format!("_ENTRY({e},"))
+                });
                 assert!(defined, "{} lacks extern \"C\" __global__ ... {e}(", k.file);
             }
             let src = full_source(k);

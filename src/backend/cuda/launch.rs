@@ -40,25 +40,24 @@ pub fn attention(q_len: usize, heads: usize, head_dim: usize) -> Geometry {
     Geometry { grid: (blocks as u32, heads as u32, 1), block: (32 * ATTENTION_WARPS, 1, 1) }
 }
 
-/// Query rows per flash-attention block (FA_BM in kernels/flash_attention.cu), 4 warps of 16.
-pub const FLASH_ROWS: usize = 64;
-pub const FLASH_THREADS: u32 = 128;
-
-/// The flash-attention entry point for a head dim, where the tensor-core kernel has one.
-pub fn flash_kernel(head_dim: usize) -> Option<&'static str> {
-    match head_dim {
-        64 => Some("flash_attention_d64_bf16"),
-        128 => Some("flash_attention_d128_bf16"),
+/// The flash-attention entry point for a head dim and a block of `rows` query rows (BM in
+/// kernels/flash_attention.cu: 64 or 128, in warps of 16 rows), where the kernel has one.
+pub fn flash_kernel(head_dim: usize, rows: usize) -> Option<&'static str> {
+    match (head_dim, rows) {
+        (64, 64) => Some("flash_attention_d64_m64_bf16"),
+        (128, 64) => Some("flash_attention_d128_m64_bf16"),
+        (64, 128) => Some("flash_attention_d64_m128_bf16"),
+        (128, 128) => Some("flash_attention_d128_m128_bf16"),
         _ => None,
     }
 }
 
-/// One block per 64 query rows and head.
-pub fn flash_attention(q_len: usize, heads: usize) -> Geometry {
+/// One block per `rows` query rows and head, 32 threads per 16 rows.
+pub fn flash_attention(q_len: usize, heads: usize, rows: usize) -> Geometry {
     assert!(heads <= 65535, "{heads} heads exceed the grid's y dimension");
-    let blocks = (q_len as u64).div_ceil(FLASH_ROWS as u64).max(1);
+    let blocks = (q_len as u64).div_ceil(rows as u64).max(1);
     assert!(blocks <= MAX_GRID_X);
-    Geometry { grid: (blocks as u32, heads as u32, 1), block: (FLASH_THREADS, 1, 1) }
+    Geometry { grid: (blocks as u32, heads as u32, 1), block: (2 * rows as u32, 1, 1) }
 }
 
 /// A column-major cuBLAS GEMM C = op(A) op(B), C m x n with leading dimension ldc.
@@ -141,14 +140,17 @@ mod tests {
 
     #[test]
     fn flash_blocks_cover_every_query_row_and_head() {
-        for (q_len, heads) in [(1usize, 1usize), (63, 2), (64, 32), (65, 32), (6250, 32)] {
-            let g = flash_attention(q_len, heads);
-            assert_eq!(g.grid.1 as usize, heads);
-            let rows = g.grid.0 as usize * FLASH_ROWS;
-            assert!(rows >= q_len && rows < q_len + FLASH_ROWS, "{q_len}: {rows} rows");
+        for block in [64usize, 128] {
+            for (q_len, heads) in [(1usize, 1usize), (63, 2), (64, 32), (65, 32), (6250, 32)] {
+                let g = flash_attention(q_len, heads, block);
+                assert_eq!((g.grid.1 as usize, g.block.0 as usize), (heads, 2 * block));
+                let rows = g.grid.0 as usize * block;
+                assert!(rows >= q_len && rows < q_len + block, "{q_len}: {rows} rows");
+            }
         }
-        assert_eq!(flash_kernel(128), Some("flash_attention_d128_bf16"));
-        assert_eq!(flash_kernel(96), None);
+        assert_eq!(flash_kernel(128, 128), Some("flash_attention_d128_m128_bf16"));
+        assert_eq!(flash_kernel(96, 64), None);
+        assert_eq!(flash_kernel(64, 32), None);
     }
 
     #[test]

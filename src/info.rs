@@ -9,7 +9,8 @@ fn version_string(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
-pub fn report() -> String {
+/// `include`: the --cuda-include directory, if given.
+pub fn report(include: Option<&std::path::Path>) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "ringbench {} (commit {})", env!("CARGO_PKG_VERSION"), env!("RINGBENCH_GIT_COMMIT"));
     if device::driver_available() {
@@ -64,13 +65,13 @@ pub fn report() -> String {
     } else {
         let _ = writeln!(o, "cuBLAS: not found (libcublas.so)");
     }
-    let include = kernels::include_dirs(None);
+    let include = kernels::include_dirs(include);
     match include.first() {
         Some(d) => {
             let _ = writeln!(o, "CUDA headers: {}", d.display());
         }
         None => {
-            let _ = writeln!(o, "CUDA headers: not found (set CUDA_HOME or CUDA_PATH)");
+            let _ = writeln!(o, "CUDA headers: not found (give --cuda-include DIR, or set CUDA_HOME or CUDA_PATH)");
         }
     }
     match crate::comm::nccl::NcclComm::library_version() {

@@ -29,6 +29,10 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Directory of the CUDA headers NVRTC compiles the kernels against (cuda_bf16.h). Default:
+    /// $CUDA_HOME, $CUDA_PATH, then /usr/local/cuda, each with include/ or targets/*/include/.
+    #[arg(long, global = true, value_name = "DIR")]
+    cuda_include: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -143,11 +147,11 @@ fn main() -> ExitCode {
         Command::Reduce(args) => return reduce(args),
         Command::Plan(args) => return plan(args),
         Command::Info => {
-            print!("{}", ringbench::info::report());
+            print!("{}", ringbench::info::report(cli.cuda_include.as_deref()));
             return ExitCode::SUCCESS;
         }
-        Command::Selftest => return selftest(),
-        Command::Bench(BenchCommand::Attention(args)) => return bench_attention(args),
+        Command::Selftest => return selftest(cli.cuda_include.as_deref()),
+        Command::Bench(BenchCommand::Attention(args)) => return bench_attention(args, cli.cuda_include.as_deref()),
         Command::Report(args) => {
             return match ringbench::report::report(&args.dir) {
                 Ok(paths) => {
@@ -186,8 +190,8 @@ fn main() -> ExitCode {
     code
 }
 
-fn selftest() -> ExitCode {
-    let gpu = match CudaBackend::new(0, None) {
+fn selftest(include: Option<&std::path::Path>) -> ExitCode {
+    let gpu = match CudaBackend::new(0, include) {
         Ok(be) => be,
         Err(e) => {
             eprintln!("ringbench selftest: {e:#}");
@@ -222,14 +226,14 @@ fn selftest() -> ExitCode {
     }
 }
 
-fn bench_attention(args: &ringbench::bench::AttentionArgs) -> ExitCode {
+fn bench_attention(args: &ringbench::bench::AttentionArgs, include: Option<&std::path::Path>) -> ExitCode {
     if let Err(e) = args.validate() {
         eprintln!("ringbench: error: {e}");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
     let result = match args.backend {
         BackendKind::Cpu => ringbench::bench::attention(&CpuBackend::new(), args),
-        BackendKind::Cuda => match CudaBackend::new(0, None) {
+        BackendKind::Cuda => match CudaBackend::new(0, include) {
             Ok(be) => {
                 be.set_attention_kernel(args.kernel);
                 ringbench::bench::attention(&be, args)
@@ -323,7 +327,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
         BackendKind::Cuda => {
             // Every rank must have its GPU before any collective work: agree first, so that one
             // rank without a GPU cannot leave the others waiting.
-            let be = CudaBackend::new(launch.local_rank, None);
+            let be = CudaBackend::new(launch.local_rank, cli.cuda_include.as_deref());
             let agree = world();
             if !agree.all_agree(be.is_ok())? {
                 if let Err(e) = &be {

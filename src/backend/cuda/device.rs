@@ -194,6 +194,14 @@ impl CudaBackend {
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
         let arch = arch_for(major, minor)?;
         let name = ctx.name().map_err(|e| anyhow!("{e:?}"))?;
+        if let Some(dir) = include {
+            // A directory named on the command line must serve; falling back silently would hide a typo.
+            ensure!(
+                kernels::include_dirs(Some(dir)).first().is_some_and(|d| d.starts_with(dir)),
+                "--cuda-include {}: no cuda_bf16.h there (nor in its include/ or targets/*/include/)",
+                dir.display()
+            );
+        }
         let include = kernels::include_dirs(include);
         let mut functions = HashMap::new();
         for k in SOURCES {

@@ -74,7 +74,7 @@ pub fn compile(k: &KernelSource, arch: &'static str, include: &[PathBuf]) -> Res
         bail!("NVRTC (libnvrtc.so) not found: install the CUDA toolkit or the nvidia-cuda-nvrtc-cu12 wheel and put its lib directory on LD_LIBRARY_PATH");
     }
     if include.is_empty() {
-        bail!("CUDA headers (cuda_bf16.h) not found: set CUDA_HOME or CUDA_PATH, or install the CUDA toolkit under /usr/local/cuda");
+        bail!("CUDA headers (cuda_bf16.h) not found: give --cuda-include DIR, set CUDA_HOME or CUDA_PATH, or install the CUDA toolkit under /usr/local/cuda");
     }
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),

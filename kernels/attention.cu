@@ -59,17 +59,8 @@ extern "C" __global__ void attention_bf16(const __nv_bfloat16* q, const __nv_bfl
     float* orow = o + (long long)(q_row0 + row) * width + h * head_dim;
     float* lrow = lse + (long long)(q_row0 + row) * heads + h;
     float old = *lrow;
-    float merged, w_old, w_new;
-    if (old == NEG_INF) {
-        merged = block_lse;
-        w_old = 0.0f;
-        w_new = 1.0f;
-    } else {
-        float mx = fmaxf(old, block_lse);
-        merged = mx + logf(expf(old - mx) + expf(block_lse - mx));
-        w_old = expf(old - merged);
-        w_new = expf(block_lse - merged);
-    }
+    const LseMerge mg = lse_merge(old, block_lse);
+    const float w_old = mg.w_old, w_new = mg.w_new;
     float inv_l = 1.0f / l;
 #pragma unroll
     for (int j = 0; j < MAX_PER_LANE; j++) {
@@ -77,5 +68,5 @@ extern "C" __global__ void attention_bf16(const __nv_bfloat16* q, const __nv_bfl
         if (d < head_dim) orow[d] = (old == NEG_INF ? 0.0f : orow[d] * w_old) + acc[j] * inv_l * w_new;
     }
     __syncwarp();
-    if (lane == 0) *lrow = merged;
+    if (lane == 0) *lrow = mg.lse;
 }

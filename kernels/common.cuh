@@ -18,6 +18,19 @@ typedef unsigned long long u64;
 __device__ __forceinline__ float bf(const __nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ __nv_bfloat16 to_bf(const float v) { return __float2bfloat16_rn(v); }
 
+// The log-sum-exp merge of a block's partial result (LSE `block`) into an accumulator holding
+// LSE `old` (-inf when empty): the merged LSE and the weights of the old and the new partial
+// outputs. CPU twin: lse_merge (src/backend/mod.rs).
+struct LseMerge {
+    float lse, w_old, w_new;
+};
+__device__ __forceinline__ LseMerge lse_merge(float old, float block) {
+    if (old == NEG_INF) return {block, 0.0f, 1.0f};
+    const float m = fmaxf(old, block);
+    const float merged = m + logf(expf(old - m) + expf(block - m));
+    return {merged, expf(old - merged), expf(block - merged)};
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

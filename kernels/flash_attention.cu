@@ -203,19 +203,8 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
         const float old = write ? *lrow : NEG_INF;
         __syncwarp(); // every lane of the quad has read the old LSE before one lane replaces it
         if (write) {
-            const float block_lse = row_max[i] * LN2 + logf(l);
-            float merged, w_old, w_new;
-            if (old == NEG_INF) {
-                merged = block_lse;
-                w_old = 0.0f;
-                w_new = 1.0f;
-            } else {
-                const float m = fmaxf(old, block_lse);
-                merged = m + logf(expf(old - m) + expf(block_lse - m));
-                w_old = expf(old - merged);
-                w_new = expf(block_lse - merged);
-            }
-            const float inv_l = w_new / l;
+            const LseMerge mg = lse_merge(old, row_max[i] * LN2 + logf(l));
+            const float w_old = mg.w_old, inv_l = mg.w_new / l;
             float* orow = o + (long long)(q_row0 + row) * width + h * D;
 #pragma unroll
             for (int n = 0; n < ND; n++) {
@@ -223,7 +212,7 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
                 float2 prev = old == NEG_INF ? make_float2(0.0f, 0.0f) : *reinterpret_cast<float2*>(orow + d);
                 *reinterpret_cast<float2*>(orow + d) = make_float2(prev.x * w_old + acc[n][2 * i] * inv_l, prev.y * w_old + acc[n][2 * i + 1] * inv_l);
             }
-            if (t == 0) *lrow = merged;
+            if (t == 0) *lrow = mg.lse;
         }
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages ringbench builds and runs against (Debian 12 / Ubuntu): Open MPI, HDF5 (and its
 # h5dump), libclang for the MPI bindings' build script, DejaVu fonts for `report`'s charts, and g++
-# for the test that runs the flash-attention kernel's source on the CPU (tests/simt).
+# for the test that runs the CUDA kernels' sources on the CPU (tests/simt).
 set -euo pipefail
 PKGS=(libopenmpi-dev openmpi-bin libclang-dev libhdf5-dev hdf5-tools pkg-config fonts-dejavu-core g++)
 # --slurm: also a SLURM controller, node daemon and munge, for scripts/slurm-local.sh.

@@ -3,7 +3,7 @@
 // attention. Each case makes two calls into the same (o, lse)
 // accumulators, as a ring step does: keys before the queries, then the diagonal block (or keys
 // after them, which must merge nothing). Rows outside the query span must keep their contents.
-// Prints one line per case; exit status 1 on any failure. Built and run by tests/attention_simt.rs.
+// Prints one line per case; exit status 1 on any failure. Built and run by tests/simt.rs.
 #define RINGBENCH_SIMT
 #include "cuda_bf16.h"
 #include "../../kernels/flash_attention.cu"

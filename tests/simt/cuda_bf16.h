@@ -63,6 +63,13 @@ inline float __int_as_float(int i) {
     return f;
 }
 
+// IEEE single-precision operations, rounded to nearest (what the _rn intrinsics pin down on a GPU;
+// x86-64 without FMA contraction computes exactly these).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+
 // The fast exponential's result differs from expf by a few ulps on a GPU; the exact one serves.
 inline float __expf(float x) { return expf(x); }
 
@@ -75,7 +82,7 @@ inline float2 make_float2(float x, float y) { return {x, y}; }
 struct Dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
-inline thread_local Dim3 threadIdx, blockIdx;
+inline thread_local Dim3 threadIdx, blockIdx, blockDim;
 
 // std::barrier waits on the futex (C++20), far cheaper than a condition variable's broadcast
 // when 128 threads share two cores.
@@ -130,6 +137,7 @@ inline void launch(unsigned gx, unsigned gy, int threads, const std::function<vo
             for (int t = 0; t < threads; t++) {
                 ts.emplace_back([&, t] {
                     threadIdx.x = t;
+                    blockDim.x = threads;
                     blockIdx.x = bx;
                     blockIdx.y = by;
                     kernel();

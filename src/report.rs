@@ -1,6 +1,6 @@
 //! `ringbench report DIR`: PNG charts of a run next to its CSVs, from the rank files alone:
 //! tokens/s per strategy with 95% CI bars, the job's iteration times, per-rank peak memory, and
-//! per-rank compute vs communication time.
+//! per-rank compute, exposed and hidden communication time.
 
 use crate::metrics::IterationRecord;
 use crate::output::rankfile::RankRun;
@@ -196,7 +196,7 @@ fn per_rank_chart(
     let width = 0.8 / s.len().max(1) as f64;
     for (k, (x, per_rank)) in s.iter().zip(&bars).enumerate() {
         for (p, part) in parts.iter().enumerate() {
-            let col = colour(k).mix(if p == 0 { 1.0 } else { 0.45 });
+            let col = colour(k).mix([1.0, 0.55, 0.25][p.min(2)]);
             let rects: Vec<_> = per_rank
                 .iter()
                 .enumerate()
@@ -236,8 +236,10 @@ pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
             })
         })?,
         chart(dir, "compute_comm", |root| {
-            per_rank_chart(root, "compute and communication per iteration", "ms", &s, &runs, &["compute", "communication"], &|r| {
-                vec![mean_ms(r, |i| i.compute_s), mean_ms(r, |i| i.comm_s)]
+            // Hidden communication ran during the compute below it: stacked for its size, not its time.
+            let parts = ["compute", "comm. exposed", "comm. hidden"];
+            per_rank_chart(root, "compute and communication per iteration", "ms", &s, &runs, &parts, &|r| {
+                vec![mean_ms(r, |i| i.compute_s), mean_ms(r, |i| i.comm_s), mean_ms(r, |i| i.hidden_s)]
             })
         })?,
     ])

@@ -158,7 +158,8 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     }
     let (h5_major, h5_minor, h5_release) = hdf5::library_version();
     let libraries = format!("{}; HDF5 {h5_major}.{h5_minor}.{h5_release}", place.mpi_library);
-    journal::with(|j| *j = Some(Journal { dir: dir.clone(), rank: place.rank, world: comm.size(), runs: Vec::new() }));
+    let ranks = if cfgs[0].emulate.is_some() { vec![place.rank] } else { (0..comm.size()).collect() };
+    journal::with(|j| *j = Some(Journal { dir: dir.clone(), rank: place.rank, ranks, runs: Vec::new() }));
     for (sequence, cfg) in cfgs.iter().enumerate() {
         if root {
             println!("{}", cfg.describe());

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 pub struct Journal {
     pub dir: PathBuf,
     pub rank: usize,
-    pub world: usize,
+    /// The ranks whose files make the run whole: every rank of the world, or an emulated rank alone.
+    pub ranks: Vec<usize>,
     /// Strategy runs of this launch; the last one may be in progress (status "running").
     pub runs: Vec<RankRun>,
 }
@@ -85,9 +86,9 @@ fn on_signal(sig: i32, rank: usize, host: &str) -> i32 {
                 "ringbench: rank {rank} on host {host}: interrupted by signal {sig}, and writing its results failed: {e:#}"
             ));
         }
-        Some((j.dir.clone(), j.world))
+        Some((j.dir.clone(), j.ranks.clone()))
     });
-    let Some((dir, world)) = dir else {
+    let Some((dir, ranks)) = dir else {
         if rank == 0 {
             eprintln!("ringbench: interrupted by signal {sig} before any results were written");
         }
@@ -105,10 +106,10 @@ fn on_signal(sig: i32, rank: usize, host: &str) -> i32 {
     {
         // The other ranks got the same signal; give their files a moment to land.
         let deadline = Instant::now() + WAIT_FOR_RANKS;
-        while Instant::now() < deadline && !(0..world).all(|r| settled(&dir, r)) {
+        while Instant::now() < deadline && !ranks.iter().all(|&r| settled(&dir, r)) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let complete = (0..world).all(|r| settled(&dir, r));
+        let complete = ranks.iter().all(|&r| settled(&dir, r));
         match reduce::reduce_into(std::slice::from_ref(&dir), &dir, !complete) {
             Ok(_) => eprintln!(
                 "ringbench: interrupted by signal {sig}: the iterations done so far are in {} (marked interrupted{})",

@@ -4,7 +4,7 @@
 //! one scratch buffer its copies go through); and the results say "emulated" wherever they appear.
 
 mod common;
-use common::mpirun;
+use common::{mpirun, mpirun_with};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -99,5 +99,27 @@ fn bad_emulation_flags_are_refused_before_any_work() {
     }
     let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
     assert!(left.is_empty(), "no run directory for refused input: {left:?}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn sigterm_keeps_an_emulated_ranks_iterations_under_its_own_rank() {
+    let root = temp_root("emulate-sigterm");
+    let out = root.to_str().unwrap();
+    let args = [
+        "run", "--strategy", "ring", "--preset", "small", "--iters", "200", "--emulate-world", "4", "--as-rank", "2", "--out", out,
+        "--run-id", "cut", "--quiet",
+    ];
+    let run = mpirun_with(1, &args, &[], Some(4));
+    let all = run.all();
+    assert_ne!(run.status, Some(0), "{all}");
+    let dir = root.join("cut");
+    let runs = ringbench::output::rankfile::read(&dir.join("rank-00002.h5")).unwrap_or_else(|e| panic!("{e:#}\n{all}"));
+    assert_eq!(runs[0].status, "interrupted");
+    assert!(!runs[0].iterations.is_empty() && runs[0].iterations.len() < 200, "{all}");
+    // The one file is the whole emulated run: complete tables, not partial ones.
+    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap_or_else(|e| panic!("summary.csv: {e}\n{all}"));
+    assert!(summary.lines().nth(1).unwrap().contains(",incomplete,"), "{summary}");
+    assert!(all.contains("interrupted by signal 15") && !all.contains("missing"), "{all}");
     let _ = std::fs::remove_dir_all(&root);
 }

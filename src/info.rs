@@ -57,7 +57,9 @@ pub fn report(include: Option<&std::path::Path>) -> String {
     if device::cublas_available() {
         use cudarc::cublas::sys::{cublasGetProperty, libraryPropertyType};
         let mut v = [0i32; 3];
-        for (slot, p) in v.iter_mut().zip([libraryPropertyType::MAJOR_VERSION, libraryPropertyType::MINOR_VERSION, libraryPropertyType::PATCH_LEVEL]) {
+        for (slot, p) in
+            v.iter_mut().zip([libraryPropertyType::MAJOR_VERSION, libraryPropertyType::MINOR_VERSION, libraryPropertyType::PATCH_LEVEL])
+        {
             // SAFETY: cuBLAS is loaded (checked above); the call writes one int and needs no handle.
             unsafe { cublasGetProperty(p, slot) };
         }

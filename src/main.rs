@@ -6,11 +6,11 @@ use clap::{Args, Parser, Subcommand};
 use ringbench::backend::cpu::CpuBackend;
 use ringbench::backend::cuda::device::{AttentionKernel, CudaBackend};
 use ringbench::backend::Backend;
+use ringbench::comm::emulated::{Emulated, EmulationTransfers};
 use ringbench::comm::mpi::MpiComm;
+use ringbench::comm::nccl::{placement_problem, NcclComm};
 use ringbench::comm::watchdog::{Watchdog, Watched};
 use ringbench::comm::{Communicator, HostCollectives};
-use ringbench::comm::emulated::{EmulationTransfers, Emulated};
-use ringbench::comm::nccl::{placement_problem, NcclComm};
 use ringbench::config::{BackendKind, CommKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
@@ -384,7 +384,15 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
                 None => harness::run(cfgs, choice, be, &comm, &|_| comm.split(0, comm.rank()), &place, &opts),
                 Some(e) => {
                     let transfers = be.emulation_transfers()?;
-                    harness::run(cfgs, choice, be, &comm, &|cfg| Emulated::with_transfers(be, cfg, e.as_rank, transfers.clone()), &place, &opts)
+                    harness::run(
+                        cfgs,
+                        choice,
+                        be,
+                        &comm,
+                        &|cfg| Emulated::with_transfers(be, cfg, e.as_rank, transfers.clone()),
+                        &place,
+                        &opts,
+                    )
                 }
             }
             .map(|()| ExitCode::SUCCESS)

@@ -107,8 +107,22 @@ fn sigterm_keeps_an_emulated_ranks_iterations_under_its_own_rank() {
     let root = temp_root("emulate-sigterm");
     let out = root.to_str().unwrap();
     let args = [
-        "run", "--strategy", "ring", "--preset", "small", "--iters", "200", "--emulate-world", "4", "--as-rank", "2", "--out", out,
-        "--run-id", "cut", "--quiet",
+        "run",
+        "--strategy",
+        "ring",
+        "--preset",
+        "small",
+        "--iters",
+        "200",
+        "--emulate-world",
+        "4",
+        "--as-rank",
+        "2",
+        "--out",
+        out,
+        "--run-id",
+        "cut",
+        "--quiet",
     ];
     let run = mpirun_with(1, &args, &[], Some(4));
     let all = run.all();

@@ -118,7 +118,11 @@ impl<'a, B: Backend> Emulated<'a, B> {
     fn with_scratch<T>(&self, rows: usize, f: impl FnOnce(&mut B::Act) -> Result<T>) -> Result<T> {
         let mut guard = self.scratch.borrow_mut();
         let scratch = guard.as_mut().ok_or_else(|| anyhow::anyhow!("emulated communication without a scratch buffer"))?;
-        ensure!(rows <= scratch.capacity_rows(), "emulated message of {rows} rows exceeds the scratch buffer's {}", scratch.capacity_rows());
+        ensure!(
+            rows <= scratch.capacity_rows(),
+            "emulated message of {rows} rows exceeds the scratch buffer's {}",
+            scratch.capacity_rows()
+        );
         scratch.set_rows(rows);
         f(scratch)
     }

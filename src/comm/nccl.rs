@@ -73,7 +73,8 @@ impl NcclComm {
         for (d, s) in internal.iter_mut().zip(&bytes) {
             *d = *s as std::ffi::c_char;
         }
-        let nccl = Comm::from_rank(line.comm_stream().clone(), host.rank(), host.size(), Id::uninit(internal)).map_err(nccl_err("ncclCommInitRank"))?;
+        let nccl = Comm::from_rank(line.comm_stream().clone(), host.rank(), host.size(), Id::uninit(internal))
+            .map_err(nccl_err("ncclCommInitRank"))?;
         Ok(NcclComm { host, nccl, line })
     }
 

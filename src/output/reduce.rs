@@ -410,14 +410,12 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
                     ("iters_done", r.iterations.len().to_string()),
                 ]);
                 let series = |f: fn(&crate::metrics::IterationRecord) -> f64| -> Vec<f64> { r.iterations.iter().map(f).collect() };
-                for (prefix, values) in
-                    [
+                for (prefix, values) in [
                     ("iter_ms", series(|i| i.total_s)),
                     ("comm_ms", series(|i| i.comm_s)),
                     ("hidden_ms", series(|i| i.hidden_s)),
                     ("compute_ms", series(|i| i.compute_s)),
-                ]
-                {
+                ] {
                     if let Some(s) = Stats::of(&values) {
                         row.extend(stats_columns(prefix, &s, 1e3));
                     }
@@ -519,7 +517,17 @@ mod tests {
             start_utc: String::new(),
             end_utc: String::new(),
             status: "complete".into(),
-            iterations: vec![IterationRecord { total_s: iter_s, comm_s: 0.0, hidden_s: 0.0, compute_s: iter_s, bytes_sent: 0, bytes_received: 0 }; 2],
+            iterations: vec![
+                IterationRecord {
+                    total_s: iter_s,
+                    comm_s: 0.0,
+                    hidden_s: 0.0,
+                    compute_s: iter_s,
+                    bytes_sent: 0,
+                    bytes_received: 0
+                };
+                2
+            ],
             memory: MemoryStats::default(),
             device_peak_flops: peak,
             gpu_util: None,

@@ -265,7 +265,15 @@ impl CudaBackend {
     }
 
     /// `copy_rows` queued on `stream` (the compute stream, or a transfer's).
-    pub fn copy_rows_on(&self, stream: &Arc<CudaStream>, src: &DevMat<u16>, src_row0: usize, dst: &mut DevMat<u16>, dst_row0: usize, rows: usize) -> Result<()> {
+    pub fn copy_rows_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        src: &DevMat<u16>,
+        src_row0: usize,
+        dst: &mut DevMat<u16>,
+        dst_row0: usize,
+        rows: usize,
+    ) -> Result<()> {
         ensure!(src.cols == dst.cols && src_row0 + rows <= src.rows && dst_row0 + rows <= dst.rows, "copy_rows: outside the buffers");
         if rows == 0 {
             return Ok(());
@@ -301,13 +309,17 @@ impl Backend for CudaBackend {
     }
 
     fn timer_start(&self) -> Result<()> {
-        let e = self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(err("recording the start event"))?;
+        let e = self
+            .stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(err("recording the start event"))?;
         *self.timer.borrow_mut() = [Some(e), None];
         Ok(())
     }
 
     fn timer_stop(&self) -> Result<()> {
-        let e = self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(err("recording the end event"))?;
+        let e =
+            self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(err("recording the end event"))?;
         self.timer.borrow_mut()[1] = Some(e);
         Ok(())
     }
@@ -323,8 +335,11 @@ impl Backend for CudaBackend {
     fn pci_bus_id(&self) -> Option<String> {
         use cudarc::driver::sys::CUdevice_attribute as A;
         let get = |a| self.ctx.attribute(a).ok();
-        let (domain, bus, device) =
-            (get(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?, get(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?, get(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?);
+        let (domain, bus, device) = (
+            get(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?,
+            get(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?,
+            get(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?,
+        );
         Some(format!("{domain:08x}:{bus:02x}:{device:02x}.0"))
     }
 

@@ -31,7 +31,12 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "flash_attention.cu",
         source: include_str!("../../../kernels/flash_attention.cu"),
-        entries: &["flash_attention_d64_m64_bf16", "flash_attention_d128_m64_bf16", "flash_attention_d64_m128_bf16", "flash_attention_d128_m128_bf16"],
+        entries: &[
+            "flash_attention_d64_m64_bf16",
+            "flash_attention_d128_m64_bf16",
+            "flash_attention_d64_m128_bf16",
+            "flash_attention_d128_m128_bf16",
+        ],
         hot: true,
     },
 ];

@@ -1,4 +1,4 @@
-//! `ringbench info`: what this machine offers ringbench: GPUs, the CUDA driver, NVRTC and cuBLAS
+//! `ringbench info`: what this machine offers ringbench: GPUs, the CUDA driver, NVRTC, cuBLAS, NCCL
 //! as they load here, and the CUDA headers NVRTC would use. Every line says "not found" rather
 //! than failing, so it is the first thing to run on a new machine.
 

@@ -41,12 +41,12 @@ enum Command {
     /// the physical bound on tokens/s, and a projection for a hardware profile.
     Plan(PlanArgs),
     /// Write PNG charts of a run directory next to its CSVs (tokens/s with CI, iteration times,
-    /// per-rank peak memory, per-rank compute vs communication).
+    /// per-rank peak memory, per-rank compute and exposed and hidden communication).
     Report(ReportArgs),
     /// Every backend op on this machine's GPU against the CPU backend, at awkward sizes; a table
     /// of errors; exit status 1 on any failure (or when there is no GPU).
     Selftest,
-    /// GPUs, CUDA driver, NVRTC, cuBLAS and CUDA headers as found on this machine.
+    /// GPUs, CUDA driver, NVRTC, cuBLAS, NCCL and CUDA headers as found on this machine.
     Info,
     /// Rebuild summary.csv and ranks.csv from the rank files of run directories (no MPI).
     /// With one directory the tables go into it (an identical existing table is left alone, a

@@ -4,16 +4,9 @@
 //! one scratch buffer its copies go through); and the results say "emulated" wherever they appear.
 
 mod common;
-use common::{mpirun, mpirun_with};
+use common::{mpirun, mpirun_with, temp_root};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn temp_root(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringbench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use std::path::Path;
 
 /// ranks.csv as (strategy, rank) -> column -> value.
 fn ranks(dir: &Path) -> HashMap<(String, String), HashMap<String, String>> {

@@ -2,16 +2,8 @@
 //! caught by the watchdog, SIGTERM keeps what was measured, damaged results are refused.
 
 mod common;
-use common::{mpirun, mpirun_with};
+use common::{mpirun, mpirun_with, temp_root};
 use ringbench::output::rankfile;
-use std::path::PathBuf;
-
-fn temp_root(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringbench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 #[test]
 fn an_injected_panic_or_error_ends_the_job_naming_the_rank() {

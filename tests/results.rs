@@ -3,16 +3,9 @@
 //! that keep results from being lost.
 
 mod common;
-use common::mpirun;
-use std::path::{Path, PathBuf};
+use common::{mpirun, temp_root};
+use std::path::Path;
 use std::process::Command;
-
-fn temp_root(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringbench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The done-when launch of the results issue, into `root/<id>`.
 fn run_all(root: &Path, id: &str) -> common::Run {

@@ -24,6 +24,15 @@ impl Run {
     }
 }
 
+/// A new empty directory for one test's results (removed first if a previous run left it).
+#[allow(dead_code)] // not every test file writes results
+pub fn temp_root(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringbench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Hold the launch lock while driving an mpirun by hand.
 #[allow(dead_code)] // not every test file drives mpirun by hand
 pub fn lock() -> std::sync::MutexGuard<'static, ()> {

@@ -46,7 +46,8 @@ check bench-attention-causal "$BIN" bench attention "${SHAPE[@]}" --causal --jso
 check bench-attention-m64 "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --json
 check bench-attention-m64-causal "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --causal --json
 check bench-attention-plain "$BIN" bench attention "${SHAPE[@]}" --kernel plain --iters 3 --json
-check peer-check python3 scripts/torch_peer.py check --json
+check peer-check python3 scripts/torch_peer.py check --backend flash --json
+check peer-check-cudnn python3 scripts/torch_peer.py check --backend cudnn --json
 check peer-attention python3 scripts/torch_peer.py attention "${SHAPE[@]}" --json
 check peer-attention-causal python3 scripts/torch_peer.py attention "${SHAPE[@]}" --causal --json
 LAYER=(--preset paper --layers 1 --batch 1 --warmup 2 --iters 5 --quiet)
@@ -102,6 +103,6 @@ if t:
 for name in ("peer-layer-cudnn", "peer-layer-flash"):
     for o in objs(name):
         print(f"  {o['peer']:<30} {o['mean_s'] * 1e3:.2f} ms (min {o['min_s'] * 1e3:.2f})")
-for o in objs("peer-check"):
+for o in objs("peer-check") + objs("peer-check-cudnn"):
     print(f"peer correctness: {o['check']}: rel L2 {o['rel_l2']:.2e} (tol {o['tol']:.0e}) {o['verdict']}")
 EOF

@@ -20,11 +20,19 @@ import json
 import math
 import sys
 
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError:
-    sys.exit("torch_peer.py needs PyTorch (with CUDA for `attention` and `layer`): python3 -m pip install torch")
+# Imported by main(), so that the pure helpers (the zigzag layout) can be checked without PyTorch.
+torch = None
+F = None
+
+
+def load_torch():
+    global torch, F
+    try:
+        import torch as t
+        import torch.nn.functional as f
+    except ImportError:
+        sys.exit("torch_peer.py needs PyTorch (with CUDA for `attention` and `layer`): python3 -m pip install torch")
+    torch, F = t, f
 
 
 def sdpa_with_lse(q, k, v, causal, backend):
@@ -336,6 +344,7 @@ def main():
     ck.add_argument("--cpu", action="store_true")
     ck.add_argument("--json", action="store_true")
     a = p.parse_args()
+    load_torch()
     for name in ("heads", "head_dim", "queries", "keys", "batch", "iters", "ring", "seq_len", "layers", "d_model", "mlp"):
         if getattr(a, name, 1) < 1:
             raise SystemExit(f"torch_peer: --{name.replace('_', '-')} {getattr(a, name)}: must be at least 1")

@@ -7,6 +7,7 @@ pub mod local;
 pub mod metered;
 pub mod mpi;
 pub mod nccl;
+pub mod timeline;
 pub mod watchdog;
 
 use crate::backend::Backend;

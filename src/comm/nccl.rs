@@ -1,7 +1,7 @@
 //! NCCL between GPUs (`--comm nccl`, the CUDA backend's default). The first rank of each
 //! communicator creates NCCL's unique id and MPI broadcasts its 128 bytes; every member then calls
 //! ncclCommInitRank. Transfers run on a communication stream of their own, ordered against the
-//! compute stream by events and timed by them (`backend::cuda::timeline`); the ring's send and
+//! compute stream by events and timed by them (`comm::timeline`); the ring's send and
 //! receive are one NCCL group, so neighbours cannot deadlock. The host collectives the harness
 //! needs (barrier, verdicts, gathers) stay on MPI.
 //!
@@ -9,9 +9,9 @@
 //! before any communicator is created (`--comm mpi` serves tests that share a GPU).
 
 use super::mpi::MpiComm;
+use super::timeline::Timeline;
 use super::{Communicator, DeviceCommTimes, HostCollectives};
 use crate::backend::cuda::device::{nccl_available, CudaBackend, DevMat};
-use crate::backend::cuda::timeline::Timeline;
 use crate::backend::Matrix;
 use anyhow::{anyhow, bail, ensure, Result};
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};

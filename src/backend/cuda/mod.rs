@@ -5,4 +5,3 @@
 pub mod device;
 pub mod kernels;
 pub mod launch;
-pub mod timeline;

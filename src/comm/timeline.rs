@@ -14,8 +14,9 @@
 //! transfer time = start -> end; exposed = done -> resumed (how long compute stood waiting, 0 when
 //! the transfer finished first); hidden = transfer time - exposed, at least 0.
 
-use super::device::CudaBackend;
-use crate::comm::DeviceCommTimes;
+use super::emulated::{EmulationTransfers, Transfers};
+use super::DeviceCommTimes;
+use crate::backend::cuda::device::{CudaBackend, DevMat};
 use anyhow::{anyhow, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream};
@@ -114,13 +115,13 @@ impl<'a> SideStreamCopies<'a> {
     }
 }
 
-impl crate::comm::emulated::Transfers<CudaBackend> for SideStreamCopies<'_> {
+impl Transfers<CudaBackend> for SideStreamCopies<'_> {
     fn begin(&self) -> Result<()> {
         *self.open.borrow_mut() = Some(self.line.begin()?);
         Ok(())
     }
 
-    fn copy(&self, src: &super::device::DevMat<u16>, dst: &mut super::device::DevMat<u16>, dst_row0: usize, rows: usize) -> Result<()> {
+    fn copy(&self, src: &DevMat<u16>, dst: &mut DevMat<u16>, dst_row0: usize, rows: usize) -> Result<()> {
         self.be.copy_rows_on(self.line.comm_stream(), src, 0, dst, dst_row0, rows)
     }
 
@@ -134,8 +135,8 @@ impl crate::comm::emulated::Transfers<CudaBackend> for SideStreamCopies<'_> {
     }
 }
 
-impl crate::comm::emulated::EmulationTransfers for CudaBackend {
-    fn emulation_transfers(&self) -> Result<std::rc::Rc<dyn crate::comm::emulated::Transfers<Self> + '_>> {
+impl EmulationTransfers for CudaBackend {
+    fn emulation_transfers(&self) -> Result<std::rc::Rc<dyn Transfers<Self> + '_>> {
         Ok(std::rc::Rc::new(SideStreamCopies::new(self)?))
     }
 }

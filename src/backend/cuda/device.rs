@@ -62,9 +62,7 @@ impl DevMat<u16> {
         ensure!(bits.len() == n, "{} values into a buffer of {n}", bits.len());
         self.stream.memcpy_htod(bits, &mut self.data.slice_mut(..n)).map_err(err("host to device"))
     }
-}
 
-impl DevMat<u16> {
     /// The rows in use as BF16 values (NCCL reduces them as BF16).
     pub(crate) fn bf16_view(&self) -> cudarc::driver::CudaView<'_, bf16> {
         let n = self.rows * self.cols;

@@ -156,6 +156,31 @@ impl CommKind {
     }
 }
 
+/// What carries a run's communication, which decides how it is timed and whether it can hide
+/// under compute. Derived from the config, so the launcher and the reports agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// MPI on host buffers.
+    Mpi,
+    /// NCCL on a communication stream of its own.
+    Nccl,
+    /// An emulated rank's device copies, in order with the compute (CPU backend).
+    EmulatedInOrder,
+    /// An emulated rank's device copies on a communication stream (CUDA backend).
+    EmulatedOnStream,
+}
+
+impl Transport {
+    /// How its communication time, and the part hidden under compute, are measured.
+    pub fn timing(self) -> &'static str {
+        match self {
+            Transport::Mpi => "host transport: MPI moves data only inside its calls, so nothing overlaps",
+            Transport::EmulatedInOrder => "emulated copies run in order with the compute on this backend",
+            Transport::Nccl | Transport::EmulatedOnStream => "timed by CUDA events on the communication and compute streams",
+        }
+    }
+}
+
 struct PresetValues {
     model: ModelConfig,
     micro_batch: usize,
@@ -250,6 +275,15 @@ impl RunConfig {
             StrategyKind::Reference => 1,
             StrategyKind::TpPp => self.tp * self.pp,
             StrategyKind::Ring => self.ring,
+        }
+    }
+
+    pub fn transport(&self) -> Transport {
+        match (self.emulate, self.backend, self.comm) {
+            (Some(_), BackendKind::Cpu, _) => Transport::EmulatedInOrder,
+            (Some(_), BackendKind::Cuda, _) => Transport::EmulatedOnStream,
+            (None, _, CommKind::Mpi) => Transport::Mpi,
+            (None, _, CommKind::Nccl) => Transport::Nccl,
         }
     }
 

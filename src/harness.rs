@@ -343,15 +343,7 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
 /// How much communication ran under compute, in words.
 fn hidden_line(s: &StrategySummary, m: &Measured) -> String {
     let Some(f) = m.hidden_fraction else { return "no communication".into() };
-    let device_timed = s.config.backend == crate::config::BackendKind::Cuda
-        && (s.config.emulate.is_some() || s.config.comm == crate::config::CommKind::Nccl);
-    let why = if device_timed {
-        "timed by CUDA events on the communication and compute streams"
-    } else if s.config.emulate.is_some() {
-        "emulated copies run in order with the compute on this backend"
-    } else {
-        "host transport: MPI moves data only inside its calls, so nothing overlaps"
-    };
+    let why = s.config.transport().timing();
     format!(
         "{:.1}% of communication time ran under compute, {} max / {} mean per rank ({why})",
         100.0 * f,

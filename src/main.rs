@@ -11,7 +11,7 @@ use ringbench::comm::mpi::MpiComm;
 use ringbench::comm::nccl::{placement_problem, NcclComm};
 use ringbench::comm::watchdog::{Watchdog, Watched};
 use ringbench::comm::{Communicator, HostCollectives};
-use ringbench::config::{BackendKind, CommKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig};
+use ringbench::config::{BackendKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig, Transport};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
@@ -337,7 +337,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
             }
             let be = be?;
             // An emulated rank is one process: its copies need no transport between GPUs.
-            if cfgs[0].comm == CommKind::Mpi || cfgs[0].emulate.is_some() {
+            if cfgs[0].transport() != Transport::Nccl {
                 return execute(cli, config_args, &cfgs, &be, launch, || Ok(world()));
             }
             let problem = placement_problem(launch.local_size, be.devices(), &launch.host);

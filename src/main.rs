@@ -201,17 +201,12 @@ fn selftest(include: Option<&std::path::Path>) -> ExitCode {
     let cpu = CpuBackend::new();
     // Every op with the default attention kernel, then the attention cases with each other one.
     let mut all = true;
-    for (i, kernel) in [AttentionKernel::Auto, AttentionKernel::Flash64, AttentionKernel::Plain].into_iter().enumerate() {
+    for kernel in [AttentionKernel::Auto, AttentionKernel::Flash64, AttentionKernel::Plain] {
         gpu.set_attention_kernel(kernel);
         let label = format!("{}, attention kernel {kernel:?}: {} at head dim 128", gpu.device_name(), kernel.describe(128));
-        println!("{}", if i == 0 { format!("ringbench selftest on {label}") } else { format!("\nattention again, on {label}") });
-        let only_attention = |name: &str| name.starts_with("attention");
-        let result = if i == 0 {
-            ringbench::selftest::run(&cpu, &gpu, &label)
-        } else {
-            ringbench::selftest::run_only(&cpu, &gpu, &label, &only_attention)
-        };
-        match result {
+        println!("\nringbench selftest on {label}");
+        let keep = |name: &str| kernel == AttentionKernel::Auto || name.starts_with("attention");
+        match ringbench::selftest::run(&cpu, &gpu, &label, kernel, &keep) {
             Ok(pass) => all &= pass,
             Err(e) => {
                 eprintln!("ringbench selftest: error: {e:#}");

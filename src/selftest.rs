@@ -3,6 +3,7 @@
 //! poisoned with NaN before each run so that an unwritten element fails. Each case is written
 //! once against `Backend` and run on both (STYLE.md, item 8).
 
+use crate::backend::cuda::device::AttentionKernel;
 use crate::backend::{Backend, Heads, Span};
 use crate::model::generator::{layer_tensor_id, uniform, Init, LayerTensor, Region};
 use anyhow::Result;
@@ -172,17 +173,19 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
     Ok(out)
 }
 
-/// The tolerance of an attention case: the flash kernel's where it serves the head dim.
-fn attention_tolerance(hd: usize, rows: usize, heads: &Heads, kv: &[bf16]) -> Tolerance {
-    if crate::backend::cuda::launch::flash_kernel(hd, 64).is_none() {
+/// The tolerance of an attention case: the flash kernel's where `kernel` runs it at this head dim,
+/// the FP32 one otherwise.
+fn attention_tolerance(kernel: AttentionKernel, hd: usize, rows: usize, heads: &Heads, kv: &[bf16]) -> Tolerance {
+    if kernel.flash_rows().and_then(|r| crate::backend::cuda::launch::flash_kernel(hd, r)).is_none() {
         return Tolerance::Relative(2e-4);
     }
     let max_v = kv.iter().map(|x| x.to_f64().abs()).fold(0.0, f64::max);
     flash_tolerance(rows * heads.width(), rows * heads.heads, max_v)
 }
 
-/// The cases: every op at awkward sizes.
-pub fn steps() -> Vec<(String, Tolerance, Step)> {
+/// The cases: every op at awkward sizes, with the tolerances for the tested backend's attention
+/// `kernel` (the CPU backend's numerics are the plain kernel's: FP32 throughout).
+pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
     let mut v = Vec::new();
     let qkv = layer_tensor_id(3, LayerTensor::Qkv);
     v.push((
@@ -251,7 +254,7 @@ pub fn steps() -> Vec<(String, Tolerance, Step)> {
         let kv = values(80 + i as u64, rows * 2 * w, 3.0);
         v.push((
             format!("attention {rows} rows, 2 x {hd}, {}", if causal { "causal" } else { "full" }),
-            attention_tolerance(hd, rows, &heads, &kv),
+            attention_tolerance(kernel, hd, rows, &heads, &kv),
             Step::Attention { rows, heads, q: values(70 + i as u64, rows * w, 3.0), kv, first, second, causal },
         ));
     }
@@ -264,7 +267,7 @@ pub fn steps() -> Vec<(String, Tolerance, Step)> {
         let kv = values(88, rows * 2 * w, 3.0);
         v.push((
             "attention 65 queries, keys after them, 2 x 128, causal".into(),
-            attention_tolerance(128, rows, &heads, &kv),
+            attention_tolerance(kernel, 128, rows, &heads, &kv),
             Step::Attention {
                 rows,
                 heads,
@@ -324,16 +327,18 @@ pub fn compare(want: &Output, got: &Output, tol: Tolerance) -> (f64, f64, bool) 
     (max_abs, max_rel, pass)
 }
 
-/// Run every case on `reference` and `tested`; print the table; true when all pass.
-pub fn run<R: Backend, T: Backend>(reference: &R, tested: &T, label: &str) -> Result<bool> {
-    run_only(reference, tested, label, &|_| true)
-}
-
-/// As `run`, for the cases whose name `keep` accepts.
-pub fn run_only<R: Backend, T: Backend>(reference: &R, tested: &T, label: &str, keep: &dyn Fn(&str) -> bool) -> Result<bool> {
+/// Run the cases whose name `keep` accepts on `reference` and `tested` (whose attention runs
+/// `kernel`); print the table; true when all pass.
+pub fn run<R: Backend, T: Backend>(
+    reference: &R,
+    tested: &T,
+    label: &str,
+    kernel: AttentionKernel,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<bool> {
     println!("{:<58} {:>12} {:>12} {:>10}  verdict", "op", "max abs", "max rel", "tolerance");
     let mut all = true;
-    for (name, tol, step) in steps().into_iter().filter(|(name, ..)| keep(name)) {
+    for (name, tol, step) in steps(kernel).into_iter().filter(|(name, ..)| keep(name)) {
         let want = execute(reference, &step)?;
         let got = execute(tested, &step)?;
         let (abs, rel, pass) = compare(&want, &got, tol);
@@ -358,7 +363,7 @@ mod tests {
     #[test]
     fn the_selftest_itself_passes_cpu_against_cpu_and_catches_poison() {
         let (a, b) = (CpuBackend::new(), CpuBackend::new());
-        assert!(run(&a, &b, "cpu vs cpu").unwrap());
+        assert!(run(&a, &b, "cpu vs cpu", AttentionKernel::Plain, &|_| true).unwrap());
         // An output left unwritten (still the NaN poison) fails, whatever the tolerance.
         let want = Output::Bf16(vec![bf16::ONE; 3]);
         let got = Output::Bf16(vec![bf16::ONE, POISON_BF16, bf16::ONE]);

@@ -4,7 +4,7 @@
 //! (QK^T and PV, a multiply-add as two), halved for causal attention.
 
 use crate::backend::{Backend, Heads, Span};
-use crate::config::{BackendKind, ConfigError};
+use crate::config::{require_positive, BackendKind, ConfigError};
 use crate::metrics::{fmt_seconds, Stats};
 use crate::model::generator::{Init, Region};
 use anyhow::Result;
@@ -51,18 +51,14 @@ pub struct AttentionArgs {
 
 impl AttentionArgs {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (flag, v) in [
+        require_positive(&[
             ("--heads", self.heads),
             ("--head-dim", self.head_dim),
             ("--queries", self.queries),
             ("--keys", self.keys),
             ("--batch", self.batch),
             ("--iters", self.iters),
-        ] {
-            if v == 0 {
-                return Err(ConfigError(format!("{flag} 0: must be at least 1")));
-            }
-        }
+        ])?;
         if self.causal && self.queries != self.keys {
             return Err(ConfigError(format!(
                 "--causal: the benchmark's causal block is a diagonal one, so --queries {} must equal --keys {}",

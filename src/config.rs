@@ -509,10 +509,18 @@ impl EmulateArgs {
     }
 }
 
+/// The first of `flags` (name, value) that is 0, as the error that names it.
+pub fn require_positive(flags: &[(&str, usize)]) -> Result<(), ConfigError> {
+    match flags.iter().find(|(_, v)| *v == 0) {
+        Some((flag, _)) => Err(ConfigError(format!("{flag} 0: must be at least 1"))),
+        None => Ok(()),
+    }
+}
+
 /// Every check a config must pass before any work starts. Pure, so every rank reaches the same verdict.
 pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     let m = &cfg.model;
-    for (flag, v) in [
+    require_positive(&[
         ("--layers", m.layers),
         ("--d-model", m.d_model),
         ("--heads", m.heads),
@@ -521,11 +529,7 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
         ("--batch", m.batch),
         ("--micro-batch", cfg.micro_batch),
         ("--iters", cfg.iters),
-    ] {
-        if v == 0 {
-            bad!("{flag} 0: must be at least 1");
-        }
-    }
+    ])?;
     if m.d_model % m.heads != 0 {
         bad!("--d-model {}: must be divisible by --heads {} (each head takes d_model / heads columns)", m.d_model, m.heads);
     }

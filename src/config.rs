@@ -287,6 +287,15 @@ impl RunConfig {
         }
     }
 
+    /// The ranks whose files make a run of this config whole: every rank of the world, or the
+    /// emulated rank alone (one process's file, named after the rank it stood in for).
+    pub fn rank_files(&self) -> Vec<usize> {
+        match self.emulate {
+            Some(e) => vec![e.as_rank],
+            None => (0..self.world()).collect(),
+        }
+    }
+
     /// The rank of the strategy this process runs: its own, or the emulated one.
     pub fn strategy_rank(&self, process_rank: usize) -> usize {
         self.emulate.map_or(process_rank, |e| e.as_rank)

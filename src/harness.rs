@@ -158,8 +158,7 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     }
     let (h5_major, h5_minor, h5_release) = hdf5::library_version();
     let libraries = format!("{}; HDF5 {h5_major}.{h5_minor}.{h5_release}", place.mpi_library);
-    let ranks = if cfgs[0].emulate.is_some() { vec![place.rank] } else { (0..comm.size()).collect() };
-    journal::with(|j| *j = Some(Journal { dir: dir.clone(), rank: place.rank, ranks, runs: Vec::new() }));
+    journal::with(|j| *j = Some(Journal { dir: dir.clone(), rank: place.rank, ranks: cfgs[0].rank_files(), runs: Vec::new() }));
     for (sequence, cfg) in cfgs.iter().enumerate() {
         if root {
             println!("{}", cfg.describe());

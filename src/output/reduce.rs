@@ -86,13 +86,8 @@ pub fn load(dir: &Path, partial: bool) -> Result<(Vec<RankRun>, Vec<String>)> {
     }
     let Some((first_rank, first)) = first else { bail!("no readable rank file in {}", dir.display()) };
     let mut problems = Vec::new();
-    // An emulated run is one process's file, named after the rank it stood in for.
-    let expected: Vec<usize> = match first[0].config.emulate {
-        Some(e) => vec![e.as_rank],
-        None => (0..first[0].config.world()).collect(),
-    };
     let mut all = Vec::new();
-    for rank in expected {
+    for rank in first[0].config.rank_files() {
         let runs = if rank == first_rank { Ok(first.clone()) } else { read_rank(rank) };
         let checked = runs.and_then(|runs| {
             ensure!(

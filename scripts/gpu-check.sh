@@ -3,12 +3,19 @@
 # release binary at target/release/ringbench, built on the development machine with
 #   CUDARC_CUDA_VERSION=13000 cargo build --release --no-default-features
 # (the default build binds CUDA 12; cudarc refuses two versions at once).
-# In order: `info`; `selftest` (every kernel and op against the CPU backend); `verify` on the GPU
-# for reference, ring and tp-pp with NCCL on one rank and with --comm mpi on 2 and 4 processes
-# sharing the GPU; a small timed run of both strategies; then the benchmarks, each beside its
-# PyTorch peer from the same run on the same card: the attention kernel alone (32 heads x 6250 x
-# 6250, head dim 128) and one paper-model layer on rank 0 of an emulated zigzag ring of 16.
-# Full logs go to $OUT (when set); a short table comes last.
+# In order: `info`; `selftest` (every kernel and op against the CPU backend, and NCCL's
+# self-exchange and all-reduce on one rank); `verify` on the GPU for reference, ring and tp-pp with
+# NCCL on one rank and with --comm mpi on 2 and 4 processes sharing the GPU; a small timed run of
+# both strategies; the launch overhead with and without cudarc's buffer events; then the
+# benchmarks, each beside its PyTorch peer from the same run on the same card: the attention
+# kernel alone (32 heads x 6250 x 6250, head dim 128) and one paper-model layer on rank 0 of an
+# emulated zigzag ring of 16.
+#
+# It ends by itself within 7 minutes whatever hangs: one deadline for the whole script
+# (GPU_CHECK_DEADLINE_S, default 380 s, then at most 25 s for the table), each step killed at its own limit or at the deadline,
+# whichever comes first; steps that no longer fit are skipped, and when `info` shows that no GPU
+# context can be created every later step is skipped. Full logs go to $OUT (when set) as each step
+# ends, and so does the table (table.txt), rewritten after every step; it is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH=/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -16,52 +23,82 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 LOGS=${OUT:-/tmp/ringbench-gpu-check}
 mkdir -p "$LOGS"
-BIN=target/release/ringbench
+BIN=${RINGBENCH_BIN:-target/release/ringbench}
 MPIRUN=(mpirun --oversubscribe --bind-to none)
+DEADLINE=$((SECONDS + ${GPU_CHECK_DEADLINE_S:-380}))
+# Seconds a killed step may take to go (timeout's TERM, then KILL) and the table to be written.
+GRACE=10
+gpu=yes
 results=()
-check() { # name, command...
-    local name=$1
-    shift
-    local start=$SECONDS
-    if timeout 240 "$@" > "$LOGS/$name.log" 2>&1; then verdict=PASS; else verdict="FAIL($?)"; fi
-    results+=("$(printf '%-34s %-9s %4ss' "$name" "$verdict" $((SECONDS - start)))")
-    tail -n 3 "$LOGS/$name.log"
+write_table() {
+    { echo "ringbench GPU check on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
+      printf '%s\n' "${results[@]}"; } > "$LOGS/table.txt"
+}
+check() { # name, limit in seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    local left=$((DEADLINE - SECONDS - GRACE)) verdict
+    if [ "$gpu" != yes ]; then
+        verdict="SKIPPED(no GPU context)"
+    elif [ "$left" -lt 5 ]; then
+        verdict="SKIPPED(deadline)"
+    else
+        [ "$limit" -gt "$left" ] && limit=$left
+        local start=$SECONDS
+        timeout -k 5 "$limit" "$@" > "$LOGS/$name.log" 2>&1
+        local rc=$?
+        case $rc in
+            0) verdict=PASS ;;
+            124 | 137) verdict="TIMEOUT(${limit}s)" ;;
+            *) verdict="FAIL($rc)" ;;
+        esac
+        verdict=$(printf '%-16s %4ss' "$verdict" $((SECONDS - start)))
+        tail -n 3 "$LOGS/$name.log"
+    fi
+    results+=("$(printf '%-34s %s' "$name" "$verdict")")
+    write_table
 }
 
-check info "$BIN" info
-check selftest "$BIN" selftest
-check verify-reference-1-nccl "$BIN" verify --backend cuda --strategy reference --seq-len 1023
-check verify-ring-1-nccl "$BIN" verify --backend cuda --strategy ring --ring 1 --seq-len 1023
-check verify-tp-pp-1-nccl "$BIN" verify --backend cuda --strategy tp-pp --tp 1 --pp 1 --seq-len 1023
-check verify-ring-2-mpi "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --seq-len 1023
-check verify-ring-4-mpi "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy ring --layout contiguous --seq-len 1000
-check verify-tp-pp-2-mpi "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --seq-len 1023
-check verify-tp-pp-4-mpi "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --pp 2 --layers 4 --no-causal --seq-len 97
-check run-small-all-4-mpi "${MPIRUN[@]}" -np 4 "$BIN" run --backend cuda --comm mpi --preset small --strategy all --tp 2 --pp 2 --ring 4 --out "$LOGS/results" --run-id small --quiet
+check info 30 "$BIN" info
+# Every later step needs a context on the GPU: without one, say so once and skip them.
+if ! grep -q '^GPU 0: .*compute capability' "$LOGS/info.log" 2>/dev/null; then
+    echo "no context could be created on GPU 0 (see info.log): every later step is skipped"
+    gpu=no
+fi
+check selftest 150 "$BIN" selftest
+check verify-reference-1-nccl 60 "$BIN" verify --backend cuda --strategy reference --seq-len 1023
+check verify-ring-1-nccl 60 "$BIN" verify --backend cuda --strategy ring --ring 1 --seq-len 1023
+check verify-tp-pp-1-nccl 60 "$BIN" verify --backend cuda --strategy tp-pp --tp 1 --pp 1 --seq-len 1023
+check verify-ring-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --seq-len 1023
+check verify-ring-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy ring --layout contiguous --seq-len 1000
+check verify-tp-pp-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --seq-len 1023
+check verify-tp-pp-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --pp 2 --layers 4 --no-causal --seq-len 97
+check run-small-all-4-mpi 90 "${MPIRUN[@]}" -np 4 "$BIN" run --backend cuda --comm mpi --preset small --strategy all --tp 2 --pp 2 --ring 4 --out "$LOGS/results" --run-id small --quiet
+check bench-launch 40 "$BIN" bench launch --json
 
-# Benchmarks: ringbench and its PyTorch peer, same shapes, same card, this run.
+# Benchmarks: ringbench and its PyTorch peer, same shapes, same card, this run; the headline pairs
+# first, so that a deadline cuts the extras.
 SHAPE=(--heads 32 --head-dim 128 --queries 6250 --keys 6250)
-check bench-attention "$BIN" bench attention "${SHAPE[@]}" --json
-check bench-attention-causal "$BIN" bench attention "${SHAPE[@]}" --causal --json
-check bench-attention-m64 "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --json
-check bench-attention-m64-causal "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --causal --json
-check bench-attention-plain "$BIN" bench attention "${SHAPE[@]}" --kernel plain --iters 3 --json
-check peer-check python3 scripts/torch_peer.py check --backend flash --json
-check peer-check-cudnn python3 scripts/torch_peer.py check --backend cudnn --json
-check peer-attention python3 scripts/torch_peer.py attention "${SHAPE[@]}" --json
-check peer-attention-causal python3 scripts/torch_peer.py attention "${SHAPE[@]}" --causal --json
 LAYER=(--preset paper --layers 1 --batch 1 --warmup 2 --iters 5 --quiet)
-check emulated-ring-layer "$BIN" run --backend cuda --strategy ring --emulate-world 16 --as-rank 0 "${LAYER[@]}" --out "$LOGS/results" --run-id ring-layer
-check emulated-tp-pp-layer "$BIN" run --backend cuda --strategy tp-pp --tp 8 --pp 2 --emulate-world 16 --as-rank 0 --preset paper --layers 2 --batch 1 --warmup 2 --iters 5 --quiet --out "$LOGS/results" --run-id tp-pp-layer
-check peer-layer-cudnn python3 scripts/torch_peer.py layer --ring 16 --rank 0 --backend cudnn --json
-check peer-layer-flash python3 scripts/torch_peer.py layer --ring 16 --rank 0 --backend flash --json
+check peer-check 60 python3 scripts/torch_peer.py check --backend flash --json
+check peer-check-cudnn 60 python3 scripts/torch_peer.py check --backend cudnn --json
+check bench-attention 45 "$BIN" bench attention "${SHAPE[@]}" --json
+check peer-attention 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --json
+check bench-attention-causal 45 "$BIN" bench attention "${SHAPE[@]}" --causal --json
+check peer-attention-causal 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --causal --json
+check emulated-ring-layer 90 "$BIN" run --backend cuda --strategy ring --emulate-world 16 --as-rank 0 "${LAYER[@]}" --out "$LOGS/results" --run-id ring-layer
+check peer-layer-cudnn 60 python3 scripts/torch_peer.py layer --ring 16 --rank 0 --backend cudnn --json
+check peer-layer-flash 60 python3 scripts/torch_peer.py layer --ring 16 --rank 0 --backend flash --json
+check bench-attention-m64 45 "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --json
+check bench-attention-m64-causal 45 "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --causal --json
+check bench-attention-plain 45 "$BIN" bench attention "${SHAPE[@]}" --kernel plain --iters 3 --json
+check emulated-tp-pp-layer 90 "$BIN" run --backend cuda --strategy tp-pp --tp 8 --pp 2 --emulate-world 16 --as-rank 0 --preset paper --layers 2 --batch 1 --warmup 2 --iters 5 --quiet --out "$LOGS/results" --run-id tp-pp-layer
 [ -f "$LOGS/results/small/summary.csv" ] && cp "$LOGS/results/small/summary.csv" "$LOGS/summary.csv"
 
 echo
-echo "ringbench GPU check on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
-printf '%s\n' "${results[@]}"
+cat "$LOGS/table.txt"
 echo
-python3 - "$LOGS" <<'EOF'
+timeout 20 python3 - "$LOGS" <<'EOF' | tee -a "$LOGS/table.txt"
 import csv, json, os, sys
 logs = sys.argv[1]
 def objs(name):
@@ -103,6 +140,15 @@ if t:
 for name in ("peer-layer-cudnn", "peer-layer-flash"):
     for o in objs(name):
         print(f"  {o['peer']:<30} {o['mean_s'] * 1e3:.2f} ms (min {o['min_s'] * 1e3:.2f})")
+for o in objs("bench-launch"):
+    print(f"launch of a small kernel, {o['ordering']}: host {o['host_us_per_launch']:.2f} us, device {o['device_us_per_launch']:.2f} us per launch")
+try:
+    with open(os.path.join(logs, "selftest.log")) as f:
+        for line in f:
+            if " loaded as " in line or line.startswith("selftest"):
+                print(line.rstrip())
+except OSError:
+    pass
 for o in objs("peer-check") + objs("peer-check-cudnn"):
     print(f"peer correctness: {o['check']}: rel L2 {o['rel_l2']:.2e} (tol {o['tol']:.0e}) {o['verdict']}")
 EOF

@@ -1,10 +1,12 @@
-//! `ringbench bench attention`: the attention kernel alone, on shapes given by flags, so its speed
-//! can be compared with other implementations (scripts/torch_peer.py) on the same card in the
-//! same run. FLOPs follow the usual convention: 4 x queries x keys x head_dim x heads per sequence
-//! (QK^T and PV, a multiply-add as two), halved for causal attention.
+//! `ringbench bench`: one part alone. `attention`: the attention kernel on shapes given by flags,
+//! so its speed can be compared with other implementations (scripts/torch_peer.py) on the same
+//! card in the same run; FLOPs follow the usual convention: 4 x queries x keys x head_dim x heads
+//! per sequence (QK^T and PV, a multiply-add as two), halved for causal attention. `launch`: what
+//! one small kernel launch costs the host and the device, the quantity a layer of many small
+//! launches pays per op.
 
 use crate::backend::{Backend, Heads, Span};
-use crate::config::{require_positive, BackendKind, ConfigError};
+use crate::config::{require_at_most, require_positive, BackendKind, ConfigError};
 use crate::metrics::{fmt_seconds, Stats};
 use crate::model::generator::{Init, Region};
 use anyhow::Result;
@@ -155,6 +157,103 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionRe
     })
 }
 
+#[derive(Args, Clone, Debug)]
+pub struct LaunchArgs {
+    #[arg(long, value_enum, default_value = "cuda")]
+    pub backend: BackendKind,
+    /// Launches queued back to back per iteration.
+    #[arg(long, default_value_t = 2000)]
+    pub launches: usize,
+    /// Elements the launched op (a residual add of two buffers) touches.
+    #[arg(long, default_value_t = 1024)]
+    pub elements: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LaunchArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_positive(&[("--launches", self.launches), ("--elements", self.elements), ("--iters", self.iters)])?;
+        require_at_most("--launches", self.launches, 1_000_000)?;
+        require_at_most("--elements", self.elements, 1 << 28)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LaunchResult {
+    pub device: String,
+    /// What ordered the op's buffers across streams (the CUDA backend: "timeline events only" or
+    /// "cudarc buffer events too").
+    pub ordering: String,
+    pub launches: usize,
+    pub elements: usize,
+    pub iters: usize,
+    /// Host time to queue one launch (mean over iterations, and the best iteration's).
+    pub host_us_per_launch: f64,
+    pub host_us_per_launch_min: f64,
+    /// Device (or, on the CPU, host) time per op from the first launch to the last one's end.
+    pub device_us_per_launch: f64,
+    pub device_us_per_launch_min: f64,
+}
+
+/// Queue `launches` adds of two small buffers back to back, per iteration: the host's time to queue
+/// them, and the device's time to run them (the iteration's timer events), per launch.
+pub fn launch<B: Backend>(be: &B, args: &LaunchArgs, ordering: &str) -> Result<LaunchResult> {
+    let mut x = be.alloc_act(1, args.elements)?;
+    let mut y = be.alloc_act(1, args.elements)?;
+    be.fill(&mut x, 0, &Region::rows(BENCH_Q, args.elements, 0, 1), 0, Init::Uniform)?;
+    be.fill(&mut y, 0, &Region::rows(BENCH_KV, args.elements, 0, 1), 0, Init::Uniform)?;
+    let (mut host, mut device) = (Vec::with_capacity(args.iters), Vec::with_capacity(args.iters));
+    for i in 0..args.warmup + args.iters {
+        be.synchronize()?;
+        be.timer_start()?;
+        let t0 = Instant::now();
+        for _ in 0..args.launches {
+            be.add(&mut x, &y)?;
+        }
+        let queued = t0.elapsed().as_secs_f64();
+        be.timer_stop()?;
+        be.synchronize()?;
+        let ran = be.timer_elapsed()?.unwrap_or(t0.elapsed().as_secs_f64());
+        if i >= args.warmup {
+            host.push(queued / args.launches as f64 * 1e6);
+            device.push(ran / args.launches as f64 * 1e6);
+        }
+    }
+    let (h, d) = (Stats::of(&host).expect("--iters >= 1"), Stats::of(&device).expect("--iters >= 1"));
+    Ok(LaunchResult {
+        device: be.device_name(),
+        ordering: ordering.to_string(),
+        launches: args.launches,
+        elements: args.elements,
+        iters: h.n,
+        host_us_per_launch: h.mean,
+        host_us_per_launch_min: h.min,
+        device_us_per_launch: d.mean,
+        device_us_per_launch_min: d.min,
+    })
+}
+
+pub fn render_launch(r: &LaunchResult) -> String {
+    format!(
+        "ringbench bench launch on {} ({}): {} adds of {} elements per iteration, n {}\n  host   {:.2} us to queue one launch (best {:.2})\n  device {:.2} us per launch, first to last (best {:.2})",
+        r.device,
+        r.ordering,
+        r.launches,
+        r.elements,
+        r.iters,
+        r.host_us_per_launch,
+        r.host_us_per_launch_min,
+        r.device_us_per_launch,
+        r.device_us_per_launch_min
+    )
+}
+
 pub fn render(r: &AttentionResult) -> String {
     format!(
         "ringbench bench attention on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, 95% CI [{}, {}], min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
@@ -206,6 +305,38 @@ mod tests {
     fn bad_shapes_name_their_flag() {
         assert!(args("--heads 0").validate().unwrap_err().0.contains("--heads 0"));
         assert!(args("--causal --queries 10 --keys 12").validate().unwrap_err().0.contains("--queries 10 must equal --keys 12"));
+    }
+
+    #[derive(Parser)]
+    struct LaunchCli {
+        #[command(flatten)]
+        args: LaunchArgs,
+    }
+
+    #[test]
+    fn launch_costs_are_per_launch_and_limits_are_named() {
+        let a = LaunchCli::try_parse_from([
+            "bench",
+            "--backend",
+            "cpu",
+            "--launches",
+            "50",
+            "--elements",
+            "64",
+            "--warmup",
+            "0",
+            "--iters",
+            "3",
+        ])
+        .unwrap()
+        .args;
+        a.validate().unwrap();
+        let r = launch(&CpuBackend::new(), &a, "cpu").unwrap();
+        assert_eq!((r.iters, r.launches, r.elements), (3, 50, 64));
+        assert!(r.host_us_per_launch > 0.0 && r.host_us_per_launch_min <= r.host_us_per_launch);
+        assert!(r.device_us_per_launch >= r.host_us_per_launch_min, "the run includes the queueing on the CPU");
+        let big = LaunchCli::try_parse_from(["bench", "--launches", "2000000"]).unwrap().args;
+        assert!(big.validate().unwrap_err().0.contains("--launches 2000000"));
     }
 
     #[test]

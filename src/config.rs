@@ -526,6 +526,15 @@ pub fn require_positive(flags: &[(&str, usize)]) -> Result<(), ConfigError> {
     }
 }
 
+/// A flag above the most ringbench accepts, refused before any allocation or directory exists,
+/// with the limit named (a value that large is a typo, or would only fail later, mid-run).
+pub fn require_at_most(flag: &str, value: usize, max: usize) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError(format!("{flag} {value}: at most {max} is accepted")));
+    }
+    Ok(())
+}
+
 /// Every check a config must pass before any work starts. Pure, so every rank reaches the same verdict.
 pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     let m = &cfg.model;

@@ -5,6 +5,20 @@
 use crate::backend::cuda::{device, kernels};
 use std::fmt::Write;
 
+/// How the backend would load its kernels on this device: one small source compiled by NVRTC for
+/// the device's architecture and loaded as the backend loads every source.
+fn kernel_format(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, major: i32, minor: i32, include: &[std::path::PathBuf]) -> String {
+    let arch = match device::arch_for(major, minor) {
+        Ok(a) => a,
+        Err(e) => return format!("{e:#}"),
+    };
+    let k = &kernels::SOURCES[0];
+    match kernels::compile(k, arch, include).and_then(|c| kernels::load(ctx, k, arch, c)) {
+        Ok((_, format)) => format!("{format} for {arch} ({} compiled and loaded)", k.file),
+        Err(e) => format!("cannot be built for {arch}: {e:#}"),
+    }
+}
+
 fn version_string(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
@@ -13,6 +27,12 @@ fn version_string(v: i32) -> String {
 pub fn report(include: Option<&std::path::Path>) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "ringbench {} (commit {})", env!("CARGO_PKG_VERSION"), env!("RINGBENCH_GIT_COMMIT"));
+    let _ = writeln!(
+        o,
+        "CUDA bindings: {} (the CUDA API this binary was built against)",
+        version_string(cudarc::driver::sys::CUDA_VERSION as i32)
+    );
+    let include_dirs = kernels::include_dirs(include);
     if device::driver_available() {
         let mut v = 0;
         // SAFETY: the driver library is loaded (checked above); the call writes one int.
@@ -26,9 +46,13 @@ pub fn report(include: Option<&std::path::Path>) -> String {
                             let name = ctx.name().unwrap_or_default();
                             let (maj, min) = ctx.compute_capability().unwrap_or((0, 0));
                             let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
-                            let peak =
-                                device::peak_flops_for(&name).map(|p| format!(", {:.0} TFLOP/s BF16 dense", p / 1e12)).unwrap_or_default();
+                            let peak = device::peak_flops_for(&name)
+                                .map(|p| format!(", {:.0} TFLOP/s BF16 dense", p / 1e12))
+                                .unwrap_or_else(|| ", BF16 peak unknown (MFU left empty)".into());
                             let _ = writeln!(o, "GPU {i}: {name}, compute capability {maj}.{min}, {mem:.1} GiB{peak}");
+                            if i == 0 {
+                                let _ = writeln!(o, "kernels on GPU 0: {}", kernel_format(&ctx, maj, min, &include_dirs));
+                            }
                         }
                         Err(e) => {
                             let _ = writeln!(o, "GPU {i}: cannot create a context: {e:?}");
@@ -67,8 +91,7 @@ pub fn report(include: Option<&std::path::Path>) -> String {
     } else {
         let _ = writeln!(o, "cuBLAS: not found (libcublas.so)");
     }
-    let include = kernels::include_dirs(include);
-    match include.first() {
+    match include_dirs.first() {
         Some(d) => {
             let _ = writeln!(o, "CUDA headers: {}", d.display());
         }

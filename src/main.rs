@@ -68,6 +68,10 @@ enum BenchCommand {
     /// The attention kernel alone: one query block against one key/value block per sequence,
     /// TFLOP/s by the convention 4 x queries x keys x head_dim x heads, halved for causal.
     Attention(ringbench::bench::AttentionArgs),
+    /// What one small kernel launch costs the host and the device; on the CUDA backend measured
+    /// twice, with only the timeline's events ordering the streams (what runs use) and with
+    /// cudarc's per-buffer events on as well.
+    Launch(ringbench::bench::LaunchArgs),
 }
 
 #[derive(Args)]
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         }
         Command::Selftest => return selftest(cli.cuda_include.as_deref()),
         Command::Bench(BenchCommand::Attention(args)) => return bench_attention(args, cli.cuda_include.as_deref()),
+        Command::Bench(BenchCommand::Launch(args)) => return bench_launch(args, cli.cuda_include.as_deref()),
         Command::Report(args) => {
             return match ringbench::report::report(&args.dir) {
                 Ok(paths) => {
@@ -214,11 +219,46 @@ fn selftest(include: Option<&std::path::Path>) -> ExitCode {
             }
         }
     }
+    println!();
+    for (file, format) in gpu.module_formats() {
+        println!("kernels {file}: loaded as {format}");
+    }
+    gpu.set_attention_kernel(AttentionKernel::Auto);
+    match selftest_communicators(&cpu, &gpu) {
+        Ok(pass) => all &= pass,
+        Err(e) => {
+            eprintln!("ringbench selftest: communicator cases: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     if all {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The communicator cases on this GPU, through each transport the CUDA backend has: NCCL (its own
+/// communication stream) and MPI with host staging. Each rank of a launch tests on its own.
+fn selftest_communicators(cpu: &CpuBackend, gpu: &CudaBackend) -> anyhow::Result<bool> {
+    let launch = Launch::init()?;
+    let alone = || MpiComm::new(launch.world_for_strategies()).split_comm(launch.rank, 0);
+    let kernel = AttentionKernel::Auto;
+    let mut all = true;
+    println!("\nringbench selftest of NCCL (one rank, communication stream) on {}", gpu.device_name());
+    match NcclComm::library_version() {
+        Some(v) => {
+            let nccl = NcclComm::new(alone()?, gpu)?;
+            all &= ringbench::selftest::comm::run(cpu, gpu, &nccl, &format!("{}, NCCL {v}", gpu.device_name()), kernel)?;
+        }
+        None => {
+            println!("NCCL (libnccl.so, unversioned) not found: the NCCL cases cannot run: FAIL");
+            all = false;
+        }
+    }
+    println!("\nringbench selftest of MPI with host staging (one rank) on {}", gpu.device_name());
+    all &= ringbench::selftest::comm::run(cpu, gpu, &alone()?, &format!("{}, MPI host staging", gpu.device_name()), kernel)?;
+    Ok(all)
 }
 
 fn bench_attention(args: &ringbench::bench::AttentionArgs, include: Option<&std::path::Path>) -> ExitCode {
@@ -245,6 +285,44 @@ fn bench_attention(args: &ringbench::bench::AttentionArgs, include: Option<&std:
         Err(e) => {
             eprintln!("ringbench bench attention: error: {e:#}");
             return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn bench_launch(args: &ringbench::bench::LaunchArgs, include: Option<&std::path::Path>) -> ExitCode {
+    use ringbench::backend::cuda::device::BufferEvents;
+    if let Err(e) = args.validate() {
+        eprintln!("ringbench: error: {e}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let results = match args.backend {
+        BackendKind::Cpu => vec![ringbench::bench::launch(&CpuBackend::new(), args, "host, in order")],
+        BackendKind::Cuda => match CudaBackend::new(0, include) {
+            // Each measurement allocates its buffers after the setting it measures.
+            Ok(be) => [(BufferEvents::Off, "timeline events only"), (BufferEvents::On, "cudarc buffer events too")]
+                .into_iter()
+                .map(|(events, label)| {
+                    be.set_buffer_events(events);
+                    let r = ringbench::bench::launch(&be, args, label);
+                    be.set_buffer_events(BufferEvents::Off);
+                    r
+                })
+                .collect(),
+            Err(e) => {
+                eprintln!("ringbench bench launch: --backend cuda: {e:#}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        },
+    };
+    for r in results {
+        match r {
+            Ok(r) if args.json => println!("{}", serde_json::to_string(&r).expect("the result serialises")),
+            Ok(r) => println!("{}", ringbench::bench::render_launch(&r)),
+            Err(e) => {
+                eprintln!("ringbench bench launch: error: {e:#}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     ExitCode::SUCCESS

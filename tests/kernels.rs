@@ -52,7 +52,11 @@ fn every_kernel_compiles_for_each_architecture_without_spills() {
     std::fs::create_dir_all(&dir).unwrap();
     for k in SOURCES {
         for &arch in CHECKED_ARCHS {
-            let ptx = compile(k, arch, &include).unwrap_or_else(|e| panic!("{e:#}"));
+            let compiled = compile(k, arch, &include).unwrap_or_else(|e| panic!("{e:#}"));
+            // The machine code the backend loads first: an ELF image for this exact architecture.
+            let cubin = compiled.cubin.unwrap_or_else(|| panic!("{} for {arch}: NVRTC gave no CUBIN", k.file));
+            assert!(cubin.starts_with(b"\x7fELF"), "{} for {arch}: the CUBIN is not an ELF image", k.file);
+            let ptx = compiled.ptx;
             for e in k.entries {
                 assert!(ptx.contains(&format!(".entry {e}(")), "{} for {arch}: no entry {e}", k.file);
             }

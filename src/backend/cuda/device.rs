@@ -3,7 +3,7 @@
 //! start-up for this device's architecture. Operations are queued on one stream; `synchronize`
 //! ends a timed iteration.
 
-use super::kernels::{self, SOURCES};
+use super::kernels::{self, ModuleFormat, SOURCES};
 use super::launch::{self, Geometry, Operand};
 use crate::backend::{Backend, Heads, Matrix, MemoryStats, Span, Tracker};
 use crate::model::generator::{Init, Region};
@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::cublas::{sys as cublas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use half::bf16;
+use serde::Serialize;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
@@ -119,16 +120,37 @@ pub fn arch_for(major: i32, minor: i32) -> Result<&'static str> {
     })
 }
 
-/// Dense BF16 peak of the GPUs whose figures the project uses (GPU.md, plan profiles).
+/// Dense BF16 tensor-core peak of the exact card, by its name as the driver reports it (NVIDIA's
+/// datasheets): H100 SXM ("H100 80GB HBM3") and H200 989 TFLOP/s, H100 PCIe 756, H100 NVL and
+/// H200 NVL 835, A100 (SXM and PCIe) 312. Any other card, a variant of these included, is
+/// unknown: its MFU stays empty rather than divided by a guess.
 pub fn peak_flops_for(name: &str) -> Option<f64> {
     let n = name.to_ascii_uppercase();
-    if n.contains("H100") || n.contains("H200") || n.contains("GH200") {
-        Some(989e12)
-    } else if n.contains("A100") {
-        Some(312e12)
+    let has = |w: &str| n.contains(w);
+    let tflops = if has("GH200") {
+        return None; // a Grace Hopper superchip: not in the list above, whatever its H100 runs at
+    } else if has("H200") {
+        if has("NVL") {
+            835.0
+        } else {
+            989.0
+        }
+    } else if has("H100") {
+        if has("NVL") {
+            835.0
+        } else if has("PCIE") {
+            756.0
+        } else if has("HBM3") || has("SXM") {
+            989.0
+        } else {
+            return None;
+        }
+    } else if has("A100") {
+        312.0
     } else {
-        None
-    }
+        return None;
+    };
+    Some(tflops * 1e12)
 }
 
 /// Which attention kernel the backend launches.
@@ -178,6 +200,16 @@ pub struct CudaBackend {
     attention_kernel: Cell<AttentionKernel>,
     /// The events `timer_start` and `timer_stop` recorded on the compute stream.
     timer: std::cell::RefCell<[Option<cudarc::driver::CudaEvent>; 2]>,
+    formats: Vec<(&'static str, ModuleFormat)>,
+}
+
+/// Whether cudarc records and waits on events of its own for every buffer a launch or copy uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum BufferEvents {
+    /// Off: the timeline's explicit events are the only ordering between streams (the default).
+    Off,
+    /// On: cudarc's default, kept for measuring its per-launch cost.
+    On,
 }
 
 impl CudaBackend {
@@ -189,6 +221,19 @@ impl CudaBackend {
         }
         let ordinal = local_rank % devices;
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("creating a context on GPU {ordinal}: {e:?}"))?;
+        {
+            // SAFETY: stream order has one authority, the explicit events of `comm::timeline`, and
+            // cudarc's per-buffer events (a record and a wait per buffer per launch) add nothing
+            // to it. The three rules cudarc then leaves to us hold: (1) every buffer is allocated,
+            // and freed, in order on the compute stream, and a transfer starts only after the
+            // communication stream has waited for the compute queued before it (so allocations
+            // are complete); (2) every transfer ends with the compute stream waiting for it, so a
+            // free queued on the compute stream later cannot overtake a use on the communication
+            // stream; (3) no buffer is written by both streams at once: the ring receives into
+            // the block compute is not reading. Called before any stream or buffer exists, so it
+            // covers all of them.
+            unsafe { ctx.disable_event_tracking() };
+        }
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
         let arch = arch_for(major, minor)?;
         let name = ctx.name().map_err(|e| anyhow!("{e:?}"))?;
@@ -202,9 +247,10 @@ impl CudaBackend {
         }
         let include = kernels::include_dirs(include);
         let mut functions = HashMap::new();
+        let mut formats = Vec::new();
         for k in SOURCES {
-            let ptx = kernels::compile(k, arch, &include)?;
-            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| anyhow!("loading {} for {arch}: {e:?}", k.file))?;
+            let (module, format) = kernels::load(&ctx, k, arch, kernels::compile(k, arch, &include)?)?;
+            formats.push((k.file, format));
             for &e in k.entries {
                 functions.insert(e, module.load_function(e).map_err(|err| anyhow!("{} has no kernel {e}: {err:?}", k.file))?);
             }
@@ -223,7 +269,33 @@ impl CudaBackend {
             device_peak: Cell::new(0),
             attention_kernel: Cell::new(AttentionKernel::Auto),
             timer: std::cell::RefCell::new([None, None]),
+            formats,
         })
+    }
+
+    /// Whether the buffers allocated from now on carry cudarc's own per-use events (`bench launch`
+    /// measures what they cost per launch; everything else runs with them off).
+    pub fn set_buffer_events(&self, events: BufferEvents) {
+        match events {
+            // SAFETY: tracked buffers are ordered by cudarc's events as well as by the timeline's:
+            // more waits, never fewer.
+            BufferEvents::On => unsafe { self.ctx.enable_event_tracking() },
+            // SAFETY: the three rules in `new` hold for every buffer this backend allocates.
+            BufferEvents::Off => unsafe { self.ctx.disable_event_tracking() },
+        }
+    }
+
+    pub fn buffer_events(&self) -> BufferEvents {
+        if self.ctx.is_event_tracking() {
+            BufferEvents::On
+        } else {
+            BufferEvents::Off
+        }
+    }
+
+    /// How each kernel source was loaded (CUBIN, or PTX and why).
+    pub fn module_formats(&self) -> &[(&'static str, ModuleFormat)] {
+        &self.formats
     }
 
     /// The compute stream: every backend operation is queued on it.
@@ -610,8 +682,22 @@ mod tests {
         assert_eq!(arch_for(9, 0).unwrap(), "sm_90a");
         assert_eq!(arch_for(8, 0).unwrap(), "sm_80");
         assert!(arch_for(7, 5).unwrap_err().to_string().contains("sm_80 or newer"));
-        assert_eq!(peak_flops_for("NVIDIA H100 80GB HBM3"), Some(989e12));
-        assert_eq!(peak_flops_for("NVIDIA GeForce RTX 4090"), None);
+        // The names the driver reports for each card, and the card's own dense BF16 peak.
+        for (name, tflops) in [
+            ("NVIDIA H100 80GB HBM3", Some(989.0)),
+            ("NVIDIA H200", Some(989.0)),
+            ("NVIDIA H100 PCIe", Some(756.0)),
+            ("NVIDIA H100 NVL", Some(835.0)),
+            ("NVIDIA H200 NVL", Some(835.0)),
+            ("NVIDIA A100-SXM4-80GB", Some(312.0)),
+            ("NVIDIA A100 80GB PCIe", Some(312.0)),
+            ("NVIDIA GeForce RTX 4090", None),
+            ("NVIDIA H800", None),
+            ("NVIDIA GH200 480GB", None),
+            ("NVIDIA H100", None),
+        ] {
+            assert_eq!(peak_flops_for(name), tflops.map(|t| t * 1e12), "{name}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! named `op_dtype`, errors that carry the source's name and NVRTC's log. The shared headers are
 //! spliced in here, so a build needs only the CUDA headers (cuda_bf16.h) on its include path.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The shared headers, spliced in where a source includes them.
@@ -73,31 +73,111 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// PTX of one kernel source for `arch` (e.g. "sm_90a").
-pub fn compile(k: &KernelSource, arch: &'static str, include: &[PathBuf]) -> Result<String> {
+/// One kernel source compiled for one architecture: its PTX, and its CUBIN (machine code for that
+/// exact architecture) where NVRTC could produce one.
+pub struct Compiled {
+    pub ptx: String,
+    /// None when NVRTC cannot emit machine code for `arch` (then only PTX is loadable).
+    pub cubin: Option<Vec<u8>>,
+}
+
+/// How a module was handed to the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModuleFormat {
+    /// Machine code for the device's exact architecture: no JIT at load, and no dependence on the
+    /// driver accepting this NVRTC's PTX version.
+    Cubin,
+    /// PTX, JIT-compiled by the driver, with the reason the CUBIN was not used.
+    Ptx { why: String },
+}
+
+impl std::fmt::Display for ModuleFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModuleFormat::Cubin => write!(f, "CUBIN"),
+            ModuleFormat::Ptx { why } => write!(f, "PTX (JIT by the driver; no CUBIN: {why})"),
+        }
+    }
+}
+
+/// The NVRTC options every kernel is built with for `arch` (a real architecture, e.g. "sm_90a",
+/// so that NVRTC emits machine code beside the PTX).
+fn options(arch: &str, include: &[PathBuf]) -> Vec<String> {
+    let mut o = vec![format!("--gpu-architecture={arch}")];
+    o.extend(include.iter().map(|p| format!("--include-path={}", p.display())));
+    // IEEE division and square root, as the CPU twins compute them.
+    o.extend(["--prec-div=true", "--prec-sqrt=true", "--std=c++17", "-default-device"].map(String::from));
+    o
+}
+
+/// The text of a NUL-terminated buffer NVRTC filled.
+fn c_text(buf: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// One kernel source compiled for `arch` (e.g. "sm_90a"): PTX, and CUBIN where NVRTC has it.
+pub fn compile(k: &KernelSource, arch: &str, include: &[PathBuf]) -> Result<Compiled> {
+    use cudarc::nvrtc::{result, sys};
     if !nvrtc_available() {
         bail!("NVRTC (libnvrtc.so) not found: install the CUDA toolkit or the nvidia-cuda-nvrtc-cu12 wheel and put its lib directory on LD_LIBRARY_PATH");
     }
     if include.is_empty() {
         bail!("CUDA headers (cuda_bf16.h) not found: give --cuda-include DIR, set CUDA_HOME or CUDA_PATH, or install the CUDA toolkit under /usr/local/cuda");
     }
-    let opts = cudarc::nvrtc::CompileOptions {
-        arch: Some(arch),
-        include_paths: include.iter().map(|p| p.display().to_string()).collect(),
-        // IEEE division and square root, as the CPU twins compute them.
-        prec_div: Some(true),
-        prec_sqrt: Some(true),
-        options: vec!["--std=c++17".into(), "-default-device".into()],
-        name: Some(k.file.to_string()),
-        ..Default::default()
-    };
-    match cudarc::nvrtc::compile_ptx_with_opts(full_source(k), opts) {
-        Ok(ptx) => Ok(ptx.to_src()),
-        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
-            bail!("{} for {arch}: NVRTC failed:\n{}", k.file, log.to_string_lossy())
+    let src = std::ffi::CString::new(full_source(k)).with_context(|| format!("{}: a NUL byte in the source", k.file))?;
+    let name = std::ffi::CString::new(k.file).expect("file names have no NUL");
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| anyhow!("{}: nvrtcCreateProgram: {e:?}", k.file))?;
+    /// Destroys the program however the compile ends.
+    struct Program(sys::nvrtcProgram);
+    impl Drop for Program {
+        fn drop(&mut self) {
+            // SAFETY: created above and destroyed only here.
+            let _ = unsafe { result::destroy_program(self.0) };
         }
-        Err(e) => Err(anyhow::anyhow!("{e:?}")).with_context(|| format!("{} for {arch}", k.file)),
     }
+    let prog = Program(prog);
+    // SAFETY: `prog` is a live program (created above, destroyed on drop); the options are C strings.
+    if let Err(e) = unsafe { result::compile_program(prog.0, &options(arch, include)) } {
+        // SAFETY: as above; the log exists once a compile has been attempted.
+        let log = unsafe { result::get_program_log(prog.0) }.map(|l| c_text(&l)).unwrap_or_default();
+        bail!("{} for {arch}: NVRTC failed ({e:?}):\n{log}", k.file);
+    }
+    // SAFETY: as above, after a successful compile.
+    let ptx = unsafe { result::get_ptx(prog.0) }.map_err(|e| anyhow!("{} for {arch}: nvrtcGetPTX: {e:?}", k.file))?;
+    let mut size = 0usize;
+    // SAFETY: as above; NVRTC writes the CUBIN's size, then exactly that many bytes into a buffer
+    // of that size. It refuses (NVRTC_ERROR_INVALID_INPUT) when the architecture is virtual.
+    let cubin = unsafe {
+        (sys::nvrtcGetCUBINSize(prog.0, &mut size).result().is_ok() && size > 0)
+            .then(|| {
+                let mut buf = vec![0u8; size];
+                sys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr().cast()).result().ok().map(|_| buf)
+            })
+            .flatten()
+    };
+    Ok(Compiled { ptx: c_text(&ptx), cubin })
+}
+
+/// Load one compiled source into `ctx`: its CUBIN where there is one and the driver takes it,
+/// else its PTX (JIT), saying why.
+pub fn load(
+    ctx: &std::sync::Arc<cudarc::driver::CudaContext>,
+    k: &KernelSource,
+    arch: &str,
+    compiled: Compiled,
+) -> Result<(std::sync::Arc<cudarc::driver::CudaModule>, ModuleFormat)> {
+    let why = match compiled.cubin {
+        Some(cubin) => match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)) {
+            Ok(m) => return Ok((m, ModuleFormat::Cubin)),
+            Err(e) => format!("the driver refused it: {e:?}"),
+        },
+        None => format!("NVRTC emits none for {arch}"),
+    };
+    let m = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(compiled.ptx))
+        .map_err(|e| anyhow!("loading {} for {arch} (CUBIN not used: {why}; PTX refused too): {e:?}", k.file))?;
+    Ok((m, ModuleFormat::Ptx { why }))
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use crate::model::generator::{layer_tensor_id, uniform, Init, LayerTensor, Regio
 use anyhow::Result;
 use half::bf16;
 
+pub mod comm;
+
 /// What an op produced, on the host.
 pub enum Output {
     Bf16(Vec<bf16>),
@@ -38,7 +40,7 @@ fn flash_tolerance(o_len: usize, lse_len: usize, max_v: f64) -> Tolerance {
 }
 
 /// Seeded values in [-scale, scale).
-fn values(seed: u64, n: usize, scale: f32) -> Vec<bf16> {
+pub(crate) fn values(seed: u64, n: usize, scale: f32) -> Vec<bf16> {
     (0..n).map(|i| bf16::from_f32(scale * uniform(seed, 99, i as u64))).collect()
 }
 
@@ -97,7 +99,7 @@ pub enum Step {
     },
 }
 
-const POISON_BF16: bf16 = bf16::NAN;
+pub(crate) const POISON_BF16: bf16 = bf16::NAN;
 
 fn act<B: Backend>(be: &B, rows: usize, cols: usize, data: &[bf16]) -> Result<B::Act> {
     let mut a = be.alloc_act(rows, cols)?;
@@ -175,7 +177,7 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
 
 /// The tolerance of an attention case: the flash kernel's where `kernel` runs it at this head dim,
 /// the FP32 one otherwise.
-fn attention_tolerance(kernel: AttentionKernel, hd: usize, rows: usize, heads: &Heads, kv: &[bf16]) -> Tolerance {
+pub(crate) fn attention_tolerance(kernel: AttentionKernel, hd: usize, rows: usize, heads: &Heads, kv: &[bf16]) -> Tolerance {
     if kernel.flash_rows().and_then(|r| crate::backend::cuda::launch::flash_kernel(hd, r)).is_none() {
         return Tolerance::Relative(2e-4);
     }

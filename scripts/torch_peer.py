@@ -16,9 +16,11 @@ Prints one JSON object per measurement with --json, else a line of text. Needs P
 for `attention` and `layer`; `check` also runs on the CPU.
 """
 import argparse
+import contextlib
 import json
 import math
 import sys
+import time
 
 # Imported by main(), so that the pure helpers (the zigzag layout) can be checked without PyTorch.
 torch = None
@@ -126,7 +128,17 @@ def rms_norm(x, gain):
     return F.rms_norm(x, (x.shape[-1],), gain, eps=1e-5)
 
 
-def cuda_time(fn, warmup, iters):
+def device_time(fn, warmup, iters, dev):
+    """Seconds per call: CUDA events on a GPU; the host's clock with --cpu (a logic check, no figure)."""
+    if dev.type == "cpu":
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return times
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -155,17 +167,26 @@ def emit(result, as_json):
         print(", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
 
 
+def device_of(a):
+    return torch.device("cpu" if a.cpu else "cuda")
+
+
+def device_name(dev):
+    return "cpu" if dev.type == "cpu" else torch.cuda.get_device_name()
+
+
 def cmd_attention(a):
-    dev = torch.device("cuda")
+    dev = device_of(a)
     gen = torch.Generator(device=dev).manual_seed(0)
     shape_q, shape_k = (a.batch, a.heads, a.queries, a.head_dim), (a.batch, a.heads, a.keys, a.head_dim)
     q = (torch.rand(shape_q, generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
     k = (torch.rand(shape_k, generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
     v = (torch.rand(shape_k, generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
     flops = 4.0 * a.queries * a.keys * a.head_dim * a.heads * a.batch / (2 if a.causal else 1)
-    for backend in a.backends.split(","):
+    # On the CPU there is one SDPA with LSE (the private CPU flash op), whatever --backends says.
+    for backend in a.backends.split(",") if dev.type == "cuda" else ["cpu"]:
         try:
-            times = cuda_time(lambda: sdpa_with_lse(q, k, v, a.causal, backend), a.warmup, a.iters)
+            times = device_time(lambda: sdpa_with_lse(q, k, v, a.causal, backend), a.warmup, a.iters, dev)
         except RuntimeError as e:  # a backend this build or card lacks: say so, keep going
             emit({"peer": f"torch sdpa {backend}", "error": str(e).splitlines()[0]}, a.json)
             continue
@@ -174,7 +195,7 @@ def cmd_attention(a):
             {
                 "peer": f"torch sdpa {backend}",
                 "torch": torch.__version__,
-                "device": torch.cuda.get_device_name(),
+                "device": device_name(dev),
                 "heads": a.heads,
                 "head_dim": a.head_dim,
                 "queries": a.queries,
@@ -190,7 +211,7 @@ def cmd_attention(a):
 
 
 def cmd_layer(a):
-    dev = torch.device("cuda")
+    dev = device_of(a)
     d, heads, f = a.d_model, a.heads, a.mlp
     hd = d // heads
     chunks = zigzag_chunks(a.seq_len, a.ring)
@@ -217,7 +238,8 @@ def cmd_layer(a):
     x0 = (torch.rand(a.batch, t, d, generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
     largest = max(chunks[c0][1] + chunks[c1][1] for c0, c1 in (rank_chunks(a.ring, r) for r in range(a.ring)))
     buffers = [torch.empty(largest, 2 * d, device=dev, dtype=torch.bfloat16) for _ in range(2)]
-    copy_stream = torch.cuda.Stream()
+    # The emulated transfers' side stream; with --cpu, copies run in order (no stream to overlap on).
+    copy_stream = torch.cuda.Stream() if dev.type == "cuda" else None
 
     def forward():
         for b in range(a.batch):
@@ -236,8 +258,9 @@ def cmd_layer(a):
                     if step == 0:
                         return kv
                     dst = buffers[step % 2][:rows]
-                    copy_stream.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(copy_stream):
+                    if copy_stream is not None:
+                        copy_stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(copy_stream) if copy_stream is not None else contextlib.nullcontext():
                         n = min(rows, kv.shape[0])
                         dst[:n].copy_(kv[:n])
                         if rows > n:
@@ -248,13 +271,13 @@ def cmd_layer(a):
                 x = x + attn @ w["wo"]
                 x = x + F.gelu(rms_norm(x, w["g2"]) @ w["wup"], approximate="tanh") @ w["wdown"]
 
-    times = cuda_time(forward, a.warmup, a.iters)
+    times = device_time(forward, a.warmup, a.iters, dev)
     s = summary(times)
     emit(
         {
-            "peer": f"torch layer, sdpa {a.backend}",
+            "peer": f"torch layer, sdpa {a.backend if dev.type == 'cuda' else 'cpu'}",
             "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(),
+            "device": device_name(dev),
             "emulated": f"rank {a.rank} of a zigzag ring of {a.ring}",
             "layers": a.layers,
             "batch": a.batch,
@@ -321,6 +344,7 @@ def main():
     at.add_argument("--backends", default="flash,cudnn")
     at.add_argument("--warmup", type=int, default=3)
     at.add_argument("--iters", type=int, default=10)
+    at.add_argument("--cpu", action="store_true", help="run on the CPU: checks the logic, measures nothing")
     at.add_argument("--json", action="store_true")
     ly = sub.add_parser("layer", help="one zigzag ring rank's layers, communication emulated")
     ly.add_argument("--ring", type=int, default=16)
@@ -334,6 +358,7 @@ def main():
     ly.add_argument("--backend", default="cudnn", choices=["flash", "cudnn"])
     ly.add_argument("--warmup", type=int, default=2)
     ly.add_argument("--iters", type=int, default=5)
+    ly.add_argument("--cpu", action="store_true", help="run on the CPU: checks the logic, measures nothing")
     ly.add_argument("--json", action="store_true")
     ck = sub.add_parser("check", help="the peer's ring attention against full causal attention")
     ck.add_argument("--ring", type=int, default=4)
@@ -355,7 +380,7 @@ def main():
             raise SystemExit(f"torch_peer: --d-model {a.d_model} must be divisible by --heads {a.heads}")
         if a.seq_len < 2 * a.ring:
             raise SystemExit(f"torch_peer: --seq-len {a.seq_len}: a zigzag ring of {a.ring} needs at least {2 * a.ring} tokens")
-    if a.cmd in ("attention", "layer") and not torch.cuda.is_available():
+    if a.cmd in ("attention", "layer") and not a.cpu and not torch.cuda.is_available():
         raise SystemExit(f"torch_peer {a.cmd}: PyTorch sees no CUDA device here")
     if a.cmd == "attention" and a.causal and a.queries != a.keys:
         raise SystemExit("torch_peer: --causal needs --queries = --keys (a diagonal block, as ringbench bench attention)")

@@ -51,3 +51,35 @@ fn without_pytorch_the_peer_says_so_and_its_flags_parse() {
     assert_eq!(run.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&run.stderr).contains("torch_peer.py needs PyTorch"));
 }
+
+/// The peer's every subcommand on the CPU, where a Python with PyTorch is named by
+/// RINGBENCH_TORCH_PYTHON (PyTorch is too big for CI; a developer runs this before a GPU run):
+/// its ring attention passes its own check, and `attention` and `layer` run end to end on small
+/// shapes (the logic only; nothing measured on a CPU is a figure).
+#[test]
+fn with_pytorch_on_the_cpu_every_subcommand_runs() {
+    let Ok(python) = std::env::var("RINGBENCH_TORCH_PYTHON") else {
+        eprintln!("SKIPPED: set RINGBENCH_TORCH_PYTHON to a python3 with PyTorch to run the peer on the CPU");
+        return;
+    };
+    let peer = |args: &str| -> Vec<serde_json::Value> {
+        let out = Command::new(&python)
+            .arg("scripts/torch_peer.py")
+            .args(args.split_whitespace())
+            .arg("--json")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("python runs");
+        assert!(out.status.success(), "{args}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect()
+    };
+    for (ring, seq) in [(4, 1000), (3, 37)] {
+        let check = peer(&format!("check --cpu --ring {ring} --seq-len {seq}"));
+        assert_eq!(check[0]["verdict"], "PASS", "{check:?}");
+    }
+    let attention = peer("attention --cpu --heads 2 --queries 97 --keys 97 --causal --warmup 0 --iters 2");
+    assert!(attention[0]["tflops"].as_f64().unwrap() > 0.0, "{attention:?}");
+    let layer = peer("layer --cpu --ring 4 --rank 1 --seq-len 1001 --d-model 256 --heads 2 --mlp 512 --layers 2 --warmup 0 --iters 2");
+    // Rank 1 of a zigzag ring of 4 holds chunks 1 and 6 of 8: 125 tokens each.
+    assert_eq!(layer[0]["local_tokens"], 250, "{layer:?}");
+}

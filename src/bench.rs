@@ -61,6 +61,17 @@ impl AttentionArgs {
             ("--batch", self.batch),
             ("--iters", self.iters),
         ])?;
+        for (flag, value, max) in [
+            ("--heads", self.heads, 1 << 16),
+            ("--head-dim", self.head_dim, 1 << 16),
+            ("--queries", self.queries, 1 << 40),
+            ("--keys", self.keys, 1 << 40),
+            ("--batch", self.batch, 1 << 24),
+        ] {
+            require_at_most(flag, value, max)?;
+        }
+        require_at_most("--iters", self.iters, crate::config::MAX_ITERATIONS)?;
+        require_at_most("--warmup", self.warmup, crate::config::MAX_ITERATIONS)?;
         if self.causal && self.queries != self.keys {
             return Err(ConfigError(format!(
                 "--causal: the benchmark's causal block is a diagonal one, so --queries {} must equal --keys {}",
@@ -101,9 +112,36 @@ pub struct AttentionResult {
     pub tflops_best: f64,
 }
 
+impl AttentionArgs {
+    /// Bytes of the benchmark's buffers: Q and K/V in BF16, the FP32 (O, LSE) accumulators.
+    pub fn buffer_bytes(&self) -> f64 {
+        let (q, kv, w) = ((self.batch * self.queries) as f64, (self.batch * self.keys) as f64, (self.heads * self.head_dim) as f64);
+        q * w * 2.0 + kv * 2.0 * w * 2.0 + q * w * 4.0 + q * self.heads as f64 * 4.0
+    }
+
+    /// Refuse, before any allocation, buffers that `budget` bytes (the device's memory) cannot hold.
+    pub fn check_memory(&self, budget: Option<u64>) -> Result<(), ConfigError> {
+        let need = self.buffer_bytes();
+        match budget {
+            Some(b) if need > b as f64 => Err(ConfigError(format!(
+                "--batch {} x --queries {} / --keys {} x --heads {} x --head-dim {}: the buffers need {}, but the device has {} available",
+                self.batch,
+                self.queries,
+                self.keys,
+                self.heads,
+                self.head_dim,
+                crate::metrics::fmt_bytes(need),
+                crate::metrics::fmt_bytes(b as f64)
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Time the attention of every sequence's query block against its key/value block, merged into
 /// freshly reset accumulators; each iteration ends when the device is done.
 pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionResult> {
+    args.check_memory(be.memory_budget(1))?;
     let heads = Heads { heads: args.heads, head_dim: args.head_dim };
     let w = heads.width();
     let (q_rows, kv_rows) = (args.batch * args.queries, args.batch * args.keys);
@@ -304,6 +342,14 @@ mod tests {
     #[test]
     fn bad_shapes_name_their_flag() {
         assert!(args("--heads 0").validate().unwrap_err().0.contains("--heads 0"));
+        assert!(args("--iters 1000000000").validate().unwrap_err().0.contains("--iters 1000000000: at most 1000000"));
+        // 1e8 queries of 32 x 128 need about 100 GB: refused before any allocation, with the figures.
+        let huge = args("--backend cpu --queries 100000000 --keys 6250");
+        huge.validate().unwrap();
+        let e = huge.check_memory(Some(24 << 30)).unwrap_err().0;
+        assert!(e.contains("--queries 100000000") && e.contains("the buffers need") && e.contains("available"), "{e}");
+        let e = attention(&CpuBackend::new(), &args("--backend cpu --queries 100000000 --keys 6250")).unwrap_err();
+        assert!(e.downcast_ref::<ConfigError>().is_some(), "{e:#}");
         assert!(args("--causal --queries 10 --keys 12").validate().unwrap_err().0.contains("--queries 10 must equal --keys 12"));
     }
 

@@ -447,6 +447,12 @@ impl ConfigArgs {
         if !(self.comm_timeout.is_finite() && self.comm_timeout > 0.0) {
             return Err(ConfigError(format!("--comm-timeout {}: must be a positive number of seconds", self.comm_timeout)));
         }
+        if self.comm_timeout > MAX_COMM_TIMEOUT_S {
+            return Err(ConfigError(format!(
+                "--comm-timeout {}: at most {MAX_COMM_TIMEOUT_S} seconds (about 11 days) is accepted",
+                self.comm_timeout
+            )));
+        }
         let comm = match (self.backend, self.comm) {
             (BackendKind::Cpu, Some(CommKind::Nccl)) => {
                 return Err(ConfigError("--comm nccl: NCCL moves GPU buffers; it needs --backend cuda".into()))
@@ -535,6 +541,18 @@ pub fn require_at_most(flag: &str, value: usize, max: usize) -> Result<(), Confi
     Ok(())
 }
 
+/// The longest --comm-timeout accepted (a larger one would not fit a timer, and means "never").
+pub const MAX_COMM_TIMEOUT_S: f64 = 1e6;
+
+/// The most iterations of either kind: each measured one is kept in memory and in the rank file,
+/// and a million even of 1 ms iterations is a quarter of an hour.
+pub const MAX_ITERATIONS: usize = 1_000_000;
+
+/// Sizes beyond which products of them (tokens x width, pairs of tokens) leave 64-bit range; no
+/// machine holds such a model, and `plan` keeps exact arithmetic below them.
+const MAX_SIZES: [(&str, usize); 6] =
+    [("--seq-len", 1 << 40), ("--batch", 1 << 24), ("--layers", 1 << 16), ("--d-model", 1 << 20), ("--mlp", 1 << 22), ("--heads", 1 << 16)];
+
 /// Every check a config must pass before any work starts. Pure, so every rank reaches the same verdict.
 pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     let m = &cfg.model;
@@ -548,6 +566,21 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
         ("--micro-batch", cfg.micro_batch),
         ("--iters", cfg.iters),
     ])?;
+    require_at_most("--iters", cfg.iters, MAX_ITERATIONS)?;
+    require_at_most("--warmup", cfg.warmup, MAX_ITERATIONS)?;
+    let values = [m.seq_len, m.batch, m.layers, m.d_model, m.mlp, m.heads];
+    for ((flag, max), value) in MAX_SIZES.iter().zip(values) {
+        require_at_most(flag, value, *max)?;
+    }
+    let width = m.d_model.max(m.mlp) as u128;
+    if (m.batch as u128) * (m.seq_len as u128) * width > 1u128 << 62 {
+        bad!(
+            "--batch {} x --seq-len {} x width {width}: {:.2e} activation elements per iteration; at most 2^62 are accepted",
+            m.batch,
+            m.seq_len,
+            (m.batch as f64) * (m.seq_len as f64) * width as f64
+        );
+    }
     if m.d_model % m.heads != 0 {
         bad!("--d-model {}: must be divisible by --heads {} (each head takes d_model / heads columns)", m.d_model, m.heads);
     }

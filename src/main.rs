@@ -283,6 +283,10 @@ fn bench_attention(args: &ringbench::bench::AttentionArgs, include: Option<&std:
         Ok(r) if args.json => println!("{}", serde_json::to_string(&r).expect("the result serialises")),
         Ok(r) => println!("{}", ringbench::bench::render(&r)),
         Err(e) => {
+            if let Some(bad) = e.downcast_ref::<ConfigError>() {
+                eprintln!("ringbench: error: {bad}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
             eprintln!("ringbench bench attention: error: {e:#}");
             return ExitCode::FAILURE;
         }

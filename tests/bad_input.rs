@@ -68,3 +68,50 @@ fn a_malformed_flag_is_reported_once() {
     assert_ne!(run.status, Some(0));
     assert_eq!(run.all().matches("invalid value 'huge'").count(), 1, "{}", run.all());
 }
+
+/// Sizes that would exhaust memory or time are refused before any allocation or directory, with
+/// the flag and the limit named, and `plan`'s cost does not grow with the sequence length.
+#[test]
+fn resource_limits_are_refused_before_any_work() {
+    let root = common::temp_root("limits");
+    let bin = env!("CARGO_BIN_EXE_ringbench");
+    let out = root.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["run", "--strategy", "reference", "--iters", "1000000000", "--out", out, "--run-id", "x"],
+            "--iters 1000000000: at most 1000000",
+        ),
+        (
+            &["run", "--strategy", "reference", "--warmup", "1000000000", "--out", out, "--run-id", "x"],
+            "--warmup 1000000000: at most 1000000",
+        ),
+        (
+            &["run", "--strategy", "reference", "--comm-timeout", "1e20", "--out", out, "--run-id", "x"],
+            "--comm-timeout 100000000000000000000: at most",
+        ),
+        (&["bench", "attention", "--backend", "cpu", "--queries", "100000000", "--keys", "6250"], "the buffers need"),
+        (
+            &["plan", "--strategy", "ring", "--ring", "16", "--seq-len", "18446744073709551615"],
+            "--seq-len 18446744073709551615: at most 1099511627776",
+        ),
+        (&["plan", "--strategy", "ring", "--ring", "16", "--batch", "16777216", "--seq-len", "1099511627776"], "at most 2^62 are accepted"),
+    ];
+    for (args, want) in cases {
+        let t0 = std::time::Instant::now();
+        let o = std::process::Command::new(bin).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in {err}");
+        assert!(!err.contains("panic"), "{err}");
+        assert!(t0.elapsed().as_secs() < 5, "{args:?} took {:?}", t0.elapsed());
+        // No run directory is left behind to block the run id.
+        assert!(!root.join("x").exists(), "{args:?} created the run directory");
+    }
+    // Ten billion tokens: planned as fast as ten thousand.
+    let t0 = std::time::Instant::now();
+    let o =
+        std::process::Command::new(bin).args(["plan", "--strategy", "ring", "--ring", "16", "--seq-len", "10000000000"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t0.elapsed().as_secs_f64() < 2.0, "plan took {:?}", t0.elapsed());
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -19,7 +19,7 @@ use crate::backend::MemoryStats;
 use crate::config::RunConfig;
 use crate::metrics::flops::Flops;
 use crate::metrics::IterationRecord;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
 
@@ -121,24 +121,52 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
 }
 
 /// Write this rank's file with every strategy run so far. The file is rebuilt under a temporary
-/// name and renamed over the previous version (this rank's own, from an earlier strategy of the
-/// same launch), so the file on disk is always complete.
+/// name, closed (HDF5 reports a failed flush only there), synced to the disk, and read back and
+/// compared before it is renamed over the previous version (this rank's own last checkpoint): so
+/// the file on disk is always complete, and a full disk is an error that names the rank, the
+/// file and the cause, never a damaged file in place of a good one.
 pub fn write(dir: &Path, rank: usize, runs: &[RankRun]) -> Result<PathBuf> {
     let path = rank_file(dir, rank);
     let tmp = super::partial_name(&path);
+    let failed = |why: String| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow!("rank {rank}: writing its results file {} failed: {why}; the previous version, if any, is kept", path.display())
+    };
     let written = (|| -> hdf5::Result<()> {
         let file = hdf5::File::create(&tmp)?;
         for run in runs {
             write_group(&file, run)?;
         }
-        Ok(())
+        file.flush()?;
+        file.close()
     })();
     if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("writing {}: {e}", tmp.display());
+        return Err(failed(cause(&e.to_string())));
     }
-    std::fs::rename(&tmp, &path).with_context(|| format!("moving {} into place", tmp.display()))?;
+    if let Err(e) = std::fs::File::open(&tmp).and_then(|f| f.sync_all()) {
+        return Err(failed(format!("syncing {}: {e}", tmp.display())));
+    }
+    match read(&tmp) {
+        Ok(back) if back.len() == runs.len() && back.iter().zip(runs).all(|(a, b)| a == b) => {}
+        Ok(_) => return Err(failed(format!("{} reads back different from what was written", tmp.display()))),
+        Err(e) => return Err(failed(format!("{} does not read back: {}", tmp.display(), cause(&format!("{e:#}"))))),
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| failed(format!("moving {} into place: {e}", tmp.display())))?;
+    // The rename itself is durable once the directory is synced.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        bail!("rank {rank}: syncing results directory {}: {e}", dir.display());
+    }
     Ok(path)
+}
+
+/// The operating system's reason inside an HDF5 error report (its `error message = '...'`), else
+/// the report's first line: HDF5's reports run to several lines of offsets and buffers.
+fn cause(report: &str) -> String {
+    let first = report.lines().next().unwrap_or(report).trim();
+    match report.split("error message = '").nth(1).and_then(|r| r.split('\'').next()) {
+        Some(os) => format!("{os} ({})", first.split(':').next().unwrap_or(first)),
+        None => first.to_string(),
+    }
 }
 
 fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {

@@ -8,12 +8,13 @@ use crate::comm::metered::Metered;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, StrategyKind};
 use crate::fault::Fault;
-use crate::journal::{self, Journal};
+use crate::journal::Journal;
 use crate::metrics::{flops, fmt_bytes, fmt_seconds, IterationRecord};
 use crate::model::oracle;
 use crate::output;
 use crate::output::rankfile::RankRun;
 use crate::output::reduce::{self, Measured, StrategySummary};
+use crate::output::status::RunStatus;
 use crate::strategy::{self, reference::Reference, Strategy};
 use anyhow::{ensure, Result};
 use half::bf16;
@@ -84,29 +85,51 @@ fn check_run_id(id: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Rank 0 picks the run id and creates `<out>/<id>/`, which must be new; every rank learns the
-/// outcome, so a clash is bad input on every rank, before any work.
-fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &str, opts: &RunOptions) -> Result<PathBuf> {
+/// How many numbered variants of a default run id are tried when two runs start in one second.
+const DEFAULT_ID_TRIES: usize = 100;
+
+/// Rank 0 picks the run id, creates `<out>/<id>/`, which must be new, and makes the launch's
+/// identity; every rank learns both, so a clash is bad input on every rank, before any work. A
+/// chosen id (--run-id, $SLURM_JOB_ID) that exists is refused; a default one (a timestamp) that
+/// exists, a second run started in the same second, gets the next free suffix (-2, -3, ...).
+fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &str, opts: &RunOptions) -> Result<(PathBuf, String)> {
     let root = comm.rank() == 0;
     let mut id = Vec::new();
     let mut problem = None;
     if root {
         let chosen = opts.run_id.clone().or_else(|| std::env::var("SLURM_JOB_ID").ok().filter(|v| !v.is_empty()));
-        let name = chosen.unwrap_or_else(|| format!("{}-{choice}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
-        if let Err(e) = check_run_id(&name) {
+        let candidates: Vec<String> = match &chosen {
+            Some(name) => vec![name.clone()],
+            None => {
+                let base = format!("{}-{choice}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+                std::iter::once(base.clone()).chain((2..=DEFAULT_ID_TRIES).map(|i| format!("{base}-{i}"))).collect()
+            }
+        };
+        if let Err(e) = check_run_id(&candidates[0]) {
             problem = Some(e.0);
+        } else if let Err(e) = std::fs::create_dir_all(&opts.out) {
+            problem = Some(format!("--out {}: cannot create the results directory: {e}", opts.out.display()));
         } else {
-            let dir = opts.out.join(&name);
-            if let Err(e) = std::fs::create_dir_all(&opts.out) {
-                problem = Some(format!("--out {}: cannot create the results directory: {e}", opts.out.display()));
-            } else {
+            for name in &candidates {
+                let dir = opts.out.join(name);
                 match std::fs::create_dir(&dir) {
-                    Ok(()) => id = name.into_bytes(),
+                    Ok(()) => {
+                        // The launch: host, process and the instant rank 0 made it.
+                        let now = chrono::Utc::now();
+                        let launch =
+                            format!("{}:{}:{}", crate::launch::hostname(), std::process::id(), now.timestamp_nanos_opt().unwrap_or(0));
+                        id = format!("{name}\n{launch}").into_bytes();
+                        problem = None;
+                        break;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         problem =
                             Some(format!("run directory {} exists; results are never overwritten (choose another --run-id)", dir.display()))
                     }
-                    Err(e) => problem = Some(format!("--out {}: cannot create run directory {}: {e}", opts.out.display(), dir.display())),
+                    Err(e) => {
+                        problem = Some(format!("--out {}: cannot create run directory {}: {e}", opts.out.display(), dir.display()));
+                        break;
+                    }
                 }
             }
         }
@@ -115,7 +138,9 @@ fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &str, opts: 
         return Err(ConfigError(problem.unwrap_or_else(|| "rank 0 could not create the run directory".into())).into());
     }
     comm.broadcast_bytes(&mut id)?;
-    Ok(opts.out.join(String::from_utf8(id)?))
+    let text = String::from_utf8(id)?;
+    let (name, launch) = text.split_once('\n').ok_or_else(|| anyhow::anyhow!("rank 0 sent no launch identity"))?;
+    Ok((opts.out.join(name), launch.to_string()))
 }
 
 fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBar {
@@ -134,10 +159,12 @@ fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBa
     bar
 }
 
-/// Run each config in turn under the measurement protocol, write this rank's results file after
-/// each, then (rank 0) reduce the run directory into CSV and print the summary. The strategies
-/// talk through `strategy_comm(cfg)` (a duplicate of the world, or an emulated rank's transport),
-/// metered; the harness's own barriers and reductions use `comm` and are not counted.
+/// Run each config in turn under the measurement protocol, recording into `journal` and writing
+/// this rank's results file after each, then (rank 0) reduce the run directory into CSV and print
+/// the summary. The strategies talk through `strategy_comm(cfg)` (a duplicate of the world, or an
+/// emulated rank's transport), metered; the harness's own barriers and reductions use `comm` and
+/// are not counted. Returns false where a result was found invalid (its row says why).
+#[allow(clippy::too_many_arguments)]
 pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     cfgs: &[RunConfig],
     choice: &str,
@@ -146,9 +173,10 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     strategy_comm: &dyn Fn(&RunConfig) -> Result<S>,
     place: &Place,
     opts: &RunOptions,
-) -> Result<()> {
+    journal: &Journal,
+) -> Result<bool> {
     let root = comm.rank() == 0;
-    let dir = create_run_dir(comm, choice, opts)?;
+    let (dir, launch_id) = create_run_dir(comm, choice, opts)?;
     let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if root {
         match cfgs[0].emulate {
@@ -158,7 +186,7 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     }
     let (h5_major, h5_minor, h5_release) = hdf5::library_version();
     let libraries = format!("{}; HDF5 {h5_major}.{h5_minor}.{h5_release}", place.mpi_library);
-    journal::with(|j| *j = Some(Journal { dir: dir.clone(), rank: place.rank, ranks: cfgs[0].rank_files(), runs: Vec::new() }));
+    journal.open(dir.clone(), place.rank, cfgs[0].rank_files());
     for (sequence, cfg) in cfgs.iter().enumerate() {
         if root {
             println!("{}", cfg.describe());
@@ -166,44 +194,51 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
         be.reset_peak_memory();
         let run = RankRun {
             run_id: run_id.clone(),
+            launch_id: launch_id.clone(),
             sequence: sequence as u32,
             config: cfg.clone(),
             rank: place.rank,
             local_rank: place.local_rank,
             host: place.host.clone(),
+            pid: std::process::id(),
             device: be.device_name(),
             libraries: libraries.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             git_commit: env!("RINGBENCH_GIT_COMMIT").to_string(),
             start_utc: utc_now(),
             end_utc: String::new(),
-            status: "running".into(),
+            status: RunStatus::Running,
             iterations: Vec::with_capacity(cfg.iters),
             memory: be.memory(),
             flops: flops::rank_flops(cfg, cfg.strategy_rank(comm.rank())),
             device_peak_flops: be.peak_flops(),
             gpu_util: None,
         };
-        journal::with(|j| j.as_mut().map(|j| j.runs.push(run)));
+        journal.begin_run(run);
         let metered = Metered::new(strategy_comm(cfg)?);
-        measure(cfg, be, comm, &metered, root && !opts.quiet, opts.fault)?;
-        let memory = be.memory();
-        journal::with(|j| -> Result<()> {
-            let j = j.as_mut().expect("journal set above");
-            let last = j.runs.last_mut().expect("pushed above");
-            (last.status, last.end_utc, last.memory) = ("complete".into(), utc_now(), memory);
-            journal::write(j)
-        })?;
+        measure(cfg, be, comm, &metered, root && !opts.quiet, opts.fault, journal)?;
+        journal.finish_run(be.memory())?;
     }
     // Every rank file is complete before rank 0 reads them (shared filesystem, as on clusters).
     comm.barrier()?;
-    if root {
-        let summaries = reduce::reduce_into(std::slice::from_ref(&dir), &dir, false)?;
-        print_summaries(&summaries);
-        let files = if comm.size() == 1 { "1 rank file".to_string() } else { format!("{} rank files", comm.size()) };
-        println!("wrote {files}, summary.csv and ranks.csv to {}", dir.display());
+    if !root {
+        return Ok(true);
     }
-    Ok(())
+    let summaries = reduce::reduce_into(std::slice::from_ref(&dir), &dir, reduce::ReduceOptions { partial: false, owner: true })?;
+    // A look taken while the run was in progress (`reduce --partial`) is superseded.
+    for stale in ["summary-partial.csv", "ranks-partial.csv"] {
+        if std::fs::remove_file(dir.join(stale)).is_ok() {
+            println!("removed {stale}, a look at the run in progress, now superseded by the final tables");
+        }
+    }
+    print_summaries(&summaries);
+    let files = if comm.size() == 1 { "1 rank file".to_string() } else { format!("{} rank files", comm.size()) };
+    println!("wrote {files}, summary.csv and ranks.csv to {}", dir.display());
+    let invalid: Vec<_> = summaries.iter().filter(|s| s.status == RunStatus::Invalid).collect();
+    for s in &invalid {
+        eprintln!("ringbench: error: the {} result is invalid: {}", s.config.strategy.name(), s.invalid_reason.as_deref().unwrap_or(""));
+    }
+    Ok(invalid.is_empty())
 }
 
 /// Warm-up and measured iterations of one strategy. Each iteration starts at a barrier; its record
@@ -216,6 +251,7 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     metered: &Metered<S>,
     show: bool,
     fault: Option<Fault>,
+    journal: &Journal,
 ) -> Result<()> {
     let mut strat = strategy::build(cfg, be, metered)?;
     let bar = progress_bar(cfg.warmup + cfg.iters, cfg.strategy.name(), !show);
@@ -227,6 +263,11 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
             sampler = be.pci_bus_id().map(crate::metrics::gpu_util::Sampler::start);
         }
         bar.set_message(if warm { "warm-up" } else { "measured" });
+        // With peers to wait for it, a rank that stops outside communication is a stall the
+        // watchdog names (an emulated rank alone has none).
+        if comm.size() > 1 {
+            comm.set_phase(Some(format!("iteration {i} of {} ({})", cfg.strategy.name(), if warm { "warm-up" } else { "measured" })));
+        }
         comm.barrier()?;
         Fault::strike(fault, comm.rank(), i)?;
         metered.take_iteration::<B>()?;
@@ -243,27 +284,16 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
         let total_s = be.timer_elapsed()?.unwrap_or(host_s);
         let (comm_s, hidden_s, bytes_sent, bytes_received) = metered.take_iteration::<B>()?;
         let record = IterationRecord { total_s, comm_s, hidden_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received };
-        let memory = be.memory();
-        journal::with(|j| {
-            if let Some(run) = j.as_mut().and_then(|j| j.runs.last_mut()) {
-                run.memory = memory;
-                if !warm {
-                    run.iterations.push(record);
-                }
-            }
-        });
+        journal.record(be.memory(), (!warm).then_some(record));
         // Outside the timed region: keeps what was measured if the process is killed without warning.
-        journal::checkpoint(&mut last_checkpoint)?;
+        journal.checkpoint(&mut last_checkpoint)?;
         bar.inc(1);
     }
+    comm.set_phase(None);
     bar.finish_and_clear();
     if let Some(s) = sampler {
         match s.finish() {
-            Ok(u) => journal::with(|j| {
-                if let Some(run) = j.as_mut().and_then(|j| j.runs.last_mut()) {
-                    run.gpu_util = Some(u);
-                }
-            }),
+            Ok(u) => journal.set_gpu_util(u),
             Err(why) => crate::launch::say(&format!("ringbench: rank {}: GPU utilization not measured: {why}", comm.rank())),
         }
     }

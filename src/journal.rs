@@ -1,71 +1,154 @@
-//! What this rank has measured so far, kept where a signal can reach it. SIGTERM (SLURM's time
-//! limit, mpirun passing on a kill) and SIGINT are handled on a thread of their own: it writes
-//! this rank's file at once with the run in progress marked `interrupted`, rank 0 then waits a
-//! moment for the other ranks' files and writes the summary (marked incomplete), and the process
-//! exits with 128 + the signal. It does not wait for the iteration in flight: mpirun follows
-//! SIGTERM with SIGKILL after one second by default (SLURM after KillWait, 30 s by default).
-//! Against a kill without warning (SIGKILL, the OOM killer, a lost node) the harness also writes a
-//! checkpoint of the file at most once a second during a run, marked `interrupted`: that is what
-//! the run is until its last iteration is written as `complete`.
+//! What this rank has measured so far, kept where a signal, the watchdog or a panic can reach it.
+//! The launcher makes one `Journal` and hands it to the harness (which records into it), to the
+//! signal thread, to the watchdog and to the abort paths (which save it before the job ends).
+//!
+//! SIGTERM (SLURM's time limit, mpirun passing on a kill) and SIGINT are handled on a thread of
+//! their own: it writes this rank's file at once with the run in progress marked `interrupted`,
+//! rank 0 then waits a moment for the other ranks' files and writes the summary (marked
+//! incomplete), and the process exits with 128 + the signal. It does not wait for the iteration
+//! in flight: mpirun follows SIGTERM with SIGKILL after one second by default (SLURM after
+//! KillWait, 30 s by default). Against a kill without warning (SIGKILL, the OOM killer, a lost
+//! node) the harness also writes a checkpoint of the file at most once a second during a run,
+//! marked `running` with this process's id and the checkpoint's time: a reader on the same host
+//! can tell a live run from one whose process is gone (`output::reduce`).
 
 use crate::output::rankfile::{self, RankRun};
 use crate::output::reduce;
+use crate::output::status::RunStatus;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-pub struct Journal {
-    pub dir: PathBuf,
-    pub rank: usize,
+struct State {
+    dir: PathBuf,
+    rank: usize,
     /// The ranks whose files make the run whole: every rank of the world, or an emulated rank alone.
-    pub ranks: Vec<usize>,
-    /// Strategy runs of this launch; the last one may be in progress (status "running").
-    pub runs: Vec<RankRun>,
+    ranks: Vec<usize>,
+    /// Strategy runs of this launch; the last one may be in progress (status Running).
+    runs: Vec<RankRun>,
 }
 
-static JOURNAL: Mutex<Option<Journal>> = Mutex::new(None);
+/// A handle to this rank's record of the launch; clones share it.
+#[derive(Clone, Default)]
+pub struct Journal(Arc<Mutex<Option<State>>>);
 
 /// How long rank 0 waits for the other ranks' interrupted files before reducing what it has.
 const WAIT_FOR_RANKS: Duration = Duration::from_millis(700);
 
-/// Run `f` on the journal (None before a run directory exists).
-pub fn with<T>(f: impl FnOnce(&mut Option<Journal>) -> T) -> T {
-    let mut guard = JOURNAL.lock().unwrap_or_else(|e| e.into_inner());
-    f(&mut guard)
-}
-
 /// How often, at most, a running strategy's file is checkpointed.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// Write this rank's file as it would stand if the process died now, if the last checkpoint is
-/// older than CHECKPOINT_EVERY (`last` tracks it).
-pub fn checkpoint(last: &mut Instant) -> anyhow::Result<()> {
-    if last.elapsed() < CHECKPOINT_EVERY {
-        return Ok(());
-    }
-    *last = Instant::now();
-    with(|j| {
-        let Some(j) = j.as_ref() else { return Ok(()) };
-        let mut runs = j.runs.clone();
-        for r in runs.iter_mut().filter(|r| r.status == "running") {
-            r.status = "interrupted".into();
-        }
-        rankfile::write(&j.dir, j.rank, &runs).map(|_| ())
-    })
+/// How long a save on the way out may wait for the journal (held by a thread that may itself be stuck).
+const SAVE_WAIT: Duration = Duration::from_secs(2);
+
+fn utc_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-/// Write this rank's file from the journal (caller holds the journal).
-pub fn write(j: &Journal) -> anyhow::Result<()> {
-    rankfile::write(&j.dir, j.rank, &j.runs).map(|_| ())
+impl Journal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<State>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on, record into `dir`'s file of `rank`; `ranks` are the files that make the run whole.
+    pub fn open(&self, dir: PathBuf, rank: usize, ranks: Vec<usize>) {
+        *self.lock() = Some(State { dir, rank, ranks, runs: Vec::new() });
+    }
+
+    /// A strategy run starts (status Running).
+    pub fn begin_run(&self, run: RankRun) {
+        if let Some(s) = self.lock().as_mut() {
+            s.runs.push(run);
+        }
+    }
+
+    /// After each iteration: the memory high-water marks so far, and the iteration's record if it
+    /// was a measured one.
+    pub fn record(&self, memory: crate::backend::MemoryStats, iteration: Option<crate::metrics::IterationRecord>) {
+        if let Some(run) = self.lock().as_mut().and_then(|s| s.runs.last_mut()) {
+            run.memory = memory;
+            run.iterations.extend(iteration);
+        }
+    }
+
+    pub fn set_gpu_util(&self, u: crate::metrics::gpu_util::GpuUtilization) {
+        if let Some(run) = self.lock().as_mut().and_then(|s| s.runs.last_mut()) {
+            run.gpu_util = Some(u);
+        }
+    }
+
+    /// The run in progress is done: mark it complete and write the file.
+    pub fn finish_run(&self, memory: crate::backend::MemoryStats) -> anyhow::Result<()> {
+        let mut g = self.lock();
+        let s = g.as_mut().ok_or_else(|| anyhow::anyhow!("no results directory is open"))?;
+        let last = s.runs.last_mut().ok_or_else(|| anyhow::anyhow!("no strategy run in progress"))?;
+        (last.status, last.end_utc, last.memory) = (RunStatus::Complete, utc_now(), memory);
+        rankfile::write(&s.dir, s.rank, &s.runs).map(|_| ())
+    }
+
+    /// Write this rank's file as it stands, the run in progress marked running at this time, if
+    /// the last checkpoint is older than CHECKPOINT_EVERY (`last` tracks it).
+    pub fn checkpoint(&self, last: &mut Instant) -> anyhow::Result<()> {
+        if last.elapsed() < CHECKPOINT_EVERY {
+            return Ok(());
+        }
+        *last = Instant::now();
+        let mut g = self.lock();
+        let Some(s) = g.as_mut() else { return Ok(()) };
+        if let Some(run) = s.runs.last_mut().filter(|r| r.status == RunStatus::Running) {
+            run.end_utc = utc_now(); // while running: the time of the last checkpoint
+        }
+        rankfile::write(&s.dir, s.rank, &s.runs).map(|_| ())
+    }
+
+    /// Mark the run in progress interrupted and write the file; the run directory and the ranks
+    /// that make it whole, if a directory was open.
+    fn save_interrupted(s: &mut State) -> (PathBuf, Vec<usize>, anyhow::Result<()>) {
+        if let Some(last) = s.runs.last_mut().filter(|r| r.status == RunStatus::Running) {
+            last.status = RunStatus::Interrupted;
+            last.end_utc = utc_now();
+        }
+        let written = rankfile::write(&s.dir, s.rank, &s.runs).map(|_| ());
+        (s.dir.clone(), s.ranks.clone(), written)
+    }
+
+    /// On the way out of a failing job (watchdog, error, panic): save what was measured, waiting
+    /// at most SAVE_WAIT for the journal, and say where it is or why it is not.
+    pub fn save_before_abort(&self, who: &str) {
+        let deadline = Instant::now() + SAVE_WAIT;
+        let mut g = loop {
+            match self.0.try_lock() {
+                Ok(g) => break g,
+                Err(TryLockError::Poisoned(e)) => break e.into_inner(),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(TryLockError::WouldBlock) => {
+                    crate::launch::say(&format!("ringbench: {who}: its results could not be saved (the journal stayed busy)"));
+                    return;
+                }
+            }
+        };
+        let Some(s) = g.as_mut() else { return };
+        match Self::save_interrupted(s) {
+            (dir, _, Ok(())) => crate::launch::say(&format!(
+                "ringbench: {who}: saved its iterations so far in {} (marked interrupted)",
+                rankfile::rank_file(&dir, s.rank).display()
+            )),
+            (_, _, Err(e)) => crate::launch::say(&format!("ringbench: {who}: saving its results failed: {e:#}")),
+        }
+    }
 }
 
 /// Handle SIGTERM / SIGINT for the rest of the process's life.
-pub fn install_signal_thread(rank: usize, host: String) -> anyhow::Result<()> {
+pub fn install_signal_thread(journal: Journal, rank: usize, host: String) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new().name("ringbench-signals".into()).spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            let code = on_signal(sig, rank, &host);
+            let code = on_signal(&journal, sig, rank, &host);
             std::process::exit(code);
         }
     })?;
@@ -73,27 +156,20 @@ pub fn install_signal_thread(rank: usize, host: String) -> anyhow::Result<()> {
 }
 
 /// Keep what was measured; returns the exit status.
-fn on_signal(sig: i32, rank: usize, host: &str) -> i32 {
+fn on_signal(journal: &Journal, sig: i32, rank: usize, host: &str) -> i32 {
     let code = 128 + sig;
-    let dir = with(|j| {
-        let j = j.as_mut()?;
-        if let Some(last) = j.runs.last_mut().filter(|r| r.status == "running") {
-            last.status = "interrupted".into();
-            last.end_utc = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-        }
-        if let Err(e) = write(j) {
-            crate::launch::say(&format!(
-                "ringbench: rank {rank} on host {host}: interrupted by signal {sig}, and writing its results failed: {e:#}"
-            ));
-        }
-        Some((j.dir.clone(), j.ranks.clone()))
-    });
-    let Some((dir, ranks)) = dir else {
+    let saved = journal.lock().as_mut().map(Journal::save_interrupted);
+    let Some((dir, ranks, written)) = saved else {
         if rank == 0 {
             eprintln!("ringbench: interrupted by signal {sig} before any results were written");
         }
         return code;
     };
+    if let Err(e) = written {
+        crate::launch::say(&format!(
+            "ringbench: rank {rank} on host {host}: interrupted by signal {sig}, and writing its results failed: {e:#}"
+        ));
+    }
     if rank != 0 {
         // mpirun ends the whole job as soon as one process exits with an error: stay until rank 0
         // has written the summary (or a bounded while, if rank 0 never does).
@@ -103,28 +179,24 @@ fn on_signal(sig: i32, rank: usize, host: &str) -> i32 {
         }
         return code;
     }
-    {
-        // The other ranks got the same signal; give their files a moment to land.
-        let deadline = Instant::now() + WAIT_FOR_RANKS;
-        while Instant::now() < deadline && !ranks.iter().all(|&r| settled(&dir, r)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let complete = ranks.iter().all(|&r| settled(&dir, r));
-        match reduce::reduce_into(std::slice::from_ref(&dir), &dir, !complete) {
-            Ok(_) => eprintln!(
-                "ringbench: interrupted by signal {sig}: the iterations done so far are in {} (marked interrupted{})",
-                dir.display(),
-                if complete { "" } else { "; some ranks' files were missing, so the tables are *-partial.csv" }
-            ),
-            Err(e) => {
-                eprintln!("ringbench: interrupted by signal {sig}: rank files are in {}, but reducing them failed: {e:#}", dir.display())
-            }
-        }
+    // The other ranks got the same signal; give their files a moment to land.
+    let deadline = Instant::now() + WAIT_FOR_RANKS;
+    while Instant::now() < deadline && !ranks.iter().all(|&r| settled(&dir, r)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let complete = ranks.iter().all(|&r| settled(&dir, r));
+    match reduce::reduce_into(std::slice::from_ref(&dir), &dir, reduce::ReduceOptions { partial: !complete, owner: true }) {
+        Ok(_) => eprintln!(
+            "ringbench: interrupted by signal {sig}: the iterations done so far are in {} (marked interrupted{})",
+            dir.display(),
+            if complete { "" } else { "; some ranks' files were missing, so the tables are *-partial.csv" }
+        ),
+        Err(e) => eprintln!("ringbench: interrupted by signal {sig}: rank files are in {}, but reducing them failed: {e:#}", dir.display()),
     }
     code
 }
 
 /// Whether rank `r`'s file exists and holds no run still marked running.
 fn settled(dir: &std::path::Path, r: usize) -> bool {
-    rankfile::read(&rankfile::rank_file(dir, r)).is_ok_and(|runs| runs.iter().all(|x| x.status != "running"))
+    rankfile::read(&rankfile::rank_file(dir, r)).is_ok_and(|runs| runs.iter().all(|x| x.status != RunStatus::Running))
 }

@@ -18,6 +18,9 @@ pub struct Launch {
     /// Processes on this node (they share its host memory).
     pub local_size: usize,
     pub host: String,
+    /// This rank's record of what it measured: saved by the signal thread, the watchdog and the
+    /// abort paths before the job ends.
+    pub journal: crate::journal::Journal,
 }
 
 impl Launch {
@@ -28,9 +31,10 @@ impl Launch {
         let node = world.split_shared(rank as i32);
         let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
         let host = hostname();
-        install_panic_hook(rank, host.clone());
-        crate::journal::install_signal_thread(rank, host.clone())?;
-        Ok(Launch { size: world.size() as usize, world, rank, local_rank, local_size, host, _universe: universe })
+        let journal = crate::journal::Journal::new();
+        install_panic_hook(rank, host.clone(), journal.clone());
+        crate::journal::install_signal_thread(journal.clone(), rank, host.clone())?;
+        Ok(Launch { size: world.size() as usize, world, rank, local_rank, local_size, host, journal, _universe: universe })
     }
 
     /// A communicator over the whole job for the strategies, separate from the launcher's own.
@@ -46,9 +50,15 @@ impl Launch {
             .unwrap_or_else(|| "MPI (version unknown)".into())
     }
 
-    /// Report an error of this rank and end the whole job.
+    /// "rank 3 on host gpu-07", as every report names a rank.
+    pub fn who(&self) -> String {
+        format!("rank {} on host {}", self.rank, self.host)
+    }
+
+    /// Report an error of this rank, save what it measured, and end the whole job.
     pub fn fail(&self, err: &anyhow::Error) -> ! {
-        say(&format!("ringbench: rank {} on host {}: error: {err:#}", self.rank, self.host));
+        say(&format!("ringbench: {}: error: {err:#}", self.who()));
+        self.journal.save_before_abort(&self.who());
         self.world.abort(1)
     }
 }
@@ -81,11 +91,13 @@ pub fn abort_job(report: &str) -> ! {
     std::process::abort();
 }
 
-/// A panic on one rank prints the rank, the host and the message, then aborts every rank.
-fn install_panic_hook(rank: usize, host: String) {
+/// A panic on one rank prints the rank, the host and the message, saves what the rank measured,
+/// then aborts every rank.
+fn install_panic_hook(rank: usize, host: String, journal: crate::journal::Journal) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         say(&format!("ringbench: rank {rank} on host {host}: panic: {info}"));
+        journal.save_before_abort(&format!("rank {rank} on host {host}"));
         default(info);
         // SAFETY: MPI is initialised (the hook is installed after init) and MPI_Abort on the world
         // communicator is valid from any state; it does not return.

@@ -9,12 +9,13 @@ use ringbench::backend::Backend;
 use ringbench::comm::emulated::{Emulated, EmulationTransfers};
 use ringbench::comm::mpi::MpiComm;
 use ringbench::comm::nccl::{placement_problem, NcclComm};
-use ringbench::comm::watchdog::{Watchdog, Watched};
+use ringbench::comm::watchdog::{Overrun, Watchdog, Watched};
 use ringbench::comm::{Communicator, HostCollectives};
 use ringbench::config::{BackendKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig, Transport};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
+use ringbench::output::status::RunStatus;
 use ringbench::plan::HardwareArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -135,6 +136,14 @@ struct VerifyArgs {
 
 /// Exit status for bad input, the same on every rank.
 const EXIT_BAD_INPUT: u8 = 2;
+
+/// Exit status of a run or reduce whose tables hold a result marked invalid (beyond the hardware's
+/// physical bound): the tables are written, the status says they hold an impossible figure.
+const EXIT_INVALID_RESULT: u8 = 3;
+
+/// How long a rank whose call overran waits before aborting, so that the peer it waits for can
+/// report itself as the one that stalled (an abort from any rank ends them all).
+const STALL_REPORT_GRACE: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -372,14 +381,31 @@ fn reduce(args: &ReduceArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    if let Some(d) = args.dirs.iter().find(|d| !d.is_dir()) {
+        eprintln!("ringbench: error: reduce {}: not a run directory (expected a directory holding rank-NNNNN.h5 files)", d.display());
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    let opts = ringbench::output::reduce::ReduceOptions { partial: args.partial, owner: false };
     let written = std::fs::create_dir_all(&out)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| ringbench::output::reduce::reduce_into(&args.dirs, &out, args.partial));
+        .map_err(|e| anyhow::anyhow!("--out {}: cannot create the directory: {e}", out.display()))
+        .and_then(|()| ringbench::output::reduce::reduce_into(&args.dirs, &out, opts));
     match written {
         Ok(summaries) => {
             harness::print_summaries(&summaries);
             println!("wrote the tables to {}", out.display());
-            ExitCode::SUCCESS
+            let invalid: Vec<_> = summaries.iter().filter(|s| s.status == RunStatus::Invalid).collect();
+            for s in &invalid {
+                eprintln!(
+                    "ringbench: error: the {} result is invalid: {}",
+                    s.config.strategy.name(),
+                    s.invalid_reason.as_deref().unwrap_or("")
+                );
+            }
+            if invalid.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_INVALID_RESULT)
+            }
         }
         Err(e) => {
             eprintln!("ringbench: error: {e:#}");
@@ -438,10 +464,19 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
     launch: &Launch,
     connect: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<ExitCode> {
+    let (journal, who) = (launch.journal.clone(), launch.who());
     let dog = Watchdog::start(
         Duration::from_secs_f64(config_args.comm_timeout),
-        format!("rank {} on host {}", launch.rank, launch.host),
-        Box::new(|report| launch::abort_job(report)),
+        launch.who(),
+        Box::new(move |overrun| {
+            launch::say(&format!("ringbench: {}", overrun.report()));
+            journal.save_before_abort(&who);
+            if let Overrun::Waiting(_) = overrun {
+                // The rank that stalled, if it is alive, names itself within a watchdog tick.
+                std::thread::sleep(STALL_REPORT_GRACE);
+            }
+            launch::abort_job(&format!("{who}: aborting the job (watchdog)"))
+        }),
     );
     // Creating a communicator is collective (NCCL's init waits for every rank): watched too.
     let transport = dog.guard("communicator setup", None, 0, connect)?;
@@ -457,8 +492,9 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
             };
             let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet, fault: Fault::from_env()? };
             let choice = config_args.strategy.name();
+            let journal = &launch.journal;
             match cfgs[0].emulate {
-                None => harness::run(cfgs, choice, be, &comm, &|_| comm.split(0, comm.rank()), &place, &opts),
+                None => harness::run(cfgs, choice, be, &comm, &|_| comm.split(0, comm.rank()), &place, &opts, journal),
                 Some(e) => {
                     let transfers = be.emulation_transfers()?;
                     harness::run(
@@ -469,10 +505,11 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
                         &|cfg| Emulated::with_transfers(be, cfg, e.as_rank, transfers.clone()),
                         &place,
                         &opts,
+                        journal,
                     )
                 }
             }
-            .map(|()| ExitCode::SUCCESS)
+            .map(|valid| if valid { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID_RESULT) })
         }
         Command::Verify(a) => {
             if a.save_output.is_some() && cfgs.len() > 1 {

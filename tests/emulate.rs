@@ -122,7 +122,7 @@ fn sigterm_keeps_an_emulated_ranks_iterations_under_its_own_rank() {
     assert_ne!(run.status, Some(0), "{all}");
     let dir = root.join("cut");
     let runs = ringbench::output::rankfile::read(&dir.join("rank-00002.h5")).unwrap_or_else(|e| panic!("{e:#}\n{all}"));
-    assert_eq!(runs[0].status, "interrupted");
+    assert_eq!(runs[0].status.name(), "interrupted");
     assert!(!runs[0].iterations.is_empty() && runs[0].iterations.len() < 200, "{all}");
     // The one file is the whole emulated run: complete tables, not partial ones.
     let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap_or_else(|e| panic!("summary.csv: {e}\n{all}"));

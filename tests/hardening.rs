@@ -32,11 +32,27 @@ fn with_tmpfs(name: &str, size: &str, f: impl FnOnce(&Path)) {
 fn a_full_disk_is_an_error_naming_rank_file_and_cause_and_the_last_good_file_is_kept() {
     for size in ["8k", "48k"] {
         with_tmpfs(&format!("full-{size}"), size, |out| {
-            let o = ringbench(&["run", "--preset", "tiny", "--strategy", "reference", "--iters", "3000", "--out", out.to_str().unwrap(), "--run-id", "a", "--quiet"]);
+            let o = ringbench(&[
+                "run",
+                "--preset",
+                "tiny",
+                "--strategy",
+                "reference",
+                "--iters",
+                "3000",
+                "--out",
+                out.to_str().unwrap(),
+                "--run-id",
+                "a",
+                "--quiet",
+            ]);
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(!o.status.success(), "{size}: {err}");
             let file = out.join("a").join("rank-00000.h5");
-            assert!(err.contains(&format!("rank 0: writing its results file {} failed: No space left on device", file.display())), "{size}: {err}");
+            assert!(
+                err.contains(&format!("rank 0: writing its results file {} failed: No space left on device", file.display())),
+                "{size}: {err}"
+            );
             assert!(!out.join("a").join("rank-00000.h5.partial").exists(), "{size}: the damaged copy is removed");
             // Whatever is on disk is the last complete checkpoint, readable, never a damaged file.
             if file.exists() {

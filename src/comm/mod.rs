@@ -39,6 +39,13 @@ pub trait HostCollectives {
         let _ = what;
         wait()
     }
+
+    /// What this rank is doing between calls (`Some("iteration 3 of ring (measured)")`), so that
+    /// a transport's guard can tell a rank that stopped outside communication, and name it; None
+    /// outside the timed iterations, where long local work (reducing files) is expected.
+    fn set_phase(&self, phase: Option<String>) {
+        let _ = phase;
+    }
 }
 
 /// Communication timed on the device, for transports whose calls return before the transfer is

@@ -1,7 +1,11 @@
 //! A watchdog over communication: every call of the wrapped communicator is registered while it
 //! runs, and a monitor thread ends the whole job if one runs longer than the timeout, naming the
-//! rank, host, operation, peer and size. A dead or stalled peer then costs at most the timeout,
-//! never the rest of an allocation.
+//! rank, host, operation, peer and size. During the timed iterations (a phase is set) it also
+//! watches the time a rank spends outside any call: a rank that stops making progress there (a
+//! hung kernel, a stuck host) reports itself as the one that stalled, with what it was doing, while
+//! the ranks waiting for it report their wait and give it a moment to speak before they abort. A
+//! dead or stalled peer then costs at most the timeout and a few seconds, never the rest of an
+//! allocation.
 
 use super::{Communicator, HostCollectives};
 use crate::backend::{Backend, Matrix};
@@ -19,11 +23,37 @@ struct InFlight {
     since: Instant,
 }
 
-/// What to do when a call overruns: print the report and end the job.
-pub type OnTimeout = Box<dyn Fn(&str) + Send + Sync>;
+#[derive(Debug)]
+struct Activity {
+    call: Option<InFlight>,
+    /// What the rank does between calls, while it is watched there.
+    phase: Option<String>,
+    /// When the last call ended (or the phase began).
+    idle_since: Instant,
+}
+
+/// Why the watchdog ends the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Overrun {
+    /// This rank has waited in a call past the timeout: some peer stalled or died.
+    Waiting(String),
+    /// This rank spent the timeout outside any call during a watched phase: it is the one that stalled.
+    Stalled(String),
+}
+
+impl Overrun {
+    pub fn report(&self) -> &str {
+        match self {
+            Overrun::Waiting(r) | Overrun::Stalled(r) => r,
+        }
+    }
+}
+
+/// What to do when the watchdog fires: report, save, and end the job.
+pub type OnTimeout = Box<dyn Fn(&Overrun) + Send + Sync>;
 
 pub struct Watchdog {
-    current: Mutex<Option<InFlight>>,
+    current: Mutex<Activity>,
     timeout: Duration,
     who: String,
 }
@@ -31,15 +61,16 @@ pub struct Watchdog {
 impl Watchdog {
     /// Start the monitor thread. `who` names this rank in reports ("rank 3 on host gpu-07").
     pub fn start(timeout: Duration, who: String, on_timeout: OnTimeout) -> Arc<Watchdog> {
-        let dog = Arc::new(Watchdog { current: Mutex::new(None), timeout, who });
+        let dog =
+            Arc::new(Watchdog { current: Mutex::new(Activity { call: None, phase: None, idle_since: Instant::now() }), timeout, who });
         let watched = Arc::downgrade(&dog);
         let tick = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         std::thread::Builder::new()
             .name("ringbench-watchdog".into())
             .spawn(move || {
                 while let Some(dog) = watched.upgrade() {
-                    if let Some(report) = dog.overrun() {
-                        on_timeout(&report);
+                    if let Some(overrun) = dog.overrun() {
+                        on_timeout(&overrun);
                         return;
                     }
                     drop(dog);
@@ -50,33 +81,53 @@ impl Watchdog {
         dog
     }
 
-    /// The report for a call that has run past the timeout, if one has.
-    fn overrun(&self) -> Option<String> {
-        let cur = self.current.lock().ok()?.clone()?;
-        let waited = cur.since.elapsed();
-        (waited > self.timeout).then(|| {
+    /// The report for a call, or a watched stretch outside calls, past the timeout, if there is one.
+    fn overrun(&self) -> Option<Overrun> {
+        let a = self.current.lock().ok()?;
+        let limit = self.timeout.as_secs_f64();
+        if let Some(cur) = &a.call {
+            let waited = cur.since.elapsed();
             let peer = cur.peer.map(|p| format!(" with rank {p}")).unwrap_or_default();
-            format!(
-                "{}: watchdog: {}{peer} ({} bytes) has not completed after {:.1} s (--comm-timeout {} s); aborting the job",
+            return (waited > self.timeout).then(|| {
+                Overrun::Waiting(format!(
+                    "{}: watchdog: {}{peer} ({} bytes) has not completed after {:.1} s (--comm-timeout {limit} s): a peer has stalled or died",
+                    self.who,
+                    cur.op,
+                    cur.bytes,
+                    waited.as_secs_f64(),
+                ))
+            });
+        }
+        let phase = a.phase.as_ref()?;
+        let idle = a.idle_since.elapsed();
+        (idle > self.timeout).then(|| {
+            Overrun::Stalled(format!(
+                "{}: watchdog: this rank has stalled: no communication for {:.1} s during {phase} (--comm-timeout {limit} s), while its peers wait for it",
                 self.who,
-                cur.op,
-                cur.bytes,
-                waited.as_secs_f64(),
-                self.timeout.as_secs_f64()
-            )
+                idle.as_secs_f64(),
+            ))
         })
     }
 
     /// Run `f` as the call in flight: one that overruns the timeout is reported and ends the job.
     pub fn guard<T>(&self, op: &'static str, peer: Option<usize>, bytes: u64, f: impl FnOnce() -> T) -> T {
-        if let Ok(mut c) = self.current.lock() {
-            *c = Some(InFlight { op, peer, bytes, since: Instant::now() });
+        if let Ok(mut a) = self.current.lock() {
+            a.call = Some(InFlight { op, peer, bytes, since: Instant::now() });
         }
         let r = f();
-        if let Ok(mut c) = self.current.lock() {
-            *c = None;
+        if let Ok(mut a) = self.current.lock() {
+            a.call = None;
+            a.idle_since = Instant::now();
         }
         r
+    }
+
+    /// Watch the time outside calls during `phase` (None: stop watching it).
+    pub fn set_phase(&self, phase: Option<String>) {
+        if let Ok(mut a) = self.current.lock() {
+            a.phase = phase;
+            a.idle_since = Instant::now();
+        }
     }
 }
 
@@ -129,6 +180,10 @@ impl<C: HostCollectives> HostCollectives for Watched<C> {
     fn guard_wait(&self, what: &'static str, wait: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         self.dog.guard(what, None, 0, || self.inner.guard_wait(what, wait))
     }
+
+    fn set_phase(&self, phase: Option<String>) {
+        self.dog.set_phase(phase)
+    }
 }
 
 impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
@@ -177,7 +232,7 @@ mod tests {
         let dog = Watchdog::start(
             Duration::from_millis(100),
             "rank 1 on host h".into(),
-            Box::new(move |r| tx.lock().unwrap().send(r.to_string()).unwrap()),
+            Box::new(move |r| tx.lock().unwrap().send(r.report().to_string()).unwrap()),
         );
         let mut comms = LocalComm::world(2);
         let c1 = Watched::new(comms.pop().unwrap(), dog);
@@ -196,13 +251,40 @@ mod tests {
     fn calls_that_complete_are_not_reported() {
         let (tx, rx) = mpsc::channel::<String>();
         let tx = Mutex::new(tx);
-        let dog =
-            Watchdog::start(Duration::from_millis(50), "r".into(), Box::new(move |r| tx.lock().unwrap().send(r.to_string()).unwrap()));
+        let dog = Watchdog::start(
+            Duration::from_millis(50),
+            "r".into(),
+            Box::new(move |r| tx.lock().unwrap().send(r.report().to_string()).unwrap()),
+        );
         let c = Watched::new(LocalComm::world(1).pop().unwrap(), dog);
         for _ in 0..5 {
             c.barrier().unwrap();
             std::thread::sleep(Duration::from_millis(30)); // compute between calls is not watched
         }
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn a_rank_stuck_outside_calls_in_a_watched_phase_names_itself() {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let dog = Watchdog::start(
+            Duration::from_millis(100),
+            "rank 2 on host h".into(),
+            Box::new(move |r| tx.lock().unwrap().send(r.clone()).unwrap()),
+        );
+        let c = Watched::new(LocalComm::world(1).pop().unwrap(), dog);
+        c.set_phase(Some("iteration 3 of ring (measured)".into()));
+        c.barrier().unwrap();
+        // No call for longer than the timeout, as a hung kernel would leave it.
+        let r = rx.recv_timeout(Duration::from_secs(10)).expect("the watchdog reports");
+        match r {
+            Overrun::Stalled(report) => assert!(
+                report.contains("rank 2 on host h: watchdog: this rank has stalled")
+                    && report.contains("during iteration 3 of ring (measured)"),
+                "{report}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

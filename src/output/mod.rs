@@ -4,6 +4,7 @@
 
 pub mod rankfile;
 pub mod reduce;
+pub mod status;
 
 use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;

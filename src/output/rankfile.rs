@@ -1,9 +1,10 @@
 //! One HDF5 file per rank, `rank-NNNNN.h5`, with one group per strategy run (named after the
 //! strategy) holding the run's attributes and per-iteration datasets. Readable by h5dump and h5py:
 //! ```text
-//! /tp-pp                      group; attributes: config (JSON), strategy, sequence, run_id, rank,
-//!                             local_rank, hostname, device, libraries, ringbench_version,
-//!                             git_commit, start_utc, end_utc, status, peak_buffers_bytes,
+//! /tp-pp                      group; attributes: config (JSON), strategy, sequence, run_id,
+//!                             launch_id, rank, local_rank, hostname, pid, device, libraries,
+//!                             ringbench_version, git_commit, start_utc, end_utc (while running:
+//!                             the last checkpoint), status, peak_buffers_bytes,
 //!                             peak_device_bytes, device_peak_flops (both absent if unknown),
 //!                             linear_flops, attention_flops (this rank's, per iteration),
 //!                             gpu_util_mean, gpu_util_max, gpu_util_samples (NVML, percent;
@@ -19,6 +20,7 @@ use crate::backend::MemoryStats;
 use crate::config::RunConfig;
 use crate::metrics::flops::Flops;
 use crate::metrics::IterationRecord;
+use crate::output::status::RunStatus;
 use anyhow::{anyhow, bail, Result};
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
@@ -27,12 +29,17 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq)]
 pub struct RankRun {
     pub run_id: String,
+    /// The launch that wrote it (made by rank 0, the same on every rank): two launches that
+    /// chose the same run id are never reduced as one job.
+    pub launch_id: String,
     /// Position of this strategy run within the launch (0 first).
     pub sequence: u32,
     pub config: RunConfig,
     pub rank: usize,
     pub local_rank: usize,
     pub host: String,
+    /// The rank's process id on `host` (tells a live run from one whose process is gone).
+    pub pid: u32,
     pub device: String,
     /// MPI and HDF5 library versions.
     pub libraries: String,
@@ -40,8 +47,7 @@ pub struct RankRun {
     pub git_commit: String,
     pub start_utc: String,
     pub end_utc: String,
-    /// "complete" for a run that did all its iterations.
-    pub status: String,
+    pub status: RunStatus,
     pub iterations: Vec<IterationRecord>,
     pub memory: MemoryStats,
     pub flops: Flops,
@@ -70,6 +76,7 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
         ("config", config.as_str()),
         ("strategy", run.config.strategy.name()),
         ("run_id", &run.run_id),
+        ("launch_id", &run.launch_id),
         ("hostname", &run.host),
         ("device", &run.device),
         ("libraries", &run.libraries),
@@ -77,7 +84,7 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
         ("git_commit", &run.git_commit),
         ("start_utc", &run.start_utc),
         ("end_utc", &run.end_utc),
-        ("status", &run.status),
+        ("status", run.status.name()),
     ] {
         g.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&text(value)?)?;
     }
@@ -85,6 +92,7 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
         ("sequence", run.sequence as u64),
         ("rank", run.rank as u64),
         ("local_rank", run.local_rank as u64),
+        ("pid", run.pid as u64),
         ("peak_buffers_bytes", run.memory.buffers_peak_bytes),
     ];
     if let Some(b) = run.memory.device_peak_bytes {
@@ -194,18 +202,20 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
         .collect();
     Ok(RankRun {
         run_id: s("run_id")?,
+        launch_id: s("launch_id")?,
         sequence: u("sequence")? as u32,
         config,
         rank: u("rank")? as usize,
         local_rank: u("local_rank")? as usize,
         host: s("hostname")?,
+        pid: u("pid")? as u32,
         device: s("device")?,
         libraries: s("libraries")?,
         version: s("ringbench_version")?,
         git_commit: s("git_commit")?,
         start_utc: s("start_utc")?,
         end_utc: s("end_utc")?,
-        status: s("status")?,
+        status: RunStatus::parse(&s("status")?).ok_or_else(|| hdf5::Error::from("attribute status: not a run status"))?,
         iterations,
         memory: MemoryStats {
             buffers_peak_bytes: u("peak_buffers_bytes")?,

@@ -7,6 +7,7 @@
 //! iteration time, inverted. Time per token = mean iteration time / (batch x seq).
 
 use super::rankfile::{self, RankRun};
+use super::status::RunStatus;
 use crate::config::{RunConfig, StrategyKind};
 use crate::metrics::flops::job_flops;
 use crate::metrics::Stats;
@@ -21,10 +22,74 @@ const MIB: f64 = (1u64 << 20) as f64;
 pub struct StrategySummary {
     pub config: RunConfig,
     pub first: RankRun,
-    /// "complete"; "incomplete" if any rank was interrupted; "partial" if rank files are missing.
-    pub status: String,
+    /// Complete; Incomplete if any rank was interrupted; Running if a rank's process is still at
+    /// it (a look with --partial); Partial if rank files are missing; Invalid if the result is
+    /// physically impossible (`invalid_reason` says why).
+    pub status: RunStatus,
+    pub invalid_reason: Option<String>,
     /// None when no iteration was measured (interrupted during warm-up).
     pub measured: Option<Measured>,
+}
+
+/// How a reduction treats what it finds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReduceOptions {
+    /// Leave out missing or damaged rank files, and allow a look at a run in progress; the tables
+    /// are then *-partial.csv.
+    pub partial: bool,
+    /// The run's own final reduction: its tables replace whatever tables a look at the run left
+    /// (a reduction by anyone else never replaces a table).
+    pub owner: bool,
+}
+
+/// A run whose last checkpoint is older than this, on a host that cannot be checked from here,
+/// is taken as gone (a checkpoint follows every iteration that ends a second after the last).
+const STALE_CHECKPOINT_S: i64 = 600;
+
+/// Whether the process that marked `r` running is still at it: by its process id on this host;
+/// elsewhere, by the age of its last checkpoint.
+fn still_running(r: &RankRun) -> bool {
+    if r.host == crate::launch::hostname() {
+        return process_is_ringbench(r.pid);
+    }
+    chrono::DateTime::parse_from_rfc3339(&r.end_utc)
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() < STALE_CHECKPOINT_S)
+        .unwrap_or(true)
+}
+
+/// Whether process `pid` of this host is a live ringbench (not a zombie left unreaped, and not an
+/// unrelated process that reused the id).
+fn process_is_ringbench(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "pid (comm) state ...": the state follows the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !matches!(state, Some('Z' | 'X') | None) && String::from_utf8_lossy(&cmdline).contains("ringbench")
+}
+
+/// A rank file's contents that no run can have written: a non-finite or negative time, or bytes
+/// other than the config moves (each strategy's `traffic`).
+fn check_values(run: &RankRun, file: &str) -> Result<()> {
+    let g = run.config.strategy.name();
+    let rank = run.rank;
+    for (i, it) in run.iterations.iter().enumerate() {
+        for (name, v) in [("iter_s", it.total_s), ("comm_s", it.comm_s), ("hidden_s", it.hidden_s), ("compute_s", it.compute_s)] {
+            ensure!(
+                v.is_finite() && v >= 0.0,
+                "rank {rank}: {file}: dataset {g}/{name}[{i}] = {v}: a time must be finite and non-negative"
+            );
+        }
+    }
+    let (sent, received) = crate::strategy::traffic(&run.config, rank);
+    for (i, it) in run.iterations.iter().enumerate() {
+        for (name, v, want) in [("bytes_sent", it.bytes_sent, sent), ("bytes_received", it.bytes_received, received)] {
+            ensure!(
+                v == want,
+                "rank {rank}: {file}: dataset {g}/{name}[{i}] = {v}, but this config moves {want} bytes per iteration on this rank"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -58,14 +123,35 @@ pub struct Measured {
     pub efficiency_vs_floor: Option<f64>,
 }
 
-/// Read every rank file of a run directory, checking that the set is complete and consistent.
-/// With `partial`, unreadable or missing rank files are skipped and their reasons returned instead.
+/// Read every rank file of a run directory, checking that the set is complete, consistent and
+/// plausible. With `partial`, unreadable, missing or implausible rank files are skipped and their
+/// reasons returned instead, and a run still in progress may be read (its runs keep the status
+/// Running); without it, a run in progress is refused, and a rank file marked running whose
+/// process is gone reads as interrupted.
 pub fn load(dir: &Path, partial: bool) -> Result<(Vec<RankRun>, Vec<String>)> {
+    ensure!(dir.is_dir(), "{}: not a run directory (expected a directory holding rank-NNNNN.h5 files)", dir.display());
     let read_rank = |rank: usize| -> Result<Vec<RankRun>> {
         let path = rankfile::rank_file(dir, rank);
         ensure!(path.exists(), "rank {rank}: {} is missing", path.display());
-        let runs = rankfile::read(&path).with_context(|| format!("rank {rank}: cannot read {}", path.display()))?;
+        let mut runs = rankfile::read(&path).with_context(|| format!("rank {rank}: cannot read {}", path.display()))?;
         ensure!(!runs.is_empty(), "rank {rank}: {} holds no strategy run", path.display());
+        let file = rankfile::rank_file_name(rank);
+        for r in &mut runs {
+            check_values(r, &file)?;
+            if r.status == RunStatus::Running {
+                if !still_running(r) {
+                    r.status = RunStatus::Interrupted; // its process is gone
+                } else if !partial {
+                    bail!(
+                        "rank {rank}: {file} says the {} run is still in progress (process {} on host {}, last checkpoint {}); reduce it once it has ended (its own tables come at the end), or with --partial for a look now (written as *-partial.csv)",
+                        r.config.strategy.name(),
+                        r.pid,
+                        r.host,
+                        r.end_utc
+                    );
+                }
+            }
+        }
         Ok(runs)
     };
     // The world size and the reference for consistency come from the lowest-numbered rank file
@@ -102,13 +188,19 @@ pub fn load(dir: &Path, partial: bool) -> Result<(Vec<RankRun>, Vec<String>)> {
                 ensure!(a.config == b.config, "rank {rank}: the {} config differs from rank {first_rank}'s", b.config.strategy.name());
                 ensure!(a.run_id == b.run_id, "rank {rank}: run id {} differs from rank {first_rank}'s {}", a.run_id, b.run_id);
                 ensure!(
+                    a.launch_id == b.launch_id,
+                    "rank {rank}: written by launch {}, rank {first_rank} by launch {}: two separate launches that chose the same run id are not one job",
+                    a.launch_id,
+                    b.launch_id
+                );
+                ensure!(
                     a.git_commit == b.git_commit,
                     "rank {rank}: git commit {} differs from rank {first_rank}'s {}",
                     a.git_commit,
                     b.git_commit
                 );
                 // An interrupted run may stop a rank one iteration before another.
-                let interrupted = a.status != "complete" || b.status != "complete";
+                let interrupted = a.status != RunStatus::Complete || b.status != RunStatus::Complete;
                 ensure!(
                     interrupted || a.iterations.len() == b.iterations.len(),
                     "rank {rank}: {} iterations of {}, rank {first_rank} has {}",
@@ -162,8 +254,8 @@ pub fn summarize(runs: &[RankRun], partial_ids: &[String]) -> Result<Vec<Strateg
             let mut ranks: Vec<&RankRun> = runs.iter().filter(|r| &r.run_id == id && r.sequence == *seq).collect();
             ranks.sort_by_key(|r| r.rank);
             let mut s = summarize_one(&ranks)?;
-            if partial_ids.contains(id) {
-                s.status = "partial".into();
+            if partial_ids.contains(id) && s.status != RunStatus::Invalid {
+                s.status = RunStatus::Partial;
             }
             Ok(s)
         })
@@ -173,10 +265,37 @@ pub fn summarize(runs: &[RankRun], partial_ids: &[String]) -> Result<Vec<Strateg
 fn summarize_one(ranks: &[&RankRun]) -> Result<StrategySummary> {
     let first = ranks[0];
     let cfg = &first.config;
-    let status = if ranks.iter().all(|r| r.status == "complete") { "complete" } else { "incomplete" };
+    let mut status = if ranks.iter().all(|r| r.status == RunStatus::Complete) {
+        RunStatus::Complete
+    } else if ranks.iter().any(|r| r.status == RunStatus::Running) {
+        RunStatus::Running
+    } else {
+        RunStatus::Incomplete
+    };
     let n = ranks.iter().map(|r| r.iterations.len()).min().unwrap_or(0);
     let measured = if n == 0 { None } else { Some(measured(ranks, n)?) };
-    Ok(StrategySummary { config: cfg.clone(), first: first.clone(), status: status.to_string(), measured })
+    let invalid_reason = measured.as_ref().and_then(|m| impossible(cfg, first.device_peak_flops, m));
+    if invalid_reason.is_some() {
+        status = RunStatus::Invalid;
+    }
+    Ok(StrategySummary { config: cfg.clone(), first: first.clone(), status, invalid_reason, measured })
+}
+
+/// Why a measured result is physically impossible on its device, if it is: a timing or FLOP-count
+/// bug, never a number to report as a result.
+fn impossible(cfg: &RunConfig, peak: Option<f64>, m: &Measured) -> Option<String> {
+    let peak = peak?;
+    let bound = crate::plan::tps_bound(cfg, peak);
+    if m.tps > bound {
+        return Some(format!(
+            "measured {:.0} tokens/s exceeds the physical bound of {bound:.0} (every GPU at its {:.0} TFLOP/s peak): a timing or FLOP-count bug",
+            m.tps,
+            peak / 1e12
+        ));
+    }
+    m.mfu
+        .filter(|&x| x > 1.0)
+        .map(|x| format!("MFU {x:.3} exceeds 1 ({:.1} TFLOP/s per GPU): a timing or FLOP-count bug", m.tflops_per_gpu))
 }
 
 /// Statistics over the first `n` iterations, which every rank completed.
@@ -199,22 +318,6 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
     let tflops_per_gpu = job_flops(cfg).total() / cfg.world() as f64 / iter.mean / 1e12;
     let mfu = first.device_peak_flops.map(|peak| tflops_per_gpu * 1e12 / peak);
     let tps = tokens / iter.mean;
-    if let Some(peak) = first.device_peak_flops {
-        // A result above the hardware's limit is a measurement bug, never a number to report.
-        let bound = crate::plan::tps_bound(cfg, peak);
-        ensure!(
-            tps <= bound,
-            "{}: measured {tps:.0} tokens/s exceeds the physical bound of {bound:.0} (every GPU at its {:.0} TFLOP/s peak): a timing or FLOP-count bug",
-            cfg.strategy.name(),
-            peak / 1e12
-        );
-        let m = tflops_per_gpu * 1e12 / peak;
-        ensure!(
-            m <= 1.0,
-            "{}: MFU {m:.3} exceeds 1 ({tflops_per_gpu:.1} TFLOP/s per GPU): a timing or FLOP-count bug",
-            cfg.strategy.name()
-        );
-    }
     let utils: Vec<_> = ranks.iter().filter_map(|r| r.gpu_util).collect();
     let gpu_util = (!utils.is_empty()).then(|| (mean(utils.iter().map(|u| u.mean)), max(utils.iter().map(|u| u.max))));
     let compute_floor_s = first.device_peak_flops.map(|peak| ranks.iter().map(|r| r.flops.total()).fold(0.0, f64::max) / peak);
@@ -367,8 +470,10 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
                     ("run_id", f.run_id.clone()),
                     ("strategy", s.config.strategy.name().to_string()),
                     ("sequence", f.sequence.to_string()),
-                    ("status", s.status.clone()),
+                    ("status", s.status.to_string()),
+                    ("invalid_reason", s.invalid_reason.clone().unwrap_or_default()),
                     ("device", f.device.clone()),
+                    ("iters_measured", s.measured.as_ref().map_or(0, |m| m.iter.n).to_string()),
                 ]);
                 row.extend(own(model_columns(&s.config)));
                 row.push(("tokens_per_iter".into(), s.config.tokens_per_iteration().to_string()));
@@ -401,7 +506,7 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
                     ("local_rank", r.local_rank.to_string()),
                     ("host", r.host.clone()),
                     ("device", r.device.clone()),
-                    ("status", r.status.clone()),
+                    ("status", r.status.to_string()),
                     ("iters_done", r.iterations.len().to_string()),
                 ]);
                 let series = |f: fn(&crate::metrics::IterationRecord) -> f64| -> Vec<f64> { r.iterations.iter().map(f).collect() };
@@ -444,8 +549,18 @@ fn csv_bytes((header, rows): &Table) -> Result<Vec<u8>> {
 }
 
 /// Write `bytes` to `path` unless the same bytes are already there; a different existing file is
-/// an error and is kept.
-fn write_new_or_same(path: &Path, bytes: &[u8]) -> Result<()> {
+/// an error and is kept, unless `replace` (the run's own final tables), when it is replaced whole.
+fn write_new_or_same(path: &Path, bytes: &[u8], replace: bool) -> Result<()> {
+    if path.exists() && replace {
+        if std::fs::read(path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        let tmp = super::partial_name(path);
+        write_synced(&tmp, bytes)?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        eprintln!("ringbench: replaced {}, which a reduction during the run had written, with the run's final table", path.display());
+        return Ok(());
+    }
     if path.exists() {
         let old = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         ensure!(
@@ -456,22 +571,36 @@ fn write_new_or_same(path: &Path, bytes: &[u8]) -> Result<()> {
         return Ok(());
     }
     let tmp = super::partial_name(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    write_synced(&tmp, bytes)?;
     super::publish(&tmp, path)
+}
+
+/// `bytes` into a new file, on the disk before it returns: a full disk is an error here.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let written = std::fs::File::create(path).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(path);
+        bail!("writing {}: {e}", path.display());
+    }
+    Ok(())
 }
 
 /// Reduce run directories into `summary.csv` and `ranks.csv` in `out`. Every rank file is read and
 /// checked before anything is written. With `partial`, damaged or missing rank files are left out,
 /// the affected runs are marked "partial", and the tables are named `summary-partial.csv` and
 /// `ranks-partial.csv` so that they cannot be mistaken for complete ones.
-pub fn reduce_into(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<Vec<StrategySummary>> {
+pub fn reduce_into(dirs: &[PathBuf], out: &Path, opts: ReduceOptions) -> Result<Vec<StrategySummary>> {
     if dirs.is_empty() {
         bail!("no run directory given");
     }
     let mut runs = Vec::new();
     let mut partial_ids = Vec::new();
     for d in dirs {
-        let (r, problems) = load(d, partial).with_context(|| format!("run directory {}", d.display()))?;
+        let (r, problems) = load(d, opts.partial).with_context(|| format!("run directory {}", d.display()))?;
         if !problems.is_empty() {
             for p in &problems {
                 eprintln!("ringbench: reduce --partial: left out: {p}");
@@ -482,9 +611,11 @@ pub fn reduce_into(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<Vec<St
     }
     let summaries = summarize(&runs, &partial_ids)?;
     let (summary, ranks) = (csv_bytes(&summary_table(&summaries))?, csv_bytes(&ranks_table(&runs))?);
-    let suffix = if partial_ids.is_empty() { "" } else { "-partial" };
-    write_new_or_same(&out.join(format!("summary{suffix}.csv")), &summary)?;
-    write_new_or_same(&out.join(format!("ranks{suffix}.csv")), &ranks)?;
+    // A look at a run in progress is never taken for its final tables.
+    let looked = !partial_ids.is_empty() || summaries.iter().any(|s| s.status == RunStatus::Running);
+    let suffix = if looked { "-partial" } else { "" };
+    write_new_or_same(&out.join(format!("summary{suffix}.csv")), &summary, opts.owner)?;
+    write_new_or_same(&out.join(format!("ranks{suffix}.csv")), &ranks, opts.owner)?;
     Ok(summaries)
 }
 
@@ -499,19 +630,21 @@ mod tests {
         let config = RunConfig { warmup: 0, iters: 2, ..RunConfig::of_preset(Preset::Tiny, StrategyKind::Ring, 2, 1, 2) };
         RankRun {
             run_id: "t".into(),
+            launch_id: "l".into(),
             sequence: 0,
             flops: crate::metrics::flops::rank_flops(&config, rank),
             config,
             rank,
             local_rank: rank,
             host: "h".into(),
+            pid: 1,
             device: "d".into(),
             libraries: String::new(),
             version: "0".into(),
             git_commit: "c".into(),
             start_utc: String::new(),
             end_utc: String::new(),
-            status: "complete".into(),
+            status: RunStatus::Complete,
             iterations: vec![
                 IterationRecord {
                     total_s: iter_s,
@@ -530,11 +663,17 @@ mod tests {
     }
 
     #[test]
-    fn a_result_beyond_the_physical_bound_is_an_error_not_a_number() {
+    fn a_result_beyond_the_physical_bound_is_marked_invalid_not_reported() {
         // 2 ranks at 1 GFLOP/s peak; the tiny model's iteration needs ~0.2 GFLOP, so 1 ms is impossible.
         let impossible = [rank_run(0, 1e-3, Some(1e9)), rank_run(1, 1e-3, Some(1e9))];
-        let err = summarize(&impossible, &[]).unwrap_err().to_string();
-        assert!(err.contains("exceeds the physical bound"), "{err}");
+        let s = &summarize(&impossible, &[]).unwrap()[0];
+        assert_eq!(s.status, RunStatus::Invalid);
+        assert!(s.invalid_reason.as_deref().unwrap().contains("exceeds the physical bound"), "{:?}", s.invalid_reason);
+        // The row is written, marked, with its reason.
+        let (header, rows) = summary_table(std::slice::from_ref(s));
+        let col = |name: &str| rows[0][header.iter().position(|h| h == name).unwrap()].clone();
+        assert_eq!(col("status"), "invalid");
+        assert!(col("invalid_reason").contains("physical bound"));
         // 10 s an iteration is possible: reported with MFU and efficiency against the compute floor.
         let fine = [rank_run(0, 10.0, Some(1e9)), rank_run(1, 10.0, Some(1e9))];
         // Two iterations of 10 s and 1e-3 s: the interval of the mean time reaches below zero,
@@ -546,6 +685,7 @@ mod tests {
         let m = summarize(&noisy, &[]).unwrap()[0].measured.clone().unwrap();
         assert!(m.iter.ci95.0 < 0.0 && m.tps_ci95.1 == f64::INFINITY && m.tps_ci95.0 > 0.0);
         let s = summarize(&fine, &[]).unwrap();
+        assert_eq!(s[0].status, RunStatus::Complete);
         let m = s[0].measured.as_ref().unwrap();
         let floor = fine.iter().map(|r| r.flops.total()).fold(0.0, f64::max) / 1e9;
         assert!((m.efficiency_vs_floor.unwrap() - floor / 10.0).abs() < 1e-12);
@@ -553,5 +693,30 @@ mod tests {
         // Without a known peak there is no bound to check and no MFU.
         let cpu = [rank_run(0, 1e-9, None), rank_run(1, 1e-9, None)];
         assert!(summarize(&cpu, &[]).unwrap()[0].measured.as_ref().unwrap().mfu.is_none());
+    }
+
+    #[test]
+    fn planted_times_and_bytes_are_refused_naming_rank_and_dataset() {
+        for (field, value, want) in [
+            ("iter", f64::NAN, "dataset ring/iter_s[1] = NaN"),
+            ("comm", f64::INFINITY, "dataset ring/comm_s[1] = inf"),
+            ("compute", -1.0, "dataset ring/compute_s[1] = -1"),
+        ] {
+            let mut r = rank_run(1, 1.0, None);
+            let it = &mut r.iterations[1];
+            *match field {
+                "iter" => &mut it.total_s,
+                "comm" => &mut it.comm_s,
+                _ => &mut it.compute_s,
+            } = value;
+            let e = check_values(&r, "rank-00001.h5").unwrap_err().to_string();
+            assert!(e.starts_with("rank 1: rank-00001.h5: ") && e.contains(want), "{e}");
+        }
+        // The ring of 2 moves its blocks: rank_run's zero bytes disagree with the config.
+        let r = rank_run(0, 1.0, None);
+        let (sent, _) = crate::strategy::traffic(&r.config, 0);
+        assert!(sent > 0);
+        let e = check_values(&r, "rank-00000.h5").unwrap_err().to_string();
+        assert!(e.contains(&format!("dataset ring/bytes_sent[0] = 0, but this config moves {sent} bytes")), "{e}");
     }
 }

@@ -23,6 +23,16 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
     fn output(&self) -> Option<&B::Act>;
 }
 
+/// Bytes (sent, received) that `rank` of the strategy moves per iteration, as `comm::metered`
+/// counts them: each strategy states its own traffic beside its forward pass.
+pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
+    match cfg.strategy {
+        StrategyKind::Reference => (0, 0),
+        StrategyKind::TpPp => tp_pp::traffic(cfg, rank),
+        StrategyKind::Ring => ring::traffic(cfg, rank),
+    }
+}
+
 /// Which tokens of every sequence `rank` ends up holding final hidden states for; None for ranks
 /// that hold none (every tp-pp rank but the last stage's first TP rank). Pure, so rank 0 can place
 /// every rank's rows without asking.

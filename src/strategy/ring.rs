@@ -31,6 +31,20 @@ impl<B: Backend> Ring<B> {
     }
 }
 
+/// Bytes `rank` sends and receives per iteration: per layer and micro-batch, P - 1 exchanges; at
+/// step s it sends the K/V block it holds (rank r - s's: micro-batch x its tokens x 2 d_model
+/// BF16 values) and receives the one it holds next.
+pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
+    let m = &cfg.model;
+    let p = cfg.ring;
+    let block = |step: usize| -> u64 {
+        let owner = ring_block_owner(rank, step, p);
+        (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.d_model * 2) as u64
+    };
+    let per_layer_mb = |steps: std::ops::Range<usize>| steps.map(block).sum::<u64>() * (m.layers * cfg.micro_batches()) as u64;
+    (per_layer_mb(0..p.saturating_sub(1)), per_layer_mb(1..p))
+}
+
 /// Ring attention of the batch's queries against every rank's K/V block; fills ws.attn.
 fn ring_attention<B: Backend, C: Communicator<B>>(
     be: &B,

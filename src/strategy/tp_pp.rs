@@ -17,6 +17,23 @@ use crate::model::{local_attention, Shard};
 use crate::topology::{even_slice, tp_pp_coord, tp_pp_rank, LocalTokens, TpPpCoord};
 use anyhow::{Context, Result};
 
+/// Bytes `rank` sends and receives per iteration: per micro-batch and local layer, two
+/// all-reduces of [micro-batch x seq, d_model] BF16 counted by NCCL's bus convention (2 (tp - 1) /
+/// tp of the buffer each way, as `comm::metered` counts them); per micro-batch, the hand-off of
+/// the same activations to the next stage, and from the previous one.
+pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
+    let m = &cfg.model;
+    let coord = tp_pp_coord(rank, cfg.tp);
+    let activations = (cfg.micro_batch * m.seq_len * m.d_model * 2) as u64;
+    let tp = cfg.tp as u64;
+    let wire = if tp > 1 { 2 * (tp - 1) * activations / tp } else { 0 };
+    let mbs = cfg.micro_batches() as u64;
+    let all_reduce = 2 * wire * (m.layers / cfg.pp) as u64 * mbs;
+    let send = if coord.stage + 1 < cfg.pp { activations * mbs } else { 0 };
+    let recv = if coord.stage > 0 { activations * mbs } else { 0 };
+    (all_reduce + send, all_reduce + recv)
+}
+
 pub struct TpPp<B: Backend, C> {
     cfg: RunConfig,
     coord: TpPpCoord,

@@ -47,6 +47,23 @@ impl Fault {
         Ok(Fault { rank: rank.ok_or_else(bad)?, iter: iter.ok_or_else(bad)?, kind: kind.ok_or_else(bad)? })
     }
 
+    /// Refuse a fault that could never strike: a rank outside the job, or an iteration past the
+    /// last (`iterations` = warm-up + measured), so that a test of a failure path cannot pass
+    /// by testing nothing.
+    pub fn check(&self, spec: &str, world: usize, iterations: usize) -> Result<(), ConfigError> {
+        if self.rank >= world {
+            return Err(ConfigError(format!("{ENV}={spec:?}: rank {} does not exist in a job of {world} ranks", self.rank)));
+        }
+        if self.iter >= iterations {
+            return Err(ConfigError(format!(
+                "{ENV}={spec:?}: iteration {} is never reached (warm-up and measured iterations are 0 .. {})",
+                self.iter,
+                iterations - 1
+            )));
+        }
+        Ok(())
+    }
+
     /// Fail as asked if this is the rank and iteration.
     pub fn strike(fault: Option<Fault>, rank: usize, iter: usize) -> Result<()> {
         let Some(f) = fault.filter(|f| f.rank == rank && f.iter == iter) else {
@@ -73,6 +90,10 @@ mod tests {
         for bad in ["rank:2", "rank:x,iter:1,kind:error", "rank:1,iter:1,kind:crash", "garbage"] {
             assert!(Fault::parse(bad).unwrap_err().0.contains("expected rank:K,iter:I,kind:"), "{bad}");
         }
+        let f = Fault { rank: 1, iter: 3, kind: FaultKind::Error };
+        assert!(f.check("s", 2, 4).is_ok());
+        assert!(f.check("s", 1, 4).unwrap_err().0.contains("rank 1 does not exist in a job of 1 ranks"));
+        assert!(f.check("s", 2, 3).unwrap_err().0.contains("iteration 3 is never reached (warm-up and measured iterations are 0 .. 2)"));
         assert!(Fault::strike(Some(Fault { rank: 1, iter: 3, kind: FaultKind::Error }), 1, 2).is_ok());
         assert!(Fault::strike(Some(Fault { rank: 1, iter: 3, kind: FaultKind::Error }), 1, 3).is_err());
     }

@@ -68,8 +68,10 @@ impl Journal {
 
     /// After each iteration: the memory high-water marks so far, and the iteration's record if it
     /// was a measured one.
+    /// Once the run is marked interrupted (a signal, an abort), its file is final: nothing more
+    /// is recorded, so the tables made from it stay true.
     pub fn record(&self, memory: crate::backend::MemoryStats, iteration: Option<crate::metrics::IterationRecord>) {
-        if let Some(run) = self.lock().as_mut().and_then(|s| s.runs.last_mut()) {
+        if let Some(run) = self.lock().as_mut().and_then(|s| s.runs.last_mut()).filter(|r| r.status == RunStatus::Running) {
             run.memory = memory;
             run.iterations.extend(iteration);
         }
@@ -86,6 +88,9 @@ impl Journal {
         let mut g = self.lock();
         let s = g.as_mut().ok_or_else(|| anyhow::anyhow!("no results directory is open"))?;
         let last = s.runs.last_mut().ok_or_else(|| anyhow::anyhow!("no strategy run in progress"))?;
+        if last.status != RunStatus::Running {
+            return Ok(()); // interrupted meanwhile: that file is final
+        }
         (last.status, last.end_utc, last.memory) = (RunStatus::Complete, utc_now(), memory);
         rankfile::write(&s.dir, s.rank, &s.runs).map(|_| ())
     }
@@ -99,9 +104,8 @@ impl Journal {
         *last = Instant::now();
         let mut g = self.lock();
         let Some(s) = g.as_mut() else { return Ok(()) };
-        if let Some(run) = s.runs.last_mut().filter(|r| r.status == RunStatus::Running) {
-            run.end_utc = utc_now(); // while running: the time of the last checkpoint
-        }
+        let Some(run) = s.runs.last_mut().filter(|r| r.status == RunStatus::Running) else { return Ok(()) };
+        run.end_utc = utc_now(); // while running: the time of the last checkpoint
         rankfile::write(&s.dir, s.rank, &s.runs).map(|_| ())
     }
 

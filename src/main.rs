@@ -490,7 +490,13 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
                 host: launch.host.clone(),
                 mpi_library: launch.mpi_library(),
             };
-            let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet, fault: Fault::from_env()? };
+            let fault = Fault::from_env()?;
+            if let Some(f) = fault {
+                let spec = std::env::var(ringbench::fault::ENV).unwrap_or_default();
+                let iterations = cfgs.iter().map(|c| c.warmup + c.iters).max().unwrap_or(0);
+                f.check(&spec, comm.size(), iterations)?;
+            }
+            let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet, fault };
             let choice = config_args.strategy.name();
             let journal = &launch.journal;
             match cfgs[0].emulate {

@@ -37,7 +37,21 @@ fn a_stalled_rank_is_caught_by_the_watchdog() {
     let out = run.all();
     assert!(run.status.is_some_and(|s| s != 0), "exit {:?}\n{out}", run.status);
     assert!(out.contains("watchdog:") && out.contains("has not completed after") && out.contains("--comm-timeout 2 s"), "{out}");
+    // The rank that stalled names itself and what it was doing, not only as someone's peer.
+    let host = ringbench::launch::hostname();
+    assert!(
+        out.contains(&format!("rank 1 on host {host}: watchdog: this rank has stalled: no communication for"))
+            && out.contains("during iteration 2 of tp-pp (measured)"),
+        "{out}"
+    );
     assert!(run.elapsed.as_secs() < 30, "took {:?}", run.elapsed);
+    // Every rank saved what it measured before the abort: the two measured iterations before the stall.
+    let dir = std::fs::read_dir(&root).unwrap().next().unwrap().unwrap().path();
+    for r in 0..4 {
+        let runs = rankfile::read(&rankfile::rank_file(&dir, r)).unwrap_or_else(|e| panic!("rank {r}: {e:#}\n{out}"));
+        assert_eq!(runs[0].status.name(), "interrupted", "rank {r}");
+        assert!(!runs[0].iterations.is_empty(), "rank {r}");
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -80,7 +94,12 @@ fn sigterm_keeps_the_iterations_done_and_marks_the_run_incomplete() {
     let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap_or_else(|e| panic!("summary.csv: {e}\n{out}"));
     let row = summary.lines().nth(1).unwrap();
     assert!(row.contains(",incomplete,"), "{summary}");
+    // The summary counts the iterations every rank completed.
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    let measured = row.split(',').nth(header.iter().position(|h| *h == "iters_measured").unwrap()).unwrap();
+    assert_eq!(measured, done.iter().min().unwrap().to_string(), "{summary}");
     assert!(out.contains("interrupted by signal 15"), "{out}");
+
     std::fs::remove_dir_all(&root).unwrap();
 }
 

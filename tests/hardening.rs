@@ -62,3 +62,201 @@ fn a_full_disk_is_an_error_naming_rank_file_and_cause_and_the_last_good_file_is_
         });
     }
 }
+
+fn remove_tables(dir: &Path) {
+    for f in ["summary.csv", "ranks.csv"] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+}
+
+fn run_ok(root: &Path, np: usize, id: &str, extra: &[&str]) -> std::path::PathBuf {
+    let mut args = vec!["run", "--strategy", "ring", "--out", root.to_str().unwrap(), "--run-id", id, "--quiet"];
+    args.extend(extra);
+    let r = mpirun(np, &args);
+    assert_eq!(r.status, Some(0), "{}", r.all());
+    root.join(id)
+}
+
+#[test]
+fn planted_nan_inf_negative_times_and_wrong_bytes_are_refused_naming_rank_and_dataset() {
+    let root = temp_root("planted");
+    let dir = run_ok(&root, 2, "a", &[]);
+    remove_tables(&dir);
+    let file = rankfile::rank_file(&dir, 1);
+    let pristine = std::fs::read(&file).unwrap();
+    for (dataset, want) in [
+        ("ring/iter_s", "rank 1: rank-00001.h5: dataset ring/iter_s[0] = NaN: a time must be finite and non-negative"),
+        ("ring/comm_s", "dataset ring/comm_s[0] = inf"),
+        ("ring/compute_s", "dataset ring/compute_s[0] = -0.5"),
+        ("ring/bytes_sent", "dataset ring/bytes_sent[0] = 7, but this config moves"),
+    ] {
+        std::fs::write(&file, &pristine).unwrap();
+        {
+            let h5 = hdf5::File::open_rw(&file).unwrap();
+            let ds = h5.dataset(dataset).unwrap();
+            if dataset.ends_with("bytes_sent") {
+                let mut v = ds.read_raw::<u64>().unwrap();
+                v[0] = 7;
+                ds.write_raw(&v).unwrap();
+            } else {
+                let mut v = ds.read_raw::<f64>().unwrap();
+                v[0] = if dataset.ends_with("iter_s") {
+                    f64::NAN
+                } else if dataset.ends_with("comm_s") {
+                    f64::INFINITY
+                } else {
+                    -0.5
+                };
+                ds.write_raw(&v).unwrap();
+            }
+        }
+        for cmd in ["reduce", "report"] {
+            let o = ringbench(&[cmd, dir.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains(want), "{cmd} {dataset}: {err}");
+        }
+        assert!(!dir.join("summary.csv").exists(), "{dataset}: nothing is written");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_result_beyond_the_bound_is_a_marked_row_and_exit_3_not_a_lost_table() {
+    let root = temp_root("invalid");
+    let dir = run_ok(&root, 2, "a", &[]);
+    remove_tables(&dir);
+    // A device of 1 FLOP/s: no measured time is possible on it.
+    for r in 0..2 {
+        let h5 = hdf5::File::open_rw(rankfile::rank_file(&dir, r)).unwrap();
+        h5.group("ring").unwrap().new_attr::<f64>().create("device_peak_flops").unwrap().write_scalar(&1.0).unwrap();
+    }
+    let o = ringbench(&["reduce", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("the ring result is invalid: measured") && err.contains("exceeds the physical bound"), "{err}");
+    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(summary.lines().nth(1).unwrap().contains(",invalid,measured "), "{summary}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn rank_files_of_two_launches_with_one_run_id_are_not_one_job() {
+    let (a, b) = (temp_root("launch-a"), temp_root("launch-b"));
+    let (da, db) = (run_ok(&a, 2, "same", &[]), run_ok(&b, 2, "same", &[]));
+    remove_tables(&da);
+    std::fs::copy(db.join("rank-00001.h5"), da.join("rank-00001.h5")).unwrap();
+    let o = ringbench(&["reduce", da.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("rank 1: written by launch") && err.contains("two separate launches that chose the same run id"), "{err}");
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
+}
+
+#[test]
+fn reduce_of_a_live_run_is_refused_and_the_runs_own_tables_win() {
+    let root = temp_root("live");
+    let guard = common::lock();
+    let mut run = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_ringbench")])
+        .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "512", "--iters", "40", "--quiet"])
+        .args(["--out", root.to_str().unwrap(), "--run-id", "live"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = root.join("live");
+    // Wait for both ranks' first checkpoints.
+    let t0 = std::time::Instant::now();
+    while !(0..2).all(|r| rankfile::read(&rankfile::rank_file(&dir, r)).is_ok_and(|runs| !runs[0].iterations.is_empty())) {
+        assert!(t0.elapsed().as_secs() < 60, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = ringbench(&["reduce", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("says the ring run is still in progress"), "{err}");
+    assert!(!dir.join("summary.csv").exists());
+    // A look now: the partial tables, their run marked running.
+    let o = ringbench(&["reduce", "--partial", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let look = std::fs::read_to_string(dir.join("summary-partial.csv")).unwrap();
+    assert!(look.lines().nth(1).unwrap().contains(",running,"), "{look}");
+    assert!(!dir.join("summary.csv").exists());
+    let out = run.wait_with_output().unwrap();
+    drop(guard);
+    assert!(out.status.success(), "the run itself must end well: {}", String::from_utf8_lossy(&out.stderr));
+    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(summary.lines().nth(1).unwrap().contains(",complete,"), "{summary}");
+    assert!(!dir.join("summary-partial.csv").exists(), "the look is superseded");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn two_runs_in_one_second_get_their_own_default_run_ids() {
+    let root = temp_root("ids");
+    // Take the default names of this second and the next few, as a run started just before would.
+    let now = chrono::Utc::now();
+    for s in 0..4 {
+        let t = now + chrono::Duration::seconds(s);
+        std::fs::create_dir_all(root.join(format!("{}-reference", t.format("%Y%m%dT%H%M%SZ")))).unwrap();
+    }
+    let o = ringbench(&["run", "--strategy", "reference", "--iters", "1", "--warmup", "0", "--out", root.to_str().unwrap(), "--quiet"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{}", out, String::from_utf8_lossy(&o.stderr));
+    let made: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("summary.csv").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(made[0].ends_with("-reference-2"), "{made:?}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_fault_that_can_never_strike_and_reduce_of_a_file_are_refused_with_names() {
+    for (spec, want) in [
+        ("rank:9,iter:0,kind:error", "rank 9 does not exist in a job of 2 ranks"),
+        ("rank:1,iter:50,kind:error", "iteration 50 is never reached (warm-up and measured iterations are 0 .. 3)"),
+    ] {
+        let r = common::mpirun_with(2, &["run", "--strategy", "ring", "--quiet"], &[("RINGBENCH_FAULT", spec)], None);
+        assert_eq!(r.status, Some(2), "{spec}: {}", r.all());
+        assert_eq!(r.all().matches(want).count(), 1, "{spec}: {}", r.all());
+    }
+    let file = temp_root("reduce-file").join("rank-00000.h5");
+    std::fs::write(&file, b"not a run directory").unwrap();
+    let o = ringbench(&["reduce", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("reduce {}: not a run directory", file.display())), "{err}");
+}
+
+/// The exit status after SIGTERM is what README says: 128 + 15 from each rank, and 1 from Open
+/// MPI's mpirun for a job whose ranks exited so.
+#[test]
+fn the_exit_status_after_sigterm_is_what_readme_says() {
+    let root = temp_root("exit-status");
+    let args = ["run", "--strategy", "ring", "--preset", "small", "--seq-len", "1024", "--iters", "200", "--quiet", "--out"];
+    let term_after = |mut cmd: Command, secs: u64| -> Option<i32> {
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        child.wait().unwrap().code()
+    };
+    let mut alone = Command::new(env!("CARGO_BIN_EXE_ringbench"));
+    alone.args(args).arg(root.join("alone")).args(["--ring", "1"]);
+    assert_eq!(term_after(alone, 2), Some(143));
+    let guard = common::lock();
+    let mut job = Command::new("mpirun");
+    job.args(["--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_ringbench")])
+        .args(args)
+        .arg(root.join("job"))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    assert_eq!(term_after(job, 4), Some(1));
+    drop(guard);
+    std::fs::remove_dir_all(&root).ok();
+}

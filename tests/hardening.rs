@@ -157,7 +157,7 @@ fn rank_files_of_two_launches_with_one_run_id_are_not_one_job() {
 fn reduce_of_a_live_run_is_refused_and_the_runs_own_tables_win() {
     let root = temp_root("live");
     let guard = common::lock();
-    let mut run = Command::new("mpirun")
+    let run = Command::new("mpirun")
         .args(["--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_ringbench")])
         .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "512", "--iters", "40", "--quiet"])
         .args(["--out", root.to_str().unwrap(), "--run-id", "live"])

@@ -26,7 +26,7 @@ echo "slurm-check: results/$job holds 4 rank files and summary.csv (tp-pp and ri
 
 # 3 tasks for tp 2 x pp 2: refused before any work.
 start=$(date +%s)
-if bad=$(sbatch --parsable --wait --ntasks-per-node=3 jobs/cpu-smoke.sbatch); then
+if bad=$(sbatch --parsable --wait --ntasks=3 jobs/cpu-smoke.sbatch); then
     fail "a 3-task job for tp 2 x pp 2 succeeded: $(cat "results/$bad.out")"
 fi
 bad=${bad%%;*}

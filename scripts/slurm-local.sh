@@ -3,11 +3,13 @@
 #   scripts/slurm-local.sh start   # munge key, slurm.conf, munged, slurmctld, slurmd
 #   scripts/slurm-local.sh stop    # stops all three, removes the state directory
 # Needs root and Debian's slurm-wlm and munge (scripts/install-deps.sh --slurm installs them).
-# The node advertises 4 CPUs whatever the machine has, so that the CPU smoke job's 4 ranks fit.
+# The node advertises 2 CPUs whatever the machine has: fewer than the CPU smoke job's 4 ranks, so
+# the check proves that job runs on a small node (it overcommits) instead of pending forever.
 set -euo pipefail
 STATE=${SLURM_LOCAL_STATE:-/tmp/ringbench-slurm}
 CONF_DIR=/etc/slurm
 NODE=$(hostname -s)
+CPUS=2
 
 start() {
     [ "$(id -u)" -eq 0 ] || { echo "slurm-local.sh: must run as root (it starts munged, slurmctld and slurmd)" >&2; exit 1; }
@@ -48,7 +50,7 @@ SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
 SlurmdParameters=config_overrides
 KillWait=30
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=4 RealMemory=4000 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=4000 State=UNKNOWN
 PartitionName=ci Nodes=$NODE Default=YES MaxTime=30 State=UP OverSubscribe=NO
 CONF
     # Debian's cgroup.conf is not needed with proctrack/linuxproc and task/none.

@@ -211,6 +211,7 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
             iterations: Vec::with_capacity(cfg.iters),
             memory: be.memory(),
             flops: flops::rank_flops(cfg, cfg.strategy_rank(comm.rank())),
+            counted_flops: None,
             device_peak_flops: be.peak_flops(),
             gpu_util: None,
         };
@@ -271,6 +272,7 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
         comm.barrier()?;
         Fault::strike(fault, comm.rank(), i)?;
         metered.take_iteration::<B>()?;
+        let counted_before = be.counted_flops();
         be.timer_start()?;
         let t0 = Instant::now();
         strat.forward(be, metered, false)?;
@@ -284,7 +286,9 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
         let total_s = be.timer_elapsed()?.unwrap_or(host_s);
         let (comm_s, hidden_s, bytes_sent, bytes_received) = metered.take_iteration::<B>()?;
         let record = IterationRecord { total_s, comm_s, hidden_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received };
-        journal.record(be.memory(), (!warm).then_some(record));
+        let counted = be.counted_flops();
+        let counted = flops::Flops { linear: counted.0 - counted_before.0, attention: counted.1 - counted_before.1 };
+        journal.record(be.memory(), (!warm).then_some((record, counted)));
         // Outside the timed region: keeps what was measured if the process is killed without warning.
         journal.checkpoint(&mut last_checkpoint)?;
         bar.inc(1);

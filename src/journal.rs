@@ -66,14 +66,21 @@ impl Journal {
         }
     }
 
-    /// After each iteration: the memory high-water marks so far, and the iteration's record if it
-    /// was a measured one.
+    /// After each iteration: the memory high-water marks so far, and for a measured one its record
+    /// and the FLOPs the backend counted in it.
     /// Once the run is marked interrupted (a signal, an abort), its file is final: nothing more
     /// is recorded, so the tables made from it stay true.
-    pub fn record(&self, memory: crate::backend::MemoryStats, iteration: Option<crate::metrics::IterationRecord>) {
+    pub fn record(
+        &self,
+        memory: crate::backend::MemoryStats,
+        iteration: Option<(crate::metrics::IterationRecord, crate::metrics::flops::Flops)>,
+    ) {
         if let Some(run) = self.lock().as_mut().and_then(|s| s.runs.last_mut()).filter(|r| r.status == RunStatus::Running) {
             run.memory = memory;
-            run.iterations.extend(iteration);
+            if let Some((record, counted)) = iteration {
+                run.iterations.push(record);
+                run.counted_flops = Some(counted);
+            }
         }
     }
 

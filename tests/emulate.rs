@@ -1,6 +1,7 @@
 //! `run --emulate-world P --as-rank K`: one process does exactly rank K's work of a P-rank job.
 //! Checked against a real P-rank launch of the same config: every emulated rank sends and receives
-//! the bytes the real rank did, counts the same FLOPs, and holds the same buffers (tp-pp: plus the
+//! the bytes the real rank did, issues the same FLOPs (as the backend counts them, and as the FLOP
+//! model says), and holds the same buffers (tp-pp: plus the
 //! one scratch buffer its copies go through); and the results say "emulated" wherever they appear.
 
 mod common;
@@ -48,8 +49,20 @@ fn each_emulated_rank_does_exactly_the_real_ranks_work() {
             let (e, r) = (&emulated[&key], &real_ranks[&key]);
             assert_eq!(e["emulated"], "true");
             assert_eq!(r["emulated"], "false");
-            for column in ["sent_mib_per_iter", "received_mib_per_iter", "linear_tflop_per_iter", "attention_tflop_per_iter"] {
-                assert_eq!(e[column], r[column], "{strategy} rank {k}: {column}");
+            // Measured on both sides: the bytes the metered communicator moved, and the FLOPs of
+            // the ops the backend was asked to run.
+            for column in
+                ["sent_mib_per_iter", "received_mib_per_iter", "counted_linear_tflop_per_iter", "counted_attention_tflop_per_iter"]
+            {
+                assert!(!e[column].is_empty() && e[column] == r[column], "{strategy} rank {k}: {column}: {} vs {}", e[column], r[column]);
+            }
+            // And what ran is what the FLOP model, from the config alone, says this rank does.
+            for (counted, model) in [
+                ("counted_linear_tflop_per_iter", "linear_tflop_per_iter"),
+                ("counted_attention_tflop_per_iter", "attention_tflop_per_iter"),
+            ] {
+                let (c, m): (f64, f64) = (r[counted].parse().unwrap(), r[model].parse().unwrap());
+                assert!(m > 0.0 && (c / m - 1.0).abs() < 1e-6, "{strategy} rank {k}: {counted} {c} vs the model's {m}");
             }
             let extra = if strategy == "tp-pp" { scratch_gib } else { 0.0 };
             let (pe, pr): (f64, f64) = (e["peak_mem_gib"].parse().unwrap(), r["peak_mem_gib"].parse().unwrap());

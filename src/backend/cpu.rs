@@ -100,6 +100,7 @@ const QUERY_TILE: usize = 64;
 #[derive(Default)]
 pub struct CpuBackend {
     memory: Arc<Tracker>,
+    flops: super::FlopCounter,
 }
 
 impl CpuBackend {
@@ -183,6 +184,10 @@ impl Backend for CpuBackend {
         None
     }
 
+    fn counted_flops(&self) -> (f64, f64) {
+        self.flops.total()
+    }
+
     fn reset_peak_memory(&self) {
         self.memory.reset_peak();
         // Linux resets VmHWM to the current RSS on "5"; where that is not allowed the peak
@@ -221,6 +226,7 @@ impl Backend for CpuBackend {
         ensure!(out.cols == w.cols, "matmul: out has {} columns, w {}", out.cols, w.cols);
         let (m, k, n) = (x.rows, x.cols, w.cols);
         out.set_rows(m);
+        self.flops.gemm(m, k, n);
         let (xf, wf) = (to_f32(x.as_slice()), to_f32(w.as_slice()));
         let mut c = vec![0.0f32; m * n];
         sgemm(m, k, n, &xf, &wf, &mut c);
@@ -317,6 +323,7 @@ impl Backend for CpuBackend {
         );
         ensure!(qs.row0 + qs.len <= q.rows && qs.row0 + qs.len <= o.rows, "attention: query rows beyond buffers");
         ensure!(ks.row0 + ks.len <= kv.rows, "attention: key rows {}..{} beyond {}", ks.row0, ks.row0 + ks.len, kv.rows);
+        self.flops.attention(heads, qs, ks, causal);
         // Causal: query at position p sees keys at positions <= p; how many of this block's keys that is.
         let visible = |qpos: usize| -> usize {
             if causal {

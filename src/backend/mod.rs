@@ -85,12 +85,50 @@ pub struct MemoryStats {
     pub device_peak_bytes: Option<u64>,
 }
 
+/// The FLOPs of the ops a backend was asked to run, counted at each call from its shapes (a
+/// multiply-add as 2): 2 m k n per GEMM; 4 head_dim per head and (query, visible key) pair of an
+/// attention call, the pairs its causal mask leaves by the spans' true positions. Counted where
+/// the work is issued, so it checks the strategies' division of the work (and the emulation's
+/// copy of it) against `metrics::flops`, which derives the same figures from the config alone.
+#[derive(Debug, Default)]
+pub struct FlopCounter(std::sync::Mutex<(f64, f64)>);
+
+impl FlopCounter {
+    pub fn gemm(&self, m: usize, k: usize, n: usize) {
+        self.add(2.0 * m as f64 * k as f64 * n as f64, 0.0);
+    }
+
+    pub fn attention(&self, heads: Heads, qs: Span, ks: Span, causal: bool) {
+        let pairs: u64 = if causal {
+            // Query at position p sees the block's keys at positions <= p.
+            (qs.pos0..qs.pos0 + qs.len).map(|p| ((p + 1).saturating_sub(ks.pos0).min(ks.len)) as u64).sum()
+        } else {
+            (qs.len * ks.len) as u64
+        };
+        self.add(0.0, 4.0 * heads.head_dim as f64 * heads.heads as f64 * pairs as f64);
+    }
+
+    fn add(&self, linear: f64, attention: f64) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        c.0 += linear;
+        c.1 += attention;
+    }
+
+    /// (linear, attention) FLOPs counted so far.
+    pub fn total(&self) -> (f64, f64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub trait Backend {
     /// What runs the kernels, for the results ("cpu: <model> x<cores>", a GPU's name).
     fn device_name(&self) -> String;
 
     /// Dense BF16 peak FLOP/s of one device, where known: the denominator of MFU.
     fn peak_flops(&self) -> Option<f64>;
+
+    /// (linear, attention) FLOPs of every GEMM and attention call issued so far (`FlopCounter`).
+    fn counted_flops(&self) -> (f64, f64);
 
     /// Start a new peak-memory measurement (between strategy runs).
     fn reset_peak_memory(&self);

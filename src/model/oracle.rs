@@ -4,8 +4,16 @@
 //! the BF16 reference strays from it and derives its tolerance from that (STYLE.md, item 9).
 
 use super::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, INPUT_TENSOR};
-use crate::backend::cpu::rope_angle;
 use crate::config::ModelConfig;
+
+/// RoPE's rotation for position `p` and pair `i` of a head of `hd`, from DESIGN.md's formula
+/// (angle = p * 10000^(-2i/hd)), written here on its own: the oracle shares no arithmetic with
+/// the backends it checks. The frequency as e^(-(2i/hd) ln 10000).
+fn rotation(p: usize, i: usize, hd: usize) -> (f64, f64) {
+    let frequency = (-(2.0 * i as f64 / hd as f64) * 10000f64.ln()).exp();
+    let (sin, cos) = (p as f64 * frequency).sin_cos();
+    (cos, sin)
+}
 
 fn tensor(seed: u64, id: u64, n: usize, init: Init) -> Vec<f64> {
     (0..n as u64).map(|i| value_bf16(seed, id, i, init).to_f64()).collect()
@@ -62,7 +70,7 @@ pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<u
                     for part in 0..2 {
                         let base = p * 3 * d + part * d + head * hd;
                         for i in 0..hd / 2 {
-                            let (c, s) = rope_angle(p, i, hd);
+                            let (c, s) = rotation(p, i, hd);
                             let (a, b) = (qkv[base + i], qkv[base + i + hd / 2]);
                             qkv[base + i] = a * c - b * s;
                             qkv[base + i + hd / 2] = a * s + b * c;
@@ -100,4 +108,22 @@ pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<u
         out.extend_from_slice(&x);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rotation_follows_the_formula_and_the_cpu_backend_agrees() {
+        // hd 4, pair 1: 10000^(-1/2) = 1/100, so position 1000 turns by 10 radians.
+        let (c, s) = rotation(1000, 1, 4);
+        assert!((c - 10f64.cos()).abs() < 1e-12 && (s - 10f64.sin()).abs() < 1e-12);
+        assert_eq!(rotation(0, 5, 128), (1.0, 0.0));
+        // Two implementations written apart agree at the positions a long sequence reaches.
+        for (p, i, hd) in [(99_999usize, 0usize, 128usize), (6250, 17, 128), (31, 31, 64), (100_000, 63, 128)] {
+            let (a, b) = (rotation(p, i, hd), crate::backend::cpu::rope_angle(p, i, hd));
+            assert!((a.0 - b.0).abs() < 1e-9 && (a.1 - b.1).abs() < 1e-9, "{p} {i} {hd}: {a:?} vs {b:?}");
+        }
+    }
 }

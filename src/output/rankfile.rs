@@ -6,7 +6,9 @@
 //!                             ringbench_version, git_commit, start_utc, end_utc (while running:
 //!                             the last checkpoint), status, peak_buffers_bytes,
 //!                             peak_device_bytes, device_peak_flops (both absent if unknown),
-//!                             linear_flops, attention_flops (this rank's, per iteration),
+//!                             linear_flops, attention_flops (this rank's per iteration, by
+//!                             the FLOP model), counted_linear_flops, counted_attention_flops
+//!                             (as the backend counted the ops issued in a measured iteration),
 //!                             gpu_util_mean, gpu_util_max, gpu_util_samples (NVML, percent;
 //!                             absent where not sampled)
 //!   iter_s, comm_s, hidden_s, compute_s   f64 [iters]  seconds per measured iteration:
@@ -51,6 +53,9 @@ pub struct RankRun {
     pub iterations: Vec<IterationRecord>,
     pub memory: MemoryStats,
     pub flops: Flops,
+    /// The FLOPs of the ops this rank issued in its last measured iteration, as the backend
+    /// counted them (`backend::FlopCounter`); None before any.
+    pub counted_flops: Option<Flops>,
     /// The device's dense BF16 peak FLOP/s, where known (for MFU).
     pub device_peak_flops: Option<f64>,
     /// NVML's GPU utilization over the measured iterations, where sampled.
@@ -102,6 +107,9 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
         g.new_attr::<u64>().create(name)?.write_scalar(&value)?;
     }
     let mut floats = vec![("linear_flops", run.flops.linear), ("attention_flops", run.flops.attention)];
+    if let Some(c) = run.counted_flops {
+        floats.extend([("counted_linear_flops", c.linear), ("counted_attention_flops", c.attention)]);
+    }
     if let Some(p) = run.device_peak_flops {
         floats.push(("device_peak_flops", p));
     }
@@ -222,6 +230,10 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
             device_peak_bytes: g.attr("peak_device_bytes").and_then(|a| a.read_scalar::<u64>()).ok(),
         },
         flops: Flops { linear: f("linear_flops")?, attention: f("attention_flops")? },
+        counted_flops: match (f("counted_linear_flops"), f("counted_attention_flops")) {
+            (Ok(linear), Ok(attention)) => Some(Flops { linear, attention }),
+            _ => None,
+        },
         device_peak_flops: g.attr("device_peak_flops").and_then(|a| a.read_scalar::<f64>()).ok(),
         gpu_util: match (f("gpu_util_mean"), f("gpu_util_max"), f("gpu_util_samples")) {
             (Ok(mean), Ok(max), Ok(samples)) => Some(crate::metrics::gpu_util::GpuUtilization { mean, max, samples: samples as u64 }),

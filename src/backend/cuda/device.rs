@@ -201,6 +201,7 @@ pub struct CudaBackend {
     /// The events `timer_start` and `timer_stop` recorded on the compute stream.
     timer: std::cell::RefCell<[Option<cudarc::driver::CudaEvent>; 2]>,
     formats: Vec<(&'static str, ModuleFormat)>,
+    flops: crate::backend::FlopCounter,
 }
 
 /// Whether cudarc records and waits on events of its own for every buffer a launch or copy uses.
@@ -270,6 +271,7 @@ impl CudaBackend {
             attention_kernel: Cell::new(AttentionKernel::Auto),
             timer: std::cell::RefCell::new([None, None]),
             formats,
+            flops: Default::default(),
         })
     }
 
@@ -413,6 +415,10 @@ impl Backend for CudaBackend {
         Some(format!("{domain:08x}:{bus:02x}:{device:02x}.0"))
     }
 
+    fn counted_flops(&self) -> (f64, f64) {
+        self.flops.total()
+    }
+
     fn reset_peak_memory(&self) {
         self.memory.reset_peak();
         self.device_peak.set(0);
@@ -472,6 +478,7 @@ impl Backend for CudaBackend {
             out.cols
         );
         out.set_rows(x.rows);
+        self.flops.gemm(x.rows, x.cols, w.cols);
         let g = launch::row_major_gemm(x.rows, x.cols, w.cols);
         if g.m == 0 || g.n == 0 {
             return Ok(());
@@ -603,6 +610,7 @@ impl Backend for CudaBackend {
         if qs.len == 0 || ks.len == 0 {
             return Ok(());
         }
+        self.flops.attention(heads, qs, ks, causal);
         let scale = (1.0 / (heads.head_dim as f64).sqrt()) as f32;
         let causal = i32::from(causal);
         let flash = self.attention_kernel.get().flash_rows().and_then(|r| launch::flash_kernel(heads.head_dim, r).map(|k| (k, r)));

@@ -1,7 +1,8 @@
 // Flash attention forward on tensor cores (mma.sync m16n8k16, BF16 in, FP32 accumulate) for head
 // dims 64 and 128: attention of a query span against a key/value span, per head, causal by global
 // position, merged in the epilogue into the ring's FP32 (o, lse) accumulators by the log-sum-exp
-// rule, so no separate pass re-reads them. CPU twin: CpuBackend::attention and lse_merge; the
+// rule, so no separate pass re-reads them. CPU twin: backend::flash_twin (this arithmetic step by
+// step, P rounded to BF16 as here; selftest and tests/simt hold the kernel to it); the
 // plain kernel (attention.cu) serves other head dims. Design notes and measurements:
 // kernels/NOTES.md.
 //

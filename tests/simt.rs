@@ -2,10 +2,13 @@
 //! (threads for GPU threads, barriers for warp collectives, the PTX ISA's fragment layouts for
 //! ldmatrix and mma.sync, cp.async copies landing late or early) and run on the CPU, so CI checks
 //! their indexing, masking, reductions and merges without a GPU: the attention kernels against
-//! FP64 attention, the generator against DESIGN.md's test vectors, the element-wise kernels
+//! FP64 attention, the flash kernel also within a few BF16 ulps of its CPU twin
+//! (src/backend/flash_twin.rs, P rounded to BF16 as the kernel rounds it), the generator against DESIGN.md's test vectors, the element-wise kernels
 //! against their formulas. What this cannot check (the real instructions' rounding and speed, the
 //! backend's launch arguments) is left to `selftest` on a GPU.
 
+use half::bf16;
+use ringbench::backend::{flash_twin, Heads, Span};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -38,15 +41,103 @@ fn run(exe: &Path, env: &[(&str, &str)], verdict: &str, cases: usize) -> String 
     out
 }
 
+/// One flash case as attention_check.cpp dumps it: the inputs and the kernel's outputs.
+struct Dumped {
+    heads: Heads,
+    rows: usize,
+    spans: [Span; 3],
+    causal: bool,
+    bm: i32,
+    q: Vec<bf16>,
+    kv: Vec<bf16>,
+    o: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+fn read_dump(path: &Path) -> Dumped {
+    let b = std::fs::read(path).unwrap();
+    let i32_at = |k: usize| i32::from_le_bytes(b[4 * k..4 * k + 4].try_into().unwrap());
+    let h: Vec<i32> = (0..14).map(i32_at).collect();
+    let heads = Heads { heads: h[1] as usize, head_dim: h[0] as usize };
+    let (rows, w) = (h[2] as usize, heads.width());
+    let span = |k: usize| Span { row0: h[k] as usize, len: h[k + 1] as usize, pos0: h[k + 2] as usize };
+    let mut at = 56;
+    let mut take = |n: usize, size: usize| {
+        let s = &b[at..at + n * size];
+        at += n * size;
+        s.to_vec()
+    };
+    let bits = |v: Vec<u8>| v.chunks(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect::<Vec<_>>();
+    let floats = |v: Vec<u8>| v.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+    let (q, kv) = (bits(take(rows * w, 2)), bits(take(rows * 2 * w, 2)));
+    let (o, lse) = (floats(take(rows * w, 4)), floats(take(rows * heads.heads, 4)));
+    Dumped { heads, rows, spans: [span(3), span(6), span(9)], causal: h[12] != 0, bm: h[13], q, kv, o, lse }
+}
+
 #[test]
 fn the_attention_kernel_sources_match_fp64_attention_on_the_simt_emulation() {
     let exe = build("attention_check");
     // Deferred copies show reads before a wait; eager ones show overwrites before a barrier.
     // Five flash cases at both block shapes, and three plain ones.
+    let dump = std::env::temp_dir().join(format!("ringbench-simt-dump-{}", std::process::id()));
     for mode in ["deferred", "eager"] {
-        run(&exe, &[("SIMT_COPY", mode)], "attention kernels on the SIMT emulation", 13);
+        let prefix = format!("{}-{mode}", dump.display());
+        run(&exe, &[("SIMT_COPY", mode), ("SIMT_DUMP", &prefix)], "attention kernels on the SIMT emulation", 13);
+        // And the flash kernel within a few BF16 ulps of its CPU twin (P rounded as it rounds it).
+        for n in 0..10 {
+            let path = PathBuf::from(format!("{prefix}-{n}.bin"));
+            flash_within_its_twin(&read_dump(&path), &format!("{mode} case {n}"));
+            std::fs::remove_file(&path).unwrap();
+        }
     }
     let _ = std::fs::remove_file(&exe);
+}
+
+/// The twin on the case's inputs (accumulators set up as attention_check.cpp sets them), and
+/// every query row's o and LSE within the twin's bound of the kernel's.
+fn flash_within_its_twin(d: &Dumped, what: &str) {
+    let (heads, w) = (d.heads, d.heads.width());
+    let [qs, first, second] = d.spans;
+    let (mut o, mut lse) = (vec![7.25f32; d.rows * w], vec![7.25f32; d.rows * heads.heads]);
+    for r in qs.row0..qs.row0 + qs.len {
+        o[r * w..(r + 1) * w].fill(0.0);
+        lse[r * heads.heads..(r + 1) * heads.heads].fill(f32::NEG_INFINITY);
+    }
+    let mut bound = vec![flash_twin::Bound::default(); qs.len * heads.heads];
+    for ks in [first, second] {
+        for (b, x) in bound.iter_mut().zip(flash_twin::attention(&d.q, &d.kv, heads, qs, ks, d.causal, &mut o, &mut lse)) {
+            (b.o, b.lse) = (b.o + x.o, b.lse + x.lse);
+        }
+    }
+    let (mut worst_o, mut worst_ratio, mut worst_lse) = (0f64, 0f64, 0f64);
+    for i in 0..qs.len {
+        for h in 0..heads.heads {
+            let (r, b) = (qs.row0 + i, bound[i * heads.heads + h]);
+            let (got, want) = (d.lse[r * heads.heads + h], lse[r * heads.heads + h]);
+            let le = if got == want { 0.0 } else { (got as f64 - want as f64).abs() };
+            assert!(le <= b.lse, "{what} (m{}): row {r} head {h}: lse {got} vs twin {want}, bound {:.2e}", d.bm, b.lse);
+            worst_lse = worst_lse.max(le);
+            for e in 0..heads.head_dim {
+                let k = r * w + h * heads.head_dim + e;
+                let err = (d.o[k] as f64 - o[k] as f64).abs();
+                assert!(
+                    err <= b.o,
+                    "{what} (m{}): row {r} head {h} o[{e}] = {} vs twin {}: {err:.2e} beyond the bound {:.2e}",
+                    d.bm,
+                    d.o[k],
+                    o[k],
+                    b.o
+                );
+                worst_o = worst_o.max(err);
+                worst_ratio = worst_ratio.max(err / b.o.max(1e-30));
+            }
+        }
+    }
+    println!(
+        "{what} (m{}): flash vs its CPU twin: o max abs {worst_o:.2e} (at most {:.0}% of its bound), lse max abs {worst_lse:.2e}",
+        d.bm,
+        100.0 * worst_ratio
+    );
 }
 
 #[test]

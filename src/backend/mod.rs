@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod flash_twin;
 
 use crate::model::generator::{Init, Region};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,6 +10,7 @@
 #include "../../kernels/attention.cu"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 struct Span {
     int row0, len, pos0;
@@ -49,6 +50,36 @@ static void call(const Case& c, int bm, const Span& ks, const std::vector<__nv_b
     });
 }
 
+// With SIMT_DUMP=PREFIX, each flash case's inputs and the kernel's outputs go to PREFIX-N.bin, so
+// that tests/simt.rs can hold them to the CPU twin of the kernel (src/backend/flash_twin.rs):
+// 13 int32 (d, heads, rows, the three spans' row0, len, pos0, causal, bm), then q and kv as BF16
+// bits, o and lse as FP32, little-endian.
+static int dumped = 0;
+static void dump(const Case& c, int bm, const std::vector<__nv_bfloat16>& q, const std::vector<__nv_bfloat16>& kv,
+                 const std::vector<float>& o, const std::vector<float>& lse) {
+    const char* prefix = getenv("SIMT_DUMP");
+    if (!prefix || (c.d != 64 && c.d != 128)) return;
+    char path[512];
+    snprintf(path, sizeof path, "%s-%d.bin", prefix, dumped++);
+    FILE* f = fopen(path, "wb");
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
+    const int32_t head[13] = {c.d, c.heads, c.rows, c.q.row0, c.q.len, c.q.pos0, c.first.row0, c.first.len, c.first.pos0,
+                              c.second.row0, c.second.len, c.second.pos0, c.causal ? 1 : 0};
+    const int32_t block = bm;
+    bool ok = fwrite(head, sizeof head, 1, f) == 1 && fwrite(&block, sizeof block, 1, f) == 1;
+    ok &= fwrite(q.data(), sizeof(__nv_bfloat16), q.size(), f) == q.size();
+    ok &= fwrite(kv.data(), sizeof(__nv_bfloat16), kv.size(), f) == kv.size();
+    ok &= fwrite(o.data(), sizeof(float), o.size(), f) == o.size();
+    ok &= fwrite(lse.data(), sizeof(float), lse.size(), f) == lse.size();
+    if (fclose(f) != 0 || !ok) {
+        fprintf(stderr, "%s: write failed\n", path);
+        exit(1);
+    }
+}
+
 // bm: query rows per flash block (64 or 128); ignored by the plain kernel.
 static bool run_case(const Case& c, int bm) {
     const int w = c.heads * c.d;
@@ -68,6 +99,7 @@ static bool run_case(const Case& c, int bm) {
     }
     call(c, bm, c.first, q, kv, o, lse);
     call(c, bm, c.second, q, kv, o, lse);
+    dump(c, bm, q, kv, o, lse);
 
     // Flash: P rounded to BF16, at most 2^-9 max|V| per output, doubled. Plain: FP32 throughout.
     const bool flash = c.d == 64 || c.d == 128;

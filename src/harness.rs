@@ -12,7 +12,7 @@ use crate::journal::Journal;
 use crate::metrics::{flops, fmt_bytes, fmt_seconds, IterationRecord};
 use crate::model::oracle;
 use crate::output;
-use crate::output::rankfile::RankRun;
+use crate::output::rankfile::{self, RankRun};
 use crate::output::reduce::{self, Measured, StrategySummary};
 use crate::output::status::RunStatus;
 use crate::strategy::{self, reference::Reference, Strategy};
@@ -70,10 +70,6 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Injected fault, for tests of the failure paths.
     pub fault: Option<Fault>,
-}
-
-fn utc_now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 fn check_run_id(id: &str) -> Result<(), ConfigError> {
@@ -205,7 +201,7 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
             libraries: libraries.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             git_commit: env!("RINGBENCH_GIT_COMMIT").to_string(),
-            start_utc: utc_now(),
+            start_utc: rankfile::utc_now(),
             end_utc: String::new(),
             status: RunStatus::Running,
             iterations: Vec::with_capacity(cfg.iters),

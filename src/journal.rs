@@ -41,10 +41,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How long a save on the way out may wait for the journal (held by a thread that may itself be stuck).
 const SAVE_WAIT: Duration = Duration::from_secs(2);
 
-fn utc_now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
 impl Journal {
     pub fn new() -> Self {
         Self::default()
@@ -98,7 +94,7 @@ impl Journal {
         if last.status != RunStatus::Running {
             return Ok(()); // interrupted meanwhile: that file is final
         }
-        (last.status, last.end_utc, last.memory) = (RunStatus::Complete, utc_now(), memory);
+        (last.status, last.end_utc, last.memory) = (RunStatus::Complete, rankfile::utc_now(), memory);
         rankfile::write(&s.dir, s.rank, &s.runs).map(|_| ())
     }
 
@@ -112,7 +108,7 @@ impl Journal {
         let mut g = self.lock();
         let Some(s) = g.as_mut() else { return Ok(()) };
         let Some(run) = s.runs.last_mut().filter(|r| r.status == RunStatus::Running) else { return Ok(()) };
-        run.end_utc = utc_now(); // while running: the time of the last checkpoint
+        run.end_utc = rankfile::utc_now(); // while running: the time of the last checkpoint
         rankfile::write(&s.dir, s.rank, &s.runs).map(|_| ())
     }
 
@@ -121,7 +117,7 @@ impl Journal {
     fn save_interrupted(s: &mut State) -> (PathBuf, Vec<usize>, anyhow::Result<()>) {
         if let Some(last) = s.runs.last_mut().filter(|r| r.status == RunStatus::Running) {
             last.status = RunStatus::Interrupted;
-            last.end_utc = utc_now();
+            last.end_utc = rankfile::utc_now();
         }
         let written = rankfile::write(&s.dir, s.rank, &s.runs).map(|_| ());
         (s.dir.clone(), s.ranks.clone(), written)

@@ -107,12 +107,9 @@ fn sigterm_keeps_the_iterations_done_and_marks_the_run_incomplete() {
 fn a_kill_without_warning_keeps_the_checkpointed_iterations() {
     let root = temp_root("sigkill");
     let guard = common::lock();
-    let mut mpirun = std::process::Command::new("mpirun")
-        .args(["--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_ringbench")])
+    let mut mpirun = common::mpirun_command(2)
         .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "1024", "--iters", "200", "--quiet"])
         .args(["--out", root.to_str().unwrap(), "--run-id", "killed"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

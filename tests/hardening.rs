@@ -157,12 +157,9 @@ fn rank_files_of_two_launches_with_one_run_id_are_not_one_job() {
 fn reduce_of_a_live_run_is_refused_and_the_runs_own_tables_win() {
     let root = temp_root("live");
     let guard = common::lock();
-    let run = Command::new("mpirun")
-        .args(["--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_ringbench")])
+    let run = common::mpirun_command(2)
         .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "512", "--iters", "40", "--quiet"])
         .args(["--out", root.to_str().unwrap(), "--run-id", "live"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -250,12 +247,8 @@ fn the_exit_status_after_sigterm_is_what_readme_says() {
     alone.args(args).arg(root.join("alone")).args(["--ring", "1"]);
     assert_eq!(term_after(alone, 2), Some(143));
     let guard = common::lock();
-    let mut job = Command::new("mpirun");
-    job.args(["--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_ringbench")])
-        .args(args)
-        .arg(root.join("job"))
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    let mut job = common::mpirun_command(2);
+    job.args(args).arg(root.join("job"));
     assert_eq!(term_after(job, 4), Some(1));
     drop(guard);
     std::fs::remove_dir_all(&root).ok();

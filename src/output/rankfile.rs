@@ -62,6 +62,11 @@ pub struct RankRun {
     pub gpu_util: Option<crate::metrics::gpu_util::GpuUtilization>,
 }
 
+/// Now, as rank files write their times (UTC, milliseconds, RFC 3339).
+pub fn utc_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
 pub fn rank_file_name(rank: usize) -> String {
     format!("rank-{rank:05}.h5")
 }

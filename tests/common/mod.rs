@@ -39,6 +39,17 @@ pub fn lock() -> std::sync::MutexGuard<'static, ()> {
     MPI.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `mpirun --oversubscribe -np N ringbench`, for a test that drives the launch by hand (spawns,
+/// signals, waits); hold `lock()` while it runs.
+#[allow(dead_code)] // not every test file drives mpirun by hand
+pub fn mpirun_command(np: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", &np.to_string(), env!("CARGO_BIN_EXE_ringbench")])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    cmd
+}
+
 /// `mpirun --oversubscribe -np N ringbench ARGS...`, under `timeout`.
 pub fn mpirun(np: usize, args: &[&str]) -> Run {
     mpirun_with(np, args, &[], None)

@@ -3,18 +3,20 @@
 // and lse_merge (src/backend). A plain online-softmax kernel, correct first: one warp per query
 // row, the head's dimensions spread over the lanes, keys visited in order.
 //
-// Layouts: q [rows, heads x head_dim]; kv [rows, 2 x heads x head_dim] = [K | V];
-// o [rows, heads x head_dim] FP32; lse [rows, heads] FP32.
+// Layouts: q [rows, heads x head_dim]; kv [rows, 2 x kv_heads x head_dim] = [K | V], query head h
+// attending with K/V head h / (heads / kv_heads); o [rows, heads x head_dim] FP32; lse [rows,
+// heads] FP32.
 #include "common.cuh"
 
 extern "C" __global__ void attention_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* o, float* lse,
-                                          int heads, int head_dim, int q_row0, int q_len, int q_pos0, int k_row0,
+                                          int heads, int kv_heads, int head_dim, int q_row0, int q_len, int q_pos0, int k_row0,
                                           int k_len, int k_pos0, int causal, float scale) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
     const int h = blockIdx.y;
     if (row >= q_len) return;
-    const int width = heads * head_dim;
+    const int width = heads * head_dim, kv_width = kv_heads * head_dim;
+    const int g = h / (heads / kv_heads);
     const int qpos = q_pos0 + row;
     // Keys at positions <= qpos are visible under the causal mask.
     int visible = k_len;
@@ -34,7 +36,7 @@ extern "C" __global__ void attention_bf16(const __nv_bfloat16* q, const __nv_bfl
     }
     float m = NEG_INF, l = 0.0f;
     for (int k = 0; k < visible; k++) {
-        const __nv_bfloat16* kr = kv + (long long)(k_row0 + k) * 2 * width + h * head_dim;
+        const __nv_bfloat16* kr = kv + (long long)(k_row0 + k) * 2 * kv_width + g * head_dim;
         float s = 0.0f;
 #pragma unroll
         for (int j = 0; j < MAX_PER_LANE; j++) {
@@ -46,7 +48,7 @@ extern "C" __global__ void attention_bf16(const __nv_bfloat16* q, const __nv_bfl
         float correction = __expf(m - m_new);
         float p = __expf(s - m_new);
         l = l * correction + p;
-        const __nv_bfloat16* vr = kr + width;
+        const __nv_bfloat16* vr = kr + kv_width;
 #pragma unroll
         for (int j = 0; j < MAX_PER_LANE; j++) {
             int d = lane + 32 * j;

@@ -50,6 +50,16 @@ extern "C" __global__ void gelu_bf16(__nv_bfloat16* x, long long n) {
     x[i] = to_bf(0.5f * z * (1.0f + tanhf(0.7978846f * (z + 0.044715f * z * z * z))));
 }
 
+// out = silu(gate) * up per row of gate_up = [gate | up] (rows x 2f), silu(z) = z / (1 + e^-z), in
+// FP32 with IEEE division. CPU twin: CpuBackend::swiglu (silu_f32).
+extern "C" __global__ void swiglu_bf16(const __nv_bfloat16* gate_up, __nv_bfloat16* out, long long rows, int f) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * f) return;
+    const long long r = i / f, j = i % f;
+    const float g = bf(gate_up[r * 2 * f + j]), u = bf(gate_up[r * 2 * f + f + j]);
+    out[i] = to_bf(g / (1.0f + expf(-g)) * u);
+}
+
 // x += y.
 extern "C" __global__ void add_bf16(__nv_bfloat16* x, const __nv_bfloat16* y, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -6,8 +6,8 @@
 // plain kernel (attention.cu) serves other head dims. Design notes and measurements:
 // kernels/NOTES.md.
 //
-// Layouts as attention.cu: q [rows, heads x D]; kv [rows, 2 x heads x D] = [K | V];
-// o [rows, heads x D] FP32; lse [rows, heads] FP32.
+// Layouts as attention.cu: q [rows, heads x D]; kv [rows, 2 x kv_heads x D] = [K | V], query head
+// h attending with K/V head h / (heads / kv_heads); o [rows, heads x D] FP32; lse [rows, heads] FP32.
 //
 // One block: BM (64 or 128) query rows of one head, in warps of 16 rows. Q is staged through shared memory
 // into registers once (as mma A fragments); then for each tile of 64 keys, K and V are copied to
@@ -42,7 +42,7 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat1
 // BM query rows per block: BM / 16 warps of 16 rows each.
 template <int D, int BM>
 __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __nv_bfloat16* kv, float* o, float* lse, int heads,
-                                                int q_row0, int q_len, int q_pos0, int k_row0, int k_len, int k_pos0, int causal,
+                                                int kv_heads, int q_row0, int q_len, int q_pos0, int k_row0, int k_len, int k_pos0, int causal,
                                                 float scale) {
     constexpr int S = D + 8;  // shared row stride, elements
     constexpr int KD = D / 16; // k-steps of Q K^T
@@ -58,8 +58,9 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
     const int g = lane >> 2, t = lane & 3; // mma fragment coordinates: row group, thread in group
     const int h = blockIdx.y;
     const int m0 = blockIdx.x * BM;
-    const int width = heads * D;
-    const long long kv_stride = 2LL * width;
+    const int width = heads * D, kv_width = kv_heads * D;
+    const int g_kv = h / (heads / kv_heads); // this head's K/V head
+    const long long kv_stride = 2LL * kv_width;
 
     // Keys the block's last query can see; later tiles are never touched.
     int kv_end = k_len;
@@ -89,11 +90,11 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
 
     // The K tile of the first step; afterwards each K tile is fetched while the previous one's
     // softmax and P V run, and each V tile while its S = Q K^T runs (one buffer each).
-    load_tile<D, FA_BN, THREADS>(sk, kv + (long long)k_row0 * kv_stride + h * D, kv_stride, kv_end);
+    load_tile<D, FA_BN, THREADS>(sk, kv + (long long)k_row0 * kv_stride + g_kv * D, kv_stride, kv_end);
     cp_async_commit();
     for (int n0 = 0; n0 < kv_end; n0 += FA_BN) {
-        const __nv_bfloat16* kt = kv + (long long)(k_row0 + n0) * kv_stride + h * D;
-        load_tile<D, FA_BN, THREADS>(sv, kt + width, kv_stride, kv_end - n0);
+        const __nv_bfloat16* kt = kv + (long long)(k_row0 + n0) * kv_stride + g_kv * D;
+        load_tile<D, FA_BN, THREADS>(sv, kt + kv_width, kv_stride, kv_end - n0);
         cp_async_commit();
         cp_async_wait<1>(); // K has landed; V may still be in flight
         __syncthreads();
@@ -219,14 +220,14 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
 }
 
 #define FLASH_ARGS                                                                                                            \
-    const __nv_bfloat16 *q, const __nv_bfloat16 *kv, float *o, float *lse, int heads, int q_row0, int q_len, int q_pos0, \
+    const __nv_bfloat16 *q, const __nv_bfloat16 *kv, float *o, float *lse, int heads, int kv_heads, int q_row0, int q_len, int q_pos0, \
         int k_row0, int k_len, int k_pos0, int causal, float scale
 
 // Two block shapes per head dim, so the GPU check can time both: 64 query rows (4 warps, two
 // blocks per SM) and 128 (8 warps, each K/V tile serves twice the queries).
 #define FLASH_ENTRY(NAME, D, BM)                                                                                   \
     extern "C" __global__ void __launch_bounds__(2 * BM) NAME(FLASH_ARGS) {                                        \
-        flash_attention<D, BM>(q, kv, o, lse, heads, q_row0, q_len, q_pos0, k_row0, k_len, k_pos0, causal, scale); \
+        flash_attention<D, BM>(q, kv, o, lse, heads, kv_heads, q_row0, q_len, q_pos0, k_row0, k_len, k_pos0, causal, scale); \
     }
 FLASH_ENTRY(flash_attention_d64_m64_bf16, 64, 64)
 FLASH_ENTRY(flash_attention_d128_m64_bf16, 128, 64)

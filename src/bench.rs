@@ -24,6 +24,9 @@ pub struct AttentionArgs {
     pub backend: BackendKind,
     #[arg(long, default_value_t = 32)]
     pub heads: usize,
+    /// K/V heads (grouped-query attention): must divide --heads. Default: --heads.
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
     #[arg(long, default_value_t = 128)]
     pub head_dim: usize,
     /// Query tokens per sequence (one ring rank's block in the paper model: 100,000 / 16).
@@ -61,6 +64,11 @@ impl AttentionArgs {
             ("--batch", self.batch),
             ("--iters", self.iters),
         ])?;
+        let kv = self.kv_heads();
+        require_positive(&[("--kv-heads", kv)])?;
+        if self.heads % kv != 0 {
+            return Err(ConfigError(format!("--kv-heads {kv}: --heads {} must be a multiple of it", self.heads)));
+        }
         for (flag, value, max) in [
             ("--heads", self.heads, 1 << 16),
             ("--head-dim", self.head_dim, 1 << 16),
@@ -81,6 +89,10 @@ impl AttentionArgs {
         Ok(())
     }
 
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads.unwrap_or(self.heads)
+    }
+
     /// FLOPs of one call by the convention above.
     pub fn flops(&self) -> f64 {
         let full = 4.0 * self.queries as f64 * self.keys as f64 * self.head_dim as f64 * self.heads as f64 * self.batch as f64;
@@ -97,6 +109,7 @@ pub struct AttentionResult {
     pub device: String,
     pub kernel: String,
     pub heads: usize,
+    pub kv_heads: usize,
     pub head_dim: usize,
     pub queries: usize,
     pub keys: usize,
@@ -116,7 +129,8 @@ impl AttentionArgs {
     /// Bytes of the benchmark's buffers: Q and K/V in BF16, the FP32 (O, LSE) accumulators.
     pub fn buffer_bytes(&self) -> f64 {
         let (q, kv, w) = ((self.batch * self.queries) as f64, (self.batch * self.keys) as f64, (self.heads * self.head_dim) as f64);
-        q * w * 2.0 + kv * 2.0 * w * 2.0 + q * w * 4.0 + q * self.heads as f64 * 4.0
+        let kvw = (self.kv_heads() * self.head_dim) as f64;
+        q * w * 2.0 + kv * 2.0 * kvw * 2.0 + q * w * 4.0 + q * self.heads as f64 * 4.0
     }
 
     /// Refuse, before any allocation, buffers that `budget` bytes (the device's memory) cannot hold.
@@ -142,13 +156,13 @@ impl AttentionArgs {
 /// freshly reset accumulators; each iteration ends when the device is done.
 pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionResult> {
     args.check_memory(be.memory_budget(1))?;
-    let heads = Heads { heads: args.heads, head_dim: args.head_dim };
-    let w = heads.width();
+    let heads = Heads { heads: args.heads, kv_heads: args.kv_heads(), head_dim: args.head_dim };
+    let (w, kvw) = (heads.width(), heads.kv_width());
     let (q_rows, kv_rows) = (args.batch * args.queries, args.batch * args.keys);
     let mut q = be.alloc_act(q_rows, w)?;
-    let mut kv = be.alloc_act(kv_rows, 2 * w)?;
+    let mut kv = be.alloc_act(kv_rows, 2 * kvw)?;
     be.fill(&mut q, 0, &Region::rows(BENCH_Q, w, 0, q_rows), 0, Init::Uniform)?;
-    be.fill(&mut kv, 0, &Region::rows(BENCH_KV, 2 * w, 0, kv_rows), 0, Init::Uniform)?;
+    be.fill(&mut kv, 0, &Region::rows(BENCH_KV, 2 * kvw, 0, kv_rows), 0, Init::Uniform)?;
     let mut o = be.alloc_acc(q_rows, w)?;
     let mut lse = be.alloc_acc(q_rows, args.heads)?;
     let mut times = Vec::with_capacity(args.iters);
@@ -180,6 +194,7 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionRe
         device: be.device_name(),
         kernel,
         heads: args.heads,
+        kv_heads: args.kv_heads(),
         head_dim: args.head_dim,
         queries: args.queries,
         keys: args.keys,

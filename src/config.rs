@@ -78,6 +78,18 @@ impl Layout {
 pub enum Preset {
     /// The reference workload: 16 layers, d_model 4096, 32 heads, MLP 16384, 100K tokens, batch 128.
     Paper,
+    /// Llama 3 8B's blocks: 32 layers, d_model 4096, 32 heads, 8 K/V heads, SwiGLU MLP 14336.
+    #[value(name = "llama3-8b")]
+    #[serde(rename = "llama3-8b")]
+    Llama3_8b,
+    /// Llama 3 70B's blocks: 80 layers, d_model 8192, 64 heads, 8 K/V heads, SwiGLU MLP 28672.
+    #[value(name = "llama3-70b")]
+    #[serde(rename = "llama3-70b")]
+    Llama3_70b,
+    /// Llama 3 405B's blocks: 126 layers, d_model 16384, 128 heads, 8 K/V heads, SwiGLU MLP 53248.
+    #[value(name = "llama3-405b")]
+    #[serde(rename = "llama3-405b")]
+    Llama3_405b,
     /// A CPU-sized demo: 4 layers, d_model 256, 8 heads, MLP 1024, 2048 tokens, batch 4.
     Small,
     /// For tests and verify: 2 layers, d_model 64, 4 heads, MLP 256, 256 tokens, batch 2.
@@ -88,31 +100,32 @@ impl Preset {
     pub fn name(self) -> &'static str {
         match self {
             Preset::Paper => "paper",
+            Preset::Llama3_8b => "llama3-8b",
+            Preset::Llama3_70b => "llama3-70b",
+            Preset::Llama3_405b => "llama3-405b",
             Preset::Small => "small",
             Preset::Tiny => "tiny",
         }
     }
 
     fn values(self) -> PresetValues {
+        // The Llama blocks (DESIGN.md, "Model presets") run the seed's measurement: 100K tokens,
+        // batch 128, 10 + 100 iterations; sequence length, batch and iterations are run flags.
+        let llama = |layers, d_model, heads, mlp| PresetValues {
+            model: ModelConfig { layers, d_model, heads, kv_heads: 8, mlp, mlp_act: MlpAct::Swiglu, seq_len: 100_000, batch: 128 },
+            micro_batch: 1,
+            warmup: 10,
+            iters: 100,
+        };
         match self {
-            Preset::Paper => PresetValues {
-                model: ModelConfig { layers: 16, d_model: 4096, heads: 32, mlp: 16384, seq_len: 100_000, batch: 128 },
-                micro_batch: 1,
-                warmup: 10,
-                iters: 100,
-            },
-            Preset::Small => PresetValues {
-                model: ModelConfig { layers: 4, d_model: 256, heads: 8, mlp: 1024, seq_len: 2048, batch: 4 },
-                micro_batch: 1,
-                warmup: 1,
-                iters: 5,
-            },
-            Preset::Tiny => PresetValues {
-                model: ModelConfig { layers: 2, d_model: 64, heads: 4, mlp: 256, seq_len: 256, batch: 2 },
-                micro_batch: 1,
-                warmup: 1,
-                iters: 3,
-            },
+            Preset::Paper => {
+                PresetValues { model: ModelConfig::dense(16, 4096, 32, 16384, 100_000, 128), micro_batch: 1, warmup: 10, iters: 100 }
+            }
+            Preset::Llama3_8b => llama(32, 4096, 32, 14336),
+            Preset::Llama3_70b => llama(80, 8192, 64, 28672),
+            Preset::Llama3_405b => llama(126, 16384, 128, 53248),
+            Preset::Small => PresetValues { model: ModelConfig::dense(4, 256, 8, 1024, 2048, 4), micro_batch: 1, warmup: 1, iters: 5 },
+            Preset::Tiny => PresetValues { model: ModelConfig::dense(2, 64, 4, 256, 256, 2), micro_batch: 1, warmup: 1, iters: 3 },
         }
     }
 }
@@ -188,20 +201,77 @@ struct PresetValues {
     iters: usize,
 }
 
+/// The MLP's activation (DESIGN.md, "Grouped K/V heads and gated MLPs").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MlpAct {
+    /// x W_up, GELU (tanh form), W_down: the seed's dense MLP.
+    #[default]
+    Gelu,
+    /// (silu(x W_gate) * (x W_up)) W_down, with W_up [d, 2 F] = [gate | up].
+    Swiglu,
+}
+
+impl MlpAct {
+    pub fn name(self) -> &'static str {
+        match self {
+            MlpAct::Gelu => "gelu",
+            MlpAct::Swiglu => "swiglu",
+        }
+    }
+
+    /// Columns of W_up per MLP column: 2 for the gated MLP (gate and up).
+    pub fn up_factor(self) -> usize {
+        match self {
+            MlpAct::Gelu => 1,
+            MlpAct::Swiglu => 2,
+        }
+    }
+}
+
 /// The transformer's shape and the work of one iteration (batch sequences of seq_len tokens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub layers: usize,
     pub d_model: usize,
     pub heads: usize,
+    /// K/V heads (GQA; 1 is MQA; = heads for multi-head attention). 0 only in results written
+    /// before the option existed, read as = heads (`normalized`).
+    #[serde(default)]
+    pub kv_heads: usize,
     pub mlp: usize,
+    #[serde(default)]
+    pub mlp_act: MlpAct,
     pub seq_len: usize,
     pub batch: usize,
 }
 
 impl ModelConfig {
+    /// Multi-head attention and a GELU MLP: the seed's model.
+    pub fn dense(layers: usize, d_model: usize, heads: usize, mlp: usize, seq_len: usize, batch: usize) -> Self {
+        ModelConfig { layers, d_model, heads, kv_heads: heads, mlp, mlp_act: MlpAct::Gelu, seq_len, batch }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.d_model / self.heads
+    }
+
+    /// Width of K (and of V): kv_heads x head_dim.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim()
+    }
+
+    /// Query heads per K/V head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// The config as written before kv_heads existed reads as multi-head attention.
+    pub fn normalized(mut self) -> Self {
+        if self.kv_heads == 0 {
+            self.kv_heads = self.heads;
+        }
+        self
     }
 }
 
@@ -323,8 +393,11 @@ impl RunConfig {
             StrategyKind::TpPp => format!("tp {} x pp {}", self.tp, self.pp),
             StrategyKind::Ring => format!("ring {}, {}", self.ring, self.layout.name()),
         };
+        // The seed's model reads as before; GQA and the gated MLP say so.
+        let kv = if m.kv_heads == m.heads { String::new() } else { format!(" ({} K/V)", m.kv_heads) };
+        let act = if m.mlp_act == MlpAct::Gelu { String::new() } else { format!(" {}", m.mlp_act.name()) };
         format!(
-            "{} ({par}), {} preset: {} layers, d_model {}, {} heads, mlp {}, {} x {} tokens, micro-batch {}, {}",
+            "{} ({par}), {} preset: {} layers, d_model {}, {} heads{kv}, mlp {}{act}, {} x {} tokens, micro-batch {}, {}",
             self.strategy.name(),
             self.preset.name(),
             m.layers,
@@ -383,6 +456,13 @@ pub struct ConfigArgs {
     pub d_model: Option<usize>,
     #[arg(long, value_name = "N")]
     pub heads: Option<usize>,
+    /// K/V heads (grouped-query attention; 1 is multi-query): must divide --heads. Default: the
+    /// preset's (= --heads for paper, small and tiny).
+    #[arg(long, value_name = "N")]
+    pub kv_heads: Option<usize>,
+    /// The MLP's activation. Default: the preset's (gelu; swiglu for the llama3 presets).
+    #[arg(long, value_enum)]
+    pub mlp_act: Option<MlpAct>,
     /// MLP hidden size.
     #[arg(long, value_name = "N")]
     pub mlp: Option<usize>,
@@ -436,11 +516,15 @@ impl ConfigArgs {
     /// of `world` ranks.
     pub fn resolve(&self, world: usize) -> Result<Vec<RunConfig>, ConfigError> {
         let p = self.preset.values();
+        let heads = self.heads.unwrap_or(p.model.heads);
         let model = ModelConfig {
             layers: self.layers.unwrap_or(p.model.layers),
             d_model: self.d_model.unwrap_or(p.model.d_model),
-            heads: self.heads.unwrap_or(p.model.heads),
+            heads,
+            // A preset's multi-head attention follows --heads; its GQA keeps its K/V heads.
+            kv_heads: self.kv_heads.unwrap_or(if p.model.kv_heads == p.model.heads { heads } else { p.model.kv_heads }),
             mlp: self.mlp.unwrap_or(p.model.mlp),
+            mlp_act: self.mlp_act.unwrap_or(p.model.mlp_act),
             seq_len: self.seq_len.unwrap_or(p.model.seq_len),
             batch: self.batch.unwrap_or(p.model.batch),
         };
@@ -565,6 +649,7 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
         ("--batch", m.batch),
         ("--micro-batch", cfg.micro_batch),
         ("--iters", cfg.iters),
+        ("--kv-heads", m.kv_heads),
     ])?;
     require_at_most("--iters", cfg.iters, MAX_ITERATIONS)?;
     require_at_most("--warmup", cfg.warmup, MAX_ITERATIONS)?;
@@ -583,6 +668,9 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     }
     if m.d_model % m.heads != 0 {
         bad!("--d-model {}: must be divisible by --heads {} (each head takes d_model / heads columns)", m.d_model, m.heads);
+    }
+    if m.heads % m.kv_heads != 0 {
+        bad!("--kv-heads {}: --heads {} must be a multiple of it (each K/V head serves heads / kv_heads query heads)", m.kv_heads, m.heads);
     }
     if m.head_dim() % 2 != 0 {
         bad!("--d-model {} with --heads {}: head dim {} is odd, RoPE needs an even head dim", m.d_model, m.heads, m.head_dim());
@@ -605,6 +693,13 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
             }
             if m.heads % cfg.tp != 0 {
                 bad!("--tp {}: --heads {} must be divisible by the tensor-parallel size", cfg.tp, m.heads);
+            }
+            if m.kv_heads % cfg.tp != 0 && cfg.tp % m.kv_heads != 0 {
+                bad!(
+                    "--tp {} with --kv-heads {}: the tensor-parallel size must divide the K/V heads (each rank holds its share) or be a multiple of them (each K/V head replicated on tp / kv_heads ranks, as Megatron does)",
+                    cfg.tp,
+                    m.kv_heads
+                );
             }
             if m.mlp % cfg.tp != 0 {
                 bad!("--tp {}: --mlp {} must be divisible by the tensor-parallel size", cfg.tp, m.mlp);
@@ -665,7 +760,7 @@ mod tests {
     #[test]
     fn explicit_flags_override_the_preset() {
         let cfg = resolve("--strategy ring --preset paper --seq-len 1000 --iters 2", 16).unwrap();
-        assert_eq!(cfg.model, ModelConfig { layers: 16, d_model: 4096, heads: 32, mlp: 16384, seq_len: 1000, batch: 128 });
+        assert_eq!(cfg.model, ModelConfig::dense(16, 4096, 32, 16384, 1000, 128));
         assert_eq!((cfg.ring, cfg.warmup, cfg.iters, cfg.micro_batch), (16, 10, 2, 1));
         assert!(cfg.causal);
     }

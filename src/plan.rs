@@ -198,6 +198,10 @@ pub struct Plan {
     pub pipeline_bytes_per_iter: f64,
     pub memory: MemoryPlan,
     pub memory_per_rank_bytes: f64,
+    /// Whether the busiest rank's memory fits one GPU of the profile.
+    pub fits: bool,
+    /// Where it does not: the strategies and splits of the same world whose busiest rank would fit.
+    pub fits_instead: Vec<String>,
     /// Every FLOP at peak on the busiest rank, nothing else.
     pub compute_floor_s: f64,
     /// The physical upper bound: every GPU at peak on the model's FLOPs, no communication.
@@ -223,7 +227,9 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let seqs = m.batch as f64;
 
     let (ring_step_bytes, allreduce_bytes, pipeline_bytes) = match cfg.strategy {
-        StrategyKind::Ring => (ring_tokens(cfg.layout, m.seq_len, cfg.ring, busiest).len() as f64 * 2.0 * d * BF16, 0.0, 0.0),
+        StrategyKind::Ring => {
+            (ring_tokens(cfg.layout, m.seq_len, cfg.ring, busiest).len() as f64 * 2.0 * m.kv_dim() as f64 * BF16, 0.0, 0.0)
+        }
         StrategyKind::TpPp => (0.0, if cfg.tp > 1 { s * d * BF16 } else { 0.0 }, if cfg.pp > 1 { s * d * BF16 } else { 0.0 }),
         StrategyKind::Reference => (0.0, 0.0, 0.0),
     };
@@ -238,9 +244,8 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
 
     let est = memory_estimate(cfg, busiest, false);
     let rows = (cfg.micro_batch * local_tokens(cfg, busiest)) as f64;
-    let heads_local = (m.heads / if cfg.strategy == StrategyKind::TpPp { cfg.tp } else { 1 }) as f64;
-    let w = heads_local * m.head_dim() as f64;
-    let kv_buffers = BF16 * 2.0 * w * if cfg.strategy == StrategyKind::Ring { 2.0 * mb * max_local_tokens(cfg) as f64 } else { rows };
+    let kv_w = crate::strategy::rank_shard(cfg, busiest).heads(m).kv_width() as f64;
+    let kv_buffers = BF16 * 2.0 * kv_w * if cfg.strategy == StrategyKind::Ring { 2.0 * mb * max_local_tokens(cfg) as f64 } else { rows };
     let activations = BF16 * rows * d;
     let pipeline_buffers = if cfg.strategy == StrategyKind::TpPp && cfg.pp > 1 { activations } else { 0.0 };
     let buffers = (est.weights + est.activations) as f64;
@@ -256,7 +261,8 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         fits: buffers <= hw.memory_bytes,
     };
 
-    let params = l * (4.0 * d * d + 2.0 * d * f + 2.0 * d);
+    // Per layer: W_qkv [d, d + 2 kv_dim], W_o [d, d], W_up [d, F] ([d, 2F] gated), W_down [F, d], two gains.
+    let params = l * (d * (d + 2.0 * m.kv_dim() as f64) + d * d + d * f * m.mlp_act.up_factor() as f64 + f * d + 2.0 * d);
     let flops_per_token = job.total() / tokens;
     let compute_floor_s = rf.total() / hw.peak_flops;
     let tps_bound = world as f64 * hw.peak_flops / flops_per_token;
@@ -344,12 +350,36 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         allreduce_bytes_per_iter,
         pipeline_bytes_per_iter,
         memory_per_rank_bytes: memory.total,
+        fits: memory.fits,
+        fits_instead: if memory.fits { Vec::new() } else { fitting_strategies(cfg, hw) },
         memory,
         compute_floor_s,
         tps_bound,
         tps_projected: projections.first().map_or(0.0, |p| p.tps_projected),
         projections,
     }
+}
+
+/// Of the strategies and splits a job of `cfg.world()` ranks allows (the ring of the world, every
+/// tp x pp = world that validates), those whose busiest rank fits one GPU of `hw`.
+pub fn fitting_strategies(cfg: &RunConfig, hw: &Hardware) -> Vec<String> {
+    let world = cfg.world();
+    let mut candidates = vec![RunConfig { strategy: StrategyKind::Ring, ring: world, emulate: None, ..cfg.clone() }];
+    for tp in (1..=world).filter(|tp| world % tp == 0) {
+        candidates.push(RunConfig { strategy: StrategyKind::TpPp, tp, pp: world / tp, emulate: None, ..cfg.clone() });
+    }
+    candidates
+        .into_iter()
+        .filter(|c| crate::config::validate(c, world).is_ok())
+        .filter(|c| {
+            (0..world).map(|r| memory_estimate(c, r, false).weights + memory_estimate(c, r, false).activations).max().unwrap_or(0) as f64
+                <= hw.memory_bytes
+        })
+        .map(|c| match c.strategy {
+            StrategyKind::Ring => format!("ring {}", c.ring),
+            _ => format!("tp-pp tp {} x pp {}", c.tp, c.pp),
+        })
+        .collect()
 }
 
 fn local_tokens(cfg: &RunConfig, rank: usize) -> usize {
@@ -415,6 +445,12 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
         fmt_bytes(mem.capacity),
         if mem.fits { "fits" } else { "DOES NOT FIT" }
     ));
+    if !p.fits {
+        line(format!(
+            "  would fit    {}",
+            if p.fits_instead.is_empty() { "no strategy of this world size: use more GPUs".to_string() } else { p.fits_instead.join(", ") }
+        ));
+    }
     line(format!("  FLOPs        {:.3e} linear + {:.3e} attention per iteration", p.rank_linear_flops, p.rank_attention_flops));
     match cfg.strategy {
         StrategyKind::Ring => line(format!(

@@ -40,7 +40,7 @@ fn each_bad_input_fails_fast_with_its_message() {
 
 #[test]
 fn combinations_that_only_fail_together_are_refused() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["verify", "--strategy", "ring", "--seq-len", "200000", "--batch", "64"],
             "verify checks small configs: its FP64 oracle on rank 0 would compute",
@@ -51,6 +51,11 @@ fn combinations_that_only_fail_together_are_refused() {
             "--save-output takes one strategy's output; --strategy all runs two",
         ),
         (&["run", "--strategy", "all", "--heads", "6", "--d-model", "96", "--pp", "1"], "--tp 4: --heads 6 must be divisible"),
+        (&["run", "--strategy", "ring", "--kv-heads", "3"], "--kv-heads 3: --heads 4 must be a multiple of it"),
+        (
+            &["verify", "--strategy", "tp-pp", "--tp", "4", "--heads", "12", "--d-model", "96", "--kv-heads", "6", "--mlp", "240"],
+            "--tp 4 with --kv-heads 6: the tensor-parallel size must divide the K/V heads",
+        ),
     ];
     for (args, want) in cases {
         let run = mpirun(4, args);

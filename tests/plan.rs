@@ -82,3 +82,37 @@ fn bad_plan_input_is_one_clear_line() {
         assert!(err.contains(want), "{args:?}: want {want:?} in {err}");
     }
 }
+
+/// DESIGN.md's preset table: the parameter counts; GQA's ring step; the 70B and 405B weights a
+/// ring replicates, which no GPU holds, with the strategies that would fit named.
+#[test]
+fn the_presets_match_design_and_plan_says_what_fits() {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = plan(&[args, &["--json"][..]].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("valid JSON")
+    };
+    for (preset, params) in [("paper", 3.22e9), ("llama3-8b", 6.98e9), ("llama3-70b", 6.85e10), ("llama3-405b", 4.02e11)] {
+        let v = json(&["--preset", preset, "--strategy", "ring", "--ring", "16"]);
+        let p = v["params"].as_f64().unwrap();
+        assert!((p / params - 1.0).abs() < 5e-3, "{preset}: {p:.4e} parameters, DESIGN says {params:.3e}");
+    }
+    // llama3-8b at 100K tokens on a ring of 16: 6,250 tokens x K and V x 8 heads x 128 x 2 B.
+    let v = json(&["--preset", "llama3-8b", "--strategy", "ring", "--ring", "16"]);
+    assert_eq!(v["ring_step_bytes"].as_f64().unwrap(), 6250.0 * 2.0 * 1024.0 * 2.0);
+    assert_eq!(v["fits"], true);
+    for (preset, gb) in [("llama3-70b", 137.0), ("llama3-405b", 803.0)] {
+        let v = json(&["--preset", preset, "--strategy", "ring", "--ring", "16"]);
+        assert_eq!(v["fits"], false, "{preset}");
+        let weights = v["memory"]["weights"].as_f64().unwrap() / 1e9;
+        assert!((weights / gb - 1.0).abs() < 0.01, "{preset}: {weights:.1} GB of replicated weights, about {gb} GB expected");
+        let instead: Vec<&str> = v["fits_instead"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert!(instead.contains(&"tp-pp tp 8 x pp 2"), "{preset}: {instead:?}");
+        assert!(!instead.iter().any(|s| s.starts_with("ring")), "{preset}: {instead:?}");
+        let text = String::from_utf8_lossy(&plan(&["--preset", preset, "--strategy", "ring", "--ring", "16"]).stdout).to_string();
+        assert!(text.contains("DOES NOT FIT") && text.contains("would fit    ") && text.contains("tp-pp tp 8 x pp 2"), "{text}");
+    }
+    // A strategy that fits says so and names nothing else.
+    let v = json(&["--preset", "llama3-70b", "--strategy", "tp-pp", "--tp", "8", "--pp", "2"]);
+    assert_eq!((v["fits"].as_bool(), v["fits_instead"].as_array().map(Vec::len)), (Some(true), Some(0)));
+}

@@ -57,11 +57,11 @@ struct Dumped {
 fn read_dump(path: &Path) -> Dumped {
     let b = std::fs::read(path).unwrap();
     let i32_at = |k: usize| i32::from_le_bytes(b[4 * k..4 * k + 4].try_into().unwrap());
-    let h: Vec<i32> = (0..14).map(i32_at).collect();
-    let heads = Heads { heads: h[1] as usize, head_dim: h[0] as usize };
+    let h: Vec<i32> = (0..15).map(i32_at).collect();
+    let heads = Heads { heads: h[1] as usize, kv_heads: h[14] as usize, head_dim: h[0] as usize };
     let (rows, w) = (h[2] as usize, heads.width());
     let span = |k: usize| Span { row0: h[k] as usize, len: h[k + 1] as usize, pos0: h[k + 2] as usize };
-    let mut at = 56;
+    let mut at = 60;
     let mut take = |n: usize, size: usize| {
         let s = &b[at..at + n * size];
         at += n * size;
@@ -69,7 +69,7 @@ fn read_dump(path: &Path) -> Dumped {
     };
     let bits = |v: Vec<u8>| v.chunks(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect::<Vec<_>>();
     let floats = |v: Vec<u8>| v.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
-    let (q, kv) = (bits(take(rows * w, 2)), bits(take(rows * 2 * w, 2)));
+    let (q, kv) = (bits(take(rows * w, 2)), bits(take(rows * 2 * heads.kv_width(), 2)));
     let (o, lse) = (floats(take(rows * w, 4)), floats(take(rows * heads.heads, 4)));
     Dumped { heads, rows, spans: [span(3), span(6), span(9)], causal: h[12] != 0, bm: h[13], q, kv, o, lse }
 }
@@ -78,13 +78,13 @@ fn read_dump(path: &Path) -> Dumped {
 fn the_attention_kernel_sources_match_fp64_attention_on_the_simt_emulation() {
     let exe = build("attention_check");
     // Deferred copies show reads before a wait; eager ones show overwrites before a barrier.
-    // Five flash cases at both block shapes, and three plain ones.
+    // Seven flash cases at both block shapes (two with grouped K/V heads), and four plain ones.
     let dump = std::env::temp_dir().join(format!("ringbench-simt-dump-{}", std::process::id()));
     for mode in ["deferred", "eager"] {
         let prefix = format!("{}-{mode}", dump.display());
-        run(&exe, &[("SIMT_COPY", mode), ("SIMT_DUMP", &prefix)], "attention kernels on the SIMT emulation", 13);
+        run(&exe, &[("SIMT_COPY", mode), ("SIMT_DUMP", &prefix)], "attention kernels on the SIMT emulation", 18);
         // And the flash kernel within a few BF16 ulps of its CPU twin (P rounded as it rounds it).
-        for n in 0..10 {
+        for n in 0..14 {
             let path = PathBuf::from(format!("{prefix}-{n}.bin"));
             flash_within_its_twin(&read_dump(&path), &format!("{mode} case {n}"));
             std::fs::remove_file(&path).unwrap();
@@ -143,6 +143,6 @@ fn flash_within_its_twin(d: &Dumped, what: &str) {
 #[test]
 fn the_generator_and_elementwise_kernel_sources_match_design_on_the_simt_emulation() {
     let exe = build("elementwise_check");
-    run(&exe, &[], "element-wise kernels on the SIMT emulation", 8);
+    run(&exe, &[], "element-wise kernels on the SIMT emulation", 9);
     let _ = std::fs::remove_file(&exe);
 }

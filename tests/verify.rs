@@ -104,3 +104,23 @@ fn ring_and_tp_pp_agree_with_each_other() {
     assert!(run.stderr.contains("no-such-dir does not exist"), "{}", run.all());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Grouped K/V heads (kv_heads = heads, heads / 2, 1) and the gated MLP, on every strategy, 1 to
+/// 4 ranks: tp dividing the K/V heads, and tp above them (each K/V head replicated on tp /
+/// kv_heads ranks). The tiny preset has 4 heads.
+#[test]
+fn gqa_and_swiglu_match_the_reference_on_every_strategy() {
+    let cases = [
+        (1, "--strategy reference --kv-heads 1 --mlp-act swiglu --seq-len 97"),
+        (1, "--strategy reference --kv-heads 2 --seq-len 101"),
+        (3, "--strategy ring --ring 3 --kv-heads 1 --mlp-act swiglu --seq-len 1023"),
+        (4, "--strategy ring --ring 4 --kv-heads 2 --mlp-act swiglu --layout contiguous --seq-len 97 --no-causal"),
+        (2, "--strategy ring --ring 2 --kv-heads 4 --mlp-act swiglu --seq-len 101"),
+        (2, "--strategy tp-pp --tp 2 --kv-heads 2 --mlp-act swiglu --seq-len 1000"),
+        (4, "--strategy tp-pp --tp 4 --kv-heads 2 --seq-len 97"),
+        (4, "--strategy tp-pp --tp 2 --pp 2 --kv-heads 1 --mlp-act swiglu --seq-len 101 --no-causal"),
+    ];
+    for (np, flags) in cases {
+        verify(np, flags);
+    }
+}

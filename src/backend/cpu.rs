@@ -164,6 +164,11 @@ pub fn gelu_f32(z: f32) -> f32 {
     0.5 * z * (1.0 + (SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)).tanh())
 }
 
+/// silu(z) = z / (1 + e^-z), in FP32: SwiGLU's gate. CPU twin of swiglu_bf16.
+pub fn silu_f32(z: f32) -> f32 {
+    z / (1.0 + (-z).exp())
+}
+
 /// RoPE's (cos, sin) for position `pos` and pair `i` of a head of `head_dim`; the angle in FP64
 /// because at 100K positions an FP32 angle is off by milliradians.
 pub fn rope_angle(pos: usize, i: usize, head_dim: usize) -> (f64, f64) {
@@ -280,6 +285,19 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn swiglu(&self, gate_up: &Self::Act, out: &mut Self::Act) -> Result<()> {
+        let f = out.cols;
+        ensure!(gate_up.cols == 2 * f, "swiglu: [gate | up] is {} wide, out {f}", gate_up.cols);
+        out.set_rows(gate_up.rows);
+        for r in 0..gate_up.rows {
+            let (gu, o) = (&gate_up.data[r * 2 * f..(r + 1) * 2 * f], &mut out.data[r * f..(r + 1) * f]);
+            for (j, y) in o.iter_mut().enumerate() {
+                *y = bf16::from_f32(silu_f32(gu[j].to_f32()) * gu[f + j].to_f32());
+            }
+        }
+        Ok(())
+    }
+
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()> {
         ensure!(x.rows == y.rows && x.cols == y.cols, "add: [{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols);
         for (a, b) in x.as_mut_slice().iter_mut().zip(y.as_slice()) {
@@ -305,13 +323,15 @@ impl Backend for CpuBackend {
         o: &mut Self::Acc,
         lse: &mut Self::Acc,
     ) -> Result<()> {
-        let (hd, width) = (heads.head_dim, heads.width());
+        let (hd, width, kvw) = (heads.head_dim, heads.width(), heads.kv_width());
         ensure!(
-            q.cols == width && kv.cols == 2 * width,
-            "attention: q has {} columns, kv {}, heads need {width} and {}",
+            q.cols == width && kv.cols == 2 * kvw && heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
+            "attention: q has {} columns, kv {}, {} heads ({} K/V) x {hd} need {width} and {}",
             q.cols,
             kv.cols,
-            2 * width
+            heads.heads,
+            heads.kv_heads,
+            2 * kvw
         );
         ensure!(
             o.cols == width && lse.cols == heads.heads,
@@ -351,9 +371,10 @@ impl Backend for CpuBackend {
             let row0 = qs.row0 + t0;
             q.data[row0 * width..(row0 + tq) * width].convert_to_f32_slice(&mut q_tile[..tq * width]);
             for h in 0..heads.heads {
-                let (qh, kh, vh) = (&q_tile[h * hd..], &kv_rows[h * hd..], &kv_rows[width + h * hd..]);
-                // scores[tq, kn] = scale q_h k_h^T
-                sgemm_strided(tq, hd, kn, scale, qh, (width as isize, 1), kh, (1, 2 * width as isize), &mut scores, kn);
+                let g = heads.kv_head(h);
+                let (qh, kh, vh) = (&q_tile[h * hd..], &kv_rows[g * hd..], &kv_rows[kvw + g * hd..]);
+                // scores[tq, kn] = scale q_h k_g^T
+                sgemm_strided(tq, hd, kn, scale, qh, (width as isize, 1), kh, (1, 2 * kvw as isize), &mut scores, kn);
                 let mut tile_lse = [f32::NEG_INFINITY; QUERY_TILE];
                 for i in 0..tq {
                     let row = &mut scores[i * kn..(i + 1) * kn];
@@ -374,7 +395,7 @@ impl Backend for CpuBackend {
                     tile_lse[i] = m + sum.ln();
                 }
                 // out_tile[tq, hd] = p v_h
-                sgemm_strided(tq, kn, hd, 1.0, &scores, (kn as isize, 1), vh, (2 * width as isize, 1), &mut out_tile, hd);
+                sgemm_strided(tq, kn, hd, 1.0, &scores, (kn as isize, 1), vh, (2 * kvw as isize, 1), &mut out_tile, hd);
                 for i in 0..tq {
                     let r = row0 + i;
                     lse_merge(
@@ -471,7 +492,7 @@ mod tests {
         // One sequence of 150 tokens, 2 heads of 8; keys split into blocks of awkward sizes at
         // shuffled offsets, as a ring delivers them; sharp scores (x4) so masking errors show.
         let be = CpuBackend::new();
-        let heads = Heads { heads: 2, head_dim: 8 };
+        let heads = Heads::mha(2, 8);
         let (n, w) = (150usize, heads.width());
         let q = act_from(&be, n, w, |i| 4.0 * uniform(3, 1, i as u64));
         let kv = act_from(&be, n, 2 * w, |i| 4.0 * uniform(3, 2, i as u64));
@@ -507,7 +528,7 @@ mod tests {
     #[test]
     fn a_query_block_before_every_key_is_skipped_under_the_mask() {
         let be = CpuBackend::new();
-        let heads = Heads { heads: 1, head_dim: 4 };
+        let heads = Heads::mha(1, 4);
         let q = act_from(&be, 3, 4, |i| i as f32);
         let kv = act_from(&be, 3, 8, |i| i as f32);
         let mut o = be.alloc_acc(3, 4).unwrap();
@@ -522,7 +543,7 @@ mod tests {
     #[test]
     fn rope_rotates_by_global_position() {
         let be = CpuBackend::new();
-        let heads = Heads { heads: 2, head_dim: 4 };
+        let heads = Heads::mha(2, 4);
         let x = act_from(&be, 3, 8, |i| uniform(9, 9, i as u64));
         let mut y = x.clone();
         // Rows hold positions 1000, 1001, 1002 (a late zigzag chunk).

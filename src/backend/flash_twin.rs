@@ -44,11 +44,11 @@ fn bf16_ulp(x: f32) -> f64 {
 }
 
 /// The kernel's attention of `qs` against `ks` on host buffers (q: rows x heads*hd, kv: rows x
-/// 2*heads*hd = [K | V], o: rows x heads*hd, lse: rows x heads), merged into o and lse; returns
+/// 2*kv_heads*hd = [K | V], query head h with K/V head h / (heads / kv_heads), o: rows x heads*hd, lse: rows x heads), merged into o and lse; returns
 /// the bound per (query of the span, head), row-major.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(q: &[bf16], kv: &[bf16], heads: Heads, qs: Span, ks: Span, causal: bool, o: &mut [f32], lse: &mut [f32]) -> Vec<Bound> {
-    let (hd, width) = (heads.head_dim, heads.width());
+    let (hd, width, kvw) = (heads.head_dim, heads.width(), heads.kv_width());
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     let scale2 = scale * LOG2E;
     let mut bounds = vec![Bound::default(); qs.len * heads.heads];
@@ -61,6 +61,7 @@ pub fn attention(q: &[bf16], kv: &[bf16], heads: Heads, qs: Span, ks: Span, caus
             continue;
         }
         for h in 0..heads.heads {
+            let g = heads.kv_head(h);
             let qv = &q[row * width + h * hd..row * width + (h + 1) * hd];
             let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
             let mut acc = vec![0f32; hd];
@@ -69,7 +70,7 @@ pub fn attention(q: &[bf16], kv: &[bf16], heads: Heads, qs: Span, ks: Span, caus
                 let n = TILE.min(visible - n0);
                 let mut mx = m;
                 for j in 0..n {
-                    let k = &kv[(ks.row0 + n0 + j) * 2 * width + h * hd..][..hd];
+                    let k = &kv[(ks.row0 + n0 + j) * 2 * kvw + g * hd..][..hd];
                     let dot = qv.iter().zip(k).fold(0f32, |a, (x, y)| a + x.to_f32() * y.to_f32());
                     s[j] = dot * scale2;
                     mx = mx.max(s[j]);
@@ -87,7 +88,7 @@ pub fn attention(q: &[bf16], kv: &[bf16], heads: Heads, qs: Span, ks: Span, caus
                 flip *= corr as f64;
                 magnitude *= corr as f64;
                 for j in 0..n {
-                    let v = &kv[(ks.row0 + n0 + j) * 2 * width + width + h * hd..][..hd];
+                    let v = &kv[(ks.row0 + n0 + j) * 2 * kvw + kvw + g * hd..][..hd];
                     let pb = bf16::from_f32(p[j]).to_f32();
                     let mut vmax = 0f64;
                     for (a, x) in acc.iter_mut().zip(v) {
@@ -145,7 +146,7 @@ mod tests {
 
     #[test]
     fn the_twin_is_attention_within_p_rounding_of_the_fp32_backend_and_a_wrong_key_leaves_its_bound() {
-        let heads = Heads { heads: 2, head_dim: 64 };
+        let heads = Heads::mha(2, 64);
         let (w, rows) = (heads.width(), 150usize);
         let (q, kv) = (values(1, rows * w), values(2, rows * 2 * w));
         let qs = Span { row0: 70, len: 80, pos0: 1070 };

@@ -63,16 +63,39 @@ pub struct Span {
 }
 
 /// Head layout shared by a query buffer `q` [rows, heads * head_dim] and a key/value buffer
-/// `kv` [rows, 2 * heads * head_dim] = [K | V].
+/// `kv` [rows, 2 * kv_heads * head_dim] = [K | V]; query head h attends with K/V head
+/// h / (heads / kv_heads) (grouped-query attention; kv_heads = heads is multi-head attention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heads {
     pub heads: usize,
+    pub kv_heads: usize,
     pub head_dim: usize,
 }
 
 impl Heads {
+    /// Multi-head attention: a K/V head per query head.
+    pub fn mha(heads: usize, head_dim: usize) -> Self {
+        Heads { heads, kv_heads: heads, head_dim }
+    }
+
+    /// Width of the query (and output) rows: heads x head_dim.
     pub fn width(&self) -> usize {
         self.heads * self.head_dim
+    }
+
+    /// Width of K (and of V): kv_heads x head_dim.
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// The K/V head that query head `h` attends with.
+    pub fn kv_head(&self, h: usize) -> usize {
+        h / (self.heads / self.kv_heads)
+    }
+
+    /// The K/V heads as heads of their own (RoPE on K).
+    pub fn keys(&self) -> Heads {
+        Heads::mha(self.kv_heads, self.head_dim)
     }
 }
 
@@ -162,6 +185,10 @@ pub trait Backend {
 
     /// x = GELU(x), tanh form.
     fn gelu(&self, x: &mut Self::Act) -> anyhow::Result<()>;
+
+    /// out = silu(gate) * up, per row of gate_up = [gate | up] (two halves of equal width), in
+    /// FP32, rounded once to BF16; silu(z) = z / (1 + e^-z).
+    fn swiglu(&self, gate_up: &Self::Act, out: &mut Self::Act) -> anyhow::Result<()>;
 
     /// x += y.
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> anyhow::Result<()>;

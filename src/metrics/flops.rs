@@ -1,5 +1,6 @@
 //! The FLOP model: what each rank of a strategy computes per iteration, from the config alone.
-//! A multiply-add counts 2 FLOPs. Linear layers per token and layer: 2 (d x 3d + d x d + 2 d x F).
+//! A multiply-add counts 2 FLOPs. Linear layers per token and layer: 2 (d x (d + 2 kv_dim) + d x d
+//! + d x F x u + F x d), u = 2 for SwiGLU's gate and up, else 1.
 //! Attention per (query, visible key) pair and head: 4 head_dim (Q K^T and P V). The pairs are
 //! counted exactly (a causal query at position p sees p + 1 keys), which is the DESIGN convention of
 //! "half of 4 S d" up to a factor (S + 1) / S.
@@ -22,8 +23,17 @@ impl Flops {
 
 /// Linear-layer FLOPs per token per layer of the whole (unsharded) model.
 pub fn linear_per_token_layer(cfg: &RunConfig) -> f64 {
-    let (d, f) = (cfg.model.d_model as f64, cfg.model.mlp as f64);
-    2.0 * (4.0 * d * d + 2.0 * d * f)
+    let m = &cfg.model;
+    shard_linear_per_token_layer(cfg, m.heads, m.kv_heads, m.mlp)
+}
+
+/// Linear-layer FLOPs per token per layer of a shard of `heads` query heads, `kv_heads` K/V heads
+/// and `mlp` MLP columns: Q, K and V, the output projection, up (with SwiGLU gate and up) and down.
+fn shard_linear_per_token_layer(cfg: &RunConfig, heads: usize, kv_heads: usize, mlp: usize) -> f64 {
+    let m = &cfg.model;
+    let (d, hd) = (m.d_model as f64, m.head_dim() as f64);
+    let (w, kvw, f) = (heads as f64 * hd, kv_heads as f64 * hd, mlp as f64);
+    2.0 * (d * w + d * 2.0 * kvw + w * d + d * f * m.mlp_act.up_factor() as f64 + f * d)
 }
 
 /// (query, key) pairs a sequence's `tokens` attend to, per head.
@@ -48,16 +58,21 @@ fn pairs(tokens: &LocalTokens, seq_len: usize, causal: bool) -> f64 {
 pub fn rank_flops(cfg: &RunConfig, rank: usize) -> Flops {
     let m = &cfg.model;
     let (seqs, hd) = (m.batch as f64, m.head_dim() as f64);
-    let (tokens, layers, heads, tp) = match cfg.strategy {
-        StrategyKind::Reference => (LocalTokens::whole(m.seq_len), m.layers, m.heads, 1),
-        // Every stage and TP rank does the same share.
-        StrategyKind::TpPp => (LocalTokens::whole(m.seq_len), m.layers / cfg.pp, m.heads / cfg.tp, cfg.tp),
-        StrategyKind::Ring => (ring_tokens(cfg.layout, m.seq_len, cfg.ring, rank), m.layers, m.heads, 1),
+    let (tokens, layers) = match cfg.strategy {
+        StrategyKind::Reference => (LocalTokens::whole(m.seq_len), m.layers),
+        StrategyKind::TpPp => (LocalTokens::whole(m.seq_len), m.layers / cfg.pp),
+        StrategyKind::Ring => (ring_tokens(cfg.layout, m.seq_len, cfg.ring, rank), m.layers),
     };
+    // Every stage and TP rank does its shard's share; K/V heads replicated over tp / kv_heads
+    // ranks are computed on each of them.
+    let shard = crate::strategy::rank_shard(cfg, rank);
     let layers = layers as f64;
     Flops {
-        linear: linear_per_token_layer(cfg) / tp as f64 * tokens.len() as f64 * seqs * layers,
-        attention: 4.0 * hd * heads as f64 * pairs(&tokens, m.seq_len, cfg.causal) * seqs * layers,
+        linear: shard_linear_per_token_layer(cfg, shard.heads.len(), shard.kv_heads.len(), shard.mlp.len())
+            * tokens.len() as f64
+            * seqs
+            * layers,
+        attention: 4.0 * hd * shard.heads.len() as f64 * pairs(&tokens, m.seq_len, cfg.causal) * seqs * layers,
     }
 }
 

@@ -7,23 +7,42 @@ pub mod generator;
 pub mod oracle;
 
 use crate::backend::{Backend, Heads, Matrix, Span};
-use crate::config::ModelConfig;
+use crate::config::{MlpAct, ModelConfig};
 use crate::topology::LocalTokens;
 use anyhow::Result;
 use generator::{layer_tensor_id, Init, LayerTensor, Region, INPUT_TENSOR};
 use std::ops::Range;
 
-/// The part of each layer a rank owns: Megatron's column split of W_qkv (by heads) and W_up, row
-/// split of W_o and W_down. The whole model is `heads = 0..H, mlp = 0..F`.
+/// The part of each layer a rank owns: Megatron's column split of W_qkv (query heads, and the
+/// K/V heads they attend with) and W_up, row split of W_o and W_down. The whole model is
+/// `heads = 0..H, kv_heads = 0..KV, mlp = 0..F`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shard {
     pub heads: Range<usize>,
+    pub kv_heads: Range<usize>,
     pub mlp: Range<usize>,
 }
 
 impl Shard {
     pub fn whole(m: &ModelConfig) -> Self {
-        Shard { heads: 0..m.heads, mlp: 0..m.mlp }
+        Shard { heads: 0..m.heads, kv_heads: 0..m.kv_heads, mlp: 0..m.mlp }
+    }
+
+    /// Tensor-parallel rank `r` of `tp`: its heads/tp query heads and mlp/tp MLP columns, and the
+    /// K/V heads those attend with: kv_heads/tp of them where tp divides kv_heads, else the one
+    /// K/V head it shares with tp/kv_heads - 1 other ranks (Megatron's replication).
+    pub fn tensor_parallel(m: &ModelConfig, tp: usize, r: usize) -> Self {
+        let kv_heads = if m.kv_heads % tp == 0 {
+            crate::topology::even_slice(m.kv_heads, tp, r)
+        } else {
+            let g = r / (tp / m.kv_heads);
+            g..g + 1
+        };
+        Shard { heads: crate::topology::even_slice(m.heads, tp, r), kv_heads, mlp: crate::topology::even_slice(m.mlp, tp, r) }
+    }
+
+    pub fn heads(&self, m: &ModelConfig) -> Heads {
+        Heads { heads: self.heads.len(), kv_heads: self.kv_heads.len(), head_dim: m.head_dim() }
     }
 }
 
@@ -42,8 +61,9 @@ pub struct LayerWeights<B: Backend> {
 impl<B: Backend> LayerWeights<B> {
     /// Generate layer `layer`'s shard: every value is the one at the same global index of the whole tensor.
     pub fn generate(be: &B, m: &ModelConfig, shard: &Shard, layer: usize, seed: u64) -> Result<Self> {
-        let (d, f, hd) = (m.d_model, m.mlp, m.head_dim());
+        let (d, f, hd, kv_dim) = (m.d_model, m.mlp, m.head_dim(), m.kv_dim());
         let cols = (shard.heads.start * hd, shard.heads.len() * hd);
+        let kv_cols = (shard.kv_heads.start * hd, shard.kv_heads.len() * hd);
         let id = |t| layer_tensor_id(layer, t);
         let w_in = Init::Weight { fan_in: d };
         let make = |region: Region, init: Init| -> Result<B::Act> {
@@ -51,22 +71,26 @@ impl<B: Backend> LayerWeights<B> {
             be.fill(&mut a, 0, &region, seed, init)?;
             Ok(a)
         };
-        let qkv =
-            |blocks: Vec<(usize, usize)>| Region { tensor: id(LayerTensor::Qkv), global_cols: 3 * d, row0: 0, rows: d, col_blocks: blocks };
+        // W_qkv is [d, d + 2 kv_dim] = [Q | K | V]; W_up is [d, F], or [d, 2F] = [gate | up].
+        let qkv = |blocks: Vec<(usize, usize)>| Region {
+            tensor: id(LayerTensor::Qkv),
+            global_cols: d + 2 * kv_dim,
+            row0: 0,
+            rows: d,
+            col_blocks: blocks,
+        };
+        let up_blocks = match m.mlp_act {
+            MlpAct::Gelu => vec![(shard.mlp.start, shard.mlp.len())],
+            MlpAct::Swiglu => vec![(shard.mlp.start, shard.mlp.len()), (f + shard.mlp.start, shard.mlp.len())],
+        };
         Ok(LayerWeights {
             norm1: make(Region::rows(id(LayerTensor::Norm1), d, 0, 1), Init::Gain)?,
             w_q: make(qkv(vec![cols]), w_in)?,
-            w_kv: make(qkv(vec![(d + cols.0, cols.1), (2 * d + cols.0, cols.1)]), w_in)?,
+            w_kv: make(qkv(vec![(d + kv_cols.0, kv_cols.1), (d + kv_dim + kv_cols.0, kv_cols.1)]), w_in)?,
             w_o: make(Region::rows(id(LayerTensor::Out), d, cols.0, cols.1), w_in)?,
             norm2: make(Region::rows(id(LayerTensor::Norm2), d, 0, 1), Init::Gain)?,
             w_up: make(
-                Region {
-                    tensor: id(LayerTensor::Up),
-                    global_cols: f,
-                    row0: 0,
-                    rows: d,
-                    col_blocks: vec![(shard.mlp.start, shard.mlp.len())],
-                },
+                Region { tensor: id(LayerTensor::Up), global_cols: f * m.mlp_act.up_factor(), row0: 0, rows: d, col_blocks: up_blocks },
                 w_in,
             )?,
             w_down: make(Region::rows(id(LayerTensor::Down), d, shard.mlp.start, shard.mlp.len()), Init::Weight { fan_in: f })?,
@@ -76,9 +100,10 @@ impl<B: Backend> LayerWeights<B> {
 
 /// Activation buffers for one micro-batch on one rank, allocated once and reused by every layer.
 /// `kv_next` is the ring's second K/V buffer: the block for the next step lands there while the
-/// current one is being used.
+/// current one is being used. `gated` holds SwiGLU's product (none for GELU, which works in place).
 pub struct Workspace<B: Backend> {
     pub heads: Heads,
+    pub mlp_act: MlpAct,
     pub norm: B::Act,
     pub q: B::Act,
     pub kv: B::Act,
@@ -88,24 +113,27 @@ pub struct Workspace<B: Backend> {
     pub lse: B::Acc,
     pub proj: B::Act,
     pub up: B::Act,
+    pub gated: B::Act,
 }
 
 impl<B: Backend> Workspace<B> {
     /// Buffers for `rows` local token rows; K/V buffers for up to `kv_rows` (the largest block a ring delivers).
     pub fn new(be: &B, m: &ModelConfig, shard: &Shard, rows: usize, kv_rows: usize, ring: bool) -> Result<Self> {
-        let heads = Heads { heads: shard.heads.len(), head_dim: m.head_dim() };
-        let w = heads.width();
+        let heads = shard.heads(m);
+        let (w, kvw, f) = (heads.width(), heads.kv_width(), shard.mlp.len());
         Ok(Workspace {
             heads,
+            mlp_act: m.mlp_act,
             norm: be.alloc_act(rows, m.d_model)?,
             q: be.alloc_act(rows, w)?,
-            kv: be.alloc_act(kv_rows.max(rows), 2 * w)?,
-            kv_next: be.alloc_act(if ring { kv_rows } else { 0 }, 2 * w)?,
+            kv: be.alloc_act(kv_rows.max(rows), 2 * kvw)?,
+            kv_next: be.alloc_act(if ring { kv_rows } else { 0 }, 2 * kvw)?,
             attn: be.alloc_act(rows, w)?,
             o: be.alloc_acc(rows, w)?,
             lse: be.alloc_acc(rows, heads.heads)?,
             proj: be.alloc_act(rows, m.d_model)?,
-            up: be.alloc_act(rows, shard.mlp.len())?,
+            up: be.alloc_act(rows, f * m.mlp_act.up_factor())?,
+            gated: be.alloc_act(if m.mlp_act == MlpAct::Swiglu { rows } else { 0 }, f)?,
         })
     }
 }
@@ -170,7 +198,8 @@ pub fn attend<B: Backend>(
 }
 
 /// One layer on the rows of `batch` held in x ([rows, d_model], updated in place):
-/// x += Attn(RMSNorm(x)) W_o;  x += GELU(RMSNorm(x) W_up) W_down.
+/// x += Attn(RMSNorm(x)) W_o;  x += GELU(RMSNorm(x) W_up) W_down, or with SwiGLU
+/// x += (silu(g W_gate) * (g W_up)) W_down, g = RMSNorm(x).
 /// `attention` fills ws.attn from ws.q and ws.kv (RoPE applied); `reduce` sums a row-parallel
 /// partial product over the tensor-parallel group (identity without TP).
 pub fn layer_forward<B: Backend>(
@@ -187,7 +216,7 @@ pub fn layer_forward<B: Backend>(
     be.matmul(&ws.norm, &w.w_kv, &mut ws.kv)?;
     for (_, span) in batch.spans() {
         be.rope(&mut ws.q, ws.heads, span)?;
-        be.rope(&mut ws.kv, ws.heads, span)?; // K is the first heads x head_dim columns of [K | V]
+        be.rope(&mut ws.kv, ws.heads.keys(), span)?; // K is the first kv_heads x head_dim columns of [K | V]
     }
     attention(ws)?;
     be.matmul(&ws.attn, &w.w_o, &mut ws.proj)?;
@@ -196,8 +225,16 @@ pub fn layer_forward<B: Backend>(
 
     be.rms_norm(x, &w.norm2, &mut ws.norm)?;
     be.matmul(&ws.norm, &w.w_up, &mut ws.up)?;
-    be.gelu(&mut ws.up)?;
-    be.matmul(&ws.up, &w.w_down, &mut ws.proj)?;
+    match ws.mlp_act {
+        MlpAct::Gelu => {
+            be.gelu(&mut ws.up)?;
+            be.matmul(&ws.up, &w.w_down, &mut ws.proj)?;
+        }
+        MlpAct::Swiglu => {
+            be.swiglu(&ws.up, &mut ws.gated)?;
+            be.matmul(&ws.gated, &w.w_down, &mut ws.proj)?;
+        }
+    }
     reduce(&mut ws.proj)?;
     be.add(x, &ws.proj)
 }
@@ -209,4 +246,55 @@ pub fn local_attention<B: Backend>(be: &B, ws: &mut Workspace<B>, batch: &Batch,
     be.attention_reset(&mut ws.o, &mut ws.lse)?;
     attend(be, &ws.q, &ws.kv, ws.heads, batch, batch.tokens, causal, &mut ws.o, &mut ws.lse)?;
     be.attention_store(&ws.o, &mut ws.attn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use generator::value_bf16;
+
+    /// GQA (4 heads, 2 K/V heads of 4) and SwiGLU (F = 6): W_qkv is [16, 16 + 2 x 8] = [Q | K | V],
+    /// W_up is [16, 12] = [gate | up]; every TP shard is the slice of those whole tensors, with
+    /// K/V heads split at tp 2 and replicated at tp 4.
+    #[test]
+    fn gqa_and_swiglu_shards_are_slices_of_the_whole_tensors() {
+        let m = ModelConfig { layers: 1, d_model: 16, heads: 4, kv_heads: 2, mlp: 6, mlp_act: MlpAct::Swiglu, seq_len: 8, batch: 1 };
+        let (be, seed) = (CpuBackend::new(), 3);
+        let w_in = Init::Weight { fan_in: 16 };
+        let qkv = |r: usize, c: usize| value_bf16(seed, layer_tensor_id(0, LayerTensor::Qkv), (r * 32 + c) as u64, w_in);
+        let up = |r: usize, c: usize| value_bf16(seed, layer_tensor_id(0, LayerTensor::Up), (r * 12 + c) as u64, w_in);
+        for (tp, kv_of) in
+            [(1usize, [vec![0usize, 1]].to_vec()), (2, vec![vec![0], vec![1]]), (4, vec![vec![0], vec![0], vec![1], vec![1]])]
+        {
+            for (r, kv_heads) in kv_of.iter().enumerate() {
+                let shard = Shard::tensor_parallel(&m, tp, r);
+                assert_eq!(shard.kv_heads.clone().collect::<Vec<_>>(), *kv_heads, "tp {tp} rank {r}");
+                let w = LayerWeights::generate(&be, &m, &shard, 0, seed).unwrap();
+                let (q, kv, u) = (be.download(&w.w_q).unwrap(), be.download(&w.w_kv).unwrap(), be.download(&w.w_up).unwrap());
+                let (qw, kw, f) = (shard.heads.len() * 4, kv_heads.len() * 4, shard.mlp.len());
+                for row in 0..16 {
+                    for c in 0..qw {
+                        assert_eq!(q[row * qw + c], qkv(row, shard.heads.start * 4 + c), "Q tp {tp} rank {r}");
+                    }
+                    // K at columns 16 + 4 g, V at 16 + 8 + 4 g, for the shard's K/V heads g.
+                    for c in 0..kw {
+                        let g0 = kv_heads[0] * 4;
+                        assert_eq!(kv[row * 2 * kw + c], qkv(row, 16 + g0 + c), "K tp {tp} rank {r}");
+                        assert_eq!(kv[row * 2 * kw + kw + c], qkv(row, 24 + g0 + c), "V tp {tp} rank {r}");
+                    }
+                    // [gate | up]: the same MLP columns of each half.
+                    for c in 0..f {
+                        assert_eq!(u[row * 2 * f + c], up(row, shard.mlp.start + c), "gate tp {tp} rank {r}");
+                        assert_eq!(u[row * 2 * f + f + c], up(row, 6 + shard.mlp.start + c), "up tp {tp} rank {r}");
+                    }
+                }
+            }
+        }
+        // The seed's model is unchanged: W_qkv of MHA stays [d, 3d], its K block at column d.
+        let dense = ModelConfig::dense(1, 16, 4, 6, 8, 1);
+        let w = LayerWeights::generate(&be, &dense, &Shard::whole(&dense), 0, seed).unwrap();
+        let kv = be.download(&w.w_kv).unwrap();
+        assert_eq!(kv[2 * 32 + 1], value_bf16(seed, layer_tensor_id(0, LayerTensor::Qkv), (2 * 48 + 16 + 1) as u64, w_in));
+    }
 }

@@ -4,7 +4,7 @@
 //! the BF16 reference strays from it and derives its tolerance from that (STYLE.md, item 9).
 
 use super::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, INPUT_TENSOR};
-use crate::config::ModelConfig;
+use crate::config::{MlpAct, ModelConfig};
 
 /// RoPE's rotation for position `p` and pair `i` of a head of `hd`, from DESIGN.md's formula
 /// (angle = p * 10000^(-2i/hd)), written here on its own: the oracle shares no arithmetic with
@@ -46,15 +46,18 @@ fn gelu(z: f64) -> f64 {
 /// Final hidden states of sequences `seqs` of the batch, [seqs.len(), seq_len, d_model] row-major.
 pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usize>) -> Vec<f64> {
     let (d, f, s_len, h, hd) = (m.d_model, m.mlp, m.seq_len, m.heads, m.head_dim());
+    // W_qkv is [d, d + 2 kv_dim] = [Q | K | V]; query head h attends with K/V head h / group.
+    let (kvd, group, up_cols) = (m.kv_heads * hd, m.heads / m.kv_heads, f * if m.mlp_act == MlpAct::Swiglu { 2 } else { 1 });
+    let qkv_cols = d + 2 * kvd;
     let layers: Vec<[Vec<f64>; 6]> = (0..m.layers)
         .map(|l| {
             let id = |t| layer_tensor_id(l, t);
             [
                 tensor(seed, id(LayerTensor::Norm1), d, Init::Gain),
-                tensor(seed, id(LayerTensor::Qkv), d * 3 * d, Init::Weight { fan_in: d }),
+                tensor(seed, id(LayerTensor::Qkv), d * qkv_cols, Init::Weight { fan_in: d }),
                 tensor(seed, id(LayerTensor::Out), d * d, Init::Weight { fan_in: d }),
                 tensor(seed, id(LayerTensor::Norm2), d, Init::Gain),
-                tensor(seed, id(LayerTensor::Up), d * f, Init::Weight { fan_in: d }),
+                tensor(seed, id(LayerTensor::Up), d * up_cols, Init::Weight { fan_in: d }),
                 tensor(seed, id(LayerTensor::Down), f * d, Init::Weight { fan_in: f }),
             ]
         })
@@ -64,11 +67,12 @@ pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<u
         let base = (seq * s_len * d) as u64;
         let mut x: Vec<f64> = (0..(s_len * d) as u64).map(|i| value_bf16(seed, INPUT_TENSOR, base + i, Init::Uniform).to_f64()).collect();
         for [g1, w_qkv, w_o, g2, w_up, w_down] in &layers {
-            let mut qkv = matmul(&rms_norm(&x, g1, d), w_qkv, s_len, d, 3 * d);
+            let mut qkv = matmul(&rms_norm(&x, g1, d), w_qkv, s_len, d, qkv_cols);
+            // RoPE on every query head (columns 0 .. d) and every key head (d .. d + kv_dim).
             for p in 0..s_len {
-                for head in 0..h {
-                    for part in 0..2 {
-                        let base = p * 3 * d + part * d + head * hd;
+                for col0 in (0..d + kvd).step_by(hd) {
+                    {
+                        let base = p * qkv_cols + col0;
                         for i in 0..hd / 2 {
                             let (c, s) = rotation(p, i, hd);
                             let (a, b) = (qkv[base + i], qkv[base + i + hd / 2]);
@@ -81,7 +85,15 @@ pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<u
             let mut attn = vec![0.0; s_len * d];
             let scale = 1.0 / (hd as f64).sqrt();
             for head in 0..h {
-                let col = |p: usize, part: usize| &qkv[p * 3 * d + part * d + head * hd..][..hd];
+                let kv_head = head / group;
+                let col = |p: usize, part: usize| {
+                    let at = match part {
+                        0 => head * hd,
+                        1 => d + kv_head * hd,
+                        _ => d + kvd + kv_head * hd,
+                    };
+                    &qkv[p * qkv_cols + at..][..hd]
+                };
                 for p in 0..s_len {
                     let visible = if causal { p + 1 } else { s_len };
                     let scores: Vec<f64> =
@@ -100,7 +112,18 @@ pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<u
             for (xi, yi) in x.iter_mut().zip(matmul(&attn, w_o, s_len, d, d)) {
                 *xi += yi;
             }
-            let up: Vec<f64> = matmul(&rms_norm(&x, g2, d), w_up, s_len, d, f).into_iter().map(gelu).collect();
+            let up_out = matmul(&rms_norm(&x, g2, d), w_up, s_len, d, up_cols);
+            let up: Vec<f64> = match m.mlp_act {
+                MlpAct::Gelu => up_out.into_iter().map(gelu).collect(),
+                // [gate | up] per token: silu(gate) * up.
+                MlpAct::Swiglu => (0..s_len * f)
+                    .map(|i| {
+                        let (p, j) = (i / f, i % f);
+                        let (g, u) = (up_out[p * up_cols + j], up_out[p * up_cols + f + j]);
+                        g / (1.0 + (-g).exp()) * u
+                    })
+                    .collect(),
+            };
             for (xi, yi) in x.iter_mut().zip(matmul(&up, w_down, s_len, f, d)) {
                 *xi += yi;
             }

@@ -194,7 +194,8 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
     let s = |name: &str| -> hdf5::Result<String> { Ok(g.attr(name)?.read_scalar::<VarLenUnicode>()?.as_str().to_string()) };
     let u = |name: &str| -> hdf5::Result<u64> { g.attr(name)?.read_scalar::<u64>() };
     let f = |name: &str| -> hdf5::Result<f64> { g.attr(name)?.read_scalar::<f64>() };
-    let config: RunConfig = serde_json::from_str(&s("config")?).map_err(|e| hdf5::Error::from(format!("attribute config: {e}")))?;
+    let mut config: RunConfig = serde_json::from_str(&s("config")?).map_err(|e| hdf5::Error::from(format!("attribute config: {e}")))?;
+    config.model = config.model.normalized();
     let floats = |name: &str| -> hdf5::Result<Vec<f64>> { g.dataset(name)?.read_raw::<f64>() };
     let ints = |name: &str| -> hdf5::Result<Vec<u64>> { g.dataset(name)?.read_raw::<u64>() };
     let (total, comm, hidden, compute) = (floats("iter_s")?, floats("comm_s")?, floats("hidden_s")?, floats("compute_s")?);

@@ -14,7 +14,7 @@ use anyhow::Result;
 /// The attention step a ring rank runs during its exchange: keys before the queries, then the
 /// diagonal block, both into one pair of accumulators.
 fn ring_step_attention() -> Step {
-    let (rows, heads) = (257usize, Heads { heads: 2, head_dim: 128 });
+    let (rows, heads) = (257usize, Heads::mha(2, 128));
     let w = heads.width();
     let split = rows / 2;
     let q = Span { row0: split, len: rows - split, pos0: 2000 + split };

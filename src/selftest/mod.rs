@@ -70,6 +70,12 @@ pub enum Step {
     Gelu {
         x: Vec<bf16>,
     },
+    /// [rows, 2 f] = [gate | up] into [rows, f].
+    Swiglu {
+        rows: usize,
+        f: usize,
+        x: Vec<bf16>,
+    },
     Add {
         x: Vec<bf16>,
         y: Vec<bf16>,
@@ -137,6 +143,12 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
             be.gelu(&mut x)?;
             Output::Bf16(be.download(&x)?)
         }
+        Step::Swiglu { rows, f, x } => {
+            let x = act(be, *rows, 2 * f, x)?;
+            let mut o = poisoned(be, *rows, *f)?;
+            be.swiglu(&x, &mut o)?;
+            Output::Bf16(be.download(&o)?)
+        }
         Step::Add { x, y } => {
             let (mut x, y) = (act(be, 1, x.len(), x)?, act(be, 1, y.len(), y)?);
             be.add(&mut x, &y)?;
@@ -144,7 +156,7 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
         }
         Step::Attention { rows, heads, q, kv, first, second, causal } => {
             let w = heads.width();
-            let (q, kv) = (act(be, *rows, w, q)?, act(be, *rows, 2 * w, kv)?);
+            let (q, kv) = (act(be, *rows, w, q)?, act(be, *rows, 2 * heads.kv_width(), kv)?);
             let (mut o, mut lse) = (be.alloc_acc(*rows, w)?, be.alloc_acc(*rows, heads.heads)?);
             be.upload_acc(&mut o, &vec![f32::NAN; rows * w])?;
             be.upload_acc(&mut lse, &vec![f32::NAN; rows * heads.heads])?;
@@ -247,7 +259,7 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
         ));
     }
     for (i, &(rows, heads, hd, pos0)) in [(1usize, 1usize, 64usize, 0usize), (97, 4, 128, 99_903), (300, 2, 64, 6250)].iter().enumerate() {
-        let h = Heads { heads, head_dim: hd };
+        let h = Heads::mha(heads, hd);
         let span = Span { row0: rows / 3, len: rows - rows / 3, pos0 };
         v.push((
             format!("rope {rows} rows, {heads} x {hd}, from position {pos0}"),
@@ -255,18 +267,33 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
             Step::Rope { rows, heads: h, x: values(50 + i as u64, rows * 2 * h.width(), 1.0), span },
         ));
     }
+    for (rows, f) in [(1usize, 1usize), (97, 333), (300, 1024)] {
+        v.push((format!("swiglu {rows} x {f}"), Tolerance::OneUlp, Step::Swiglu { rows, f, x: values(63, rows * 2 * f, 6.0) }));
+    }
     for n in [1usize, 1023, 100_003] {
         v.push((format!("gelu {n}"), Tolerance::OneUlp, Step::Gelu { x: values(60, n, 4.0) }));
         v.push((format!("add {n}"), Tolerance::OneUlp, Step::Add { x: values(61, n, 4.0), y: values(62, n, 4.0) }));
     }
     // Head dims 64 and 128 run the tensor-core flash kernel on the GPU, the others the plain one.
     // Lengths straddle its 64-row tiles; the query block starts off a tile boundary.
-    for (i, &(rows, hd, causal)) in
-        [(1usize, 64usize, true), (97, 128, true), (300, 64, false), (257, 128, false), (701, 128, true), (190, 32, true), (129, 80, false)]
-            .iter()
-            .enumerate()
+    // (rows, head dim, causal, query heads, K/V heads): the last three share K/V heads (GQA; one
+    // K/V head for all, MQA, on the flash kernel and on the plain one).
+    for (i, &(rows, hd, causal, nh, nkv)) in [
+        (1usize, 64usize, true, 2usize, 2usize),
+        (97, 128, true, 2, 2),
+        (300, 64, false, 2, 2),
+        (257, 128, false, 2, 2),
+        (701, 128, true, 2, 2),
+        (190, 32, true, 2, 2),
+        (129, 80, false, 2, 2),
+        (201, 128, true, 4, 1),
+        (150, 64, false, 4, 2),
+        (77, 32, true, 4, 1),
+    ]
+    .iter()
+    .enumerate()
     {
-        let heads = Heads { heads: 2, head_dim: hd };
+        let heads = Heads { heads: nh, kv_heads: nkv, head_dim: hd };
         let w = heads.width();
         // Queries are the last part of the rows, keys come in two blocks: one before them
         // (unmasked), one overlapping them (the diagonal), as a ring delivers them.
@@ -275,9 +302,10 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
         let first = (q, Span { row0: 0, len: split, pos0: 1000 });
         let second = (q, Span { row0: split, len: rows - split, pos0: 1000 + split });
         let (first, second) = if rows == 1 { (second, second) } else { (first, second) };
-        let kv = values(80 + i as u64, rows * 2 * w, 3.0);
+        let kv = values(80 + i as u64, rows * 2 * heads.kv_width(), 3.0);
+        let kv_label = if nkv == nh { String::new() } else { format!(" ({nkv} K/V)") };
         v.push((
-            format!("attention {rows} rows, 2 x {hd}, {}", if causal { "causal" } else { "full" }),
+            format!("attention {rows} rows, {nh} x {hd}{kv_label}, {}", if causal { "causal" } else { "full" }),
             attention_tolerance(kernel, hd),
             Step::Attention { rows, heads, q: values(70 + i as u64, rows * w, 3.0), kv, first, second, causal },
         ));
@@ -285,7 +313,7 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
     // A causal block whose keys all come after its queries merges nothing: the second call must
     // leave the first call's result untouched.
     {
-        let (rows, heads) = (130usize, Heads { heads: 2, head_dim: 128 });
+        let (rows, heads) = (130usize, Heads::mha(2, 128));
         let w = heads.width();
         let q = Span { row0: 0, len: 65, pos0: 0 };
         let kv = values(88, rows * 2 * w, 3.0);

@@ -8,7 +8,7 @@ pub mod tp_pp;
 
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::{RunConfig, StrategyKind};
+use crate::config::{MlpAct, RunConfig, StrategyKind};
 use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Shard, Workspace};
 use crate::topology::{self, LocalTokens, TpPpCoord};
 use anyhow::Result;
@@ -61,33 +61,52 @@ impl MemoryEstimate {
     }
 }
 
+/// The shard of each layer `rank` holds: all of it, or its tensor-parallel slice.
+pub fn rank_shard(cfg: &RunConfig, rank: usize) -> Shard {
+    match cfg.strategy {
+        StrategyKind::TpPp => Shard::tensor_parallel(&cfg.model, cfg.tp, topology::tp_pp_coord(rank, cfg.tp).tp_rank),
+        StrategyKind::Reference | StrategyKind::Ring => Shard::whole(&cfg.model),
+    }
+}
+
 /// What rank `rank` allocates; `keep` adds the kept output of `verify`, emulation its scratch buffer.
 pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstimate {
     let m = &cfg.model;
     let (bf, f32b) = (2u64, 4u64);
-    let (d, hd) = (m.d_model as u64, m.head_dim() as u64);
-    let (tokens, largest, layers, heads, mlp) = match cfg.strategy {
-        StrategyKind::Reference => (m.seq_len, m.seq_len, m.layers, m.heads, m.mlp),
-        StrategyKind::TpPp => (m.seq_len, m.seq_len, m.layers / cfg.pp, m.heads / cfg.tp, m.mlp / cfg.tp),
+    let d = m.d_model as u64;
+    let (tokens, largest, layers) = match cfg.strategy {
+        StrategyKind::Reference => (m.seq_len, m.seq_len, m.layers),
+        StrategyKind::TpPp => (m.seq_len, m.seq_len, m.layers / cfg.pp),
         StrategyKind::Ring => {
             let lens: Vec<usize> = (0..cfg.ring).map(|r| topology::ring_tokens(cfg.layout, m.seq_len, cfg.ring, r).len()).collect();
-            (lens[rank], lens.iter().copied().max().unwrap_or(0), m.layers, m.heads, m.mlp)
+            (lens[rank], lens.iter().copied().max().unwrap_or(0), m.layers)
         }
     };
+    let shard = rank_shard(cfg, rank);
+    let heads = shard.heads(m);
     let ring = cfg.strategy == StrategyKind::Ring;
-    let (w, f, hl) = (heads as u64 * hd, mlp as u64, heads as u64);
+    let (w, kvw, f, hl) = (heads.width() as u64, heads.kv_width() as u64, shard.mlp.len() as u64, heads.heads as u64);
+    let up = f * m.mlp_act.up_factor() as u64;
     let rows = (cfg.micro_batch * tokens) as u64;
     let kv_rows = (cfg.micro_batch * largest) as u64;
-    let weights = layers as u64 * bf * (2 * d + d * w + d * 2 * w + w * d + d * f + f * d);
+    let weights = layers as u64 * bf * (2 * d + d * w + d * 2 * kvw + w * d + d * up + f * d);
+    let gated = if m.mlp_act == MlpAct::Swiglu { rows * f } else { 0 };
     let workspace = bf
-        * (rows * d + rows * w + kv_rows.max(rows) * 2 * w + if ring { kv_rows * 2 * w } else { 0 } + rows * w + rows * d + rows * f)
+        * (rows * d
+            + rows * w
+            + kv_rows.max(rows) * 2 * kvw
+            + if ring { kv_rows * 2 * kvw } else { 0 }
+            + rows * w
+            + rows * d
+            + rows * up
+            + gated)
         + f32b * (rows * w + rows * hl);
     let x = bf * rows * d;
     let out = if keep { bf * (m.batch * tokens) as u64 * d } else { 0 };
     let emulation = if cfg.emulate.is_some() { crate::comm::emulated::scratch_bytes(cfg) } else { 0 };
     // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
-    let matmul = f32b * (rows * d + d * f + rows * f);
-    let attention = f32b * (kv_rows * 2 * w + 64 * kv_rows + 64 * w);
+    let matmul = f32b * (rows * d + d * up + rows * up);
+    let attention = f32b * (kv_rows * 2 * kvw + 64 * kv_rows + 64 * w);
     MemoryEstimate { weights, activations: workspace + x + out + emulation, scratch: matmul.max(attention) + bf * rows * d }
 }
 

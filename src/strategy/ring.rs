@@ -32,14 +32,14 @@ impl<B: Backend> Ring<B> {
 }
 
 /// Bytes `rank` sends and receives per iteration: per layer and micro-batch, P - 1 exchanges; at
-/// step s it sends the K/V block it holds (rank r - s's: micro-batch x its tokens x 2 d_model
+/// step s it sends the K/V block it holds (rank r - s's: micro-batch x its tokens x 2 kv_dim
 /// BF16 values) and receives the one it holds next.
 pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
     let m = &cfg.model;
     let p = cfg.ring;
     let block = |step: usize| -> u64 {
         let owner = ring_block_owner(rank, step, p);
-        (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.d_model * 2) as u64
+        (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.kv_dim() * 2) as u64
     };
     let per_layer_mb = |steps: std::ops::Range<usize>| steps.map(block).sum::<u64>() * (m.layers * cfg.micro_batches()) as u64;
     (per_layer_mb(0..p.saturating_sub(1)), per_layer_mb(1..p))
@@ -143,7 +143,7 @@ mod tests {
 
     fn run_rank(comm: LocalComm, layout: Layout, ring: usize, seq_len: usize, causal: bool) -> (LocalTokens, HostMat<f32>) {
         let be = CpuBackend::new();
-        let m = ModelConfig { layers: 1, d_model: HEADS * HD, heads: HEADS, mlp: 2, seq_len, batch: SEQS };
+        let m = ModelConfig::dense(1, HEADS * HD, HEADS, 2, seq_len, SEQS);
         let all: Vec<LocalTokens> = (0..ring).map(|r| ring_tokens(layout, seq_len, ring, r)).collect();
         let mine = all[comm.rank()].clone();
         let largest = all.iter().map(LocalTokens::len).max().unwrap();

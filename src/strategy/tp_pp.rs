@@ -47,7 +47,7 @@ impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
         let m = &cfg.model;
         let coord = tp_pp_coord(world.rank(), cfg.tp);
         let tp_group = world.split(coord.stage, coord.tp_rank).context("creating the tensor-parallel group")?;
-        let shard = Shard { heads: even_slice(m.heads, cfg.tp, coord.tp_rank), mlp: even_slice(m.mlp, cfg.tp, coord.tp_rank) };
+        let shard = Shard::tensor_parallel(m, cfg.tp, coord.tp_rank);
         let layers = even_slice(m.layers, cfg.pp, coord.stage);
         let rows = cfg.micro_batch * m.seq_len;
         let stack = Stack::new(cfg, be, &shard, layers, LocalTokens::whole(m.seq_len), rows, false)?;

@@ -21,6 +21,8 @@ struct Case {
     int d, heads, rows;
     Span q, first, second;
     bool causal;
+    int kv_heads; // 0: one per query head (multi-head attention)
+    int kvh() const { return kv_heads ? kv_heads : heads; }
 };
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -36,7 +38,7 @@ static void call(const Case& c, int bm, const Span& ks, const std::vector<__nv_b
     if (c.d != 64 && c.d != 128) { // the plain kernel: one warp per query row, as the backend launches it
         const unsigned blocks = (c.q.len + WARPS - 1) / WARPS;
         launch(blocks, c.heads, 32 * WARPS, [&] {
-            attention_bf16(q.data(), kv.data(), o.data(), lse.data(), c.heads, c.d, c.q.row0, c.q.len, c.q.pos0, ks.row0, ks.len,
+            attention_bf16(q.data(), kv.data(), o.data(), lse.data(), c.heads, c.kvh(), c.d, c.q.row0, c.q.len, c.q.pos0, ks.row0, ks.len,
                            ks.pos0, c.causal, scale);
         });
         return;
@@ -45,15 +47,15 @@ static void call(const Case& c, int bm, const Span& ks, const std::vector<__nv_b
     launch(blocks, c.heads, 2 * bm, [&] {
         auto kernel = c.d == 64 ? (bm == 64 ? flash_attention_d64_m64_bf16 : flash_attention_d64_m128_bf16)
                                 : (bm == 64 ? flash_attention_d128_m64_bf16 : flash_attention_d128_m128_bf16);
-        kernel(q.data(), kv.data(), o.data(), lse.data(), c.heads, c.q.row0, c.q.len, c.q.pos0, ks.row0, ks.len, ks.pos0,
+        kernel(q.data(), kv.data(), o.data(), lse.data(), c.heads, c.kvh(), c.q.row0, c.q.len, c.q.pos0, ks.row0, ks.len, ks.pos0,
                c.causal, scale);
     });
 }
 
 // With SIMT_DUMP=PREFIX, each flash case's inputs and the kernel's outputs go to PREFIX-N.bin, so
 // that tests/simt.rs can hold them to the CPU twin of the kernel (src/backend/flash_twin.rs):
-// 13 int32 (d, heads, rows, the three spans' row0, len, pos0, causal, bm), then q and kv as BF16
-// bits, o and lse as FP32, little-endian.
+// 15 int32 (d, heads, rows, the three spans' row0, len, pos0, causal, bm, kv_heads), then q and kv
+// as BF16 bits, o and lse as FP32, little-endian.
 static int dumped = 0;
 static void dump(const Case& c, int bm, const std::vector<__nv_bfloat16>& q, const std::vector<__nv_bfloat16>& kv,
                  const std::vector<float>& o, const std::vector<float>& lse) {
@@ -68,8 +70,8 @@ static void dump(const Case& c, int bm, const std::vector<__nv_bfloat16>& q, con
     }
     const int32_t head[13] = {c.d, c.heads, c.rows, c.q.row0, c.q.len, c.q.pos0, c.first.row0, c.first.len, c.first.pos0,
                               c.second.row0, c.second.len, c.second.pos0, c.causal ? 1 : 0};
-    const int32_t block = bm;
-    bool ok = fwrite(head, sizeof head, 1, f) == 1 && fwrite(&block, sizeof block, 1, f) == 1;
+    const int32_t tail[2] = {bm, c.kvh()};
+    bool ok = fwrite(head, sizeof head, 1, f) == 1 && fwrite(tail, sizeof tail, 1, f) == 1;
     ok &= fwrite(q.data(), sizeof(__nv_bfloat16), q.size(), f) == q.size();
     ok &= fwrite(kv.data(), sizeof(__nv_bfloat16), kv.size(), f) == kv.size();
     ok &= fwrite(o.data(), sizeof(float), o.size(), f) == o.size();
@@ -82,8 +84,8 @@ static void dump(const Case& c, int bm, const std::vector<__nv_bfloat16>& q, con
 
 // bm: query rows per flash block (64 or 128); ignored by the plain kernel.
 static bool run_case(const Case& c, int bm) {
-    const int w = c.heads * c.d;
-    std::vector<__nv_bfloat16> q(size_t(c.rows) * w), kv(size_t(c.rows) * 2 * w);
+    const int w = c.heads * c.d, kvw = c.kvh() * c.d, group = c.heads / c.kvh();
+    std::vector<__nv_bfloat16> q(size_t(c.rows) * w), kv(size_t(c.rows) * 2 * kvw);
     double max_v = 0.0;
     for (auto& x : q) x = __float2bfloat16_rn(uniform3());
     for (auto& x : kv) {
@@ -126,7 +128,7 @@ static bool run_case(const Case& c, int bm) {
                     double s = 0.0;
                     for (int e = 0; e < c.d; e++)
                         s += double(__bfloat162float(q[size_t(r) * w + h * c.d + e])) *
-                             double(__bfloat162float(kv[size_t(kr) * 2 * w + h * c.d + e]));
+                             double(__bfloat162float(kv[size_t(kr) * 2 * kvw + (h / group) * c.d + e]));
                     scores.push_back(s / sqrt(double(c.d)));
                     key_rows.push_back(kr);
                 }
@@ -141,7 +143,8 @@ static bool run_case(const Case& c, int bm) {
             for (size_t i = 0; i < scores.size(); i++) {
                 const double p = exp(scores[i] - m);
                 z += p;
-                for (int e = 0; e < c.d; e++) out[e] += p * double(__bfloat162float(kv[size_t(key_rows[i]) * 2 * w + w + h * c.d + e]));
+                for (int e = 0; e < c.d; e++)
+                    out[e] += p * double(__bfloat162float(kv[size_t(key_rows[i]) * 2 * kvw + kvw + (h / group) * c.d + e]));
             }
             const double want_lse = m + log(z);
             const double le = fabs(double(got_lse) - want_lse);
@@ -176,6 +179,10 @@ int main() {
         {"plain d32, 2 heads, 13 q, 20 earlier keys + diagonal, causal", 32, 2, 33, {20, 13, 1020}, {0, 20, 1000}, {20, 13, 1020}, true},
         {"plain d80, 1 head, 9 q, keys after them + diagonal, causal", 80, 1, 18, {0, 9, 0}, {9, 9, 900}, {0, 9, 0}, true},
         {"plain d48, 1 head, 7 q, 9 keys, full", 48, 1, 16, {9, 7, 40}, {0, 9, 0}, {9, 0, 0}, false},
+        // Grouped K/V heads: one K/V head shared by every query head (MQA), and two for four.
+        {"d128, 4 heads / 1 K/V, 80 q, 70 earlier keys + diagonal, causal", 128, 4, 150, {70, 80, 1070}, {0, 70, 1000}, {70, 80, 1070}, true, 1},
+        {"d64, 4 heads / 2 K/V, 48 q, 49 earlier keys + diagonal, full", 64, 4, 97, {49, 48, 1049}, {0, 49, 1000}, {49, 48, 1049}, false, 2},
+        {"plain d32, 4 heads / 1 K/V, 13 q, 20 earlier keys + diagonal, causal", 32, 4, 33, {20, 13, 1020}, {0, 20, 1000}, {20, 13, 1020}, true, 1},
     };
     bool all = true;
     for (const Case& c : cases) {

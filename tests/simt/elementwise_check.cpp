@@ -133,6 +133,23 @@ static void check_pointwise() {
     }
     report("gelu 1023", ok, err);
 
+    // SwiGLU: 5 rows of [gate | up], 201 wide each, against silu(g) u in FP64.
+    const int rows = 5, fw = 201;
+    auto gu = values(rows * 2 * fw, 6.0f, 6);
+    std::vector<__nv_bfloat16> sw(rows * fw);
+    launch(blocks_for(rows * fw), 1, BLOCK, [&] { swiglu_bf16(gu.data(), sw.data(), rows, fw); });
+    ok = true;
+    err = 0.0;
+    for (int r = 0; r < rows; r++) {
+        for (int j = 0; j < fw; j++) {
+            const double g = f(gu[r * 2 * fw + j]), u = f(gu[r * 2 * fw + fw + j]);
+            const double want = g / (1.0 + exp(-g)) * u, got = f(sw[r * fw + j]);
+            err = fmax(err, fabs(got - want));
+            ok &= fabs(got - want) <= ulp(got, want);
+        }
+    }
+    report("swiglu 5 x 201", ok, err);
+
     auto s = x;
     launch(blocks_for(n), 1, BLOCK, [&] { add_bf16(s.data(), y.data(), n); });
     ok = true;

@@ -563,6 +563,21 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn swiglu(&self, gate_up: &Self::Act, out: &mut Self::Act) -> Result<()> {
+        let f = out.cols;
+        ensure!(gate_up.cols == 2 * f, "swiglu: [gate | up] is {} wide, out {f}", gate_up.cols);
+        out.set_rows(gate_up.rows);
+        let (rows, fi) = (gate_up.rows as i64, f as i32);
+        if rows == 0 || f == 0 {
+            return Ok(());
+        }
+        let mut l = self.stream.launch_builder(self.f("swiglu_bf16"));
+        l.arg(&gate_up.data).arg(&mut out.data).arg(&rows).arg(&fi);
+        // SAFETY: one thread per output element; gate_up holds rows x 2f, out rows x f (checked).
+        unsafe { l.launch(Self::cfg(launch::elementwise(gate_up.rows * f))) }.map_err(err("swiglu_bf16"))?;
+        Ok(())
+    }
+
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()> {
         ensure!(x.rows == y.rows && x.cols == y.cols, "add: [{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols);
         let n = x.len() as i64;
@@ -603,8 +618,14 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let w = heads.width();
         ensure!(
-            q.cols == w && kv.cols == 2 * w && o.cols == w && lse.cols == heads.heads,
+            q.cols == w && kv.cols == 2 * heads.kv_width() && o.cols == w && lse.cols == heads.heads,
             "attention: buffer widths do not match the heads"
+        );
+        ensure!(
+            heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
+            "attention: {} heads over {} K/V heads",
+            heads.heads,
+            heads.kv_heads
         );
         ensure!(qs.row0 + qs.len <= q.rows.min(o.rows) && ks.row0 + ks.len <= kv.rows, "attention: spans outside the buffers");
         if qs.len == 0 || ks.len == 0 {
@@ -615,7 +636,7 @@ impl Backend for CudaBackend {
         let causal = i32::from(causal);
         let flash = self.attention_kernel.get().flash_rows().and_then(|r| launch::flash_kernel(heads.head_dim, r).map(|k| (k, r)));
         if let Some((kernel, rows)) = flash {
-            let ints = [heads.heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
+            let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
             let mut l = self.stream.launch_builder(self.f(kernel));
             l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
             for v in &ints {
@@ -627,7 +648,7 @@ impl Backend for CudaBackend {
             unsafe { l.launch(Self::cfg(launch::flash_attention(qs.len, heads.heads, rows))) }.map_err(err("flash_attention"))?;
             return Ok(());
         }
-        let ints = [heads.heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
+        let ints = [heads.heads, heads.kv_heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
         let mut l = self.stream.launch_builder(self.f("attention_bf16"));
         l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
         for v in &ints {

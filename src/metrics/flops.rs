@@ -1,6 +1,6 @@
 //! The FLOP model: what each rank of a strategy computes per iteration, from the config alone.
-//! A multiply-add counts 2 FLOPs. Linear layers per token and layer: 2 (d x (d + 2 kv_dim) + d x d
-//! + d x F x u + F x d), u = 2 for SwiGLU's gate and up, else 1.
+//! A multiply-add counts 2 FLOPs. Linear layers per token and layer: 2 (d (d + 2 kv_dim) + d d +
+//! d F u + F d), u = 2 for SwiGLU's gate and up, else 1.
 //! Attention per (query, visible key) pair and head: 4 head_dim (Q K^T and P V). The pairs are
 //! counted exactly (a causal query at position p sees p + 1 keys), which is the DESIGN convention of
 //! "half of 4 S d" up to a factor (S + 1) / S.

@@ -5,7 +5,8 @@
 # (the default build binds CUDA 12; cudarc refuses two versions at once).
 # In order: `info`; `selftest` (every kernel and op against the CPU backend, and NCCL's
 # self-exchange and all-reduce on one rank); `verify` on the GPU for reference, ring and tp-pp with
-# NCCL on one rank and with --comm mpi on 2 and 4 processes sharing the GPU; a small timed run of
+# NCCL on one rank and with --comm mpi on 2 and 4 processes sharing the GPU, and the ring with
+# grouped K/V heads and SwiGLU; a small timed run of
 # both strategies; the launch overhead with and without cudarc's buffer events; then the
 # benchmarks, each beside its PyTorch peer from the same run on the same card: the attention
 # kernel alone (32 heads x 6250 x 6250, head dim 128) and one paper-model layer on rank 0 of an
@@ -73,6 +74,9 @@ check verify-ring-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --c
 check verify-ring-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy ring --layout contiguous --seq-len 1000
 check verify-tp-pp-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --seq-len 1023
 check verify-tp-pp-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --pp 2 --layers 4 --no-causal --seq-len 97
+# Grouped K/V heads (one K/V head for all, as MQA) and SwiGLU: the kernels' GQA indexing and the
+# SwiGLU kernel inside a whole model, its reference held to the FP64 oracle.
+check verify-gqa-swiglu-ring-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --kv-heads 1 --mlp-act swiglu --seq-len 1023
 check run-small-all-4-mpi 90 "${MPIRUN[@]}" -np 4 "$BIN" run --backend cuda --comm mpi --preset small --strategy all --tp 2 --pp 2 --ring 4 --out "$LOGS/results" --run-id small --quiet
 check bench-launch 40 "$BIN" bench launch --json
 

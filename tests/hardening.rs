@@ -193,9 +193,10 @@ fn reduce_of_a_live_run_is_refused_and_the_runs_own_tables_win() {
 #[test]
 fn two_runs_in_one_second_get_their_own_default_run_ids() {
     let root = temp_root("ids");
-    // Take the default names of this second and the next few, as a run started just before would.
+    // Take the default names of this second and the next few, as runs started just before would
+    // (enough seconds that the run below starts inside them on a slow machine too).
     let now = chrono::Utc::now();
-    for s in 0..4 {
+    for s in 0..12 {
         let t = now + chrono::Duration::seconds(s);
         std::fs::create_dir_all(root.join(format!("{}-reference", t.format("%Y%m%dT%H%M%SZ")))).unwrap();
     }

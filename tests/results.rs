@@ -305,3 +305,24 @@ fn run_ids_and_output_places_are_checked_before_any_work() {
     assert!(r.stderr.contains("--out"), "{}", r.all());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// With grouped K/V heads (split over TP ranks, and replicated where tp exceeds them) and SwiGLU,
+/// the memory estimate is still exactly what each rank allocated.
+#[test]
+fn the_memory_estimate_is_what_gqa_and_swiglu_ranks_allocate() {
+    let root = temp_root("results-gqa");
+    for (id, split) in [("tp2pp2", ["--tp", "2", "--pp", "2"]), ("tp4", ["--tp", "4", "--pp", "1"])] {
+        let mut args = vec!["run", "--preset", "tiny", "--strategy", "all", "--ring", "4", "--kv-heads", "2", "--mlp-act", "swiglu"];
+        args.extend(split);
+        args.extend(["--out", root.to_str().unwrap(), "--run-id", id, "--quiet"]);
+        let run = mpirun(4, &args);
+        assert_eq!(run.status, Some(0), "{}", run.all());
+        for r in 0..4 {
+            for run in ringbench::output::rankfile::read(&root.join(id).join(format!("rank-{r:05}.h5"))).unwrap() {
+                let est = ringbench::strategy::memory_estimate(&run.config, r, false);
+                assert_eq!(run.memory.buffers_peak_bytes, est.weights + est.activations, "{id} rank {r} {}", run.config.strategy.name());
+            }
+        }
+    }
+    std::fs::remove_dir_all(&root).ok();
+}

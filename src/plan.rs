@@ -372,8 +372,8 @@ pub fn fitting_strategies(cfg: &RunConfig, hw: &Hardware) -> Vec<String> {
         .into_iter()
         .filter(|c| crate::config::validate(c, world).is_ok())
         .filter(|c| {
-            (0..world).map(|r| memory_estimate(c, r, false).weights + memory_estimate(c, r, false).activations).max().unwrap_or(0) as f64
-                <= hw.memory_bytes
+            let busiest = (0..world).map(|r| memory_estimate(c, r, false)).map(|e| e.weights + e.activations).max().unwrap_or(0);
+            busiest as f64 <= hw.memory_bytes
         })
         .map(|c| match c.strategy {
             StrategyKind::Ring => format!("ring {}", c.ring),

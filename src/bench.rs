@@ -107,6 +107,8 @@ impl AttentionArgs {
 #[derive(Clone, Debug, Serialize)]
 pub struct AttentionResult {
     pub device: String,
+    /// "measured", or "simulated" on the simulated GPU (then no figure here is a GPU's).
+    pub timing: &'static str,
     pub kernel: String,
     pub heads: usize,
     pub kv_heads: usize,
@@ -191,6 +193,7 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionRe
         BackendKind::Cuda => args.kernel.describe(args.head_dim),
     };
     Ok(AttentionResult {
+        timing: crate::backend::timing_kind(&be.device_name()),
         device: be.device_name(),
         kernel,
         heads: args.heads,
@@ -240,6 +243,8 @@ impl LaunchArgs {
 #[derive(Clone, Debug, Serialize)]
 pub struct LaunchResult {
     pub device: String,
+    /// "measured", or "simulated" on the simulated GPU.
+    pub timing: &'static str,
     /// What ordered the op's buffers across streams (the CUDA backend: "timeline events only" or
     /// "cudarc buffer events too").
     pub ordering: String,
@@ -280,6 +285,7 @@ pub fn launch<B: Backend>(be: &B, args: &LaunchArgs, ordering: &str) -> Result<L
     }
     let (h, d) = (Stats::of(&host).expect("--iters >= 1"), Stats::of(&device).expect("--iters >= 1"));
     Ok(LaunchResult {
+        timing: crate::backend::timing_kind(&be.device_name()),
         device: be.device_name(),
         ordering: ordering.to_string(),
         launches: args.launches,
@@ -292,7 +298,20 @@ pub fn launch<B: Backend>(be: &B, args: &LaunchArgs, ordering: &str) -> Result<L
     })
 }
 
+/// The line that heads a result taken on the simulated GPU, else nothing.
+fn simulated_note(device: &str) -> &'static str {
+    if crate::backend::is_simulated_device(device) {
+        "SIMULATED device (kernels on the CPU): the times below are not measurements of a GPU\n"
+    } else {
+        ""
+    }
+}
+
 pub fn render_launch(r: &LaunchResult) -> String {
+    format!("{}{}", simulated_note(&r.device), render_launch_figures(r))
+}
+
+fn render_launch_figures(r: &LaunchResult) -> String {
     format!(
         "ringbench bench launch on {} ({}): {} adds of {} elements per iteration, n {}\n  host   {:.2} us to queue one launch (best {:.2})\n  device {:.2} us per launch, first to last (best {:.2})",
         r.device,
@@ -308,6 +327,10 @@ pub fn render_launch(r: &LaunchResult) -> String {
 }
 
 pub fn render(r: &AttentionResult) -> String {
+    format!("{}{}", simulated_note(&r.device), render_figures(r))
+}
+
+fn render_figures(r: &AttentionResult) -> String {
     format!(
         "ringbench bench attention on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, 95% CI [{}, {}], min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
         r.device,

@@ -302,6 +302,12 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
 
 /// The console's account of each strategy run, then the side-by-side comparison.
 pub fn print_summaries(summaries: &[StrategySummary]) {
+    if let Some(s) = summaries.iter().find(|s| crate::backend::is_simulated_device(&s.first.device)) {
+        println!(
+            "SIMULATED: {} runs the kernels on the CPU; every timing below is the stand-in's, not a measurement of a GPU",
+            s.first.device
+        );
+    }
     for s in summaries {
         match s.config.emulate {
             // The job's figures below assume every rank takes as long as the emulated one.

@@ -33,17 +33,22 @@ pub fn report(include: Option<&std::path::Path>) -> String {
         version_string(cudarc::driver::sys::CUDA_VERSION as i32)
     );
     let include_dirs = kernels::include_dirs(include);
+    // The simulated GPU's libraries stand in for the driver, cuBLAS and NCCL together; their
+    // versions are the APIs they implement, not installed NVIDIA libraries.
+    let mut simulated = false;
     if device::driver_available() {
         let mut v = 0;
         // SAFETY: the driver library is loaded (checked above); the call writes one int.
         let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
         let _ = writeln!(o, "CUDA driver: {} (libcuda.so; {r:?})", version_string(v));
+        // (A simulated device says so in its name, on the GPU lines below.)
         match device::device_count() {
             Ok(n) => {
                 for i in 0..n {
                     match cudarc::driver::CudaContext::new(i) {
                         Ok(ctx) => {
                             let name = ctx.name().unwrap_or_default();
+                            simulated |= crate::backend::is_simulated_device(&name);
                             let (maj, min) = ctx.compute_capability().unwrap_or((0, 0));
                             let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
                             let peak = device::peak_flops_for(&name)
@@ -87,7 +92,8 @@ pub fn report(include: Option<&std::path::Path>) -> String {
             // SAFETY: cuBLAS is loaded (checked above); the call writes one int and needs no handle.
             unsafe { cublasGetProperty(p, slot) };
         }
-        let _ = writeln!(o, "cuBLAS: {}.{}.{} (libcublas.so)", v[0], v[1], v[2]);
+        let what = if simulated { "the simulated GPU's stand-in" } else { "libcublas.so" };
+        let _ = writeln!(o, "cuBLAS: {}.{}.{} ({what})", v[0], v[1], v[2]);
     } else {
         let _ = writeln!(o, "cuBLAS: not found (libcublas.so)");
     }
@@ -101,7 +107,8 @@ pub fn report(include: Option<&std::path::Path>) -> String {
     }
     match crate::comm::nccl::NcclComm::library_version() {
         Some(v) => {
-            let _ = writeln!(o, "NCCL: {v} (libnccl.so)");
+            let what = if simulated { "the simulated GPU's stand-in: NCCL between processes through shared memory" } else { "libnccl.so" };
+            let _ = writeln!(o, "NCCL: {v} ({what})");
         }
         None => {
             let _ = writeln!(o, "NCCL: not found (libnccl.so, unversioned); --comm nccl needs it, --comm mpi does not");

@@ -61,6 +61,7 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "status",
     "invalid_reason",
     "device",
+    "timing",
     "iters_measured",
     "emulated",
     "emulated_rank",
@@ -154,6 +155,7 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
         assert_eq!(col(&header, row, "mfu"), "", "no MFU without a known device peak");
         assert_eq!(col(&header, row, "gpu_util_pct_mean"), "", "no GPU, no utilization");
         assert_eq!(col(&header, row, "status"), "complete");
+        assert_eq!(col(&header, row, "timing"), "measured", "the CPU backend's timings are measurements");
         assert_eq!((col(&header, row, "emulated"), col(&header, row, "comm")), ("false", "mpi"));
         // MPI on the host moves data only inside its calls: nothing is hidden, and it says so.
         assert_eq!((num(&header, row, "hidden_ms_max"), num(&header, row, "comm_hidden_fraction")), (0.0, 0.0));

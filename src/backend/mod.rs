@@ -9,6 +9,25 @@ pub mod cpu;
 pub mod cuda;
 pub mod flash_twin;
 
+/// What the simulated GPU (tests/sim, scripts/sim-gpu.sh) calls its device. A device of that name
+/// runs the kernels on the CPU: its timings are marked "simulated" wherever they appear, and no
+/// bound of real hardware applies to them.
+pub const SIMULATED_DEVICE: &str = "ringbench simulated GPU";
+
+/// Whether a device (as its name appears in outputs) is the simulated GPU.
+pub fn is_simulated_device(device: &str) -> bool {
+    device.contains(SIMULATED_DEVICE)
+}
+
+/// How a timing on `device` was taken: "measured", or "simulated" on the simulated GPU.
+pub fn timing_kind(device: &str) -> &'static str {
+    if is_simulated_device(device) {
+        "simulated"
+    } else {
+        "measured"
+    }
+}
+
 use crate::model::generator::{Init, Region};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -277,6 +296,7 @@ pub fn lse_merge(o: &mut [f32], lse: &mut f32, o_new: &[f32], lse_new: f32) {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     /// Softmax attention of one query over `keys` in FP64: (output, lse).

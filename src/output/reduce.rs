@@ -274,7 +274,7 @@ fn summarize_one(ranks: &[&RankRun]) -> Result<StrategySummary> {
     };
     let n = ranks.iter().map(|r| r.iterations.len()).min().unwrap_or(0);
     let measured = if n == 0 { None } else { Some(measured(ranks, n)?) };
-    let invalid_reason = measured.as_ref().and_then(|m| impossible(cfg, first.device_peak_flops, m));
+    let invalid_reason = measured.as_ref().and_then(|m| impossible(cfg, &first.device, first.device_peak_flops, m));
     if invalid_reason.is_some() {
         status = RunStatus::Invalid;
     }
@@ -283,7 +283,10 @@ fn summarize_one(ranks: &[&RankRun]) -> Result<StrategySummary> {
 
 /// Why a measured result is physically impossible on its device, if it is: a timing or FLOP-count
 /// bug, never a number to report as a result.
-fn impossible(cfg: &RunConfig, peak: Option<f64>, m: &Measured) -> Option<String> {
+fn impossible(cfg: &RunConfig, device: &str, peak: Option<f64>, m: &Measured) -> Option<String> {
+    if crate::backend::is_simulated_device(device) {
+        return None; // the simulated GPU's timings measure the CPU stand-in: no GPU's bound applies
+    }
     let peak = peak?;
     let bound = crate::plan::tps_bound(cfg, peak);
     if m.tps > bound {
@@ -475,6 +478,7 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
                     ("status", s.status.to_string()),
                     ("invalid_reason", s.invalid_reason.clone().unwrap_or_default()),
                     ("device", f.device.clone()),
+                    ("timing", crate::backend::timing_kind(&f.device).to_string()),
                     ("iters_measured", s.measured.as_ref().map_or(0, |m| m.iter.n).to_string()),
                 ]);
                 row.extend(own(model_columns(&s.config)));
@@ -508,6 +512,7 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
                     ("local_rank", r.local_rank.to_string()),
                     ("host", r.host.clone()),
                     ("device", r.device.clone()),
+                    ("timing", crate::backend::timing_kind(&r.device).to_string()),
                     ("status", r.status.to_string()),
                     ("iters_done", r.iterations.len().to_string()),
                 ]);

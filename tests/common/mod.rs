@@ -51,6 +51,7 @@ pub fn mpirun_command(np: usize) -> Command {
 }
 
 /// `mpirun --oversubscribe -np N ringbench ARGS...`, under `timeout`.
+#[allow(dead_code)] // not every test file launches without extra environment
 pub fn mpirun(np: usize, args: &[&str]) -> Run {
     mpirun_with(np, args, &[], None)
 }

@@ -12,8 +12,11 @@
 #pragma once
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <ucontext.h>
 
 #include <algorithm>
 #include <barrier>
@@ -84,15 +87,38 @@ struct Dim3 {
 };
 inline thread_local Dim3 threadIdx, blockIdx, blockDim;
 
+// A block's threads are either OS threads (`launch`, below) or fibers on one OS thread
+// (`launch_fibers`, which the simulated GPU uses: tests/sim). A barrier blocks an OS thread; a
+// fiber instead yields to the block's next fiber until the last one arrives.
+inline void fiber_yield();
+inline void fiber_progress();
+struct FiberScheduler;
+inline thread_local FiberScheduler* t_fibers = nullptr;
+
 // std::barrier waits on the futex (C++20), far cheaper than a condition variable's broadcast
 // when 128 threads share two cores.
 class Barrier {
   public:
-    explicit Barrier(int n) : b_(n) {}
-    void wait() { b_.arrive_and_wait(); }
+    explicit Barrier(int n) : b_(n), n_(n) {}
+    void wait() {
+        if (!t_fibers) {
+            b_.arrive_and_wait();
+            return;
+        }
+        const uint64_t gen = gen_;
+        fiber_progress();
+        if (++arrived_ == n_) {
+            arrived_ = 0;
+            gen_++;
+            return;
+        }
+        while (gen_ == gen) fiber_yield();
+    }
 
   private:
     std::barrier<> b_;
+    int n_, arrived_ = 0;
+    uint64_t gen_ = 0;
 };
 
 // Operands of one warp-collective operation, one slot per lane.
@@ -158,8 +184,13 @@ struct Copy {
     const void* src;
     bool valid;
 };
-inline thread_local std::vector<std::vector<Copy>> t_groups;
-inline thread_local std::vector<Copy> t_pending;
+struct CopyState {
+    std::vector<std::vector<Copy>> groups;
+    std::vector<Copy> pending;
+};
+inline thread_local CopyState t_copies;
+// This GPU thread's copies: its OS thread's, or its fiber's (defined below).
+inline CopyState& copies();
 
 inline void copy16(const Copy& c) {
     if (c.valid) {
@@ -178,17 +209,19 @@ inline void cp_async16(void* dst, const void* src, bool valid) {
     if (g_eager_copies) {
         copy16({dst, src, valid});
     } else {
-        t_pending.push_back({dst, src, valid});
+        copies().pending.push_back({dst, src, valid});
     }
 }
 inline void cp_async_commit() {
-    t_groups.push_back(t_pending);
-    t_pending.clear();
+    CopyState& c = copies();
+    c.groups.push_back(c.pending);
+    c.pending.clear();
 }
 template <int N> inline void cp_async_wait() {
-    while (t_groups.size() > size_t(N)) {
-        for (const Copy& c : t_groups.front()) copy16(c);
-        t_groups.erase(t_groups.begin());
+    std::vector<std::vector<Copy>>& groups = copies().groups;
+    while (groups.size() > size_t(N)) {
+        for (const Copy& c : groups.front()) copy16(c);
+        groups.erase(groups.begin());
     }
 }
 
@@ -253,3 +286,153 @@ inline unsigned pack_bf16(float lo, float hi) {
 }
 
 #endif // RINGBENCH_SIMT
+
+// ---- a block's threads as fibers ------------------------------------------------------------
+// The simulated GPU (tests/sim) runs every block on the calling OS thread: each GPU thread is a
+// fiber with a stack of its own, run until it finishes or waits at a barrier, then the next one;
+// waking 256 OS threads per block would cost milliseconds. Each fiber has its own threadIdx and
+// (with RINGBENCH_SIMT) its own pending cp.async groups (`copies`). A round in which no fiber arrives at a
+// barrier, passes one or finishes is a deadlock (a barrier that not every thread reaches), and
+// ends the process with the block named.
+// The switch between fibers: on x86-64 six callee-saved registers and the stack pointer (no
+// signal mask, so no system call per switch: a flash block switches a hundred thousand times);
+// elsewhere ucontext's swapcontext.
+#if defined(__x86_64__)
+extern "C" void simt_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .weak simt_switch
+    .hidden simt_switch
+    .type simt_switch, @function
+simt_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size simt_switch, .-simt_switch
+)");
+struct FiberContext {
+    void* sp = nullptr;
+    // A fresh context that starts `entry` (which must never return) on [stack, stack + size).
+    void start(char* stack, size_t size, void (*entry)()) {
+        uintptr_t top = (uintptr_t(stack) + size) & ~uintptr_t(15);
+        void** p = reinterpret_cast<void**>(top - 64); // six registers, then the return address
+        for (int i = 0; i < 6; i++) p[i] = nullptr;
+        p[6] = reinterpret_cast<void*>(entry);
+        p[7] = nullptr; // entry's own return address: it never returns
+        sp = p;
+    }
+    static void swap(FiberContext& from, FiberContext& to) { simt_switch(&from.sp, to.sp); }
+};
+#else
+struct FiberContext {
+    ucontext_t ctx;
+    void start(char* stack, size_t size, void (*entry)()) {
+        getcontext(&ctx);
+        ctx.uc_stack.ss_sp = stack;
+        ctx.uc_stack.ss_size = size;
+        ctx.uc_link = nullptr;
+        makecontext(&ctx, entry, 0);
+    }
+    static void swap(FiberContext& from, FiberContext& to) { swapcontext(&from.ctx, &to.ctx); }
+};
+#endif
+
+struct FiberScheduler {
+    struct Fiber {
+        FiberContext ctx;
+        char* stack = nullptr;
+        bool done = false;
+#ifdef RINGBENCH_SIMT
+        CopyState copies;
+#endif
+    };
+    static constexpr size_t kStack = 256 << 10;
+    FiberContext main;
+    std::vector<Fiber> fibers;
+    unsigned current = 0;
+    uint64_t progress = 0;
+    const std::function<void()>* body = nullptr;
+
+    ~FiberScheduler() {
+        for (Fiber& f : fibers) free(f.stack);
+    }
+
+    static void entry() {
+        FiberScheduler* s = t_fibers;
+        (*s->body)();
+        s->fibers[s->current].done = true;
+        s->progress++;
+        FiberContext::swap(s->fibers[s->current].ctx, s->main); // never resumed
+    }
+
+    // One block of `threads` fibers; `what` names it if it deadlocks.
+    void run_block(unsigned threads, const char* what) {
+        if (fibers.size() < threads) fibers.resize(threads);
+        for (unsigned i = 0; i < threads; i++) {
+            Fiber& f = fibers[i];
+            if (!f.stack) f.stack = static_cast<char*>(malloc(kStack));
+            f.ctx.start(f.stack, kStack, entry);
+            f.done = false;
+#ifdef RINGBENCH_SIMT
+            f.copies = {};
+#endif
+        }
+        for (unsigned live = threads; live > 0;) {
+            const uint64_t before = progress;
+            live = 0;
+            for (unsigned i = 0; i < threads; i++) {
+                Fiber& f = fibers[i];
+                if (f.done) continue;
+                current = i;
+                threadIdx.x = i;
+                FiberContext::swap(main, f.ctx);
+                live += !f.done;
+            }
+            if (live > 0 && progress == before) {
+                fprintf(stderr, "%s: block (%u, %u): %u of %u threads wait at a barrier the others never reach\n", what, blockIdx.x,
+                        blockIdx.y, live, threads);
+                abort();
+            }
+        }
+    }
+};
+
+inline void fiber_yield() {
+    FiberScheduler* s = t_fibers;
+    FiberContext::swap(s->fibers[s->current].ctx, s->main);
+}
+inline void fiber_progress() { t_fibers->progress++; }
+
+#ifdef RINGBENCH_SIMT
+inline CopyState& copies() { return t_fibers ? t_fibers->fibers[t_fibers->current].copies : t_copies; }
+#endif
+
+// Run `kernel` over a grid of gx x gy blocks of `threads` threads as fibers on this OS thread.
+inline void launch_fibers(unsigned gx, unsigned gy, unsigned threads, const char* what, const std::function<void()>& kernel) {
+    static thread_local FiberScheduler* sched = new FiberScheduler; // stacks kept for the next launch
+    sched->body = &kernel;
+    t_fibers = sched;
+    blockDim = {threads, 1, 1};
+    for (unsigned by = 0; by < gy; by++) {
+        for (unsigned bx = 0; bx < gx; bx++) {
+            BlockState block{static_cast<int>(threads)};
+            g_block = &block;
+            blockIdx = {bx, by, 0};
+            sched->run_block(threads, what);
+            g_block = nullptr;
+        }
+    }
+    t_fibers = nullptr;
+}

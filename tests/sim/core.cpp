@@ -90,14 +90,17 @@ static thread_local const char* t_current_op = nullptr;
 void set_current_op(const char* what) { t_current_op = what; }
 
 static Memory& memory();
+static struct sigaction g_prev_segv, g_prev_bus;
 
 // A fault inside the region: name the operation and the allocation it missed, then abort.
 static void on_fault(int sig, siginfo_t* info, void*) {
     const uint64_t a = uint64_t(uintptr_t(info->si_addr));
     Memory& mem = memory(); // no lock: the process is about to end, and a lock may be held
     if (a < mem.base || a >= mem.base + kRegionBytes) {
-        signal(sig, SIG_DFL);
-        return; // not ours: the default action (a core dump) on return
+        // Not ours: the handler that was there before (Rust's stack-overflow report, or the
+        // default action) takes the fault when the instruction runs again.
+        sigaction(sig, sig == SIGSEGV ? &g_prev_segv : &g_prev_bus, nullptr);
+        return;
     }
     char why[256] = "no allocation there";
     auto it = mem.allocs.upper_bound(a);
@@ -132,8 +135,8 @@ static Memory& memory() {
         struct sigaction sa = {};
         sa.sa_sigaction = on_fault;
         sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-        sigaction(SIGSEGV, &sa, nullptr);
-        sigaction(SIGBUS, &sa, nullptr);
+        sigaction(SIGSEGV, &sa, &g_prev_segv);
+        sigaction(SIGBUS, &sa, &g_prev_bus);
         return m;
     }();
     return *mem;
@@ -323,11 +326,6 @@ Stream* new_stream() {
     return s;
 }
 
-void destroy_stream(Stream* s) {
-    // cuStreamDestroy returns at once and the queued work still completes; the worker stays.
-    (void)s;
-}
-
 Stream* stream_of(void* handle) {
     static Stream* null_stream = new_stream();
     const uintptr_t h = uintptr_t(handle);
@@ -348,6 +346,11 @@ void synchronize(Stream* s) {
     std::unique_lock<std::mutex> g(s->m);
     const uint64_t target = s->queued;
     s->cv.wait(g, [&] { return s->done >= target; });
+}
+
+bool idle(Stream* s) {
+    std::lock_guard<std::mutex> g(s->m);
+    return s->done == s->queued;
 }
 
 void synchronize_all() {

@@ -458,19 +458,7 @@ SIM_API CUresult cuStreamSynchronize(CUstream s) {
 
 SIM_API CUresult cuStreamQuery(CUstream s) {
     NEED_INIT("cuStreamQuery");
-    // Queue a marker and see whether it has run: an answer for the work queued so far.
-    struct Flag {
-        std::mutex m;
-        bool done = false;
-    };
-    auto flag = std::make_shared<Flag>();
-    sim::enqueue(sim::stream_of(s), "cuStreamQuery marker", [flag] {
-        std::lock_guard<std::mutex> g(flag->m);
-        flag->done = true;
-    });
-    std::this_thread::yield();
-    std::lock_guard<std::mutex> g(flag->m);
-    return flag->done ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+    return sim::idle(sim::stream_of(s)) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 
 SIM_API CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void* data) {
@@ -567,7 +555,11 @@ static CUresult elapsed(float* ms, CUevent a, CUevent b, const char* call) {
         return CUDA_ERROR_INVALID_HANDLE;
     }
     std::scoped_lock g(s->m, e->m);
-    if (s->recorded == 0 || e->recorded == 0 || s->completed < s->recorded || e->completed < e->recorded) return CUDA_ERROR_NOT_READY;
+    if (s->recorded == 0 || e->recorded == 0) {
+        sim::report("%s: an event that was never recorded", call);
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    if (s->completed < s->recorded || e->completed < e->recorded) return CUDA_ERROR_NOT_READY;
     *ms = float(e->at_ms - s->at_ms);
     return CUDA_SUCCESS;
 }

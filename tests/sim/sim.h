@@ -57,6 +57,8 @@ Stream* stream_of(void* handle);
 void enqueue(Stream* s, std::string name, std::function<void()> op);
 // Block the host until everything queued on `s` so far has run.
 void synchronize(Stream* s);
+// Whether everything queued on `s` has run.
+bool idle(Stream* s);
 // Every stream of the process.
 void synchronize_all();
 

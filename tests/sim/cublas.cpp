@@ -80,27 +80,14 @@ SIM_API cublasStatus_t cublasGetVersion_v2(cublasHandle_t, int* v) {
     return CUBLAS_STATUS_SUCCESS;
 }
 
-static float bf16_to_f32(uint16_t b) {
-    const uint32_t u = uint32_t(b) << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
-static uint16_t f32_to_bf16(float f) { // round to nearest even, NaN kept
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
-}
 
 static size_t elem_size(cudaDataType t) { return t == CUDA_R_16BF ? 2 : 4; }
 
 // Element (i, j) of a column-major matrix with leading dimension ld, as FP32.
 static float load(const void* p, cudaDataType t, int64_t i, int64_t j, int ld) {
     const int64_t at = i + j * int64_t(ld);
-    return t == CUDA_R_16BF ? bf16_to_f32(static_cast<const uint16_t*>(p)[at]) : static_cast<const float*>(p)[at];
+    return t == CUDA_R_16BF ? sim::bf16_bits_to_float(static_cast<const uint16_t*>(p)[at]) : static_cast<const float*>(p)[at];
 }
 
 // The extent in bytes of a rows x cols column-major operand with leading dimension ld.
@@ -162,7 +149,7 @@ SIM_API cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cubl
                 float v = a * acc[i];
                 if (b != 0.0f) v += b * load(C, ct, i, j, ldc);
                 if (ct == CUDA_R_16BF)
-                    static_cast<uint16_t*>(C)[at_c] = f32_to_bf16(v);
+                    static_cast<uint16_t*>(C)[at_c] = sim::float_to_bf16_bits(v);
                 else
                     static_cast<float*>(C)[at_c] = v;
             }

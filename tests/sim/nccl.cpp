@@ -116,19 +116,6 @@ size_t type_size(ncclDataType_t t) {
     }
 }
 
-float bf16_to_f32(uint16_t b) {
-    const uint32_t u = uint32_t(b) << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
-}
 
 double combine(double a, double b, ncclRedOp_t op) {
     switch (op) {
@@ -149,7 +136,7 @@ void reduce_chunk(Comm* c, void* out, size_t count, ncclDataType_t t, ncclRedOp_
             const unsigned char* s = c->slot(r);
             double v;
             switch (t) {
-            case ncclBfloat16: v = bf16_to_f32(reinterpret_cast<const uint16_t*>(s)[i]); break;
+            case ncclBfloat16: v = sim::bf16_bits_to_float(reinterpret_cast<const uint16_t*>(s)[i]); break;
             case ncclFloat32: v = reinterpret_cast<const float*>(s)[i]; break;
             case ncclFloat64: v = reinterpret_cast<const double*>(s)[i]; break;
             case ncclInt32: v = reinterpret_cast<const int32_t*>(s)[i]; break;
@@ -167,7 +154,7 @@ void reduce_chunk(Comm* c, void* out, size_t count, ncclDataType_t t, ncclRedOp_
             acc /= c->nranks;
         }
         switch (t) {
-        case ncclBfloat16: static_cast<uint16_t*>(out)[i] = f32_to_bf16(facc); break;
+        case ncclBfloat16: static_cast<uint16_t*>(out)[i] = sim::float_to_bf16_bits(facc); break;
         case ncclFloat32: static_cast<float*>(out)[i] = facc; break;
         case ncclFloat64: static_cast<double*>(out)[i] = acc; break;
         case ncclInt32: static_cast<int32_t*>(out)[i] = int32_t(acc); break;

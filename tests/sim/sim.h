@@ -6,6 +6,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <functional>
 #include <string>
@@ -24,6 +25,21 @@ struct Settings {
     double nccl_timeout_s; // RINGBENCH_SIM_NCCL_TIMEOUT_S: a send or receive waiting this long is reported
 };
 const Settings& settings();
+
+// BF16 bits to FP32 and back (round to nearest even, NaN kept), for cuBLAS's and NCCL's arithmetic.
+inline float bf16_bits_to_float(uint16_t b) {
+    const uint32_t u = uint32_t(b) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline uint16_t float_to_bf16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
 
 // ---- device memory -------------------------------------------------------------------------
 // Allocations come from one reserved region, each with inaccessible pages around it and its end

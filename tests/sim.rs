@@ -2,7 +2,8 @@
 //! stand-ins for libcuda, cuBLAS and NCCL that run the kernels' own sources on the CPU, with
 //! device memory that names misuse, streams as threads with a random-delay mode, and NCCL between
 //! processes. Here: the stand-ins' own checks, `selftest`, `verify --backend cuda` on 1 and 4
-//! ranks over NCCL and MPI with the delay mode on, and a `run` whose results say simulated.
+//! ranks over NCCL and MPI with the delay mode on, a `run` whose results say simulated, and a rank
+//! that fails or stalls mid-ring over NCCL ending the job.
 
 mod common;
 
@@ -204,5 +205,30 @@ fn a_run_on_the_simulated_gpu_and_an_emulated_rank_reduce_as_simulated() {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_rank_that_fails_or_stalls_mid_ring_over_nccl_ends_the_job_naming_it() {
+    let Some(sim) = sim_env() else { return };
+    let root = common::temp_root("sim-faults");
+    let host = ringbench::launch::hostname();
+    let args = ["run", "--backend", "cuda", "--strategy", "ring", "--seq-len", "67", "--batch", "1", "--iters", "4", "--warmup", "1"];
+    let mut args = args.to_vec();
+    args.extend(["--comm-timeout", "3", "--quiet", "--out", root.to_str().unwrap()]);
+    // A panic: the rank names itself and MPI ends the others, which wait inside NCCL on the device.
+    let run = common::mpirun_with(4, &args, &env_with(sim, &[("RINGBENCH_FAULT", "rank:2,iter:1,kind:panic")]), None);
+    let out = run.all();
+    assert!(run.status.is_some_and(|s| s != 0), "exit {:?}\n{out}", run.status);
+    assert!(out.contains(&format!("rank 2 on host {host}: panic")) && out.contains("injected fault"), "{out}");
+    assert!(run.elapsed.as_secs() < 30, "took {:?}", run.elapsed);
+    // A stall: its peers' device synchronize waits on NCCL receives that never complete; the
+    // watchdog ends the job and the stalled rank names itself.
+    let run = common::mpirun_with(4, &args, &env_with(sim, &[("RINGBENCH_FAULT", "rank:1,iter:2,kind:stall")]), None);
+    let out = run.all();
+    assert!(run.status.is_some_and(|s| s != 0), "exit {:?}\n{out}", run.status);
+    assert!(out.contains("watchdog: device synchronize (end of iteration)") && out.contains("--comm-timeout 3 s"), "{out}");
+    assert!(out.contains(&format!("rank 1 on host {host}: watchdog: this rank has stalled")), "{out}");
+    assert!(run.elapsed.as_secs() < 30, "took {:?}", run.elapsed);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -1,6 +1,7 @@
 // A CPU stand-in for the parts of CUDA the flash-attention kernel uses, so that the kernel's own
 // source (kernels/flash_attention.cu) compiles with g++ and runs on a machine without a GPU: each
-// thread of a block is an OS thread; shared memory is a static array; __syncthreads, __syncwarp
+// thread of a block is an OS thread (`launch`, tests/simt) or a fiber on the calling thread
+// (`launch_fibers`, the simulated GPU in tests/sim); shared memory is a static array; __syncthreads, __syncwarp
 // and the warp-collective operations (shuffles, ldmatrix, mma.sync) meet at barriers, exchange
 // their operands through per-warp slots and compute exactly the fragment layouts the PTX ISA
 // specifies for them. cp.async copies are deferred to the cp.async.wait_group that covers them,

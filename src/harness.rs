@@ -353,20 +353,50 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
         let util = m.gpu_util.map(|(mean, max)| format!(", GPU utilization {mean:.1}% mean / {max:.0}% max (NVML)")).unwrap_or_default();
         println!("  compute        {:.4} TFLOP/s per rank, {mfu}{util}", m.tflops_per_gpu);
     }
-    let find = |k: StrategyKind| summaries.iter().find(|s| s.config.strategy == k).and_then(|s| s.measured.as_ref());
+    print_comparison(summaries);
+}
+
+/// Every measured strategy run side by side, one column each in run order, and each one's
+/// tokens/s and memory against the fastest's.
+fn print_comparison(summaries: &[StrategySummary]) {
+    let measured: Vec<(&StrategySummary, &Measured)> = summaries.iter().filter_map(|s| s.measured.as_ref().map(|m| (s, m))).collect();
+    if measured.len() < 2 {
+        return;
+    }
+    let w = 18;
+    let row = |name: &str, cell: &dyn Fn(&Measured) -> String| {
+        let cells: String = measured.iter().map(|(_, m)| format!("{:>w$}", cell(m))).collect();
+        println!("{name:<24}{cells}");
+    };
+    let names: String = measured.iter().map(|(s, _)| format!("{:>w$}", s.config.strategy.name())).collect();
+    println!();
+    println!("{:<24}{names}", "");
+    row("tokens/s", &|m| format!("{:.1}", m.tps));
+    row("time per token", &|m| fmt_seconds(m.tpot_s));
+    row("iteration (mean)", &|m| fmt_seconds(m.iter.mean));
+    row("peak memory (max rank)", &|m| fmt_bytes(m.peak_buffers.0));
+    row("communication (max)", &|m| fmt_seconds(m.comm_s.0));
+    row("communication hidden", &|m| m.hidden_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "-".into()));
+    row("sent per iteration", &|m| fmt_bytes(m.sent_per_iter_max));
+    if summaries.iter().any(|s| s.config.emulate.is_some()) {
+        println!("(emulated: one rank's work each, not a measured job)");
+    }
+    let (fastest, best) = measured.iter().max_by(|a, b| a.1.tps.total_cmp(&b.1.tps)).expect("two or more");
+    let others: Vec<String> = measured
+        .iter()
+        .filter(|(s, _)| !std::ptr::eq(*s, *fastest))
+        .map(|(s, m)| {
+            format!(
+                "{} {:.2}x its tokens/s at {:.2}x its memory",
+                s.config.strategy.name(),
+                m.tps / best.tps,
+                m.peak_buffers.0 / best.peak_buffers.0
+            )
+        })
+        .collect();
+    println!("fastest: {}; {}", fastest.config.strategy.name(), others.join(", "));
+    let find = |k: StrategyKind| measured.iter().find(|(s, _)| s.config.strategy == k).map(|(_, m)| *m);
     if let (Some(tp), Some(ring)) = (find(StrategyKind::TpPp), find(StrategyKind::Ring)) {
-        println!();
-        println!("{:<24}{:>18}{:>18}", "", "tp-pp", "ring");
-        println!("{:<24}{:>18.1}{:>18.1}", "tokens/s", tp.tps, ring.tps);
-        println!("{:<24}{:>18}{:>18}", "time per token", fmt_seconds(tp.tpot_s), fmt_seconds(ring.tpot_s));
-        println!("{:<24}{:>18}{:>18}", "iteration (mean)", fmt_seconds(tp.iter.mean), fmt_seconds(ring.iter.mean));
-        println!("{:<24}{:>18}{:>18}", "peak memory (max rank)", fmt_bytes(tp.peak_buffers.0), fmt_bytes(ring.peak_buffers.0));
-        println!("{:<24}{:>18}{:>18}", "communication (max)", fmt_seconds(tp.comm_s.0), fmt_seconds(ring.comm_s.0));
-        let pct = |m: &Measured| m.hidden_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "-".into());
-        println!("{:<24}{:>18}{:>18}", "communication hidden", pct(tp), pct(ring));
-        if summaries.iter().any(|s| s.config.emulate.is_some()) {
-            println!("(emulated: one rank's work each, not a measured job)");
-        }
         println!(
             "ring speed-up over tp-pp: {:.2}x; ring memory / tp-pp memory: {:.2}x",
             ring.tps / tp.tps,

@@ -133,6 +133,11 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
         assert!(dir.join(format!("rank-{r:05}.h5")).is_file(), "rank {r} file missing:\n{out}");
     }
     assert!(out.contains("ring speed-up over tp-pp:"), "{out}");
+    // The side-by-side table: one column per strategy run, and each against the fastest.
+    let header =
+        out.lines().find(|l| l.trim_start().starts_with("tp-pp") && l.trim_end().ends_with("ring")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["tp-pp", "ring"], "{out}");
+    assert!(out.lines().any(|l| l.starts_with("fastest: ") && l.contains("x its tokens/s at ")), "{out}");
 
     // summary.csv: one row per strategy run, every column, and the arithmetic of its numbers.
     let (header, rows) = read_csv(&dir.join("summary.csv"));

@@ -9,6 +9,9 @@ pub mod cpu;
 pub mod cuda;
 pub mod flash_twin;
 
+use crate::model::generator::{Init, Region};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// What the simulated GPU (tests/sim, scripts/sim-gpu.sh) calls its device. A device of that name
 /// runs the kernels on the CPU: its timings are marked "simulated" wherever they appear, and no
 /// bound of real hardware applies to them.
@@ -27,9 +30,6 @@ pub fn timing_kind(device: &str) -> &'static str {
         "measured"
     }
 }
-
-use crate::model::generator::{Init, Region};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes held by a backend's buffers now, and at most since the last reset.
 #[derive(Debug, Default)]
@@ -296,7 +296,6 @@ pub fn lse_merge(o: &mut [f32], lse: &mut f32, o_new: &[f32], lse_new: f32) {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     /// Softmax attention of one query over `keys` in FP64: (output, lse).

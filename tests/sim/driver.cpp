@@ -24,7 +24,8 @@
 
 namespace {
 
-// The name every output carries: DESIGN.md requires a simulated device to say so everywhere.
+// The name every output carries (DESIGN.md: a simulated device says so everywhere); ringbench
+// recognizes it by its prefix, backend::SIMULATED_DEVICE.
 const char kDeviceName[] = "ringbench simulated GPU (kernels on the CPU)";
 
 bool g_initialized = false;

@@ -192,9 +192,10 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionRe
         BackendKind::Cpu => "cpu (tiled FP32 GEMMs)".to_string(),
         BackendKind::Cuda => args.kernel.describe(args.head_dim),
     };
+    let device = be.device_name();
     Ok(AttentionResult {
-        timing: crate::backend::timing_kind(&be.device_name()),
-        device: be.device_name(),
+        timing: crate::backend::timing_kind(&device),
+        device,
         kernel,
         heads: args.heads,
         kv_heads: args.kv_heads(),
@@ -284,9 +285,10 @@ pub fn launch<B: Backend>(be: &B, args: &LaunchArgs, ordering: &str) -> Result<L
         }
     }
     let (h, d) = (Stats::of(&host).expect("--iters >= 1"), Stats::of(&device).expect("--iters >= 1"));
+    let device = be.device_name();
     Ok(LaunchResult {
-        timing: crate::backend::timing_kind(&be.device_name()),
-        device: be.device_name(),
+        timing: crate::backend::timing_kind(&device),
+        device,
         ordering: ordering.to_string(),
         launches: args.launches,
         elements: args.elements,
@@ -298,9 +300,9 @@ pub fn launch<B: Backend>(be: &B, args: &LaunchArgs, ordering: &str) -> Result<L
     })
 }
 
-/// The line that heads a result taken on the simulated GPU, else nothing.
-fn simulated_note(device: &str) -> &'static str {
-    if crate::backend::is_simulated_device(device) {
+/// The line that heads a result taken on the simulated GPU (`timing` "simulated"), else nothing.
+fn simulated_note(timing: &str) -> &'static str {
+    if timing == "simulated" {
         "SIMULATED device (kernels on the CPU): the times below are not measurements of a GPU\n"
     } else {
         ""
@@ -308,12 +310,9 @@ fn simulated_note(device: &str) -> &'static str {
 }
 
 pub fn render_launch(r: &LaunchResult) -> String {
-    format!("{}{}", simulated_note(&r.device), render_launch_figures(r))
-}
-
-fn render_launch_figures(r: &LaunchResult) -> String {
     format!(
-        "ringbench bench launch on {} ({}): {} adds of {} elements per iteration, n {}\n  host   {:.2} us to queue one launch (best {:.2})\n  device {:.2} us per launch, first to last (best {:.2})",
+        "{}ringbench bench launch on {} ({}): {} adds of {} elements per iteration, n {}\n  host   {:.2} us to queue one launch (best {:.2})\n  device {:.2} us per launch, first to last (best {:.2})",
+        simulated_note(r.timing),
         r.device,
         r.ordering,
         r.launches,
@@ -327,12 +326,9 @@ fn render_launch_figures(r: &LaunchResult) -> String {
 }
 
 pub fn render(r: &AttentionResult) -> String {
-    format!("{}{}", simulated_note(&r.device), render_figures(r))
-}
-
-fn render_figures(r: &AttentionResult) -> String {
     format!(
-        "ringbench bench attention on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, 95% CI [{}, {}], min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
+        "{}ringbench bench attention on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, 95% CI [{}, {}], min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
+        simulated_note(r.timing),
         r.device,
         r.kernel,
         r.batch,

@@ -197,25 +197,12 @@ pub(crate) fn attention_tolerance(kernel: AttentionKernel, hd: usize) -> Toleran
 /// the flash kernel (FlashTwin) the kernel's CPU twin's, with its per-value bounds.
 pub fn expected<R: Backend>(reference: &R, step: &Step, tol: &Tolerance) -> Result<(Output, Tolerance)> {
     if let (Tolerance::Relative(r), Step::Attention { rows, heads, .. }) = (tol, step) {
-        // The stored BF16 outputs round FP32 values that agree only within the tolerance (the
-        // GPU sums in another order): where one lies near a rounding boundary, the two round one
-        // BF16 ulp apart, a difference no FP32 tolerance covers.
         let want = execute(reference, step)?;
         let Output::F32(v) = &want else { bail!("attention gives FP32 outputs") };
-        let stored_from = rows * (heads.width() + heads.heads);
-        let bounds = v
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let b = r * (x as f64).abs().max(1.0);
-                if i >= stored_from {
-                    b + crate::harness::bf16_ulp(x as f64)
-                } else {
-                    b
-                }
-            })
-            .collect();
-        return Ok((want, Tolerance::Bounds(bounds)));
+        let (o_end, lse_end) = (rows * heads.width(), rows * (heads.width() + heads.heads));
+        let rel = |x: &f32| r * (*x as f64).abs().max(1.0);
+        let tol = attention_bounds(v[..o_end].iter().map(rel).collect(), v[o_end..lse_end].iter().map(rel).collect(), &v[lse_end..]);
+        return Ok((want, tol));
     }
     let (Tolerance::FlashTwin, Step::Attention { rows, heads, q, kv, first, second, .. }) = (tol, step) else {
         return Ok((execute(reference, step)?, tol.clone()));
@@ -232,13 +219,24 @@ pub fn expected<R: Backend>(reference: &R, step: &Step, tol: &Tolerance) -> Resu
         }
     }
     let stored: Vec<f32> = o.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
-    let mut bounds: Vec<f64> = (0..rows * w).map(|i| bound[2 * (i / heads.head_dim)]).collect();
-    bounds.extend((0..rows * hn).map(|i| bound[2 * i + 1]));
-    bounds.extend(stored.iter().enumerate().map(|(i, &x)| bound[2 * (i / heads.head_dim)] + crate::harness::bf16_ulp(x as f64)));
+    let tol = attention_bounds(
+        (0..rows * w).map(|i| bound[2 * (i / heads.head_dim)]).collect(),
+        (0..rows * hn).map(|i| bound[2 * i + 1]).collect(),
+        &stored,
+    );
     let mut all = o;
     all.extend(lse);
     all.extend(stored);
-    Ok((Output::F32(all), Tolerance::Bounds(bounds)))
+    Ok((Output::F32(all), tol))
+}
+
+/// Attention's per-value bounds over [o | lse | stored]: each accumulator value's own, and for the
+/// stored BF16 copy its accumulator's plus one BF16 ulp. The two sides' FP32 values agree only
+/// within their bound, and one near a rounding boundary rounds to BF16 one ulp apart, a difference
+/// no FP32 bound covers.
+fn attention_bounds(o: Vec<f64>, lse: Vec<f64>, stored: &[f32]) -> Tolerance {
+    let stored: Vec<f64> = stored.iter().zip(&o).map(|(&x, b)| b + crate::harness::bf16_ulp(x as f64)).collect();
+    Tolerance::Bounds([o, lse, stored].concat())
 }
 
 /// The cases: every op at awkward sizes, with the tolerances for the tested backend's attention

@@ -25,16 +25,17 @@ extern "C" __global__ void rms_norm_bf16(const __nv_bfloat16* x, const __nv_bflo
     for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = to_bf(__fmul_rn(__fmul_rn(bf(row[c]), inv), bf(gain[c])));
 }
 
-// RoPE on the first heads x head_dim columns of rows row0 .. row0 + len, at positions pos0 ..;
+// RoPE on the first heads x head_dim columns of rows row0 .. row0 + len, at positions pos0,
+// pos0 + pos_stride, ... (the striped layout's tokens are P apart);
 // the angle in FP64 (at 100K positions an FP32 angle is off by milliradians), as the CPU does.
-extern "C" __global__ void rope_bf16(__nv_bfloat16* x, int cols, int heads, int head_dim, int row0, int len, int pos0) {
+extern "C" __global__ void rope_bf16(__nv_bfloat16* x, int cols, int heads, int head_dim, int row0, int len, int pos0, int pos_stride) {
     int half = head_dim / 2;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)len * heads * half) return;
     int r = (int)(i / (heads * half));
     int h = (int)((i / half) % heads);
     int k = (int)(i % half);
-    double angle = (double)(pos0 + r) * pow(10000.0, -2.0 * (double)k / (double)head_dim);
+    double angle = ((double)pos0 + (double)r * (double)pos_stride) * pow(10000.0, -2.0 * (double)k / (double)head_dim);
     float cs = (float)cos(angle), sn = (float)sin(angle);
     __nv_bfloat16* head = x + (long long)(row0 + r) * cols + h * head_dim;
     float a = bf(head[k]), b = bf(head[k + half]);
@@ -65,6 +66,16 @@ extern "C" __global__ void add_bf16(__nv_bfloat16* x, const __nv_bfloat16* y, lo
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     x[i] = to_bf(__fadd_rn(bf(x[i]), bf(y[i])));
+}
+
+// dst[dst_off + r * dst_cols + c] = src[src_off + r * src_cols + c] for r < rows, c < cols: a block of
+// columns between buffers of other widths (Ulysses' head slices). CPU twin: CpuBackend::copy_block.
+extern "C" __global__ void copy_block_bf16(const __nv_bfloat16* src, int src_cols, long long src_off, __nv_bfloat16* dst,
+                                           int dst_cols, long long dst_off, int rows, int cols) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * cols) return;
+    const long long r = i / cols, c = i % cols;
+    dst[dst_off + r * dst_cols + c] = src[src_off + r * src_cols + c];
 }
 
 // Accumulators to the empty state: o = 0, lse = -inf.

@@ -20,10 +20,10 @@ __device__ __forceinline__ float init_value(u64 seed, u64 tensor, u64 index, int
     return u;
 }
 
-// Rows row0 .. row0 + rows of a tensor global_cols wide, columns from up to three blocks
-// (start, width) laid side by side, into out rows dst_row0 .. (out is `width` wide).
+// Rows row0, row0 + row_stride, ... (`rows` of them) of a tensor global_cols wide, columns from up to
+// three blocks (start, width) laid side by side, into out rows dst_row0 .. (out is `width` wide).
 extern "C" __global__ void generate_bf16(__nv_bfloat16* out, int dst_row0, int rows, int width, u64 seed, u64 tensor,
-                                         u64 global_cols, u64 row0, int b0_start, int b0_width, int b1_start,
+                                         u64 global_cols, u64 row0, u64 row_stride, int b0_start, int b0_width, int b1_start,
                                          int b1_width, int b2_start, int kind, float scale) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)rows * width) return;
@@ -32,6 +32,6 @@ extern "C" __global__ void generate_bf16(__nv_bfloat16* out, int dst_row0, int r
     if (c < b0_width) col = b0_start + c;
     else if (c < b0_width + b1_width) col = b1_start + (c - b0_width);
     else col = b2_start + (c - b0_width - b1_width);
-    u64 index = (row0 + (u64)r) * global_cols + (u64)col;
+    u64 index = (row0 + (u64)r * row_stride) * global_cols + (u64)col;
     out[(long long)(dst_row0 + r) * width + c] = to_bf(init_value(seed, tensor, index, kind, scale));
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The newcomer's first command: install the system packages, build, and run both strategies on the
+# The newcomer's first command: install the system packages, build, and run every strategy on the
 # CPU backend with the `small` preset under mpirun (4 ranks on this machine, loopback), then verify.
 set -euo pipefail
 cd "$(dirname "$0")/.."

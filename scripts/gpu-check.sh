@@ -5,7 +5,8 @@
 # (the default build binds CUDA 12; cudarc refuses two versions at once).
 # In order: `info`; `selftest` (every kernel and op against the CPU backend, and NCCL's
 # self-exchange and all-reduce on one rank); `verify` on the GPU for reference, ring and tp-pp with
-# NCCL on one rank and with --comm mpi on 2 and 4 processes sharing the GPU, and the ring with
+# NCCL on one rank and with --comm mpi on 2 and 4 processes sharing the GPU, allgather and ulysses
+# on one NCCL rank (NCCL's AllGather, the all-to-all as grouped sends and receives), the ring with
 # grouped K/V heads and SwiGLU; a small timed run of
 # both strategies; the launch overhead with and without cudarc's buffer events; then the
 # benchmarks, each beside its PyTorch peer from the same run on the same card: the attention
@@ -70,6 +71,8 @@ check selftest 150 "$BIN" selftest
 check verify-reference-1-nccl 60 "$BIN" verify --backend cuda --strategy reference --seq-len 1023
 check verify-ring-1-nccl 60 "$BIN" verify --backend cuda --strategy ring --ring 1 --seq-len 1023
 check verify-tp-pp-1-nccl 60 "$BIN" verify --backend cuda --strategy tp-pp --tp 1 --pp 1 --seq-len 1023
+check verify-allgather-1-nccl 30 "$BIN" verify --backend cuda --strategy allgather --ring 1 --seq-len 1023
+check verify-ulysses-1-nccl 30 "$BIN" verify --backend cuda --strategy ulysses --ring 1 --kv-heads 2 --seq-len 1023
 check verify-ring-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --seq-len 1023
 check verify-ring-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy ring --layout contiguous --seq-len 1000
 check verify-tp-pp-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --seq-len 1023

@@ -14,6 +14,10 @@ pub enum StrategyKind {
     TpPp,
     /// Sequence parallel with ring attention over --ring ranks.
     Ring,
+    /// Context parallel with all-gathered K/V (as Llama 3 was trained) over --ring ranks.
+    Allgather,
+    /// DeepSpeed-Ulysses: all-to-all from tokens to heads and back, over --ring ranks.
+    Ulysses,
 }
 
 impl StrategyKind {
@@ -22,17 +26,23 @@ impl StrategyKind {
             StrategyKind::Reference => "reference",
             StrategyKind::TpPp => "tp-pp",
             StrategyKind::Ring => "ring",
+            StrategyKind::Allgather => "allgather",
+            StrategyKind::Ulysses => "ulysses",
         }
     }
 }
 
-/// What `--strategy` selects: one strategy, or tp-pp then ring in the same launch.
+/// What `--strategy` selects: one strategy, or every one whose sizes fit the job, in one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StrategyChoice {
     Reference,
     TpPp,
     Ring,
-    /// tp-pp, then ring, on the same world and model (needs tp x pp = ring = world size).
+    Allgather,
+    Ulysses,
+    /// Every multi-rank strategy whose sizes fit the world (tp-pp, ring, allgather, ulysses), on
+    /// the same model; tp-pp and ring must fit (their sizes are explicit flags), the others run
+    /// where the model allows them (ulysses needs the ranks to divide the heads).
     All,
 }
 
@@ -50,8 +60,15 @@ impl StrategyChoice {
             StrategyChoice::Reference => vec![StrategyKind::Reference],
             StrategyChoice::TpPp => vec![StrategyKind::TpPp],
             StrategyChoice::Ring => vec![StrategyKind::Ring],
-            StrategyChoice::All => vec![StrategyKind::TpPp, StrategyKind::Ring],
+            StrategyChoice::Allgather => vec![StrategyKind::Allgather],
+            StrategyChoice::Ulysses => vec![StrategyKind::Ulysses],
+            StrategyChoice::All => crate::strategy::SPECS.iter().map(|s| s.kind).filter(|&k| k != StrategyKind::Reference).collect(),
         }
+    }
+
+    /// Strategies `all` leaves out where their sizes do not fit, instead of refusing the launch.
+    fn optional_in_all(kind: StrategyKind) -> bool {
+        !matches!(kind, StrategyKind::TpPp | StrategyKind::Ring)
     }
 }
 
@@ -62,6 +79,8 @@ pub enum Layout {
     Zigzag,
     /// P chunks, rank r holds chunk r: the naive split, for comparison.
     Contiguous,
+    /// Token i on rank i mod P (Striped Attention): causal work balanced within a token per rank.
+    Striped,
 }
 
 impl Layout {
@@ -69,6 +88,7 @@ impl Layout {
         match self {
             Layout::Zigzag => "zigzag",
             Layout::Contiguous => "contiguous",
+            Layout::Striped => "striped",
         }
     }
 }
@@ -341,11 +361,7 @@ impl RunConfig {
 
     /// Ranks the strategy occupies.
     pub fn world(&self) -> usize {
-        match self.strategy {
-            StrategyKind::Reference => 1,
-            StrategyKind::TpPp => self.tp * self.pp,
-            StrategyKind::Ring => self.ring,
-        }
+        (crate::strategy::spec(self.strategy).world)(self)
     }
 
     pub fn transport(&self) -> Transport {
@@ -385,14 +401,22 @@ impl RunConfig {
         format!("{}, seed {}, {} backend, {}{emulated}", self.describe_work(), self.seed, self.backend.name(), self.comm.name())
     }
 
+    /// The strategy's parallel sizes and layout, as its spec states them: "tp 2 x pp 2",
+    /// "sp 4, zigzag", "1 rank".
+    pub fn describe_split(&self) -> String {
+        let spec = crate::strategy::spec(self.strategy);
+        let sizes: Vec<String> = spec.size_names.iter().zip((spec.sizes)(self)).map(|(n, v)| format!("{n} {v}")).collect();
+        let mut s = if sizes.is_empty() { "1 rank".to_string() } else { sizes.join(" x ") };
+        if spec.uses_layout {
+            s.push_str(&format!(", {}", self.layout.name()));
+        }
+        s
+    }
+
     /// The strategy, its parallel layout and the model's work, without where it runs.
     pub fn describe_work(&self) -> String {
         let m = &self.model;
-        let par = match self.strategy {
-            StrategyKind::Reference => "1 rank".to_string(),
-            StrategyKind::TpPp => format!("tp {} x pp {}", self.tp, self.pp),
-            StrategyKind::Ring => format!("ring {}, {}", self.ring, self.layout.name()),
-        };
+        let par = self.describe_split();
         // The seed's model reads as before; GQA and the gated MLP say so.
         let kv = if m.kv_heads == m.heads { String::new() } else { format!(" ({} K/V)", m.kv_heads) };
         let act = if m.mlp_act == MlpAct::Gelu { String::new() } else { format!(" {}", m.mlp_act.name()) };
@@ -444,10 +468,11 @@ pub struct ConfigArgs {
     /// Pipeline stages (tp-pp). Default: 1.
     #[arg(long, value_name = "N")]
     pub pp: Option<usize>,
-    /// Ring size (ring). Default: the world size.
+    /// Sequence-parallel size: the ranks the sequence is split over (ring, allgather, ulysses).
+    /// Default: the world size.
     #[arg(long, value_name = "N")]
     pub ring: Option<usize>,
-    /// How the ring splits each sequence.
+    /// How ring and allgather split each sequence (ulysses always takes contiguous chunks).
     #[arg(long, value_enum, default_value = "zigzag")]
     pub layout: Layout,
     #[arg(long, value_name = "N")]
@@ -504,7 +529,7 @@ impl ConfigArgs {
     pub fn implied_world(&self) -> usize {
         match self.strategy {
             StrategyChoice::Reference => 1,
-            StrategyChoice::Ring => self.ring.unwrap_or(1),
+            StrategyChoice::Ring | StrategyChoice::Allgather | StrategyChoice::Ulysses => self.ring.unwrap_or(1),
             StrategyChoice::TpPp | StrategyChoice::All => match (self.tp, self.pp, self.ring) {
                 (None, None, Some(r)) => r,
                 (tp, pp, _) => tp.unwrap_or(1) * pp.unwrap_or(1),
@@ -545,7 +570,9 @@ impl ConfigArgs {
             (BackendKind::Cuda, chosen) => chosen.unwrap_or(CommKind::Nccl),
         };
         let pp = self.pp.unwrap_or(1);
-        self.strategy
+        let all = self.strategy == StrategyChoice::All;
+        let resolved: Vec<(StrategyKind, Result<RunConfig, ConfigError>)> = self
+            .strategy
             .strategies()
             .into_iter()
             .map(|strategy| {
@@ -566,9 +593,10 @@ impl ConfigArgs {
                     iters: self.iters.unwrap_or(p.iters),
                     emulate: None,
                 };
-                validate(&cfg, world).map(|()| cfg)
+                (strategy, validate(&cfg, world).map(|()| cfg))
             })
-            .collect()
+            .collect();
+        resolved.into_iter().filter(|(kind, r)| !(all && r.is_err() && StrategyChoice::optional_in_all(*kind))).map(|(_, r)| r).collect()
     }
 }
 
@@ -678,63 +706,7 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     if m.batch % cfg.micro_batch != 0 {
         bad!("--micro-batch {}: must divide --batch {}", cfg.micro_batch, m.batch);
     }
-    match cfg.strategy {
-        StrategyKind::Reference => {
-            if world != 1 {
-                bad!("--strategy reference runs on 1 rank, but the job has {world} ranks (launch it without mpirun or with -np 1)");
-            }
-        }
-        StrategyKind::TpPp => {
-            if cfg.tp == 0 {
-                bad!("--tp 0: must be at least 1");
-            }
-            if cfg.pp == 0 {
-                bad!("--pp 0: must be at least 1");
-            }
-            if m.heads % cfg.tp != 0 {
-                bad!("--tp {}: --heads {} must be divisible by the tensor-parallel size", cfg.tp, m.heads);
-            }
-            if m.kv_heads % cfg.tp != 0 && cfg.tp % m.kv_heads != 0 {
-                bad!(
-                    "--tp {} with --kv-heads {}: the tensor-parallel size must divide the K/V heads (each rank holds its share) or be a multiple of them (each K/V head replicated on tp / kv_heads ranks, as Megatron does)",
-                    cfg.tp,
-                    m.kv_heads
-                );
-            }
-            if m.mlp % cfg.tp != 0 {
-                bad!("--tp {}: --mlp {} must be divisible by the tensor-parallel size", cfg.tp, m.mlp);
-            }
-            if m.layers % cfg.pp != 0 {
-                bad!("--pp {}: --layers {} must be divisible by the number of pipeline stages", cfg.pp, m.layers);
-            }
-            if cfg.tp * cfg.pp != world {
-                bad!(
-                    "--tp {} x --pp {} = {} ranks, but the job has {world} ranks (world size must equal tp x pp)",
-                    cfg.tp,
-                    cfg.pp,
-                    cfg.tp * cfg.pp
-                );
-            }
-        }
-        StrategyKind::Ring => {
-            if cfg.ring == 0 {
-                bad!("--ring 0: must be at least 1");
-            }
-            if cfg.ring != world {
-                bad!("--ring {}: the job has {world} ranks (world size must equal the ring size)", cfg.ring);
-            }
-            let chunks = crate::topology::chunk_count(cfg.layout, cfg.ring);
-            if m.seq_len < chunks {
-                bad!(
-                    "--seq-len {}: a {} ring of {} needs at least {chunks} tokens (one per chunk)",
-                    m.seq_len,
-                    cfg.layout.name(),
-                    cfg.ring
-                );
-            }
-        }
-    }
-    Ok(())
+    (crate::strategy::spec(cfg.strategy).check)(cfg, world)
 }
 
 #[cfg(test)]
@@ -790,6 +762,10 @@ mod tests {
             ("--strategy tp-pp --pp 0", 2, "--pp 0: must be at least 1"),
             ("--strategy tp-pp --tp 2 --mlp 255", 2, "--mlp 255 must be divisible"),
             ("--strategy ring --comm nccl", 2, "--comm nccl: NCCL moves GPU buffers; it needs --backend cuda"),
+            ("--strategy ulysses", 3, "--heads 4: ulysses over 3 ranks needs the heads divisible by the ranks"),
+            ("--strategy ulysses --heads 6 --kv-heads 3 --d-model 60", 2, "--kv-heads 3: ulysses over 2 ranks needs them divisible"),
+            ("--strategy allgather --ring 2", 4, "--ring 2: the job has 4 ranks"),
+            ("--strategy allgather --seq-len 3 --layout striped", 4, "--seq-len 3: a striped allgather of 4 needs at least 4 tokens"),
         ];
         for (flags, world, want) in cases {
             let got = error(flags, world);
@@ -802,7 +778,15 @@ mod tests {
     fn all_runs_tp_pp_then_ring_on_the_same_world() {
         let argv = "ringbench --strategy all --tp 2 --pp 2 --ring 4".split_whitespace();
         let runs = Cli::try_parse_from(argv).unwrap().args.resolve(4).unwrap();
-        assert_eq!(runs.iter().map(|c| c.strategy).collect::<Vec<_>>(), vec![StrategyKind::TpPp, StrategyKind::Ring]);
+        let kinds = vec![StrategyKind::TpPp, StrategyKind::Ring, StrategyKind::Allgather, StrategyKind::Ulysses];
+        assert_eq!(runs.iter().map(|c| c.strategy).collect::<Vec<_>>(), kinds);
+        // Ulysses needs the ranks to divide the heads: on 3 ranks of 4 heads, `all` leaves it out.
+        let argv = "ringbench --strategy all --tp 1 --pp 1 --ring 1".split_whitespace();
+        let three = Cli::try_parse_from(argv.chain(["--heads", "4"])).unwrap().args.resolve(1).unwrap();
+        assert_eq!(three.len(), 4);
+        let argv = "ringbench --strategy all --tp 1 --pp 3 --layers 3 --d-model 64 --heads 4".split_whitespace();
+        let three = Cli::try_parse_from(argv).unwrap().args.resolve(3).unwrap();
+        assert_eq!(three.iter().map(|c| c.strategy).collect::<Vec<_>>(), kinds[..3].to_vec());
         assert!(runs.iter().all(|c| c.world() == 4));
         let argv = "ringbench --strategy all --tp 2 --pp 2 --ring 2".split_whitespace();
         let err = Cli::try_parse_from(argv).unwrap().args.resolve(4).unwrap_err();

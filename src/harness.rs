@@ -375,7 +375,8 @@ fn print_comparison(summaries: &[StrategySummary]) {
     row("time per token", &|m| fmt_seconds(m.tpot_s));
     row("iteration (mean)", &|m| fmt_seconds(m.iter.mean));
     row("peak memory (max rank)", &|m| fmt_bytes(m.peak_buffers.0));
-    row("communication (max)", &|m| fmt_seconds(m.comm_s.0));
+    row("exposed comm (max)", &|m| fmt_seconds(m.comm_s.0));
+    row("hidden comm (max)", &|m| fmt_seconds(m.hidden_s.0));
     row("communication hidden", &|m| m.hidden_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "-".into()));
     row("sent per iteration", &|m| fmt_bytes(m.sent_per_iter_max));
     if summaries.iter().any(|s| s.config.emulate.is_some()) {
@@ -397,6 +398,7 @@ fn print_comparison(summaries: &[StrategySummary]) {
     println!("fastest: {}; {}", fastest.config.strategy.name(), others.join(", "));
     let find = |k: StrategyKind| measured.iter().find(|(s, _)| s.config.strategy == k).map(|(_, m)| *m);
     if let (Some(tp), Some(ring)) = (find(StrategyKind::TpPp), find(StrategyKind::Ring)) {
+        // The seed's question, answered in its own terms.
         println!(
             "ring speed-up over tp-pp: {:.2}x; ring memory / tp-pp memory: {:.2}x",
             ring.tps / tp.tps,
@@ -532,10 +534,12 @@ fn assemble(cfg: &RunConfig, parts: &[Vec<bf16>]) -> Result<Vec<f64>> {
         ensure!(part.len() == m.batch * n * d, "rank {rank} sent {} values, expected {}", part.len(), m.batch * n * d);
         for seq in 0..m.batch {
             for (row, seg) in tokens.with_rows() {
-                let src = &part[(seq * n + row) * d..(seq * n + row + seg.len) * d];
-                let dst = &mut out[(seq * s_len + seg.start) * d..(seq * s_len + seg.end()) * d];
-                for (o, v) in dst.iter_mut().zip(src) {
-                    *o = v.to_f64();
+                for (i, pos) in seg.positions().enumerate() {
+                    let src = &part[(seq * n + row + i) * d..(seq * n + row + i + 1) * d];
+                    let dst = &mut out[(seq * s_len + pos) * d..(seq * s_len + pos + 1) * d];
+                    for (o, v) in dst.iter_mut().zip(src) {
+                        *o = v.to_f64();
+                    }
                 }
                 covered += seg.len;
             }

@@ -13,8 +13,7 @@
 
 use crate::config::{RunConfig, StrategyKind};
 use crate::metrics::flops::{self, linear_per_token_layer};
-use crate::strategy::memory_estimate;
-use crate::topology::ring_tokens;
+use crate::strategy::{memory_estimate, Op, ProjectionInput};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
@@ -160,19 +159,38 @@ pub struct Projection {
     pub link: String,
     pub link_bytes_per_s: f64,
     pub compute_s: f64,
-    pub ring_step_transfer_s: f64,
-    pub ring_step_compute_s: f64,
-    pub ring_hidden_fraction: f64,
-    pub allreduce_s: f64,
-    pub pipeline_send_s: f64,
+    /// Of the transfers that run under compute (the ring's), the fraction hidden (1 where none).
+    pub hidden_fraction: f64,
+    /// The strategy's own per-call figures, seconds ("ring step transfer", "one all-reduce", ...).
+    pub details: Vec<(String, f64)>,
     /// Communication not hidden under compute: ring transfers beyond their step's attention,
-    /// TP all-reduces, the pipeline's fill hand-offs.
+    /// all-reduces, all-gathers and all-to-alls, the pipeline's fill hand-offs.
     pub exposed_comm_s: f64,
     /// Idle stage slots of the fill-drain pipeline.
     pub pipeline_bubble_s: f64,
     pub iteration_s: f64,
     pub tps_projected: f64,
     pub tpot_s: f64,
+}
+
+impl Projection {
+    /// The strategy's figure named `label`, if it states one.
+    pub fn detail(&self, label: &str) -> Option<f64> {
+        self.details.iter().find(|(l, _)| l == label).map(|(_, v)| *v)
+    }
+}
+
+/// One kind of message of the busiest rank, per iteration and per layer and sequence.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrafficLine {
+    pub op: String,
+    pub what: String,
+    pub sent_per_iter: f64,
+    pub received_per_iter: f64,
+    /// Divided by the layers the rank runs and the sequences of the batch (a pipeline hand-off:
+    /// by the sequences alone).
+    pub sent_per_layer_sequence: f64,
+    pub received_per_layer_sequence: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -196,6 +214,8 @@ pub struct Plan {
     pub ring_bytes_per_iter: f64,
     pub allreduce_bytes_per_iter: f64,
     pub pipeline_bytes_per_iter: f64,
+    /// Every kind of message of the busiest rank, as its strategy states them.
+    pub traffic: Vec<TrafficLine>,
     pub memory: MemoryPlan,
     pub memory_per_rank_bytes: f64,
     /// Whether the busiest rank's memory fits one GPU of the profile.
@@ -216,7 +236,7 @@ const BF16: f64 = 2.0;
 /// The plan of `cfg` on `hw` for each node size in `node_sizes` (the first is the headline).
 pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let m = &cfg.model;
-    let (d, f, s, l) = (m.d_model as f64, m.mlp as f64, m.seq_len as f64, m.layers as f64);
+    let (d, f, l) = (m.d_model as f64, m.mlp as f64, m.layers as f64);
     let world = cfg.world();
     let tokens = cfg.tokens_per_iteration() as f64;
     let job = flops::job_flops(cfg);
@@ -226,29 +246,49 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let mb = cfg.micro_batch as f64;
     let seqs = m.batch as f64;
 
-    let (ring_step_bytes, allreduce_bytes, pipeline_bytes) = match cfg.strategy {
-        StrategyKind::Ring => {
-            (ring_tokens(cfg.layout, m.seq_len, cfg.ring, busiest).len() as f64 * 2.0 * m.kv_dim() as f64 * BF16, 0.0, 0.0)
+    let spec = crate::strategy::spec(cfg.strategy);
+    let place = crate::strategy::placement(cfg, busiest);
+    let transfers = (spec.traffic)(cfg, busiest);
+    let layers_local = place.layers.len() as f64;
+    // Per sequence: a call moves a micro-batch's worth.
+    let of_op = |op: Op| transfers.iter().filter(move |t| t.op == op);
+    let ring_step_bytes = of_op(Op::RingStep).map(|t| t.sent).max().unwrap_or(0) as f64 / mb;
+    let allreduce_bytes = of_op(Op::AllReduce).map(|t| t.buffer_bytes).max().unwrap_or(0) as f64 / mb;
+    let pipeline_bytes = of_op(Op::PipelineSend).chain(of_op(Op::PipelineRecv)).map(|t| t.buffer_bytes).max().unwrap_or(0) as f64 / mb;
+    let sent_by = |op: Op| of_op(op).map(|t| (t.sent * t.calls) as f64).sum::<f64>();
+    let ring_bytes_per_iter = sent_by(Op::RingStep);
+    let allreduce_bytes_per_iter = sent_by(Op::AllReduce);
+    let pipeline_bytes_per_iter = sent_by(Op::PipelineSend);
+    let mut traffic: Vec<TrafficLine> = Vec::new();
+    for t in &transfers {
+        let per = if matches!(t.op, Op::PipelineSend | Op::PipelineRecv) { seqs } else { layers_local * seqs };
+        let (sent, received) = ((t.sent * t.calls) as f64, (t.received * t.calls) as f64);
+        match traffic.iter_mut().find(|l| l.op == t.op.name() && l.what == t.what) {
+            Some(l) => {
+                l.sent_per_iter += sent;
+                l.received_per_iter += received;
+                l.sent_per_layer_sequence += sent / per;
+                l.received_per_layer_sequence += received / per;
+            }
+            None => traffic.push(TrafficLine {
+                op: t.op.name().into(),
+                what: t.what.into(),
+                sent_per_iter: sent,
+                received_per_iter: received,
+                sent_per_layer_sequence: sent / per,
+                received_per_layer_sequence: received / per,
+            }),
         }
-        StrategyKind::TpPp => (0.0, if cfg.tp > 1 { s * d * BF16 } else { 0.0 }, if cfg.pp > 1 { s * d * BF16 } else { 0.0 }),
-        StrategyKind::Reference => (0.0, 0.0, 0.0),
-    };
-    let layers_local = match cfg.strategy {
-        StrategyKind::TpPp => l / cfg.pp as f64,
-        _ => l,
-    };
-    let ring_bytes_per_iter = ring_step_bytes * (cfg.ring.saturating_sub(1)) as f64 * l * seqs;
-    let tp = cfg.tp.max(1) as f64;
-    let allreduce_bytes_per_iter = 2.0 * (tp - 1.0) / tp * allreduce_bytes * 2.0 * layers_local * seqs;
-    let pipeline_bytes_per_iter = pipeline_bytes * seqs;
+    }
 
     let est = memory_estimate(cfg, busiest, false);
-    let rows = (cfg.micro_batch * local_tokens(cfg, busiest)) as f64;
-    let kv_w = crate::strategy::rank_shard(cfg, busiest).heads(m).kv_width() as f64;
-    let kv_buffers = BF16 * 2.0 * kv_w * if cfg.strategy == StrategyKind::Ring { 2.0 * mb * max_local_tokens(cfg) as f64 } else { rows };
+    let buffers = (spec.buffers)(cfg, busiest);
+    let rows = (cfg.micro_batch * place.tokens.len()) as f64;
+    let kv_w = place.shard.heads(m).kv_width() as f64;
+    let kv_buffers = BF16 * 2.0 * kv_w * ((buffers.kv_rows as f64).max(rows) + buffers.kv_in_rows as f64);
     let activations = BF16 * rows * d;
-    let pipeline_buffers = if cfg.strategy == StrategyKind::TpPp && cfg.pp > 1 { activations } else { 0.0 };
-    let buffers = (est.weights + est.activations) as f64;
+    let pipeline_buffers = if pipeline_bytes > 0.0 { activations } else { 0.0 };
+    let total = (est.weights + est.activations) as f64;
     let memory = MemoryPlan {
         weights: est.weights as f64,
         activations_per_micro_batch: activations,
@@ -256,9 +296,9 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         pipeline_buffers,
         workspace: est.activations as f64 - activations - kv_buffers,
         // weights + activations + kv_buffers + workspace = total
-        total: buffers,
+        total,
         capacity: hw.memory_bytes,
-        fits: buffers <= hw.memory_bytes,
+        fits: total <= hw.memory_bytes,
     };
 
     // Per layer: W_qkv [d, d + 2 kv_dim], W_o [d, d], W_up [d, F] ([d, 2F] gated), W_down [F, d], two gains.
@@ -267,66 +307,37 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let compute_floor_s = rf.total() / hw.peak_flops;
     let tps_bound = world as f64 * hw.peak_flops / flops_per_token;
 
-    // Element-wise passes per layer and token row: ~10 reads/writes of d-wide rows, 4 of F-wide ones.
-    let elementwise_s =
-        rows / mb * seqs * layers_local * (10.0 * d + 4.0 * f / if cfg.strategy == StrategyKind::TpPp { tp } else { 1.0 }) * BF16
-            / hw.hbm_bytes_per_s;
+    // Element-wise passes per layer and token row: ~10 reads/writes of d-wide rows, 4 of the
+    // rank's MLP columns.
+    let elementwise_s = rows / mb * seqs * layers_local * (10.0 * d + 4.0 * place.shard.mlp.len() as f64) * BF16 / hw.hbm_bytes_per_s;
     let compute_s =
         rf.linear / (hw.peak_flops * hw.gemm_efficiency) + rf.attention / (hw.peak_flops * hw.attention_efficiency) + elementwise_s;
+    let attention_per_layer_mb_s = rf.attention / (hw.peak_flops * hw.attention_efficiency) / (layers_local * seqs / mb);
 
     let projections = node_sizes
         .iter()
         .map(|&g| {
-            let nodes = world.div_ceil(g);
-            let cross = |group: usize| group > g; // a group wider than a node leaves NVLink
-            let link_bw = |crossing: bool| if crossing { hw.ib_bytes_per_s } else { hw.nvlink_bytes_per_s };
-            let (mut step_transfer, mut step_compute, mut hidden, mut allreduce_s, mut send_s, mut bubble, exposed, link_cross);
-            (step_transfer, step_compute, hidden, allreduce_s, send_s, bubble) = (0.0, 0.0, 1.0, 0.0, 0.0, 0.0);
-            let iteration_s = match cfg.strategy {
-                StrategyKind::Ring => {
-                    let p = cfg.ring;
-                    link_cross = cross(p);
-                    // Per micro-batch and layer: P - 1 transfers, each under one step of attention.
-                    step_transfer = ring_step_bytes * mb / link_bw(link_cross);
-                    let attn_per_layer_mb = rf.attention / (hw.peak_flops * hw.attention_efficiency) / (l * seqs / mb);
-                    step_compute = attn_per_layer_mb / p as f64;
-                    hidden = if step_transfer > 0.0 { (step_compute / step_transfer).min(1.0) } else { 1.0 };
-                    let exposed_per_step = (step_transfer - step_compute).max(0.0);
-                    exposed = exposed_per_step * (p - 1) as f64 * l * seqs / mb;
-                    compute_s + exposed
-                }
-                StrategyKind::TpPp => {
-                    let (tpn, ppn) = (cfg.tp, cfg.pp);
-                    link_cross = cross(tpn);
-                    allreduce_s = 2.0 * (tp - 1.0) / tp * allreduce_bytes * mb / link_bw(link_cross);
-                    // Stages are consecutive blocks of tp ranks: a hand-off leaves the node when
-                    // the two stages sit on different nodes.
-                    send_s = pipeline_bytes * mb / link_bw(world > g);
-                    let micro_batches = (m.batch / cfg.micro_batch) as f64;
-                    let stage_slot = compute_s / micro_batches + 2.0 * layers_local * allreduce_s;
-                    bubble = (ppn - 1) as f64 * stage_slot;
-                    exposed = 2.0 * layers_local * allreduce_s * micro_batches + (ppn - 1) as f64 * send_s;
-                    compute_s + exposed + bubble
-                }
-                StrategyKind::Reference => {
-                    link_cross = false;
-                    exposed = 0.0;
-                    compute_s
-                }
+            let input = ProjectionInput {
+                rank: busiest,
+                traffic: &transfers,
+                attention_per_layer_mb_s,
+                compute_s,
+                gpus_per_node: g,
+                nvlink_bytes_per_s: hw.nvlink_bytes_per_s,
+                ib_bytes_per_s: hw.ib_bytes_per_s,
             };
+            let c = (spec.project)(cfg, &input);
+            let iteration_s = compute_s + c.exposed_s + c.bubble_s;
             Projection {
                 gpus_per_node: g,
-                nodes,
-                link: if link_cross { "ib" } else { "nvlink" }.into(),
-                link_bytes_per_s: link_bw(link_cross),
+                nodes: world.div_ceil(g),
+                link: if c.crosses_nodes { "ib" } else { "nvlink" }.into(),
+                link_bytes_per_s: c.link_bytes_per_s,
                 compute_s,
-                ring_step_transfer_s: step_transfer,
-                ring_step_compute_s: step_compute,
-                ring_hidden_fraction: hidden,
-                allreduce_s,
-                pipeline_send_s: send_s,
-                exposed_comm_s: exposed,
-                pipeline_bubble_s: bubble,
+                hidden_fraction: c.hidden_fraction,
+                details: c.details.iter().map(|(l, v)| (l.to_string(), *v)).collect(),
+                exposed_comm_s: c.exposed_s,
+                pipeline_bubble_s: c.bubble_s,
                 iteration_s,
                 tps_projected: tokens / iteration_s,
                 tpot_s: iteration_s / tokens,
@@ -349,6 +360,7 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         ring_bytes_per_iter,
         allreduce_bytes_per_iter,
         pipeline_bytes_per_iter,
+        traffic,
         memory_per_rank_bytes: memory.total,
         fits: memory.fits,
         fits_instead: if memory.fits { Vec::new() } else { fitting_strategies(cfg, hw) },
@@ -360,13 +372,20 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     }
 }
 
-/// Of the strategies and splits a job of `cfg.world()` ranks allows (the ring of the world, every
-/// tp x pp = world that validates), those whose busiest rank fits one GPU of `hw`.
+/// Of the strategies and splits a job of `cfg.world()` ranks allows (each sequence-parallel one
+/// over the world, every tp x pp = world), those that validate and whose busiest rank fits one
+/// GPU of `hw`.
 pub fn fitting_strategies(cfg: &RunConfig, hw: &Hardware) -> Vec<String> {
     let world = cfg.world();
-    let mut candidates = vec![RunConfig { strategy: StrategyKind::Ring, ring: world, emulate: None, ..cfg.clone() }];
-    for tp in (1..=world).filter(|tp| world % tp == 0) {
-        candidates.push(RunConfig { strategy: StrategyKind::TpPp, tp, pp: world / tp, emulate: None, ..cfg.clone() });
+    let mut candidates = Vec::new();
+    for s in crate::strategy::SPECS.iter().filter(|s| s.kind != StrategyKind::Reference) {
+        if s.size_names.contains(&"tp") {
+            for tp in (1..=world).filter(|tp| world % tp == 0) {
+                candidates.push(RunConfig { strategy: s.kind, tp, pp: world / tp, emulate: None, ..cfg.clone() });
+            }
+        } else {
+            candidates.push(RunConfig { strategy: s.kind, ring: world, emulate: None, ..cfg.clone() });
+        }
     }
     candidates
         .into_iter()
@@ -375,22 +394,8 @@ pub fn fitting_strategies(cfg: &RunConfig, hw: &Hardware) -> Vec<String> {
             let busiest = (0..world).map(|r| memory_estimate(c, r, false)).map(|e| e.weights + e.activations).max().unwrap_or(0);
             busiest as f64 <= hw.memory_bytes
         })
-        .map(|c| match c.strategy {
-            StrategyKind::Ring => format!("ring {}", c.ring),
-            _ => format!("tp-pp tp {} x pp {}", c.tp, c.pp),
-        })
+        .map(|c| format!("{} {}", c.strategy.name(), c.describe_split().replace(&format!(", {}", c.layout.name()), "")))
         .collect()
-}
-
-fn local_tokens(cfg: &RunConfig, rank: usize) -> usize {
-    match cfg.strategy {
-        StrategyKind::Ring => ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, rank).len(),
-        _ => cfg.model.seq_len,
-    }
-}
-
-fn max_local_tokens(cfg: &RunConfig) -> usize {
-    (0..cfg.world()).map(|r| local_tokens(cfg, r)).max().unwrap_or(0)
 }
 
 /// The physical bound on tokens/s for a measured run on a device of known peak: every rank at peak
@@ -452,20 +457,25 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
         ));
     }
     line(format!("  FLOPs        {:.3e} linear + {:.3e} attention per iteration", p.rank_linear_flops, p.rank_attention_flops));
-    match cfg.strategy {
-        StrategyKind::Ring => line(format!(
-            "  traffic      ring K/V {:.1} MB per step and sequence; {} sent per iteration",
-            p.ring_step_bytes / 1e6,
-            fmt_bytes(p.ring_bytes_per_iter)
-        )),
-        StrategyKind::TpPp => line(format!(
-            "  traffic      TP all-reduce {:.1} MB per sequence (2 per layer), {} per iteration on the wire; PP hand-off {:.1} MB per sequence, {} per iteration",
-            p.allreduce_bytes / 1e6,
-            fmt_bytes(p.allreduce_bytes_per_iter),
-            p.pipeline_bytes / 1e6,
-            fmt_bytes(p.pipeline_bytes_per_iter)
-        )),
-        StrategyKind::Reference => line("  traffic      none".into()),
+    if p.traffic.is_empty() {
+        line("  traffic      none".into());
+    }
+    for t in &p.traffic {
+        // The lines the seed's readers know, then every kind in the same form.
+        let known = match t.op.as_str() {
+            "ring step" => format!("ring K/V {:.1} MB per step and sequence; ", p.ring_step_bytes / 1e6),
+            "all-reduce" => format!("TP all-reduce {:.1} MB per sequence (2 per layer); ", p.allreduce_bytes / 1e6),
+            _ => String::new(),
+        };
+        line(format!(
+            "  traffic      {known}{} ({}): {:.1} MB sent and {:.1} MB received per {}; {} sent per iteration",
+            t.op,
+            t.what,
+            t.sent_per_layer_sequence / 1e6,
+            t.received_per_layer_sequence / 1e6,
+            if t.op.starts_with("pipeline") { "sequence" } else { "layer and sequence" },
+            fmt_bytes(t.sent_per_iter)
+        ));
     }
     line(format!("  compute floor {} per iteration (every FLOP at peak)", fmt_seconds(p.compute_floor_s)));
     line(format!("physical bound: {:.0} tokens/s on {} GPUs (every GPU at peak, no communication)", p.tps_bound, p.world));
@@ -486,17 +496,16 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
     }));
     line(row("  heaviest link", &|pr| format!("{} {:.0} GB/s", pr.link, pr.link_bytes_per_s / 1e9)));
     line(row("  compute", &|pr| fmt_seconds(pr.compute_s)));
-    if cfg.strategy == StrategyKind::Ring {
-        line(row("  ring step transfer", &|pr| fmt_seconds(pr.ring_step_transfer_s)));
-        line(row("  ring step attention", &|pr| fmt_seconds(pr.ring_step_compute_s)));
-        line(row("  transfer hidden", &|pr| format!("{:.0}%", 100.0 * pr.ring_hidden_fraction)));
+    if let Some(first) = p.projections.first() {
+        for (label, _) in &first.details {
+            line(row(&format!("  {label}"), &|pr| fmt_seconds(pr.detail(label).unwrap_or(0.0))));
+        }
     }
-    if cfg.strategy == StrategyKind::TpPp {
-        line(row("  one all-reduce", &|pr| fmt_seconds(pr.allreduce_s)));
-        line(row("  one pipeline hand-off", &|pr| fmt_seconds(pr.pipeline_send_s)));
+    if p.projections.iter().any(|pr| pr.hidden_fraction < 1.0) || p.ring_step_bytes > 0.0 {
+        line(row("  transfer hidden", &|pr| format!("{:.0}%", 100.0 * pr.hidden_fraction)));
     }
     line(row("  exposed communication", &|pr| fmt_seconds(pr.exposed_comm_s)));
-    if cfg.strategy == StrategyKind::TpPp {
+    if p.projections.iter().any(|pr| pr.pipeline_bubble_s > 0.0) {
         line(row("  pipeline bubble", &|pr| fmt_seconds(pr.pipeline_bubble_s)));
     }
     line(row("  iteration", &|pr| fmt_seconds(pr.iteration_s)));
@@ -551,7 +560,7 @@ mod tests {
     fn projections_stay_under_the_bound_and_the_ring_slows_when_it_leaves_nvlink() {
         let hw = Profile::H100Sxm.hardware();
         for causal in [true, false] {
-            for strategy in [StrategyKind::Ring, StrategyKind::TpPp] {
+            for strategy in [StrategyKind::Ring, StrategyKind::TpPp, StrategyKind::Allgather, StrategyKind::Ulysses] {
                 let p = plan(&paper(strategy, causal), &hw, &[16, 8]);
                 for pr in &p.projections {
                     assert!(pr.tps_projected < p.tps_bound, "{strategy:?}: {} >= {}", pr.tps_projected, p.tps_bound);
@@ -564,8 +573,35 @@ mod tests {
         assert_eq!(m.weights + m.activations_per_micro_batch + m.kv_buffers + m.workspace, m.total, "the parts add up");
         let (one, two) = (&ring.projections[0], &ring.projections[1]);
         assert_eq!((one.link.as_str(), two.link.as_str()), ("nvlink", "ib"));
-        assert!(two.ring_step_transfer_s > 8.0 * one.ring_step_transfer_s);
+        let step = |p: &Projection| p.detail("ring step transfer").unwrap();
+        assert!(step(two) > 8.0 * step(one));
         assert!(two.tps_projected <= one.tps_projected);
-        assert!(one.ring_hidden_fraction == 1.0, "a 102 MB step at 450 GB/s hides under the step's attention");
+        assert!(one.hidden_fraction == 1.0, "a 102 MB step at 450 GB/s hides under the step's attention");
+    }
+
+    /// DESIGN.md's traffic for the strategies beside the ring, on the paper preset over 16 ranks,
+    /// per layer and sequence: an all-gather brings in 15/16 of the sequence's K/V; Ulysses sends
+    /// 15/16 of its tokens' Q, K, V and output.
+    #[test]
+    fn allgather_and_ulysses_move_what_design_says() {
+        let hw = Profile::H100Sxm.hardware();
+        let line = |p: &Plan, op: &str| {
+            p.traffic
+                .iter()
+                .filter(|t| t.op == op)
+                .fold((0.0, 0.0), |a, t| (a.0 + t.sent_per_layer_sequence, a.1 + t.received_per_layer_sequence))
+        };
+        let ag = plan(&paper(StrategyKind::Allgather, true), &hw, &[8]);
+        assert_eq!(line(&ag, "all-gather").1, 15.0 / 16.0 * 100_000.0 * 8192.0 * 2.0);
+        let ul = plan(&paper(StrategyKind::Ulysses, true), &hw, &[8]);
+        assert_eq!(line(&ul, "all-to-all").0, 15.0 / 16.0 * 6250.0 * 16384.0 * 2.0);
+        // Neither overlaps its collective: all of it is exposed, so on 2 nodes it costs more.
+        for p in [&ag, &ul] {
+            let pr = &p.projections[0];
+            assert!(pr.exposed_comm_s > 0.0 && pr.link == "ib", "{}: {pr:?}", p.strategy);
+        }
+        // An all-gather holds the whole sequence's K/V: more than the ring's two blocks.
+        let ring = plan(&paper(StrategyKind::Ring, true), &hw, &[8]);
+        assert!(ag.memory.kv_buffers > 8.0 * ring.memory.kv_buffers);
     }
 }

@@ -11,20 +11,35 @@
 //! ring, zigzag over P ranks: each sequence is cut into 2P chunks; rank r holds chunks r and
 //! 2P-1-r, so every rank gets one early (cheap under the causal mask) and one late (expensive) chunk.
 //! Example, P = 4, seq 16: rank 0 holds tokens 0-1 and 14-15, rank 3 holds 6-7 and 8-9.
+//! striped (Striped Attention): token i on rank i mod P; rank 1 of 4 holds 1, 5, 9, 13.
 
 use crate::config::Layout;
 use std::ops::Range;
 
-/// A run of consecutive global token positions `start .. start + len` within one sequence.
+/// `len` global token positions of one sequence, `start`, `start + stride`, ...: consecutive
+/// (stride 1) for the zigzag and contiguous layouts, every P-th for the striped one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub start: usize,
     pub len: usize,
+    pub stride: usize,
 }
 
 impl Segment {
-    pub fn end(&self) -> usize {
-        self.start + self.len
+    /// Consecutive positions `start .. start + len`.
+    pub fn run(start: usize, len: usize) -> Self {
+        Segment { start, len, stride: 1 }
+    }
+
+    /// The positions, in the order the rows hold them.
+    pub fn positions(&self) -> impl Iterator<Item = usize> {
+        let (start, stride) = (self.start, self.stride);
+        (0..self.len).map(move |i| start + i * stride)
+    }
+
+    /// The last position (start for an empty segment).
+    pub fn last(&self) -> usize {
+        self.start + self.len.saturating_sub(1) * self.stride
     }
 }
 
@@ -36,7 +51,7 @@ pub struct LocalTokens {
 
 impl LocalTokens {
     pub fn whole(seq_len: usize) -> Self {
-        LocalTokens { segments: vec![Segment { start: 0, len: seq_len }] }
+        LocalTokens { segments: vec![Segment::run(0, seq_len)] }
     }
 
     /// Tokens per sequence.
@@ -64,27 +79,31 @@ pub fn chunks(len: usize, n: usize) -> Vec<Segment> {
     let mut start = 0;
     (0..n)
         .map(|i| {
-            let s = Segment { start, len: base + usize::from(i < extra) };
+            let s = Segment::run(start, base + usize::from(i < extra));
             start += s.len;
             s
         })
         .collect()
 }
 
-/// How many chunks a ring of `ring` ranks cuts each sequence into.
+/// How many chunks a ring of `ring` ranks cuts each sequence into (striped: one strided chunk each).
 pub fn chunk_count(layout: Layout, ring: usize) -> usize {
     match layout {
         Layout::Zigzag => 2 * ring,
-        Layout::Contiguous => ring,
+        Layout::Contiguous | Layout::Striped => ring,
     }
 }
 
 /// The tokens ring position `rank` holds of every sequence.
 pub fn ring_tokens(layout: Layout, seq_len: usize, ring: usize, rank: usize) -> LocalTokens {
+    if layout == Layout::Striped {
+        // Token i on rank i mod P: positions rank, rank + P, ...
+        return LocalTokens { segments: vec![Segment { start: rank, len: (seq_len + ring - 1 - rank) / ring, stride: ring }] };
+    }
     let c = chunks(seq_len, chunk_count(layout, ring));
     let segments = match layout {
         Layout::Zigzag => vec![c[rank], c[2 * ring - 1 - rank]],
-        Layout::Contiguous => vec![c[rank]],
+        Layout::Contiguous | Layout::Striped => vec![c[rank]],
     };
     LocalTokens { segments }
 }
@@ -130,7 +149,7 @@ mod tests {
         for r in 0..ring {
             for s in ring_tokens(layout, seq, ring, r).segments {
                 assert!(s.len > 0, "empty chunk: seq {seq} ring {ring} rank {r}");
-                seen[s.start..s.end()].iter_mut().for_each(|n| *n += 1);
+                s.positions().for_each(|p| seen[p] += 1);
             }
         }
         seen
@@ -138,7 +157,7 @@ mod tests {
 
     #[test]
     fn both_layouts_cover_every_token_once_also_for_uneven_lengths() {
-        for layout in [Layout::Zigzag, Layout::Contiguous] {
+        for layout in [Layout::Zigzag, Layout::Contiguous, Layout::Striped] {
             for ring in [1, 2, 3, 4, 8, 16] {
                 for seq in [chunk_count(layout, ring), 97, 1000, 1023, 100_003] {
                     if seq < chunk_count(layout, ring) {
@@ -153,8 +172,11 @@ mod tests {
     #[test]
     fn zigzag_worked_example() {
         let t = |r| ring_tokens(Layout::Zigzag, 16, 4, r).segments;
-        assert_eq!(t(0), vec![Segment { start: 0, len: 2 }, Segment { start: 14, len: 2 }]);
-        assert_eq!(t(3), vec![Segment { start: 6, len: 2 }, Segment { start: 8, len: 2 }]);
+        assert_eq!(t(0), vec![Segment::run(0, 2), Segment::run(14, 2)]);
+        assert_eq!(t(3), vec![Segment::run(6, 2), Segment::run(8, 2)]);
+        let striped = ring_tokens(Layout::Striped, 16, 4, 1).segments[0];
+        assert_eq!(striped.positions().collect::<Vec<_>>(), vec![1, 5, 9, 13]);
+        assert_eq!(ring_tokens(Layout::Striped, 10, 4, 3).len(), 2, "tokens 3 and 7");
         // Uneven: 10 tokens in 8 chunks, the first two chunks have 2 tokens.
         let c = chunks(10, 8);
         assert_eq!(c.iter().map(|s| s.len).collect::<Vec<_>>(), vec![2, 2, 1, 1, 1, 1, 1, 1]);
@@ -165,11 +187,14 @@ mod tests {
     fn zigzag_balances_causal_work() {
         // Causal work of a rank ~ sum over its tokens of (position + 1).
         let work =
-            |layout, r| -> usize { ring_tokens(layout, 1600, 8, r).segments.iter().flat_map(|s| s.start..s.end()).map(|p| p + 1).sum() };
+            |layout, r| -> usize { ring_tokens(layout, 1600, 8, r).segments.iter().flat_map(|s| s.positions()).map(|p| p + 1).sum() };
         let zz: Vec<usize> = (0..8).map(|r| work(Layout::Zigzag, r)).collect();
         assert!(zz.iter().all(|&w| w == zz[0]), "zigzag work {zz:?}");
         let ct: Vec<usize> = (0..8).map(|r| work(Layout::Contiguous, r)).collect();
         assert!(ct[7] > 10 * ct[0]);
+        // Striped: within P - 1 tokens' work of each other (rank r's every token is r later).
+        let st: Vec<usize> = (0..8).map(|r| work(Layout::Striped, r)).collect();
+        assert!(st.windows(2).all(|w| w[1] - w[0] == 200), "striped work {st:?}");
     }
 
     #[test]
@@ -203,6 +228,6 @@ mod tests {
     fn local_rows_follow_the_segments() {
         let t = ring_tokens(Layout::Zigzag, 16, 4, 1);
         let rows: Vec<_> = t.with_rows().collect();
-        assert_eq!(rows, vec![(0, Segment { start: 2, len: 2 }), (2, Segment { start: 12, len: 2 })]);
+        assert_eq!(rows, vec![(0, Segment::run(2, 2)), (2, Segment::run(12, 2))]);
     }
 }

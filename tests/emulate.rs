@@ -44,7 +44,7 @@ fn each_emulated_rank_does_exactly_the_real_ranks_work() {
         let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert!(files.contains(&format!("rank-{k:05}.h5")) && files.iter().filter(|f| f.ends_with(".h5")).count() == 1, "{files:?}");
         let emulated = ranks(&dir);
-        for strategy in ["tp-pp", "ring"] {
+        for strategy in ["tp-pp", "ring", "allgather", "ulysses"] {
             let key = (strategy.to_string(), k.to_string());
             let (e, r) = (&emulated[&key], &real_ranks[&key]);
             assert_eq!(e["emulated"], "true");

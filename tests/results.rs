@@ -54,6 +54,9 @@ fn ringbench(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ringbench")).args(args).output().unwrap()
 }
 
+/// What `--strategy all` runs on 4 ranks of the tiny model, in order.
+const STRATEGIES: [&str; 4] = ["tp-pp", "ring", "allgather", "ulysses"];
+
 const SUMMARY_COLUMNS: &[&str] = &[
     "run_id",
     "strategy",
@@ -70,7 +73,8 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "world",
     "tp",
     "pp",
-    "ring",
+    "sp",
+    "split",
     "layout",
     "preset",
     "layers",
@@ -135,14 +139,14 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     assert!(out.contains("ring speed-up over tp-pp:"), "{out}");
     // The side-by-side table: one column per strategy run, and each against the fastest.
     let header =
-        out.lines().find(|l| l.trim_start().starts_with("tp-pp") && l.trim_end().ends_with("ring")).unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["tp-pp", "ring"], "{out}");
+        out.lines().find(|l| l.trim_start().starts_with("tp-pp") && l.trim_end().ends_with("ulysses")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(header.split_whitespace().collect::<Vec<_>>(), STRATEGIES, "{out}");
     assert!(out.lines().any(|l| l.starts_with("fastest: ") && l.contains("x its tokens/s at ")), "{out}");
 
     // summary.csv: one row per strategy run, every column, and the arithmetic of its numbers.
     let (header, rows) = read_csv(&dir.join("summary.csv"));
     assert_eq!(header, SUMMARY_COLUMNS);
-    assert_eq!(rows.iter().map(|r| col(&header, r, "strategy")).collect::<Vec<_>>(), vec!["tp-pp", "ring"]);
+    assert_eq!(rows.iter().map(|r| col(&header, r, "strategy")).collect::<Vec<_>>(), STRATEGIES);
     for row in &rows {
         let tokens = num(&header, row, "tokens_per_iter");
         assert_eq!(tokens, 2.0 * 256.0);
@@ -169,14 +173,14 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
 
     // ranks.csv: one row per rank and strategy run.
     let (rheader, rrows) = read_csv(&dir.join("ranks.csv"));
-    assert_eq!(rrows.len(), 8);
+    assert_eq!(rrows.len(), 4 * STRATEGIES.len());
     for name in ["rank", "host", "iter_ms_mean", "iter_ms_ci95_hi", "comm_ms_median", "compute_ms_cv", "peak_mem_gib", "tflops"] {
         assert!(rheader.iter().any(|h| h == name), "ranks.csv lacks {name}: {rheader:?}");
     }
 
     // The rank files, through the crate: one group per strategy run with its per-iteration arrays.
     let file = hdf5::File::open(dir.join("rank-00002.h5")).unwrap();
-    assert_eq!(file.member_names().unwrap(), vec!["ring", "tp-pp"]);
+    assert_eq!(file.member_names().unwrap(), vec!["allgather", "ring", "tp-pp", "ulysses"]);
     let g = file.group("ring").unwrap();
     for attr in [
         "config",

@@ -143,6 +143,6 @@ fn flash_within_its_twin(d: &Dumped, what: &str) {
 #[test]
 fn the_generator_and_elementwise_kernel_sources_match_design_on_the_simt_emulation() {
     let exe = build("elementwise_check");
-    run(&exe, &[], "element-wise kernels on the SIMT emulation", 9);
+    run(&exe, &[], "element-wise kernels on the SIMT emulation", 10);
     let _ = std::fs::remove_file(&exe);
 }

@@ -1,4 +1,4 @@
-//! Every strategy against the single-rank reference, under several process counts, both layouts,
+//! Every strategy against the single-rank reference, under several process counts, every layout,
 //! causal and not, at awkward sequence lengths (loopback MPI, CPU backend).
 
 mod common;
@@ -39,11 +39,31 @@ fn tp_pp_matches_the_reference() {
 fn ring_matches_the_reference() {
     let mut i = 0;
     for ring in [1, 2, 3, 4, 8] {
-        for layout in ["zigzag", "contiguous"] {
+        for layout in ["zigzag", "contiguous", "striped"] {
             for causal in ["", "--no-causal"] {
                 let seq = LENGTHS[i % LENGTHS.len()];
                 i += 1;
                 verify(ring, &format!("--strategy ring --ring {ring} --layout {layout} --seq-len {seq} {causal}"));
+            }
+        }
+    }
+}
+
+/// The strategies beside the seed's, by the same rule: every process count of 1 to 4 they allow,
+/// each layout they take, causal and not, multi-head and grouped K/V in turn.
+#[test]
+fn allgather_and_ulysses_match_the_reference() {
+    let mut i = 0;
+    for (strategy, counts, layouts) in
+        [("allgather", &[1, 2, 3, 4][..], &["zigzag", "contiguous", "striped"][..]), ("ulysses", &[1, 2, 4], &["contiguous"])]
+    {
+        for &np in counts {
+            for layout in layouts {
+                for causal in ["", "--no-causal"] {
+                    let (seq, kv) = (LENGTHS[i % LENGTHS.len()], if i % 2 == 0 { "--kv-heads 2" } else { "" });
+                    i += 1;
+                    verify(np, &format!("--strategy {strategy} --ring {np} --layout {layout} --seq-len {seq} {causal} {kv}"));
+                }
             }
         }
     }
@@ -54,6 +74,9 @@ fn ring_with_one_token_per_chunk_and_micro_batches() {
     // 16 chunks of 1 token; 4 sequences in micro-batches of 2.
     verify(8, "--strategy ring --ring 8 --seq-len 16 --batch 4 --micro-batch 2");
     verify(4, "--strategy tp-pp --tp 2 --pp 2 --seq-len 33 --batch 4 --micro-batch 2");
+    verify(4, "--strategy allgather --seq-len 9 --batch 4 --micro-batch 2");
+    verify(4, "--strategy ring --layout striped --seq-len 4 --batch 4 --micro-batch 2");
+    verify(4, "--strategy ulysses --seq-len 5 --batch 4 --micro-batch 2 --kv-heads 1");
 }
 
 #[test]

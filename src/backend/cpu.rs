@@ -4,7 +4,7 @@
 //! CPU runs of realistic lengths finish.
 
 use super::Tracker;
-use super::{lse_merge, Backend, Heads, Matrix, MemoryStats, Span};
+use super::{lse_merge, Backend, BlockCopy, Heads, Matrix, MemoryStats, Span};
 use crate::model::generator::{Init, Region};
 use anyhow::{ensure, Result};
 use half::bf16;
@@ -256,13 +256,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span) -> Result<()> {
+    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span, stride: usize) -> Result<()> {
         ensure!(heads.width() <= x.cols, "rope: {} heads x {} wider than {}", heads.heads, heads.head_dim, x.cols);
         ensure!(span.row0 + span.len <= x.rows, "rope: rows beyond buffer");
         let half_dim = heads.head_dim / 2;
         let cols = x.cols;
         for r in 0..span.len {
-            let pos = span.pos0 + r;
+            let pos = span.pos0 + r * stride;
             let table: Vec<(f32, f32)> =
                 (0..half_dim).map(|i| rope_angle(pos, i, heads.head_dim)).map(|(c, s)| (c as f32, s as f32)).collect();
             let row = &mut x.data[(span.row0 + r) * cols..(span.row0 + r + 1) * cols];
@@ -425,6 +425,23 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn copy_block(&self, src: &Self::Act, dst: &mut Self::Act, c: BlockCopy) -> Result<()> {
+        ensure!(
+            c.fits((src.rows, src.cols), (dst.rows, dst.cols)),
+            "copy_block: {c:?} outside [{}, {}] -> [{}, {}]",
+            src.rows,
+            src.cols,
+            dst.rows,
+            dst.cols
+        );
+        for r in 0..c.rows {
+            let from = (c.src_row0 + r) * src.cols + c.src_col0;
+            let to = (c.dst_row0 + r) * dst.cols + c.dst_col0;
+            dst.data[to..to + c.cols].copy_from_slice(&src.data[from..from + c.cols]);
+        }
+        Ok(())
+    }
+
     fn download(&self, x: &Self::Act) -> Result<Vec<bf16>> {
         Ok(x.as_slice().to_vec())
     }
@@ -547,7 +564,7 @@ mod tests {
         let x = act_from(&be, 3, 8, |i| uniform(9, 9, i as u64));
         let mut y = x.clone();
         // Rows hold positions 1000, 1001, 1002 (a late zigzag chunk).
-        be.rope(&mut y, heads, Span { row0: 0, len: 3, pos0: 1000 }).unwrap();
+        be.rope(&mut y, heads, Span { row0: 0, len: 3, pos0: 1000 }, 1).unwrap();
         for r in 0..3 {
             for h in 0..2 {
                 for i in 0..2 {
@@ -562,7 +579,7 @@ mod tests {
         }
         // Position 0 is the identity.
         let mut z = x.clone();
-        be.rope(&mut z, heads, Span { row0: 0, len: 1, pos0: 0 }).unwrap();
+        be.rope(&mut z, heads, Span { row0: 0, len: 1, pos0: 0 }, 1).unwrap();
         assert_eq!(z.row(0), x.row(0));
     }
 

@@ -81,6 +81,28 @@ pub struct Span {
     pub pos0: usize,
 }
 
+/// A block of `rows` x `cols` from (src_row0, src_col0) of one buffer to (dst_row0, dst_col0) of
+/// another, of any widths: how Ulysses packs head slices for its all-to-all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockCopy {
+    pub src_row0: usize,
+    pub src_col0: usize,
+    pub dst_row0: usize,
+    pub dst_col0: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl BlockCopy {
+    /// Whether the block lies inside both buffers ([rows, cols] each).
+    pub fn fits(&self, src: (usize, usize), dst: (usize, usize)) -> bool {
+        self.src_row0 + self.rows <= src.0
+            && self.src_col0 + self.cols <= src.1
+            && self.dst_row0 + self.rows <= dst.0
+            && self.dst_col0 + self.cols <= dst.1
+    }
+}
+
 /// Head layout shared by a query buffer `q` [rows, heads * head_dim] and a key/value buffer
 /// `kv` [rows, 2 * kv_heads * head_dim] = [K | V]; query head h attends with K/V head
 /// h / (heads / kv_heads) (grouped-query attention; kv_heads = heads is multi-head attention).
@@ -199,8 +221,9 @@ pub trait Backend {
     /// out = x / sqrt(mean(x^2) + 1e-5) * gain, per row; gain [1, cols].
     fn rms_norm(&self, x: &Self::Act, gain: &Self::Act, out: &mut Self::Act) -> anyhow::Result<()>;
 
-    /// Rotate the first heads x head_dim columns of rows `span` by their global positions.
-    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span) -> anyhow::Result<()>;
+    /// Rotate the first heads x head_dim columns of rows `span` by their global positions: row
+    /// span.row0 + i is at position span.pos0 + i x `stride` (1, or P for the striped layout).
+    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span, stride: usize) -> anyhow::Result<()>;
 
     /// x = GELU(x), tanh form.
     fn gelu(&self, x: &mut Self::Act) -> anyhow::Result<()>;
@@ -236,6 +259,9 @@ pub trait Backend {
 
     /// dst[dst_row0 .. dst_row0 + rows] = src[src_row0 .. src_row0 + rows].
     fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> anyhow::Result<()>;
+
+    /// dst's block = src's block, as `c` places them (no arithmetic: the bits are copied).
+    fn copy_block(&self, src: &Self::Act, dst: &mut Self::Act, c: BlockCopy) -> anyhow::Result<()>;
 
     /// The buffer's rows, on the host.
     fn download(&self, x: &Self::Act) -> anyhow::Result<Vec<half::bf16>>;

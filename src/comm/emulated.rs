@@ -75,8 +75,11 @@ impl<B: Backend> Transfers<B> for InOrder<'_, B> {
 pub struct Emulated<'a, B: Backend> {
     rank: usize,
     size: usize,
-    /// The tensor-parallel size: the only groups strategies split off are tp-pp's TP groups.
-    tp: usize,
+    /// Every rank's (color, key) of each split, as the strategy's spec states them: a split forms
+    /// the group the real job would, from that table alone.
+    splits: Rc<Vec<Vec<(usize, usize)>>>,
+    /// Splits made so far from the world communicator (the index into each rank's list).
+    splits_made: Rc<std::cell::Cell<usize>>,
     /// Where sends go and receives come from (tp-pp): one buffer of the largest message, the
     /// micro-batch's activations, shared by the groups split from this communicator.
     scratch: Rc<RefCell<Option<B::Act>>>,
@@ -112,7 +115,16 @@ impl<'a, B: Backend> Emulated<'a, B> {
             }
             None => None,
         };
-        Ok(Emulated { rank: as_rank, size: cfg.world(), tp: cfg.tp, scratch: Rc::new(RefCell::new(scratch)), transfers })
+        let world = cfg.world();
+        let splits = (0..world).map(|r| (crate::strategy::spec(cfg.strategy).splits)(cfg, r)).collect();
+        Ok(Emulated {
+            rank: as_rank,
+            size: world,
+            splits: Rc::new(splits),
+            splits_made: Rc::new(std::cell::Cell::new(0)),
+            scratch: Rc::new(RefCell::new(scratch)),
+            transfers,
+        })
     }
 
     fn with_scratch<T>(&self, rows: usize, f: impl FnOnce(&mut B::Act) -> Result<T>) -> Result<T> {
@@ -165,10 +177,30 @@ impl<B: Backend> HostCollectives for Emulated<'_, B> {
 }
 
 impl<B: Backend> Communicator<B> for Emulated<'_, B> {
-    /// tp-pp's TP group: color = stage, key = TP rank, tp members.
-    fn split(&self, _color: usize, key: usize) -> Result<Self> {
-        ensure!(key < self.tp, "emulated split: key {key} outside a tensor-parallel group of {}", self.tp);
-        Ok(Emulated { rank: key, size: self.tp, tp: self.tp, scratch: self.scratch.clone(), transfers: self.transfers.clone() })
+    /// The group of the ranks whose same split has `color`, ranked by key, as MPI_Comm_split forms it.
+    fn split(&self, color: usize, key: usize) -> Result<Self> {
+        let i = self.splits_made.get();
+        self.splits_made.set(i + 1);
+        let mut members: Vec<usize> = Vec::new();
+        for (r, list) in self.splits.iter().enumerate() {
+            let Some(&(c, k)) = list.get(i) else {
+                anyhow::bail!("emulated split {i}: rank {r} of the strategy's table makes no such split")
+            };
+            if c == color {
+                members.push(k);
+            }
+        }
+        members.sort_unstable();
+        let rank =
+            members.iter().position(|&k| k == key).ok_or_else(|| anyhow::anyhow!("emulated split: key {key} not among color {color}'s"))?;
+        Ok(Emulated {
+            rank,
+            size: members.len(),
+            splits: self.splits.clone(),
+            splits_made: Rc::new(std::cell::Cell::new(0)),
+            scratch: self.scratch.clone(),
+            transfers: self.transfers.clone(),
+        })
     }
 
     /// A ring all-reduce moves about the buffer out and the buffer in per rank: one copy out to the
@@ -219,6 +251,25 @@ impl<B: Backend> Communicator<B> for Emulated<'_, B> {
             done += n;
         }
         self.transfers.end(overlap)
+    }
+
+    /// Every block of `recv` is a copy of this rank's block: the sizes and the attention work
+    /// (which depends on the owners' positions, not on values) are the real job's.
+    fn all_gather(&self, send: &B::Act, recv: &mut B::Act) -> Result<()> {
+        super::check_all_gather(send.len(), recv.len(), self.size)?;
+        self.transfers.begin()?;
+        for i in 0..self.size {
+            self.transfers.copy(send, recv, i * send.rows(), send.rows())?;
+        }
+        self.transfers.end(&mut || Ok(()))
+    }
+
+    /// One copy of the whole buffer: the blocks stay where they are.
+    fn all_to_all(&self, send: &B::Act, recv: &mut B::Act) -> Result<()> {
+        super::check_all_to_all(send.len(), recv.len(), self.size)?;
+        self.transfers.begin()?;
+        self.transfers.copy(send, recv, 0, send.rows())?;
+        self.transfers.end(&mut || Ok(()))
     }
 
     fn take_device_times(&self) -> Result<Option<DeviceCommTimes>> {

@@ -64,7 +64,7 @@ impl LocalComm {
     }
 
     /// Every rank's value, in rank order, on every rank.
-    fn all_gather<T: Clone + Send + 'static>(&self, v: T) -> Result<Vec<T>> {
+    fn gather_all<T: Clone + Send + 'static>(&self, v: T) -> Result<Vec<T>> {
         for r in 0..self.members.len() {
             if r != self.rank {
                 self.post(r, v.clone())?;
@@ -84,31 +84,31 @@ impl HostCollectives for LocalComm {
     }
 
     fn barrier(&self) -> Result<()> {
-        self.all_gather(()).map(|_| ())
+        self.gather_all(()).map(|_| ())
     }
 
     fn max_f64(&self, x: f64) -> Result<f64> {
-        Ok(self.all_gather(x)?.into_iter().fold(f64::NEG_INFINITY, f64::max))
+        Ok(self.gather_all(x)?.into_iter().fold(f64::NEG_INFINITY, f64::max))
     }
 
     fn all_agree(&self, ok: bool) -> Result<bool> {
-        Ok(self.all_gather(ok)?.into_iter().all(|b| b))
+        Ok(self.gather_all(ok)?.into_iter().all(|b| b))
     }
 
     fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
-        *data = self.all_gather(data.clone())?.swap_remove(0);
+        *data = self.gather_all(data.clone())?.swap_remove(0);
         Ok(())
     }
 
     fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
-        let all = self.all_gather(data.to_vec())?;
+        let all = self.gather_all(data.to_vec())?;
         Ok((self.rank == 0).then_some(all))
     }
 }
 
 impl Communicator<CpuBackend> for LocalComm {
     fn split(&self, color: usize, key: usize) -> Result<Self> {
-        let all = self.all_gather((color, key))?;
+        let all = self.gather_all((color, key))?;
         let mut group: Vec<(usize, usize)> = (0..all.len()).filter(|&r| all[r].0 == color).map(|r| (all[r].1, r)).collect();
         group.sort();
         let rank = group.iter().position(|&(_, r)| r == self.rank).expect("this rank is in its own group");
@@ -118,7 +118,7 @@ impl Communicator<CpuBackend> for LocalComm {
     }
 
     fn all_reduce_sum(&self, x: &mut HostMat<bf16>) -> Result<()> {
-        let parts = self.all_gather(x.as_slice().to_vec())?;
+        let parts = self.gather_all(x.as_slice().to_vec())?;
         for (i, v) in x.as_mut_slice().iter_mut().enumerate() {
             let mut acc = parts[0][i];
             for p in &parts[1..] {
@@ -152,6 +152,33 @@ impl Communicator<CpuBackend> for LocalComm {
         self.send(send, to)?;
         overlap()?;
         self.recv(recv, from)
+    }
+
+    fn all_gather(&self, send: &HostMat<bf16>, recv: &mut HostMat<bf16>) -> Result<()> {
+        let n = send.len();
+        super::check_all_gather(n, recv.len(), self.size())?;
+        for (i, part) in self.gather_all(send.as_slice().to_vec())?.into_iter().enumerate() {
+            ensure!(part.len() == n, "all-gather: rank {i} sent {} values, this rank {n}", part.len());
+            recv.as_mut_slice()[i * n..(i + 1) * n].copy_from_slice(&part);
+        }
+        Ok(())
+    }
+
+    fn all_to_all(&self, send: &HostMat<bf16>, recv: &mut HostMat<bf16>) -> Result<()> {
+        let size = self.size();
+        super::check_all_to_all(send.len(), recv.len(), size)?;
+        let chunk = send.len() / size;
+        let block = |j: usize| j * chunk..(j + 1) * chunk;
+        for j in (0..size).filter(|&j| j != self.rank) {
+            self.post(j, send.as_slice()[block(j)].to_vec())?;
+        }
+        recv.as_mut_slice()[block(self.rank)].copy_from_slice(&send.as_slice()[block(self.rank)]);
+        for i in (0..size).filter(|&i| i != self.rank) {
+            let v: Vec<bf16> = self.take(i)?;
+            ensure!(v.len() == chunk, "all-to-all: rank {i} sent {} values, expected {chunk}", v.len());
+            recv.as_mut_slice()[block(i)].copy_from_slice(&v);
+        }
+        Ok(())
     }
 }
 

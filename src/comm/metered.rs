@@ -151,6 +151,20 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
         r
     }
 
+    /// Counted as a ring all-gather moves it: every rank passes on n - 1 blocks and receives
+    /// n - 1 (its own block never crosses a link).
+    fn all_gather(&self, send: &B::Act, recv: &mut B::Act) -> Result<()> {
+        let wire = (self.inner.size() as u64 - 1) * bytes(send);
+        self.timed(wire, wire, || self.inner.all_gather(send, recv))
+    }
+
+    /// Every block but the rank's own leaves it, and every block but its own arrives.
+    fn all_to_all(&self, send: &B::Act, recv: &mut B::Act) -> Result<()> {
+        let n = self.inner.size() as u64;
+        let wire = (n - 1) * bytes(send) / n;
+        self.timed(wire, wire, || self.inner.all_to_all(send, recv))
+    }
+
     fn take_device_times(&self) -> Result<Option<super::DeviceCommTimes>> {
         self.inner.take_device_times()
     }

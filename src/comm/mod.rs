@@ -10,6 +10,21 @@ pub mod nccl;
 pub mod timeline;
 pub mod watchdog;
 
+/// The shape checks every transport makes before a collective moves anything.
+pub(crate) fn check_all_gather(send_len: usize, recv_len: usize, size: usize) -> Result<()> {
+    anyhow::ensure!(recv_len == send_len * size, "all-gather of {send_len} values per rank into {recv_len}: expected {}", send_len * size);
+    Ok(())
+}
+
+/// As `check_all_gather`, for an all-to-all: equal buffers, cut into `size` equal blocks.
+pub(crate) fn check_all_to_all(send_len: usize, recv_len: usize, size: usize) -> Result<()> {
+    anyhow::ensure!(
+        send_len == recv_len && send_len % size == 0,
+        "all-to-all of {send_len} values into {recv_len} over {size} ranks: the buffers must be equal and cut into {size} equal blocks"
+    );
+    Ok(())
+}
+
 use crate::backend::Backend;
 use anyhow::Result;
 use half::bf16;
@@ -78,6 +93,15 @@ pub trait Communicator<B: Backend>: HostCollectives {
     /// (no deadlock around the ring), running `overlap` (the compute on the block in hand) while
     /// the transfer is in flight. Returns once both the transfer and `overlap` are done.
     fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()>;
+
+    /// Every rank's `send` rows into `recv`, in rank order: rank i's at rows i x send.rows().
+    /// Every rank sends as many rows (a strategy pads uneven blocks), and recv.rows() = size x
+    /// send.rows(), as NCCL's AllGather requires.
+    fn all_gather(&self, send: &B::Act, recv: &mut B::Act) -> Result<()>;
+
+    /// `send` holds size() blocks of equal rows, block j for rank j; block i of `recv` (as many
+    /// rows and columns) arrives from rank i.
+    fn all_to_all(&self, send: &B::Act, recv: &mut B::Act) -> Result<()>;
 
     /// The device timing of every call since the last take, once the device is synchronised; None
     /// for transports that move data inside the call, where the host's clock is the measure (and

@@ -96,6 +96,20 @@ impl MpiComm {
         Ok(())
     }
 
+    fn all_gather_bits(&self, send: &[u16], recv: &mut [u16]) -> Result<()> {
+        super::check_all_gather(send.len(), recv.len(), self.size())?;
+        ensure!(i32::try_from(send.len()).is_ok(), "all-gather of {} values per rank exceeds MPI's 32-bit count", send.len());
+        self.comm.all_gather_into(send, recv);
+        Ok(())
+    }
+
+    fn all_to_all_bits(&self, send: &[u16], recv: &mut [u16]) -> Result<()> {
+        super::check_all_to_all(send.len(), recv.len(), self.size())?;
+        ensure!(i32::try_from(send.len()).is_ok(), "all-to-all of {} values exceeds MPI's 32-bit count", send.len());
+        self.comm.all_to_all_into(send, recv);
+        Ok(())
+    }
+
     pub fn split_comm(&self, color: usize, key: usize) -> Result<Self> {
         let c = self
             .comm
@@ -132,6 +146,14 @@ impl Communicator<CpuBackend> for MpiComm {
         overlap: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
         self.exchange_bits(bits(send.as_slice()), to, bits_mut(recv.as_mut_slice()), from, overlap)
+    }
+
+    fn all_gather(&self, send: &HostMat<bf16>, recv: &mut HostMat<bf16>) -> Result<()> {
+        self.all_gather_bits(bits(send.as_slice()), bits_mut(recv.as_mut_slice()))
+    }
+
+    fn all_to_all(&self, send: &HostMat<bf16>, recv: &mut HostMat<bf16>) -> Result<()> {
+        self.all_to_all_bits(bits(send.as_slice()), bits_mut(recv.as_mut_slice()))
     }
 }
 
@@ -171,6 +193,18 @@ impl Communicator<CudaBackend> for MpiComm {
         let mut incoming = vec![0u16; recv.len()];
         self.exchange_bits(&outgoing, to, &mut incoming, from, overlap)?;
         recv.from_host(&incoming)
+    }
+
+    fn all_gather(&self, send: &DevMat<u16>, recv: &mut DevMat<u16>) -> Result<()> {
+        let mut host = vec![0u16; recv.len()];
+        self.all_gather_bits(&send.to_host()?, &mut host)?;
+        recv.from_host(&host)
+    }
+
+    fn all_to_all(&self, send: &DevMat<u16>, recv: &mut DevMat<u16>) -> Result<()> {
+        let mut host = vec![0u16; recv.len()];
+        self.all_to_all_bits(&send.to_host()?, &mut host)?;
+        recv.from_host(&host)
     }
 }
 

@@ -167,6 +167,37 @@ impl Communicator<CudaBackend> for NcclComm {
         self.line.end(t, overlap)
     }
 
+    /// NCCL's AllGather on the communication stream (a group of one copies the block).
+    fn all_gather(&self, send: &DevMat<u16>, recv: &mut DevMat<u16>) -> Result<()> {
+        super::check_all_gather(send.len(), recv.len(), self.size())?;
+        if send.is_empty() {
+            return Ok(());
+        }
+        self.blocking(|c| c.all_gather(&send.bf16_view(), &mut recv.bf16_view_mut()).map(|_| ()).map_err(nccl_err("all-gather")))
+    }
+
+    /// NCCL has no all-to-all collective: one group of a send and a receive per peer, the rank
+    /// itself included (NCCL copies that block), as NCCL's documentation builds it.
+    fn all_to_all(&self, send: &DevMat<u16>, recv: &mut DevMat<u16>) -> Result<()> {
+        let size = self.size();
+        super::check_all_to_all(send.len(), recv.len(), size)?;
+        if send.is_empty() {
+            return Ok(());
+        }
+        let chunk = send.len() / size;
+        self.blocking(|c| {
+            let mut group = c.group();
+            for (peer, part) in send.bf16_view().chunks_exact(chunk).enumerate() {
+                group.send(part, peer as i32).map_err(nccl_err("send"))?;
+            }
+            for (peer, part) in recv.bf16_view_mut().chunks_exact_mut(chunk).enumerate() {
+                group.recv(part, peer as i32).map_err(nccl_err("recv"))?;
+            }
+            Ok(())
+            // Dropping the group ends it: every send and receive launches together.
+        })
+    }
+
     fn take_device_times(&self) -> Result<Option<DeviceCommTimes>> {
         self.line.take().map(Some)
     }

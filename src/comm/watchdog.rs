@@ -213,6 +213,16 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
         self.dog.guard("ring exchange", Some(from), n, || self.inner.exchange(send, to, recv, from, overlap))
     }
 
+    fn all_gather(&self, send: &B::Act, recv: &mut B::Act) -> Result<()> {
+        let n = bytes(recv);
+        self.dog.guard("all_gather", None, n, || self.inner.all_gather(send, recv))
+    }
+
+    fn all_to_all(&self, send: &B::Act, recv: &mut B::Act) -> Result<()> {
+        let n = bytes(send);
+        self.dog.guard("all_to_all", None, n, || self.inner.all_to_all(send, recv))
+    }
+
     fn take_device_times(&self) -> Result<Option<super::DeviceCommTimes>> {
         self.inner.take_device_times()
     }

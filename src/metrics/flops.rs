@@ -5,8 +5,8 @@
 //! counted exactly (a causal query at position p sees p + 1 keys), which is the DESIGN convention of
 //! "half of 4 S d" up to a factor (S + 1) / S.
 
-use crate::config::{RunConfig, StrategyKind};
-use crate::topology::{ring_tokens, LocalTokens};
+use crate::config::RunConfig;
+use crate::topology::LocalTokens;
 
 /// FLOPs of one iteration on one rank.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -41,12 +41,13 @@ fn pairs(tokens: &LocalTokens, seq_len: usize, causal: bool) -> f64 {
     tokens
         .segments
         .iter()
-        // Causal: the positions start .. end - 1 see start + 1 ..= end keys; summed in closed form,
-        // so the cost does not grow with the sequence (u128: exact for any accepted length).
+        // Causal: the query at position p sees p + 1 keys; summed in closed form, so the cost does
+        // not grow with the sequence (u128: exact for any accepted length).
         .map(|s| {
-            let (a, b) = (s.start as u128, s.end() as u128);
+            // Positions a, a + t, ..., a + (n - 1) t: sum of (p + 1) = n (a + 1) + t n (n - 1) / 2.
+            let (a, n, t) = (s.start as u128, s.len as u128, s.stride as u128);
             if causal {
-                ((b * (b + 1) - a * (a + 1)) / 2) as f64
+                (n * (a + 1) + t * (n * n.saturating_sub(1) / 2)) as f64
             } else {
                 s.len as f64 * seq_len as f64
             }
@@ -54,25 +55,20 @@ fn pairs(tokens: &LocalTokens, seq_len: usize, causal: bool) -> f64 {
         .sum()
 }
 
-/// What rank `rank` computes in one iteration (the whole batch).
+/// What rank `rank` computes in one iteration (the whole batch), from its strategy's placement:
+/// the linear layers of its shard on its tokens, attention of its query tokens and heads.
 pub fn rank_flops(cfg: &RunConfig, rank: usize) -> Flops {
     let m = &cfg.model;
     let (seqs, hd) = (m.batch as f64, m.head_dim() as f64);
-    let (tokens, layers) = match cfg.strategy {
-        StrategyKind::Reference => (LocalTokens::whole(m.seq_len), m.layers),
-        StrategyKind::TpPp => (LocalTokens::whole(m.seq_len), m.layers / cfg.pp),
-        StrategyKind::Ring => (ring_tokens(cfg.layout, m.seq_len, cfg.ring, rank), m.layers),
-    };
-    // Every stage and TP rank does its shard's share; K/V heads replicated over tp / kv_heads
-    // ranks are computed on each of them.
-    let shard = crate::strategy::rank_shard(cfg, rank);
-    let layers = layers as f64;
+    let p = crate::strategy::placement(cfg, rank);
+    // K/V heads replicated over tp / kv_heads ranks are computed on each of them.
+    let layers = p.layers.len() as f64;
     Flops {
-        linear: shard_linear_per_token_layer(cfg, shard.heads.len(), shard.kv_heads.len(), shard.mlp.len())
-            * tokens.len() as f64
+        linear: shard_linear_per_token_layer(cfg, p.shard.heads.len(), p.shard.kv_heads.len(), p.shard.mlp.len())
+            * p.tokens.len() as f64
             * seqs
             * layers,
-        attention: 4.0 * hd * shard.heads.len() as f64 * pairs(&tokens, m.seq_len, cfg.causal) * seqs * layers,
+        attention: 4.0 * hd * p.attention_heads.len() as f64 * pairs(&p.attention_tokens, m.seq_len, cfg.causal) * seqs * layers,
     }
 }
 
@@ -86,7 +82,8 @@ pub fn job_flops(cfg: &RunConfig) -> Flops {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Layout, Preset};
+    use crate::config::{Layout, Preset, StrategyKind};
+    use crate::topology::ring_tokens;
 
     fn cfg(strategy: StrategyKind, causal: bool, layout: Layout) -> RunConfig {
         RunConfig { causal, layout, ..RunConfig::of_preset(Preset::Paper, strategy, 8, 2, 16) }
@@ -110,9 +107,13 @@ mod tests {
     fn the_ranks_of_every_strategy_add_up_to_the_reference() {
         for causal in [true, false] {
             let whole = job_flops(&cfg(StrategyKind::Reference, causal, Layout::Zigzag));
-            for (s, layout) in
-                [(StrategyKind::TpPp, Layout::Zigzag), (StrategyKind::Ring, Layout::Zigzag), (StrategyKind::Ring, Layout::Contiguous)]
-            {
+            for (s, layout) in [
+                (StrategyKind::TpPp, Layout::Zigzag),
+                (StrategyKind::Ring, Layout::Zigzag),
+                (StrategyKind::Ring, Layout::Contiguous),
+                (StrategyKind::Allgather, Layout::Zigzag),
+                (StrategyKind::Ulysses, Layout::Contiguous),
+            ] {
                 let f = job_flops(&cfg(s, causal, layout));
                 assert!(
                     (f.linear / whole.linear - 1.0).abs() < 1e-12 && (f.attention / whole.attention - 1.0).abs() < 1e-12,
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn causal_pairs_are_counted_exactly_in_closed_form() {
         for (seq, ring) in [(1usize, 1usize), (97, 3), (1000, 4), (1023, 8)] {
-            for layout in [Layout::Zigzag, Layout::Contiguous] {
+            for layout in [Layout::Zigzag, Layout::Contiguous, Layout::Striped] {
                 let total: f64 = (0..ring).map(|r| pairs(&ring_tokens(layout, seq, ring, r), seq, true)).sum();
                 // Every causal query at position p sees p + 1 keys.
                 assert_eq!(total, (seq * (seq + 1) / 2) as f64, "{seq} {ring} {layout:?}");
@@ -146,5 +147,10 @@ mod tests {
         assert!(spread < 1.001, "zigzag spread {spread}");
         let ct = cfg(StrategyKind::Ring, true, Layout::Contiguous);
         assert!(rank_flops(&ct, 15).attention > 20.0 * rank_flops(&ct, 0).attention);
+        // Striped: rank r's tokens are each r positions later than rank 0's, a spread of P / S.
+        let st = cfg(StrategyKind::Allgather, true, Layout::Striped);
+        let a: Vec<f64> = (0..16).map(|r| rank_flops(&st, r).attention).collect();
+        assert!(a.windows(2).all(|w| w[1] > w[0]), "striped work grows by rank: {a:?}");
+        assert!(a[15] / a[0] < 1.001, "striped spread {}", a[15] / a[0]);
     }
 }

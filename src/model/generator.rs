@@ -74,13 +74,16 @@ pub struct Region {
     pub global_cols: usize,
     pub row0: usize,
     pub rows: usize,
+    /// Rows of the tensor between consecutive rows of the region (1; P for a striped layout's
+    /// tokens): region row r is tensor row row0 + r x row_stride.
+    pub row_stride: usize,
     pub col_blocks: Vec<(usize, usize)>,
 }
 
 impl Region {
     /// Whole rows of a tensor `cols` wide.
     pub fn rows(tensor: u64, cols: usize, row0: usize, rows: usize) -> Self {
-        Region { tensor, global_cols: cols, row0, rows, col_blocks: vec![(0, cols)] }
+        Region { tensor, global_cols: cols, row0, rows, row_stride: 1, col_blocks: vec![(0, cols)] }
     }
 
     /// Width of the region: the sum of its column blocks.
@@ -94,7 +97,7 @@ impl Region {
         assert_eq!(out.len(), self.rows * width, "region buffer size");
         for r in 0..self.rows {
             let row = &mut out[r * width..(r + 1) * width];
-            let base = ((self.row0 + r) * self.global_cols) as u64;
+            let base = ((self.row0 + r * self.row_stride) * self.global_cols) as u64;
             let mut c = 0;
             for &(start, w) in &self.col_blocks {
                 for j in 0..w {
@@ -151,7 +154,8 @@ mod tests {
         let whole_region = Region::rows(id, 3 * d, 0, d);
         let mut whole = vec![bf16::ZERO; d * 3 * d];
         whole_region.generate_into(seed, init, &mut whole);
-        let shard_region = Region { tensor: id, global_cols: 3 * d, row0: 2, rows: 5, col_blocks: vec![(4, 4), (12, 4), (20, 4)] };
+        let shard_region =
+            Region { tensor: id, global_cols: 3 * d, row0: 2, rows: 5, row_stride: 1, col_blocks: vec![(4, 4), (12, 4), (20, 4)] };
         let mut shard = vec![bf16::ZERO; 5 * 12];
         shard_region.generate_into(seed, init, &mut shard);
         for r in 0..5 {

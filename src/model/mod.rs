@@ -77,6 +77,7 @@ impl<B: Backend> LayerWeights<B> {
             global_cols: d + 2 * kv_dim,
             row0: 0,
             rows: d,
+            row_stride: 1,
             col_blocks: blocks,
         };
         let up_blocks = match m.mlp_act {
@@ -90,7 +91,14 @@ impl<B: Backend> LayerWeights<B> {
             w_o: make(Region::rows(id(LayerTensor::Out), d, cols.0, cols.1), w_in)?,
             norm2: make(Region::rows(id(LayerTensor::Norm2), d, 0, 1), Init::Gain)?,
             w_up: make(
-                Region { tensor: id(LayerTensor::Up), global_cols: f * m.mlp_act.up_factor(), row0: 0, rows: d, col_blocks: up_blocks },
+                Region {
+                    tensor: id(LayerTensor::Up),
+                    global_cols: f * m.mlp_act.up_factor(),
+                    row0: 0,
+                    rows: d,
+                    row_stride: 1,
+                    col_blocks: up_blocks,
+                },
                 w_in,
             )?,
             w_down: make(Region::rows(id(LayerTensor::Down), d, shard.mlp.start, shard.mlp.len()), Init::Weight { fan_in: f })?,
@@ -99,15 +107,17 @@ impl<B: Backend> LayerWeights<B> {
 }
 
 /// Activation buffers for one micro-batch on one rank, allocated once and reused by every layer.
-/// `kv_next` is the ring's second K/V buffer: the block for the next step lands there while the
-/// current one is being used. `gated` holds SwiGLU's product (none for GELU, which works in place).
+/// `kv_in` is where other ranks' K/V lands: the ring's next block (it arrives while the current
+/// one is in use), or the all-gathered sequence. `gated` holds SwiGLU's product (none for GELU,
+/// which works in place). The accumulators `o` and `lse` are sized for the attention the rank
+/// computes, which for Ulysses is not its own rows (`strategy::Buffers`).
 pub struct Workspace<B: Backend> {
     pub heads: Heads,
     pub mlp_act: MlpAct,
     pub norm: B::Act,
     pub q: B::Act,
     pub kv: B::Act,
-    pub kv_next: B::Act,
+    pub kv_in: B::Act,
     pub attn: B::Act,
     pub o: B::Acc,
     pub lse: B::Acc,
@@ -117,8 +127,8 @@ pub struct Workspace<B: Backend> {
 }
 
 impl<B: Backend> Workspace<B> {
-    /// Buffers for `rows` local token rows; K/V buffers for up to `kv_rows` (the largest block a ring delivers).
-    pub fn new(be: &B, m: &ModelConfig, shard: &Shard, rows: usize, kv_rows: usize, ring: bool) -> Result<Self> {
+    /// Buffers for `rows` local token rows, the K/V and accumulator sizes as `buffers` states.
+    pub fn new(be: &B, m: &ModelConfig, shard: &Shard, rows: usize, buffers: &crate::strategy::Buffers) -> Result<Self> {
         let heads = shard.heads(m);
         let (w, kvw, f) = (heads.width(), heads.kv_width(), shard.mlp.len());
         Ok(Workspace {
@@ -126,11 +136,11 @@ impl<B: Backend> Workspace<B> {
             mlp_act: m.mlp_act,
             norm: be.alloc_act(rows, m.d_model)?,
             q: be.alloc_act(rows, w)?,
-            kv: be.alloc_act(kv_rows.max(rows), 2 * kvw)?,
-            kv_next: be.alloc_act(if ring { kv_rows } else { 0 }, 2 * kvw)?,
+            kv: be.alloc_act(buffers.kv_rows.max(rows), 2 * kvw)?,
+            kv_in: be.alloc_act(buffers.kv_in_rows, 2 * kvw)?,
             attn: be.alloc_act(rows, w)?,
-            o: be.alloc_acc(rows, w)?,
-            lse: be.alloc_acc(rows, heads.heads)?,
+            o: be.alloc_acc(buffers.acc_rows, buffers.acc_heads * m.head_dim())?,
+            lse: be.alloc_acc(buffers.acc_rows, buffers.acc_heads)?,
             proj: be.alloc_act(rows, m.d_model)?,
             up: be.alloc_act(rows, f * m.mlp_act.up_factor())?,
             gated: be.alloc_act(if m.mlp_act == MlpAct::Swiglu { rows } else { 0 }, f)?,
@@ -151,20 +161,23 @@ impl Batch<'_> {
         self.seqs * self.tokens.len()
     }
 
-    /// Every (sequence index within the batch, span of rows and positions) of this batch.
-    pub fn spans(&self) -> impl Iterator<Item = (usize, Span)> + '_ {
+    /// Every (sequence index within the batch, span of rows, the stride of its positions) of
+    /// this batch: row row0 + i holds position pos0 + i x stride.
+    pub fn spans(&self) -> impl Iterator<Item = (usize, Span, usize)> + '_ {
         let n = self.tokens.len();
-        (0..self.seqs)
-            .flat_map(move |s| self.tokens.with_rows().map(move |(r, seg)| (s, Span { row0: s * n + r, len: seg.len, pos0: seg.start })))
+        (0..self.seqs).flat_map(move |s| {
+            self.tokens.with_rows().map(move |(r, seg)| (s, Span { row0: s * n + r, len: seg.len, pos0: seg.start }, seg.stride))
+        })
     }
 }
 
 /// Generate the input hidden states of `batch`'s tokens into x.
 pub fn generate_input<B: Backend>(be: &B, m: &ModelConfig, seed: u64, batch: &Batch, x: &mut B::Act) -> Result<()> {
     x.set_rows(batch.rows());
-    for (s, span) in batch.spans() {
+    for (s, span, stride) in batch.spans() {
         let row0 = (batch.first_seq + s) * m.seq_len + span.pos0;
-        be.fill(x, span.row0, &Region::rows(INPUT_TENSOR, m.d_model, row0, span.len), seed, Init::Uniform)?;
+        let region = Region { row_stride: stride, ..Region::rows(INPUT_TENSOR, m.d_model, row0, span.len) };
+        be.fill(x, span.row0, &region, seed, Init::Uniform)?;
     }
     Ok(())
 }
@@ -184,17 +197,57 @@ pub fn attend<B: Backend>(
     o: &mut B::Acc,
     lse: &mut B::Acc,
 ) -> Result<()> {
+    attend_at(be, ws_q, 0, kv, 0, heads, q, kv_tokens, causal, o, lse)
+}
+
+/// `attend` on blocks that start at row `q_row0` of the queries (and accumulators) and row
+/// `kv_row0` of `kv`: one rank's part of a buffer gathered from several.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_at<B: Backend>(
+    be: &B,
+    ws_q: &B::Act,
+    q_row0: usize,
+    kv: &B::Act,
+    kv_row0: usize,
+    heads: Heads,
+    q: &Batch,
+    kv_tokens: &LocalTokens,
+    causal: bool,
+    o: &mut B::Acc,
+    lse: &mut B::Acc,
+) -> Result<()> {
     let kn = kv_tokens.len();
-    for (s, qs) in q.spans() {
+    for (s, qs, q_stride) in q.spans() {
         for (r, seg) in kv_tokens.with_rows() {
-            if causal && seg.start > qs.pos0 + qs.len - 1 {
+            let qs = Span { row0: q_row0 + qs.row0, ..qs };
+            let ks = Span { row0: kv_row0 + s * kn + r, len: seg.len, pos0: seg.start };
+            let (qs, ks) = unit_stride(qs, ks, q_stride, seg.stride);
+            if causal && ks.pos0 > qs.pos0 + qs.len - 1 {
                 continue; // every key is after every query
             }
-            let ks = Span { row0: s * kn + r, len: seg.len, pos0: seg.start };
             be.attention(ws_q, kv, heads, qs, ks, causal, o, lse)?;
         }
     }
     Ok(())
+}
+
+/// A query span and a key span whose positions both advance by `stride` per row, as spans of
+/// consecutive positions with the same causal mask: the kernels take consecutive positions. Key
+/// row j is visible to query row i when k0 + j s <= q0 + i s, that is j <= i + floor((q0 - k0) / s),
+/// which consecutive positions q0' = max(0, that offset), k0' = max(0, -that offset) reproduce
+/// (the same pairs, so the same FLOPs and the same whole-tile skipping). Striped Attention's
+/// observation; with stride 1 the spans are returned as they are.
+pub fn unit_stride(qs: Span, ks: Span, q_stride: usize, k_stride: usize) -> (Span, Span) {
+    assert_eq!(q_stride, k_stride, "queries and keys of one attention call share a stride");
+    if q_stride == 1 {
+        return (qs, ks);
+    }
+    let s = q_stride;
+    if qs.pos0 >= ks.pos0 {
+        (Span { pos0: (qs.pos0 - ks.pos0) / s, ..qs }, Span { pos0: 0, ..ks })
+    } else {
+        (Span { pos0: 0, ..qs }, Span { pos0: (ks.pos0 - qs.pos0).div_ceil(s), ..ks })
+    }
 }
 
 /// One layer on the rows of `batch` held in x ([rows, d_model], updated in place):
@@ -214,9 +267,9 @@ pub fn layer_forward<B: Backend>(
     be.rms_norm(x, &w.norm1, &mut ws.norm)?;
     be.matmul(&ws.norm, &w.w_q, &mut ws.q)?;
     be.matmul(&ws.norm, &w.w_kv, &mut ws.kv)?;
-    for (_, span) in batch.spans() {
-        be.rope(&mut ws.q, ws.heads, span)?;
-        be.rope(&mut ws.kv, ws.heads.keys(), span)?; // K is the first kv_heads x head_dim columns of [K | V]
+    for (_, span, stride) in batch.spans() {
+        be.rope(&mut ws.q, ws.heads, span, stride)?;
+        be.rope(&mut ws.kv, ws.heads.keys(), span, stride)?; // K is the first kv_heads x head_dim columns of [K | V]
     }
     attention(ws)?;
     be.matmul(&ws.attn, &w.w_o, &mut ws.proj)?;

@@ -8,7 +8,7 @@
 
 use super::rankfile::{self, RankRun};
 use super::status::RunStatus;
-use crate::config::{RunConfig, StrategyKind};
+use crate::config::RunConfig;
 use crate::metrics::flops::job_flops;
 use crate::metrics::Stats;
 use anyhow::{bail, ensure, Context, Result};
@@ -346,29 +346,37 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
     })
 }
 
-/// Strategy-specific parallel sizes: empty where they do not apply.
-fn parallel_columns(cfg: &RunConfig) -> [String; 4] {
-    let n = |v: usize| v.to_string();
-    match cfg.strategy {
-        StrategyKind::Reference => [n(1), n(1), String::new(), String::new()],
-        StrategyKind::TpPp => [n(cfg.tp), n(cfg.pp), String::new(), String::new()],
-        StrategyKind::Ring => [String::new(), String::new(), n(cfg.ring), cfg.layout.name().to_string()],
+/// The parallel sizes every strategy's spec names (tp, pp, sp), each a column, empty where a
+/// strategy does not take it; then its whole split in words, and its layout where it has one.
+fn parallel_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
+    let mine = crate::strategy::spec(cfg.strategy);
+    let values: Vec<(&str, usize)> = mine.size_names.iter().copied().zip((mine.sizes)(cfg)).collect();
+    let mut names: Vec<&'static str> = Vec::new();
+    for s in crate::strategy::SPECS {
+        for n in s.size_names {
+            if !names.contains(n) {
+                names.push(n);
+            }
+        }
     }
+    let mut cols: Vec<(&'static str, String)> =
+        names.into_iter().map(|n| (n, values.iter().find(|(v, _)| *v == n).map(|(_, x)| x.to_string()).unwrap_or_default())).collect();
+    cols.push(("split", cfg.describe_split()));
+    cols.push(("layout", if mine.uses_layout { cfg.layout.name().to_string() } else { String::new() }));
+    cols
 }
 
 fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
     let m = &cfg.model;
-    let [tp, pp, ring, layout] = parallel_columns(cfg);
-    vec![
+    let mut cols = vec![
         ("emulated", cfg.emulate.is_some().to_string()),
         ("emulated_rank", cfg.emulate.map(|e| e.as_rank.to_string()).unwrap_or_default()),
         ("backend", cfg.backend.name().to_string()),
         ("comm", cfg.comm.name().to_string()),
         ("world", cfg.world().to_string()),
-        ("tp", tp),
-        ("pp", pp),
-        ("ring", ring),
-        ("layout", layout),
+    ];
+    cols.extend(parallel_columns(cfg));
+    cols.extend([
         ("preset", cfg.preset.name().to_string()),
         ("layers", m.layers.to_string()),
         ("d_model", m.d_model.to_string()),
@@ -383,7 +391,8 @@ fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
         ("seed", cfg.seed.to_string()),
         ("warmup", cfg.warmup.to_string()),
         ("iters", cfg.iters.to_string()),
-    ]
+    ]);
+    cols
 }
 
 fn stats_columns(prefix: &'static str, s: &Stats, scale: f64) -> Vec<(String, String)> {
@@ -636,7 +645,7 @@ mod tests {
     use crate::metrics::IterationRecord;
 
     fn rank_run(rank: usize, iter_s: f64, peak: Option<f64>) -> RankRun {
-        let config = RunConfig { warmup: 0, iters: 2, ..RunConfig::of_preset(Preset::Tiny, StrategyKind::Ring, 2, 1, 2) };
+        let config = RunConfig { warmup: 0, iters: 2, ..RunConfig::of_preset(Preset::Tiny, crate::config::StrategyKind::Ring, 2, 1, 2) };
         RankRun {
             run_id: "t".into(),
             launch_id: "l".into(),

@@ -67,6 +67,7 @@ pub enum Step {
         heads: Heads,
         x: Vec<bf16>,
         span: Span,
+        stride: usize,
     },
     Gelu {
         x: Vec<bf16>,
@@ -99,6 +100,13 @@ pub enum Step {
         from: usize,
         to: usize,
         n: usize,
+    },
+    /// A block of columns into a buffer of another width (Ulysses' packing).
+    CopyBlock {
+        src: (usize, usize),
+        dst: (usize, usize),
+        x: Vec<bf16>,
+        block: crate::backend::BlockCopy,
     },
 }
 
@@ -134,9 +142,9 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
             be.rms_norm(&x, &g, &mut o)?;
             Output::Bf16(be.download(&o)?)
         }
-        Step::Rope { rows, heads, x, span } => {
+        Step::Rope { rows, heads, x, span, stride } => {
             let mut x = act(be, *rows, x.len() / rows, x)?;
-            be.rope(&mut x, *heads, *span)?;
+            be.rope(&mut x, *heads, *span, *stride)?;
             Output::Bf16(be.download(&x)?)
         }
         Step::Gelu { x } => {
@@ -177,6 +185,13 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
             // Rows outside the copy must keep what they held: start from known values, not poison.
             let mut o = act(be, *rows, *cols, &values(91, rows * cols, 1.0))?;
             be.copy_rows(&x, *from, &mut o, *to, *n)?;
+            Output::Bf16(be.download(&o)?)
+        }
+        Step::CopyBlock { src, dst, x, block } => {
+            let x = act(be, src.0, src.1, x)?;
+            // Values outside the block must stay: start from known values, not poison.
+            let mut o = act(be, dst.0, dst.1, &values(92, dst.0 * dst.1, 1.0))?;
+            be.copy_block(&x, &mut o, *block)?;
             Output::Bf16(be.download(&o)?)
         }
     };
@@ -245,12 +260,19 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
     let mut v = Vec::new();
     let qkv = layer_tensor_id(3, LayerTensor::Qkv);
     v.push((
-        "generate W_qkv shard (3 column blocks, 97 rows)".into(),
+        "generate W_qkv shard (3 column blocks, 97 rows, every third)".into(),
         Tolerance::Exact,
         Step::Fill {
             rows: 97,
             cols: 3 * 40,
-            region: Region { tensor: qkv, global_cols: 3 * 160, row0: 5, rows: 97, col_blocks: vec![(40, 40), (200, 40), (360, 40)] },
+            region: Region {
+                tensor: qkv,
+                global_cols: 3 * 160,
+                row0: 5,
+                rows: 97,
+                row_stride: 3,
+                col_blocks: vec![(40, 40), (200, 40), (360, 40)],
+            },
             init: Init::Weight { fan_in: 160 },
         },
     ));
@@ -278,13 +300,15 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
             Step::RmsNorm { rows, cols, x: values(30 + i as u64, rows * cols, 2.0), gain: values(40 + i as u64, cols, 1.0) },
         ));
     }
-    for (i, &(rows, heads, hd, pos0)) in [(1usize, 1usize, 64usize, 0usize), (97, 4, 128, 99_903), (300, 2, 64, 6250)].iter().enumerate() {
+    let ropes = [(1usize, 1usize, 64usize, 0usize, 1usize), (97, 4, 128, 99_903, 1), (300, 2, 64, 6250, 1), (97, 2, 128, 5, 16)];
+    for (i, &(rows, heads, hd, pos0, stride)) in ropes.iter().enumerate() {
         let h = Heads::mha(heads, hd);
         let span = Span { row0: rows / 3, len: rows - rows / 3, pos0 };
+        let every = if stride > 1 { format!(", every {stride}th (striped)") } else { String::new() };
         v.push((
-            format!("rope {rows} rows, {heads} x {hd}, from position {pos0}"),
+            format!("rope {rows} rows, {heads} x {hd}, from position {pos0}{every}"),
             Tolerance::OneUlp,
-            Step::Rope { rows, heads: h, x: values(50 + i as u64, rows * 2 * h.width(), 1.0), span },
+            Step::Rope { rows, heads: h, x: values(50 + i as u64, rows * 2 * h.width(), 1.0), span, stride },
         ));
     }
     for (rows, f) in [(1usize, 1usize), (97, 333), (300, 1024)] {
@@ -355,6 +379,16 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
         "copy_rows 33 of 97 x 77".into(),
         Tolerance::Exact,
         Step::CopyRows { rows: 97, cols: 77, x: values(90, 97 * 77, 1.0), from: 50, to: 3, n: 33 },
+    ));
+    v.push((
+        "copy_block 41 x 24 of 97 x 77 into 130 x 50".into(),
+        Tolerance::Exact,
+        Step::CopyBlock {
+            src: (97, 77),
+            dst: (130, 50),
+            x: values(93, 97 * 77, 1.0),
+            block: crate::backend::BlockCopy { src_row0: 50, src_col0: 48, dst_row0: 83, dst_col0: 13, rows: 41, cols: 24 },
+        },
     ));
     v
 }

@@ -2,16 +2,19 @@
 //! the model layer by layer over micro-batches, and talks to other ranks only through a
 //! `Communicator`. The harness (timing, verification) is the same for all of them.
 
+pub mod allgather;
 pub mod reference;
 pub mod ring;
 pub mod tp_pp;
+pub mod ulysses;
 
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::{MlpAct, RunConfig, StrategyKind};
+use crate::config::{ConfigError, MlpAct, RunConfig, StrategyKind};
 use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Shard, Workspace};
-use crate::topology::{self, LocalTokens, TpPpCoord};
+use crate::topology::{self, LocalTokens};
 use anyhow::Result;
+use std::ops::Range;
 
 pub trait Strategy<B: Backend, C: Communicator<B>> {
     /// One iteration: the forward pass over the whole batch. With `keep`, the final hidden states
@@ -23,26 +26,180 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
     fn output(&self) -> Option<&B::Act>;
 }
 
-/// Bytes (sent, received) that `rank` of the strategy moves per iteration, as `comm::metered`
-/// counts them: each strategy states its own traffic beside its forward pass.
-pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
-    match cfg.strategy {
-        StrategyKind::Reference => (0, 0),
-        StrategyKind::TpPp => tp_pp::traffic(cfg, rank),
-        StrategyKind::Ring => ring::traffic(cfg, rank),
+/// What one rank owns of the model (DESIGN.md, "Strategies"): the statement that FLOPs, memory,
+/// the coverage test and `verify`'s assembly of outputs are derived from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The tokens of every sequence whose hidden states it holds between layers: the rows its
+    /// linear layers, norms and MLP run on.
+    pub tokens: LocalTokens,
+    /// Its slice of every layer's weights (query heads, K/V heads, MLP columns).
+    pub shard: Shard,
+    /// The layers it runs.
+    pub layers: Range<usize>,
+    /// The attention it computes: the queries of these tokens, for these query heads (Ulysses:
+    /// every token of the sequence for heads / P heads; everyone else: its own tokens and heads).
+    pub attention_tokens: LocalTokens,
+    pub attention_heads: Range<usize>,
+    /// Whether it reports the final hidden states of `tokens` (each token by exactly one rank).
+    pub outputs: bool,
+}
+
+/// The kinds of communication a strategy issues, one per `Communicator` operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    RingStep,
+    AllReduce,
+    AllGather,
+    AllToAll,
+    PipelineSend,
+    PipelineRecv,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::RingStep => "ring step",
+            Op::AllReduce => "all-reduce",
+            Op::AllGather => "all-gather",
+            Op::AllToAll => "all-to-all",
+            Op::PipelineSend => "pipeline send",
+            Op::PipelineRecv => "pipeline receive",
+        }
     }
+}
+
+/// One kind of message a rank exchanges: what it is, with whom (world ranks: the one peer, or the
+/// whole group), the buffer handed to each call, the bytes each call sends and receives as
+/// `comm::metered` counts them, and how many calls an iteration makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub op: Op,
+    pub what: &'static str,
+    pub peers: Vec<usize>,
+    pub buffer_bytes: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub calls: u64,
+    /// Whether it runs under compute (the ring's steps); everything else waits for it.
+    pub overlapped: bool,
+}
+
+/// The buffers a rank allocates beyond its weights: the layer workspace's sizes and the
+/// strategy's own buffers. The strategy allocates exactly these, and `memory_estimate` adds them
+/// up, so the two cannot drift apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Buffers {
+    /// Rows of the K/V buffer the layer writes (at least the micro-batch's rows; more where it is
+    /// also what a ring step sends and a longer block arrives, or is padded for an all-gather).
+    pub kv_rows: usize,
+    /// Rows of the buffer where other ranks' K/V lands (the ring's next block, the all-gathered
+    /// sequence); 0 where nothing arrives.
+    pub kv_in_rows: usize,
+    /// Rows and query heads of the FP32 attention accumulators (o and lse).
+    pub acc_rows: usize,
+    pub acc_heads: usize,
+    /// The strategy's own BF16 buffers, [rows, cols] each, in the order it allocates them.
+    pub extra: Vec<(usize, usize)>,
+    /// The largest K/V operand one attention call reads, [rows, cols] (the CPU's FP32 copy of it).
+    pub attention_kv: (usize, usize),
+}
+
+/// One strategy as a table (STYLE.md, item 1): its sizes, checks, placement, traffic, buffers
+/// and projection. Everything outside `src/strategy/` reads these and never branches on the kind.
+pub struct Spec {
+    pub kind: StrategyKind,
+    /// The parallel sizes it takes, as CSV columns (tp-pp: tp, pp; the sequence-parallel ones: sp).
+    pub size_names: &'static [&'static str],
+    pub sizes: fn(&RunConfig) -> Vec<usize>,
+    /// Whether its tokens follow `--layout`.
+    pub uses_layout: bool,
+    /// Ranks it occupies.
+    pub world: fn(&RunConfig) -> usize,
+    /// Its own checks of the config on a job of `world` ranks (the model's are `config::validate`'s).
+    pub check: fn(&RunConfig, usize) -> Result<(), ConfigError>,
+    pub placement: fn(&RunConfig, usize) -> Placement,
+    pub traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
+    pub buffers: fn(&RunConfig, usize) -> Buffers,
+    /// The (color, key) of each `Communicator::split` the rank makes, in order: the emulated
+    /// transport forms the same groups from them.
+    pub splits: fn(&RunConfig, usize) -> Vec<(usize, usize)>,
+    /// Its communication on a hardware profile, for `plan`.
+    pub project: fn(&RunConfig, &ProjectionInput) -> CommProjection,
+}
+
+/// What `plan` knows when it asks a strategy for its communication time: the busiest rank, its
+/// compute, and the links of one placement.
+pub struct ProjectionInput<'a> {
+    pub rank: usize,
+    pub traffic: &'a [Transfer],
+    /// The rank's attention seconds per layer and micro-batch at the profile's attention rate.
+    pub attention_per_layer_mb_s: f64,
+    /// The rank's compute seconds per iteration (linear, attention, element-wise).
+    pub compute_s: f64,
+    pub gpus_per_node: usize,
+    pub nvlink_bytes_per_s: f64,
+    pub ib_bytes_per_s: f64,
+}
+
+impl ProjectionInput<'_> {
+    /// The bandwidth between ranks `peers` (and this rank): NVLink inside a node, else InfiniBand.
+    pub fn link(&self, peers: &[usize]) -> (bool, f64) {
+        let node = self.rank / self.gpus_per_node;
+        let crosses = peers.iter().any(|&p| p / self.gpus_per_node != node);
+        (crosses, if crosses { self.ib_bytes_per_s } else { self.nvlink_bytes_per_s })
+    }
+
+    /// Seconds of one call of `t` on its link (the larger of its two directions).
+    pub fn seconds(&self, t: &Transfer) -> f64 {
+        t.sent.max(t.received) as f64 / self.link(&t.peers).1
+    }
+
+    /// The calls of the exposed (not overlapped) transfers, in seconds per iteration.
+    pub fn exposed_s(&self) -> f64 {
+        self.traffic.iter().filter(|t| !t.overlapped && t.op != Op::PipelineRecv).map(|t| self.seconds(t) * t.calls as f64).sum()
+    }
+}
+
+/// A strategy's communication on one placement, per iteration of the busiest rank.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CommProjection {
+    /// Whether its heaviest traffic leaves the node.
+    pub crosses_nodes: bool,
+    pub link_bytes_per_s: f64,
+    /// Communication not hidden under compute.
+    pub exposed_s: f64,
+    /// Of the overlapped transfers, the fraction that runs under compute (1 where none).
+    pub hidden_fraction: f64,
+    /// Idle time of a pipeline's fill and drain.
+    pub bubble_s: f64,
+    /// Labelled per-call figures for the console ("ring step transfer", ...).
+    pub details: Vec<(&'static str, f64)>,
+}
+
+/// Every strategy, in the order `--strategy all` runs them.
+pub const SPECS: [&Spec; 5] = [&reference::SPEC, &tp_pp::SPEC, &ring::SPEC, &allgather::SPEC, &ulysses::SPEC];
+
+pub fn spec(kind: StrategyKind) -> &'static Spec {
+    SPECS.iter().find(|s| s.kind == kind).expect("every kind has a spec")
+}
+
+pub fn placement(cfg: &RunConfig, rank: usize) -> Placement {
+    (spec(cfg.strategy).placement)(cfg, rank)
+}
+
+/// Bytes (sent, received) that `rank` of the strategy moves per iteration, as `comm::metered`
+/// counts them: the sum of its stated transfers.
+pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
+    (spec(cfg.strategy).traffic)(cfg, rank).iter().fold((0, 0), |(s, r), t| (s + t.sent * t.calls, r + t.received * t.calls))
 }
 
 /// Which tokens of every sequence `rank` ends up holding final hidden states for; None for ranks
 /// that hold none (every tp-pp rank but the last stage's first TP rank). Pure, so rank 0 can place
 /// every rank's rows without asking.
 pub fn output_tokens(cfg: &RunConfig, rank: usize) -> Option<LocalTokens> {
-    let whole = LocalTokens::whole(cfg.model.seq_len);
-    match cfg.strategy {
-        StrategyKind::Reference => (rank == 0).then_some(whole),
-        StrategyKind::TpPp => (rank == topology::tp_pp_rank(TpPpCoord { stage: cfg.pp - 1, tp_rank: 0 }, cfg.tp)).then_some(whole),
-        StrategyKind::Ring => Some(topology::ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, rank)),
-    }
+    let p = placement(cfg, rank);
+    p.outputs.then_some(p.tokens)
 }
 
 /// Host or device memory one rank of a strategy needs, from the config alone. `weights` and
@@ -63,10 +220,7 @@ impl MemoryEstimate {
 
 /// The shard of each layer `rank` holds: all of it, or its tensor-parallel slice.
 pub fn rank_shard(cfg: &RunConfig, rank: usize) -> Shard {
-    match cfg.strategy {
-        StrategyKind::TpPp => Shard::tensor_parallel(&cfg.model, cfg.tp, topology::tp_pp_coord(rank, cfg.tp).tp_rank),
-        StrategyKind::Reference | StrategyKind::Ring => Shard::whole(&cfg.model),
-    }
+    placement(cfg, rank).shard
 }
 
 /// What rank `rank` allocates; `keep` adds the kept output of `verify`, emulation its scratch buffer.
@@ -74,40 +228,98 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
     let m = &cfg.model;
     let (bf, f32b) = (2u64, 4u64);
     let d = m.d_model as u64;
-    let (tokens, largest, layers) = match cfg.strategy {
-        StrategyKind::Reference => (m.seq_len, m.seq_len, m.layers),
-        StrategyKind::TpPp => (m.seq_len, m.seq_len, m.layers / cfg.pp),
-        StrategyKind::Ring => {
-            let lens: Vec<usize> = (0..cfg.ring).map(|r| topology::ring_tokens(cfg.layout, m.seq_len, cfg.ring, r).len()).collect();
-            (lens[rank], lens.iter().copied().max().unwrap_or(0), m.layers)
-        }
-    };
-    let shard = rank_shard(cfg, rank);
-    let heads = shard.heads(m);
-    let ring = cfg.strategy == StrategyKind::Ring;
-    let (w, kvw, f, hl) = (heads.width() as u64, heads.kv_width() as u64, shard.mlp.len() as u64, heads.heads as u64);
+    let place = placement(cfg, rank);
+    let buf = (spec(cfg.strategy).buffers)(cfg, rank);
+    let heads = place.shard.heads(m);
+    let (w, kvw, f) = (heads.width() as u64, heads.kv_width() as u64, place.shard.mlp.len() as u64);
     let up = f * m.mlp_act.up_factor() as u64;
-    let rows = (cfg.micro_batch * tokens) as u64;
-    let kv_rows = (cfg.micro_batch * largest) as u64;
-    let weights = layers as u64 * bf * (2 * d + d * w + d * 2 * kvw + w * d + d * up + f * d);
+    let rows = (cfg.micro_batch * place.tokens.len()) as u64;
+    let weights = place.layers.len() as u64 * bf * (2 * d + d * w + d * 2 * kvw + w * d + d * up + f * d);
     let gated = if m.mlp_act == MlpAct::Swiglu { rows * f } else { 0 };
+    let (acc_rows, acc_heads, hd) = (buf.acc_rows as u64, buf.acc_heads as u64, m.head_dim() as u64);
+    let extra: u64 = buf.extra.iter().map(|&(r, c)| bf * (r * c) as u64).sum();
     let workspace = bf
         * (rows * d
             + rows * w
-            + kv_rows.max(rows) * 2 * kvw
-            + if ring { kv_rows * 2 * kvw } else { 0 }
+            + (buf.kv_rows as u64).max(rows) * 2 * kvw
+            + buf.kv_in_rows as u64 * 2 * kvw
             + rows * w
             + rows * d
             + rows * up
             + gated)
-        + f32b * (rows * w + rows * hl);
+        + f32b * (acc_rows * acc_heads * hd + acc_rows * acc_heads)
+        + extra;
     let x = bf * rows * d;
-    let out = if keep { bf * (m.batch * tokens) as u64 * d } else { 0 };
+    let out = if keep { bf * (m.batch * place.tokens.len()) as u64 * d } else { 0 };
     let emulation = if cfg.emulate.is_some() { crate::comm::emulated::scratch_bytes(cfg) } else { 0 };
     // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
     let matmul = f32b * (rows * d + d * up + rows * up);
-    let attention = f32b * (kv_rows * 2 * kvw + 64 * kv_rows + 64 * w);
+    let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);
+    let attention = f32b * (kv_r * kv_c + 64 * kv_r + 64 * w);
     MemoryEstimate { weights, activations: workspace + x + out + emulation, scratch: matmul.max(attention) + bf * rows * d }
+}
+
+/// The buffers of a strategy whose K/V stays local: the workspace for its own rows.
+fn local_buffers(cfg: &RunConfig, rank: usize) -> Buffers {
+    let p = placement(cfg, rank);
+    let rows = cfg.micro_batch * p.tokens.len();
+    let kvw = p.shard.heads(&cfg.model).kv_width();
+    Buffers {
+        kv_rows: rows,
+        kv_in_rows: 0,
+        acc_rows: rows,
+        acc_heads: p.attention_heads.len(),
+        extra: Vec::new(),
+        attention_kv: (rows, 2 * kvw),
+    }
+}
+
+/// Every rank of a sequence-parallel strategy holds the whole model and runs it on its tokens.
+fn sequence_parallel_placement(cfg: &RunConfig, rank: usize) -> Placement {
+    let m = &cfg.model;
+    let tokens = topology::ring_tokens(cfg.layout, m.seq_len, cfg.ring, rank);
+    Placement {
+        attention_tokens: tokens.clone(),
+        tokens,
+        shard: Shard::whole(m),
+        layers: 0..m.layers,
+        attention_heads: 0..m.heads,
+        outputs: true,
+    }
+}
+
+/// The checks every strategy over `--ring` ranks of the sequence shares.
+fn check_sequence_parallel(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
+    let name = cfg.strategy.name();
+    if cfg.ring == 0 {
+        return Err(ConfigError("--ring 0: must be at least 1".into()));
+    }
+    if cfg.ring != world {
+        return Err(ConfigError(format!(
+            "--ring {}: the job has {world} ranks (world size must equal the {name} size, set by --ring)",
+            cfg.ring
+        )));
+    }
+    let chunks = topology::chunk_count(cfg.layout, cfg.ring);
+    if cfg.model.seq_len < chunks {
+        return Err(ConfigError(format!(
+            "--seq-len {}: a {} {name} of {} needs at least {chunks} tokens (one per chunk)",
+            cfg.model.seq_len,
+            cfg.layout.name(),
+            cfg.ring
+        )));
+    }
+    Ok(())
+}
+
+/// No communicator splits.
+fn no_splits(_: &RunConfig, _: usize) -> Vec<(usize, usize)> {
+    Vec::new()
+}
+
+/// The longest any rank's tokens are (the block a padded collective moves per sequence).
+fn longest_tokens(cfg: &RunConfig) -> usize {
+    (0..cfg.ring).map(|r| topology::ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, r).len()).max().unwrap_or(0)
 }
 
 /// Set up the strategy `cfg` names on this rank: generate its weights, allocate its buffers.
@@ -116,6 +328,8 @@ pub fn build<'a, B: Backend + 'a, C: Communicator<B> + 'a>(cfg: &RunConfig, be: 
         StrategyKind::Reference => Box::new(reference::Reference::new(cfg, be)?),
         StrategyKind::TpPp => Box::new(tp_pp::TpPp::new(cfg, be, comm)?),
         StrategyKind::Ring => Box::new(ring::Ring::new(cfg, be, comm.rank())?),
+        StrategyKind::Allgather => Box::new(allgather::Allgather::new(cfg, be, comm.rank())?),
+        StrategyKind::Ulysses => Box::new(ulysses::Ulysses::new(cfg, be, comm.rank())?),
     })
 }
 
@@ -137,26 +351,27 @@ pub(crate) struct Stack<B: Backend> {
 }
 
 impl<B: Backend> Stack<B> {
-    /// Layers `layers` of shard `shard`, for micro-batches of this rank's `tokens`; `kv_rows` is the
-    /// largest K/V block the buffers must hold (> the local rows only for the ring).
-    pub fn new(
-        cfg: &RunConfig,
-        be: &B,
-        shard: &Shard,
-        layers: std::ops::Range<usize>,
-        tokens: LocalTokens,
-        kv_rows: usize,
-        ring: bool,
-    ) -> Result<Self> {
+    /// The layers, shard and tokens `placement` states, with the workspace `buffers` states.
+    pub fn new(cfg: &RunConfig, be: &B, placement: &Placement, buffers: &Buffers) -> Result<Self> {
         let m = &cfg.model;
-        let rows = cfg.micro_batch * tokens.len();
+        let rows = cfg.micro_batch * placement.tokens.len();
         Ok(Stack {
-            layers: layers.map(|l| LayerWeights::generate(be, m, shard, l, cfg.seed)).collect::<Result<_>>()?,
-            ws: Workspace::new(be, m, shard, rows, kv_rows, ring)?,
+            layers: placement
+                .layers
+                .clone()
+                .map(|l| LayerWeights::generate(be, m, &placement.shard, l, cfg.seed))
+                .collect::<Result<_>>()?,
+            ws: Workspace::new(be, m, &placement.shard, rows, buffers)?,
             x: be.alloc_act(rows, m.d_model)?,
             out: None,
-            tokens,
+            tokens: placement.tokens.clone(),
         })
+    }
+
+    /// The stack `spec(cfg.strategy)` states for `rank`.
+    pub fn of(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
+        let s = spec(cfg.strategy);
+        Self::new(cfg, be, &(s.placement)(cfg, rank), &(s.buffers)(cfg, rank))
     }
 
     pub fn batch(&self, cfg: &RunConfig, micro_batch: usize) -> Batch<'_> {
@@ -192,5 +407,126 @@ impl<B: Backend> Stack<B> {
         }
         let out = self.out.as_mut().expect("allocated above");
         be.copy_rows(&self.x, 0, out, micro_batch * rows, rows)
+    }
+}
+
+/// Generic over every strategy in `SPECS`: a new one is covered by being in the table.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::comm::local::LocalComm;
+    use crate::comm::metered::Metered;
+    use crate::comm::HostCollectives;
+    use crate::config::{validate, Layout, ModelConfig, Preset};
+
+    /// Every config of `spec` on 1 to 4 ranks that validates: every layout it takes, causal and
+    /// not, multi-head and grouped K/V, at an awkward length.
+    fn configs(spec: &Spec) -> Vec<RunConfig> {
+        let mut out = Vec::new();
+        for world in 1..=4 {
+            for (i, layout) in [Layout::Zigzag, Layout::Contiguous, Layout::Striped].into_iter().enumerate() {
+                if i > 0 && !spec.uses_layout {
+                    continue;
+                }
+                for kv_heads in [4, 2] {
+                    let mut splits = vec![(1, world)];
+                    if spec.size_names.contains(&"tp") {
+                        splits = (1..=world).filter(|t| world % t == 0).map(|t| (t, world / t)).collect();
+                    }
+                    for (tp, pp) in splits {
+                        let mut cfg = RunConfig::of_preset(Preset::Tiny, spec.kind, tp, pp, world);
+                        cfg.model = ModelConfig { kv_heads, seq_len: 37, batch: 2, layers: 4, ..cfg.model };
+                        cfg.layout = layout;
+                        cfg.causal = kv_heads == 4;
+                        if validate(&cfg, world).is_ok() {
+                            out.push(cfg);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_strategy_runs_on_some_world_of_one_to_four_ranks() {
+        for spec in SPECS {
+            let worlds: std::collections::BTreeSet<usize> = configs(spec).iter().map(|c| c.world()).collect();
+            let want = if spec.kind == StrategyKind::Reference { vec![1] } else { vec![1, 2, 4] };
+            assert!(want.iter().all(|w| worlds.contains(w)), "{:?} runs on {worlds:?}", spec.kind);
+        }
+    }
+
+    /// Each (layer, token, query head) of the attention and of the QKV and output projections,
+    /// and each (layer, token, MLP column), is computed by exactly one rank (K/V heads that
+    /// tensor parallelism replicates are owned through the query heads they serve).
+    #[test]
+    fn the_ranks_ownership_covers_the_model_exactly_once() {
+        for spec in SPECS {
+            for cfg in configs(spec) {
+                let m = &cfg.model;
+                let (s, h, f, l) = (m.seq_len, m.heads, m.mlp, m.layers);
+                let (mut linear, mut attention, mut mlp) = (vec![0u8; l * s * h], vec![0u8; l * s * h], vec![0u8; l * s * f]);
+                let mut outputs = vec![0u8; s];
+                for rank in 0..cfg.world() {
+                    let p = placement(&cfg, rank);
+                    let positions = |t: &LocalTokens| t.segments.iter().flat_map(|g| g.positions()).collect::<Vec<_>>();
+                    for layer in p.layers.clone() {
+                        for pos in positions(&p.tokens) {
+                            p.shard.heads.clone().for_each(|hh| linear[(layer * s + pos) * h + hh] += 1);
+                            p.shard.mlp.clone().for_each(|c| mlp[(layer * s + pos) * f + c] += 1);
+                        }
+                        for pos in positions(&p.attention_tokens) {
+                            p.attention_heads.clone().for_each(|hh| attention[(layer * s + pos) * h + hh] += 1);
+                        }
+                    }
+                    if p.outputs {
+                        positions(&p.tokens).into_iter().for_each(|pos| outputs[pos] += 1);
+                    }
+                    // A rank attends with the K/V heads its query heads use.
+                    let kv = p.shard.kv_heads.clone();
+                    assert!(p.shard.heads.clone().all(|hh| kv.contains(&(hh / m.group()))), "{}", cfg.describe());
+                }
+                let what = cfg.describe();
+                assert!(linear.iter().all(|&n| n == 1), "linear layers: {what}");
+                assert!(mlp.iter().all(|&n| n == 1), "MLP: {what}");
+                assert!(attention.iter().all(|&n| n == 1), "attention: {what}");
+                assert!(outputs.iter().all(|&n| n == 1), "outputs: {what}");
+            }
+        }
+    }
+
+    /// The bytes the metered communicator counts in a real forward pass are the strategy's stated
+    /// traffic, on every rank (in-process ranks, no MPI).
+    #[test]
+    fn the_bytes_moved_are_the_stated_traffic() {
+        let mut checked = 0;
+        for spec in SPECS {
+            for cfg in configs(spec) {
+                let cfg = RunConfig { micro_batch: 1, ..cfg };
+                let threads: Vec<_> = LocalComm::world(cfg.world())
+                    .into_iter()
+                    .map(|c| {
+                        let cfg = cfg.clone();
+                        std::thread::spawn(move || {
+                            let be = CpuBackend::new();
+                            let comm = Metered::new(c);
+                            let mut s = build(&cfg, &be, &comm).unwrap();
+                            comm.counters().take();
+                            s.forward(&be, &comm, false).unwrap();
+                            let (_, sent, received) = comm.counters().take();
+                            (comm.rank(), sent, received)
+                        })
+                    })
+                    .collect();
+                for t in threads {
+                    let (rank, sent, received) = t.join().expect("rank thread");
+                    assert_eq!((sent, received), traffic(&cfg, rank), "rank {rank}: {}", cfg.describe());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 40, "{checked} ranks checked");
     }
 }

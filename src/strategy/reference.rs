@@ -1,12 +1,51 @@
 //! The single-rank reference: the whole model, every head, every token, no communication.
 
-use super::{Stack, Strategy};
+use super::{CommProjection, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::Backend;
 use crate::comm::Communicator;
-use crate::config::RunConfig;
+use crate::config::{ConfigError, RunConfig, StrategyKind};
 use crate::model::{local_attention, Shard};
 use crate::topology::LocalTokens;
 use anyhow::Result;
+
+pub const SPEC: Spec = Spec {
+    kind: StrategyKind::Reference,
+    size_names: &[],
+    sizes: |_| Vec::new(),
+    uses_layout: false,
+    world: |_| 1,
+    check,
+    placement,
+    traffic: |_, _| Vec::<Transfer>::new(),
+    buffers: super::local_buffers,
+    splits: super::no_splits,
+    project,
+};
+
+fn check(_: &RunConfig, world: usize) -> Result<(), ConfigError> {
+    if world != 1 {
+        return Err(ConfigError(format!(
+            "--strategy reference runs on 1 rank, but the job has {world} ranks (launch it without mpirun or with -np 1)"
+        )));
+    }
+    Ok(())
+}
+
+fn placement(cfg: &RunConfig, _rank: usize) -> Placement {
+    let m = &cfg.model;
+    Placement {
+        tokens: LocalTokens::whole(m.seq_len),
+        shard: Shard::whole(m),
+        layers: 0..m.layers,
+        attention_tokens: LocalTokens::whole(m.seq_len),
+        attention_heads: 0..m.heads,
+        outputs: true,
+    }
+}
+
+fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
+    CommProjection { link_bytes_per_s: x.nvlink_bytes_per_s, hidden_fraction: 1.0, ..Default::default() }
+}
 
 pub struct Reference<B: Backend> {
     cfg: RunConfig,
@@ -15,10 +54,7 @@ pub struct Reference<B: Backend> {
 
 impl<B: Backend> Reference<B> {
     pub fn new(cfg: &RunConfig, be: &B) -> Result<Self> {
-        let m = &cfg.model;
-        let rows = cfg.micro_batch * m.seq_len;
-        let stack = Stack::new(cfg, be, &Shard::whole(m), 0..m.layers, LocalTokens::whole(m.seq_len), rows, false)?;
-        Ok(Reference { cfg: cfg.clone(), stack })
+        Ok(Reference { cfg: cfg.clone(), stack: Stack::of(cfg, be, 0)? })
     }
 }
 

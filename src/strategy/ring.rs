@@ -5,13 +5,86 @@
 //! next one from r - 1 into the second buffer; partial results merge into FP32 (O, LSE)
 //! accumulators. Output projection and MLP are local. No collective besides the ring.
 
-use super::{Stack, Strategy};
+use super::{CommProjection, Op, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::RunConfig;
-use crate::model::{attend, Batch, Shard, Workspace};
+use crate::config::{RunConfig, StrategyKind};
+use crate::model::{attend, Batch, Workspace};
 use crate::topology::{ring_block_owner, ring_peers, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
+
+pub const SPEC: Spec = Spec {
+    kind: StrategyKind::Ring,
+    size_names: &["sp"],
+    sizes,
+    uses_layout: true,
+    world,
+    check: super::check_sequence_parallel,
+    placement: super::sequence_parallel_placement,
+    traffic,
+    buffers,
+    splits: super::no_splits,
+    project,
+};
+
+fn sizes(cfg: &RunConfig) -> Vec<usize> {
+    vec![cfg.ring]
+}
+
+fn world(cfg: &RunConfig) -> usize {
+    cfg.ring
+}
+
+/// Two K/V buffers of the longest block: the one in use, and the next one arriving.
+fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
+    let rows = cfg.micro_batch * super::longest_tokens(cfg);
+    let local = super::local_buffers(cfg, rank);
+    super::Buffers { kv_rows: rows, kv_in_rows: rows, attention_kv: (rows, local.attention_kv.1), ..local }
+}
+
+/// Per layer and micro-batch, P - 1 exchanges with the neighbours: at step s a rank sends the
+/// K/V block it holds (rank r - s's: micro-batch x its tokens x 2 kv_dim BF16 values) and
+/// receives the one it holds next, while attention runs on the block in hand.
+fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    let (m, p) = (&cfg.model, cfg.ring);
+    let (to, from) = ring_peers(rank, p);
+    let block = |owner: usize| (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.kv_dim() * 2) as u64;
+    let mut peers = vec![to, from];
+    peers.dedup();
+    (0..p.saturating_sub(1))
+        .map(|step| Transfer {
+            op: Op::RingStep,
+            what: "K/V block",
+            peers: peers.clone(),
+            buffer_bytes: block(ring_block_owner(rank, step, p)),
+            sent: block(ring_block_owner(rank, step, p)),
+            received: block(ring_block_owner(rank, step + 1, p)),
+            calls: (m.layers * cfg.micro_batches()) as u64,
+            overlapped: true,
+        })
+        .collect()
+}
+
+/// Each step's transfer runs under that step's attention; only what exceeds it is exposed. The
+/// ring moves at its slowest hop, so it is on InfiniBand as soon as it spans two nodes.
+fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
+    let (crosses, bw) = x.link(&(0..cfg.ring).collect::<Vec<_>>());
+    let step_compute = x.attention_per_layer_mb_s / cfg.ring as f64;
+    let (mut exposed, mut longest) = (0.0, 0.0f64);
+    for t in x.traffic {
+        let s = t.sent.max(t.received) as f64 / bw;
+        longest = longest.max(s);
+        exposed += (s - step_compute).max(0.0) * t.calls as f64;
+    }
+    CommProjection {
+        crosses_nodes: crosses,
+        link_bytes_per_s: bw,
+        exposed_s: exposed,
+        hidden_fraction: if longest > 0.0 { (step_compute / longest).min(1.0) } else { 1.0 },
+        bubble_s: 0.0,
+        details: vec![("ring step transfer", longest), ("ring step attention", step_compute)],
+    }
+}
 
 pub struct Ring<B: Backend> {
     cfg: RunConfig,
@@ -23,26 +96,9 @@ pub struct Ring<B: Backend> {
 
 impl<B: Backend> Ring<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        let m = &cfg.model;
-        let layout: Vec<LocalTokens> = (0..cfg.ring).map(|r| ring_tokens(cfg.layout, m.seq_len, cfg.ring, r)).collect();
-        let largest = layout.iter().map(LocalTokens::len).max().unwrap_or(0);
-        let stack = Stack::new(cfg, be, &Shard::whole(m), 0..m.layers, layout[rank].clone(), cfg.micro_batch * largest, true)?;
-        Ok(Ring { cfg: cfg.clone(), rank, layout, stack })
+        let layout: Vec<LocalTokens> = (0..cfg.ring).map(|r| ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, r)).collect();
+        Ok(Ring { cfg: cfg.clone(), rank, layout, stack: Stack::of(cfg, be, rank)? })
     }
-}
-
-/// Bytes `rank` sends and receives per iteration: per layer and micro-batch, P - 1 exchanges; at
-/// step s it sends the K/V block it holds (rank r - s's: micro-batch x its tokens x 2 kv_dim
-/// BF16 values) and receives the one it holds next.
-pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
-    let m = &cfg.model;
-    let p = cfg.ring;
-    let block = |step: usize| -> u64 {
-        let owner = ring_block_owner(rank, step, p);
-        (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.kv_dim() * 2) as u64
-    };
-    let per_layer_mb = |steps: std::ops::Range<usize>| steps.map(block).sum::<u64>() * (m.layers * cfg.micro_batches()) as u64;
-    (per_layer_mb(0..p.saturating_sub(1)), per_layer_mb(1..p))
 }
 
 /// Ring attention of the batch's queries against every rank's K/V block; fills ws.attn.
@@ -61,15 +117,15 @@ fn ring_attention<B: Backend, C: Communicator<B>>(
     be.attention_reset(&mut ws.o, &mut ws.lse)?;
     for step in 0..p {
         let owner = ring_block_owner(rank, step, p);
-        let Workspace { q, kv, kv_next, o, lse, heads, .. } = ws;
+        let Workspace { q, kv, kv_in, o, lse, heads, .. } = ws;
         let mut compute = || attend(be, q, kv, *heads, batch, &layout[owner], causal, o, lse);
         if step + 1 < p {
-            // Double buffering: the next block lands in kv_next while this one is in use.
+            // Double buffering: the next block lands in kv_in while this one is in use.
             let incoming = ring_block_owner(rank, step + 1, p);
-            kv_next.set_rows(batch.seqs * layout[incoming].len());
-            comm.exchange(kv, to, kv_next, from, &mut compute)
+            kv_in.set_rows(batch.seqs * layout[incoming].len());
+            comm.exchange(kv, to, kv_in, from, &mut compute)
                 .with_context(|| format!("ring step {step}: sending to rank {to}, receiving rank {incoming}'s block from rank {from}"))?;
-            std::mem::swap(&mut ws.kv, &mut ws.kv_next);
+            std::mem::swap(&mut ws.kv, &mut ws.kv_in);
         } else {
             compute()?;
         }
@@ -110,6 +166,7 @@ mod tests {
     use crate::comm::HostCollectives;
     use crate::config::{Layout, ModelConfig};
     use crate::model::generator::uniform;
+    use crate::model::Shard;
     use half::bf16;
 
     const HEADS: usize = 2;
@@ -147,14 +204,22 @@ mod tests {
         let all: Vec<LocalTokens> = (0..ring).map(|r| ring_tokens(layout, seq_len, ring, r)).collect();
         let mine = all[comm.rank()].clone();
         let largest = all.iter().map(LocalTokens::len).max().unwrap();
-        let mut ws = Workspace::new(&be, &m, &Shard::whole(&m), SEQS * mine.len(), SEQS * largest, true).unwrap();
+        let rows = SEQS * largest;
+        let bufs = crate::strategy::Buffers {
+            kv_rows: rows,
+            kv_in_rows: rows,
+            acc_rows: SEQS * mine.len(),
+            acc_heads: HEADS,
+            ..Default::default()
+        };
+        let mut ws = Workspace::new(&be, &m, &Shard::whole(&m), SEQS * mine.len(), &bufs).unwrap();
         let batch = Batch { first_seq: 0, seqs: SEQS, tokens: &mine };
         let (w, rows) = (HEADS * HD, batch.rows());
         ws.q.set_rows(rows);
         ws.kv.set_rows(rows);
-        for (s, span) in batch.spans() {
+        for (s, span, stride) in batch.spans() {
             for i in 0..span.len {
-                let (row, pos) = (span.row0 + i, span.pos0 + i);
+                let (row, pos) = (span.row0 + i, span.pos0 + i * stride);
                 for c in 0..w {
                     ws.q.as_mut_slice()[row * w + c] = bf16::from_f32(value(1, s, pos, c, w, seq_len));
                 }
@@ -176,6 +241,9 @@ mod tests {
             (Layout::Contiguous, 4, 37, true),
             (Layout::Contiguous, 3, 29, false),
             (Layout::Zigzag, 5, 10, true), // one token per chunk
+            (Layout::Striped, 4, 37, true),
+            (Layout::Striped, 3, 29, false),
+            (Layout::Striped, 5, 5, true), // one token per rank
         ];
         for (layout, ring, seq_len, causal) in cases {
             let threads: Vec<_> = LocalComm::world(ring)
@@ -192,7 +260,7 @@ mod tests {
                         for i in 0..seg.len {
                             let row = (s * n + r + i) * HEADS * HD;
                             for h in 0..HEADS {
-                                let want = exact(s, h, seg.start + i, seq_len, causal);
+                                let want = exact(s, h, seg.start + i * seg.stride, seq_len, causal);
                                 for (c, w) in want.iter().enumerate() {
                                     max_err = max_err.max((o.as_slice()[row + h * HD + c] as f64 - w).abs());
                                 }

@@ -9,29 +9,161 @@
 //! is a blocking send: stage k+1 posts its receive as soon as it is free, so stage k blocks only
 //! while the next stage is still busy, which is the fill-drain schedule itself.
 
-use super::{Stack, Strategy};
+use super::{CommProjection, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::RunConfig;
+use crate::config::{ConfigError, RunConfig, StrategyKind};
 use crate::model::{local_attention, Shard};
 use crate::topology::{even_slice, tp_pp_coord, tp_pp_rank, LocalTokens, TpPpCoord};
 use anyhow::{Context, Result};
 
-/// Bytes `rank` sends and receives per iteration: per micro-batch and local layer, two
-/// all-reduces of [micro-batch x seq, d_model] BF16 counted by NCCL's bus convention (2 (tp - 1) /
-/// tp of the buffer each way, as `comm::metered` counts them); per micro-batch, the hand-off of
-/// the same activations to the next stage, and from the previous one.
-pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
+pub const SPEC: Spec = Spec {
+    kind: StrategyKind::TpPp,
+    size_names: &["tp", "pp"],
+    sizes,
+    uses_layout: false,
+    world,
+    check,
+    placement,
+    traffic,
+    buffers: super::local_buffers,
+    splits,
+    project,
+};
+
+fn sizes(cfg: &RunConfig) -> Vec<usize> {
+    vec![cfg.tp, cfg.pp]
+}
+
+fn world(cfg: &RunConfig) -> usize {
+    cfg.tp * cfg.pp
+}
+
+fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     let m = &cfg.model;
-    let coord = tp_pp_coord(rank, cfg.tp);
+    let bad = |s: String| Err(ConfigError(s));
+    if cfg.tp == 0 {
+        return bad("--tp 0: must be at least 1".into());
+    }
+    if cfg.pp == 0 {
+        return bad("--pp 0: must be at least 1".into());
+    }
+    if m.heads % cfg.tp != 0 {
+        return bad(format!("--tp {}: --heads {} must be divisible by the tensor-parallel size", cfg.tp, m.heads));
+    }
+    if m.kv_heads % cfg.tp != 0 && cfg.tp % m.kv_heads != 0 {
+        return bad(format!(
+            "--tp {} with --kv-heads {}: the tensor-parallel size must divide the K/V heads (each rank holds its share) or be a multiple of them (each K/V head replicated on tp / kv_heads ranks, as Megatron does)",
+            cfg.tp, m.kv_heads
+        ));
+    }
+    if m.mlp % cfg.tp != 0 {
+        return bad(format!("--tp {}: --mlp {} must be divisible by the tensor-parallel size", cfg.tp, m.mlp));
+    }
+    if m.layers % cfg.pp != 0 {
+        return bad(format!("--pp {}: --layers {} must be divisible by the number of pipeline stages", cfg.pp, m.layers));
+    }
+    if cfg.tp * cfg.pp != world {
+        return bad(format!(
+            "--tp {} x --pp {} = {} ranks, but the job has {world} ranks (world size must equal tp x pp)",
+            cfg.tp,
+            cfg.pp,
+            cfg.tp * cfg.pp
+        ));
+    }
+    Ok(())
+}
+
+/// Every token; its TP slice of the heads and MLP columns; its stage's layers. The last stage's
+/// first TP rank reports the output (every TP rank of it holds the same all-reduced rows).
+fn placement(cfg: &RunConfig, rank: usize) -> Placement {
+    let m = &cfg.model;
+    let c = tp_pp_coord(rank, cfg.tp);
+    let shard = Shard::tensor_parallel(m, cfg.tp, c.tp_rank);
+    Placement {
+        tokens: LocalTokens::whole(m.seq_len),
+        attention_heads: shard.heads.clone(),
+        shard,
+        layers: even_slice(m.layers, cfg.pp, c.stage),
+        attention_tokens: LocalTokens::whole(m.seq_len),
+        outputs: c.stage + 1 == cfg.pp && c.tp_rank == 0,
+    }
+}
+
+/// The TP group: color = stage, key = TP rank.
+fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
+    let c = tp_pp_coord(rank, cfg.tp);
+    vec![(c.stage, c.tp_rank)]
+}
+
+/// Per micro-batch and local layer, two all-reduces of [micro-batch x seq, d_model] BF16 counted
+/// by NCCL's bus convention (2 (tp - 1) / tp of the buffer each way, as `comm::metered` counts
+/// them); per micro-batch, the hand-off of the same activations to the next stage, and from the
+/// previous one.
+fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    let m = &cfg.model;
+    let c = tp_pp_coord(rank, cfg.tp);
     let activations = (cfg.micro_batch * m.seq_len * m.d_model * 2) as u64;
-    let tp = cfg.tp as u64;
-    let wire = if tp > 1 { 2 * (tp - 1) * activations / tp } else { 0 };
-    let mbs = cfg.micro_batches() as u64;
-    let all_reduce = 2 * wire * (m.layers / cfg.pp) as u64 * mbs;
-    let send = if coord.stage + 1 < cfg.pp { activations * mbs } else { 0 };
-    let recv = if coord.stage > 0 { activations * mbs } else { 0 };
-    (all_reduce + send, all_reduce + recv)
+    let (tp, mbs) = (cfg.tp as u64, cfg.micro_batches() as u64);
+    let mut out = Vec::new();
+    if cfg.tp > 1 {
+        let wire = 2 * (tp - 1) * activations / tp;
+        let group = (0..cfg.tp).map(|t| tp_pp_rank(TpPpCoord { stage: c.stage, tp_rank: t }, cfg.tp)).collect();
+        let calls = 2 * (m.layers / cfg.pp) as u64 * mbs;
+        out.push(Transfer {
+            op: Op::AllReduce,
+            what: "row-parallel output",
+            peers: group,
+            buffer_bytes: activations,
+            sent: wire,
+            received: wire,
+            calls,
+            overlapped: false,
+        });
+    }
+    let hand_off = |op, what, stage, sent, received| Transfer {
+        op,
+        what,
+        peers: vec![tp_pp_rank(TpPpCoord { stage, tp_rank: c.tp_rank }, cfg.tp)],
+        buffer_bytes: activations,
+        sent,
+        received,
+        calls: mbs,
+        overlapped: false,
+    };
+    if c.stage + 1 < cfg.pp {
+        out.push(hand_off(Op::PipelineSend, "activations to the next stage", c.stage + 1, activations, 0));
+    }
+    if c.stage > 0 {
+        out.push(hand_off(Op::PipelineRecv, "activations from the previous stage", c.stage - 1, 0, activations));
+    }
+    out
+}
+
+/// The all-reduces are exposed; the pipeline runs fill-drain, (micro-batches + pp - 1) stage
+/// slots, plus the activation hand-offs of the fill.
+fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
+    let layers_local = (cfg.model.layers / cfg.pp) as f64;
+    let micro_batches = cfg.micro_batches() as f64;
+    let find = |ops: &[Op]| x.traffic.iter().find(|t| ops.contains(&t.op));
+    let (crosses, bw, allreduce_s) = match find(&[Op::AllReduce]) {
+        Some(t) => {
+            let (c, bw) = x.link(&t.peers);
+            (c, bw, x.seconds(t))
+        }
+        None => (false, x.nvlink_bytes_per_s, 0.0),
+    };
+    let send_s = find(&[Op::PipelineSend, Op::PipelineRecv]).map_or(0.0, |t| x.seconds(t));
+    let stage_slot = x.compute_s / micro_batches + 2.0 * layers_local * allreduce_s;
+    let fill = (cfg.pp - 1) as f64;
+    CommProjection {
+        crosses_nodes: crosses,
+        link_bytes_per_s: bw,
+        exposed_s: 2.0 * layers_local * allreduce_s * micro_batches + fill * send_s,
+        hidden_fraction: 1.0,
+        bubble_s: fill * stage_slot,
+        details: vec![("one all-reduce", allreduce_s), ("one pipeline hand-off", send_s)],
+    }
 }
 
 pub struct TpPp<B: Backend, C> {
@@ -44,14 +176,11 @@ pub struct TpPp<B: Backend, C> {
 
 impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
     pub fn new(cfg: &RunConfig, be: &B, world: &C) -> Result<Self> {
-        let m = &cfg.model;
-        let coord = tp_pp_coord(world.rank(), cfg.tp);
-        let tp_group = world.split(coord.stage, coord.tp_rank).context("creating the tensor-parallel group")?;
-        let shard = Shard::tensor_parallel(m, cfg.tp, coord.tp_rank);
-        let layers = even_slice(m.layers, cfg.pp, coord.stage);
-        let rows = cfg.micro_batch * m.seq_len;
-        let stack = Stack::new(cfg, be, &shard, layers, LocalTokens::whole(m.seq_len), rows, false)?;
-        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack })
+        let rank = world.rank();
+        let coord = tp_pp_coord(rank, cfg.tp);
+        let [(color, key)] = splits(cfg, rank)[..] else { unreachable!("tp-pp makes one split") };
+        let tp_group = world.split(color, key).context("creating the tensor-parallel group")?;
+        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack: Stack::of(cfg, be, rank)? })
     }
 }
 

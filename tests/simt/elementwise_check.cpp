@@ -32,7 +32,7 @@ static std::vector<__nv_bfloat16> generate(int rows, int width, u64 seed, u64 te
     std::vector<__nv_bfloat16> out(size_t(rows) * width, __nv_bfloat16{0x7fc0}); // NaN poison
     blocks.resize(5, 0);
     launch(blocks_for((long long)rows * width), 1, BLOCK, [&] {
-        generate_bf16(out.data(), 0, rows, width, seed, tensor, global_cols, row0, blocks[0], blocks[1], blocks[2], blocks[3], blocks[4],
+        generate_bf16(out.data(), 0, rows, width, seed, tensor, global_cols, row0, 1, blocks[0], blocks[1], blocks[2], blocks[3], blocks[4],
                       kind, scale);
     });
     return out;
@@ -94,11 +94,12 @@ static void check_rms_norm() {
 }
 
 static void check_rope() {
-    // 2 heads of dim 16 in rows 40 wide (Q of a wider K|V buffer); rows 2..6 at positions 99990..
-    const int rows = 7, cols = 40, heads = 2, hd = 16, row0 = 2, len = 5, pos0 = 99990;
+    // 2 heads of dim 16 in rows 40 wide (Q of a wider K|V buffer); rows 2..6 at positions 99990,
+    // 100006, ... (a striped layout's tokens, 16 apart)
+    const int rows = 7, cols = 40, heads = 2, hd = 16, row0 = 2, len = 5, pos0 = 99990, stride = 16;
     auto x = values(rows * cols, 1.0f, 3);
     auto before = x;
-    launch(blocks_for((long long)len * heads * hd / 2), 1, BLOCK, [&] { rope_bf16(x.data(), cols, heads, hd, row0, len, pos0); });
+    launch(blocks_for((long long)len * heads * hd / 2), 1, BLOCK, [&] { rope_bf16(x.data(), cols, heads, hd, row0, len, pos0, stride); });
     bool ok = true;
     double err = 0.0;
     for (int r = 0; r < rows; r++) {
@@ -107,7 +108,7 @@ static void check_rope() {
             const int h = c / hd, i = c % hd;
             if (r >= row0 && r < row0 + len && h < heads) {
                 const int k = i % (hd / 2);
-                const double angle = double(pos0 + r - row0) * pow(10000.0, -2.0 * k / hd);
+                const double angle = double(pos0 + (r - row0) * stride) * pow(10000.0, -2.0 * k / hd);
                 const double a = f(before[r * cols + h * hd + k]), b = f(before[r * cols + h * hd + k + hd / 2]);
                 want = i < hd / 2 ? a * cos(angle) - b * sin(angle) : a * sin(angle) + b * cos(angle);
             }
@@ -116,7 +117,7 @@ static void check_rope() {
             ok &= fabs(got - want) <= ulp(got, want);
         }
     }
-    report("rope 5 of 7 rows, 2 x 16 in 40 columns, at 99990..", ok, err);
+    report("rope 5 of 7 rows, 2 x 16 in 40 columns, at 99990, 100006, ..", ok, err);
 }
 
 static void check_pointwise() {
@@ -173,6 +174,22 @@ static void check_pointwise() {
     ok = true;
     for (int i = 0; i < n; i++) ok &= stored[i].x == __float2bfloat16_rn(acc[i]).x;
     report("f32_to_bf16 1023 (round to nearest even)", ok, 0.0);
+
+    // copy_block: 41 x 24 from (50, 48) of a 97 x 77 buffer to (83, 13) of a 130 x 50 one; every
+    // other value of the destination untouched.
+    const int sr = 97, sc = 77, dr = 130, dc = 50, br = 41, bc = 24, s0 = 50, c0 = 48, d0 = 83, e0 = 13;
+    auto src = values(sr * sc, 1.0f, 7), dst = values(dr * dc, 1.0f, 8), before = dst;
+    const long long src_off = (long long)s0 * sc + c0, dst_off = (long long)d0 * dc + e0;
+    launch(blocks_for(br * bc), 1, BLOCK, [&] { copy_block_bf16(src.data(), sc, src_off, dst.data(), dc, dst_off, br, bc); });
+    ok = true;
+    for (int r = 0; r < dr; r++) {
+        for (int c = 0; c < dc; c++) {
+            const bool inside = r >= d0 && r < d0 + br && c >= e0 && c < e0 + bc;
+            const __nv_bfloat16 want = inside ? src[(r - d0 + s0) * sc + (c - e0 + c0)] : before[r * dc + c];
+            ok &= dst[r * dc + c].x == want.x;
+        }
+    }
+    report("copy_block 41 x 24 between widths 77 and 50", ok, 0.0);
 }
 
 int main() {

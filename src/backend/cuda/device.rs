@@ -5,7 +5,7 @@
 
 use super::kernels::{self, ModuleFormat, SOURCES};
 use super::launch::{self, Geometry, Operand};
-use crate::backend::{Backend, Heads, Matrix, MemoryStats, Span, Tracker};
+use crate::backend::{Backend, BlockCopy, Heads, Matrix, MemoryStats, Span, Tracker};
 use crate::model::generator::{Init, Region};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::cublas::{sys as cublas_sys, CudaBlas};
@@ -457,9 +457,10 @@ impl Backend for CudaBackend {
         let (width, rows) = (out.cols as i32, region.rows as i32);
         let (b0, b1, b2) = (b(0), b(1), b(2));
         let (b0s, b0w, b1s, b1w, b2s) = (b0.0 as i32, b0.1 as i32, b1.0 as i32, b1.1 as i32, b2.0 as i32);
-        let (gcols, row0, tensor, d0) = (region.global_cols as u64, region.row0 as u64, region.tensor, dst_row0 as i32);
+        let (gcols, row0, stride, tensor, d0) =
+            (region.global_cols as u64, region.row0 as u64, region.row_stride as u64, region.tensor, dst_row0 as i32);
         let mut l = self.stream.launch_builder(self.f("generate_bf16"));
-        l.arg(&mut out.data).arg(&d0).arg(&rows).arg(&width).arg(&seed).arg(&tensor).arg(&gcols).arg(&row0);
+        l.arg(&mut out.data).arg(&d0).arg(&rows).arg(&width).arg(&seed).arg(&tensor).arg(&gcols).arg(&row0).arg(&stride);
         l.arg(&b0s).arg(&b0w).arg(&b1s).arg(&b1w).arg(&b2s).arg(&kind).arg(&scale);
         // SAFETY: arguments are pushed in the kernel's signature order with its types; the grid
         // covers rows x width elements of a buffer holding at least (dst_row0 + rows) x width.
@@ -536,7 +537,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span) -> Result<()> {
+    fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span, stride: usize) -> Result<()> {
         ensure!(heads.width() <= x.cols && span.row0 + span.len <= x.rows, "rope: outside the buffer");
         let n = span.len * heads.heads * heads.head_dim / 2;
         if n == 0 {
@@ -544,8 +545,9 @@ impl Backend for CudaBackend {
         }
         let (cols, h, hd, r0, len, p0) =
             (x.cols as i32, heads.heads as i32, heads.head_dim as i32, span.row0 as i32, span.len as i32, span.pos0 as i32);
+        let ps = stride as i32;
         let mut l = self.stream.launch_builder(self.f("rope_bf16"));
-        l.arg(&mut x.data).arg(&cols).arg(&h).arg(&hd).arg(&r0).arg(&len).arg(&p0);
+        l.arg(&mut x.data).arg(&cols).arg(&h).arg(&hd).arg(&r0).arg(&len).arg(&p0).arg(&ps);
         // SAFETY: one thread per (row, head, pair) of the span, inside the buffer (checked above).
         unsafe { l.launch(Self::cfg(launch::elementwise(n))) }.map_err(err("rope_bf16"))?;
         Ok(())
@@ -671,6 +673,30 @@ impl Backend for CudaBackend {
         l.arg(&o.data).arg(&mut out.data).arg(&n);
         // SAFETY: n elements in both buffers.
         unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("f32_to_bf16"))?;
+        Ok(())
+    }
+
+    fn copy_block(&self, src: &Self::Act, dst: &mut Self::Act, c: BlockCopy) -> Result<()> {
+        ensure!(
+            c.fits((src.rows, src.cols), (dst.rows, dst.cols)),
+            "copy_block: {c:?} outside [{}, {}] -> [{}, {}]",
+            src.rows,
+            src.cols,
+            dst.rows,
+            dst.cols
+        );
+        let n = c.rows * c.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let (src_cols, dst_cols) = (src.cols as i32, dst.cols as i32);
+        let src_off = (c.src_row0 * src.cols + c.src_col0) as i64;
+        let dst_off = (c.dst_row0 * dst.cols + c.dst_col0) as i64;
+        let (rows, cols) = (c.rows as i32, c.cols as i32);
+        let mut l = self.stream.launch_builder(self.f("copy_block_bf16"));
+        l.arg(&src.data).arg(&src_cols).arg(&src_off).arg(&mut dst.data).arg(&dst_cols).arg(&dst_off).arg(&rows).arg(&cols);
+        // SAFETY: the block lies inside both buffers' rows in use (checked above).
+        unsafe { l.launch(Self::cfg(launch::elementwise(n))) }.map_err(err("copy_block_bf16"))?;
         Ok(())
     }
 

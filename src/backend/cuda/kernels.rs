@@ -24,7 +24,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "elementwise.cu",
         source: include_str!("../../../kernels/elementwise.cu"),
-        entries: &["rms_norm_bf16", "rope_bf16", "gelu_bf16", "swiglu_bf16", "add_bf16", "fill_f32", "f32_to_bf16"],
+        entries: &["rms_norm_bf16", "rope_bf16", "gelu_bf16", "swiglu_bf16", "add_bf16", "fill_f32", "f32_to_bf16", "copy_block_bf16"],
         hot: true,
     },
     KernelSource { file: "attention.cu", source: include_str!("../../../kernels/attention.cu"), entries: &["attention_bf16"], hot: true },
@@ -194,6 +194,11 @@ mod tests {
                     (l.starts_with("extern \"C\" __global__ ") && l.contains(&format!(" {e}("))) || l.contains(&format!("_ENTRY({e},"))
                 });
                 assert!(defined, "{} lacks extern \"C\" __global__ ... {e}(", k.file);
+            }
+            // And the converse: a kernel in the source that the registry lacks could never be launched.
+            for l in k.source.lines().filter(|l| l.starts_with("extern \"C\" __global__ void ")) {
+                let name = l["extern \"C\" __global__ void ".len()..].split('(').next().unwrap_or_default();
+                assert!(k.entries.contains(&name), "{}: kernel {name} is defined but not in the registry", k.file);
             }
             let src = full_source(k);
             assert!(!src.contains("#include \""), "{}: headers spliced", k.file);

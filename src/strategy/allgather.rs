@@ -1,0 +1,131 @@
+//! Context parallelism with all-gathered K/V, as Llama 3 was trained: every rank holds the full
+//! weights and its tokens of every sequence (any layout), and per layer all-gathers every rank's
+//! K/V, then attends its queries to the whole sequence at their global positions. One collective
+//! per layer, not overlapped (what it costs in exposed time is the comparison's point), and a K/V
+//! buffer of the whole sequence, which is what limits it at long context.
+//!
+//! NCCL's AllGather moves equal blocks: a rank whose chunk is a token shorter than the longest
+//! sends its block padded to the longest; the padding rows are never attended.
+
+use super::{CommProjection, Op, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use crate::backend::{Backend, Matrix};
+use crate::comm::Communicator;
+use crate::config::{RunConfig, StrategyKind};
+use crate::model::{attend_at, Batch, Workspace};
+use crate::topology::{ring_tokens, LocalTokens};
+use anyhow::{Context, Result};
+
+pub const SPEC: Spec = Spec {
+    kind: StrategyKind::Allgather,
+    size_names: &["sp"],
+    sizes: |cfg| vec![cfg.ring],
+    uses_layout: true,
+    world: |cfg| cfg.ring,
+    check: super::check_sequence_parallel,
+    placement: super::sequence_parallel_placement,
+    traffic,
+    buffers,
+    splits: super::no_splits,
+    project,
+};
+
+/// The local K/V padded to the longest block (what the all-gather sends), and the whole
+/// sequence's K/V it gathers.
+fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
+    let block = cfg.micro_batch * super::longest_tokens(cfg);
+    let local = super::local_buffers(cfg, rank);
+    let all = cfg.ring * block;
+    super::Buffers { kv_rows: block, kv_in_rows: all, attention_kv: (all, local.attention_kv.1), ..local }
+}
+
+/// Per layer and micro-batch one all-gather of the padded K/V block: as a ring all-gather moves
+/// it, P - 1 blocks out and P - 1 in.
+fn traffic(cfg: &RunConfig, _rank: usize) -> Vec<Transfer> {
+    let m = &cfg.model;
+    let block = (cfg.micro_batch * super::longest_tokens(cfg) * 2 * m.kv_dim() * 2) as u64;
+    let wire = (cfg.ring as u64 - 1) * block;
+    vec![Transfer {
+        op: Op::AllGather,
+        what: "K/V of every rank",
+        peers: (0..cfg.ring).collect(),
+        buffer_bytes: block,
+        sent: wire,
+        received: wire,
+        calls: (m.layers * cfg.micro_batches()) as u64,
+        overlapped: false,
+    }]
+}
+
+/// The all-gather is exposed, on InfiniBand as soon as the group spans two nodes.
+fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
+    let t = &x.traffic[0];
+    let (crosses, bw) = x.link(&t.peers);
+    CommProjection {
+        crosses_nodes: crosses,
+        link_bytes_per_s: bw,
+        exposed_s: x.exposed_s(),
+        hidden_fraction: 1.0,
+        bubble_s: 0.0,
+        details: vec![("one K/V all-gather", x.seconds(t))],
+    }
+}
+
+pub struct Allgather<B: Backend> {
+    cfg: RunConfig,
+    /// Every rank's tokens: the layout of its block in the gathered K/V.
+    layout: Vec<LocalTokens>,
+    stack: Stack<B>,
+}
+
+impl<B: Backend> Allgather<B> {
+    pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
+        let layout = (0..cfg.ring).map(|r| ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, r)).collect();
+        Ok(Allgather { cfg: cfg.clone(), layout, stack: Stack::of(cfg, be, rank)? })
+    }
+}
+
+/// Gather every rank's K/V into ws.kv_in, then attend the batch's queries to each rank's block.
+fn gathered_attention<B: Backend, C: Communicator<B>>(
+    be: &B,
+    comm: &C,
+    ws: &mut Workspace<B>,
+    batch: &Batch,
+    layout: &[LocalTokens],
+    causal: bool,
+) -> Result<()> {
+    let block = batch.seqs * layout.iter().map(LocalTokens::len).max().unwrap_or(0);
+    ws.kv.set_rows(block);
+    ws.kv_in.set_rows(layout.len() * block);
+    comm.all_gather(&ws.kv, &mut ws.kv_in).with_context(|| format!("all-gather of K/V ({block} rows per rank)"))?;
+    ws.o.set_rows(batch.rows());
+    ws.lse.set_rows(batch.rows());
+    be.attention_reset(&mut ws.o, &mut ws.lse)?;
+    for (r, tokens) in layout.iter().enumerate() {
+        attend_at(be, &ws.q, 0, &ws.kv_in, r * block, ws.heads, batch, tokens, causal, &mut ws.o, &mut ws.lse)?;
+    }
+    be.attention_store(&ws.o, &mut ws.attn)
+}
+
+impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
+    fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
+        let (cfg, layout) = (&self.cfg, &self.layout);
+        for mb in 0..cfg.micro_batches() {
+            self.stack.generate_input(be, cfg, mb)?;
+            self.stack.run_layers(
+                be,
+                cfg,
+                mb,
+                &mut |ws, batch| gathered_attention(be, comm, ws, batch, layout, cfg.causal),
+                &mut |_| Ok(()),
+            )?;
+            if keep {
+                self.stack.keep(be, cfg, mb)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn output(&self) -> Option<&B::Act> {
+        self.stack.out.as_ref()
+    }
+}

@@ -426,14 +426,7 @@ impl Backend for CpuBackend {
     }
 
     fn copy_block(&self, src: &Self::Act, dst: &mut Self::Act, c: BlockCopy) -> Result<()> {
-        ensure!(
-            c.fits((src.rows, src.cols), (dst.rows, dst.cols)),
-            "copy_block: {c:?} outside [{}, {}] -> [{}, {}]",
-            src.rows,
-            src.cols,
-            dst.rows,
-            dst.cols
-        );
+        c.check(src, dst)?;
         for r in 0..c.rows {
             let from = (c.src_row0 + r) * src.cols + c.src_col0;
             let to = (c.dst_row0 + r) * dst.cols + c.dst_col0;

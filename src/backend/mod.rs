@@ -94,12 +94,14 @@ pub struct BlockCopy {
 }
 
 impl BlockCopy {
-    /// Whether the block lies inside both buffers ([rows, cols] each).
-    pub fn fits(&self, src: (usize, usize), dst: (usize, usize)) -> bool {
-        self.src_row0 + self.rows <= src.0
-            && self.src_col0 + self.cols <= src.1
-            && self.dst_row0 + self.rows <= dst.0
-            && self.dst_col0 + self.cols <= dst.1
+    /// The block must lie inside both buffers' rows in use.
+    pub fn check(&self, src: &impl Matrix, dst: &impl Matrix) -> anyhow::Result<()> {
+        let fits = self.src_row0 + self.rows <= src.rows()
+            && self.src_col0 + self.cols <= src.cols()
+            && self.dst_row0 + self.rows <= dst.rows()
+            && self.dst_col0 + self.cols <= dst.cols();
+        anyhow::ensure!(fits, "copy_block: {self:?} outside [{}, {}] -> [{}, {}]", src.rows(), src.cols(), dst.rows(), dst.cols());
+        Ok(())
     }
 }
 

@@ -109,20 +109,7 @@ fn gathered_attention<B: Backend, C: Communicator<B>>(
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
         let (cfg, layout) = (&self.cfg, &self.layout);
-        for mb in 0..cfg.micro_batches() {
-            self.stack.generate_input(be, cfg, mb)?;
-            self.stack.run_layers(
-                be,
-                cfg,
-                mb,
-                &mut |ws, batch| gathered_attention(be, comm, ws, batch, layout, cfg.causal),
-                &mut |_| Ok(()),
-            )?;
-            if keep {
-                self.stack.keep(be, cfg, mb)?;
-            }
-        }
-        Ok(())
+        self.stack.forward_all(be, cfg, keep, &mut |ws, batch| gathered_attention(be, comm, ws, batch, layout, cfg.causal))
     }
 
     fn output(&self) -> Option<&B::Act> {

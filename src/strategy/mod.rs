@@ -399,6 +399,26 @@ impl<B: Backend> Stack<B> {
         Ok(())
     }
 
+    /// Every micro-batch through the stack, its input generated on this rank, attention by
+    /// `attention`, nothing to reduce: the whole forward pass of every strategy without tensor
+    /// or pipeline parallelism (they differ only in how a layer's attention sees other ranks).
+    pub fn forward_all(
+        &mut self,
+        be: &B,
+        cfg: &RunConfig,
+        keep: bool,
+        attention: &mut dyn FnMut(&mut Workspace<B>, &Batch) -> Result<()>,
+    ) -> Result<()> {
+        for mb in 0..cfg.micro_batches() {
+            self.generate_input(be, cfg, mb)?;
+            self.run_layers(be, cfg, mb, attention, &mut |_| Ok(()))?;
+            if keep {
+                self.keep(be, cfg, mb)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Copy the micro-batch's final hidden states into the kept output.
     pub fn keep(&mut self, be: &B, cfg: &RunConfig, micro_batch: usize) -> Result<()> {
         let rows = self.x.rows();

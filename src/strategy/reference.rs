@@ -61,14 +61,7 @@ impl<B: Backend> Reference<B> {
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Reference<B> {
     fn forward(&mut self, be: &B, _comm: &C, keep: bool) -> Result<()> {
         let causal = self.cfg.causal;
-        for mb in 0..self.cfg.micro_batches() {
-            self.stack.generate_input(be, &self.cfg, mb)?;
-            self.stack.run_layers(be, &self.cfg, mb, &mut |ws, batch| local_attention(be, ws, batch, causal), &mut |_| Ok(()))?;
-            if keep {
-                self.stack.keep(be, &self.cfg, mb)?;
-            }
-        }
-        Ok(())
+        self.stack.forward_all(be, &self.cfg, keep, &mut |ws, batch| local_attention(be, ws, batch, causal))
     }
 
     fn output(&self) -> Option<&B::Act> {

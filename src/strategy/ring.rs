@@ -137,20 +137,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
         debug_assert_eq!(comm.rank(), self.rank);
         let (cfg, layout) = (&self.cfg, &self.layout);
-        for mb in 0..cfg.micro_batches() {
-            self.stack.generate_input(be, cfg, mb)?;
-            self.stack.run_layers(
-                be,
-                cfg,
-                mb,
-                &mut |ws, batch| ring_attention(be, comm, ws, batch, layout, cfg.causal),
-                &mut |_| Ok(()),
-            )?;
-            if keep {
-                self.stack.keep(be, cfg, mb)?;
-            }
-        }
-        Ok(())
+        self.stack.forward_all(be, cfg, keep, &mut |ws, batch| ring_attention(be, comm, ws, batch, layout, cfg.causal))
     }
 
     fn output(&self) -> Option<&B::Act> {

@@ -244,20 +244,7 @@ fn ulysses_attention<B: Backend, C: Communicator<B>>(
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
         let (cfg, rank, layout, ex) = (&self.cfg, self.rank, &self.layout, &mut self.ex);
-        for mb in 0..cfg.micro_batches() {
-            self.stack.generate_input(be, cfg, mb)?;
-            self.stack.run_layers(
-                be,
-                cfg,
-                mb,
-                &mut |ws, batch| ulysses_attention(be, comm, cfg, rank, ws, ex, batch, layout),
-                &mut |_| Ok(()),
-            )?;
-            if keep {
-                self.stack.keep(be, cfg, mb)?;
-            }
-        }
-        Ok(())
+        self.stack.forward_all(be, cfg, keep, &mut |ws, batch| ulysses_attention(be, comm, cfg, rank, ws, ex, batch, layout))
     }
 
     fn output(&self) -> Option<&B::Act> {

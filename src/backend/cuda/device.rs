@@ -677,14 +677,7 @@ impl Backend for CudaBackend {
     }
 
     fn copy_block(&self, src: &Self::Act, dst: &mut Self::Act, c: BlockCopy) -> Result<()> {
-        ensure!(
-            c.fits((src.rows, src.cols), (dst.rows, dst.cols)),
-            "copy_block: {c:?} outside [{}, {}] -> [{}, {}]",
-            src.rows,
-            src.cols,
-            dst.rows,
-            dst.cols
-        );
+        c.check(src, dst)?;
         let n = c.rows * c.cols;
         if n == 0 {
             return Ok(());

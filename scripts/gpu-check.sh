@@ -8,7 +8,7 @@
 # NCCL on one rank and with --comm mpi on 2 and 4 processes sharing the GPU, allgather and ulysses
 # on one NCCL rank (NCCL's AllGather, the all-to-all as grouped sends and receives), the ring with
 # grouped K/V heads and SwiGLU; a small timed run of
-# both strategies; the launch overhead with and without cudarc's buffer events; then the
+# every strategy; the launch overhead with and without cudarc's buffer events; then the
 # benchmarks, each beside its PyTorch peer from the same run on the same card: the attention
 # kernel alone (32 heads x 6250 x 6250, head dim 128) and one paper-model layer on rank 0 of an
 # emulated zigzag ring of 16.

@@ -142,6 +142,9 @@ fn gqa_and_swiglu_match_the_reference_on_every_strategy() {
         (2, "--strategy tp-pp --tp 2 --kv-heads 2 --mlp-act swiglu --seq-len 1000"),
         (4, "--strategy tp-pp --tp 4 --kv-heads 2 --seq-len 97"),
         (4, "--strategy tp-pp --tp 2 --pp 2 --kv-heads 1 --mlp-act swiglu --seq-len 101 --no-causal"),
+        (3, "--strategy allgather --ring 3 --kv-heads 1 --mlp-act swiglu --layout striped --seq-len 1000"),
+        (4, "--strategy ulysses --ring 4 --kv-heads 1 --mlp-act swiglu --seq-len 101"),
+        (4, "--strategy ring --ring 4 --kv-heads 2 --mlp-act swiglu --layout striped --seq-len 1023"),
     ];
     for (np, flags) in cases {
         verify(np, flags);

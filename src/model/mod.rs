@@ -183,27 +183,11 @@ pub fn generate_input<B: Backend>(be: &B, m: &ModelConfig, seed: u64, batch: &Ba
 }
 
 /// Attention of every query block against every key block of the same sequences, skipping pairs
-/// that the causal mask hides entirely. `kv_tokens` is the layout of the rows in `kv`, which may
-/// belong to another rank (a ring block).
+/// that the causal mask hides entirely. The queries (and accumulators) start at row `q_row0`, the
+/// keys at row `kv_row0` of `kv`, laid out as `kv_tokens` (another rank's block, or one rank's
+/// part of a buffer gathered from several).
 #[allow(clippy::too_many_arguments)]
 pub fn attend<B: Backend>(
-    be: &B,
-    ws_q: &B::Act,
-    kv: &B::Act,
-    heads: Heads,
-    q: &Batch,
-    kv_tokens: &LocalTokens,
-    causal: bool,
-    o: &mut B::Acc,
-    lse: &mut B::Acc,
-) -> Result<()> {
-    attend_at(be, ws_q, 0, kv, 0, heads, q, kv_tokens, causal, o, lse)
-}
-
-/// `attend` on blocks that start at row `q_row0` of the queries (and accumulators) and row
-/// `kv_row0` of `kv`: one rank's part of a buffer gathered from several.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_at<B: Backend>(
     be: &B,
     ws_q: &B::Act,
     q_row0: usize,
@@ -297,7 +281,7 @@ pub fn local_attention<B: Backend>(be: &B, ws: &mut Workspace<B>, batch: &Batch,
     ws.o.set_rows(batch.rows());
     ws.lse.set_rows(batch.rows());
     be.attention_reset(&mut ws.o, &mut ws.lse)?;
-    attend(be, &ws.q, &ws.kv, ws.heads, batch, batch.tokens, causal, &mut ws.o, &mut ws.lse)?;
+    attend(be, &ws.q, 0, &ws.kv, 0, ws.heads, batch, batch.tokens, causal, &mut ws.o, &mut ws.lse)?;
     be.attention_store(&ws.o, &mut ws.attn)
 }
 

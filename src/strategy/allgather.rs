@@ -11,16 +11,16 @@ use super::{CommProjection, Op, ProjectionInput, Spec, Stack, Strategy, Transfer
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{RunConfig, StrategyKind};
-use crate::model::{attend_at, Batch, Workspace};
-use crate::topology::{ring_tokens, LocalTokens};
+use crate::model::{attend, Batch, Workspace};
+use crate::topology::LocalTokens;
 use anyhow::{Context, Result};
 
 pub const SPEC: Spec = Spec {
     kind: StrategyKind::Allgather,
     size_names: &["sp"],
-    sizes: |cfg| vec![cfg.ring],
+    sizes: super::sp_sizes,
     uses_layout: true,
-    world: |cfg| cfg.ring,
+    world: super::sp_world,
     check: super::check_sequence_parallel,
     placement: super::sequence_parallel_placement,
     traffic,
@@ -79,8 +79,7 @@ pub struct Allgather<B: Backend> {
 
 impl<B: Backend> Allgather<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        let layout = (0..cfg.ring).map(|r| ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, r)).collect();
-        Ok(Allgather { cfg: cfg.clone(), layout, stack: Stack::of(cfg, be, rank)? })
+        Ok(Allgather { cfg: cfg.clone(), layout: super::sequence_layout(cfg), stack: Stack::of(cfg, be, rank)? })
     }
 }
 
@@ -101,7 +100,7 @@ fn gathered_attention<B: Backend, C: Communicator<B>>(
     ws.lse.set_rows(batch.rows());
     be.attention_reset(&mut ws.o, &mut ws.lse)?;
     for (r, tokens) in layout.iter().enumerate() {
-        attend_at(be, &ws.q, 0, &ws.kv_in, r * block, ws.heads, batch, tokens, causal, &mut ws.o, &mut ws.lse)?;
+        attend(be, &ws.q, 0, &ws.kv_in, r * block, ws.heads, batch, tokens, causal, &mut ws.o, &mut ws.lse)?;
     }
     be.attention_store(&ws.o, &mut ws.attn)
 }

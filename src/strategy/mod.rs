@@ -317,9 +317,23 @@ fn no_splits(_: &RunConfig, _: usize) -> Vec<(usize, usize)> {
     Vec::new()
 }
 
+/// The sequence-parallel strategies' one size, `--ring`: their CSV `sp` and their world.
+fn sp_sizes(cfg: &RunConfig) -> Vec<usize> {
+    vec![cfg.ring]
+}
+
+fn sp_world(cfg: &RunConfig) -> usize {
+    cfg.ring
+}
+
+/// Every sequence-parallel rank's tokens under `--layout`: the layout of each rank's K/V block.
+fn sequence_layout(cfg: &RunConfig) -> Vec<LocalTokens> {
+    (0..cfg.ring).map(|r| topology::ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, r)).collect()
+}
+
 /// The longest any rank's tokens are (the block a padded collective moves per sequence).
 fn longest_tokens(cfg: &RunConfig) -> usize {
-    (0..cfg.ring).map(|r| topology::ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, r).len()).max().unwrap_or(0)
+    sequence_layout(cfg).iter().map(LocalTokens::len).max().unwrap_or(0)
 }
 
 /// Set up the strategy `cfg` names on this rank: generate its weights, allocate its buffers.

@@ -16,9 +16,9 @@ use anyhow::{Context, Result};
 pub const SPEC: Spec = Spec {
     kind: StrategyKind::Ring,
     size_names: &["sp"],
-    sizes,
+    sizes: super::sp_sizes,
     uses_layout: true,
-    world,
+    world: super::sp_world,
     check: super::check_sequence_parallel,
     placement: super::sequence_parallel_placement,
     traffic,
@@ -26,14 +26,6 @@ pub const SPEC: Spec = Spec {
     splits: super::no_splits,
     project,
 };
-
-fn sizes(cfg: &RunConfig) -> Vec<usize> {
-    vec![cfg.ring]
-}
-
-fn world(cfg: &RunConfig) -> usize {
-    cfg.ring
-}
 
 /// Two K/V buffers of the longest block: the one in use, and the next one arriving.
 fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
@@ -96,8 +88,7 @@ pub struct Ring<B: Backend> {
 
 impl<B: Backend> Ring<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        let layout: Vec<LocalTokens> = (0..cfg.ring).map(|r| ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, r)).collect();
-        Ok(Ring { cfg: cfg.clone(), rank, layout, stack: Stack::of(cfg, be, rank)? })
+        Ok(Ring { cfg: cfg.clone(), rank, layout: super::sequence_layout(cfg), stack: Stack::of(cfg, be, rank)? })
     }
 }
 
@@ -118,7 +109,7 @@ fn ring_attention<B: Backend, C: Communicator<B>>(
     for step in 0..p {
         let owner = ring_block_owner(rank, step, p);
         let Workspace { q, kv, kv_in, o, lse, heads, .. } = ws;
-        let mut compute = || attend(be, q, kv, *heads, batch, &layout[owner], causal, o, lse);
+        let mut compute = || attend(be, q, 0, kv, 0, *heads, batch, &layout[owner], causal, o, lse);
         if step + 1 < p {
             // Double buffering: the next block lands in kv_in while this one is in use.
             let incoming = ring_block_owner(rank, step + 1, p);

@@ -12,7 +12,7 @@ use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, S
 use crate::backend::{Backend, BlockCopy, Heads, Matrix};
 use crate::comm::Communicator;
 use crate::config::{Layout, RunConfig, StrategyKind};
-use crate::model::{attend_at, Batch, Shard, Workspace};
+use crate::model::{attend, Batch, Shard, Workspace};
 use crate::topology::{chunk_count, even_slice, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
 use std::ops::Range;
@@ -20,9 +20,9 @@ use std::ops::Range;
 pub const SPEC: Spec = Spec {
     kind: StrategyKind::Ulysses,
     size_names: &["sp"],
-    sizes: |cfg| vec![cfg.ring],
+    sizes: super::sp_sizes,
     uses_layout: false,
-    world: |cfg| cfg.ring,
+    world: super::sp_world,
     check,
     placement,
     traffic,
@@ -221,12 +221,12 @@ fn ulysses_attention<B: Backend, C: Communicator<B>>(
         // over all of it (one launch that fills the GPU, not P^2 small ones).
         let whole = LocalTokens::whole(cfg.model.seq_len);
         let q = Batch { first_seq: batch.first_seq, seqs: 1, tokens: &whole };
-        attend_at(be, &ex.q_all, 0, &ex.kv_all, 0, heads, &q, &whole, cfg.causal, &mut ws.o, &mut ws.lse)?;
+        attend(be, &ex.q_all, 0, &ex.kv_all, 0, heads, &q, &whole, cfg.causal, &mut ws.o, &mut ws.lse)?;
     } else {
         for (i, q_tokens) in layout.iter().enumerate() {
             let q = Batch { first_seq: batch.first_seq, seqs: batch.seqs, tokens: q_tokens };
             for (k, kv_tokens) in layout.iter().enumerate() {
-                attend_at(be, &ex.q_all, i * block, &ex.kv_all, k * block, heads, &q, kv_tokens, cfg.causal, &mut ws.o, &mut ws.lse)?;
+                attend(be, &ex.q_all, i * block, &ex.kv_all, k * block, heads, &q, kv_tokens, cfg.causal, &mut ws.o, &mut ws.lse)?;
             }
         }
     }

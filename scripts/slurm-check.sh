@@ -20,11 +20,11 @@ for r in 0 1 2 3; do
 done
 summary="results/$job/summary.csv"
 [ -s "$summary" ] || fail "missing $summary"
-for strategy in tp-pp ring allgather ulysses; do
+for strategy in tp-pp ring allgather ulysses usp tp-cp; do
     grep -q "^$job,$strategy,[0-9]*,complete," "$summary" || fail "$summary should hold $strategy, complete: $(cat "$summary")"
 done
 grep -q '^PASS$' "$log" || fail "verify did not PASS: $(cat "$log")"
-echo "slurm-check: results/$job holds 4 rank files and summary.csv (tp-pp, ring, allgather, ulysses); verify PASS"
+echo "slurm-check: results/$job holds 4 rank files and summary.csv (tp-pp, ring, allgather, ulysses, usp, tp-cp); verify PASS"
 
 # 3 tasks for tp 2 x pp 2: refused before any work.
 start=$(date +%s)

@@ -18,6 +18,10 @@ pub enum StrategyKind {
     Allgather,
     /// DeepSpeed-Ulysses: all-to-all from tokens to heads and back, over --ring ranks.
     Ulysses,
+    /// Ulysses groups of --ulysses consecutive ranks x a ring of --ring over the groups.
+    Usp,
+    /// Tensor parallel groups of --tp consecutive ranks x a context ring of --cp.
+    TpCp,
 }
 
 impl StrategyKind {
@@ -28,6 +32,8 @@ impl StrategyKind {
             StrategyKind::Ring => "ring",
             StrategyKind::Allgather => "allgather",
             StrategyKind::Ulysses => "ulysses",
+            StrategyKind::Usp => "usp",
+            StrategyKind::TpCp => "tp-cp",
         }
     }
 }
@@ -40,9 +46,12 @@ pub enum StrategyChoice {
     Ring,
     Allgather,
     Ulysses,
-    /// Every multi-rank strategy whose sizes fit the world (tp-pp, ring, allgather, ulysses), on
-    /// the same model; tp-pp and ring must fit (their sizes are explicit flags), the others run
-    /// where the model allows them (ulysses needs the ranks to divide the heads).
+    Usp,
+    TpCp,
+    /// Every multi-rank strategy whose sizes fit the world (tp-pp, ring, allgather, ulysses, usp,
+    /// tp-cp), on the same model; tp-pp and ring must fit (their sizes are explicit flags), and so
+    /// must usp and tp-cp where --ulysses or --cp is given; the others run where the model allows
+    /// them (ulysses needs the ranks to divide the heads).
     All,
 }
 
@@ -62,13 +71,29 @@ impl StrategyChoice {
             StrategyChoice::Ring => vec![StrategyKind::Ring],
             StrategyChoice::Allgather => vec![StrategyKind::Allgather],
             StrategyChoice::Ulysses => vec![StrategyKind::Ulysses],
+            StrategyChoice::Usp => vec![StrategyKind::Usp],
+            StrategyChoice::TpCp => vec![StrategyKind::TpCp],
             StrategyChoice::All => crate::strategy::SPECS.iter().map(|s| s.kind).filter(|&k| k != StrategyKind::Reference).collect(),
         }
     }
 
-    /// Strategies `all` leaves out where their sizes do not fit, instead of refusing the launch.
-    fn optional_in_all(kind: StrategyKind) -> bool {
-        !matches!(kind, StrategyKind::TpPp | StrategyKind::Ring)
+    /// Whether `all` runs `kind`, resolved as `resolved`. tp-pp and ring always (a config that
+    /// does not validate refuses the launch); usp and tp-cp, given their flag, likewise; the
+    /// others where they validate, and usp and tp-cp by default only where their split is two
+    /// dimensional (with one size 1 they repeat ulysses, ring or tp-pp's work).
+    pub fn runs_in_all(kind: StrategyKind, flags: &SizeFlags, resolved: &Result<RunConfig, ConfigError>) -> bool {
+        let explicit = match kind {
+            StrategyKind::TpPp | StrategyKind::Ring => true,
+            StrategyKind::Usp => flags.ulysses.is_some(),
+            StrategyKind::TpCp => flags.cp.is_some(),
+            _ => false,
+        };
+        let two_d = |c: &RunConfig| match kind {
+            StrategyKind::Usp => c.ulysses > 1 && c.ring > 1,
+            StrategyKind::TpCp => c.tp > 1 && c.cp > 1,
+            _ => true,
+        };
+        explicit || resolved.as_ref().is_ok_and(two_d)
     }
 }
 
@@ -304,6 +329,12 @@ pub struct RunConfig {
     pub tp: usize,
     pub pp: usize,
     pub ring: usize,
+    /// usp's Ulysses group size (its ring over the groups is `ring`); 1 elsewhere.
+    #[serde(default = "one")]
+    pub ulysses: usize,
+    /// tp-cp's context-parallel size (its TP size is `tp`); 1 elsewhere.
+    #[serde(default = "one")]
+    pub cp: usize,
     pub layout: Layout,
     pub micro_batch: usize,
     pub seed: u64,
@@ -317,6 +348,10 @@ pub struct RunConfig {
     /// Set when one process runs the compute of one rank of a larger job (`--emulate-world`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emulate: Option<Emulation>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One process standing in for rank `as_rank` of a `world`-rank job: it runs exactly that rank's
@@ -347,6 +382,8 @@ impl RunConfig {
             tp,
             pp,
             ring,
+            ulysses: 1,
+            cp: 1,
             layout: Layout::Zigzag,
             micro_batch: p.micro_batch,
             seed: 0,
@@ -456,7 +493,7 @@ macro_rules! bad {
 /// values; an explicit flag overrides the preset.
 #[derive(Args, Clone, Debug)]
 pub struct ConfigArgs {
-    /// Parallel strategy; `all` runs tp-pp, then ring, in the same launch.
+    /// Parallel strategy; `all` runs every one that fits, in the same launch.
     #[arg(long, value_enum)]
     pub strategy: StrategyChoice,
     /// Starting values for every model and measurement flag.
@@ -468,11 +505,21 @@ pub struct ConfigArgs {
     /// Pipeline stages (tp-pp). Default: 1.
     #[arg(long, value_name = "N")]
     pub pp: Option<usize>,
-    /// Sequence-parallel size: the ranks the sequence is split over (ring, allgather, ulysses).
-    /// Default: the world size.
+    /// Sequence-parallel size: the ranks the sequence is split over (ring, allgather, ulysses);
+    /// usp's ring over its Ulysses groups. Default: the world size (usp: world / --ulysses).
     #[arg(long, value_name = "N")]
     pub ring: Option<usize>,
-    /// How ring and allgather split each sequence (ulysses always takes contiguous chunks).
+    /// usp's Ulysses group size (consecutive ranks, inside a node). Default: world / --ring, else
+    /// the largest divisor of the world up to 8 that leaves at least two groups and that the
+    /// heads allow.
+    #[arg(long, value_name = "N")]
+    pub ulysses: Option<usize>,
+    /// tp-cp's context-parallel size (a ring of the ranks with the same TP rank). Default: world /
+    /// --tp, else world / the largest divisor up to 8 that leaves at least two groups and that the
+    /// heads allow.
+    #[arg(long, value_name = "N")]
+    pub cp: Option<usize>,
+    /// How ring, allgather, usp and tp-cp split each sequence (ulysses always takes contiguous chunks).
     #[arg(long, value_enum, default_value = "zigzag")]
     pub layout: Layout,
     #[arg(long, value_name = "N")]
@@ -525,11 +572,14 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     /// The world size the parallel flags describe, for commands that run without MPI (`plan`):
-    /// the ring's size, or tp x pp.
+    /// the ring's size, tp x pp, ulysses x ring, tp x cp.
     pub fn implied_world(&self) -> usize {
+        let or1 = |v: Option<usize>| v.unwrap_or(1);
         match self.strategy {
             StrategyChoice::Reference => 1,
-            StrategyChoice::Ring | StrategyChoice::Allgather | StrategyChoice::Ulysses => self.ring.unwrap_or(1),
+            StrategyChoice::Ring | StrategyChoice::Allgather | StrategyChoice::Ulysses => or1(self.ring),
+            StrategyChoice::Usp => or1(self.ulysses) * or1(self.ring),
+            StrategyChoice::TpCp => or1(self.tp) * or1(self.cp),
             StrategyChoice::TpPp | StrategyChoice::All => match (self.tp, self.pp, self.ring) {
                 (None, None, Some(r)) => r,
                 (tp, pp, _) => tp.unwrap_or(1) * pp.unwrap_or(1),
@@ -537,9 +587,34 @@ impl ConfigArgs {
         }
     }
 
+    /// The parallel-size flags as given.
+    pub fn size_flags(&self) -> SizeFlags {
+        SizeFlags {
+            tp: self.tp,
+            pp: self.pp,
+            ring: self.ring,
+            ulysses: self.ulysses,
+            cp: self.cp,
+            all: self.strategy == StrategyChoice::All,
+        }
+    }
+
     /// Resolve the preset and the flags into validated configs, one per strategy run, for a job
     /// of `world` ranks.
     pub fn resolve(&self, world: usize) -> Result<Vec<RunConfig>, ConfigError> {
+        let flags = self.size_flags();
+        self.resolve_each(world)?
+            .into_iter()
+            .filter(|(kind, r)| !flags.all || StrategyChoice::runs_in_all(*kind, &flags, r))
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// Every strategy `--strategy` names, resolved for a job of `world` ranks, with its verdict
+    /// (`plan --strategy all` shows those that do not validate beside those that do). The error
+    /// is the flags' own, common to every strategy.
+    #[allow(clippy::type_complexity)]
+    pub fn resolve_each(&self, world: usize) -> Result<Vec<(StrategyKind, Result<RunConfig, ConfigError>)>, ConfigError> {
         let p = self.preset.values();
         let heads = self.heads.unwrap_or(p.model.heads);
         let model = ModelConfig {
@@ -569,20 +644,21 @@ impl ConfigArgs {
             (BackendKind::Cpu, _) => CommKind::Mpi,
             (BackendKind::Cuda, chosen) => chosen.unwrap_or(CommKind::Nccl),
         };
-        let pp = self.pp.unwrap_or(1);
-        let all = self.strategy == StrategyChoice::All;
+        let flags = self.size_flags();
         let resolved: Vec<(StrategyKind, Result<RunConfig, ConfigError>)> = self
             .strategy
             .strategies()
             .into_iter()
             .map(|strategy| {
-                let cfg = RunConfig {
+                let mut cfg = RunConfig {
                     preset: self.preset,
                     model,
                     strategy,
-                    pp,
-                    tp: self.tp.unwrap_or(world.checked_div(pp).unwrap_or(1).max(1)),
-                    ring: self.ring.unwrap_or(world),
+                    tp: 1,
+                    pp: 1,
+                    ring: 1,
+                    ulysses: 1,
+                    cp: 1,
                     layout: self.layout,
                     micro_batch: self.micro_batch.unwrap_or(p.micro_batch),
                     seed: self.seed,
@@ -593,11 +669,25 @@ impl ConfigArgs {
                     iters: self.iters.unwrap_or(p.iters),
                     emulate: None,
                 };
+                (crate::strategy::spec(strategy).resolve_sizes)(&mut cfg, &flags, world);
                 (strategy, validate(&cfg, world).map(|()| cfg))
             })
             .collect();
-        resolved.into_iter().filter(|(kind, r)| !(all && r.is_err() && StrategyChoice::optional_in_all(*kind))).map(|(_, r)| r).collect()
+        Ok(resolved)
     }
+}
+
+/// The parallel-size flags as given (None where absent), for each strategy's spec to take its
+/// sizes from (`strategy::Spec::resolve_sizes`), with its own defaults for the rest.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SizeFlags {
+    pub tp: Option<usize>,
+    pub pp: Option<usize>,
+    pub ring: Option<usize>,
+    pub ulysses: Option<usize>,
+    pub cp: Option<usize>,
+    /// Under `--strategy all`, where --tp and --ring are tp-pp's and ring's, not the 2-D ones'.
+    pub all: bool,
 }
 
 /// `run`'s flags for emulating one rank of a larger job on this one process.
@@ -762,8 +852,25 @@ mod tests {
             ("--strategy tp-pp --pp 0", 2, "--pp 0: must be at least 1"),
             ("--strategy tp-pp --tp 2 --mlp 255", 2, "--mlp 255 must be divisible"),
             ("--strategy ring --comm nccl", 2, "--comm nccl: NCCL moves GPU buffers; it needs --backend cuda"),
-            ("--strategy ulysses", 3, "--heads 4: ulysses over 3 ranks needs the heads divisible by the ranks"),
-            ("--strategy ulysses --heads 6 --kv-heads 3 --d-model 60", 2, "--kv-heads 3: ulysses over 2 ranks needs them divisible"),
+            ("--strategy ulysses", 3, "--ring 3: a Ulysses group of 3 ranks needs --heads 4 divisible by it"),
+            (
+                "--strategy ulysses --heads 6 --kv-heads 3 --d-model 60",
+                2,
+                "--ring 2 with --kv-heads 3: a Ulysses group of 2 ranks needs the K/V heads divisible",
+            ),
+            ("--strategy usp --ulysses 3", 4, "--ulysses 3 x --ring 1 = 3 ranks, but the job has 4 ranks"),
+            ("--strategy usp --ulysses 2 --ring 3", 4, "--ulysses 2 x --ring 3 = 6 ranks, but the job has 4 ranks"),
+            ("--strategy usp --ulysses 3 --ring 1", 3, "--ulysses 3: a Ulysses group of 3 ranks needs --heads 4 divisible"),
+            ("--strategy usp --ulysses 0", 2, "--ulysses 0: must be at least 1"),
+            (
+                "--strategy usp --ulysses 2 --ring 2 --seq-len 3 --layout contiguous",
+                4,
+                "--seq-len 3: usp ring position 1 holds 1 token, fewer than the 2 members",
+            ),
+            ("--strategy tp-cp --tp 3", 3, "--tp 3: --heads 4 must be divisible"),
+            ("--strategy tp-cp --cp 0", 2, "--cp 0: must be at least 1"),
+            ("--strategy tp-cp --tp 2 --cp 2 --seq-len 3", 4, "--seq-len 3: a zigzag tp-cp context ring of 2 needs at least 4 tokens"),
+            ("--strategy tp-cp --tp 2 --cp 3", 4, "--tp 2 x --cp 3 = 6 ranks, but the job has 4 ranks"),
             ("--strategy allgather --ring 2", 4, "--ring 2: the job has 4 ranks"),
             ("--strategy allgather --seq-len 3 --layout striped", 4, "--seq-len 3: a striped allgather of 4 needs at least 4 tokens"),
         ];
@@ -778,9 +885,25 @@ mod tests {
     fn all_runs_tp_pp_then_ring_on_the_same_world() {
         let argv = "ringbench --strategy all --tp 2 --pp 2 --ring 4".split_whitespace();
         let runs = Cli::try_parse_from(argv).unwrap().args.resolve(4).unwrap();
-        let kinds = vec![StrategyKind::TpPp, StrategyKind::Ring, StrategyKind::Allgather, StrategyKind::Ulysses];
+        let kinds = vec![
+            StrategyKind::TpPp,
+            StrategyKind::Ring,
+            StrategyKind::Allgather,
+            StrategyKind::Ulysses,
+            StrategyKind::Usp,
+            StrategyKind::TpCp,
+        ];
         assert_eq!(runs.iter().map(|c| c.strategy).collect::<Vec<_>>(), kinds);
-        // Ulysses needs the ranks to divide the heads: on 3 ranks of 4 heads, `all` leaves it out.
+        // The 2-D ones take the node-sized split by default, not --tp and --ring (tp-pp's, ring's).
+        assert_eq!((runs[4].ulysses, runs[4].ring, runs[5].tp, runs[5].cp), (2, 2, 2, 2));
+        let argv = "ringbench --strategy all --tp 4 --ring 4 --cp 4".split_whitespace();
+        let runs = Cli::try_parse_from(argv).unwrap().args.resolve(4).unwrap();
+        let tp_cp = runs.iter().find(|c| c.strategy == StrategyKind::TpCp).unwrap();
+        assert_eq!((tp_cp.tp, tp_cp.cp), (1, 4), "--cp asks for it, degenerate or not");
+        let usp = runs.iter().find(|c| c.strategy == StrategyKind::Usp).unwrap();
+        assert_eq!((usp.ulysses, usp.ring), (2, 2), "--ring is the ring's under all");
+        // Ulysses needs the ranks to divide the heads: on 3 ranks of 4 heads, `all` leaves it out,
+        // and the 2-D strategies, whose only split of 3 ranks is one-dimensional.
         let argv = "ringbench --strategy all --tp 1 --pp 1 --ring 1".split_whitespace();
         let three = Cli::try_parse_from(argv.chain(["--heads", "4"])).unwrap().args.resolve(1).unwrap();
         assert_eq!(three.len(), 4);

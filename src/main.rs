@@ -11,7 +11,7 @@ use ringbench::comm::mpi::MpiComm;
 use ringbench::comm::nccl::{placement_problem, NcclComm};
 use ringbench::comm::watchdog::{Overrun, Watchdog, Watched};
 use ringbench::comm::{Communicator, HostCollectives};
-use ringbench::config::{BackendKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig, Transport};
+use ringbench::config::{BackendKind, ConfigArgs, ConfigError, EmulateArgs, RunConfig, StrategyChoice, Transport};
 use ringbench::fault::Fault;
 use ringbench::harness::{self, Place, RunOptions};
 use ringbench::launch::{self, Launch};
@@ -343,23 +343,48 @@ fn bench_launch(args: &ringbench::bench::LaunchArgs, include: Option<&std::path:
 
 fn plan(args: &PlanArgs) -> ExitCode {
     let planned = || -> Result<Vec<String>, ConfigError> {
-        let cfgs = args.config.resolve(args.config.implied_world())?;
+        let world = args.config.implied_world();
+        // `all` plans every strategy that validates and says why the others do not; one named
+        // strategy that does not validate is bad input.
+        let (cfgs, refused) = if args.config.strategy == StrategyChoice::All {
+            let flags = args.config.size_flags();
+            let mut ok = Vec::new();
+            let mut refused = Vec::new();
+            for (kind, r) in args.config.resolve_each(world)? {
+                match r {
+                    Ok(cfg) if StrategyChoice::runs_in_all(kind, &flags, &Ok(cfg.clone())) => ok.push(cfg),
+                    Ok(_) => {}
+                    Err(e) => refused.push((kind.name().to_string(), e.to_string())),
+                }
+            }
+            (ok, refused)
+        } else {
+            (args.config.resolve(world)?, Vec::new())
+        };
+        // The headline (JSON tps_projected) is 8-GPU nodes; beside it, one NVLink domain of the
+        // whole job (at least the seed's 16).
         let sizes = match args.hardware.gpus_per_node {
             Some(g) => vec![g],
-            None => vec![8, 16], // the headline (JSON tps_projected) is 8-GPU nodes
+            None => vec![8, world.max(16)],
         };
         let hw = args.hardware.hardware(sizes[0])?;
-        Ok(cfgs
-            .iter()
-            .map(|cfg| {
-                let p = ringbench::plan::plan(cfg, &hw, &sizes);
-                if args.json {
-                    serde_json::to_string_pretty(&p).expect("the plan serialises")
-                } else {
-                    ringbench::plan::render(cfg, &p)
-                }
-            })
-            .collect())
+        let plans: Vec<(RunConfig, ringbench::plan::Plan)> =
+            cfgs.iter().map(|cfg| (cfg.clone(), ringbench::plan::plan(cfg, &hw, &sizes))).collect();
+        let mut outputs: Vec<String> =
+            plans
+                .iter()
+                .map(|(cfg, p)| {
+                    if args.json {
+                        serde_json::to_string_pretty(p).expect("the plan serialises")
+                    } else {
+                        ringbench::plan::render(cfg, p)
+                    }
+                })
+                .collect();
+        if !args.json && (plans.len() > 1 || !refused.is_empty()) {
+            outputs.push(ringbench::plan::render_comparison(&plans, &refused));
+        }
+        Ok(outputs)
     };
     match planned() {
         Ok(outputs) if args.json && outputs.len() > 1 => println!("[{}]", outputs.join(",\n")),

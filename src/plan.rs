@@ -11,7 +11,7 @@
 //!   TP group's link); the pipeline runs fill-drain, (micro-batches + pp - 1) stage slots, plus the
 //!   activation hand-offs of the fill.
 
-use crate::config::{RunConfig, StrategyKind};
+use crate::config::{RunConfig, SizeFlags, StrategyKind};
 use crate::metrics::flops::{self, linear_per_token_layer};
 use crate::strategy::{memory_estimate, Op, ProjectionInput};
 use clap::{Args, ValueEnum};
@@ -23,6 +23,9 @@ pub enum Profile {
     H100Sxm,
     /// NVIDIA A100 SXM 80GB: 312 TFLOP/s BF16 dense, 2.04 TB/s, NVLink 300 GB/s, IB 25 GB/s per GPU.
     A100Sxm,
+    /// NVIDIA H200 SXM 141GB: 989 TFLOP/s BF16 dense, 4.8 TB/s, NVLink 450 GB/s, IB 50 GB/s per GPU
+    /// (the H100's compute and links with more and faster memory).
+    H200Sxm,
 }
 
 /// One GPU model and its links.
@@ -70,6 +73,10 @@ impl Profile {
                 gemm_efficiency: 0.80,
                 attention_efficiency: 0.60,
             },
+            // The H100's efficiencies, assumed: the same SMs at the same clocks (none measured here).
+            Profile::H200Sxm => {
+                Hardware { name: "h200-sxm".into(), memory_bytes: 141e9, hbm_bytes_per_s: 4.8e12, ..Profile::H100Sxm.hardware() }
+            }
         }
     }
 }
@@ -171,6 +178,9 @@ pub struct Projection {
     pub iteration_s: f64,
     pub tps_projected: f64,
     pub tpot_s: f64,
+    /// Time to first token: the iteration time of one sequence alone (batch and micro-batch 1),
+    /// the prefill latency a user waits for.
+    pub ttft_s: f64,
 }
 
 impl Projection {
@@ -228,6 +238,8 @@ pub struct Plan {
     pub tps_bound: f64,
     /// Projection for the chosen (or default 8-GPU) node size.
     pub tps_projected: f64,
+    /// Time to first token on the same placement.
+    pub ttft_s: f64,
     pub projections: Vec<Projection>,
 }
 
@@ -341,9 +353,18 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
                 iteration_s,
                 tps_projected: tokens / iteration_s,
                 tpot_s: iteration_s / tokens,
+                ttft_s: iteration_s,
             }
         })
         .collect::<Vec<_>>();
+    // One sequence alone: the same placement's iteration at batch 1.
+    let mut projections = projections;
+    if m.batch > 1 {
+        let one = RunConfig { model: crate::config::ModelConfig { batch: 1, ..*m }, micro_batch: 1, ..cfg.clone() };
+        for (p, q) in projections.iter_mut().zip(plan(&one, hw, node_sizes).projections) {
+            p.ttft_s = q.iteration_s;
+        }
+    }
 
     Plan {
         strategy: cfg.strategy.name().into(),
@@ -368,23 +389,26 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         compute_floor_s,
         tps_bound,
         tps_projected: projections.first().map_or(0.0, |p| p.tps_projected),
+        ttft_s: projections.first().map_or(0.0, |p| p.ttft_s),
         projections,
     }
 }
 
 /// Of the strategies and splits a job of `cfg.world()` ranks allows (each sequence-parallel one
-/// over the world, every tp x pp = world), those that validate and whose busiest rank fits one
-/// GPU of `hw`.
+/// over the world, every inner x outer = world of the others), those that validate and whose
+/// busiest rank fits one GPU of `hw`.
 pub fn fitting_strategies(cfg: &RunConfig, hw: &Hardware) -> Vec<String> {
     let world = cfg.world();
-    let mut candidates = Vec::new();
+    let mut candidates: Vec<RunConfig> = Vec::new();
     for s in crate::strategy::SPECS.iter().filter(|s| s.kind != StrategyKind::Reference) {
-        if s.size_names.contains(&"tp") {
-            for tp in (1..=world).filter(|tp| world % tp == 0) {
-                candidates.push(RunConfig { strategy: s.kind, tp, pp: world / tp, emulate: None, ..cfg.clone() });
+        // Every split of the world: the inner size as each strategy names it, the outer from it.
+        for inner in (1..=world).filter(|i| world % i == 0) {
+            let flags = SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), ..Default::default() };
+            let mut c = RunConfig { strategy: s.kind, emulate: None, ..cfg.clone() };
+            (s.resolve_sizes)(&mut c, &flags, world);
+            if !candidates.contains(&c) {
+                candidates.push(c);
             }
-        } else {
-            candidates.push(RunConfig { strategy: s.kind, ring: world, emulate: None, ..cfg.clone() });
         }
     }
     candidates
@@ -511,6 +535,68 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
     line(row("  iteration", &|pr| fmt_seconds(pr.iteration_s)));
     line(row("  tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
     line(row("  time per token", &|pr| fmt_seconds(pr.tpot_s)));
+    line(row("  time to first token", &|pr| fmt_seconds(pr.ttft_s)));
+    o
+}
+
+/// Several plans of one model side by side (`plan --strategy all`): per strategy and split,
+/// memory per GPU and whether it fits, then tokens/s and time to first token on each placement.
+/// Strategies that do not fit are listed with their projection all the same, marked.
+pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String)]) -> String {
+    use crate::metrics::{fmt_bytes, fmt_seconds};
+    let mut o = String::new();
+    let Some((_, first)) = plans.first() else {
+        return o;
+    };
+    let placement = |pr: &Projection| {
+        if pr.nodes == 1 {
+            format!("one {}-GPU domain", pr.gpus_per_node)
+        } else {
+            format!("{} x {} GPUs", pr.nodes, pr.gpus_per_node)
+        }
+    };
+    o.push_str(&format!(
+        "\ncomparison on {} GPUs of {} ({} per placement):\n",
+        first.world, first.hardware.name, "tokens/s, time to first token"
+    ));
+    let mut header = format!("{:<12}{:<30}{:>12} {:<5}", "strategy", "split", "memory/GPU", "fits");
+    for pr in &first.projections {
+        header.push_str(&format!("{:>34}", placement(pr)));
+    }
+    o.push_str(&header);
+    o.push('\n');
+    for (cfg, p) in plans {
+        let split = cfg.describe_split();
+        let mut row = format!("{:<12}{:<30}{:>12} {:<5}", p.strategy, split, fmt_bytes(p.memory.total), if p.fits { "yes" } else { "NO" });
+        for pr in &p.projections {
+            row.push_str(&format!("{:>34}", format!("{:.0} tok/s, {}", pr.tps_projected, fmt_seconds(pr.ttft_s))));
+        }
+        o.push_str(&row);
+        o.push('\n');
+    }
+    for (name, why) in refused {
+        o.push_str(&format!("{name:<12}not planned: {why}\n"));
+    }
+    let best = |i: usize| {
+        plans
+            .iter()
+            .filter(|(_, p)| p.fits)
+            .filter_map(|(c, p)| p.projections.get(i).map(|pr| (c, pr)))
+            .max_by(|a, b| a.1.tps_projected.total_cmp(&b.1.tps_projected))
+    };
+    for (i, pr) in first.projections.iter().enumerate() {
+        match best(i) {
+            Some((c, b)) => o.push_str(&format!(
+                "fastest that fits on {}: {} ({}), {:.0} tokens/s, time to first token {}\n",
+                placement(pr),
+                c.strategy.name(),
+                c.describe_split(),
+                b.tps_projected,
+                fmt_seconds(b.ttft_s)
+            )),
+            None => o.push_str(&format!("on {}: no strategy fits; use more GPUs\n", placement(pr))),
+        }
+    }
     o
 }
 
@@ -560,8 +646,20 @@ mod tests {
     fn projections_stay_under_the_bound_and_the_ring_slows_when_it_leaves_nvlink() {
         let hw = Profile::H100Sxm.hardware();
         for causal in [true, false] {
-            for strategy in [StrategyKind::Ring, StrategyKind::TpPp, StrategyKind::Allgather, StrategyKind::Ulysses] {
-                let p = plan(&paper(strategy, causal), &hw, &[16, 8]);
+            for strategy in [
+                StrategyKind::Ring,
+                StrategyKind::TpPp,
+                StrategyKind::Allgather,
+                StrategyKind::Ulysses,
+                StrategyKind::Usp,
+                StrategyKind::TpCp,
+            ] {
+                let mut cfg = paper(strategy, causal);
+                (cfg.ulysses, cfg.cp) = (8, 2);
+                if strategy == StrategyKind::Usp {
+                    cfg.ring = 2;
+                }
+                let p = plan(&cfg, &hw, &[16, 8]);
                 for pr in &p.projections {
                     assert!(pr.tps_projected < p.tps_bound, "{strategy:?}: {} >= {}", pr.tps_projected, p.tps_bound);
                     assert!(pr.iteration_s >= p.compute_floor_s);
@@ -603,5 +701,66 @@ mod tests {
         // An all-gather holds the whole sequence's K/V: more than the ring's two blocks.
         let ring = plan(&paper(StrategyKind::Ring, true), &hw, &[8]);
         assert!(ag.memory.kv_buffers > 8.0 * ring.memory.kv_buffers);
+    }
+
+    fn llama(preset: Preset, strategy: StrategyKind, inner: usize, outer: usize, seq_len: usize) -> RunConfig {
+        let mut cfg = RunConfig::of_preset(preset, strategy, inner, 1, outer);
+        cfg.model.seq_len = seq_len;
+        cfg.model.batch = 1;
+        (cfg.ulysses, cfg.cp) = (inner, outer);
+        cfg
+    }
+
+    /// DESIGN.md's tp-cp traffic for Llama 3 405B at 131,072 tokens on TP 8 x CP 16: each step
+    /// rings (S / c) x 2 x (kv_dim / t) x 2 B, one K/V head of 128 here; the weights are the TP 8
+    /// shard of the whole layer stack.
+    #[test]
+    fn tp_cp_on_llama3_405b_moves_and_holds_what_design_says() {
+        let cfg = llama(Preset::Llama3_405b, StrategyKind::TpCp, 8, 16, 131_072);
+        assert_eq!(cfg.world(), 128);
+        crate::config::validate(&cfg, 128).unwrap();
+        let p = plan(&cfg, &Profile::H200Sxm.hardware(), &[8, 128]);
+        assert_eq!(p.ring_step_bytes, (131_072 / 16 * 2 * (8 * 128 / 8) * 2) as f64);
+        assert_eq!(p.ring_step_bytes, 4_194_304.0);
+        // Per layer [16384 x 16384 + 2 x 1024] Q|K|V, [16384 x 16384] out, [16384 x 2 x 53248] gate|up,
+        // [53248 x 16384] down, each split 8 ways; the two norm gains whole.
+        let (d, kv, f, l) = (16384.0f64, 1024.0f64, 53248.0f64, 126.0f64);
+        let shard = (d * (d + 2.0 * kv) + d * d + 2.0 * d * f + f * d) / 8.0 + 2.0 * d;
+        assert_eq!(p.memory.weights, 2.0 * l * shard);
+        assert!((p.memory.weights / 1e9 - 100.42).abs() < 0.01, "{} GB", p.memory.weights / 1e9);
+        // It fits an H200 and not an H100; the ring's replicated 803 GB fits neither.
+        assert!(p.fits);
+        assert!(!plan(&cfg, &Profile::H100Sxm.hardware(), &[8]).fits);
+        assert!(!plan(&llama(Preset::Llama3_405b, StrategyKind::Ring, 1, 128, 131_072), &Profile::H200Sxm.hardware(), &[8]).fits);
+        // On 8-GPU nodes the TP group stays on NVLink and the ring crosses InfiniBand: the
+        // all-reduce takes the same time on both placements, the ring step 9x longer.
+        let (nodes, domain) = (&p.projections[0], &p.projections[1]);
+        assert_eq!((nodes.link.as_str(), domain.link.as_str()), ("ib", "nvlink"));
+        assert_eq!(nodes.detail("one all-reduce"), domain.detail("one all-reduce"));
+        let step = |pr: &Projection| pr.detail("ring step transfer").unwrap();
+        assert!((step(nodes) / step(domain) - 9.0).abs() < 1e-9);
+        assert_eq!(step(nodes), 4_194_304.0 / 50e9);
+        // One sequence: time to first token is the iteration.
+        assert_eq!(nodes.ttft_s, nodes.iteration_s);
+    }
+
+    /// usp on 8-GPU nodes keeps its all-to-alls inside a node and rings across; with more than one
+    /// sequence, time to first token is one sequence's iteration, shorter than the batch's.
+    #[test]
+    fn usp_keeps_its_all_to_alls_in_the_node() {
+        let hw = Profile::H100Sxm.hardware();
+        let mut cfg = llama(Preset::Llama3_8b, StrategyKind::Usp, 8, 2, 131_072);
+        cfg.ring = 2;
+        cfg.model.batch = 4;
+        let p = plan(&cfg, &hw, &[8, 16]);
+        let a2a = |pr: &Projection| pr.detail("all-to-alls per layer").unwrap();
+        assert!(a2a(&p.projections[0]) > 0.0 && a2a(&p.projections[0]) == a2a(&p.projections[1]));
+        assert_eq!(p.projections[0].link, "ib");
+        // The all-to-all moves 7/8 of the group's Q, K|V and output, per layer and sequence.
+        let sent: f64 = p.traffic.iter().filter(|t| t.op == "all-to-all").map(|t| t.sent_per_layer_sequence).sum();
+        let tokens = 131_072.0 / 16.0;
+        assert_eq!(sent, 7.0 / 8.0 * tokens * 8.0 * (2.0 * 4096.0 + 2.0 * 1024.0) * 2.0 / 8.0);
+        let pr = &p.projections[0];
+        assert!(pr.ttft_s < pr.iteration_s / 3.0 && pr.ttft_s > 0.0, "{} vs {}", pr.ttft_s, pr.iteration_s);
     }
 }

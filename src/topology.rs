@@ -12,6 +12,12 @@
 //! 2P-1-r, so every rank gets one early (cheap under the causal mask) and one late (expensive) chunk.
 //! Example, P = 4, seq 16: rank 0 holds tokens 0-1 and 14-15, rank 3 holds 6-7 and 8-9.
 //! striped (Striped Attention): token i on rank i mod P; rank 1 of 4 holds 1, 5, 9, 13.
+//!
+//! Two-dimensional strategies (usp, tp-cp) place their inner group on consecutive ranks, as tp-pp
+//! does (DESIGN.md, "Placement"): `rank = inner + inner_size x outer`. usp lays each sequence out
+//! over the R ring positions, then each ring position's tokens over its U Ulysses members in
+//! order. Example, U 2 x R 2, zigzag, seq 16: ring position 0 holds 0-3 and 12-15, so rank 0 holds
+//! 0-3 and rank 1 holds 12-15; ring position 1 holds 4-11: rank 2 holds 4-7, rank 3 holds 8-11.
 
 use crate::config::Layout;
 use std::ops::Range;
@@ -61,6 +67,31 @@ impl LocalTokens {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Rows `rows` of these tokens (within one sequence), as tokens of their own.
+    pub fn rows(&self, rows: Range<usize>) -> LocalTokens {
+        let mut segments = Vec::new();
+        for (r, s) in self.with_rows() {
+            let (a, b) = (rows.start.max(r), rows.end.min(r + s.len));
+            if a < b {
+                segments.push(Segment { start: s.start + (a - r) * s.stride, len: b - a, stride: s.stride });
+            }
+        }
+        LocalTokens { segments }
+    }
+
+    /// `parts` back to back, as one rank's rows would hold them; a segment that continues the
+    /// previous one (same stride, next position) is merged into it.
+    pub fn concat<'a>(parts: impl IntoIterator<Item = &'a LocalTokens>) -> LocalTokens {
+        let mut segments: Vec<Segment> = Vec::new();
+        for s in parts.into_iter().flat_map(|p| p.segments.iter()).filter(|s| s.len > 0) {
+            match segments.last_mut() {
+                Some(l) if l.stride == s.stride && l.start + l.len * l.stride == s.start => l.len += s.len,
+                _ => segments.push(*s),
+            }
+        }
+        LocalTokens { segments }
     }
 
     /// Each segment with the local row (within one sequence) where it starts.
@@ -116,6 +147,27 @@ pub fn ring_peers(rank: usize, ring: usize) -> (usize, usize) {
 /// Whose K/V block ring position `rank` holds at step `step`: blocks travel rank -> rank + 1.
 pub fn ring_block_owner(rank: usize, step: usize, ring: usize) -> usize {
     (rank + ring - step % ring) % ring
+}
+
+/// A rank's place in a two-dimensional split whose inner groups are `inner` consecutive ranks:
+/// (index in its inner group, index of the group).
+pub fn grid_coord(rank: usize, inner: usize) -> (usize, usize) {
+    (rank % inner, rank / inner)
+}
+
+/// The rank at (`index` in inner group `group`), groups of `inner` consecutive ranks.
+pub fn grid_rank(index: usize, group: usize, inner: usize) -> usize {
+    index + inner * group
+}
+
+/// The tokens usp rank (`member` of its Ulysses group of `ulysses`, at ring position `ring_pos`
+/// of `ring`) holds: its ring position's tokens under `layout`, cut into `ulysses` nearly equal
+/// runs of rows, the `member`-th.
+pub fn usp_tokens(layout: Layout, seq_len: usize, ulysses: usize, ring: usize, member: usize, ring_pos: usize) -> LocalTokens {
+    let group = ring_tokens(layout, seq_len, ring, ring_pos);
+    let parts = chunks(group.len(), ulysses);
+    let part = parts[member];
+    group.rows(part.start..part.start + part.len)
 }
 
 /// A rank's place in tp x pp.
@@ -222,6 +274,31 @@ mod tests {
             assert_eq!(tp_pp_rank(*c, 4), r);
         }
         assert_eq!(even_slice(32, 8, 3), 12..16);
+    }
+
+    #[test]
+    fn usp_worked_example_and_coverage() {
+        let t = |member, pos| usp_tokens(Layout::Zigzag, 16, 2, 2, member, pos).segments;
+        assert_eq!(t(0, 0), vec![Segment::run(0, 4)]);
+        assert_eq!(t(1, 0), vec![Segment::run(12, 4)]);
+        assert_eq!((t(0, 1), t(1, 1)), (vec![Segment::run(4, 4)], vec![Segment::run(8, 4)]));
+        // A member's run of rows may straddle the zigzag's two chunks: 3 members of 10 + 10 rows.
+        let g = ring_tokens(Layout::Zigzag, 40, 2, 0);
+        assert_eq!(g.rows(5..12).segments, vec![Segment::run(5, 5), Segment::run(30, 2)]);
+        for layout in [Layout::Zigzag, Layout::Contiguous, Layout::Striped] {
+            for (u, r, seq) in [(2, 2, 37), (3, 2, 97), (2, 3, 1023), (4, 1, 9), (1, 4, 17)] {
+                let mut seen = vec![0usize; seq];
+                for pos in 0..r {
+                    let members: Vec<_> = (0..u).map(|m| usp_tokens(layout, seq, u, r, m, pos)).collect();
+                    // The members' rows back to back are the ring position's tokens.
+                    assert_eq!(LocalTokens::concat(&members), LocalTokens::concat([&ring_tokens(layout, seq, r, pos)]));
+                    members.iter().flat_map(|t| t.segments.iter().flat_map(|s| s.positions())).for_each(|p| seen[p] += 1);
+                }
+                assert!(seen.iter().all(|&n| n == 1), "{layout:?} {u} x {r}, seq {seq}");
+            }
+        }
+        assert_eq!(LocalTokens::concat([&LocalTokens::whole(3), &ring_tokens(Layout::Contiguous, 6, 2, 1)]), LocalTokens::whole(6));
+        assert_eq!((grid_coord(5, 2), grid_rank(1, 2, 2)), ((1, 2), 5));
     }
 
     #[test]

@@ -30,8 +30,9 @@ fn each_emulated_rank_does_exactly_the_real_ranks_work() {
     let real = mpirun(4, &[&JOB[..], &["--out", out, "--run-id", "real"]].concat());
     assert_eq!(real.status, Some(0), "{}", real.all());
     let real_ranks = ranks(&root.join("real"));
-    // tp-pp's emulated copies go through one micro-batch of activations: 256 tokens x 64 x BF16.
-    let scratch_gib = (256 * 64 * 2) as f64 / (1u64 << 30) as f64;
+    // tp-pp's emulated copies go through one micro-batch of activations: 256 tokens x 64 x BF16;
+    // tp-cp's (tp 2 x cp 2) through its context position's: 128 tokens.
+    let gib = |tokens: usize| (tokens * 64 * 2) as f64 / (1u64 << 30) as f64;
     for k in 0..4 {
         let id = format!("emulated-{k}");
         let run = mpirun(1, &[&JOB[..], &["--out", out, "--run-id", &id, "--emulate-world", "4", "--as-rank", &k.to_string()]].concat());
@@ -44,7 +45,7 @@ fn each_emulated_rank_does_exactly_the_real_ranks_work() {
         let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert!(files.contains(&format!("rank-{k:05}.h5")) && files.iter().filter(|f| f.ends_with(".h5")).count() == 1, "{files:?}");
         let emulated = ranks(&dir);
-        for strategy in ["tp-pp", "ring", "allgather", "ulysses"] {
+        for strategy in ["tp-pp", "ring", "allgather", "ulysses", "usp", "tp-cp"] {
             let key = (strategy.to_string(), k.to_string());
             let (e, r) = (&emulated[&key], &real_ranks[&key]);
             assert_eq!(e["emulated"], "true");
@@ -64,7 +65,11 @@ fn each_emulated_rank_does_exactly_the_real_ranks_work() {
                 let (c, m): (f64, f64) = (r[counted].parse().unwrap(), r[model].parse().unwrap());
                 assert!(m > 0.0 && (c / m - 1.0).abs() < 1e-6, "{strategy} rank {k}: {counted} {c} vs the model's {m}");
             }
-            let extra = if strategy == "tp-pp" { scratch_gib } else { 0.0 };
+            let extra = match strategy {
+                "tp-pp" => gib(256),
+                "tp-cp" => gib(128),
+                _ => 0.0,
+            };
             let (pe, pr): (f64, f64) = (e["peak_mem_gib"].parse().unwrap(), r["peak_mem_gib"].parse().unwrap());
             assert!((pe - pr - extra).abs() < 1e-6, "{strategy} rank {k}: peak {pe} GiB emulated vs {pr} GiB real (+ {extra} scratch)");
         }

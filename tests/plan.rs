@@ -1,5 +1,6 @@
 //! `ringbench plan`: the analytic model from the command line, as text and as JSON.
 
+mod common;
 use std::process::Command;
 
 fn plan(args: &[&str]) -> std::process::Output {
@@ -115,4 +116,116 @@ fn the_presets_match_design_and_plan_says_what_fits() {
     // A strategy that fits says so and names nothing else.
     let v = json(&["--preset", "llama3-70b", "--strategy", "tp-pp", "--tp", "8", "--pp", "2"]);
     assert_eq!((v["fits"].as_bool(), v["fits_instead"].as_array().map(Vec::len)), (Some(true), Some(0)));
+}
+
+/// `plan --strategy all` for the models that need more than one node: every strategy side by
+/// side on 8-GPU nodes and on one NVLink domain, with memory, whether it fits, tokens/s and time
+/// to first token. A ring's replicated 70B or 405B weights fit no GPU; tp-cp's TP shard does.
+#[test]
+fn plan_all_compares_the_strategies_for_llama3_70b_and_405b() {
+    let text = |args: &[&str]| {
+        let out = plan(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let t = text(&["--preset", "llama3-70b", "--strategy", "all", "--ring", "32", "--seq-len", "131072", "--batch", "1"]);
+    assert!(t.contains("comparison on 32 GPUs of h100-sxm"), "{t}");
+    assert!(t.contains("4 x 8 GPUs") && t.contains("one 32-GPU domain"), "{t}");
+    let table = |t: &str| t[t.find("comparison on").unwrap_or_else(|| panic!("no comparison in\n{t}"))..].to_string();
+    let row = |name: &str| {
+        let c = table(&t);
+        c.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name} row in\n{c}")).to_string()
+    };
+    for name in ["ring", "allgather", "ulysses", "usp"] {
+        assert!(row(name).contains(" NO "), "{}", row(name));
+    }
+    assert!(row("usp").contains("ulysses 8 x ring 4"), "{}", row("usp"));
+    assert!(row("tp-cp").contains("tp 8 x cp 4") && row("tp-cp").contains(" yes "), "{}", row("tp-cp"));
+    assert!(t.contains("fastest that fits on 4 x 8 GPUs: tp-cp (tp 8 x cp 4, zigzag)"), "{t}");
+    assert!(t.contains("time to first token"), "{t}");
+
+    // 405B in BF16: TP 8 x CP 16 holds 100 GB of weights per GPU, an H200's 141 GB and not an H100's 80.
+    let h200 = text(&[
+        "--preset",
+        "llama3-405b",
+        "--strategy",
+        "all",
+        "--ring",
+        "128",
+        "--seq-len",
+        "131072",
+        "--batch",
+        "1",
+        "--hardware",
+        "h200-sxm",
+    ]);
+    let tp_cp = table(&h200).lines().find(|l| l.starts_with("tp-cp")).unwrap().to_string();
+    assert!(tp_cp.contains("tp 8 x cp 16") && tp_cp.contains(" yes "), "{h200}");
+    let h100 = text(&["--preset", "llama3-405b", "--strategy", "all", "--ring", "128", "--seq-len", "131072", "--batch", "1"]);
+    assert!(table(&h100).lines().find(|l| l.starts_with("tp-cp")).unwrap().contains(" NO "), "{h100}");
+    // A strategy that cannot take the sizes is named with the reason, not dropped silently.
+    let odd = text(&["--preset", "llama3-70b", "--strategy", "all", "--ring", "12", "--seq-len", "131072", "--batch", "1"]);
+    assert!(odd.contains("tp-pp       not planned: --tp 12: --heads 64 must be divisible"), "{odd}");
+}
+
+/// The GPU jobs' own command lines (srun replaced by a stub that records them) ask for sizes that
+/// every strategy takes: `plan` with the same flags plans all six, or the one the job names.
+#[test]
+fn the_gpu_jobs_ask_for_sizes_every_strategy_takes() {
+    let root = common::temp_root("jobs");
+    let log = root.join("srun.args");
+    std::fs::write(root.join("srun"), "#!/bin/sh\nprintf '%s\\0' \"$@\" > \"$SRUN_LOG\"\n").unwrap();
+    Command::new("chmod").arg("+x").arg(root.join("srun")).status().unwrap();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let bin = env!("CARGO_BIN_EXE_ringbench");
+    let path = format!("{}:{}", root.display(), std::env::var("PATH").unwrap());
+    for (job, nodes) in [("paper-1node-16gpu", 1), ("paper-2node-8gpu", 2), ("cp-nodes-8gpu", 2), ("cp-nodes-8gpu", 4)] {
+        for strategy in ["all", "usp", "tp-cp", "tp-pp", "ring"] {
+            let _ = std::fs::remove_file(&log);
+            let status = Command::new("bash")
+                .arg(format!("{repo}/jobs/{job}.sbatch"))
+                .env("PATH", &path)
+                .env("SRUN_LOG", &log)
+                .env("SLURM_SUBMIT_DIR", repo)
+                .env("SLURM_JOB_NUM_NODES", nodes.to_string())
+                .env("STRATEGY", strategy)
+                .env("RINGBENCH", bin)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{job} STRATEGY={strategy}");
+            let args = std::fs::read_to_string(&log).unwrap();
+            let args: Vec<&str> = args.split('\0').filter(|a| !a.is_empty()).collect();
+            let at = args.iter().position(|a| *a == bin).unwrap_or_else(|| panic!("{job}: {args:?}")) + 1;
+            assert_eq!(args[at], "run", "{job}: {args:?}");
+            // The run's flags, less where it runs and writes.
+            let mut flags: Vec<&str> = Vec::new();
+            let mut it = args[at + 1..].iter();
+            while let Some(&a) = it.next() {
+                match a {
+                    "--backend" | "--comm" | "--out" => {
+                        it.next();
+                    }
+                    "--quiet" => {}
+                    _ => flags.push(a),
+                }
+            }
+            let out = plan(&flags);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{job} STRATEGY={strategy}: plan {flags:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let world = if job.starts_with("paper") { 16 } else { 8 * nodes };
+            let physical = format!("on {world} GPUs");
+            assert!(text.contains(&physical), "{job} STRATEGY={strategy}: {text}");
+            if strategy == "all" {
+                let table = &text[text.find("comparison on").unwrap()..];
+                assert!(!table.contains("not planned"), "{job}: {table}");
+                for name in ["tp-pp", "ring", "allgather", "ulysses", "usp", "tp-cp"] {
+                    assert!(table.lines().any(|l| l.starts_with(&format!("{name} "))), "{job}: no {name} in {table}");
+                }
+                assert!(table.contains("ulysses 8 x ring") && table.contains("tp 8 x cp"), "{job}: {table}");
+            } else {
+                assert!(text.starts_with(&format!("ringbench plan: {strategy} (")), "{job} STRATEGY={strategy}: {text}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&root).ok();
 }

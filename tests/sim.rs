@@ -150,6 +150,8 @@ fn every_strategy_verifies_on_the_simulated_gpu_over_nccl_and_mpi_with_random_de
         (4, &["--strategy", "tp-pp", "--tp", "2", "--pp", "2", "--comm", "mpi"], FLASH64),
         (4, &["--strategy", "allgather", "--layout", "striped", "--comm", "nccl"], FLASH128),
         (4, &["--strategy", "ulysses", "--comm", "nccl"], PLAIN),
+        (4, &["--strategy", "usp", "--ulysses", "2", "--ring", "2", "--comm", "nccl"], FLASH64),
+        (4, &["--strategy", "tp-cp", "--tp", "2", "--cp", "2", "--layout", "striped", "--comm", "nccl"], FLASH128),
     ];
     for (np, strategy, model) in cases {
         let mut args = vec!["verify", "--backend", "cuda"];
@@ -191,11 +193,11 @@ fn a_run_on_the_simulated_gpu_and_an_emulated_rank_reduce_as_simulated() {
             let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
             assert_eq!(
                 rows.len(),
-                // tp-pp, ring, allgather and ulysses; 4 ranks each in ranks.csv.
+                // tp-pp, ring, allgather, ulysses, usp and tp-cp; 4 ranks each in ranks.csv.
                 if table == "ranks.csv" && id == "four" {
-                    16
+                    24
                 } else if id == "four" {
-                    4
+                    6
                 } else {
                     1
                 },

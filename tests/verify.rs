@@ -150,3 +150,24 @@ fn gqa_and_swiglu_match_the_reference_on_every_strategy() {
         verify(np, flags);
     }
 }
+
+/// The 2-D strategies: on 4 ranks (ulysses 2 x ring 2, tp 2 x cp 2) and on 6 (3 x 2 and 2 x 3,
+/// with 6 heads so that both splits divide them), grouped K/V throughout (split, and replicated
+/// where the inner group exceeds the K/V heads), every layout, micro-batches.
+#[test]
+fn usp_and_tp_cp_match_the_reference() {
+    let six = "--heads 6 --d-model 96 --mlp 192";
+    let cases = [
+        (4, "--strategy usp --ulysses 2 --ring 2 --kv-heads 2 --seq-len 97".to_string()),
+        (4, "--strategy tp-cp --tp 2 --cp 2 --kv-heads 1 --seq-len 1023 --no-causal".into()),
+        (6, format!("--strategy usp --ulysses 3 --ring 2 {six} --kv-heads 3 --seq-len 1000")),
+        (6, format!("--strategy usp --ulysses 2 --ring 3 {six} --kv-heads 2 --layout contiguous --seq-len 97 --no-causal")),
+        (6, format!("--strategy tp-cp --tp 3 --cp 2 {six} --kv-heads 1 --mlp-act swiglu --seq-len 1023")),
+        (6, format!("--strategy tp-cp --tp 2 --cp 3 {six} --kv-heads 2 --layout striped --seq-len 101 --no-causal")),
+        (4, "--strategy usp --ulysses 2 --ring 2 --seq-len 9 --batch 4 --micro-batch 2 --kv-heads 1 --layout striped".into()),
+        (4, "--strategy tp-cp --tp 2 --cp 2 --seq-len 17 --batch 4 --micro-batch 2 --kv-heads 2 --layout contiguous".into()),
+    ];
+    for (np, flags) in cases {
+        verify(np, &flags);
+    }
+}

@@ -11,8 +11,9 @@
 
 use super::{Communicator, DeviceCommTimes, HostCollectives};
 use crate::backend::{Backend, Matrix};
-use crate::config::{RunConfig, StrategyKind};
+use crate::config::RunConfig;
 use crate::model::generator::{Init, Region, INPUT_TENSOR};
+use crate::strategy::Op;
 use anyhow::{ensure, Result};
 use half::bf16;
 use std::cell::RefCell;
@@ -86,15 +87,22 @@ pub struct Emulated<'a, B: Backend> {
     transfers: Rc<dyn Transfers<B> + 'a>,
 }
 
-/// [rows, cols] of the scratch buffer a config needs: tp-pp's all-reduces and pipeline
-/// messages are one micro-batch's activations; the ring copies block to block and needs none.
-pub fn scratch_shape(cfg: &RunConfig) -> Option<(usize, usize)> {
-    (cfg.strategy == StrategyKind::TpPp && cfg.world() > 1).then_some((cfg.micro_batch * cfg.model.seq_len, cfg.model.d_model))
+/// [rows, cols] of the scratch buffer rank `rank` of a config needs: its all-reduces and
+/// pipeline messages ([rows, d_model] activations, as its strategy's traffic states them) go
+/// through it; ring steps, all-gathers and all-to-alls copy between the strategy's own buffers.
+pub fn scratch_shape(cfg: &RunConfig, rank: usize) -> Option<(usize, usize)> {
+    let d = cfg.model.d_model;
+    (crate::strategy::spec(cfg.strategy).traffic)(cfg, rank)
+        .iter()
+        .filter(|t| matches!(t.op, Op::AllReduce | Op::PipelineSend | Op::PipelineRecv))
+        .map(|t| t.buffer_bytes as usize / (std::mem::size_of::<bf16>() * d))
+        .max()
+        .map(|rows| (rows, d))
 }
 
 /// Bytes of the scratch buffer: what an emulated rank holds beyond the real rank's buffers.
-pub fn scratch_bytes(cfg: &RunConfig) -> u64 {
-    scratch_shape(cfg).map_or(0, |(r, c)| (r * c * std::mem::size_of::<bf16>()) as u64)
+pub fn scratch_bytes(cfg: &RunConfig, rank: usize) -> u64 {
+    scratch_shape(cfg, rank).map_or(0, |(r, c)| (r * c * std::mem::size_of::<bf16>()) as u64)
 }
 
 impl<'a, B: Backend> Emulated<'a, B> {
@@ -107,7 +115,7 @@ impl<'a, B: Backend> Emulated<'a, B> {
     /// messages go through, filled like input activations so a pipeline stage computes on
     /// realistic values.
     pub fn with_transfers(be: &'a B, cfg: &RunConfig, as_rank: usize, transfers: Rc<dyn Transfers<B> + 'a>) -> Result<Self> {
-        let scratch = match scratch_shape(cfg) {
+        let scratch = match scratch_shape(cfg, as_rank) {
             Some((rows, cols)) => {
                 let mut s = be.alloc_act(rows, cols)?;
                 be.fill(&mut s, 0, &Region::rows(INPUT_TENSOR, cols, 0, rows), cfg.seed, Init::Uniform)?;
@@ -281,7 +289,7 @@ impl<B: Backend> Communicator<B> for Emulated<'_, B> {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::config::Preset;
+    use crate::config::{Preset, StrategyKind};
 
     #[test]
     fn messages_keep_their_sizes_and_the_tp_group_its_shape() {
@@ -314,6 +322,6 @@ mod tests {
         assert!(ran);
         let got: Vec<f32> = recv.as_slice().iter().map(|v| v.to_f32()).collect();
         assert_eq!(got, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 1.0, 2.0, 3.0]);
-        assert_eq!(scratch_bytes(&ring), 0);
+        assert_eq!(scratch_bytes(&ring, 2), 0);
     }
 }

@@ -28,6 +28,9 @@ pub struct LocalComm {
     /// Thread index of each rank of this communicator.
     members: Vec<usize>,
     rank: usize,
+    /// Splits made from this communicator so far: every rank splits in the same order, so the
+    /// count tells two splits with the same colour apart (usp's group and its ring).
+    splits_made: std::sync::atomic::AtomicU64,
 }
 
 /// How long a receive waits before it reports a deadlock instead of hanging the test.
@@ -37,7 +40,9 @@ impl LocalComm {
     /// A world of `n` ranks; hand one to each thread.
     pub fn world(n: usize) -> Vec<LocalComm> {
         let mesh = Arc::new(Mesh { size: n, queues: (0..n * n).map(|_| Mutex::new(VecDeque::new())).collect(), arrived: Condvar::new() });
-        (0..n).map(|rank| LocalComm { mesh: mesh.clone(), id: 0, members: (0..n).collect(), rank }).collect()
+        (0..n)
+            .map(|rank| LocalComm { mesh: mesh.clone(), id: 0, members: (0..n).collect(), rank, splits_made: Default::default() })
+            .collect()
     }
 
     fn post<T: Send + 'static>(&self, to: usize, v: T) -> Result<()> {
@@ -112,9 +117,17 @@ impl Communicator<CpuBackend> for LocalComm {
         let mut group: Vec<(usize, usize)> = (0..all.len()).filter(|&r| all[r].0 == color).map(|r| (all[r].1, r)).collect();
         group.sort();
         let rank = group.iter().position(|&(_, r)| r == self.rank).expect("this rank is in its own group");
-        // Same id on every member, distinct from the parent's and the other colours'.
-        let id = crate::model::generator::splitmix64(self.id ^ crate::model::generator::splitmix64(color as u64 + 1));
-        Ok(LocalComm { mesh: self.mesh.clone(), id, members: group.iter().map(|&(_, r)| self.members[r]).collect(), rank })
+        // Same id on every member, distinct from the parent's, the other colours' and the other splits'.
+        use crate::model::generator::splitmix64;
+        let nth = self.splits_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = splitmix64(self.id ^ splitmix64(color as u64 + 1) ^ splitmix64(splitmix64(nth + 1)));
+        Ok(LocalComm {
+            mesh: self.mesh.clone(),
+            id,
+            members: group.iter().map(|&(_, r)| self.members[r]).collect(),
+            rank,
+            splits_made: Default::default(),
+        })
     }
 
     fn all_reduce_sum(&self, x: &mut HostMat<bf16>) -> Result<()> {

@@ -113,8 +113,15 @@ mod tests {
                 (StrategyKind::Ring, Layout::Contiguous),
                 (StrategyKind::Allgather, Layout::Zigzag),
                 (StrategyKind::Ulysses, Layout::Contiguous),
+                (StrategyKind::Usp, Layout::Zigzag),
+                (StrategyKind::Usp, Layout::Striped),
+                (StrategyKind::TpCp, Layout::Zigzag),
+                (StrategyKind::TpCp, Layout::Contiguous),
             ] {
-                let f = job_flops(&cfg(s, causal, layout));
+                // The 2-D ones at 8 x 2: usp's ring is 2, tp-cp's context ring 2.
+                let c = RunConfig { ulysses: 8, cp: 2, ring: if s == StrategyKind::Usp { 2 } else { 16 }, ..cfg(s, causal, layout) };
+                assert_eq!(c.world(), 16);
+                let f = job_flops(&c);
                 assert!(
                     (f.linear / whole.linear - 1.0).abs() < 1e-12 && (f.attention / whole.attention - 1.0).abs() < 1e-12,
                     "{s:?} {layout:?}"

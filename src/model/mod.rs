@@ -32,13 +32,21 @@ impl Shard {
     /// K/V heads those attend with: kv_heads/tp of them where tp divides kv_heads, else the one
     /// K/V head it shares with tp/kv_heads - 1 other ranks (Megatron's replication).
     pub fn tensor_parallel(m: &ModelConfig, tp: usize, r: usize) -> Self {
-        let kv_heads = if m.kv_heads % tp == 0 {
-            crate::topology::even_slice(m.kv_heads, tp, r)
+        let (heads, kv_heads) = Self::head_slice(m, tp, r);
+        Shard { heads, kv_heads, mlp: crate::topology::even_slice(m.mlp, tp, r) }
+    }
+
+    /// Part `r` of the heads split `parts` ways (tensor parallelism's, and Ulysses'): its query
+    /// heads, and the K/V heads they attend with (a share of them, or the one that part shares
+    /// with parts / kv_heads - 1 others).
+    pub fn head_slice(m: &ModelConfig, parts: usize, r: usize) -> (Range<usize>, Range<usize>) {
+        let kv_heads = if m.kv_heads % parts == 0 {
+            crate::topology::even_slice(m.kv_heads, parts, r)
         } else {
-            let g = r / (tp / m.kv_heads);
+            let g = r / (parts / m.kv_heads);
             g..g + 1
         };
-        Shard { heads: crate::topology::even_slice(m.heads, tp, r), kv_heads, mlp: crate::topology::even_slice(m.mlp, tp, r) }
+        (crate::topology::even_slice(m.heads, parts, r), kv_heads)
     }
 
     pub fn heads(&self, m: &ModelConfig) -> Heads {
@@ -178,6 +186,57 @@ pub fn generate_input<B: Backend>(be: &B, m: &ModelConfig, seed: u64, batch: &Ba
         let row0 = (batch.first_seq + s) * m.seq_len + span.pos0;
         let region = Region { row_stride: stride, ..Region::rows(INPUT_TENSOR, m.d_model, row0, span.len) };
         be.fill(x, span.row0, &region, seed, Init::Uniform)?;
+    }
+    Ok(())
+}
+
+/// Where the tokens of several ranks sit in one buffer (an all-to-all's or an all-gather's): part
+/// (row0, tokens) holds `seqs` sequences of `tokens`, sequence-major, from row `row0`; the buffer
+/// has `rows` rows (parts padded to a common block leave rows between them unused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocks {
+    pub seqs: usize,
+    pub parts: Vec<(usize, LocalTokens)>,
+    pub rows: usize,
+}
+
+impl Blocks {
+    /// One rank's own rows.
+    pub fn one(seqs: usize, tokens: &LocalTokens) -> Self {
+        Blocks { seqs, parts: vec![(0, tokens.clone())], rows: seqs * tokens.len() }
+    }
+
+    /// `layout[i]` at rows i x `block`: the equal blocks of a collective, each padded to `block`
+    /// rows. Where nothing is padded and one sequence is in flight, the parts are one run of rows
+    /// in order, and so one part (one attention launch over all of them, not one per pair).
+    pub fn padded(seqs: usize, layout: &[LocalTokens], block: usize) -> Self {
+        let rows = layout.len() * block;
+        if seqs == 1 && layout.iter().all(|t| t.len() == block) {
+            return Blocks { seqs, parts: vec![(0, LocalTokens::concat(layout))], rows };
+        }
+        Blocks { seqs, parts: layout.iter().enumerate().map(|(i, t)| (i * block, t.clone())).collect(), rows }
+    }
+}
+
+/// Attention of every query part of `q` against every key part of `kv` (see `attend`).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_blocks<B: Backend>(
+    be: &B,
+    ws_q: &B::Act,
+    q: &Blocks,
+    kv: &B::Act,
+    k: &Blocks,
+    heads: Heads,
+    causal: bool,
+    o: &mut B::Acc,
+    lse: &mut B::Acc,
+) -> Result<()> {
+    debug_assert_eq!(q.seqs, k.seqs);
+    for (q_row0, q_tokens) in &q.parts {
+        let batch = Batch { first_seq: 0, seqs: q.seqs, tokens: q_tokens };
+        for (kv_row0, kv_tokens) in &k.parts {
+            attend(be, ws_q, *q_row0, kv, *kv_row0, heads, &batch, kv_tokens, causal, o, lse)?;
+        }
     }
     Ok(())
 }

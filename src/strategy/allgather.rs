@@ -11,7 +11,7 @@ use super::{CommProjection, Op, ProjectionInput, Spec, Stack, Strategy, Transfer
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{RunConfig, StrategyKind};
-use crate::model::{attend, Batch, Workspace};
+use crate::model::{attend_blocks, Batch, Blocks, Workspace};
 use crate::topology::LocalTokens;
 use anyhow::{Context, Result};
 
@@ -19,6 +19,7 @@ pub const SPEC: Spec = Spec {
     kind: StrategyKind::Allgather,
     size_names: &["sp"],
     sizes: super::sp_sizes,
+    resolve_sizes: super::sp_resolve,
     uses_layout: true,
     world: super::sp_world,
     check: super::check_sequence_parallel,
@@ -99,9 +100,8 @@ fn gathered_attention<B: Backend, C: Communicator<B>>(
     ws.o.set_rows(batch.rows());
     ws.lse.set_rows(batch.rows());
     be.attention_reset(&mut ws.o, &mut ws.lse)?;
-    for (r, tokens) in layout.iter().enumerate() {
-        attend(be, &ws.q, 0, &ws.kv_in, r * block, ws.heads, batch, tokens, causal, &mut ws.o, &mut ws.lse)?;
-    }
+    let (q, kv) = (Blocks::one(batch.seqs, batch.tokens), Blocks::padded(batch.seqs, layout, block));
+    attend_blocks(be, &ws.q, &q, &ws.kv_in, &kv, ws.heads, causal, &mut ws.o, &mut ws.lse)?;
     be.attention_store(&ws.o, &mut ws.attn)
 }
 

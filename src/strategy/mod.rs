@@ -5,12 +5,14 @@
 pub mod allgather;
 pub mod reference;
 pub mod ring;
+pub mod tp_cp;
 pub mod tp_pp;
 pub mod ulysses;
+pub mod usp;
 
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::{ConfigError, MlpAct, RunConfig, StrategyKind};
+use crate::config::{ConfigError, MlpAct, RunConfig, SizeFlags, StrategyKind};
 use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Shard, Workspace};
 use crate::topology::{self, LocalTokens};
 use anyhow::Result;
@@ -109,9 +111,13 @@ pub struct Buffers {
 /// and projection. Everything outside `src/strategy/` reads these and never branches on the kind.
 pub struct Spec {
     pub kind: StrategyKind,
-    /// The parallel sizes it takes, as CSV columns (tp-pp: tp, pp; the sequence-parallel ones: sp).
+    /// The parallel sizes it takes, as CSV columns (tp-pp: tp, pp; ring, allgather, ulysses: sp;
+    /// usp: ulysses, ring; tp-cp: tp, cp).
     pub size_names: &'static [&'static str],
     pub sizes: fn(&RunConfig) -> Vec<usize>,
+    /// Sets its sizes in the config from the flags as given, with its defaults for a job of
+    /// `world` ranks where a flag is absent.
+    pub resolve_sizes: fn(&mut RunConfig, &SizeFlags, usize),
     /// Whether its tokens follow `--layout`.
     pub uses_layout: bool,
     /// Ranks it occupies.
@@ -178,7 +184,7 @@ pub struct CommProjection {
 }
 
 /// Every strategy, in the order `--strategy all` runs them.
-pub const SPECS: [&Spec; 5] = [&reference::SPEC, &tp_pp::SPEC, &ring::SPEC, &allgather::SPEC, &ulysses::SPEC];
+pub const SPECS: [&Spec; 7] = [&reference::SPEC, &tp_pp::SPEC, &ring::SPEC, &allgather::SPEC, &ulysses::SPEC, &usp::SPEC, &tp_cp::SPEC];
 
 pub fn spec(kind: StrategyKind) -> &'static Spec {
     SPECS.iter().find(|s| s.kind == kind).expect("every kind has a spec")
@@ -251,7 +257,7 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
         + extra;
     let x = bf * rows * d;
     let out = if keep { bf * (m.batch * place.tokens.len()) as u64 * d } else { 0 };
-    let emulation = if cfg.emulate.is_some() { crate::comm::emulated::scratch_bytes(cfg) } else { 0 };
+    let emulation = if cfg.emulate.is_some() { crate::comm::emulated::scratch_bytes(cfg, rank) } else { 0 };
     // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
     let matmul = f32b * (rows * d + d * up + rows * up);
     let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);
@@ -300,13 +306,81 @@ fn check_sequence_parallel(cfg: &RunConfig, world: usize) -> Result<(), ConfigEr
             cfg.ring
         )));
     }
-    let chunks = topology::chunk_count(cfg.layout, cfg.ring);
+    check_chunks(cfg, "", cfg.ring)
+}
+
+/// A sequence cut over `n` ring positions under `--layout` has a token in every chunk.
+fn check_chunks(cfg: &RunConfig, what: &str, n: usize) -> Result<(), ConfigError> {
+    let chunks = topology::chunk_count(cfg.layout, n);
     if cfg.model.seq_len < chunks {
         return Err(ConfigError(format!(
-            "--seq-len {}: a {} {name} of {} needs at least {chunks} tokens (one per chunk)",
+            "--seq-len {}: a {} {}{what} of {n} needs at least {chunks} tokens (one per chunk)",
             cfg.model.seq_len,
             cfg.layout.name(),
-            cfg.ring
+            cfg.strategy.name(),
+        )));
+    }
+    Ok(())
+}
+
+/// The two sizes of a 2-D strategy, `inner x outer = world`, from their flags (`None` where
+/// absent): one given sets the other to world / it; neither, the largest divisor of the world
+/// up to a node's 8 GPUs that leaves at least two outer groups and that `allowed` accepts (its
+/// heads must split that way). Inconsistent flags are left for the strategy's check to refuse.
+fn two_d_sizes(inner: Option<usize>, outer: Option<usize>, world: usize, allowed: impl Fn(usize) -> bool) -> (usize, usize) {
+    let other = |x: usize| world.checked_div(x).unwrap_or(world);
+    match (inner, outer) {
+        (Some(i), Some(o)) => (i, o),
+        (Some(i), None) => (i, other(i)),
+        (None, Some(o)) => (other(o), o),
+        (None, None) => {
+            let i = (1..=GPUS_PER_NODE.min(world / 2).max(1)).rev().find(|&i| world % i == 0 && allowed(i)).unwrap_or(1);
+            (i, world / i.max(1))
+        }
+    }
+}
+
+/// A 2-D strategy's communication: its inner group's collectives (`op`, exposed: attention needs
+/// their result) at the link of the group `inner`, labelled `label` with one layer's worth of
+/// them, and its ring's steps over `ring` (world ranks), each under `step_compute` seconds of
+/// attention, as the ring's are.
+fn project_two_d(
+    x: &ProjectionInput,
+    (op, label, inner): (Op, &'static str, &[usize]),
+    ring: &[usize],
+    step_compute: f64,
+) -> CommProjection {
+    let r = ring::project_ring(x, ring, step_compute);
+    let (inner_crosses, inner_bw) = x.link(inner);
+    let calls: Vec<&Transfer> = x.traffic.iter().filter(|t| t.op == op).collect();
+    let mut details = vec![(label, calls.iter().map(|t| x.seconds(t)).sum())];
+    details.extend(r.details());
+    CommProjection {
+        crosses_nodes: r.crosses || inner_crosses,
+        link_bytes_per_s: if ring.len() > 1 { r.link_bytes_per_s.min(inner_bw) } else { inner_bw },
+        exposed_s: calls.iter().map(|t| x.seconds(t) * t.calls as f64).sum::<f64>() + r.exposed_s,
+        hidden_fraction: r.hidden_fraction,
+        bubble_s: 0.0,
+        details,
+    }
+}
+
+/// GPUs of one NVLink node, where a 2-D strategy's default inner group ends.
+const GPUS_PER_NODE: usize = 8;
+
+/// The check both 2-D strategies make of their sizes: each at least 1, their product the world.
+fn check_two_d(
+    cfg: &RunConfig,
+    (inner_flag, inner): (&str, usize),
+    (outer_flag, outer): (&str, usize),
+    world: usize,
+) -> Result<(), ConfigError> {
+    crate::config::require_positive(&[(inner_flag, inner), (outer_flag, outer)])?;
+    if inner * outer != world {
+        return Err(ConfigError(format!(
+            "{inner_flag} {inner} x {outer_flag} {outer} = {} ranks, but the job has {world} ranks (world size must equal {inner_flag} x {outer_flag} for {})",
+            inner * outer,
+            cfg.strategy.name()
         )));
     }
     Ok(())
@@ -322,13 +396,26 @@ fn sp_sizes(cfg: &RunConfig) -> Vec<usize> {
     vec![cfg.ring]
 }
 
+/// `--ring`, by default the world.
+fn sp_resolve(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
+    cfg.ring = flags.ring.unwrap_or(world);
+}
+
+/// A strategy without parallel sizes.
+fn no_sizes(_: &mut RunConfig, _: &SizeFlags, _: usize) {}
+
 fn sp_world(cfg: &RunConfig) -> usize {
     cfg.ring
 }
 
 /// Every sequence-parallel rank's tokens under `--layout`: the layout of each rank's K/V block.
 fn sequence_layout(cfg: &RunConfig) -> Vec<LocalTokens> {
-    (0..cfg.ring).map(|r| topology::ring_tokens(cfg.layout, cfg.model.seq_len, cfg.ring, r)).collect()
+    ring_layout(cfg, cfg.ring)
+}
+
+/// Every position's tokens of a ring of `n` under `--layout`.
+fn ring_layout(cfg: &RunConfig, n: usize) -> Vec<LocalTokens> {
+    (0..n).map(|r| topology::ring_tokens(cfg.layout, cfg.model.seq_len, n, r)).collect()
 }
 
 /// The longest any rank's tokens are (the block a padded collective moves per sequence).
@@ -344,6 +431,8 @@ pub fn build<'a, B: Backend + 'a, C: Communicator<B> + 'a>(cfg: &RunConfig, be: 
         StrategyKind::Ring => Box::new(ring::Ring::new(cfg, be, comm.rank())?),
         StrategyKind::Allgather => Box::new(allgather::Allgather::new(cfg, be, comm.rank())?),
         StrategyKind::Ulysses => Box::new(ulysses::Ulysses::new(cfg, be, comm.rank())?),
+        StrategyKind::Usp => Box::new(usp::Usp::new(cfg, be, comm)?),
+        StrategyKind::TpCp => Box::new(tp_cp::TpCp::new(cfg, be, comm)?),
     })
 }
 
@@ -454,26 +543,26 @@ mod tests {
     use crate::comm::HostCollectives;
     use crate::config::{validate, Layout, ModelConfig, Preset};
 
-    /// Every config of `spec` on 1 to 4 ranks that validates: every layout it takes, causal and
-    /// not, multi-head and grouped K/V, at an awkward length.
+    /// Every config of `spec` on 1 to 6 ranks that validates: every split of the world its sizes
+    /// allow, every layout it takes, causal and not, multi-head and grouped K/V, at an awkward
+    /// length.
     fn configs(spec: &Spec) -> Vec<RunConfig> {
-        let mut out = Vec::new();
-        for world in 1..=4 {
+        let mut out: Vec<RunConfig> = Vec::new();
+        for world in 1..=6 {
             for (i, layout) in [Layout::Zigzag, Layout::Contiguous, Layout::Striped].into_iter().enumerate() {
                 if i > 0 && !spec.uses_layout {
                     continue;
                 }
-                for kv_heads in [4, 2] {
-                    let mut splits = vec![(1, world)];
-                    if spec.size_names.contains(&"tp") {
-                        splits = (1..=world).filter(|t| world % t == 0).map(|t| (t, world / t)).collect();
-                    }
-                    for (tp, pp) in splits {
-                        let mut cfg = RunConfig::of_preset(Preset::Tiny, spec.kind, tp, pp, world);
-                        cfg.model = ModelConfig { kv_heads, seq_len: 37, batch: 2, layers: 4, ..cfg.model };
+                for kv_heads in [6, 2] {
+                    for inner in (1..=world).filter(|i| world % i == 0) {
+                        let mut cfg = RunConfig::of_preset(Preset::Tiny, spec.kind, 1, 1, 1);
+                        cfg.model = ModelConfig { heads: 6, kv_heads, d_model: 48, mlp: 36, seq_len: 37, batch: 2, layers: 4, ..cfg.model };
                         cfg.layout = layout;
-                        cfg.causal = kv_heads == 4;
-                        if validate(&cfg, world).is_ok() {
+                        cfg.causal = kv_heads == 6;
+                        // The inner size as each strategy names it; the outer one follows.
+                        let flags = SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), ..Default::default() };
+                        (spec.resolve_sizes)(&mut cfg, &flags, world);
+                        if validate(&cfg, world).is_ok() && !out.contains(&cfg) {
                             out.push(cfg);
                         }
                     }
@@ -484,11 +573,16 @@ mod tests {
     }
 
     #[test]
-    fn every_strategy_runs_on_some_world_of_one_to_four_ranks() {
+    fn every_strategy_runs_on_worlds_of_one_to_six_ranks() {
         for spec in SPECS {
             let worlds: std::collections::BTreeSet<usize> = configs(spec).iter().map(|c| c.world()).collect();
-            let want = if spec.kind == StrategyKind::Reference { vec![1] } else { vec![1, 2, 4] };
+            let want = if spec.kind == StrategyKind::Reference { vec![1] } else { vec![1, 2, 3, 6] };
             assert!(want.iter().all(|w| worlds.contains(w)), "{:?} runs on {worlds:?}", spec.kind);
+            if matches!(spec.kind, StrategyKind::Usp | StrategyKind::TpCp) {
+                // The 2-D splits themselves: 2 x 2, 3 x 2 and 2 x 3.
+                let splits: std::collections::BTreeSet<Vec<usize>> = configs(spec).iter().map(|c| (spec.sizes)(c)).collect();
+                assert!([[2, 2], [3, 2], [2, 3]].iter().all(|s| splits.contains(s.as_slice())), "{:?}: {splits:?}", spec.kind);
+            }
         }
     }
 
@@ -561,6 +655,6 @@ mod tests {
                 }
             }
         }
-        assert!(checked > 40, "{checked} ranks checked");
+        assert!(checked > 400, "{checked} ranks checked");
     }
 }

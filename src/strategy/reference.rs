@@ -12,6 +12,7 @@ pub const SPEC: Spec = Spec {
     kind: StrategyKind::Reference,
     size_names: &[],
     sizes: |_| Vec::new(),
+    resolve_sizes: super::no_sizes,
     uses_layout: false,
     world: |_| 1,
     check,

@@ -6,10 +6,11 @@
 //! accumulators. Output projection and MLP are local. No collective besides the ring.
 
 use super::{CommProjection, Op, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use crate::backend::Heads;
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{RunConfig, StrategyKind};
-use crate::model::{attend, Batch, Workspace};
+use crate::model::{attend_blocks, Batch, Blocks, Workspace};
 use crate::topology::{ring_block_owner, ring_peers, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
 
@@ -17,6 +18,7 @@ pub const SPEC: Spec = Spec {
     kind: StrategyKind::Ring,
     size_names: &["sp"],
     sizes: super::sp_sizes,
+    resolve_sizes: super::sp_resolve,
     uses_layout: true,
     world: super::sp_world,
     check: super::check_sequence_parallel,
@@ -39,42 +41,86 @@ fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
 /// receives the one it holds next, while attention runs on the block in hand.
 fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     let (m, p) = (&cfg.model, cfg.ring);
-    let (to, from) = ring_peers(rank, p);
     let block = |owner: usize| (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.kv_dim() * 2) as u64;
-    let mut peers = vec![to, from];
+    ring_steps(rank, p, block, |pos| pos, (m.layers * cfg.micro_batches()) as u64)
+}
+
+/// The P - 1 steps of a ring as ring position `pos` of `p` makes them, `calls` times an
+/// iteration each: at step s it sends the block it holds and receives the one it holds next;
+/// `block_bytes(owner)` is ring position owner's block, `world_rank(position)` the world rank
+/// at a position (the ring may be a group of a 2-D strategy).
+pub(super) fn ring_steps(
+    pos: usize,
+    p: usize,
+    block_bytes: impl Fn(usize) -> u64,
+    world_rank: impl Fn(usize) -> usize,
+    calls: u64,
+) -> Vec<Transfer> {
+    let (to, from) = ring_peers(pos, p);
+    let mut peers = vec![world_rank(to), world_rank(from)];
     peers.dedup();
     (0..p.saturating_sub(1))
         .map(|step| Transfer {
             op: Op::RingStep,
             what: "K/V block",
             peers: peers.clone(),
-            buffer_bytes: block(ring_block_owner(rank, step, p)),
-            sent: block(ring_block_owner(rank, step, p)),
-            received: block(ring_block_owner(rank, step + 1, p)),
-            calls: (m.layers * cfg.micro_batches()) as u64,
+            buffer_bytes: block_bytes(ring_block_owner(pos, step, p)),
+            sent: block_bytes(ring_block_owner(pos, step, p)),
+            received: block_bytes(ring_block_owner(pos, step + 1, p)),
+            calls,
             overlapped: true,
         })
         .collect()
 }
 
+fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
+    let r = project_ring(x, &(0..cfg.ring).collect::<Vec<_>>(), x.attention_per_layer_mb_s / cfg.ring as f64);
+    CommProjection {
+        crosses_nodes: r.crosses,
+        link_bytes_per_s: r.link_bytes_per_s,
+        exposed_s: r.exposed_s,
+        hidden_fraction: r.hidden_fraction,
+        bubble_s: 0.0,
+        details: r.details(),
+    }
+}
+
+/// A ring's steps (the `RingStep` transfers of `x.traffic`) on the links of `members` (the world
+/// ranks of the ring), each under `step_compute` seconds of attention.
+pub(super) struct RingProjection {
+    pub crosses: bool,
+    pub link_bytes_per_s: f64,
+    /// What exceeds each step's attention, summed over the iteration.
+    pub exposed_s: f64,
+    pub hidden_fraction: f64,
+    /// The longest step's transfer, and a step's attention.
+    pub step_s: f64,
+    pub step_compute_s: f64,
+}
+
+impl RingProjection {
+    pub fn details(&self) -> Vec<(&'static str, f64)> {
+        vec![("ring step transfer", self.step_s), ("ring step attention", self.step_compute_s)]
+    }
+}
+
 /// Each step's transfer runs under that step's attention; only what exceeds it is exposed. The
 /// ring moves at its slowest hop, so it is on InfiniBand as soon as it spans two nodes.
-fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
-    let (crosses, bw) = x.link(&(0..cfg.ring).collect::<Vec<_>>());
-    let step_compute = x.attention_per_layer_mb_s / cfg.ring as f64;
+pub(super) fn project_ring(x: &ProjectionInput, members: &[usize], step_compute: f64) -> RingProjection {
+    let (crosses, bw) = x.link(members);
     let (mut exposed, mut longest) = (0.0, 0.0f64);
-    for t in x.traffic {
+    for t in x.traffic.iter().filter(|t| t.op == Op::RingStep) {
         let s = t.sent.max(t.received) as f64 / bw;
         longest = longest.max(s);
         exposed += (s - step_compute).max(0.0) * t.calls as f64;
     }
-    CommProjection {
-        crosses_nodes: crosses,
+    RingProjection {
+        crosses,
         link_bytes_per_s: bw,
         exposed_s: exposed,
         hidden_fraction: if longest > 0.0 { (step_compute / longest).min(1.0) } else { 1.0 },
-        bubble_s: 0.0,
-        details: vec![("ring step transfer", longest), ("ring step attention", step_compute)],
+        step_s: longest,
+        step_compute_s: step_compute,
     }
 }
 
@@ -92,8 +138,9 @@ impl<B: Backend> Ring<B> {
     }
 }
 
-/// Ring attention of the batch's queries against every rank's K/V block; fills ws.attn.
-fn ring_attention<B: Backend, C: Communicator<B>>(
+/// Ring attention of the batch's queries against every ring position's K/V block over `comm`
+/// (the world, or tp-cp's context ring); fills ws.attn.
+pub(super) fn ring_attention<B: Backend, C: Communicator<B>>(
     be: &B,
     comm: &C,
     ws: &mut Workspace<B>,
@@ -101,27 +148,54 @@ fn ring_attention<B: Backend, C: Communicator<B>>(
     layout: &[LocalTokens],
     causal: bool,
 ) -> Result<()> {
-    let (rank, p) = (comm.rank(), layout.len());
-    let (to, from) = ring_peers(rank, p);
-    ws.o.set_rows(batch.rows());
-    ws.lse.set_rows(batch.rows());
-    be.attention_reset(&mut ws.o, &mut ws.lse)?;
+    let q = Blocks::one(batch.seqs, batch.tokens);
+    let blocks: Vec<Blocks> = layout.iter().map(|t| Blocks::one(batch.seqs, t)).collect();
+    let Workspace { q: wq, kv, kv_in, o, lse, heads, .. } = ws;
+    ring_pass(be, comm, wq, &q, kv, kv_in, &blocks, *heads, causal, o, lse)?;
+    be.attention_store(&ws.o, &mut ws.attn)
+}
+
+/// The ring itself, over the ranks of `ring` (the world, or the ring group of a 2-D strategy):
+/// attention of the queries in `q` (laid out as `q_blocks`) against every ring position's K/V,
+/// which arrives one block per step; position i's K/V is laid out as `kv_blocks[i]`. On entry
+/// `kv` holds this position's own block; the next block lands in `kv_in` while the one in hand is
+/// attended (double buffering), and the two swap. o and lse are reset here and hold the merged
+/// result at the end.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ring_pass<B: Backend, C: Communicator<B>>(
+    be: &B,
+    ring: &C,
+    q: &B::Act,
+    q_blocks: &Blocks,
+    kv: &mut B::Act,
+    kv_in: &mut B::Act,
+    kv_blocks: &[Blocks],
+    heads: Heads,
+    causal: bool,
+    o: &mut B::Acc,
+    lse: &mut B::Acc,
+) -> Result<()> {
+    let (pos, p) = (ring.rank(), kv_blocks.len());
+    debug_assert_eq!(ring.size(), p);
+    let (to, from) = ring_peers(pos, p);
+    o.set_rows(q_blocks.rows);
+    lse.set_rows(q_blocks.rows);
+    be.attention_reset(o, lse)?;
     for step in 0..p {
-        let owner = ring_block_owner(rank, step, p);
-        let Workspace { q, kv, kv_in, o, lse, heads, .. } = ws;
-        let mut compute = || attend(be, q, 0, kv, 0, *heads, batch, &layout[owner], causal, o, lse);
+        let owner = ring_block_owner(pos, step, p);
+        let mut compute = || attend_blocks(be, q, q_blocks, kv, &kv_blocks[owner], heads, causal, o, lse);
         if step + 1 < p {
-            // Double buffering: the next block lands in kv_in while this one is in use.
-            let incoming = ring_block_owner(rank, step + 1, p);
-            kv_in.set_rows(batch.seqs * layout[incoming].len());
-            comm.exchange(kv, to, kv_in, from, &mut compute)
-                .with_context(|| format!("ring step {step}: sending to rank {to}, receiving rank {incoming}'s block from rank {from}"))?;
-            std::mem::swap(&mut ws.kv, &mut ws.kv_in);
+            let incoming = ring_block_owner(pos, step + 1, p);
+            kv_in.set_rows(kv_blocks[incoming].rows);
+            ring.exchange(kv, to, kv_in, from, &mut compute).with_context(|| {
+                format!("ring step {step}: sending to ring position {to}, receiving position {incoming}'s block from position {from}")
+            })?;
+            std::mem::swap(kv, kv_in);
         } else {
             compute()?;
         }
     }
-    be.attention_store(&ws.o, &mut ws.attn)
+    Ok(())
 }
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {

@@ -12,7 +12,7 @@
 use super::{CommProjection, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::{ConfigError, RunConfig, StrategyKind};
+use crate::config::{ConfigError, RunConfig, SizeFlags, StrategyKind};
 use crate::model::{local_attention, Shard};
 use crate::topology::{even_slice, tp_pp_coord, tp_pp_rank, LocalTokens, TpPpCoord};
 use anyhow::{Context, Result};
@@ -21,6 +21,7 @@ pub const SPEC: Spec = Spec {
     kind: StrategyKind::TpPp,
     size_names: &["tp", "pp"],
     sizes,
+    resolve_sizes,
     uses_layout: false,
     world,
     check,
@@ -35,18 +36,43 @@ fn sizes(cfg: &RunConfig) -> Vec<usize> {
     vec![cfg.tp, cfg.pp]
 }
 
+/// --pp, by default 1; --tp, by default the world / pp.
+fn resolve_sizes(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
+    cfg.pp = flags.pp.unwrap_or(1);
+    cfg.tp = flags.tp.unwrap_or(world.checked_div(cfg.pp).unwrap_or(1).max(1));
+}
+
 fn world(cfg: &RunConfig) -> usize {
     cfg.tp * cfg.pp
 }
 
 fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
+    let bad = |s: String| Err(ConfigError(s));
+    if cfg.pp == 0 {
+        return bad("--pp 0: must be at least 1".into());
+    }
+    check_tp(cfg)?;
+    if cfg.model.layers % cfg.pp != 0 {
+        return bad(format!("--pp {}: --layers {} must be divisible by the number of pipeline stages", cfg.pp, cfg.model.layers));
+    }
+    if cfg.tp * cfg.pp != world {
+        return bad(format!(
+            "--tp {} x --pp {} = {} ranks, but the job has {world} ranks (world size must equal tp x pp)",
+            cfg.tp,
+            cfg.pp,
+            cfg.tp * cfg.pp
+        ));
+    }
+    Ok(())
+}
+
+/// What a tensor-parallel split of --tp needs of the model (tp-pp's and tp-cp's): the heads and
+/// MLP columns divide, the K/V heads divide or are replicated.
+pub(super) fn check_tp(cfg: &RunConfig) -> Result<(), ConfigError> {
     let m = &cfg.model;
     let bad = |s: String| Err(ConfigError(s));
     if cfg.tp == 0 {
         return bad("--tp 0: must be at least 1".into());
-    }
-    if cfg.pp == 0 {
-        return bad("--pp 0: must be at least 1".into());
     }
     if m.heads % cfg.tp != 0 {
         return bad(format!("--tp {}: --heads {} must be divisible by the tensor-parallel size", cfg.tp, m.heads));
@@ -59,17 +85,6 @@ fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     }
     if m.mlp % cfg.tp != 0 {
         return bad(format!("--tp {}: --mlp {} must be divisible by the tensor-parallel size", cfg.tp, m.mlp));
-    }
-    if m.layers % cfg.pp != 0 {
-        return bad(format!("--pp {}: --layers {} must be divisible by the number of pipeline stages", cfg.pp, m.layers));
-    }
-    if cfg.tp * cfg.pp != world {
-        return bad(format!(
-            "--tp {} x --pp {} = {} ranks, but the job has {world} ranks (world size must equal tp x pp)",
-            cfg.tp,
-            cfg.pp,
-            cfg.tp * cfg.pp
-        ));
     }
     Ok(())
 }

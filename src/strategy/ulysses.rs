@@ -11,8 +11,8 @@
 use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::{Backend, BlockCopy, Heads, Matrix};
 use crate::comm::Communicator;
-use crate::config::{Layout, RunConfig, StrategyKind};
-use crate::model::{attend, Batch, Shard, Workspace};
+use crate::config::{Layout, ModelConfig, RunConfig, StrategyKind};
+use crate::model::{attend_blocks, Batch, Blocks, Shard, Workspace};
 use crate::topology::{chunk_count, even_slice, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
 use std::ops::Range;
@@ -21,6 +21,7 @@ pub const SPEC: Spec = Spec {
     kind: StrategyKind::Ulysses,
     size_names: &["sp"],
     sizes: super::sp_sizes,
+    resolve_sizes: super::sp_resolve,
     uses_layout: false,
     world: super::sp_world,
     check,
@@ -36,7 +37,6 @@ fn tokens(cfg: &RunConfig, rank: usize) -> LocalTokens {
 }
 
 fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
-    let m = &cfg.model;
     let p = cfg.ring;
     if p == 0 {
         return Err(ConfigError("--ring 0: must be at least 1".into()));
@@ -44,17 +44,28 @@ fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     if p != world {
         return Err(ConfigError(format!("--ring {p}: the job has {world} ranks (world size must equal the ulysses size, set by --ring)")));
     }
-    if m.heads % p != 0 {
-        return Err(ConfigError(format!("--heads {}: ulysses over {p} ranks needs the heads divisible by the ranks", m.heads)));
-    }
-    if m.kv_heads % p != 0 && p % m.kv_heads != 0 {
+    check_heads(cfg, p, "--ring")?;
+    if cfg.model.seq_len < chunk_count(Layout::Contiguous, p) {
         return Err(ConfigError(format!(
-            "--kv-heads {}: ulysses over {p} ranks needs them divisible by the ranks, or the ranks a multiple of them (each K/V head replicated)",
-            m.kv_heads
+            "--seq-len {}: ulysses over {p} ranks needs at least {p} tokens (one per rank)",
+            cfg.model.seq_len
         )));
     }
-    if m.seq_len < chunk_count(Layout::Contiguous, p) {
-        return Err(ConfigError(format!("--seq-len {}: ulysses over {p} ranks needs at least {p} tokens (one per rank)", m.seq_len)));
+    Ok(())
+}
+
+/// A Ulysses group of `n` (set by `flag`) splits the heads: n divides them, and divides the K/V
+/// heads or is a multiple of them (each K/V head replicated).
+pub(super) fn check_heads(cfg: &RunConfig, n: usize, flag: &str) -> Result<(), ConfigError> {
+    let m = &cfg.model;
+    if m.heads % n != 0 {
+        return Err(ConfigError(format!("{flag} {n}: a Ulysses group of {n} ranks needs --heads {} divisible by it", m.heads)));
+    }
+    if m.kv_heads % n != 0 && n % m.kv_heads != 0 {
+        return Err(ConfigError(format!(
+            "{flag} {n} with --kv-heads {}: a Ulysses group of {n} ranks needs the K/V heads divisible by it, or it a multiple of them (each K/V head replicated)",
+            m.kv_heads
+        )));
     }
     Ok(())
 }
@@ -72,67 +83,165 @@ fn placement(cfg: &RunConfig, rank: usize) -> Placement {
     }
 }
 
-/// The K/V heads rank `rank` attends with: kv_heads / P of them, or the one its query heads share.
-fn kv_heads(cfg: &RunConfig, rank: usize) -> Range<usize> {
-    let (kv, p) = (cfg.model.kv_heads, cfg.ring);
-    if kv % p == 0 {
-        even_slice(kv, p, rank)
-    } else {
-        let g = rank / (p / kv);
-        g..g + 1
+/// A Ulysses group: the ranks that trade tokens for heads among themselves (the whole world here;
+/// usp's groups of consecutive ranks). Everything its all-to-alls need to know.
+pub(super) struct HeadGroup {
+    /// This rank's index in the group.
+    pub member: usize,
+    /// Every member's tokens: the layout of its block in the exchanged buffers.
+    pub layout: Vec<LocalTokens>,
+    /// Tokens per sequence of one block: the longest any member holds (in any group of the job,
+    /// so that every group's blocks are equal), the others padded to it.
+    pub longest: usize,
+    /// Query and K/V heads of each member.
+    pub heads: Vec<(Range<usize>, Range<usize>)>,
+    pub head_dim: usize,
+}
+
+impl HeadGroup {
+    pub fn new(m: &ModelConfig, member: usize, layout: Vec<LocalTokens>, longest: usize) -> Self {
+        let heads = (0..layout.len()).map(|j| Shard::head_slice(m, layout.len(), j)).collect();
+        HeadGroup { member, layout, longest, heads, head_dim: m.head_dim() }
+    }
+
+    pub fn size(&self) -> usize {
+        self.layout.len()
+    }
+
+    /// The heads this rank attends with, after the exchange.
+    pub fn attention_heads(&self) -> Heads {
+        let (q, kv) = &self.heads[self.member];
+        Heads { heads: q.len(), kv_heads: kv.len(), head_dim: self.head_dim }
+    }
+
+    /// Widths of this rank's slice: query (= output) columns, K (= V) columns.
+    pub fn widths(&self) -> (usize, usize) {
+        let h = self.attention_heads();
+        (h.width(), h.kv_width())
+    }
+
+    /// Rows of one padded block, and of a whole exchanged buffer, for `seqs` sequences.
+    pub fn rows(&self, seqs: usize) -> (usize, usize) {
+        (seqs * self.longest, self.size() * seqs * self.longest)
+    }
+
+    /// The exchanged buffers' layout: member i's tokens in block i.
+    pub fn blocks(&self, seqs: usize) -> Blocks {
+        Blocks::padded(seqs, &self.layout, self.rows(seqs).0)
+    }
+
+    /// [rows, cols] of the exchange buffers of `micro_batch` sequences, in `Exchange`'s order:
+    /// q_pack (which also takes the output back), q_all, kv_pack, kv_all, attn_all.
+    pub fn buffers(&self, micro_batch: usize) -> Vec<(usize, usize)> {
+        let (_, all) = self.rows(micro_batch);
+        let (w, kvw) = self.widths();
+        vec![(all, w), (all, w), (all, 2 * kvw), (all, 2 * kvw), (all, w)]
+    }
+
+    /// The three all-to-alls of a layer and micro-batch (Q and K|V out, the output back), each
+    /// sending and receiving (n - 1) / n of its buffer; `peers` are the group's world ranks.
+    pub fn traffic(&self, micro_batch: usize, calls: u64, peers: Vec<usize>) -> Vec<Transfer> {
+        let n = self.size() as u64;
+        let (_, all) = self.rows(micro_batch);
+        let (w, kvw) = self.widths();
+        let transfer = |what, cols: usize| {
+            let buffer = (all * cols * 2) as u64;
+            let wire = (n - 1) * buffer / n;
+            Transfer {
+                op: Op::AllToAll,
+                what,
+                peers: peers.clone(),
+                buffer_bytes: buffer,
+                sent: wire,
+                received: wire,
+                calls,
+                overlapped: false,
+            }
+        };
+        vec![transfer("Q to heads", w), transfer("K/V to heads", 2 * kvw), transfer("output to tokens", w)]
+    }
+
+    /// Q and K|V from [this rank's tokens, all heads] in ws into [every member's tokens, this
+    /// rank's heads] in ex.q_all and ex.kv_all: pack block j with member j's head slice, then the
+    /// all-to-alls over `comm` (the group).
+    pub fn to_heads<B: Backend, C: Communicator<B>>(
+        &self,
+        be: &B,
+        comm: &C,
+        ws: &Workspace<B>,
+        ex: &mut Exchange<B>,
+        seqs: usize,
+    ) -> Result<()> {
+        let hd = self.head_dim;
+        let rows = ws.q.rows();
+        let (block, all) = self.rows(seqs);
+        let kv_all_width = ws.heads.kv_width();
+        let copy = |src_col0, dst_row0, cols| BlockCopy { src_row0: 0, src_col0, dst_row0, dst_col0: 0, rows, cols };
+        for b in [&mut ex.q_pack, &mut ex.q_all, &mut ex.kv_pack, &mut ex.kv_all] {
+            b.set_rows(all);
+        }
+        for (j, (q, kv)) in self.heads.iter().enumerate() {
+            let (w, kvw) = (q.len() * hd, kv.len() * hd);
+            be.copy_block(&ws.q, &mut ex.q_pack, copy(q.start * hd, j * block, w))?;
+            let k0 = kv.start * hd;
+            be.copy_block(&ws.kv, &mut ex.kv_pack, copy(k0, j * block, kvw))?;
+            be.copy_block(&ws.kv, &mut ex.kv_pack, BlockCopy { dst_col0: kvw, ..copy(kv_all_width + k0, j * block, kvw) })?;
+        }
+        comm.all_to_all(&ex.q_pack, &mut ex.q_all).context("ulysses all-to-all of Q")?;
+        comm.all_to_all(&ex.kv_pack, &mut ex.kv_all).context("ulysses all-to-all of K/V")
+    }
+
+    /// The attention output of this rank's heads (ex.attn_all, every member's tokens) back into
+    /// ws.attn ([this rank's tokens, all heads]): the all-to-all over `comm`, then unpack.
+    pub fn to_tokens<B: Backend, C: Communicator<B>>(
+        &self,
+        be: &B,
+        comm: &C,
+        ws: &mut Workspace<B>,
+        ex: &mut Exchange<B>,
+        seqs: usize,
+    ) -> Result<()> {
+        let hd = self.head_dim;
+        let rows = ws.q.rows();
+        let (block, _) = self.rows(seqs);
+        // Block i of attn_all (member i's tokens, this rank's heads) goes to member i; q_pack receives.
+        comm.all_to_all(&ex.attn_all, &mut ex.q_pack).context("ulysses all-to-all of the attention output")?;
+        ws.attn.set_rows(rows);
+        for (j, (q, _)) in self.heads.iter().enumerate() {
+            let copy = BlockCopy { src_row0: j * block, src_col0: 0, dst_row0: 0, dst_col0: q.start * hd, rows, cols: q.len() * hd };
+            be.copy_block(&ex.q_pack, &mut ws.attn, copy)?;
+        }
+        Ok(())
     }
 }
 
-/// Rows of one rank's padded block per micro-batch, and of a whole packed buffer.
-fn block_rows(cfg: &RunConfig) -> (usize, usize) {
-    let block = cfg.micro_batch * super::longest_tokens(cfg);
-    (block, cfg.ring * block)
-}
-
-/// Widths of the attention's head slice: query (= output) columns, K (= V) columns.
-fn slice_widths(cfg: &RunConfig, rank: usize) -> (usize, usize) {
-    let hd = cfg.model.head_dim();
-    (cfg.model.heads / cfg.ring * hd, kv_heads(cfg, rank).len() * hd)
+/// The group of the whole job: every rank, in contiguous chunks.
+fn group(cfg: &RunConfig, rank: usize) -> HeadGroup {
+    let layout: Vec<LocalTokens> = (0..cfg.ring).map(|r| tokens(cfg, r)).collect();
+    let longest = layout.iter().map(LocalTokens::len).max().unwrap_or(0);
+    HeadGroup::new(&cfg.model, rank, layout, longest)
 }
 
 /// The workspace for its own rows, accumulators for every token of its heads, and the packed and
-/// exchanged Q, K|V and output: q_pack (which also takes the output back), q_all, kv_pack, kv_all,
-/// attn_all.
+/// exchanged Q, K|V and output.
 fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
     let local = super::local_buffers(cfg, rank);
-    let (_, all) = block_rows(cfg);
-    let (w, kvw) = slice_widths(cfg, rank);
+    let g = group(cfg, rank);
+    let (_, all) = g.rows(cfg.micro_batch);
+    let (_, kvw) = g.widths();
     super::Buffers {
         acc_rows: all,
-        acc_heads: cfg.model.heads / cfg.ring,
-        extra: vec![(all, w), (all, w), (all, 2 * kvw), (all, 2 * kvw), (all, w)],
+        acc_heads: g.attention_heads().heads,
+        extra: g.buffers(cfg.micro_batch),
         attention_kv: (all, 2 * kvw),
         ..local
     }
 }
 
-/// Per layer and micro-batch three all-to-alls of padded blocks: Q and K|V out, the output back.
-/// Each sends and receives (P - 1) / P of its buffer.
+/// Per layer and micro-batch three all-to-alls of padded blocks over the whole job.
 fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
-    let p = cfg.ring as u64;
-    let (_, all) = block_rows(cfg);
-    let (w, kvw) = slice_widths(cfg, rank);
     let calls = (cfg.model.layers * cfg.micro_batches()) as u64;
-    let transfer = |what, cols: usize| {
-        let buffer = (all * cols * 2) as u64;
-        let wire = (p - 1) * buffer / p;
-        Transfer {
-            op: Op::AllToAll,
-            what,
-            peers: (0..cfg.ring).collect(),
-            buffer_bytes: buffer,
-            sent: wire,
-            received: wire,
-            calls,
-            overlapped: false,
-        }
-    };
-    vec![transfer("Q to heads", w), transfer("K/V to heads", 2 * kvw), transfer("output to tokens", w)]
+    group(cfg, rank).traffic(cfg.micro_batch, calls, (0..cfg.ring).collect())
 }
 
 /// The all-to-alls are exposed (attention needs all of Q, K and V first).
@@ -149,20 +258,27 @@ fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
     }
 }
 
-/// The strategy's own buffers, allocated in `buffers`' order.
-struct Exchange<B: Backend> {
-    q_pack: B::Act,
-    q_all: B::Act,
-    kv_pack: B::Act,
-    kv_all: B::Act,
-    attn_all: B::Act,
+/// The strategy's own buffers, allocated in `HeadGroup::buffers`' order.
+pub(super) struct Exchange<B: Backend> {
+    pub q_pack: B::Act,
+    pub q_all: B::Act,
+    pub kv_pack: B::Act,
+    pub kv_all: B::Act,
+    pub attn_all: B::Act,
+}
+
+impl<B: Backend> Exchange<B> {
+    /// The five buffers of `shapes` (the first five, in order).
+    pub fn alloc(be: &B, shapes: &[(usize, usize)]) -> Result<Self> {
+        let mut next = shapes.iter().map(|&(r, c)| be.alloc_act(r, c));
+        let mut take = || next.next().expect("five exchange buffers stated");
+        Ok(Exchange { q_pack: take()?, q_all: take()?, kv_pack: take()?, kv_all: take()?, attn_all: take()? })
+    }
 }
 
 pub struct Ulysses<B: Backend> {
     cfg: RunConfig,
-    rank: usize,
-    /// Every rank's tokens: the layout of its block in the exchanged buffers.
-    layout: Vec<LocalTokens>,
+    group: HeadGroup,
     stack: Stack<B>,
     ex: Exchange<B>,
 }
@@ -170,81 +286,35 @@ pub struct Ulysses<B: Backend> {
 impl<B: Backend> Ulysses<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
         let stack = Stack::of(cfg, be, rank)?;
-        let mut extra = buffers(cfg, rank).extra.into_iter().map(|(r, c)| be.alloc_act(r, c));
-        let mut next = || extra.next().expect("five buffers stated");
-        let ex = Exchange { q_pack: next()?, q_all: next()?, kv_pack: next()?, kv_all: next()?, attn_all: next()? };
-        let layout = (0..cfg.ring).map(|r| tokens(cfg, r)).collect();
-        Ok(Ulysses { cfg: cfg.clone(), rank, layout, stack, ex })
+        let ex = Exchange::alloc(be, &buffers(cfg, rank).extra)?;
+        Ok(Ulysses { cfg: cfg.clone(), group: group(cfg, rank), stack, ex })
     }
 }
 
-/// Attention of this rank's heads over every token: pack, all-to-all, attend, all-to-all back, unpack.
-#[allow(clippy::too_many_arguments)]
+/// Attention of this rank's heads over every token: to heads, attend, back to tokens.
 fn ulysses_attention<B: Backend, C: Communicator<B>>(
     be: &B,
     comm: &C,
-    cfg: &RunConfig,
-    rank: usize,
+    g: &HeadGroup,
     ws: &mut Workspace<B>,
     ex: &mut Exchange<B>,
     batch: &Batch,
-    layout: &[LocalTokens],
+    causal: bool,
 ) -> Result<()> {
-    let (p, hd) = (cfg.ring, cfg.model.head_dim());
-    let rows = batch.rows();
-    let block = batch.seqs * layout.iter().map(LocalTokens::len).max().unwrap_or(0);
-    let all = p * block;
-    let (w, kvw) = slice_widths(cfg, rank);
-    let kv_all_width = ws.heads.kv_width();
-    let copy = |src_row0, src_col0, dst_row0, dst_col0, cols| BlockCopy { src_row0, src_col0, dst_row0, dst_col0, rows, cols };
-
-    // Pack: block j holds this rank's rows of rank j's query heads, and of its K and V heads.
-    for b in [&mut ex.q_pack, &mut ex.q_all, &mut ex.kv_pack, &mut ex.kv_all] {
-        b.set_rows(all);
-    }
-    for j in 0..p {
-        be.copy_block(&ws.q, &mut ex.q_pack, copy(0, j * w, j * block, 0, w))?;
-        let k0 = kv_heads(cfg, j).start * hd;
-        be.copy_block(&ws.kv, &mut ex.kv_pack, copy(0, k0, j * block, 0, kvw))?;
-        be.copy_block(&ws.kv, &mut ex.kv_pack, copy(0, kv_all_width + k0, j * block, kvw, kvw))?;
-    }
-    comm.all_to_all(&ex.q_pack, &mut ex.q_all).context("ulysses all-to-all of Q")?;
-    comm.all_to_all(&ex.kv_pack, &mut ex.kv_all).context("ulysses all-to-all of K/V")?;
-
-    // Block i of q_all and kv_all is rank i's tokens: every pair of blocks, at true positions.
-    let heads = Heads { heads: cfg.model.heads / p, kv_heads: kvw / hd, head_dim: hd };
-    ws.o.set_rows(all);
-    ws.lse.set_rows(all);
+    g.to_heads(be, comm, ws, ex, batch.seqs)?;
+    let blocks = g.blocks(batch.seqs);
+    ws.o.set_rows(blocks.rows);
+    ws.lse.set_rows(blocks.rows);
     be.attention_reset(&mut ws.o, &mut ws.lse)?;
-    if batch.seqs == 1 && layout.iter().all(|t| t.len() == block) {
-        // One sequence in equal chunks: the blocks are the sequence in order, one attention call
-        // over all of it (one launch that fills the GPU, not P^2 small ones).
-        let whole = LocalTokens::whole(cfg.model.seq_len);
-        let q = Batch { first_seq: batch.first_seq, seqs: 1, tokens: &whole };
-        attend(be, &ex.q_all, 0, &ex.kv_all, 0, heads, &q, &whole, cfg.causal, &mut ws.o, &mut ws.lse)?;
-    } else {
-        for (i, q_tokens) in layout.iter().enumerate() {
-            let q = Batch { first_seq: batch.first_seq, seqs: batch.seqs, tokens: q_tokens };
-            for (k, kv_tokens) in layout.iter().enumerate() {
-                attend(be, &ex.q_all, i * block, &ex.kv_all, k * block, heads, &q, kv_tokens, cfg.causal, &mut ws.o, &mut ws.lse)?;
-            }
-        }
-    }
+    attend_blocks(be, &ex.q_all, &blocks, &ex.kv_all, &blocks, g.attention_heads(), causal, &mut ws.o, &mut ws.lse)?;
     be.attention_store(&ws.o, &mut ex.attn_all)?;
-
-    // Back: block i of attn_all (rank i's tokens, this rank's heads) to rank i; q_pack receives.
-    comm.all_to_all(&ex.attn_all, &mut ex.q_pack).context("ulysses all-to-all of the attention output")?;
-    ws.attn.set_rows(rows);
-    for j in 0..p {
-        be.copy_block(&ex.q_pack, &mut ws.attn, copy(j * block, 0, 0, j * w, w))?;
-    }
-    Ok(())
+    g.to_tokens(be, comm, ws, ex, batch.seqs)
 }
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
-        let (cfg, rank, layout, ex) = (&self.cfg, self.rank, &self.layout, &mut self.ex);
-        self.stack.forward_all(be, cfg, keep, &mut |ws, batch| ulysses_attention(be, comm, cfg, rank, ws, ex, batch, layout))
+        let (causal, g, ex) = (self.cfg.causal, &self.group, &mut self.ex);
+        self.stack.forward_all(be, &self.cfg, keep, &mut |ws, batch| ulysses_attention(be, comm, g, ws, ex, batch, causal))
     }
 
     fn output(&self) -> Option<&B::Act> {

@@ -1,0 +1,167 @@
+//! Tensor parallel x context parallel, as Llama 3 405B is served across 8-GPU nodes: P = T x C.
+//! TP groups of T consecutive ranks (inside a node) split the heads and MLP columns as tp-pp
+//! does (column-parallel QKV and MLP-up, row-parallel attention-out and MLP-down, two all-reduces
+//! of [S/C, d] per layer inside the group); the sequence is laid out over the C context ranks
+//! under `--layout`, and each rank rings the K/V of its own head slice with the C ranks of the
+//! same TP rank, exactly as the ring strategy does with whole K/V. Rank r = t + T c.
+//!
+//! It is the one sequence-parallel strategy whose weights per rank shrink with the group (a TP
+//! shard of every layer), which is what lets 70B and 405B models run at all.
+
+use super::ring::{ring_attention, ring_steps};
+use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use crate::backend::Backend;
+use crate::comm::Communicator;
+use crate::config::{RunConfig, SizeFlags, StrategyKind};
+use crate::model::Shard;
+use crate::topology::{grid_coord, grid_rank, ring_tokens, LocalTokens};
+use anyhow::{Context, Result};
+
+pub const SPEC: Spec = Spec {
+    kind: StrategyKind::TpCp,
+    size_names: &["tp", "cp"],
+    sizes: |cfg| vec![cfg.tp, cfg.cp],
+    resolve_sizes,
+    uses_layout: true,
+    world: |cfg| cfg.tp * cfg.cp,
+    check,
+    placement,
+    traffic,
+    buffers,
+    splits,
+    project,
+};
+
+/// --tp and --cp (under `--strategy all`, --tp is tp-pp's and only --cp counts); a missing one
+/// from the other, neither: TP inside a node, as `two_d_sizes` says.
+fn resolve_sizes(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
+    let tp = if flags.all { None } else { flags.tp };
+    let probe = cfg.clone();
+    (cfg.tp, cfg.cp) = super::two_d_sizes(tp, flags.cp, world, |t| super::tp_pp::check_tp(&RunConfig { tp: t, ..probe.clone() }).is_ok());
+}
+
+fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
+    super::check_two_d(cfg, ("--tp", cfg.tp), ("--cp", cfg.cp), world)?;
+    super::tp_pp::check_tp(cfg)?;
+    super::check_chunks(cfg, " context ring", cfg.cp)
+}
+
+/// (TP rank, context position) of `rank`.
+fn coord(cfg: &RunConfig, rank: usize) -> (usize, usize) {
+    grid_coord(rank, cfg.tp)
+}
+
+/// Every context position's tokens.
+fn layout(cfg: &RunConfig) -> Vec<LocalTokens> {
+    super::ring_layout(cfg, cfg.cp)
+}
+
+/// Its context position's tokens; its TP slice of every layer; the first TP rank of each group
+/// reports the output (every TP rank holds the same all-reduced rows).
+fn placement(cfg: &RunConfig, rank: usize) -> Placement {
+    let m = &cfg.model;
+    let (t, c) = coord(cfg, rank);
+    let tokens = ring_tokens(cfg.layout, m.seq_len, cfg.cp, c);
+    let shard = Shard::tensor_parallel(m, cfg.tp, t);
+    Placement {
+        attention_tokens: tokens.clone(),
+        tokens,
+        attention_heads: shard.heads.clone(),
+        shard,
+        layers: 0..m.layers,
+        outputs: t == 0,
+    }
+}
+
+/// The TP group (color = context position, key = TP rank), then the context ring (color = TP
+/// rank, key = context position).
+fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
+    let (t, c) = coord(cfg, rank);
+    vec![(c, t), (t, c)]
+}
+
+/// Two K/V buffers of the longest context block, of its K/V heads: the one in use, and the next.
+fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
+    let rows = cfg.micro_batch * layout(cfg).iter().map(LocalTokens::len).max().unwrap_or(0);
+    let local = super::local_buffers(cfg, rank);
+    super::Buffers { kv_rows: rows, kv_in_rows: rows, attention_kv: (rows, local.attention_kv.1), ..local }
+}
+
+/// Per layer and micro-batch: two all-reduces of [micro-batch x its tokens, d_model] in the TP
+/// group (2 (T - 1) / T of the buffer each way), and the C - 1 ring steps of its K/V heads'
+/// block: micro-batch x the owner's tokens x 2 x its K/V heads x head_dim BF16 values.
+fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    let m = &cfg.model;
+    let (t, c) = coord(cfg, rank);
+    let calls = (m.layers * cfg.micro_batches()) as u64;
+    let mut out = Vec::new();
+    if cfg.tp > 1 {
+        let buffer = (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, cfg.cp, c).len() * m.d_model * 2) as u64;
+        let tp = cfg.tp as u64;
+        let wire = 2 * (tp - 1) * buffer / tp;
+        out.push(Transfer {
+            op: Op::AllReduce,
+            what: "row-parallel output",
+            peers: (0..cfg.tp).map(|i| grid_rank(i, c, cfg.tp)).collect(),
+            buffer_bytes: buffer,
+            sent: wire,
+            received: wire,
+            calls: 2 * calls,
+            overlapped: false,
+        });
+    }
+    let kvw = Shard::tensor_parallel(m, cfg.tp, t).heads(m).kv_width();
+    let block = |owner: usize| (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, cfg.cp, owner).len() * 2 * kvw * 2) as u64;
+    out.extend(ring_steps(c, cfg.cp, block, |pos| grid_rank(t, pos, cfg.tp), calls));
+    out
+}
+
+/// The all-reduces are exposed (at the TP group's link); the ring's steps hide under each step's
+/// attention as the ring's do, at the context ring's link.
+fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
+    let (t, c) = coord(cfg, x.rank);
+    let group: Vec<usize> = (0..cfg.tp).map(|i| grid_rank(i, c, cfg.tp)).collect();
+    let ring: Vec<usize> = (0..cfg.cp).map(|pos| grid_rank(t, pos, cfg.tp)).collect();
+    super::project_two_d(x, (Op::AllReduce, "one all-reduce", &group), &ring, x.attention_per_layer_mb_s / cfg.cp as f64)
+}
+
+pub struct TpCp<B: Backend, C> {
+    cfg: RunConfig,
+    /// The T ranks of this context position: its all-reduces.
+    tp_group: C,
+    /// The C ranks of this TP rank: its ring.
+    cp_ring: C,
+    layout: Vec<LocalTokens>,
+    stack: Stack<B>,
+}
+
+impl<B: Backend, C: Communicator<B>> TpCp<B, C> {
+    pub fn new(cfg: &RunConfig, be: &B, world: &C) -> Result<Self> {
+        let rank = world.rank();
+        let [(tp_color, tp_key), (cp_color, cp_key)] = splits(cfg, rank)[..] else { unreachable!("tp-cp makes two splits") };
+        let tp_group = world.split(tp_color, tp_key).context("creating the tensor-parallel group")?;
+        let cp_ring = world.split(cp_color, cp_key).context("creating the context-parallel ring")?;
+        Ok(TpCp { cfg: cfg.clone(), tp_group, cp_ring, layout: layout(cfg), stack: Stack::of(cfg, be, rank)? })
+    }
+}
+
+impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
+    fn forward(&mut self, be: &B, _world: &C, keep: bool) -> Result<()> {
+        let (cfg, layout, tp_group, cp_ring) = (&self.cfg, &self.layout, &self.tp_group, &self.cp_ring);
+        for mb in 0..cfg.micro_batches() {
+            self.stack.generate_input(be, cfg, mb)?;
+            self.stack.run_layers(be, cfg, mb, &mut |ws, batch| ring_attention(be, cp_ring, ws, batch, layout, cfg.causal), &mut |y| {
+                tp_group.all_reduce_sum(y)
+            })?;
+            if keep {
+                self.stack.keep(be, cfg, mb)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn output(&self) -> Option<&B::Act> {
+        // Every TP rank holds the same all-reduced output; the first one reports it.
+        (self.tp_group.rank() == 0).then_some(self.stack.out.as_ref()).flatten()
+    }
+}

@@ -37,9 +37,18 @@ fn load_font() -> Result<()> {
         .map_err(|e| anyhow!(e))
 }
 
-/// A series colour per strategy run.
+/// A series colour per strategy run: one for each of the seven strategies before any repeats.
 fn colour(i: usize) -> RGBColor {
-    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189)][i % 5]
+    const PALETTE: [RGBColor; 7] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+    ];
+    PALETTE[i % PALETTE.len()]
 }
 
 fn label(s: &StrategySummary) -> String {

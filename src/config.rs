@@ -56,6 +56,19 @@ pub enum StrategyChoice {
 }
 
 impl StrategyChoice {
+    /// The choice of `kind` alone.
+    pub fn of(kind: StrategyKind) -> Self {
+        match kind {
+            StrategyKind::Reference => StrategyChoice::Reference,
+            StrategyKind::TpPp => StrategyChoice::TpPp,
+            StrategyKind::Ring => StrategyChoice::Ring,
+            StrategyKind::Allgather => StrategyChoice::Allgather,
+            StrategyKind::Ulysses => StrategyChoice::Ulysses,
+            StrategyKind::Usp => StrategyChoice::Usp,
+            StrategyKind::TpCp => StrategyChoice::TpCp,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             StrategyChoice::All => "all",

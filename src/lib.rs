@@ -17,4 +17,5 @@ pub mod plan;
 pub mod report;
 pub mod selftest;
 pub mod strategy;
+pub mod sweep;
 pub mod topology;

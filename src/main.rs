@@ -41,6 +41,10 @@ enum Command {
     /// The analytic model (no MPI, no GPU): per-rank memory, FLOPs and traffic, the compute floor,
     /// the physical bound on tokens/s, and a projection for a hardware profile.
     Plan(PlanArgs),
+    /// Where each strategy wins: every strategy and split over a grid of world sizes, sequence
+    /// lengths and K/V heads (`--mode plan`: the analytic model at any scale), with the fastest
+    /// per point, the crossovers, charts and tables in --out.
+    Sweep(ringbench::sweep::SweepArgs),
     /// Write PNG charts of a run directory next to its CSVs (tokens/s with CI, iteration times,
     /// per-rank peak memory, per-rank compute and exposed and hidden communication).
     Report(ReportArgs),
@@ -159,6 +163,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Reduce(args) => return reduce(args),
         Command::Plan(args) => return plan(args),
+        Command::Sweep(args) => return sweep(args),
         Command::Info => {
             print!("{}", ringbench::info::report(cli.cuda_include.as_deref()));
             return ExitCode::SUCCESS;
@@ -395,6 +400,37 @@ fn plan(args: &PlanArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn sweep(args: &ringbench::sweep::SweepArgs) -> ExitCode {
+    use ringbench::sweep;
+    let prepared = || -> Result<(Vec<RunConfig>, ringbench::plan::Hardware), ConfigError> {
+        // Nodes of 8 unless --gpus-per-node says otherwise.
+        let hw = args.hardware.hardware(args.hardware.gpus_per_node.unwrap_or(8))?;
+        Ok((sweep::grid(args)?, hw))
+    };
+    let (cfgs, hw) = match prepared() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ringbench: error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let bar = sweep::progress(cfgs.len(), args.quiet);
+    let points = sweep::evaluate(&cfgs, &hw, &mut || bar.inc(1));
+    bar.finish_and_clear();
+    print!("{}", sweep::render(&points, &hw));
+    match sweep::write(&args.out, &points, &hw) {
+        Ok(paths) => {
+            println!("\n{} points (projected by the analytic model, not measured)", points.len());
+            paths.iter().for_each(|p| println!("wrote {}", p.display()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringbench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn reduce(args: &ReduceArgs) -> ExitCode {

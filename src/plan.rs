@@ -245,8 +245,19 @@ pub struct Plan {
 
 const BF16: f64 = 2.0;
 
-/// The plan of `cfg` on `hw` for each node size in `node_sizes` (the first is the headline).
+/// The plan of `cfg` on `hw` for each node size in `node_sizes` (the first is the headline), and
+/// where it does not fit, the strategies and splits of its world that would.
 pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
+    let mut p = project(cfg, hw, node_sizes);
+    if !p.fits {
+        p.fits_instead = fitting_strategies(cfg, hw);
+    }
+    p
+}
+
+/// The plan without the search for alternatives (`fits_instead` left empty): what a sweep asks
+/// at each of its points.
+pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let m = &cfg.model;
     let (d, f, l) = (m.d_model as f64, m.mlp as f64, m.layers as f64);
     let world = cfg.world();
@@ -361,7 +372,7 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let mut projections = projections;
     if m.batch > 1 {
         let one = RunConfig { model: crate::config::ModelConfig { batch: 1, ..*m }, micro_batch: 1, ..cfg.clone() };
-        for (p, q) in projections.iter_mut().zip(plan(&one, hw, node_sizes).projections) {
+        for (p, q) in projections.iter_mut().zip(project(&one, hw, node_sizes).projections) {
             p.ttft_s = q.iteration_s;
         }
     }
@@ -384,7 +395,7 @@ pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         traffic,
         memory_per_rank_bytes: memory.total,
         fits: memory.fits,
-        fits_instead: if memory.fits { Vec::new() } else { fitting_strategies(cfg, hw) },
+        fits_instead: Vec::new(),
         memory,
         compute_floor_s,
         tps_bound,

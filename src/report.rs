@@ -10,13 +10,13 @@ use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
 const SIZE: (u32, u32) = (1000, 600);
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 /// Where a TrueType font for the charts' text is looked for (RINGBENCH_FONT first).
 const FONT_PATHS: [&str; 3] =
     ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
 
-fn load_font() -> Result<()> {
+pub(crate) fn load_font() -> Result<()> {
     static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     LOADED
         .get_or_init(|| {
@@ -38,7 +38,7 @@ fn load_font() -> Result<()> {
 }
 
 /// A series colour per strategy run: one for each of the seven strategies before any repeats.
-fn colour(i: usize) -> RGBColor {
+pub(crate) fn colour(i: usize) -> RGBColor {
     const PALETTE: [RGBColor; 7] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -60,7 +60,7 @@ fn label(s: &StrategySummary) -> String {
 
 /// Draw into `<dir>/<name>.partial.png`, then move it into place (an identical existing chart is
 /// left alone, a different one is refused).
-fn chart(dir: &Path, name: &str, draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>) -> Result<PathBuf> {
+pub(crate) fn chart(dir: &Path, name: &str, draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.png"));
     let tmp = dir.join(format!("{name}.partial.png"));
     {
@@ -81,7 +81,7 @@ fn chart(dir: &Path, name: &str, draw: impl FnOnce(&DrawingArea<BitMapBackend, p
     Ok(path)
 }
 
-fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+pub(crate) fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("{e}")
 }
 

@@ -414,7 +414,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 }
 
 /// A table as (header, rows), from rows given as (column, value) pairs in one place.
-type Table = (Vec<String>, Vec<Vec<String>>);
+pub(crate) type Table = (Vec<String>, Vec<Vec<String>>);
 
 fn table(rows: Vec<Vec<(String, String)>>) -> Table {
     let header = rows.first().map(|r| r.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default();
@@ -557,7 +557,7 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
     )
 }
 
-fn csv_bytes((header, rows): &Table) -> Result<Vec<u8>> {
+pub(crate) fn csv_bytes((header, rows): &Table) -> Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(header)?;
     for r in rows {
@@ -568,7 +568,7 @@ fn csv_bytes((header, rows): &Table) -> Result<Vec<u8>> {
 
 /// Write `bytes` to `path` unless the same bytes are already there; a different existing file is
 /// an error and is kept, unless `replace` (the run's own final tables), when it is replaced whole.
-fn write_new_or_same(path: &Path, bytes: &[u8], replace: bool) -> Result<()> {
+pub(crate) fn write_new_or_same(path: &Path, bytes: &[u8], replace: bool) -> Result<()> {
     if path.exists() && replace {
         if std::fs::read(path).is_ok_and(|old| old == bytes) {
             return Ok(());

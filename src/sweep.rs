@@ -1,0 +1,567 @@
+//! `ringbench sweep`: where each strategy wins, and by how much. A grid of world sizes, sequence
+//! lengths and K/V head counts; at each point of it, every strategy `--strategy` selects with every
+//! split of the world it allows (tp x pp, ulysses x ring, tp x cp: every factorization) that
+//! validates (under `--strategy all`, usp and tp-cp in two-dimensional splits only, as `run`
+//! takes them). `--mode plan` asks the analytic model (`plan::project`) at every point, at any
+//! scale.
+//!
+//! What it writes to `--out DIR`: `sweep.csv` (every point), `best.csv` (per world, K/V heads and
+//! length, the fastest strategy and split that fits, and by how much), `crossovers.csv` (per world
+//! and pair of strategies, the lengths between which the faster of the two changes), and per world
+//! a chart of tokens/s against sequence length (log axes) with the crossovers marked. A strategy's
+//! figure at a point is its fastest split that fits one GPU.
+
+use crate::config::{ConfigArgs, ConfigError, RunConfig, SizeFlags, StrategyChoice, StrategyKind};
+use crate::plan::{Hardware, HardwareArgs};
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SweepMode {
+    /// The analytic model at every point (no MPI, no GPU; any world size).
+    Plan,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SweepArgs {
+    /// The model, the measurement and the strategies (`--strategy all`, or one) as for `run`;
+    /// the sizes of each strategy's split are the sweep's to choose.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub hardware: HardwareArgs,
+    #[arg(long, value_enum, default_value = "plan")]
+    pub mode: SweepMode,
+    /// Sequence lengths, comma-separated (e.g. 8192,32768,131072).
+    #[arg(long, value_delimiter = ',', required = true, value_name = "N,...")]
+    pub seq_lens: Vec<usize>,
+    /// World sizes (GPUs), comma-separated. Default: 8, 16, ..., 1024.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub worlds: Vec<usize>,
+    /// K/V head counts, comma-separated. Default: the model's (--kv-heads or the preset's).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub kv_heads_list: Vec<usize>,
+    /// Where the tables and charts go (created if missing; an existing file that differs is
+    /// never overwritten).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The largest world a plan sweep takes: its cost per point grows with the ranks.
+const MAX_WORLD: usize = 1 << 16;
+
+/// One point of the grid and what the analytic model projects for it (on nodes of the
+/// profile's size).
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub cfg: RunConfig,
+    pub world: usize,
+    pub fits: bool,
+    pub memory_bytes: f64,
+    pub tps: f64,
+    pub ttft_s: f64,
+    pub link: String,
+    pub exposed_comm_s: f64,
+}
+
+impl Point {
+    fn key(&self) -> (usize, usize, usize) {
+        (self.world, self.cfg.model.kv_heads, self.cfg.model.seq_len)
+    }
+
+    /// The split in words, without the layout ("tp 8 x cp 2").
+    pub fn split(&self) -> String {
+        self.cfg.describe_split().replace(&format!(", {}", self.cfg.layout.name()), "")
+    }
+}
+
+/// Every config of the grid that validates, in order of world, K/V heads, length, strategy and
+/// inner size. Flags that fix a split (--tp, --pp, --ring, --ulysses, --cp) or the length
+/// (--seq-len) are refused: the sweep sets them.
+pub fn grid(args: &SweepArgs) -> Result<Vec<RunConfig>, ConfigError> {
+    let c = &args.config;
+    for (flag, given) in
+        [("--tp", c.tp), ("--pp", c.pp), ("--ring", c.ring), ("--ulysses", c.ulysses), ("--cp", c.cp), ("--seq-len", c.seq_len)]
+    {
+        if let Some(v) = given {
+            return Err(ConfigError(format!(
+                "{flag} {v}: a sweep tries every split of each world and every length of --seq-lens; it takes no {flag}"
+            )));
+        }
+    }
+    let worlds = if args.worlds.is_empty() { (3..=10).map(|e| 1 << e).collect() } else { args.worlds.clone() };
+    for (flag, list) in [("--seq-lens", &args.seq_lens), ("--worlds", &worlds), ("--kv-heads-list", &args.kv_heads_list)] {
+        crate::config::require_positive(&list.iter().map(|&v| (flag, v)).collect::<Vec<_>>())?;
+    }
+    for &w in &worlds {
+        crate::config::require_at_most("--worlds", w, MAX_WORLD)?;
+    }
+    let kv_list: Vec<Option<usize>> =
+        if args.kv_heads_list.is_empty() { vec![c.kv_heads] } else { args.kv_heads_list.iter().map(|&k| Some(k)).collect() };
+    let kinds: Vec<StrategyKind> = c.strategy.strategies();
+    let mut out: Vec<RunConfig> = Vec::new();
+    let mut first_error = None;
+    for &world in &worlds {
+        for &kv in &kv_list {
+            for &seq in &args.seq_lens {
+                for &kind in &kinds {
+                    let start = out.len();
+                    for inner in (1..=world).filter(|i| world % i == 0) {
+                        let point = ConfigArgs {
+                            strategy: StrategyChoice::of(kind),
+                            seq_len: Some(seq),
+                            kv_heads: kv,
+                            tp: Some(inner),
+                            pp: Some(world / inner),
+                            ulysses: Some(inner),
+                            ..c.clone()
+                        };
+                        match point.resolve(world) {
+                            Ok(cfgs) => {
+                                // Under `all`, as in `run`, usp and tp-cp take two-dimensional
+                                // splits only: with a size of 1 they are ring, ulysses or tp-pp,
+                                // which the sweep has already.
+                                let all = SizeFlags { all: true, ..Default::default() };
+                                for cfg in cfgs {
+                                    let counts = c.strategy != StrategyChoice::All || StrategyChoice::runs_in_all(kind, &all, &Ok(cfg.clone()));
+                                    if counts && !out[start..].contains(&cfg) {
+                                        out.push(cfg);
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        let why = first_error.map(|e| format!(" (for example: {e})")).unwrap_or_default();
+        return Err(ConfigError(format!("no strategy and split of the sweep's grid validates{why}")));
+    }
+    Ok(out)
+}
+
+/// The analytic model at every config, on nodes of `hw.gpus_per_node`; `tick` after each.
+pub fn evaluate(cfgs: &[RunConfig], hw: &Hardware, tick: &mut dyn FnMut()) -> Vec<Point> {
+    cfgs.iter()
+        .map(|cfg| {
+            let p = crate::plan::project(cfg, hw, &[hw.gpus_per_node]);
+            let pr = &p.projections[0];
+            tick();
+            Point {
+                cfg: cfg.clone(),
+                world: p.world,
+                fits: p.fits,
+                memory_bytes: p.memory.total,
+                tps: pr.tps_projected,
+                ttft_s: pr.ttft_s,
+                link: pr.link.clone(),
+                exposed_comm_s: pr.exposed_comm_s,
+            }
+        })
+        .collect()
+}
+
+/// (world, K/V heads, length) -> strategy -> its fastest split that fits.
+type Fastest<'a> = BTreeMap<(usize, usize, usize), BTreeMap<usize, &'a Point>>;
+
+/// Order of a strategy in `strategy::SPECS`: the order of columns and pairs.
+fn order(kind: StrategyKind) -> usize {
+    crate::strategy::SPECS.iter().position(|s| s.kind == kind).expect("every kind has a spec")
+}
+
+fn fastest(points: &[Point]) -> Fastest<'_> {
+    let mut by: Fastest = BTreeMap::new();
+    for p in points.iter().filter(|p| p.fits) {
+        let slot = by.entry(p.key()).or_default().entry(order(p.cfg.strategy)).or_insert(p);
+        if p.tps > slot.tps {
+            *slot = p;
+        }
+    }
+    by
+}
+
+/// Per world, K/V heads and length: the fastest strategy and split that fits, and the fastest
+/// other strategy (how much the choice matters).
+#[derive(Clone, Debug)]
+pub struct Best<'a> {
+    pub point: &'a Point,
+    pub runner_up: Option<&'a Point>,
+}
+
+pub fn best(points: &[Point]) -> Vec<Best<'_>> {
+    fastest(points)
+        .into_values()
+        .map(|by_strategy| {
+            let mut ranked: Vec<&Point> = by_strategy.into_values().collect();
+            ranked.sort_by(|a, b| b.tps.total_cmp(&a.tps));
+            Best { point: ranked[0], runner_up: ranked.get(1).copied() }
+        })
+        .collect()
+}
+
+/// Two strategies' order changing between two swept lengths, at one world and K/V head count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Crossover {
+    pub world: usize,
+    pub kv_heads: usize,
+    pub faster_below: StrategyKind,
+    pub faster_above: StrategyKind,
+    /// The swept lengths on either side of the change.
+    pub seq_below: usize,
+    pub seq_above: usize,
+    /// Where the tokens/s ratio of the two crosses 1, interpolating its logarithm linearly in the
+    /// logarithm of the length between the two sides.
+    pub seq_estimate: f64,
+    /// The faster one's tokens/s there, interpolated the same way (where the chart marks it).
+    pub tps_estimate: f64,
+}
+
+/// For every world and K/V head count, every pair of strategies (in `SPECS` order), each length
+/// interval of the sweep where the faster of the two changes; only lengths where both fit count.
+pub fn crossovers(points: &[Point]) -> Vec<Crossover> {
+    let by = fastest(points);
+    let mut groups: BTreeMap<(usize, usize), Vec<(usize, &BTreeMap<usize, &Point>)>> = BTreeMap::new();
+    for ((world, kv, seq), strategies) in &by {
+        groups.entry((*world, *kv)).or_default().push((*seq, strategies));
+    }
+    let mut out = Vec::new();
+    for ((world, kv_heads), lengths) in groups {
+        let present: std::collections::BTreeSet<usize> = lengths.iter().flat_map(|(_, s)| s.keys().copied()).collect();
+        let present: Vec<usize> = present.into_iter().collect();
+        for (i, &a) in present.iter().enumerate() {
+            for &b in &present[i + 1..] {
+                // (length, a's tokens/s, b's) where both fit, by length.
+                let both: Vec<(usize, f64, f64)> =
+                    lengths.iter().filter_map(|(seq, s)| Some((*seq, s.get(&a)?.tps, s.get(&b)?.tps))).collect();
+                for w in both.windows(2) {
+                    let ((s0, a0, b0), (s1, a1, b1)) = (w[0], w[1]);
+                    let (win0, win1) = (a0 >= b0, a1 >= b1);
+                    if win0 == win1 {
+                        continue;
+                    }
+                    let (r0, r1) = ((a0 / b0).ln(), (a1 / b1).ln());
+                    let t = r0 / (r0 - r1);
+                    let (l0, l1) = ((s0 as f64).ln(), (s1 as f64).ln());
+                    let seq_estimate = (l0 + t * (l1 - l0)).exp();
+                    let kind = |o: usize| crate::strategy::SPECS[o].kind;
+                    let (lo, hi) = if win0 { (a, b) } else { (b, a) };
+                    let tps_estimate = (a0.ln() + t * (a1.ln() - a0.ln())).exp();
+                    out.push(Crossover {
+                        world,
+                        kv_heads,
+                        faster_below: kind(lo),
+                        faster_above: kind(hi),
+                        seq_below: s0,
+                        seq_above: s1,
+                        seq_estimate,
+                        tps_estimate,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn table_of(header: &[&str], rows: Vec<Vec<String>>) -> crate::output::reduce::Table {
+    (header.iter().map(|h| h.to_string()).collect(), rows)
+}
+
+fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table {
+    let header = [
+        "world",
+        "nodes",
+        "gpus_per_node",
+        "kv_heads",
+        "seq_len",
+        "strategy",
+        "split",
+        "layout",
+        "fits",
+        "memory_gib",
+        "projected_tps",
+        "projected_ttft_s",
+        "projected_tpot_us",
+        "projected_exposed_comm_s",
+        "heaviest_link",
+    ];
+    let rows = points
+        .iter()
+        .map(|p| {
+            let layout = if crate::strategy::spec(p.cfg.strategy).uses_layout { p.cfg.layout.name() } else { "" };
+            vec![
+                p.world.to_string(),
+                p.world.div_ceil(hw.gpus_per_node).to_string(),
+                hw.gpus_per_node.to_string(),
+                p.cfg.model.kv_heads.to_string(),
+                p.cfg.model.seq_len.to_string(),
+                p.cfg.strategy.name().to_string(),
+                p.split(),
+                layout.to_string(),
+                p.fits.to_string(),
+                format!("{:.3}", p.memory_bytes / (1u64 << 30) as f64),
+                format!("{:.1}", p.tps),
+                format!("{:.6}", p.ttft_s),
+                format!("{:.4}", 1e6 / p.tps),
+                format!("{:.6}", p.exposed_comm_s),
+                p.link.clone(),
+            ]
+        })
+        .collect();
+    table_of(&header, rows)
+}
+
+fn best_table(best: &[Best]) -> crate::output::reduce::Table {
+    let header = ["world", "kv_heads", "seq_len", "strategy", "split", "projected_tps", "projected_ttft_s", "memory_gib", "runner_up", "runner_up_split", "speedup_over_runner_up"];
+    let rows = best
+        .iter()
+        .map(|b| {
+            let p = b.point;
+            let (ru, ru_split, ratio) = match b.runner_up {
+                Some(r) => (r.cfg.strategy.name().to_string(), r.split(), format!("{:.4}", p.tps / r.tps)),
+                None => Default::default(),
+            };
+            vec![
+                p.world.to_string(),
+                p.cfg.model.kv_heads.to_string(),
+                p.cfg.model.seq_len.to_string(),
+                p.cfg.strategy.name().to_string(),
+                p.split(),
+                format!("{:.1}", p.tps),
+                format!("{:.6}", p.ttft_s),
+                format!("{:.3}", p.memory_bytes / (1u64 << 30) as f64),
+                ru,
+                ru_split,
+                ratio,
+            ]
+        })
+        .collect();
+    table_of(&header, rows)
+}
+
+fn crossover_table(crossovers: &[Crossover]) -> crate::output::reduce::Table {
+    let header = ["world", "kv_heads", "faster_below", "faster_above", "seq_len_below", "seq_len_above", "seq_len_estimate"];
+    let rows = crossovers
+        .iter()
+        .map(|c| {
+            vec![
+                c.world.to_string(),
+                c.kv_heads.to_string(),
+                c.faster_below.name().to_string(),
+                c.faster_above.name().to_string(),
+                c.seq_below.to_string(),
+                c.seq_above.to_string(),
+                format!("{:.0}", c.seq_estimate),
+            ]
+        })
+        .collect();
+    table_of(&header, rows)
+}
+
+/// Write the three tables and the charts into `dir`; the paths written.
+pub fn write(dir: &Path, points: &[Point], hw: &Hardware) -> Result<Vec<PathBuf>> {
+    use crate::output::reduce::{csv_bytes, write_new_or_same};
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--out {}: {e}", dir.display()))?;
+    let best = best(points);
+    let crossovers = crossovers(points);
+    let mut written = Vec::new();
+    for (name, table) in
+        [("sweep.csv", sweep_table(points, hw)), ("best.csv", best_table(&best)), ("crossovers.csv", crossover_table(&crossovers))]
+    {
+        let path = dir.join(name);
+        write_new_or_same(&path, &csv_bytes(&table)?, false)?;
+        written.push(path);
+    }
+    let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
+    let one_kv = groups.iter().map(|g| g.1).collect::<std::collections::BTreeSet<_>>().len() == 1;
+    for (world, kv) in groups {
+        let name = if one_kv { format!("tps-world-{world}") } else { format!("tps-world-{world}-kv-{kv}") };
+        let pts: Vec<&Point> = points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).collect();
+        let cross: Vec<&Crossover> = crossovers.iter().filter(|c| c.world == world && c.kv_heads == kv).collect();
+        written.push(chart(dir, &name, world, kv, &pts, &cross, hw)?);
+    }
+    Ok(written)
+}
+
+/// Tokens/s against sequence length, log axes: each strategy's fastest split that fits, the
+/// crossovers marked where the two lines meet.
+fn chart(dir: &Path, name: &str, world: usize, kv: usize, pts: &[&Point], cross: &[&Crossover], hw: &Hardware) -> Result<PathBuf> {
+    use crate::report::{colour, err, FONT};
+    use plotters::prelude::*;
+    crate::report::load_font()?;
+    let owned: Vec<Point> = pts.iter().map(|p| (*p).clone()).collect();
+    let by = fastest(&owned);
+    let mut series: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+    for ((_, _, seq), strategies) in &by {
+        for (o, p) in strategies {
+            series.entry(*o).or_default().push((*seq as f64, p.tps));
+        }
+    }
+    let xs: Vec<f64> = pts.iter().map(|p| p.cfg.model.seq_len as f64).collect();
+    let ys: Vec<f64> = series.values().flatten().map(|(_, y)| *y).collect();
+    let (x0, x1) = (xs.iter().cloned().fold(f64::MAX, f64::min), xs.iter().cloned().fold(0.0, f64::max));
+    let (y0, y1) = (ys.iter().cloned().fold(f64::MAX, f64::min), ys.iter().cloned().fold(0.0, f64::max));
+    let (y0, y1) = if ys.is_empty() { (1.0, 10.0) } else { (y0 / 1.5, y1 * 1.5) };
+    let caption = format!("projected tokens/s, {world} GPUs of {} ({} K/V heads)", hw.name, kv);
+    crate::report::chart(dir, name, |root| {
+        let mut c = ChartBuilder::on(root)
+            .caption(caption, (FONT, 24))
+            .margin(20)
+            .x_label_area_size(45)
+            .y_label_area_size(90)
+            .build_cartesian_2d((x0 / 1.3..x1 * 1.3).log_scale(), (y0..y1).log_scale())
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_desc("sequence length (tokens)")
+            .y_desc("tokens/s (fastest split that fits)")
+            .label_style((FONT, 15))
+            .x_label_formatter(&|x| format!("{:.0}", x))
+            .y_labels(12)
+            .y_label_formatter(&|y| format!("{:.0}", y))
+            .draw()
+            .map_err(err)?;
+        for (o, line) in &series {
+            let col = colour(*o);
+            let name = crate::strategy::SPECS[*o].kind.name();
+            c.draw_series(LineSeries::new(line.iter().copied(), col.stroke_width(2)))
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+            c.draw_series(line.iter().map(|&p| Circle::new(p, 4, col.filled()))).map_err(err)?;
+        }
+        for x in cross {
+            let at = (x.seq_estimate, x.tps_estimate);
+            c.draw_series(std::iter::once(Cross::new(at, 9, BLACK.stroke_width(2)))).map_err(err)?;
+            let label = format!("{} / {}", x.faster_below.name(), x.faster_above.name());
+            c.draw_series(std::iter::once(Text::new(label, at, (FONT, 13).into_font().color(&BLACK)))).map_err(err)?;
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font((FONT, 15))
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    })
+}
+
+/// A progress bar over the sweep's points with its ETA, on stdout where it is a terminal.
+pub fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if quiet || !std::io::stdout().is_terminal() {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stdout()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("sweep [{bar:30}] {pos}/{len} points, ETA {eta}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The console's account: per world (and K/V heads), a row per length with each strategy's
+/// tokens/s (fastest split that fits; "-" where none fits) and the fastest, then the crossovers.
+pub fn render(points: &[Point], hw: &Hardware) -> String {
+    let by = fastest(points);
+    let crossovers = crossovers(points);
+    let best = best(points);
+    let kinds: Vec<usize> = {
+        let s: std::collections::BTreeSet<usize> = points.iter().map(|p| order(p.cfg.strategy)).collect();
+        s.into_iter().collect()
+    };
+    let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
+    let mut o = String::new();
+    for (world, kv) in groups {
+        o.push_str(&format!(
+            "\n{world} GPUs of {} ({} x {}), {kv} K/V heads: projected tokens/s of each strategy's fastest split that fits\n",
+            hw.name,
+            world.div_ceil(hw.gpus_per_node),
+            hw.gpus_per_node.min(world)
+        ));
+        let mut header = format!("{:>10}", "seq_len");
+        for k in &kinds {
+            header.push_str(&format!("{:>12}", crate::strategy::SPECS[*k].kind.name()));
+        }
+        header.push_str("  fastest");
+        o.push_str(&header);
+        o.push('\n');
+        let seqs: std::collections::BTreeSet<usize> =
+            points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).map(|p| p.cfg.model.seq_len).collect();
+        for seq in seqs {
+            let mut row = format!("{seq:>10}");
+            let at = by.get(&(world, kv, seq));
+            for k in &kinds {
+                let cell = at.and_then(|s| s.get(k)).map_or("-".to_string(), |p| format!("{:.0}", p.tps));
+                row.push_str(&format!("{cell:>12}"));
+            }
+            match best.iter().find(|b| b.point.key() == (world, kv, seq)) {
+                Some(b) => {
+                    let margin = b.runner_up.map(|r| format!(", {:.2}x {}", b.point.tps / r.tps, r.cfg.strategy.name())).unwrap_or_default();
+                    row.push_str(&format!("  {} ({}{margin})", b.point.cfg.strategy.name(), b.point.split()));
+                }
+                None => row.push_str("  nothing fits"),
+            }
+            o.push_str(&row);
+            o.push('\n');
+        }
+        for c in crossovers.iter().filter(|c| c.world == world && c.kv_heads == kv) {
+            o.push_str(&format!(
+                "crossover: {} is faster below, {} above, between {} and {} tokens (about {:.0})\n",
+                c.faster_below.name(),
+                c.faster_above.name(),
+                c.seq_below,
+                c.seq_above,
+                c.seq_estimate
+            ));
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(kind: StrategyKind, world: usize, seq: usize, tps: f64, fits: bool) -> Point {
+        let mut cfg = RunConfig::of_preset(crate::config::Preset::Tiny, kind, 1, 1, world);
+        cfg.model.seq_len = seq;
+        Point { cfg, world, fits, memory_bytes: 0.0, tps, ttft_s: 0.0, link: "nvlink".into(), exposed_comm_s: 0.0 }
+    }
+
+    /// Two lines that cross once between 100 and 1000 tokens (ratio 2 and 1/2: the estimate is
+    /// the geometric middle), a third that never fits, and the best per length with its margin.
+    #[test]
+    fn crossovers_and_best_from_points() {
+        let (ring, ul, tp) = (StrategyKind::Ring, StrategyKind::Ulysses, StrategyKind::TpPp);
+        let pts = vec![
+            point(ring, 4, 10, 50.0, true),
+            point(ul, 4, 10, 200.0, true),
+            point(ring, 4, 100, 100.0, true),
+            point(ul, 4, 100, 200.0, true),
+            point(ring, 4, 1000, 400.0, true),
+            point(ul, 4, 1000, 200.0, true),
+            point(tp, 4, 1000, 9000.0, false),
+        ];
+        let c = crossovers(&pts);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].faster_below, c[0].faster_above, c[0].seq_below, c[0].seq_above), (ul, ring, 100, 1000));
+        assert!((c[0].seq_estimate / 1000f64.sqrt() / 10.0 - 1.0).abs() < 1e-12, "{}", c[0].seq_estimate);
+        assert!((c[0].tps_estimate - 200.0).abs() < 1e-9);
+        let b = best(&pts);
+        assert_eq!(b.len(), 3);
+        assert_eq!((b[2].point.cfg.strategy, b[2].runner_up.unwrap().cfg.strategy), (ring, ul), "what does not fit is not the best");
+        assert_eq!(b[0].point.cfg.strategy, ul);
+    }
+}

@@ -1,0 +1,134 @@
+//! `ringbench sweep --mode plan` end to end: on a hardware profile simple enough to solve by hand,
+//! the crossover and the best splits are the hand-computed ones; the tables and charts land in
+//! --out and are never overwritten by a different sweep; a flag the sweep sets itself is refused.
+
+mod common;
+use std::path::Path;
+use std::process::Command;
+
+fn sweep(out: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringbench")).arg("sweep").args(args).arg("--out").arg(out).output().unwrap()
+}
+
+fn rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    r.records().map(|rec| header.iter().cloned().zip(rec.unwrap().iter().map(String::from)).collect()).collect()
+}
+
+/// Peak 1 TFLOP/s at full efficiency (F), every link 1 GB/s (B), HBM too fast to matter: the tiny
+/// model (d = 64, multi-head) at batch 1, non-causal, chunks of equal length.
+const PROFILE: [&str; 17] = [
+    "--preset", "tiny", "--batch", "1", "--no-causal", "--peak-tflops", "1", "--gemm-efficiency", "1",
+    "--attention-efficiency", "1", "--nvlink-gbps", "1", "--ib-gbps", "1", "--hbm-tbps", "1000000",
+];
+
+/// By hand, per layer of one sequence of S tokens over P ranks (kv_dim = d), ring and Ulysses do
+/// the same FLOPs and differ in exposed communication only:
+/// - ring: P - 1 steps, each moving its K/V block (S/P x 2d x 2 B) under that step's attention
+///   (4 (S/P)^2 d FLOPs): exposed (P - 1) max(0, 4 S d / (P B) - 4 d S^2 / (P^2 F));
+/// - ulysses: three all-to-alls of (P - 1) / P of S x (2d / P, 2 kv / P, 2d / P) B, all exposed:
+///   4 (P - 1) S (d + kv) / (P^2 B).
+///
+/// Equal at S* = F (P kv - d - kv) / (d B) = F (P - 2) / B = 2000 tokens for P = 4: ulysses is
+/// faster below, ring above. And usp on 8 ranks (U x R), exposed per layer in units of S d / B:
+/// a2a 8 (U - 1) / (U^2 R), ring (R - 1) 4 / (R U) max(0, 1 - S B / (R F)):
+/// - 4 x 2: 0.75 + 0.5 max(0, 1 - S / 2000);  2 x 4: 0.5 + 1.5 max(0, 1 - S / 4000);
+/// - 1 x 8 (the ring): 3.5 max(0, 1 - S / 8000).
+///
+/// At S = 1000: 1.0, 1.625, 3.06: 4 x 2 is best. At S = 3600: 0.75, 0.65, 1.93: 2 x 4 is best.
+#[test]
+fn the_crossover_and_the_best_splits_are_the_hand_computed_ones() {
+    let root = common::temp_root("sweep");
+    let all = root.join("all");
+    let out = sweep(&all, &[&PROFILE[..], &["--strategy", "all", "--worlds", "4", "--seq-lens", "1000,1600,2400,3200"]].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{}", text, String::from_utf8_lossy(&out.stderr));
+    let cross = rows(&all.join("crossovers.csv"));
+    let ring_ulysses: Vec<_> = cross
+        .iter()
+        .filter(|r| [r["faster_below"].as_str(), r["faster_above"].as_str()] == ["ulysses", "ring"] || [r["faster_below"].as_str(), r["faster_above"].as_str()] == ["ring", "ulysses"])
+        .collect();
+    assert_eq!(ring_ulysses.len(), 1, "{cross:?}");
+    let c = ring_ulysses[0];
+    assert_eq!((c["faster_below"].as_str(), c["faster_above"].as_str()), ("ulysses", "ring"));
+    assert_eq!((c["seq_len_below"].as_str(), c["seq_len_above"].as_str(), c["world"].as_str()), ("1600", "2400", "4"));
+    let estimate: f64 = c["seq_len_estimate"].parse().unwrap();
+    assert!(estimate > 1600.0 && estimate < 2400.0, "{estimate}");
+    assert!(text.contains("crossover: ulysses is faster below, ring above, between 1600 and 2400 tokens"), "{text}");
+    // Every point of the grid: 4 lengths x (tp-pp 4 x 1 and 2 x 2, ring, allgather, ulysses, usp
+    // 2 x 2, tp-cp 2 x 2); the 2-D strategies' one-dimensional splits are left to the others.
+    let points = rows(&all.join("sweep.csv"));
+    assert_eq!(points.len(), 4 * 7, "{points:?}");
+    assert!(points.iter().all(|p| p["fits"] == "true" && p["projected_tps"].parse::<f64>().unwrap() > 0.0));
+    assert!(all.join("tps-world-4.png").is_file());
+
+    let usp = root.join("usp");
+    let out = sweep(&usp, &[&PROFILE[..], &["--strategy", "usp", "--worlds", "8", "--seq-lens", "1000,3600"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let best = rows(&usp.join("best.csv"));
+    let splits: Vec<(&str, &str)> = best.iter().map(|r| (r["seq_len"].as_str(), r["split"].as_str())).collect();
+    assert_eq!(splits, vec![("1000", "ulysses 4 x ring 2"), ("3600", "ulysses 2 x ring 4")]);
+    // And the whole order of the splits, as by hand (the compute is the same for all three).
+    let points = rows(&usp.join("sweep.csv"));
+    for (seq, order) in [("1000", ["ulysses 4 x ring 2", "ulysses 2 x ring 4", "ulysses 1 x ring 8"]), ("3600", ["ulysses 2 x ring 4", "ulysses 4 x ring 2", "ulysses 1 x ring 8"])] {
+        let tps = |split: &str| -> f64 {
+            points.iter().find(|p| p["seq_len"] == seq && p["split"] == split).unwrap_or_else(|| panic!("{seq} {split}"))["projected_tps"].parse().unwrap()
+        };
+        assert!(tps(order[0]) > tps(order[1]) && tps(order[1]) > tps(order[2]), "{seq}: {order:?}");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn sweep_input_is_checked_and_results_are_never_overwritten() {
+    let root = common::temp_root("sweep-input");
+    for (args, want) in [
+        (&["--strategy", "all", "--seq-lens", "1024", "--tp", "2"][..], "--tp 2: a sweep tries every split of each world"),
+        (&["--strategy", "all", "--seq-lens", "1024", "--seq-len", "2048"], "--seq-len 2048: a sweep tries"),
+        (&["--strategy", "all", "--seq-lens", "1024,0"], "--seq-lens 0: must be at least 1"),
+        (&["--strategy", "all", "--seq-lens", "1024", "--worlds", "1000000"], "--worlds 1000000: at most 65536"),
+        (&["--strategy", "ulysses", "--seq-lens", "1024", "--worlds", "3"], "no strategy and split of the sweep's grid validates"),
+    ] {
+        let out = sweep(&root.join("x"), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in {err}");
+        assert!(!root.join("x").exists(), "nothing written for bad input");
+    }
+    let dir = root.join("once");
+    let args = ["--strategy", "ring", "--seq-lens", "1024,4096", "--worlds", "8,16", "--preset", "llama3-8b", "--quiet"];
+    assert!(sweep(&dir, &args).status.success());
+    let before = std::fs::read(dir.join("sweep.csv")).unwrap();
+    assert!(sweep(&dir, &args).status.success(), "the same sweep again writes the same files");
+    let other = sweep(&dir, &["--strategy", "ring", "--seq-lens", "2048", "--worlds", "8", "--preset", "llama3-8b"]);
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("never overwritten"), "{}", String::from_utf8_lossy(&other.stderr));
+    assert_eq!(std::fs::read(dir.join("sweep.csv")).unwrap(), before);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// README's sweep (Llama 3 70B on 8 to 256 H100s) is committed under results/: the same command
+/// gives the same tables, so the figures README quotes are what the model says today.
+#[test]
+fn the_committed_llama3_70b_sweep_is_what_the_model_gives() {
+    let root = common::temp_root("sweep-70b");
+    let dir = root.join("again");
+    let args = [
+        "--preset", "llama3-70b", "--strategy", "all", "--seq-lens", "8192,16384,32768,65536,131072,262144,524288,1048576",
+        "--worlds", "8,16,32,64,128,256", "--quiet",
+    ];
+    let out = sweep(&dir, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/sweep-llama3-70b-h100");
+    for table in ["sweep.csv", "best.csv", "crossovers.csv"] {
+        assert!(
+            std::fs::read(dir.join(table)).unwrap() == std::fs::read(committed.join(table)).unwrap(),
+            "results/sweep-llama3-70b-h100/{table} differs from what `ringbench sweep` gives now: regenerate it (README, \"sweep\") and update README's figures"
+        );
+    }
+    for w in [8, 16, 32, 64, 128, 256] {
+        assert!(committed.join(format!("tps-world-{w}.png")).is_file());
+    }
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Reduce(args) => return reduce(args),
         Command::Plan(args) => return plan(args),
-        Command::Sweep(args) => return sweep(args),
+        Command::Sweep(args) if args.mode == ringbench::sweep::SweepMode::Plan => return sweep(args),
         Command::Info => {
             print!("{}", ringbench::info::report(cli.cuda_include.as_deref()));
             return ExitCode::SUCCESS;
@@ -419,8 +419,8 @@ fn sweep(args: &ringbench::sweep::SweepArgs) -> ExitCode {
     let bar = sweep::progress(cfgs.len(), args.quiet);
     let points = sweep::evaluate(&cfgs, &hw, &mut || bar.inc(1));
     bar.finish_and_clear();
-    print!("{}", sweep::render(&points, &hw));
-    match sweep::write(&args.out, &points, &hw) {
+    print!("{}", sweep::render(&points, &hw, sweep::Basis::Projected));
+    match sweep::write(&args.out, &points, &hw, sweep::Basis::Projected) {
         Ok(paths) => {
             println!("\n{} points (projected by the analytic model, not measured)", points.len());
             paths.iter().for_each(|p| println!("wrote {}", p.display()));
@@ -479,10 +479,15 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
     let config_args = match &cli.command {
         Command::Run(a) => &a.config,
         Command::Verify(a) => &a.config,
+        Command::Sweep(a) => &a.config,
         _ => unreachable!("runs without MPI"),
     };
     let cfgs = match &cli.command {
         Command::Run(a) => a.emulate.resolve(config_args, launch.size)?,
+        Command::Sweep(a) => {
+            a.hardware.hardware(a.hardware.gpus_per_node.unwrap_or(8))?;
+            ringbench::sweep::grid_on(a, Some(launch.size))?
+        }
         _ => config_args.resolve(launch.size)?,
     };
     let world = || MpiComm::new(launch.world_for_strategies());
@@ -542,8 +547,24 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
     // Creating a communicator is collective (NCCL's init waits for every rank): watched too.
     let transport = dog.guard("communicator setup", None, 0, connect)?;
     let comm = Watched::new(transport, dog);
-    harness::check_memory(cfgs, be, &comm, launch.local_size, matches!(cli.command, Command::Verify(_)))?;
+    // A sweep checks each point's memory as it comes to it, and leaves out those that do not fit.
+    if !matches!(cli.command, Command::Sweep(_)) {
+        harness::check_memory(cfgs, be, &comm, launch.local_size, matches!(cli.command, Command::Verify(_)))?;
+    }
     match &cli.command {
+        Command::Sweep(a) => {
+            let place =
+                Place { rank: launch.rank, local_rank: launch.local_rank, host: launch.host.clone(), mpi_library: launch.mpi_library() };
+            let hw = a.hardware.hardware(a.hardware.gpus_per_node.unwrap_or(8))?;
+            let launched = ringbench::sweep::Launched { place: &place, journal: &launch.journal, local_size: launch.local_size };
+            ringbench::sweep::run_points(cfgs, be, &comm, &|_| comm.split(0, comm.rank()), &launched, a, &hw).map(|valid| {
+                if valid {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_INVALID_RESULT)
+                }
+            })
+        }
         Command::Run(a) => {
             let place = Place {
                 rank: cfgs[0].strategy_rank(launch.rank),

@@ -60,7 +60,11 @@ fn label(s: &StrategySummary) -> String {
 
 /// Draw into `<dir>/<name>.partial.png`, then move it into place (an identical existing chart is
 /// left alone, a different one is refused).
-pub(crate) fn chart(dir: &Path, name: &str, draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>) -> Result<PathBuf> {
+pub(crate) fn chart(
+    dir: &Path,
+    name: &str,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
+) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.png"));
     let tmp = dir.join(format!("{name}.partial.png"));
     {

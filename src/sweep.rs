@@ -3,7 +3,9 @@
 //! split of the world it allows (tp x pp, ulysses x ring, tp x cp: every factorization) that
 //! validates (under `--strategy all`, usp and tp-cp in two-dimensional splits only, as `run`
 //! takes them). `--mode plan` asks the analytic model (`plan::project`) at every point, at any
-//! scale.
+//! scale. `--mode run` measures every point of the launch's world with `run`'s protocol (each a run
+//! directory in --out, named by its config), resumable: a rerun skips the points already complete
+//! and redoes one a signal interrupted, whose files are moved aside, never deleted.
 //!
 //! What it writes to `--out DIR`: `sweep.csv` (every point), `best.csv` (per world, K/V heads and
 //! length, the fastest strategy and split that fits, and by how much), `crossovers.csv` (per world
@@ -22,6 +24,25 @@ use std::path::{Path, PathBuf};
 pub enum SweepMode {
     /// The analytic model at every point (no MPI, no GPU; any world size).
     Plan,
+    /// Every point measured with `run`'s protocol, under this mpirun (its world), each point a run
+    /// directory in --out; a rerun skips the points already complete and redoes an interrupted one.
+    Run,
+}
+
+/// Which figure the analysis (fastest, crossovers, best) ranks by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis {
+    Projected,
+    Measured,
+}
+
+impl Basis {
+    fn name(self) -> &'static str {
+        match self {
+            Basis::Projected => "projected",
+            Basis::Measured => "measured",
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -37,7 +58,8 @@ pub struct SweepArgs {
     /// Sequence lengths, comma-separated (e.g. 8192,32768,131072).
     #[arg(long, value_delimiter = ',', required = true, value_name = "N,...")]
     pub seq_lens: Vec<usize>,
-    /// World sizes (GPUs), comma-separated. Default: 8, 16, ..., 1024.
+    /// World sizes (GPUs), comma-separated. Default: 8, 16, ..., 1024 (`--mode run`: the launch's,
+    /// the only one it takes).
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub worlds: Vec<usize>,
     /// K/V head counts, comma-separated. Default: the model's (--kv-heads or the preset's).
@@ -67,9 +89,29 @@ pub struct Point {
     pub ttft_s: f64,
     pub link: String,
     pub exposed_comm_s: f64,
+    /// What `--mode run` measured at the point, where it ran.
+    pub measured: Option<Measured>,
+}
+
+/// A point's measured figures (from its run directory's summary.csv).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measured {
+    pub tps: f64,
+    pub iter_s: f64,
+    pub peak_mem_gib: f64,
+    pub run_dir: String,
 }
 
 impl Point {
+    /// The figure `basis` ranks by: the projection where the point fits the profile's GPU, or the
+    /// measurement where it ran.
+    fn figure(&self, basis: Basis) -> Option<f64> {
+        match basis {
+            Basis::Projected => self.fits.then_some(self.tps),
+            Basis::Measured => self.measured.as_ref().map(|m| m.tps),
+        }
+    }
+
     fn key(&self) -> (usize, usize, usize) {
         (self.world, self.cfg.model.kv_heads, self.cfg.model.seq_len)
     }
@@ -84,6 +126,11 @@ impl Point {
 /// inner size. Flags that fix a split (--tp, --pp, --ring, --ulysses, --cp) or the length
 /// (--seq-len) are refused: the sweep sets them.
 pub fn grid(args: &SweepArgs) -> Result<Vec<RunConfig>, ConfigError> {
+    grid_on(args, None)
+}
+
+/// The grid on the launch's `world` (`--mode run`), or on --worlds.
+pub fn grid_on(args: &SweepArgs, launch_world: Option<usize>) -> Result<Vec<RunConfig>, ConfigError> {
     let c = &args.config;
     for (flag, given) in
         [("--tp", c.tp), ("--pp", c.pp), ("--ring", c.ring), ("--ulysses", c.ulysses), ("--cp", c.cp), ("--seq-len", c.seq_len)]
@@ -94,7 +141,18 @@ pub fn grid(args: &SweepArgs) -> Result<Vec<RunConfig>, ConfigError> {
             )));
         }
     }
-    let worlds = if args.worlds.is_empty() { (3..=10).map(|e| 1 << e).collect() } else { args.worlds.clone() };
+    let worlds = match launch_world {
+        Some(w) if args.worlds.is_empty() || args.worlds == [w] => vec![w],
+        Some(w) => {
+            return Err(ConfigError(format!(
+                "--worlds {}: a measured sweep runs on the launch's world only, {w} rank{} (start one mpirun per world size)",
+                args.worlds.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(","),
+                if w == 1 { "" } else { "s" }
+            )))
+        }
+        None if args.worlds.is_empty() => (3..=10).map(|e| 1 << e).collect(),
+        None => args.worlds.clone(),
+    };
     for (flag, list) in [("--seq-lens", &args.seq_lens), ("--worlds", &worlds), ("--kv-heads-list", &args.kv_heads_list)] {
         crate::config::require_positive(&list.iter().map(|&v| (flag, v)).collect::<Vec<_>>())?;
     }
@@ -128,7 +186,8 @@ pub fn grid(args: &SweepArgs) -> Result<Vec<RunConfig>, ConfigError> {
                                 // which the sweep has already.
                                 let all = SizeFlags { all: true, ..Default::default() };
                                 for cfg in cfgs {
-                                    let counts = c.strategy != StrategyChoice::All || StrategyChoice::runs_in_all(kind, &all, &Ok(cfg.clone()));
+                                    let counts =
+                                        c.strategy != StrategyChoice::All || StrategyChoice::runs_in_all(kind, &all, &Ok(cfg.clone()));
                                     if counts && !out[start..].contains(&cfg) {
                                         out.push(cfg);
                                     }
@@ -166,24 +225,29 @@ pub fn evaluate(cfgs: &[RunConfig], hw: &Hardware, tick: &mut dyn FnMut()) -> Ve
                 ttft_s: pr.ttft_s,
                 link: pr.link.clone(),
                 exposed_comm_s: pr.exposed_comm_s,
+                measured: None,
             }
         })
         .collect()
 }
 
-/// (world, K/V heads, length) -> strategy -> its fastest split that fits.
-type Fastest<'a> = BTreeMap<(usize, usize, usize), BTreeMap<usize, &'a Point>>;
+/// Strategy (its place in `SPECS`) -> its fastest split at one point of the grid.
+type ByStrategy<'a> = BTreeMap<usize, &'a Point>;
+
+/// (world, K/V heads, length) -> each strategy's fastest split there.
+type Fastest<'a> = BTreeMap<(usize, usize, usize), ByStrategy<'a>>;
 
 /// Order of a strategy in `strategy::SPECS`: the order of columns and pairs.
 fn order(kind: StrategyKind) -> usize {
     crate::strategy::SPECS.iter().position(|s| s.kind == kind).expect("every kind has a spec")
 }
 
-fn fastest(points: &[Point]) -> Fastest<'_> {
+fn fastest(points: &[Point], basis: Basis) -> Fastest<'_> {
     let mut by: Fastest = BTreeMap::new();
-    for p in points.iter().filter(|p| p.fits) {
+    for p in points.iter() {
+        let Some(v) = p.figure(basis) else { continue };
         let slot = by.entry(p.key()).or_default().entry(order(p.cfg.strategy)).or_insert(p);
-        if p.tps > slot.tps {
+        if v > slot.figure(basis).unwrap_or(0.0) {
             *slot = p;
         }
     }
@@ -198,12 +262,13 @@ pub struct Best<'a> {
     pub runner_up: Option<&'a Point>,
 }
 
-pub fn best(points: &[Point]) -> Vec<Best<'_>> {
-    fastest(points)
+pub fn best(points: &[Point], basis: Basis) -> Vec<Best<'_>> {
+    let v = |p: &Point| p.figure(basis).unwrap_or(0.0);
+    fastest(points, basis)
         .into_values()
         .map(|by_strategy| {
             let mut ranked: Vec<&Point> = by_strategy.into_values().collect();
-            ranked.sort_by(|a, b| b.tps.total_cmp(&a.tps));
+            ranked.sort_by(|a, b| v(b).total_cmp(&v(a)));
             Best { point: ranked[0], runner_up: ranked.get(1).copied() }
         })
         .collect()
@@ -228,9 +293,9 @@ pub struct Crossover {
 
 /// For every world and K/V head count, every pair of strategies (in `SPECS` order), each length
 /// interval of the sweep where the faster of the two changes; only lengths where both fit count.
-pub fn crossovers(points: &[Point]) -> Vec<Crossover> {
-    let by = fastest(points);
-    let mut groups: BTreeMap<(usize, usize), Vec<(usize, &BTreeMap<usize, &Point>)>> = BTreeMap::new();
+pub fn crossovers(points: &[Point], basis: Basis) -> Vec<Crossover> {
+    let by = fastest(points, basis);
+    let mut groups: BTreeMap<(usize, usize), Vec<(usize, &ByStrategy)>> = BTreeMap::new();
     for ((world, kv, seq), strategies) in &by {
         groups.entry((*world, *kv)).or_default().push((*seq, strategies));
     }
@@ -242,7 +307,7 @@ pub fn crossovers(points: &[Point]) -> Vec<Crossover> {
             for &b in &present[i + 1..] {
                 // (length, a's tokens/s, b's) where both fit, by length.
                 let both: Vec<(usize, f64, f64)> =
-                    lengths.iter().filter_map(|(seq, s)| Some((*seq, s.get(&a)?.tps, s.get(&b)?.tps))).collect();
+                    lengths.iter().filter_map(|(seq, s)| Some((*seq, s.get(&a)?.figure(basis)?, s.get(&b)?.figure(basis)?))).collect();
                 for w in both.windows(2) {
                     let ((s0, a0, b0), (s1, a1, b1)) = (w[0], w[1]);
                     let (win0, win1) = (a0 >= b0, a1 >= b1);
@@ -294,6 +359,10 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
         "projected_tpot_us",
         "projected_exposed_comm_s",
         "heaviest_link",
+        "measured_tps",
+        "measured_iter_s",
+        "measured_peak_mem_gib",
+        "run_dir",
     ];
     let rows = points
         .iter()
@@ -315,29 +384,48 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
                 format!("{:.4}", 1e6 / p.tps),
                 format!("{:.6}", p.exposed_comm_s),
                 p.link.clone(),
+                p.measured.as_ref().map_or(String::new(), |m| format!("{:.3}", m.tps)),
+                p.measured.as_ref().map_or(String::new(), |m| format!("{:.6}", m.iter_s)),
+                p.measured.as_ref().map_or(String::new(), |m| format!("{:.6}", m.peak_mem_gib)),
+                p.measured.as_ref().map_or(String::new(), |m| m.run_dir.clone()),
             ]
         })
         .collect();
     table_of(&header, rows)
 }
 
-fn best_table(best: &[Best]) -> crate::output::reduce::Table {
-    let header = ["world", "kv_heads", "seq_len", "strategy", "split", "projected_tps", "projected_ttft_s", "memory_gib", "runner_up", "runner_up_split", "speedup_over_runner_up"];
+fn best_table(best: &[Best], basis: Basis) -> crate::output::reduce::Table {
+    let header = [
+        "basis",
+        "world",
+        "kv_heads",
+        "seq_len",
+        "strategy",
+        "split",
+        "tps",
+        "projected_ttft_s",
+        "memory_gib",
+        "runner_up",
+        "runner_up_split",
+        "speedup_over_runner_up",
+    ];
+    let v = |p: &Point| p.figure(basis).unwrap_or(0.0);
     let rows = best
         .iter()
         .map(|b| {
             let p = b.point;
             let (ru, ru_split, ratio) = match b.runner_up {
-                Some(r) => (r.cfg.strategy.name().to_string(), r.split(), format!("{:.4}", p.tps / r.tps)),
+                Some(r) => (r.cfg.strategy.name().to_string(), r.split(), format!("{:.4}", v(p) / v(r))),
                 None => Default::default(),
             };
             vec![
+                basis.name().to_string(),
                 p.world.to_string(),
                 p.cfg.model.kv_heads.to_string(),
                 p.cfg.model.seq_len.to_string(),
                 p.cfg.strategy.name().to_string(),
                 p.split(),
-                format!("{:.1}", p.tps),
+                format!("{:.1}", v(p)),
                 format!("{:.6}", p.ttft_s),
                 format!("{:.3}", p.memory_bytes / (1u64 << 30) as f64),
                 ru,
@@ -349,12 +437,13 @@ fn best_table(best: &[Best]) -> crate::output::reduce::Table {
     table_of(&header, rows)
 }
 
-fn crossover_table(crossovers: &[Crossover]) -> crate::output::reduce::Table {
-    let header = ["world", "kv_heads", "faster_below", "faster_above", "seq_len_below", "seq_len_above", "seq_len_estimate"];
+fn crossover_table(crossovers: &[Crossover], basis: Basis) -> crate::output::reduce::Table {
+    let header = ["basis", "world", "kv_heads", "faster_below", "faster_above", "seq_len_below", "seq_len_above", "seq_len_estimate"];
     let rows = crossovers
         .iter()
         .map(|c| {
             vec![
+                basis.name().to_string(),
                 c.world.to_string(),
                 c.kv_heads.to_string(),
                 c.faster_below.name().to_string(),
@@ -369,17 +458,21 @@ fn crossover_table(crossovers: &[Crossover]) -> crate::output::reduce::Table {
 }
 
 /// Write the three tables and the charts into `dir`; the paths written.
-pub fn write(dir: &Path, points: &[Point], hw: &Hardware) -> Result<Vec<PathBuf>> {
+/// Write the three tables and the charts into `dir`, ranked by `basis`; the paths written. A
+/// measured sweep's tables are its own to replace (a rerun adds the points it completes).
+pub fn write(dir: &Path, points: &[Point], hw: &Hardware, basis: Basis) -> Result<Vec<PathBuf>> {
     use crate::output::reduce::{csv_bytes, write_new_or_same};
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--out {}: {e}", dir.display()))?;
-    let best = best(points);
-    let crossovers = crossovers(points);
+    let best = best(points, basis);
+    let crossovers = crossovers(points, basis);
     let mut written = Vec::new();
-    for (name, table) in
-        [("sweep.csv", sweep_table(points, hw)), ("best.csv", best_table(&best)), ("crossovers.csv", crossover_table(&crossovers))]
-    {
+    for (name, table) in [
+        ("sweep.csv", sweep_table(points, hw)),
+        ("best.csv", best_table(&best, basis)),
+        ("crossovers.csv", crossover_table(&crossovers, basis)),
+    ] {
         let path = dir.join(name);
-        write_new_or_same(&path, &csv_bytes(&table)?, false)?;
+        write_new_or_same(&path, &csv_bytes(&table)?, basis == Basis::Measured)?;
         written.push(path);
     }
     let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
@@ -388,23 +481,33 @@ pub fn write(dir: &Path, points: &[Point], hw: &Hardware) -> Result<Vec<PathBuf>
         let name = if one_kv { format!("tps-world-{world}") } else { format!("tps-world-{world}-kv-{kv}") };
         let pts: Vec<&Point> = points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).collect();
         let cross: Vec<&Crossover> = crossovers.iter().filter(|c| c.world == world && c.kv_heads == kv).collect();
-        written.push(chart(dir, &name, world, kv, &pts, &cross, hw)?);
+        written.push(chart(dir, &name, world, kv, &pts, &cross, hw, basis)?);
     }
     Ok(written)
 }
 
 /// Tokens/s against sequence length, log axes: each strategy's fastest split that fits, the
 /// crossovers marked where the two lines meet.
-fn chart(dir: &Path, name: &str, world: usize, kv: usize, pts: &[&Point], cross: &[&Crossover], hw: &Hardware) -> Result<PathBuf> {
+#[allow(clippy::too_many_arguments)]
+fn chart(
+    dir: &Path,
+    name: &str,
+    world: usize,
+    kv: usize,
+    pts: &[&Point],
+    cross: &[&Crossover],
+    hw: &Hardware,
+    basis: Basis,
+) -> Result<PathBuf> {
     use crate::report::{colour, err, FONT};
     use plotters::prelude::*;
     crate::report::load_font()?;
     let owned: Vec<Point> = pts.iter().map(|p| (*p).clone()).collect();
-    let by = fastest(&owned);
+    let by = fastest(&owned, basis);
     let mut series: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
     for ((_, _, seq), strategies) in &by {
         for (o, p) in strategies {
-            series.entry(*o).or_default().push((*seq as f64, p.tps));
+            series.entry(*o).or_default().push((*seq as f64, p.figure(basis).unwrap_or(0.0)));
         }
     }
     let xs: Vec<f64> = pts.iter().map(|p| p.cfg.model.seq_len as f64).collect();
@@ -412,7 +515,11 @@ fn chart(dir: &Path, name: &str, world: usize, kv: usize, pts: &[&Point], cross:
     let (x0, x1) = (xs.iter().cloned().fold(f64::MAX, f64::min), xs.iter().cloned().fold(0.0, f64::max));
     let (y0, y1) = (ys.iter().cloned().fold(f64::MAX, f64::min), ys.iter().cloned().fold(0.0, f64::max));
     let (y0, y1) = if ys.is_empty() { (1.0, 10.0) } else { (y0 / 1.5, y1 * 1.5) };
-    let caption = format!("projected tokens/s, {world} GPUs of {} ({} K/V heads)", hw.name, kv);
+    let on = match basis {
+        Basis::Projected => format!("{world} GPUs of {}", hw.name),
+        Basis::Measured => format!("{world} ranks, {}", pts.first().and_then(|p| p.measured.as_ref()).map_or("", |_| "this machine")),
+    };
+    let caption = format!("{} tokens/s, {on} ({kv} K/V heads)", basis.name());
     crate::report::chart(dir, name, |root| {
         let mut c = ChartBuilder::on(root)
             .caption(caption, (FONT, 24))
@@ -423,7 +530,7 @@ fn chart(dir: &Path, name: &str, world: usize, kv: usize, pts: &[&Point], cross:
             .map_err(err)?;
         c.configure_mesh()
             .x_desc("sequence length (tokens)")
-            .y_desc("tokens/s (fastest split that fits)")
+            .y_desc(format!("{} tokens/s (fastest split)", basis.name()))
             .label_style((FONT, 15))
             .x_label_formatter(&|x| format!("{:.0}", x))
             .y_labels(12)
@@ -473,10 +580,11 @@ pub fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
 
 /// The console's account: per world (and K/V heads), a row per length with each strategy's
 /// tokens/s (fastest split that fits; "-" where none fits) and the fastest, then the crossovers.
-pub fn render(points: &[Point], hw: &Hardware) -> String {
-    let by = fastest(points);
-    let crossovers = crossovers(points);
-    let best = best(points);
+pub fn render(points: &[Point], hw: &Hardware, basis: Basis) -> String {
+    let by = fastest(points, basis);
+    let crossovers = crossovers(points, basis);
+    let best = best(points, basis);
+    let v = |p: &Point| p.figure(basis).unwrap_or(0.0);
     let kinds: Vec<usize> = {
         let s: std::collections::BTreeSet<usize> = points.iter().map(|p| order(p.cfg.strategy)).collect();
         s.into_iter().collect()
@@ -484,11 +592,19 @@ pub fn render(points: &[Point], hw: &Hardware) -> String {
     let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
     let mut o = String::new();
     for (world, kv) in groups {
+        let on = match basis {
+            Basis::Projected => {
+                format!("{world} GPUs of {} ({} x {})", hw.name, world.div_ceil(hw.gpus_per_node), hw.gpus_per_node.min(world))
+            }
+            Basis::Measured => {
+                let backend = points.first().map_or("", |p| p.cfg.backend.name());
+                format!("{world} ranks on this machine ({backend} backend; the projection for {} is in sweep.csv)", hw.name)
+            }
+        };
         o.push_str(&format!(
-            "\n{world} GPUs of {} ({} x {}), {kv} K/V heads: projected tokens/s of each strategy's fastest split that fits\n",
-            hw.name,
-            world.div_ceil(hw.gpus_per_node),
-            hw.gpus_per_node.min(world)
+            "\n{on}, {kv} K/V heads: {} tokens/s of each strategy's fastest split{}\n",
+            basis.name(),
+            if basis == Basis::Projected { " that fits" } else { "" }
         ));
         let mut header = format!("{:>10}", "seq_len");
         for k in &kinds {
@@ -503,15 +619,15 @@ pub fn render(points: &[Point], hw: &Hardware) -> String {
             let mut row = format!("{seq:>10}");
             let at = by.get(&(world, kv, seq));
             for k in &kinds {
-                let cell = at.and_then(|s| s.get(k)).map_or("-".to_string(), |p| format!("{:.0}", p.tps));
+                let cell = at.and_then(|s| s.get(k)).map_or("-".to_string(), |p| format!("{:.0}", v(p)));
                 row.push_str(&format!("{cell:>12}"));
             }
             match best.iter().find(|b| b.point.key() == (world, kv, seq)) {
                 Some(b) => {
-                    let margin = b.runner_up.map(|r| format!(", {:.2}x {}", b.point.tps / r.tps, r.cfg.strategy.name())).unwrap_or_default();
+                    let margin = b.runner_up.map(|r| format!(", {:.2}x {}", v(b.point) / v(r), r.cfg.strategy.name())).unwrap_or_default();
                     row.push_str(&format!("  {} ({}{margin})", b.point.cfg.strategy.name(), b.point.split()));
                 }
-                None => row.push_str("  nothing fits"),
+                None => row.push_str(if basis == Basis::Projected { "  nothing fits" } else { "  nothing measured" }),
             }
             o.push_str(&row);
             o.push('\n');
@@ -530,6 +646,175 @@ pub fn render(points: &[Point], hw: &Hardware) -> String {
     o
 }
 
+/// A point's run directory name, from its config rather than its place in the grid, so that a
+/// rerun (of this grid or a larger one) finds the same point's results.
+pub fn point_id(cfg: &RunConfig) -> String {
+    let spec = crate::strategy::spec(cfg.strategy);
+    let sizes: Vec<String> = (spec.sizes)(cfg).iter().map(|v| v.to_string()).collect();
+    let layout = if spec.uses_layout { format!("-{}", cfg.layout.name()) } else { String::new() };
+    format!("{}-{}{layout}-s{}-kv{}", cfg.strategy.name(), sizes.join("x"), cfg.model.seq_len, cfg.model.kv_heads)
+}
+
+/// What a point's directory holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Stored {
+    Absent,
+    Complete,
+    /// Interrupted, or still being written when the sweep stopped.
+    Incomplete,
+}
+
+/// The row of a point's summary.csv (one strategy run per point), by column name.
+fn summary_row(dir: &Path) -> Option<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(dir.join("summary.csv")).ok()?;
+    let header: Vec<String> = r.headers().ok()?.iter().map(String::from).collect();
+    let row = r.records().next()?.ok()?;
+    Some(header.into_iter().zip(row.iter().map(String::from)).collect())
+}
+
+/// Whether `dir` holds a complete run of `cfg`; a run of another config there is an error (a
+/// sweep's directory holds one grid's points).
+fn stored(dir: &Path, cfg: &RunConfig) -> Result<Stored> {
+    if !dir.exists() {
+        return Ok(Stored::Absent);
+    }
+    if let Ok(runs) = crate::output::rankfile::read(&crate::output::rankfile::rank_file(dir, 0)) {
+        if let Some(r) = runs.first() {
+            anyhow::ensure!(
+                r.config == *cfg,
+                "{} holds a run of another config ({}): a sweep's --out holds the points of one model and measurement; choose another --out",
+                dir.display(),
+                r.config.describe()
+            );
+        }
+    }
+    Ok(match summary_row(dir) {
+        Some(row) if row.get("status").map(String::as_str) == Some("complete") => Stored::Complete,
+        _ => Stored::Incomplete,
+    })
+}
+
+/// Move an interrupted point's directory to `out/interrupted/<id>.<n>`: kept, never deleted.
+fn move_aside(out: &Path, id: &str) -> Result<PathBuf> {
+    let aside = out.join("interrupted");
+    std::fs::create_dir_all(&aside)?;
+    let to = (1..).map(|n| aside.join(format!("{id}.{n}"))).find(|p| !p.exists()).expect("a free name");
+    std::fs::rename(out.join(id), &to)?;
+    Ok(to)
+}
+
+/// What a measured sweep needs of its launch beyond the backend and communicator.
+pub struct Launched<'a> {
+    pub place: &'a crate::harness::Place,
+    pub journal: &'a crate::journal::Journal,
+    /// Ranks sharing this host's memory.
+    pub local_size: usize,
+}
+
+/// `--mode run`: every config in turn under `run`'s protocol, each into `args.out/<point id>/`.
+/// Rank 0 decides for every point and tells the others: a complete run of it there is kept and
+/// skipped; an interrupted one is moved to `interrupted/` and run again; one that does not fit this
+/// machine's memory is left out, said so. Then rank 0 writes the tables and charts, ranked by what
+/// was measured, with the projection for the profile beside it. Returns false where a point's
+/// result was marked invalid.
+pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communicator<B>, S: crate::comm::Communicator<B> + 'a>(
+    cfgs: &[RunConfig],
+    be: &B,
+    comm: &C,
+    strategy_comm: &dyn Fn(&RunConfig) -> Result<S>,
+    launched: &Launched,
+    args: &SweepArgs,
+    hw: &Hardware,
+) -> Result<bool> {
+    const RUN: u8 = 0;
+    const SKIP: u8 = 1;
+    const FAIL: u8 = 2;
+    let root = comm.rank() == 0;
+    // The points print their own account as they run: progress is a line per point with the
+    // sweep's ETA (the bar only keeps the time), not a bar the runs' lines would break.
+    let bar = progress(cfgs.len(), true);
+    let mut valid = true;
+    for (k, cfg) in cfgs.iter().enumerate() {
+        let id = point_id(cfg);
+        if root && !args.quiet {
+            let eta = if k == 0 { "unknown".to_string() } else { crate::metrics::fmt_seconds(bar.eta().as_secs_f64()) };
+            println!("sweep: point {} of {}: {id} (ETA of the sweep {eta})", k + 1, cfgs.len());
+        }
+        let mut verdict = vec![RUN];
+        if root {
+            verdict = match stored(&args.out.join(&id), cfg) {
+                Ok(Stored::Complete) => vec![SKIP],
+                Ok(Stored::Absent) => vec![RUN],
+                Ok(Stored::Incomplete) => match move_aside(&args.out, &id) {
+                    Ok(to) => {
+                        println!("sweep: {id} was interrupted; its files are kept in {}, and it runs again", to.display());
+                        vec![RUN]
+                    }
+                    Err(e) => [&[FAIL][..], format!("moving the interrupted {id} aside: {e:#}").as_bytes()].concat(),
+                },
+                Err(e) => [&[FAIL][..], format!("{e:#}").as_bytes()].concat(),
+            };
+        }
+        // Every rank follows rank 0's verdict, a failure included (no rank is left waiting).
+        comm.broadcast_bytes(&mut verdict)?;
+        match verdict[0] {
+            SKIP => {
+                bar.inc(1);
+                continue;
+            }
+            FAIL => anyhow::bail!("{}", String::from_utf8_lossy(&verdict[1..])),
+            _ => {}
+        }
+        if let Err(e) = crate::harness::check_memory(std::slice::from_ref(cfg), be, comm, launched.local_size, false) {
+            if e.downcast_ref::<ConfigError>().is_none() {
+                return Err(e);
+            }
+            if root {
+                println!("sweep: {id} not run: {e}");
+            }
+            bar.inc(1);
+            continue;
+        }
+        let opts = crate::harness::RunOptions { out: args.out.clone(), run_id: Some(id), quiet: true, fault: None };
+        valid &= crate::harness::run(
+            std::slice::from_ref(cfg),
+            cfg.strategy.name(),
+            be,
+            comm,
+            strategy_comm,
+            launched.place,
+            &opts,
+            launched.journal,
+        )?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    comm.barrier()?;
+    if !root {
+        return Ok(valid);
+    }
+    let mut points = evaluate(cfgs, hw, &mut || {});
+    for p in &mut points {
+        let id = point_id(&p.cfg);
+        let dir = args.out.join(&id);
+        if stored(&dir, &p.cfg)? != Stored::Complete {
+            continue;
+        }
+        let row = summary_row(&dir).ok_or_else(|| anyhow::anyhow!("{}: no summary.csv", dir.display()))?;
+        let num = |c: &str| -> Result<f64> {
+            row.get(c).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow::anyhow!("{}/summary.csv: no number in {c}", dir.display()))
+        };
+        p.measured =
+            Some(Measured { tps: num("tps")?, iter_s: num("iter_ms_mean")? / 1e3, peak_mem_gib: num("peak_mem_gib_max")?, run_dir: id });
+    }
+    println!("{}", render(&points, hw, Basis::Measured));
+    let written = write(&args.out, &points, hw, Basis::Measured)?;
+    let done = points.iter().filter(|p| p.measured.is_some()).count();
+    println!("{done} of {} points measured, each with its projection for {} beside it in sweep.csv", points.len(), hw.name);
+    written.iter().for_each(|p| println!("wrote {}", p.display()));
+    Ok(valid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,7 +822,7 @@ mod tests {
     fn point(kind: StrategyKind, world: usize, seq: usize, tps: f64, fits: bool) -> Point {
         let mut cfg = RunConfig::of_preset(crate::config::Preset::Tiny, kind, 1, 1, world);
         cfg.model.seq_len = seq;
-        Point { cfg, world, fits, memory_bytes: 0.0, tps, ttft_s: 0.0, link: "nvlink".into(), exposed_comm_s: 0.0 }
+        Point { cfg, world, fits, memory_bytes: 0.0, tps, ttft_s: 0.0, link: "nvlink".into(), exposed_comm_s: 0.0, measured: None }
     }
 
     /// Two lines that cross once between 100 and 1000 tokens (ratio 2 and 1/2: the estimate is
@@ -554,12 +839,12 @@ mod tests {
             point(ul, 4, 1000, 200.0, true),
             point(tp, 4, 1000, 9000.0, false),
         ];
-        let c = crossovers(&pts);
+        let c = crossovers(&pts, Basis::Projected);
         assert_eq!(c.len(), 1, "{c:?}");
         assert_eq!((c[0].faster_below, c[0].faster_above, c[0].seq_below, c[0].seq_above), (ul, ring, 100, 1000));
         assert!((c[0].seq_estimate / 1000f64.sqrt() / 10.0 - 1.0).abs() < 1e-12, "{}", c[0].seq_estimate);
         assert!((c[0].tps_estimate - 200.0).abs() < 1e-9);
-        let b = best(&pts);
+        let b = best(&pts, Basis::Projected);
         assert_eq!(b.len(), 3);
         assert_eq!((b[2].point.cfg.strategy, b[2].runner_up.unwrap().cfg.strategy), (ring, ul), "what does not fit is not the best");
         assert_eq!(b[0].point.cfg.strategy, ul);

@@ -19,8 +19,23 @@ fn rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
 /// Peak 1 TFLOP/s at full efficiency (F), every link 1 GB/s (B), HBM too fast to matter: the tiny
 /// model (d = 64, multi-head) at batch 1, non-causal, chunks of equal length.
 const PROFILE: [&str; 17] = [
-    "--preset", "tiny", "--batch", "1", "--no-causal", "--peak-tflops", "1", "--gemm-efficiency", "1",
-    "--attention-efficiency", "1", "--nvlink-gbps", "1", "--ib-gbps", "1", "--hbm-tbps", "1000000",
+    "--preset",
+    "tiny",
+    "--batch",
+    "1",
+    "--no-causal",
+    "--peak-tflops",
+    "1",
+    "--gemm-efficiency",
+    "1",
+    "--attention-efficiency",
+    "1",
+    "--nvlink-gbps",
+    "1",
+    "--ib-gbps",
+    "1",
+    "--hbm-tbps",
+    "1000000",
 ];
 
 /// By hand, per layer of one sequence of S tokens over P ranks (kv_dim = d), ring and Ulysses do
@@ -47,7 +62,10 @@ fn the_crossover_and_the_best_splits_are_the_hand_computed_ones() {
     let cross = rows(&all.join("crossovers.csv"));
     let ring_ulysses: Vec<_> = cross
         .iter()
-        .filter(|r| [r["faster_below"].as_str(), r["faster_above"].as_str()] == ["ulysses", "ring"] || [r["faster_below"].as_str(), r["faster_above"].as_str()] == ["ring", "ulysses"])
+        .filter(|r| {
+            [r["faster_below"].as_str(), r["faster_above"].as_str()] == ["ulysses", "ring"]
+                || [r["faster_below"].as_str(), r["faster_above"].as_str()] == ["ring", "ulysses"]
+        })
         .collect();
     assert_eq!(ring_ulysses.len(), 1, "{cross:?}");
     let c = ring_ulysses[0];
@@ -71,9 +89,14 @@ fn the_crossover_and_the_best_splits_are_the_hand_computed_ones() {
     assert_eq!(splits, vec![("1000", "ulysses 4 x ring 2"), ("3600", "ulysses 2 x ring 4")]);
     // And the whole order of the splits, as by hand (the compute is the same for all three).
     let points = rows(&usp.join("sweep.csv"));
-    for (seq, order) in [("1000", ["ulysses 4 x ring 2", "ulysses 2 x ring 4", "ulysses 1 x ring 8"]), ("3600", ["ulysses 2 x ring 4", "ulysses 4 x ring 2", "ulysses 1 x ring 8"])] {
+    for (seq, order) in [
+        ("1000", ["ulysses 4 x ring 2", "ulysses 2 x ring 4", "ulysses 1 x ring 8"]),
+        ("3600", ["ulysses 2 x ring 4", "ulysses 4 x ring 2", "ulysses 1 x ring 8"]),
+    ] {
         let tps = |split: &str| -> f64 {
-            points.iter().find(|p| p["seq_len"] == seq && p["split"] == split).unwrap_or_else(|| panic!("{seq} {split}"))["projected_tps"].parse().unwrap()
+            points.iter().find(|p| p["seq_len"] == seq && p["split"] == split).unwrap_or_else(|| panic!("{seq} {split}"))["projected_tps"]
+                .parse()
+                .unwrap()
         };
         assert!(tps(order[0]) > tps(order[1]) && tps(order[1]) > tps(order[2]), "{seq}: {order:?}");
     }
@@ -89,6 +112,10 @@ fn sweep_input_is_checked_and_results_are_never_overwritten() {
         (&["--strategy", "all", "--seq-lens", "1024,0"], "--seq-lens 0: must be at least 1"),
         (&["--strategy", "all", "--seq-lens", "1024", "--worlds", "1000000"], "--worlds 1000000: at most 65536"),
         (&["--strategy", "ulysses", "--seq-lens", "1024", "--worlds", "3"], "no strategy and split of the sweep's grid validates"),
+        (
+            &["--mode", "run", "--strategy", "ring", "--seq-lens", "64", "--worlds", "8"],
+            "--worlds 8: a measured sweep runs on the launch's world only, 1 rank",
+        ),
     ] {
         let out = sweep(&root.join("x"), args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -115,8 +142,15 @@ fn the_committed_llama3_70b_sweep_is_what_the_model_gives() {
     let root = common::temp_root("sweep-70b");
     let dir = root.join("again");
     let args = [
-        "--preset", "llama3-70b", "--strategy", "all", "--seq-lens", "8192,16384,32768,65536,131072,262144,524288,1048576",
-        "--worlds", "8,16,32,64,128,256", "--quiet",
+        "--preset",
+        "llama3-70b",
+        "--strategy",
+        "all",
+        "--seq-lens",
+        "8192,16384,32768,65536,131072,262144,524288,1048576",
+        "--worlds",
+        "8,16,32,64,128,256",
+        "--quiet",
     ];
     let out = sweep(&dir, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -131,4 +165,70 @@ fn the_committed_llama3_70b_sweep_is_what_the_model_gives() {
         assert!(committed.join(format!("tps-world-{w}.png")).is_file());
     }
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// `--mode run` on 4 ranks of the CPU backend, stopped by SIGTERM midway (as SLURM's time limit
+/// would) and run again: every point is in the tables once, measured; the points done before the
+/// signal were not run again; the one it interrupted was moved aside (kept) and run again.
+#[test]
+fn a_run_sweep_interrupted_by_sigterm_resumes_where_it_stopped() {
+    let root = common::temp_root("sweep-run");
+    let state = |dir: &Path| -> Option<String> {
+        let row = rows(&dir.join("summary.csv").exists().then(|| dir.join("summary.csv"))?).into_iter().next()?;
+        Some(row["status"].clone())
+    };
+    // A point runs for about a second and the gap between two is a few milliseconds: a signal
+    // that lands in a gap interrupts nothing, so a later one is tried (a fresh directory each).
+    let (mut out, mut first, mut done, mut cut) = (root.clone(), None, Vec::new(), Vec::new());
+    for (attempt, after_s) in [3, 4, 5].into_iter().enumerate() {
+        out = root.join(format!("sweep-{attempt}"));
+        let args = sweep_run_args(&out);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = common::mpirun_with(4, &args, &[], Some(after_s));
+        assert_ne!(run.status, Some(0), "the sweep should have been stopped:\n{}", run.all());
+        let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        done = dirs.iter().filter(|d| state(d).as_deref() == Some("complete")).cloned().collect();
+        cut = dirs.iter().filter(|d| state(d).as_deref() != Some("complete")).cloned().collect();
+        assert!(!done.is_empty() && done.len() < 14, "SIGTERM should land midway: {} complete of 14\n{}", done.len(), run.all());
+        assert!(cut.len() <= 1, "at most one point interrupted: {cut:?}\n{}", run.all());
+        first = Some(run);
+        if cut.len() == 1 {
+            break;
+        }
+    }
+    let first = first.unwrap();
+    assert_eq!(cut.len(), 1, "one point interrupted: {cut:?}\n{}", first.all());
+    let args = sweep_run_args(&out);
+    let kept: Vec<(std::path::PathBuf, Vec<u8>)> =
+        done.iter().map(|d| (d.to_path_buf(), std::fs::read(d.join("summary.csv")).unwrap())).collect();
+    let interrupted = cut[0].file_name().unwrap().to_string_lossy().to_string();
+
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = common::mpirun(4, &args);
+    assert_eq!(again.status, Some(0), "{}", again.all());
+    assert!(again.stdout.contains(&format!("sweep: {interrupted} was interrupted; its files are kept in")), "{}", again.stdout);
+    assert!(out.join("interrupted").join(format!("{interrupted}.1")).join("rank-00000.h5").is_file());
+    for (dir, summary) in &kept {
+        assert_eq!(&std::fs::read(dir.join("summary.csv")).unwrap(), summary, "{} was run again", dir.display());
+    }
+    let points = rows(&out.join("sweep.csv"));
+    assert_eq!(points.len(), 14, "every point once");
+    let ids: std::collections::BTreeSet<&str> = points.iter().map(|p| p["run_dir"].as_str()).collect();
+    assert_eq!(ids.len(), 14);
+    assert!(ids.contains(interrupted.as_str()));
+    for p in &points {
+        assert!(p["measured_tps"].parse::<f64>().unwrap() > 0.0 && p["projected_tps"].parse::<f64>().unwrap() > 0.0, "{p:?}");
+        assert_eq!(state(&out.join(&p["run_dir"])).as_deref(), Some("complete"));
+    }
+    assert!(rows(&out.join("best.csv")).iter().all(|r| r["basis"] == "measured"));
+    assert!(out.join("tps-world-4.png").is_file());
+    std::fs::remove_dir_all(&root).ok();
+}
+
+fn sweep_run_args(out: &Path) -> Vec<String> {
+    ["sweep", "--mode", "run", "--preset", "tiny", "--strategy", "all", "--seq-lens", "256,512", "--iters", "60", "--out"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
 }

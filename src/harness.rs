@@ -140,18 +140,25 @@ fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &str, opts: 
 }
 
 fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBar {
+    let bar = terminal_bar(total, "{prefix:>6} [{bar:30}] {pos}/{len} iterations ({msg}), ETA {eta}", quiet);
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// A progress bar of `total` steps drawn as `template` on stdout where it is a terminal (hidden
+/// when `quiet` or where it is not): mpirun hands a rank's stdout a terminal when it has one, its
+/// stderr a pipe.
+pub(crate) fn terminal_bar(total: usize, template: &str, quiet: bool) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
-    // stdout, not stderr: mpirun hands a rank's stdout a terminal when it has one, its stderr a pipe.
     let target = if quiet || !std::io::stdout().is_terminal() {
         indicatif::ProgressDrawTarget::hidden()
     } else {
         indicatif::ProgressDrawTarget::stdout()
     };
     let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} iterations ({msg}), ETA {eta}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
-    bar.set_prefix(label.to_string());
     bar
 }
 
@@ -210,6 +217,7 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
             counted_flops: None,
             device_peak_flops: be.peak_flops(),
             gpu_util: None,
+            op_profile: None,
         };
         journal.begin_run(run);
         let metered = Metered::new(strategy_comm(cfg)?);
@@ -254,8 +262,12 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     let bar = progress_bar(cfg.warmup + cfg.iters, cfg.strategy.name(), !show);
     let mut last_checkpoint = Instant::now();
     let mut sampler = None;
+    // The last warm-up iteration times its GEMMs and attention op by op (for `plan --calibrate`):
+    // outside the measured ones, which the events would perturb.
+    let profiled = cfg.warmup.checked_sub(1);
     for i in 0..cfg.warmup + cfg.iters {
         let warm = i < cfg.warmup;
+        be.set_op_timing(Some(i) == profiled);
         if i == cfg.warmup {
             sampler = be.pci_bus_id().map(crate::metrics::gpu_util::Sampler::start);
         }
@@ -284,6 +296,16 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
         let record = IterationRecord { total_s, comm_s, hidden_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received };
         let counted = be.counted_flops();
         let counted = flops::Flops { linear: counted.0 - counted_before.0, attention: counted.1 - counted_before.1 };
+        if Some(i) == profiled {
+            be.set_op_timing(false);
+            let (linear_s, attention_s) = be.take_op_seconds()?;
+            journal.set_op_profile(crate::metrics::OpProfile {
+                linear_s,
+                attention_s,
+                linear_flops: counted.linear,
+                attention_flops: counted.attention,
+            });
+        }
         journal.record(be.memory(), (!warm).then_some((record, counted)));
         // Outside the timed region: keeps what was measured if the process is killed without warning.
         journal.checkpoint(&mut last_checkpoint)?;

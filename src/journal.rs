@@ -80,6 +80,12 @@ impl Journal {
         }
     }
 
+    pub fn set_op_profile(&self, p: crate::metrics::OpProfile) {
+        if let Some(run) = self.lock().as_mut().and_then(|s| s.runs.last_mut()) {
+            run.op_profile = Some(p);
+        }
+    }
+
     pub fn set_gpu_util(&self, u: crate::metrics::gpu_util::GpuUtilization) {
         if let Some(run) = self.lock().as_mut().and_then(|s| s.runs.last_mut()) {
             run.gpu_util = Some(u);

@@ -372,7 +372,7 @@ fn plan(args: &PlanArgs) -> ExitCode {
             Some(g) => vec![g],
             None => vec![8, world.max(16)],
         };
-        let hw = args.hardware.hardware(sizes[0])?;
+        let hw = args.hardware.calibrated(sizes[0])?;
         let plans: Vec<(RunConfig, ringbench::plan::Plan)> =
             cfgs.iter().map(|cfg| (cfg.clone(), ringbench::plan::plan(cfg, &hw, &sizes))).collect();
         let mut outputs: Vec<String> =
@@ -406,7 +406,7 @@ fn sweep(args: &ringbench::sweep::SweepArgs) -> ExitCode {
     use ringbench::sweep;
     let prepared = || -> Result<(Vec<RunConfig>, ringbench::plan::Hardware), ConfigError> {
         // Nodes of 8 unless --gpus-per-node says otherwise.
-        let hw = args.hardware.hardware(args.hardware.gpus_per_node.unwrap_or(8))?;
+        let hw = args.hardware.calibrated(args.hardware.gpus_per_node.unwrap_or(8))?;
         Ok((sweep::grid(args)?, hw))
     };
     let (cfgs, hw) = match prepared() {
@@ -485,7 +485,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
     let cfgs = match &cli.command {
         Command::Run(a) => a.emulate.resolve(config_args, launch.size)?,
         Command::Sweep(a) => {
-            a.hardware.hardware(a.hardware.gpus_per_node.unwrap_or(8))?;
+            a.hardware.calibrated(a.hardware.gpus_per_node.unwrap_or(8))?;
             ringbench::sweep::grid_on(a, Some(launch.size))?
         }
         _ => config_args.resolve(launch.size)?,
@@ -555,7 +555,7 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
         Command::Sweep(a) => {
             let place =
                 Place { rank: launch.rank, local_rank: launch.local_rank, host: launch.host.clone(), mpi_library: launch.mpi_library() };
-            let hw = a.hardware.hardware(a.hardware.gpus_per_node.unwrap_or(8))?;
+            let hw = a.hardware.calibrated(a.hardware.gpus_per_node.unwrap_or(8))?;
             let launched = ringbench::sweep::Launched { place: &place, journal: &launch.journal, local_size: launch.local_size };
             ringbench::sweep::run_points(cfgs, be, &comm, &|_| comm.split(0, comm.rank()), &launched, a, &hw).map(|valid| {
                 if valid {

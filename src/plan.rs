@@ -46,6 +46,9 @@ pub struct Hardware {
     /// cuBLAS 770-800 TFLOP/s, cuDNN attention 536-592 TFLOP/s; see GPU.md).
     pub gemm_efficiency: f64,
     pub attention_efficiency: f64,
+    /// Where `--calibrate` took numbers from measured runs: a line per number.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calibrated: Vec<String>,
 }
 
 impl Profile {
@@ -61,6 +64,7 @@ impl Profile {
                 gpus_per_node: 8,
                 gemm_efficiency: 0.78,
                 attention_efficiency: 0.55,
+                calibrated: Vec::new(),
             },
             Profile::A100Sxm => Hardware {
                 name: "a100-sxm".into(),
@@ -72,6 +76,7 @@ impl Profile {
                 gpus_per_node: 8,
                 gemm_efficiency: 0.80,
                 attention_efficiency: 0.60,
+                calibrated: Vec::new(),
             },
             // The H100's efficiencies, assumed: the same SMs at the same clocks (none measured here).
             Profile::H200Sxm => {
@@ -103,12 +108,32 @@ pub struct HardwareArgs {
     pub gemm_efficiency: Option<f64>,
     #[arg(long, value_name = "FRACTION")]
     pub attention_efficiency: Option<f64>,
+    /// Take the GEMM and attention efficiencies (and, from a one-host run, the intra-node link
+    /// bandwidth) from a run directory's measurements instead of the profile; explicit flags above
+    /// still win. The output says which number came from where.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub calibrate: Option<std::path::PathBuf>,
 }
 
 impl HardwareArgs {
+    /// The profile, calibrated from --calibrate's run where given, with the explicit overrides,
+    /// for `gpus_per_node` GPUs per node.
+    pub fn calibrated(&self, gpus_per_node: usize) -> Result<Hardware, crate::config::ConfigError> {
+        let mut base = self.hardware.hardware();
+        if let Some(dir) = &self.calibrate {
+            let (hw, notes) =
+                crate::calibrate::calibrate(&base, dir).map_err(|e| crate::config::ConfigError(format!("{e:#}").replace('\n', " ")))?;
+            base = Hardware { calibrated: notes, ..hw };
+        }
+        self.with_flags(base, gpus_per_node)
+    }
+
     /// The profile with overrides, for `gpus_per_node` GPUs per node.
     pub fn hardware(&self, gpus_per_node: usize) -> Result<Hardware, crate::config::ConfigError> {
-        let mut hw = self.hardware.hardware();
+        self.with_flags(self.hardware.hardware(), gpus_per_node)
+    }
+
+    fn with_flags(&self, mut hw: Hardware, gpus_per_node: usize) -> Result<Hardware, crate::config::ConfigError> {
         hw.gpus_per_node = gpus_per_node;
         let positive = |flag: &str, v: Option<f64>, scale: f64, slot: &mut f64| -> Result<(), crate::config::ConfigError> {
             if let Some(v) = v {
@@ -126,6 +151,13 @@ impl HardwareArgs {
         positive("--ib-gbps", self.ib_gbps, 1e9, &mut hw.ib_bytes_per_s)?;
         positive("--gemm-efficiency", self.gemm_efficiency, 1.0, &mut hw.gemm_efficiency)?;
         positive("--attention-efficiency", self.attention_efficiency, 1.0, &mut hw.attention_efficiency)?;
+        if !hw.calibrated.is_empty() {
+            for (flag, given) in [("--gemm-efficiency", self.gemm_efficiency), ("--attention-efficiency", self.attention_efficiency)] {
+                if let Some(v) = given {
+                    hw.calibrated.push(format!("{flag} {v} given: it replaces the calibration's"));
+                }
+            }
+        }
         for (flag, v) in [("--gemm-efficiency", hw.gemm_efficiency), ("--attention-efficiency", hw.attention_efficiency)] {
             if v > 1.0 {
                 return Err(crate::config::ConfigError(format!("{flag} {v}: a fraction of peak cannot exceed 1")));
@@ -450,17 +482,22 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
         o.push('\n');
     };
     line(format!("ringbench plan: {}", cfg.describe_work()));
+    // Three significant digits whatever the scale (a calibration from a CPU run gives 0.003%).
+    let g = |x: f64| if x >= 99.95 { format!("{x:.0}") } else { format!("{}", format!("{x:.3e}").parse::<f64>().unwrap_or(x)) };
     line(format!(
-        "hardware: {} ({:.0} TFLOP/s BF16 dense, {:.2} TB/s HBM, {:.0} GB, NVLink {:.0} GB/s, IB {:.0} GB/s per GPU; GEMM at {:.0}% and attention at {:.0}% of peak)",
+        "hardware: {} ({:.0} TFLOP/s BF16 dense, {:.2} TB/s HBM, {:.0} GB, NVLink {} GB/s, IB {} GB/s per GPU; GEMM at {}% and attention at {}% of peak)",
         hw.name,
         hw.peak_flops / 1e12,
         hw.hbm_bytes_per_s / 1e12,
         hw.memory_bytes / 1e9,
-        hw.nvlink_bytes_per_s / 1e9,
-        hw.ib_bytes_per_s / 1e9,
-        100.0 * hw.gemm_efficiency,
-        100.0 * hw.attention_efficiency
+        g(hw.nvlink_bytes_per_s / 1e9),
+        g(hw.ib_bytes_per_s / 1e9),
+        g(100.0 * hw.gemm_efficiency),
+        g(100.0 * hw.attention_efficiency)
     ));
+    for c in &hw.calibrated {
+        line(format!("  calibrated: {c}"));
+    }
     line(format!(
         "model: {:.3e} parameters; per token {:.3e} linear + {:.3e} attention FLOPs{}",
         p.params,

@@ -361,6 +361,7 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
         "heaviest_link",
         "measured_tps",
         "measured_iter_s",
+        "measured_ttft_s",
         "measured_peak_mem_gib",
         "run_dir",
     ];
@@ -386,6 +387,8 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
                 p.link.clone(),
                 p.measured.as_ref().map_or(String::new(), |m| format!("{:.3}", m.tps)),
                 p.measured.as_ref().map_or(String::new(), |m| format!("{:.6}", m.iter_s)),
+                // One sequence per iteration: the iteration is its time to first token.
+                p.measured.as_ref().filter(|_| p.cfg.model.batch == 1).map_or(String::new(), |m| format!("{:.6}", m.iter_s)),
                 p.measured.as_ref().map_or(String::new(), |m| format!("{:.6}", m.peak_mem_gib)),
                 p.measured.as_ref().map_or(String::new(), |m| m.run_dir.clone()),
             ]
@@ -565,17 +568,7 @@ fn chart(
 
 /// A progress bar over the sweep's points with its ETA, on stdout where it is a terminal.
 pub fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    let target = if quiet || !std::io::stdout().is_terminal() {
-        indicatif::ProgressDrawTarget::hidden()
-    } else {
-        indicatif::ProgressDrawTarget::stdout()
-    };
-    let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("sweep [{bar:30}] {pos}/{len} points, ETA {eta}") {
-        bar.set_style(style);
-    }
-    bar
+    crate::harness::terminal_bar(total, "sweep [{bar:30}] {pos}/{len} points, ETA {eta}", quiet)
 }
 
 /// The console's account: per world (and K/V heads), a row per length with each strategy's
@@ -591,6 +584,9 @@ pub fn render(points: &[Point], hw: &Hardware, basis: Basis) -> String {
     };
     let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
     let mut o = String::new();
+    for c in &hw.calibrated {
+        o.push_str(&format!("calibrated: {c}\n"));
+    }
     for (world, kv) in groups {
         let on = match basis {
             Basis::Projected => {

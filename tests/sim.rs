@@ -210,6 +210,17 @@ fn a_run_on_the_simulated_gpu_and_an_emulated_rank_reduce_as_simulated() {
             }
         }
     }
+    // A calibration takes no rates from the stand-in.
+    let plan = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["plan", "--strategy", "ring", "--ring", "4", "--calibrate", root.join("emulated").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(plan.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&plan.stderr).contains("its times are the stand-in's, no GPU's"),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -232,3 +232,100 @@ fn sweep_run_args(out: &Path) -> Vec<String> {
         .chain([out.to_str().unwrap().to_string()])
         .collect()
 }
+
+/// `plan --calibrate` (and `sweep --calibrate`) from a CPU run: the efficiencies are the FLOPs over
+/// the seconds of the ops each rank timed in its last warm-up iteration, relative to the profile's
+/// peak; the intra-node link is the bytes over the communication time of that one-host run; the
+/// output says where each number came from. A directory without profiles is refused.
+#[test]
+fn calibration_takes_the_rates_a_cpu_run_measured() {
+    let root = common::temp_root("calibrate");
+    let out = root.to_str().unwrap();
+    let run = common::mpirun(
+        2,
+        &["run", "--strategy", "ring", "--preset", "tiny", "--warmup", "1", "--iters", "2", "--out", out, "--run-id", "r", "--quiet"],
+    );
+    assert_eq!(run.status, Some(0), "{}", run.all());
+    let dir = root.join("r");
+    let (mut flops, mut secs, mut bytes, mut comm) = ((0.0, 0.0), (0.0, 0.0), 0u64, 0.0);
+    for rank in 0..2 {
+        for r in ringbench::output::rankfile::read(&dir.join(format!("rank-{rank:05}.h5"))).unwrap() {
+            let p = r.op_profile.expect("the last warm-up iteration was profiled");
+            assert!(p.linear_s > 0.0 && p.attention_s > 0.0 && p.linear_flops > 0.0 && p.attention_flops > 0.0, "{p:?}");
+            // The profiled iteration did the FLOP model's work.
+            assert!((p.linear_flops / r.flops.linear - 1.0).abs() < 1e-9 && (p.attention_flops / r.flops.attention - 1.0).abs() < 1e-9);
+            (flops.0, flops.1, secs.0, secs.1) =
+                (flops.0 + p.linear_flops, flops.1 + p.attention_flops, secs.0 + p.linear_s, secs.1 + p.attention_s);
+            for i in &r.iterations {
+                bytes += i.bytes_sent.max(i.bytes_received);
+                comm += i.comm_s + i.hidden_s;
+            }
+        }
+    }
+    let plan = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ringbench"))
+            .args(["plan", "--strategy", "ring", "--ring", "2", "--preset", "tiny", "--calibrate", dir.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = plan(&["--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hw = &v["hardware"];
+    let close = |got: &serde_json::Value, want: f64| (got.as_f64().unwrap() / want - 1.0).abs() < 1e-12;
+    assert!(close(&hw["gemm_efficiency"], flops.0 / secs.0 / 989e12), "{hw}");
+    assert!(close(&hw["attention_efficiency"], flops.1 / secs.1 / 989e12), "{hw}");
+    assert!(close(&hw["nvlink_bytes_per_s"], bytes as f64 / comm), "{hw}");
+    assert_eq!(hw["ib_bytes_per_s"].as_f64(), Some(50e9), "not measured: the profile's");
+    let notes: Vec<&str> = hw["calibrated"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert!(
+        notes[0].starts_with("GEMM efficiency")
+            && notes[0].contains("measured in")
+            && notes[2].contains("InfiniBand 50 GB/s: the profile's"),
+        "{notes:?}"
+    );
+    // An explicit flag still wins, and says so.
+    let out = plan(&["--gemm-efficiency", "0.5"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("GEMM at 50%") && text.contains("calibrated: --gemm-efficiency 0.5 given: it replaces the calibration's"),
+        "{text}"
+    );
+    // The sweep takes the same calibration.
+    let swept = sweep(
+        &root.join("sweep"),
+        &["--strategy", "ring", "--preset", "tiny", "--seq-lens", "256", "--worlds", "2", "--calibrate", dir.to_str().unwrap()],
+    );
+    assert!(String::from_utf8_lossy(&swept.stdout).contains("calibrated: GEMM efficiency"), "{}", String::from_utf8_lossy(&swept.stdout));
+    // Without a warm-up iteration there is no profile; a directory that is not a run is named.
+    let bare = common::mpirun(
+        2,
+        &[
+            "run",
+            "--strategy",
+            "ring",
+            "--preset",
+            "tiny",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--out",
+            root.to_str().unwrap(),
+            "--run-id",
+            "bare",
+            "--quiet",
+        ],
+    );
+    assert_eq!(bare.status, Some(0), "{}", bare.all());
+    for (from, want) in [(root.join("bare"), "hold no op profile"), (root.join("nowhere"), "not a run directory")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+            .args(["plan", "--strategy", "ring", "--ring", "2", "--calibrate", from.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(want), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -101,11 +101,124 @@ const QUERY_TILE: usize = 64;
 pub struct CpuBackend {
     memory: Arc<Tracker>,
     flops: super::FlopCounter,
+    clock: super::OpClock,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend::default()
+    }
+
+    fn matmul_now(&self, x: &HostMat<bf16>, w: &HostMat<bf16>, out: &mut HostMat<bf16>) -> Result<()> {
+        ensure!(x.cols == w.rows, "matmul: x is [{}, {}], w is [{}, {}]", x.rows, x.cols, w.rows, w.cols);
+        ensure!(out.cols == w.cols, "matmul: out has {} columns, w {}", out.cols, w.cols);
+        let (m, k, n) = (x.rows, x.cols, w.cols);
+        out.set_rows(m);
+        self.flops.gemm(m, k, n);
+        let (xf, wf) = (to_f32(x.as_slice()), to_f32(w.as_slice()));
+        let mut c = vec![0.0f32; m * n];
+        sgemm(m, k, n, &xf, &wf, &mut c);
+        out.as_mut_slice().convert_from_f32_slice(&c);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_now(
+        &self,
+        q: &HostMat<bf16>,
+        kv: &HostMat<bf16>,
+        heads: Heads,
+        qs: Span,
+        ks: Span,
+        causal: bool,
+        o: &mut HostMat<f32>,
+        lse: &mut HostMat<f32>,
+    ) -> Result<()> {
+        let (hd, width, kvw) = (heads.head_dim, heads.width(), heads.kv_width());
+        ensure!(
+            q.cols == width && kv.cols == 2 * kvw && heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
+            "attention: q has {} columns, kv {}, {} heads ({} K/V) x {hd} need {width} and {}",
+            q.cols,
+            kv.cols,
+            heads.heads,
+            heads.kv_heads,
+            2 * kvw
+        );
+        ensure!(
+            o.cols == width && lse.cols == heads.heads,
+            "attention: accumulators are [{}, {}] and [{}, {}]",
+            o.rows,
+            o.cols,
+            lse.rows,
+            lse.cols
+        );
+        ensure!(qs.row0 + qs.len <= q.rows && qs.row0 + qs.len <= o.rows, "attention: query rows beyond buffers");
+        ensure!(ks.row0 + ks.len <= kv.rows, "attention: key rows {}..{} beyond {}", ks.row0, ks.row0 + ks.len, kv.rows);
+        self.flops.attention(heads, qs, ks, causal);
+        // Causal: query at position p sees keys at positions <= p; how many of this block's keys that is.
+        let visible = |qpos: usize| -> usize {
+            if causal {
+                (qpos + 1).saturating_sub(ks.pos0).min(ks.len)
+            } else {
+                ks.len
+            }
+        };
+        if qs.len == 0 || visible(qs.pos0 + qs.len - 1) == 0 {
+            return Ok(()); // fully masked: nothing to add
+        }
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let kv_rows = to_f32(&kv.data[ks.row0 * kv.cols..(ks.row0 + ks.len) * kv.cols]);
+        let mut q_tile = vec![0.0f32; QUERY_TILE * width];
+        let mut scores = vec![0.0f32; QUERY_TILE * ks.len];
+        let mut out_tile = vec![0.0f32; QUERY_TILE * hd];
+        for t0 in (0..qs.len).step_by(QUERY_TILE) {
+            let tq = QUERY_TILE.min(qs.len - t0);
+            let first_pos = qs.pos0 + t0;
+            // Keys past the tile's last query are masked for every query in it: leave them out of the GEMMs.
+            let kn = visible(first_pos + tq - 1);
+            if kn == 0 {
+                continue;
+            }
+            let row0 = qs.row0 + t0;
+            q.data[row0 * width..(row0 + tq) * width].convert_to_f32_slice(&mut q_tile[..tq * width]);
+            for h in 0..heads.heads {
+                let g = heads.kv_head(h);
+                let (qh, kh, vh) = (&q_tile[h * hd..], &kv_rows[g * hd..], &kv_rows[kvw + g * hd..]);
+                // scores[tq, kn] = scale q_h k_g^T
+                sgemm_strided(tq, hd, kn, scale, qh, (width as isize, 1), kh, (1, 2 * kvw as isize), &mut scores, kn);
+                let mut tile_lse = [f32::NEG_INFINITY; QUERY_TILE];
+                for i in 0..tq {
+                    let row = &mut scores[i * kn..(i + 1) * kn];
+                    let n = visible(first_pos + i).min(kn);
+                    let m = row[..n].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    if n == 0 {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let mut sum = 0.0f32;
+                    for s in row[..n].iter_mut() {
+                        *s = (*s - m).exp();
+                        sum += *s;
+                    }
+                    row[n..].fill(0.0);
+                    let inv = 1.0 / sum;
+                    row[..n].iter_mut().for_each(|s| *s *= inv);
+                    tile_lse[i] = m + sum.ln();
+                }
+                // out_tile[tq, hd] = p v_h
+                sgemm_strided(tq, kn, hd, 1.0, &scores, (kn as isize, 1), vh, (2 * kvw as isize, 1), &mut out_tile, hd);
+                for i in 0..tq {
+                    let r = row0 + i;
+                    lse_merge(
+                        &mut o.data[r * width + h * hd..r * width + (h + 1) * hd],
+                        &mut lse.data[r * heads.heads + h],
+                        &out_tile[i * hd..(i + 1) * hd],
+                        tile_lse[i],
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -193,6 +306,14 @@ impl Backend for CpuBackend {
         self.flops.total()
     }
 
+    fn set_op_timing(&self, on: bool) {
+        self.clock.set(on);
+    }
+
+    fn take_op_seconds(&self) -> Result<(f64, f64)> {
+        Ok(self.clock.take())
+    }
+
     fn reset_peak_memory(&self) {
         self.memory.reset_peak();
         // Linux resets VmHWM to the current RSS on "5"; where that is not allowed the peak
@@ -227,16 +348,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &Self::Act, w: &Self::Act, out: &mut Self::Act) -> Result<()> {
-        ensure!(x.cols == w.rows, "matmul: x is [{}, {}], w is [{}, {}]", x.rows, x.cols, w.rows, w.cols);
-        ensure!(out.cols == w.cols, "matmul: out has {} columns, w {}", out.cols, w.cols);
-        let (m, k, n) = (x.rows, x.cols, w.cols);
-        out.set_rows(m);
-        self.flops.gemm(m, k, n);
-        let (xf, wf) = (to_f32(x.as_slice()), to_f32(w.as_slice()));
-        let mut c = vec![0.0f32; m * n];
-        sgemm(m, k, n, &xf, &wf, &mut c);
-        out.as_mut_slice().convert_from_f32_slice(&c);
-        Ok(())
+        self.clock.time(true, || self.matmul_now(x, w, out))
     }
 
     fn rms_norm(&self, x: &Self::Act, gain: &Self::Act, out: &mut Self::Act) -> Result<()> {
@@ -323,91 +435,7 @@ impl Backend for CpuBackend {
         o: &mut Self::Acc,
         lse: &mut Self::Acc,
     ) -> Result<()> {
-        let (hd, width, kvw) = (heads.head_dim, heads.width(), heads.kv_width());
-        ensure!(
-            q.cols == width && kv.cols == 2 * kvw && heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
-            "attention: q has {} columns, kv {}, {} heads ({} K/V) x {hd} need {width} and {}",
-            q.cols,
-            kv.cols,
-            heads.heads,
-            heads.kv_heads,
-            2 * kvw
-        );
-        ensure!(
-            o.cols == width && lse.cols == heads.heads,
-            "attention: accumulators are [{}, {}] and [{}, {}]",
-            o.rows,
-            o.cols,
-            lse.rows,
-            lse.cols
-        );
-        ensure!(qs.row0 + qs.len <= q.rows && qs.row0 + qs.len <= o.rows, "attention: query rows beyond buffers");
-        ensure!(ks.row0 + ks.len <= kv.rows, "attention: key rows {}..{} beyond {}", ks.row0, ks.row0 + ks.len, kv.rows);
-        self.flops.attention(heads, qs, ks, causal);
-        // Causal: query at position p sees keys at positions <= p; how many of this block's keys that is.
-        let visible = |qpos: usize| -> usize {
-            if causal {
-                (qpos + 1).saturating_sub(ks.pos0).min(ks.len)
-            } else {
-                ks.len
-            }
-        };
-        if qs.len == 0 || visible(qs.pos0 + qs.len - 1) == 0 {
-            return Ok(()); // fully masked: nothing to add
-        }
-        let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let kv_rows = to_f32(&kv.data[ks.row0 * kv.cols..(ks.row0 + ks.len) * kv.cols]);
-        let mut q_tile = vec![0.0f32; QUERY_TILE * width];
-        let mut scores = vec![0.0f32; QUERY_TILE * ks.len];
-        let mut out_tile = vec![0.0f32; QUERY_TILE * hd];
-        for t0 in (0..qs.len).step_by(QUERY_TILE) {
-            let tq = QUERY_TILE.min(qs.len - t0);
-            let first_pos = qs.pos0 + t0;
-            // Keys past the tile's last query are masked for every query in it: leave them out of the GEMMs.
-            let kn = visible(first_pos + tq - 1);
-            if kn == 0 {
-                continue;
-            }
-            let row0 = qs.row0 + t0;
-            q.data[row0 * width..(row0 + tq) * width].convert_to_f32_slice(&mut q_tile[..tq * width]);
-            for h in 0..heads.heads {
-                let g = heads.kv_head(h);
-                let (qh, kh, vh) = (&q_tile[h * hd..], &kv_rows[g * hd..], &kv_rows[kvw + g * hd..]);
-                // scores[tq, kn] = scale q_h k_g^T
-                sgemm_strided(tq, hd, kn, scale, qh, (width as isize, 1), kh, (1, 2 * kvw as isize), &mut scores, kn);
-                let mut tile_lse = [f32::NEG_INFINITY; QUERY_TILE];
-                for i in 0..tq {
-                    let row = &mut scores[i * kn..(i + 1) * kn];
-                    let n = visible(first_pos + i).min(kn);
-                    let m = row[..n].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    if n == 0 {
-                        row.fill(0.0);
-                        continue;
-                    }
-                    let mut sum = 0.0f32;
-                    for s in row[..n].iter_mut() {
-                        *s = (*s - m).exp();
-                        sum += *s;
-                    }
-                    row[n..].fill(0.0);
-                    let inv = 1.0 / sum;
-                    row[..n].iter_mut().for_each(|s| *s *= inv);
-                    tile_lse[i] = m + sum.ln();
-                }
-                // out_tile[tq, hd] = p v_h
-                sgemm_strided(tq, kn, hd, 1.0, &scores, (kn as isize, 1), vh, (2 * kvw as isize, 1), &mut out_tile, hd);
-                for i in 0..tq {
-                    let r = row0 + i;
-                    lse_merge(
-                        &mut o.data[r * width + h * hd..r * width + (h + 1) * hd],
-                        &mut lse.data[r * heads.heads + h],
-                        &out_tile[i * hd..(i + 1) * hd],
-                        tile_lse[i],
-                    );
-                }
-            }
-        }
-        Ok(())
+        self.clock.time(false, || self.attention_now(q, kv, heads, qs, ks, causal, o, lse))
     }
 
     fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> Result<()> {

@@ -187,6 +187,42 @@ impl FlopCounter {
     }
 }
 
+/// Host-clock seconds of the GEMMs and attention calls made while timing is on: the CPU backend's
+/// ops run inside their calls, so the host's clock is their time. Off by default.
+#[derive(Debug, Default)]
+pub struct OpClock {
+    on: std::sync::atomic::AtomicBool,
+    secs: std::sync::Mutex<(f64, f64)>,
+}
+
+impl OpClock {
+    pub fn set(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Run `op`, adding its time to the GEMMs' (`linear`) or attention's while timing is on.
+    pub fn time<T>(&self, linear: bool, op: impl FnOnce() -> T) -> T {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return op();
+        }
+        let t0 = std::time::Instant::now();
+        let out = op();
+        let dt = t0.elapsed().as_secs_f64();
+        let mut s = self.secs.lock().unwrap_or_else(|e| e.into_inner());
+        if linear {
+            s.0 += dt;
+        } else {
+            s.1 += dt;
+        }
+        out
+    }
+
+    /// (GEMM, attention) seconds since the last take.
+    pub fn take(&self) -> (f64, f64) {
+        std::mem::take(&mut *self.secs.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 pub trait Backend {
     /// What runs the kernels, for the results ("cpu: <model> x<cores>", a GPU's name).
     fn device_name(&self) -> String;
@@ -196,6 +232,15 @@ pub trait Backend {
 
     /// (linear, attention) FLOPs of every GEMM and attention call issued so far (`FlopCounter`).
     fn counted_flops(&self) -> (f64, f64);
+
+    /// Time every GEMM and attention call from now (`true`) until turned off: the profile of one
+    /// iteration that `plan --calibrate` reads. Off by default (on a GPU it records two events
+    /// per call).
+    fn set_op_timing(&self, on: bool);
+
+    /// The (GEMM, attention) seconds of the calls timed since the last take, once `synchronize`
+    /// has returned.
+    fn take_op_seconds(&self) -> anyhow::Result<(f64, f64)>;
 
     /// Start a new peak-memory measurement (between strategy runs).
     fn reset_peak_memory(&self);

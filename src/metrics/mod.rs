@@ -6,6 +6,16 @@ pub mod gpu_util;
 
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
+/// One iteration's GEMMs and attention calls, each timed on the device (`Backend::set_op_timing`),
+/// with the FLOPs the backend counted in them: the rates `plan --calibrate` takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OpProfile {
+    pub linear_s: f64,
+    pub attention_s: f64,
+    pub linear_flops: f64,
+    pub attention_flops: f64,
+}
+
 /// One measured iteration on one rank.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct IterationRecord {

@@ -10,7 +10,10 @@
 //!                             the FLOP model), counted_linear_flops, counted_attention_flops
 //!                             (as the backend counted the ops issued in a measured iteration),
 //!                             gpu_util_mean, gpu_util_max, gpu_util_samples (NVML, percent;
-//!                             absent where not sampled)
+//!                             absent where not sampled), profiled_linear_s,
+//!                             profiled_attention_s, profiled_linear_flops,
+//!                             profiled_attention_flops (the last warm-up iteration's GEMMs and
+//!                             attention timed op by op on the device; absent without warm-up)
 //!   iter_s, comm_s, hidden_s, compute_s   f64 [iters]  seconds per measured iteration:
 //!                             the job's time, communication not hidden, communication hidden
 //!                             under compute, and iter_s - comm_s
@@ -60,6 +63,8 @@ pub struct RankRun {
     pub device_peak_flops: Option<f64>,
     /// NVML's GPU utilization over the measured iterations, where sampled.
     pub gpu_util: Option<crate::metrics::gpu_util::GpuUtilization>,
+    /// The last warm-up iteration's GEMMs and attention, timed op by op (none without warm-up).
+    pub op_profile: Option<crate::metrics::OpProfile>,
 }
 
 /// Now, as rank files write their times (UTC, milliseconds, RFC 3339).
@@ -120,6 +125,14 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
     }
     if let Some(u) = run.gpu_util {
         floats.extend([("gpu_util_mean", u.mean), ("gpu_util_max", u.max), ("gpu_util_samples", u.samples as f64)]);
+    }
+    if let Some(p) = run.op_profile {
+        floats.extend([
+            ("profiled_linear_s", p.linear_s),
+            ("profiled_attention_s", p.attention_s),
+            ("profiled_linear_flops", p.linear_flops),
+            ("profiled_attention_flops", p.attention_flops),
+        ]);
     }
     for (name, value) in floats {
         g.new_attr::<f64>().create(name)?.write_scalar(&value)?;
@@ -243,6 +256,12 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
         device_peak_flops: g.attr("device_peak_flops").and_then(|a| a.read_scalar::<f64>()).ok(),
         gpu_util: match (f("gpu_util_mean"), f("gpu_util_max"), f("gpu_util_samples")) {
             (Ok(mean), Ok(max), Ok(samples)) => Some(crate::metrics::gpu_util::GpuUtilization { mean, max, samples: samples as u64 }),
+            _ => None,
+        },
+        op_profile: match (f("profiled_linear_s"), f("profiled_attention_s"), f("profiled_linear_flops"), f("profiled_attention_flops")) {
+            (Ok(linear_s), Ok(attention_s), Ok(linear_flops), Ok(attention_flops)) => {
+                Some(crate::metrics::OpProfile { linear_s, attention_s, linear_flops, attention_flops })
+            }
             _ => None,
         },
     })

@@ -678,6 +678,7 @@ mod tests {
             memory: MemoryStats::default(),
             device_peak_flops: peak,
             gpu_util: None,
+            op_profile: None,
         }
     }
 

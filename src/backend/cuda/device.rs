@@ -202,6 +202,10 @@ pub struct CudaBackend {
     timer: std::cell::RefCell<[Option<cudarc::driver::CudaEvent>; 2]>,
     formats: Vec<(&'static str, ModuleFormat)>,
     flops: crate::backend::FlopCounter,
+    /// Whether each GEMM and attention call is timed (`set_op_timing`), and the (is a GEMM, start,
+    /// end) events recorded around each on the compute stream since the last take.
+    op_timing: Cell<bool>,
+    op_events: std::cell::RefCell<Vec<(bool, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>>,
 }
 
 /// Whether cudarc records and waits on events of its own for every buffer a launch or copy uses.
@@ -270,6 +274,8 @@ impl CudaBackend {
             device_peak: Cell::new(0),
             attention_kernel: Cell::new(AttentionKernel::Auto),
             timer: std::cell::RefCell::new([None, None]),
+            op_timing: Cell::new(false),
+            op_events: std::cell::RefCell::new(Vec::new()),
             formats,
             flops: Default::default(),
         })
@@ -419,6 +425,23 @@ impl Backend for CudaBackend {
         self.flops.total()
     }
 
+    fn set_op_timing(&self, on: bool) {
+        self.op_timing.set(on);
+    }
+
+    fn take_op_seconds(&self) -> Result<(f64, f64)> {
+        let mut secs = (0.0, 0.0);
+        for (linear, start, end) in self.op_events.take() {
+            let s = start.elapsed_ms(&end).map_err(err("reading an op's events"))? as f64 / 1e3;
+            if linear {
+                secs.0 += s;
+            } else {
+                secs.1 += s;
+            }
+        }
+        Ok(secs)
+    }
+
     fn reset_peak_memory(&self) {
         self.memory.reset_peak();
         self.device_peak.set(0);
@@ -469,58 +492,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &Self::Act, w: &Self::Act, out: &mut Self::Act) -> Result<()> {
-        ensure!(
-            x.cols == w.rows && out.cols == w.cols,
-            "matmul: [{}, {}] x [{}, {}] into {} columns",
-            x.rows,
-            x.cols,
-            w.rows,
-            w.cols,
-            out.cols
-        );
-        out.set_rows(x.rows);
-        self.flops.gemm(x.rows, x.cols, w.cols);
-        let g = launch::row_major_gemm(x.rows, x.cols, w.cols);
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        let (a, b) = match (g.a, g.b) {
-            (Operand::W, Operand::X) => (&w.data, &x.data),
-            _ => (&x.data, &w.data),
-        };
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        use cudarc::driver::{DevicePtr, DevicePtrMut};
-        let (pa, _ra) = a.device_ptr(&self.stream);
-        let (pb, _rb) = b.device_ptr(&self.stream);
-        let (pc, _rc) = out.data.device_ptr_mut(&self.stream);
-        // SAFETY: A is m x k (ld m), B is k x n (ld k), C is m x n (ld m) in column-major terms,
-        // all BF16 inside their buffers (checked shapes above); alpha and beta are host FP32 as
-        // cuBLAS's default pointer mode expects for an FP32 compute type.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-                g.m as i32,
-                g.n as i32,
-                g.k as i32,
-                &alpha as *const f32 as *const _,
-                pa as *const _,
-                cublas_sys::cudaDataType::CUDA_R_16BF,
-                g.lda as i32,
-                pb as *const _,
-                cublas_sys::cudaDataType::CUDA_R_16BF,
-                g.ldb as i32,
-                &beta as *const f32 as *const _,
-                pc as *mut _,
-                cublas_sys::cudaDataType::CUDA_R_16BF,
-                g.ldc as i32,
-                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(err("cublasGemmEx"))?;
-        Ok(())
+        self.timed(true, || self.matmul_now(x, w, out))
     }
 
     fn rms_norm(&self, x: &Self::Act, gain: &Self::Act, out: &mut Self::Act) -> Result<()> {
@@ -618,48 +590,7 @@ impl Backend for CudaBackend {
         o: &mut Self::Acc,
         lse: &mut Self::Acc,
     ) -> Result<()> {
-        let w = heads.width();
-        ensure!(
-            q.cols == w && kv.cols == 2 * heads.kv_width() && o.cols == w && lse.cols == heads.heads,
-            "attention: buffer widths do not match the heads"
-        );
-        ensure!(
-            heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
-            "attention: {} heads over {} K/V heads",
-            heads.heads,
-            heads.kv_heads
-        );
-        ensure!(qs.row0 + qs.len <= q.rows.min(o.rows) && ks.row0 + ks.len <= kv.rows, "attention: spans outside the buffers");
-        if qs.len == 0 || ks.len == 0 {
-            return Ok(());
-        }
-        self.flops.attention(heads, qs, ks, causal);
-        let scale = (1.0 / (heads.head_dim as f64).sqrt()) as f32;
-        let causal = i32::from(causal);
-        let flash = self.attention_kernel.get().flash_rows().and_then(|r| launch::flash_kernel(heads.head_dim, r).map(|k| (k, r)));
-        if let Some((kernel, rows)) = flash {
-            let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
-            let mut l = self.stream.launch_builder(self.f(kernel));
-            l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
-            for v in &ints {
-                l.arg(v);
-            }
-            l.arg(&causal).arg(&scale);
-            // SAFETY: `rows` query rows per block, rows and columns inside the buffers (checked);
-            // shared memory is static (two padded 64-row tiles).
-            unsafe { l.launch(Self::cfg(launch::flash_attention(qs.len, heads.heads, rows))) }.map_err(err("flash_attention"))?;
-            return Ok(());
-        }
-        let ints = [heads.heads, heads.kv_heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
-        let mut l = self.stream.launch_builder(self.f("attention_bf16"));
-        l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
-        for v in &ints {
-            l.arg(v);
-        }
-        l.arg(&causal).arg(&scale);
-        // SAFETY: one warp per query row and head; rows and columns inside the buffers (checked).
-        unsafe { l.launch(Self::cfg(launch::attention(qs.len, heads.heads, heads.head_dim))) }.map_err(err("attention_bf16"))?;
-        Ok(())
+        self.timed(false, || self.attention_now(q, kv, heads, qs, ks, causal, o, lse))
     }
 
     fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> Result<()> {
@@ -718,6 +649,133 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(err("synchronize")).context("the GPU reported an error while running the queued work")
+    }
+}
+
+/// The GEMM and attention calls themselves; the trait's methods time them when asked.
+impl CudaBackend {
+    /// Run `op`, between two events on the compute stream while op timing is on.
+    fn timed(&self, linear: bool, op: impl FnOnce() -> Result<()>) -> Result<()> {
+        if !self.op_timing.get() {
+            return op();
+        }
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(flags).map_err(err("recording an op's start event"))?;
+        op()?;
+        let end = self.stream.record_event(flags).map_err(err("recording an op's end event"))?;
+        self.op_events.borrow_mut().push((linear, start, end));
+        Ok(())
+    }
+
+    fn matmul_now(&self, x: &DevMat<u16>, w: &DevMat<u16>, out: &mut DevMat<u16>) -> Result<()> {
+        ensure!(
+            x.cols == w.rows && out.cols == w.cols,
+            "matmul: [{}, {}] x [{}, {}] into {} columns",
+            x.rows,
+            x.cols,
+            w.rows,
+            w.cols,
+            out.cols
+        );
+        out.set_rows(x.rows);
+        self.flops.gemm(x.rows, x.cols, w.cols);
+        let g = launch::row_major_gemm(x.rows, x.cols, w.cols);
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let (a, b) = match (g.a, g.b) {
+            (Operand::W, Operand::X) => (&w.data, &x.data),
+            _ => (&x.data, &w.data),
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let (pa, _ra) = a.device_ptr(&self.stream);
+        let (pb, _rb) = b.device_ptr(&self.stream);
+        let (pc, _rc) = out.data.device_ptr_mut(&self.stream);
+        // SAFETY: A is m x k (ld m), B is k x n (ld k), C is m x n (ld m) in column-major terms,
+        // all BF16 inside their buffers (checked shapes above); alpha and beta are host FP32 as
+        // cuBLAS's default pointer mode expects for an FP32 compute type.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                &alpha as *const f32 as *const _,
+                pa as *const _,
+                cublas_sys::cudaDataType::CUDA_R_16BF,
+                g.lda as i32,
+                pb as *const _,
+                cublas_sys::cudaDataType::CUDA_R_16BF,
+                g.ldb as i32,
+                &beta as *const f32 as *const _,
+                pc as *mut _,
+                cublas_sys::cudaDataType::CUDA_R_16BF,
+                g.ldc as i32,
+                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(err("cublasGemmEx"))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_now(
+        &self,
+        q: &DevMat<u16>,
+        kv: &DevMat<u16>,
+        heads: Heads,
+        qs: Span,
+        ks: Span,
+        causal: bool,
+        o: &mut DevMat<f32>,
+        lse: &mut DevMat<f32>,
+    ) -> Result<()> {
+        let w = heads.width();
+        ensure!(
+            q.cols == w && kv.cols == 2 * heads.kv_width() && o.cols == w && lse.cols == heads.heads,
+            "attention: buffer widths do not match the heads"
+        );
+        ensure!(
+            heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
+            "attention: {} heads over {} K/V heads",
+            heads.heads,
+            heads.kv_heads
+        );
+        ensure!(qs.row0 + qs.len <= q.rows.min(o.rows) && ks.row0 + ks.len <= kv.rows, "attention: spans outside the buffers");
+        if qs.len == 0 || ks.len == 0 {
+            return Ok(());
+        }
+        self.flops.attention(heads, qs, ks, causal);
+        let scale = (1.0 / (heads.head_dim as f64).sqrt()) as f32;
+        let causal = i32::from(causal);
+        let flash = self.attention_kernel.get().flash_rows().and_then(|r| launch::flash_kernel(heads.head_dim, r).map(|k| (k, r)));
+        if let Some((kernel, rows)) = flash {
+            let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
+            let mut l = self.stream.launch_builder(self.f(kernel));
+            l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
+            for v in &ints {
+                l.arg(v);
+            }
+            l.arg(&causal).arg(&scale);
+            // SAFETY: `rows` query rows per block, rows and columns inside the buffers (checked);
+            // shared memory is static (two padded 64-row tiles).
+            unsafe { l.launch(Self::cfg(launch::flash_attention(qs.len, heads.heads, rows))) }.map_err(err("flash_attention"))?;
+            return Ok(());
+        }
+        let ints = [heads.heads, heads.kv_heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
+        let mut l = self.stream.launch_builder(self.f("attention_bf16"));
+        l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
+        for v in &ints {
+            l.arg(v);
+        }
+        l.arg(&causal).arg(&scale);
+        // SAFETY: one warp per query row and head; rows and columns inside the buffers (checked).
+        unsafe { l.launch(Self::cfg(launch::attention(qs.len, heads.heads, heads.head_dim))) }.map_err(err("attention_bf16"))?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,110 @@
+//! `--calibrate RUN_DIR` (`plan`, `sweep`): the analytic model's rates taken from what a run
+//! measured instead of the profile's defaults. The GEMM and attention efficiencies are the FLOPs
+//! over the seconds of the ops timed one by one in each rank's last warm-up iteration (an
+//! emulated rank on one GPU measures a large job's ranks this way), relative to the profile's
+//! peak; the intra-node link bandwidth is the bytes over the communication time of a real run
+//! whose ranks shared one host (waits included: an effective bandwidth). Each number says where
+//! it came from.
+
+use crate::output::rankfile::{self, RankRun};
+use crate::plan::Hardware;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Every rank file's strategy runs in `dir`.
+fn runs(dir: &Path) -> Result<Vec<RankRun>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("--calibrate {}: not a run directory", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rank-") && n.ends_with(".h5")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("--calibrate {}: no rank files (rank-NNNNN.h5) there", dir.display());
+    }
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(rankfile::read(&f).with_context(|| format!("--calibrate: reading {}", f.display()))?);
+    }
+    Ok(out)
+}
+
+/// `hw` with the rates `dir`'s runs measured, and a line per number saying where it came from.
+pub fn calibrate(hw: &Hardware, dir: &Path) -> Result<(Hardware, Vec<String>)> {
+    let runs = runs(dir)?;
+    if let Some(r) = runs.iter().find(|r| crate::backend::is_simulated_device(&r.device)) {
+        bail!("--calibrate {}: it ran on {}: its times are the stand-in's, no GPU's", dir.display(), r.device);
+    }
+    let mut out = hw.clone();
+    let mut notes = Vec::new();
+    let profiles: Vec<_> = runs.iter().filter_map(|r| r.op_profile).collect();
+    if profiles.is_empty() {
+        bail!(
+            "--calibrate {}: its rank files hold no op profile (each strategy run times its ops in its last warm-up iteration: run with --warmup 1 or more)",
+            dir.display()
+        );
+    }
+    let sum = |f: fn(&crate::metrics::OpProfile) -> f64| profiles.iter().map(f).sum::<f64>();
+    for (what, flops, secs, slot) in [
+        ("GEMM", sum(|p| p.linear_flops), sum(|p| p.linear_s), &mut out.gemm_efficiency),
+        ("attention", sum(|p| p.attention_flops), sum(|p| p.attention_s), &mut out.attention_efficiency),
+    ] {
+        if !(secs > 0.0 && flops > 0.0) {
+            notes.push(format!("{what} efficiency {:.3}: the profile's ({} measured no {what} time)", *slot, dir.display()));
+            continue;
+        }
+        let rate = flops / secs;
+        let efficiency = rate / hw.peak_flops;
+        if efficiency > 1.0 {
+            bail!(
+                "--calibrate {}: its {what} ran at {:.1} TFLOP/s, above {}'s peak of {:.1}: plan with the card it ran on (--hardware, --peak-tflops)",
+                dir.display(),
+                rate / 1e12,
+                hw.name,
+                hw.peak_flops / 1e12
+            );
+        }
+        *slot = efficiency;
+        notes.push(format!(
+            "{what} efficiency {efficiency:.3e}: measured in {} ({:.4e} FLOPs in {:.4e} s over {} rank runs, {:.4e} FLOP/s; the profile's peak {:.4e})",
+            dir.display(),
+            flops,
+            secs,
+            profiles.len(),
+            rate,
+            hw.peak_flops
+        ));
+    }
+    // Links: only a real run whose ranks share one host measured one kind of link.
+    let real: Vec<&RankRun> = runs.iter().filter(|r| r.config.emulate.is_none() && r.config.world() > 1).collect();
+    let hosts: std::collections::BTreeSet<&str> = real.iter().map(|r| r.host.as_str()).collect();
+    let (bytes, secs) = real
+        .iter()
+        .flat_map(|r| r.iterations.iter())
+        .fold((0u64, 0.0f64), |(b, s), i| (b + i.bytes_sent.max(i.bytes_received), s + i.comm_s + i.hidden_s));
+    match hosts.len() {
+        0 => notes.push(format!(
+            "NVLink {:.0} GB/s and InfiniBand {:.0} GB/s: the profile's ({} holds no multi-rank run that was not emulated)",
+            hw.nvlink_bytes_per_s / 1e9,
+            hw.ib_bytes_per_s / 1e9,
+            dir.display()
+        )),
+        1 if bytes > 0 && secs > 0.0 => {
+            out.nvlink_bytes_per_s = bytes as f64 / secs;
+            notes.push(format!(
+                "intra-node link {:.4e} B/s: measured in {} on one host ({bytes} bytes in {secs:.4e} s of communication, waits included); InfiniBand {:.0} GB/s: the profile's",
+                out.nvlink_bytes_per_s,
+                dir.display(),
+                hw.ib_bytes_per_s / 1e9
+            ));
+        }
+        1 => notes.push(format!("NVLink and InfiniBand: the profile's ({}'s runs moved no bytes)", dir.display())),
+        n => notes.push(format!(
+            "NVLink {:.0} GB/s and InfiniBand {:.0} GB/s: the profile's ({}'s ranks spanned {n} hosts, so its traffic mixes both links)",
+            hw.nvlink_bytes_per_s / 1e9,
+            hw.ib_bytes_per_s / 1e9,
+            dir.display()
+        )),
+    }
+    Ok((out, notes))
+}

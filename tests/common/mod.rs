@@ -69,8 +69,14 @@ pub fn mpirun_with(np: usize, args: &[&str], env: &[(&str, &str)], term_after_s:
     };
     cmd.args(["mpirun", "--oversubscribe", "-np", &np.to_string()])
         // Shared memory within the node; no single-copy mechanism, which containers often forbid.
-        .args(["--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none"])
-        .args(env.iter().flat_map(|(k, _)| ["-x", k]))
+        .args(["--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none"]);
+    if np == 1 && term_after_s.is_none() {
+        // A lone rank that exits non-zero leaves no other rank to stop, yet mpirun would still
+        // wait out its SIGTERM-to-SIGKILL grace (2 s a launch). With other ranks, or a signal to
+        // pass on, the grace stays: ranks need it to finish writing.
+        cmd.args(["--mca", "odls_base_sigkill_timeout", "0"]);
+    }
+    cmd.args(env.iter().flat_map(|(k, _)| ["-x", k]))
         .envs(env.iter().copied())
         .arg(env!("CARGO_BIN_EXE_ringbench"))
         .args(args)

@@ -703,6 +703,15 @@ pub struct SizeFlags {
     pub all: bool,
 }
 
+impl SizeFlags {
+    /// The split of a `world`-rank job with inner size `inner`, as each strategy names it (tp x
+    /// pp, ulysses x ring, tp x cp); the outer size follows, and a strategy without an inner
+    /// size (ring, allgather, ulysses) takes the world.
+    pub fn split(inner: usize, world: usize) -> Self {
+        SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), ..Default::default() }
+    }
+}
+
 /// `run`'s flags for emulating one rank of a larger job on this one process.
 #[derive(Args, Clone, Debug, Default)]
 pub struct EmulateArgs {

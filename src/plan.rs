@@ -11,7 +11,7 @@
 //!   TP group's link); the pipeline runs fill-drain, (micro-batches + pp - 1) stage slots, plus the
 //!   activation hand-offs of the fill.
 
-use crate::config::{RunConfig, SizeFlags, StrategyKind};
+use crate::config::{RunConfig, StrategyKind};
 use crate::metrics::flops::{self, linear_per_token_layer};
 use crate::strategy::{memory_estimate, Op, ProjectionInput};
 use clap::{Args, ValueEnum};
@@ -442,18 +442,12 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
 /// busiest rank fits one GPU of `hw`.
 pub fn fitting_strategies(cfg: &RunConfig, hw: &Hardware) -> Vec<String> {
     let world = cfg.world();
-    let mut candidates: Vec<RunConfig> = Vec::new();
-    for s in crate::strategy::SPECS.iter().filter(|s| s.kind != StrategyKind::Reference) {
-        // Every split of the world: the inner size as each strategy names it, the outer from it.
-        for inner in (1..=world).filter(|i| world % i == 0) {
-            let flags = SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), ..Default::default() };
-            let mut c = RunConfig { strategy: s.kind, emulate: None, ..cfg.clone() };
-            (s.resolve_sizes)(&mut c, &flags, world);
-            if !candidates.contains(&c) {
-                candidates.push(c);
-            }
-        }
-    }
+    let base = RunConfig { emulate: None, ..cfg.clone() };
+    let candidates: Vec<RunConfig> = crate::strategy::SPECS
+        .iter()
+        .filter(|s| s.kind != StrategyKind::Reference)
+        .flat_map(|s| crate::strategy::every_split(s, &base, world))
+        .collect();
     candidates
         .into_iter()
         .filter(|c| crate::config::validate(c, world).is_ok())

@@ -170,13 +170,14 @@ pub fn grid_on(args: &SweepArgs, launch_world: Option<usize>) -> Result<Vec<RunC
                 for &kind in &kinds {
                     let start = out.len();
                     for inner in (1..=world).filter(|i| world % i == 0) {
+                        let split = SizeFlags::split(inner, world);
                         let point = ConfigArgs {
                             strategy: StrategyChoice::of(kind),
                             seq_len: Some(seq),
                             kv_heads: kv,
-                            tp: Some(inner),
-                            pp: Some(world / inner),
-                            ulysses: Some(inner),
+                            tp: split.tp,
+                            pp: split.pp,
+                            ulysses: split.ulysses,
                             ..c.clone()
                         };
                         match point.resolve(world) {
@@ -242,9 +243,9 @@ fn order(kind: StrategyKind) -> usize {
     crate::strategy::SPECS.iter().position(|s| s.kind == kind).expect("every kind has a spec")
 }
 
-fn fastest(points: &[Point], basis: Basis) -> Fastest<'_> {
+fn fastest<'a>(points: impl IntoIterator<Item = &'a Point>, basis: Basis) -> Fastest<'a> {
     let mut by: Fastest = BTreeMap::new();
-    for p in points.iter() {
+    for p in points {
         let Some(v) = p.figure(basis) else { continue };
         let slot = by.entry(p.key()).or_default().entry(order(p.cfg.strategy)).or_insert(p);
         if v > slot.figure(basis).unwrap_or(0.0) {
@@ -505,8 +506,7 @@ fn chart(
     use crate::report::{colour, err, FONT};
     use plotters::prelude::*;
     crate::report::load_font()?;
-    let owned: Vec<Point> = pts.iter().map(|p| (*p).clone()).collect();
-    let by = fastest(&owned, basis);
+    let by = fastest(pts.iter().copied(), basis);
     let mut series: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
     for ((_, _, seq), strategies) in &by {
         for (o, p) in strategies {

@@ -59,16 +59,7 @@ fn traffic(cfg: &RunConfig, _rank: usize) -> Vec<Transfer> {
 
 /// The all-gather is exposed, on InfiniBand as soon as the group spans two nodes.
 fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
-    let t = &x.traffic[0];
-    let (crosses, bw) = x.link(&t.peers);
-    CommProjection {
-        crosses_nodes: crosses,
-        link_bytes_per_s: bw,
-        exposed_s: x.exposed_s(),
-        hidden_fraction: 1.0,
-        bubble_s: 0.0,
-        details: vec![("one K/V all-gather", x.seconds(t))],
-    }
+    super::project_collective(x, Op::AllGather, "one K/V all-gather")
 }
 
 pub struct Allgather<B: Backend> {

@@ -340,6 +340,46 @@ fn two_d_sizes(inner: Option<usize>, outer: Option<usize>, world: usize, allowed
     }
 }
 
+/// `cfg` under `spec` in every split of a `world`-rank job its sizes allow, each once (not yet
+/// validated): `plan`'s "would fit" and the strategy-table tests search these.
+pub fn every_split(spec: &Spec, cfg: &RunConfig, world: usize) -> Vec<RunConfig> {
+    let mut out: Vec<RunConfig> = Vec::new();
+    for inner in (1..=world).filter(|i| world % i == 0) {
+        let mut c = RunConfig { strategy: spec.kind, ..cfg.clone() };
+        (spec.resolve_sizes)(&mut c, &SizeFlags::split(inner, world), world);
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Collectives of kind `op` that attention waits for (all of them exposed), over the group
+/// `peers`: whether it leaves the node, its link, one layer's worth of seconds and the
+/// iteration's.
+fn exposed_collectives(x: &ProjectionInput, op: Op, peers: &[usize]) -> (bool, f64, f64, f64) {
+    let (crosses, bw) = x.link(peers);
+    let calls: Vec<&Transfer> = x.traffic.iter().filter(|t| t.op == op).collect();
+    let per_layer = calls.iter().map(|t| x.seconds(t)).sum();
+    let total = calls.iter().map(|t| x.seconds(t) * t.calls as f64).sum();
+    (crosses, bw, per_layer, total)
+}
+
+/// A strategy whose one kind of collective is all its communication, exposed (allgather,
+/// ulysses): `label` names one layer's worth of it.
+fn project_collective(x: &ProjectionInput, op: Op, label: &'static str) -> CommProjection {
+    let peers = x.traffic.iter().find(|t| t.op == op).map(|t| t.peers.clone()).unwrap_or_default();
+    let (crosses, bw, per_layer, total) = exposed_collectives(x, op, &peers);
+    CommProjection {
+        crosses_nodes: crosses,
+        link_bytes_per_s: bw,
+        exposed_s: total,
+        hidden_fraction: 1.0,
+        bubble_s: 0.0,
+        details: vec![(label, per_layer)],
+    }
+}
+
 /// A 2-D strategy's communication: its inner group's collectives (`op`, exposed: attention needs
 /// their result) at the link of the group `inner`, labelled `label` with one layer's worth of
 /// them, and its ring's steps over `ring` (world ranks), each under `step_compute` seconds of
@@ -351,14 +391,13 @@ fn project_two_d(
     step_compute: f64,
 ) -> CommProjection {
     let r = ring::project_ring(x, ring, step_compute);
-    let (inner_crosses, inner_bw) = x.link(inner);
-    let calls: Vec<&Transfer> = x.traffic.iter().filter(|t| t.op == op).collect();
-    let mut details = vec![(label, calls.iter().map(|t| x.seconds(t)).sum())];
+    let (inner_crosses, inner_bw, per_layer, total) = exposed_collectives(x, op, inner);
+    let mut details = vec![(label, per_layer)];
     details.extend(r.details());
     CommProjection {
         crosses_nodes: r.crosses || inner_crosses,
         link_bytes_per_s: if ring.len() > 1 { r.link_bytes_per_s.min(inner_bw) } else { inner_bw },
-        exposed_s: calls.iter().map(|t| x.seconds(t) * t.calls as f64).sum::<f64>() + r.exposed_s,
+        exposed_s: total + r.exposed_s,
         hidden_fraction: r.hidden_fraction,
         bubble_s: 0.0,
         details,
@@ -554,18 +593,11 @@ mod tests {
                     continue;
                 }
                 for kv_heads in [6, 2] {
-                    for inner in (1..=world).filter(|i| world % i == 0) {
-                        let mut cfg = RunConfig::of_preset(Preset::Tiny, spec.kind, 1, 1, 1);
-                        cfg.model = ModelConfig { heads: 6, kv_heads, d_model: 48, mlp: 36, seq_len: 37, batch: 2, layers: 4, ..cfg.model };
-                        cfg.layout = layout;
-                        cfg.causal = kv_heads == 6;
-                        // The inner size as each strategy names it; the outer one follows.
-                        let flags = SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), ..Default::default() };
-                        (spec.resolve_sizes)(&mut cfg, &flags, world);
-                        if validate(&cfg, world).is_ok() && !out.contains(&cfg) {
-                            out.push(cfg);
-                        }
-                    }
+                    let mut base = RunConfig::of_preset(Preset::Tiny, spec.kind, 1, 1, 1);
+                    base.model = ModelConfig { heads: 6, kv_heads, d_model: 48, mlp: 36, seq_len: 37, batch: 2, layers: 4, ..base.model };
+                    base.layout = layout;
+                    base.causal = kv_heads == 6;
+                    out.extend(every_split(spec, &base, world).into_iter().filter(|c| validate(c, world).is_ok()));
                 }
             }
         }

@@ -246,16 +246,7 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
 
 /// The all-to-alls are exposed (attention needs all of Q, K and V first).
 fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
-    let (crosses, bw) = x.link(&x.traffic[0].peers);
-    let per_layer: f64 = x.traffic.iter().map(|t| x.seconds(t)).sum();
-    CommProjection {
-        crosses_nodes: crosses,
-        link_bytes_per_s: bw,
-        exposed_s: x.exposed_s(),
-        hidden_fraction: 1.0,
-        bubble_s: 0.0,
-        details: vec![("all-to-alls per layer", per_layer)],
-    }
+    super::project_collective(x, Op::AllToAll, "all-to-alls per layer")
 }
 
 /// The strategy's own buffers, allocated in `HeadGroup::buffers`' order.

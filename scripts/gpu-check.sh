@@ -10,7 +10,8 @@
 # grouped K/V heads and SwiGLU; a small timed run of
 # every strategy; the launch overhead with and without cudarc's buffer events; then the
 # benchmarks, each beside its PyTorch peer from the same run on the same card: the attention
-# kernel alone (32 heads x 6250 x 6250, head dim 128) and one paper-model layer on rank 0 of an
+# kernels alone (32 heads x 6250 x 6250, head dim 128: mma.sync at both block shapes, wgmma + TMA,
+# plain) and one paper-model layer on rank 0 of an
 # emulated zigzag ring of 16.
 #
 # It ends by itself within 7 minutes whatever hangs: one deadline for the whole script
@@ -93,6 +94,8 @@ check bench-attention 45 "$BIN" bench attention "${SHAPE[@]}" --json
 check peer-attention 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --json
 check bench-attention-causal 45 "$BIN" bench attention "${SHAPE[@]}" --causal --json
 check peer-attention-causal 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --causal --json
+check bench-attention-wgmma 45 "$BIN" bench attention "${SHAPE[@]}" --kernel wgmma --json
+check bench-attention-wgmma-causal 45 "$BIN" bench attention "${SHAPE[@]}" --kernel wgmma --causal --json
 check emulated-ring-layer 90 "$BIN" run --backend cuda --strategy ring --emulate-world 16 --as-rank 0 "${LAYER[@]}" --out "$LOGS/results" --run-id ring-layer
 check peer-layer-cudnn 60 python3 scripts/torch_peer.py layer --ring 16 --rank 0 --backend cudnn --json
 check peer-layer-flash 60 python3 scripts/torch_peer.py layer --ring 16 --rank 0 --backend flash --json
@@ -125,10 +128,12 @@ def tf(o):
 print("attention, 32 heads x 6250 q x 6250 kv, head dim 128 (TFLOP/s: 4 q kv d h, halved for causal)")
 def kernel(o):
     k = o["kernel"]
-    return "flash m" + k.split(", ")[1].split()[0] if k.startswith("flash") else k.split()[0]
+    if not k.startswith("flash"):
+        return k.split()[0]
+    return ("wgmma m" if "wgmma" in k else "flash m") + k.split(", ")[1].split()[0]
 for label, ours, peer in [
-    ("non-causal", ["bench-attention", "bench-attention-m64"], "peer-attention"),
-    ("causal", ["bench-attention-causal", "bench-attention-m64-causal"], "peer-attention-causal"),
+    ("non-causal", ["bench-attention", "bench-attention-m64", "bench-attention-wgmma"], "peer-attention"),
+    ("causal", ["bench-attention-causal", "bench-attention-m64-causal", "bench-attention-wgmma-causal"], "peer-attention-causal"),
 ]:
     row = [f"ringbench {kernel(o)} {tf(o)}" for name in ours for o in objs(name)]
     row += [f"{o['peer']} {tf(o)}" for o in objs(peer)]

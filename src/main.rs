@@ -220,8 +220,17 @@ fn selftest(include: Option<&std::path::Path>) -> ExitCode {
     let cpu = CpuBackend::new();
     // Every op with the default attention kernel, then the attention cases with each other one.
     let mut all = true;
-    for kernel in [AttentionKernel::Auto, AttentionKernel::Flash64, AttentionKernel::Plain] {
-        gpu.set_attention_kernel(kernel);
+    let mut kernels = vec![AttentionKernel::Auto, AttentionKernel::Flash64, AttentionKernel::Plain];
+    if gpu.has_wgmma() {
+        kernels.push(AttentionKernel::Wgmma);
+    } else {
+        println!("\n{} is {}: the wgmma kernel (sm_90a only) is not built here, not tested", gpu.device_name(), gpu.arch);
+    }
+    for kernel in kernels {
+        if let Err(e) = gpu.set_attention_kernel(kernel) {
+            eprintln!("ringbench selftest: {e:#}");
+            return ExitCode::FAILURE;
+        }
         let label = format!("{}, attention kernel {kernel:?}: {} at head dim 128", gpu.device_name(), kernel.describe(128));
         println!("\nringbench selftest on {label}");
         let keep = |name: &str| kernel == AttentionKernel::Auto || name.starts_with("attention");
@@ -237,7 +246,7 @@ fn selftest(include: Option<&std::path::Path>) -> ExitCode {
     for (file, format) in gpu.module_formats() {
         println!("kernels {file}: loaded as {format}");
     }
-    gpu.set_attention_kernel(AttentionKernel::Auto);
+    gpu.set_attention_kernel(AttentionKernel::Auto).expect("auto runs everywhere");
     match selftest_communicators(&cpu, &gpu) {
         Ok(pass) => all &= pass,
         Err(e) => {
@@ -284,7 +293,10 @@ fn bench_attention(args: &ringbench::bench::AttentionArgs, include: Option<&std:
         BackendKind::Cpu => ringbench::bench::attention(&CpuBackend::new(), args),
         BackendKind::Cuda => match CudaBackend::new(0, include) {
             Ok(be) => {
-                be.set_attention_kernel(args.kernel);
+                if let Err(e) = be.set_attention_kernel(args.kernel) {
+                    eprintln!("ringbench bench attention: {e:#}");
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
                 ringbench::bench::attention(&be, args)
             }
             Err(e) => {

@@ -82,7 +82,7 @@ fn the_stand_ins_pass_their_own_checks() {
     println!("{out}\n{err}");
     let _ = std::fs::remove_file(&exe);
     assert!(run.status.success() && out.contains("simulated GPU stand-ins: PASS"), "{out}\n{err}");
-    assert_eq!(out.matches(" PASS").count(), 33 + 1, "33 cases and the verdict:\n{out}");
+    assert_eq!(out.matches(" PASS").count(), 39 + 1, "39 cases and the verdict:\n{out}");
     // Each refusal names its call, operand and cause.
     for said in [
         "cuLaunchKernel(add_bf16): invalid device address",
@@ -107,7 +107,14 @@ fn selftest_passes_on_the_simulated_gpu_with_random_delays() {
     assert_eq!(run.status, Some(0), "{}", run.all());
     let out = &run.stdout;
     assert!(out.contains("ringbench selftest on ringbench simulated GPU"), "{out}");
-    for verdict in ["attention kernel Auto", "attention kernel Flash64", "attention kernel Plain", "NCCL 2.28.0", "MPI host staging"] {
+    for verdict in [
+        "attention kernel Auto",
+        "attention kernel Flash64",
+        "attention kernel Plain",
+        "attention kernel Wgmma",
+        "NCCL 2.28.0",
+        "MPI host staging",
+    ] {
         assert!(out.lines().any(|l| l.contains(verdict) && l.ends_with(": PASS")), "{verdict}: PASS in\n{out}");
     }
     assert!(!out.contains("FAIL"), "{out}");

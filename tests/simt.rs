@@ -1,6 +1,8 @@
 //! The CUDA kernels' own sources, compiled with g++ against the SIMT stand-in in tests/simt
 //! (threads for GPU threads, barriers for warp collectives, the PTX ISA's fragment layouts for
-//! ldmatrix and mma.sync, cp.async copies landing late or early) and run on the CPU, so CI checks
+//! ldmatrix and mma.sync, cp.async copies landing late or early; for the wgmma kernel, wgmma with
+//! its shared-memory descriptors and swizzles, mbarriers and TMA bulk tensor copies, each block's
+//! threads as fibers) and run on the CPU, so CI checks
 //! their indexing, masking, reductions and merges without a GPU: the attention kernels against
 //! FP64 attention, the flash kernel also within a few BF16 ulps of its CPU twin
 //! (src/backend/flash_twin.rs, P rounded to BF16 as the kernel rounds it), the generator against DESIGN.md's test vectors, the element-wise kernels
@@ -48,6 +50,8 @@ struct Dumped {
     spans: [Span; 3],
     causal: bool,
     bm: i32,
+    /// The twin's key tile: the kernel's keys per tile.
+    tile: usize,
     q: Vec<bf16>,
     kv: Vec<bf16>,
     o: Vec<f32>,
@@ -57,11 +61,11 @@ struct Dumped {
 fn read_dump(path: &Path) -> Dumped {
     let b = std::fs::read(path).unwrap();
     let i32_at = |k: usize| i32::from_le_bytes(b[4 * k..4 * k + 4].try_into().unwrap());
-    let h: Vec<i32> = (0..15).map(i32_at).collect();
+    let h: Vec<i32> = (0..16).map(i32_at).collect();
     let heads = Heads { heads: h[1] as usize, kv_heads: h[14] as usize, head_dim: h[0] as usize };
     let (rows, w) = (h[2] as usize, heads.width());
     let span = |k: usize| Span { row0: h[k] as usize, len: h[k + 1] as usize, pos0: h[k + 2] as usize };
-    let mut at = 60;
+    let mut at = 64;
     let mut take = |n: usize, size: usize| {
         let s = &b[at..at + n * size];
         at += n * size;
@@ -71,7 +75,7 @@ fn read_dump(path: &Path) -> Dumped {
     let floats = |v: Vec<u8>| v.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
     let (q, kv) = (bits(take(rows * w, 2)), bits(take(rows * 2 * heads.kv_width(), 2)));
     let (o, lse) = (floats(take(rows * w, 4)), floats(take(rows * heads.heads, 4)));
-    Dumped { heads, rows, spans: [span(3), span(6), span(9)], causal: h[12] != 0, bm: h[13], q, kv, o, lse }
+    Dumped { heads, rows, spans: [span(3), span(6), span(9)], causal: h[12] != 0, bm: h[13], tile: h[15] as usize, q, kv, o, lse }
 }
 
 #[test]
@@ -93,6 +97,27 @@ fn the_attention_kernel_sources_match_fp64_attention_on_the_simt_emulation() {
     let _ = std::fs::remove_file(&exe);
 }
 
+#[test]
+fn the_wgmma_kernel_source_matches_fp64_attention_and_its_twin_on_the_simt_emulation() {
+    let exe = build("wgmma_check");
+    // Deferred: bulk copies land when their mbarrier is waited on, wgmma results at each thread's
+    // wgmma.wait_group (a read before either wait shows). Eager: copies land at issue (a stage
+    // refilled before every consumer has released it shows).
+    let dump = std::env::temp_dir().join(format!("ringbench-simt-wgmma-dump-{}", std::process::id()));
+    for mode in ["deferred", "eager"] {
+        let prefix = format!("{}-{mode}", dump.display());
+        run(&exe, &[("SIMT_COPY", mode), ("SIMT_DUMP", &prefix)], "wgmma flash kernel on the SIMT emulation", 8);
+        for n in 0..8 {
+            let path = PathBuf::from(format!("{prefix}-{n}.bin"));
+            let d = read_dump(&path);
+            assert_eq!(d.tile, flash_twin::WGMMA_TILE, "the wgmma kernel's twin takes 128-key tiles");
+            flash_within_its_twin(&d, &format!("wgmma {mode} case {n}"));
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let _ = std::fs::remove_file(&exe);
+}
+
 /// The twin on the case's inputs (accumulators set up as attention_check.cpp sets them), and
 /// every query row's o and LSE within the twin's bound of the kernel's.
 fn flash_within_its_twin(d: &Dumped, what: &str) {
@@ -105,7 +130,7 @@ fn flash_within_its_twin(d: &Dumped, what: &str) {
     }
     let mut bound = vec![flash_twin::Bound::default(); qs.len * heads.heads];
     for ks in [first, second] {
-        for (b, x) in bound.iter_mut().zip(flash_twin::attention(&d.q, &d.kv, heads, qs, ks, d.causal, &mut o, &mut lse)) {
+        for (b, x) in bound.iter_mut().zip(flash_twin::attention(&d.q, &d.kv, heads, qs, ks, d.causal, d.tile, &mut o, &mut lse)) {
             (b.o, b.lse) = (b.o + x.o, b.lse + x.lse);
         }
     }

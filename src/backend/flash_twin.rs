@@ -1,6 +1,7 @@
 //! The CPU twin of the flash kernel (kernels/flash_attention.cu): its arithmetic step by step, so
 //! that the kernel can be held to a few BF16 ulps of it instead of to FP64 attention's much looser
-//! distance. Per query row and head, keys in tiles of 64 from the start of the key span; scores in
+//! distance. Per query row and head, keys in tiles of `tile` from the start of the key span (64 for
+//! the mma.sync kernel, 128 for the wgmma one: where the running max is taken decides how P rounds); scores in
 //! log2 units (scale x log2 e, FP32); an online softmax with the running max; P = exp2(s - max) in
 //! FP32, summed unrounded into the row sum and rounded to BF16 for P V; the epilogue's merge into
 //! the (o, lse) accumulators exactly as the kernel writes it.
@@ -15,8 +16,10 @@
 use super::{Heads, Span};
 use half::bf16;
 
-/// Keys per tile, as the kernel's FA_BN.
-const TILE: usize = 64;
+/// Keys per tile of the mma.sync kernel (FA_BN in kernels/flash_attention.cu) and of the wgmma
+/// one (FW_BN in kernels/flash_wgmma.cu).
+pub const MMA_SYNC_TILE: usize = 64;
+pub const WGMMA_TILE: usize = 128;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2: f32 = std::f32::consts::LN_2;
 /// P within this relative distance of a BF16 rounding boundary may round the other way in the kernel.
@@ -43,16 +46,26 @@ fn bf16_ulp(x: f32) -> f64 {
     crate::harness::bf16_ulp(x as f64)
 }
 
-/// The kernel's attention of `qs` against `ks` on host buffers (q: rows x heads*hd, kv: rows x
+/// The kernel's attention of `qs` against `ks` on host buffers, keys in tiles of `tile` (q: rows x heads*hd, kv: rows x
 /// 2*kv_heads*hd = [K | V], query head h with K/V head h / (heads / kv_heads), o: rows x heads*hd, lse: rows x heads), merged into o and lse; returns
 /// the bound per (query of the span, head), row-major.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(q: &[bf16], kv: &[bf16], heads: Heads, qs: Span, ks: Span, causal: bool, o: &mut [f32], lse: &mut [f32]) -> Vec<Bound> {
+pub fn attention(
+    q: &[bf16],
+    kv: &[bf16],
+    heads: Heads,
+    qs: Span,
+    ks: Span,
+    causal: bool,
+    tile: usize,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> Vec<Bound> {
     let (hd, width, kvw) = (heads.head_dim, heads.width(), heads.kv_width());
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     let scale2 = scale * LOG2E;
     let mut bounds = vec![Bound::default(); qs.len * heads.heads];
-    let (mut s, mut p) = (vec![0f32; TILE], vec![0f32; TILE]);
+    let (mut s, mut p) = (vec![0f32; tile], vec![0f32; tile]);
     for i in 0..qs.len {
         let (row, qpos) = (qs.row0 + i, qs.pos0 + i);
         // A causal query sees a prefix of the keys: later tiles add nothing, as in the kernel.
@@ -66,8 +79,8 @@ pub fn attention(q: &[bf16], kv: &[bf16], heads: Heads, qs: Span, ks: Span, caus
             let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
             let mut acc = vec![0f32; hd];
             let (mut flip, mut magnitude) = (0f64, 0f64); // sum of at-risk ulp(p)|v|, and of p|v|
-            for n0 in (0..visible).step_by(TILE) {
-                let n = TILE.min(visible - n0);
+            for n0 in (0..visible).step_by(tile) {
+                let n = tile.min(visible - n0);
                 let mut mx = m;
                 for j in 0..n {
                     let k = &kv[(ks.row0 + n0 + j) * 2 * kvw + g * hd..][..hd];
@@ -154,7 +167,7 @@ mod tests {
         let (mut o, mut lse) = (vec![0f32; rows * w], vec![f32::NEG_INFINITY; rows * heads.heads]);
         let mut bound = vec![Bound::default(); qs.len * heads.heads];
         for (a, b) in calls {
-            for (x, y) in bound.iter_mut().zip(attention(&q, &kv, heads, a, b, true, &mut o, &mut lse)) {
+            for (x, y) in bound.iter_mut().zip(attention(&q, &kv, heads, a, b, true, MMA_SYNC_TILE, &mut o, &mut lse)) {
                 (x.o, x.lse) = (x.o + y.o, x.lse + y.lse);
             }
         }
@@ -184,9 +197,9 @@ mod tests {
         println!("o bounds: worst {worst:.2e}, mean {mean:.2e}");
         assert!(worst < 2.0 * 3.0 / 512.0 && mean < 1.5e-3, "bounds: worst {worst}, mean {mean}");
         let (mut o2, mut lse2) = (vec![0f32; rows * w], vec![f32::NEG_INFINITY; rows * heads.heads]);
-        attention(&q, &kv, heads, calls[0].0, calls[0].1, true, &mut o2, &mut lse2);
+        attention(&q, &kv, heads, calls[0].0, calls[0].1, true, MMA_SYNC_TILE, &mut o2, &mut lse2);
         // One key more on the diagonal (the mask off by one): some row leaves its bound.
-        attention(&q, &kv, heads, qs, Span { pos0: qs.pos0 - 1, ..qs }, true, &mut o2, &mut lse2);
+        attention(&q, &kv, heads, qs, Span { pos0: qs.pos0 - 1, ..qs }, true, MMA_SYNC_TILE, &mut o2, &mut lse2);
         let moved = (0..qs.len * heads.heads).any(|k| {
             let (i, h) = (k / heads.heads, k % heads.heads);
             let base = (r + i) * w + h * heads.head_dim;

@@ -29,8 +29,9 @@ pub enum Tolerance {
     /// The tensor-core attention's output [o | lse | stored], against the flash kernel's CPU twin
     /// (backend::flash_twin: P rounded to BF16 as the kernel rounds it): each value within the
     /// twin's bound for its row and head (a few BF16 ulps where P rounds near a boundary, FP32
-    /// summation otherwise), the stored copy one BF16 ulp more. Set by `expected`.
-    FlashTwin,
+    /// summation otherwise), the stored copy one BF16 ulp more, the twin taking keys in tiles of
+    /// `tile` as the kernel does. Set by `expected`.
+    FlashTwin { tile: usize },
     /// Per output value, the absolute bound (FlashTwin, or an attention case's Relative, resolved
     /// by `expected`).
     Bounds(Vec<f64>),
@@ -202,10 +203,10 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
 /// The tolerance of an attention case: against the flash kernel's twin where `kernel` runs it at
 /// this head dim, the FP32 one otherwise.
 pub(crate) fn attention_tolerance(kernel: AttentionKernel, hd: usize) -> Tolerance {
-    if kernel.flash_rows().and_then(|r| crate::backend::cuda::launch::flash_kernel(hd, r)).is_none() {
-        return Tolerance::Relative(2e-4);
+    match kernel.twin_tile(hd) {
+        Some(tile) => Tolerance::FlashTwin { tile },
+        None => Tolerance::Relative(2e-4),
     }
-    Tolerance::FlashTwin
 }
 
 /// What a step should give and how close: the reference backend's output, or for attention on
@@ -219,7 +220,7 @@ pub fn expected<R: Backend>(reference: &R, step: &Step, tol: &Tolerance) -> Resu
         let tol = attention_bounds(v[..o_end].iter().map(rel).collect(), v[o_end..lse_end].iter().map(rel).collect(), &v[lse_end..]);
         return Ok((want, tol));
     }
-    let (Tolerance::FlashTwin, Step::Attention { rows, heads, q, kv, first, second, .. }) = (tol, step) else {
+    let (&Tolerance::FlashTwin { tile }, Step::Attention { rows, heads, q, kv, first, second, .. }) = (tol, step) else {
         return Ok((execute(reference, step)?, tol.clone()));
     };
     let Step::Attention { causal, .. } = step else { unreachable!() };
@@ -227,7 +228,9 @@ pub fn expected<R: Backend>(reference: &R, step: &Step, tol: &Tolerance) -> Resu
     let (mut o, mut lse) = (vec![0f32; rows * w], vec![f32::NEG_INFINITY; rows * hn]);
     let mut bound = vec![0f64; rows * hn * 2]; // (o, lse) per row and head
     for (qs, ks) in [first, second] {
-        for (k, b) in crate::backend::flash_twin::attention(q, kv, *heads, *qs, *ks, *causal, &mut o, &mut lse).into_iter().enumerate() {
+        for (k, b) in
+            crate::backend::flash_twin::attention(q, kv, *heads, *qs, *ks, *causal, tile, &mut o, &mut lse).into_iter().enumerate()
+        {
             let at = (qs.row0 + k / hn) * hn + k % hn;
             bound[2 * at] += b.o;
             bound[2 * at + 1] += b.lse;
@@ -416,7 +419,7 @@ pub fn compare(want: &Output, got: &Output, tol: &Tolerance) -> (f64, f64, bool)
             Tolerance::OneUlp => d <= crate::harness::bf16_ulp(x.abs().max(y.abs())) + 1e-30,
             Tolerance::Relative(r) => d <= r * x.abs().max(1.0),
             Tolerance::Bounds(b) => x == y || d <= b[i],
-            Tolerance::FlashTwin => false, // resolved by `expected` before any comparison
+            Tolerance::FlashTwin { .. } => false, // resolved by `expected` before any comparison
         };
         pass &= ok;
         max_abs = if d > max_abs || d.is_nan() { d } else { max_abs };
@@ -447,7 +450,7 @@ pub fn run<R: Backend, T: Backend>(
             Tolerance::OneUlp => "1 ulp".to_string(),
             Tolerance::Relative(r) => format!("{r:.0e} rel"),
             Tolerance::Bounds(b) => format!("{:.1e} max", b.iter().cloned().fold(0.0, f64::max)),
-            Tolerance::FlashTwin => "twin".to_string(),
+            Tolerance::FlashTwin { .. } => "twin".to_string(),
         };
         println!("{name:<58} {abs:>12.3e} {rel:>12.3e} {t:>10}  {}", if pass { "PASS" } else { "FAIL" });
     }
@@ -473,7 +476,7 @@ mod tests {
         // Against the flash kernel's twin: the twin's own output passes its bounds; the FP32
         // backend's (P unrounded) does not, nor does one value moved by 1e-3 or a NaN.
         let (_, _, step) = steps(AttentionKernel::Flash128).into_iter().find(|(n, ..)| n.starts_with("attention 97 rows")).unwrap();
-        let (twin, tol) = expected(&a, &step, &Tolerance::FlashTwin).unwrap();
+        let (twin, tol) = expected(&a, &step, &Tolerance::FlashTwin { tile: 64 }).unwrap();
         assert!(matches!(tol, Tolerance::Bounds(_)));
         assert!(compare(&twin, &twin, &tol).2);
         assert!(!compare(&twin, &execute(&a, &step).unwrap(), &tol).2, "the FP32 backend is not the kernel's twin");

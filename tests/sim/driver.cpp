@@ -79,6 +79,7 @@ struct Module {
 struct Function {
     const sim::Kernel* kernel;
     std::string name;
+    int max_dynamic_shared = 48 << 10; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (the default)
 };
 
 bool ready(const char* call) {
@@ -432,8 +433,63 @@ SIM_API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned
         return CUDA_ERROR_INVALID_VALUE;
     }
     const auto* fn = reinterpret_cast<Function*>(f);
+    if (shared > unsigned(fn->max_dynamic_shared)) {
+        sim::report("cuLaunchKernel(%s): %u bytes of dynamic shared memory beyond the function's limit of %d "
+                    "(cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) raises it)",
+                    fn->name.c_str(), shared, fn->max_dynamic_shared);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
     return sim::launch_kernel(fn->kernel, gx, gy, gz, bx, by, bz, shared, sim::stream_of(s), params) ? CUDA_SUCCESS
                                                                                                        : CUDA_ERROR_INVALID_VALUE;
+}
+
+// An H100's (and H200's) opt-in limit of shared memory per block.
+constexpr int kMaxSharedPerBlock = 227 << 10;
+
+SIM_API CUresult cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int value) {
+    NEED_CONTEXT("cuFuncSetAttribute");
+    if (!f) return CUDA_ERROR_INVALID_HANDLE;
+    auto* fn = reinterpret_cast<Function*>(f);
+    if (a != CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) {
+        sim::report("cuFuncSetAttribute(%s): attribute %d is not simulated", fn->name.c_str(), int(a));
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (value < 0 || value > kMaxSharedPerBlock) {
+        sim::report("cuFuncSetAttribute(%s): %d bytes of dynamic shared memory outside [0, %d]", fn->name.c_str(), value, kMaxSharedPerBlock);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    fn->max_dynamic_shared = value;
+    return CUDA_SUCCESS;
+}
+
+// The host-side encoding of a TMA descriptor: the SIMT stand-in's (kernels.cpp), after the checks
+// on the address the stand-in cannot make (device memory of the calling process, every row of
+// the tensor inside one allocation).
+SIM_API CUresult cuTensorMapEncodeTiled(CUtensorMap* map, CUtensorMapDataType dtype, cuuint32_t rank, void* address, const cuuint64_t* dims,
+                                        const cuuint64_t* strides, const cuuint32_t* box, const cuuint32_t* elem_strides,
+                                        CUtensorMapInterleave interleave, CUtensorMapSwizzle swizzle, CUtensorMapL2promotion,
+                                        CUtensorMapFloatOOBfill oob) {
+    NEED_INIT("cuTensorMapEncodeTiled");
+    if (!map || !dims || !box || !elem_strides || (rank > 1 && !strides)) {
+        sim::report("cuTensorMapEncodeTiled: a null argument");
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (rank == 2) {
+        const uint64_t bytes = (dims[1] - 1) * strides[0] + dims[0] * 2;
+        if (!sim::device_range(reinterpret_cast<uint64_t>(address), bytes, "cuTensorMapEncodeTiled", "the tensor")) return CUDA_ERROR_INVALID_VALUE;
+    }
+    // cuuint64_t is unsigned long here, unsigned long long in the stand-in: the same 64 bits.
+    static_assert(sizeof(cuuint64_t) == sizeof(unsigned long long));
+    unsigned long long d[5] = {}, st[4] = {};
+    for (unsigned i = 0; i < rank && i < 5; i++) d[i] = dims[i];
+    for (unsigned i = 0; i + 1 < rank && i < 4; i++) st[i] = strides[i];
+    char why[256];
+    if (sim::encode_tensor_map(map, int(dtype), rank, address, d, st, box, elem_strides, int(interleave), int(swizzle), int(oob), why,
+                               sizeof why) != 0) {
+        sim::report("cuTensorMapEncodeTiled: %s", why);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    return CUDA_SUCCESS;
 }
 
 // ---- streams and events ----------------------------------------------------------------------

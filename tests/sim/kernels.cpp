@@ -12,9 +12,14 @@
 
 // The system headers first, so that only the kernels' own definitions are hidden below.
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <ucontext.h>
+
+#include <array>
+#include <deque>
+#include <map>
 
 #include <barrier>
 #include <functional>
@@ -26,6 +31,7 @@
 #include "../../kernels/elementwise.cu"
 #include "../../kernels/attention.cu"
 #include "../../kernels/flash_attention.cu"
+#include "../../kernels/flash_wgmma.cu"
 #pragma GCC visibility pop
 
 #include "sim.h"
@@ -68,6 +74,13 @@ const Kernel* find_kernel(const char* name) {
     return nullptr;
 }
 
+int encode_tensor_map(void* map, int dtype, unsigned rank, const void* address, const unsigned long long* dims,
+                      const unsigned long long* strides, const unsigned* box, const unsigned* elem_strides, int interleave, int swizzle,
+                      int oob_fill, char* why, size_t why_len) {
+    return simt_tensor_map_encode(static_cast<TensorMap*>(map), dtype, rank, address, dims, strides, box, elem_strides, interleave, swizzle,
+                                  oob_fill, why, why_len);
+}
+
 bool launch_kernel(const Kernel* k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned shared_bytes,
                    Stream* s, void** params) {
     const std::string what = std::string("cuLaunchKernel(") + k->name + ")";
@@ -88,10 +101,6 @@ bool launch_kernel(const Kernel* k, unsigned gx, unsigned gy, unsigned gz, unsig
         report("%s: grid y %u beyond the device's 65535", what.c_str(), gy);
         return false;
     }
-    if (shared_bytes != 0) {
-        report("%s: %u bytes of dynamic shared memory: no ringbench kernel declares any", what.c_str(), shared_bytes);
-        return false;
-    }
     if (!params && !k->sizes.empty()) {
         report("%s: no argument array for a kernel of %zu arguments", what.c_str(), k->sizes.size());
         return false;
@@ -108,13 +117,13 @@ bool launch_kernel(const Kernel* k, unsigned gx, unsigned gy, unsigned gz, unsig
             if (!device_range(ptr, 1, what.c_str(), arg.c_str())) return false;
         }
     }
-    enqueue(s, what, [k, gx, gy, bx, what, args = std::move(args)]() mutable {
+    enqueue(s, what, [k, gx, gy, bx, shared_bytes, what, args = std::move(args)]() mutable {
         static std::mutex one_at_a_time; // kernels of different streams share the stand-in's globals
         std::lock_guard<std::mutex> g(one_at_a_time);
         std::vector<void*> ptrs;
         for (auto& a : args) ptrs.push_back(a.data());
         const std::function<void()> body = [&] { k->trampoline(k->fn, ptrs.data()); };
-        launch_fibers(gx, gy, bx, what.c_str(), body);
+        launch_fibers(gx, gy, bx, shared_bytes, what.c_str(), body);
     });
     return true;
 }

@@ -87,6 +87,12 @@ const Kernel* find_kernel(const char* name);
 bool launch_kernel(const Kernel* k, unsigned grid_x, unsigned grid_y, unsigned grid_z, unsigned block_x, unsigned block_y,
                    unsigned block_z, unsigned shared_bytes, Stream* s, void** params);
 
+// cuTensorMapEncodeTiled's encoding, by the SIMT stand-in (simt_tensor_map_encode in
+// tests/simt/cuda_bf16.h): 0, or nonzero with the reason in `why`. `map` is 128 bytes.
+int encode_tensor_map(void* map, int dtype, unsigned rank, const void* address, const unsigned long long* dims,
+                      const unsigned long long* strides, const unsigned* box, const unsigned* elem_strides, int interleave, int swizzle,
+                      int oob_fill, char* why, size_t why_len);
+
 // Whether the calling thread has a current context (the driver refuses most calls otherwise),
 // and that context's device.
 bool context_current(const char* call);

@@ -223,6 +223,39 @@ static void check_memory_errors() {
     CHECK(cuMemFree(q));
 }
 
+// The Hopper kernel's host side: cuTensorMapEncodeTiled checks its arguments as the driver
+// documents them (and that the tensor is device memory), and a launch's dynamic shared memory
+// must stay within the function's attribute.
+static void check_tensor_maps() {
+    CUdeviceptr p;
+    CHECK(cuMemAlloc(&p, 256 * 512 * 2));
+    CUtensorMap map;
+    cuuint64_t dims[2] = {512, 256}, strides[1] = {1024};
+    cuuint32_t box[2] = {64, 128}, one[2] = {1, 1};
+    auto encode = [&](void* address, cuuint32_t box0, CUtensorMapSwizzle sw) {
+        box[0] = box0;
+        return cuTensorMapEncodeTiled(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, address, dims, strides, box, one,
+                                      CU_TENSOR_MAP_INTERLEAVE_NONE, sw, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    };
+    report("cuTensorMapEncodeTiled encodes 64 x 128 boxes with the 128-byte swizzle", encode((void*)p, 64, CU_TENSOR_MAP_SWIZZLE_128B) == 0);
+    report("cuTensorMapEncodeTiled refuses a box row wider than the swizzle",
+           encode((void*)p, 128, CU_TENSOR_MAP_SWIZZLE_128B) == CUDA_ERROR_INVALID_VALUE);
+    std::vector<unsigned char> host(256 * 1024);
+    report("cuTensorMapEncodeTiled refuses host memory", encode(host.data(), 64, CU_TENSOR_MAP_SWIZZLE_128B) == CUDA_ERROR_INVALID_VALUE);
+    dims[1] = 257;
+    report("cuTensorMapEncodeTiled refuses a tensor past its allocation",
+           encode((void*)p, 64, CU_TENSOR_MAP_SWIZZLE_128B) == CUDA_ERROR_INVALID_VALUE);
+    CUmodule mod;
+    CUfunction f;
+    CHECK(cuModuleLoadData(&mod, ".entry flash_wgmma_d128_bf16 ()\n"));
+    CHECK(cuModuleGetFunction(&f, mod, "flash_wgmma_d128_bf16"));
+    report("a launch beyond the default 48 KB of dynamic shared memory is refused",
+           cuLaunchKernel(f, 1, 1, 1, 384, 1, 1, 100000, nullptr, nullptr, nullptr) == CUDA_ERROR_INVALID_VALUE);
+    report("cuFuncSetAttribute refuses more than the 227 KB a block may have",
+           cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 300000) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(cuMemFree(p));
+}
+
 // In a child: a kernel told to read 8 KiB from a 2000-byte allocation. The fault handler must
 // end the process, naming the launch and the allocation.
 static void check_overrun() {
@@ -328,6 +361,7 @@ int main() {
     check_gemm();
     check_stream_order();
     check_memory_errors();
+    check_tensor_maps();
     printf("simulated GPU stand-ins: %s\n", failures ? "FAIL" : "PASS");
     return failures ? 1 : 0;
 }

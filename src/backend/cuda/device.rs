@@ -163,22 +163,43 @@ pub enum AttentionKernel {
     Flash128,
     /// The flash kernel with 64 query rows per block (4 warps).
     Flash64,
+    /// The Hopper flash kernel (wgmma + TMA, sm_90a only; kernels/flash_wgmma.cu), 128 query
+    /// rows per block; the plain kernel for head dims other than 64 and 128.
+    Wgmma,
     /// The plain one-warp-per-query kernel, for comparison.
     Plain,
 }
 
 impl AttentionKernel {
     /// Query rows per flash block, or None for the plain kernel.
+    /// Query rows per block of the mma.sync flash kernel, or None (the plain kernel, or wgmma).
     pub fn flash_rows(self) -> Option<usize> {
         match self {
             AttentionKernel::Auto | AttentionKernel::Flash128 => Some(128),
             AttentionKernel::Flash64 => Some(64),
-            AttentionKernel::Plain => None,
+            AttentionKernel::Plain | AttentionKernel::Wgmma => None,
         }
+    }
+
+    /// The wgmma entry point that runs head dim `head_dim` under this choice, if any.
+    pub fn wgmma_kernel(self, head_dim: usize) -> Option<&'static str> {
+        (self == AttentionKernel::Wgmma).then(|| launch::wgmma_kernel(head_dim)).flatten()
+    }
+
+    /// The key tile of the flash kernel that runs head dim `head_dim` (its CPU twin takes keys in
+    /// the same tiles), or None where the plain kernel runs it.
+    pub fn twin_tile(self, head_dim: usize) -> Option<usize> {
+        if self.wgmma_kernel(head_dim).is_some() {
+            return Some(crate::backend::flash_twin::WGMMA_TILE);
+        }
+        self.flash_rows().and_then(|r| launch::flash_kernel(head_dim, r)).map(|_| crate::backend::flash_twin::MMA_SYNC_TILE)
     }
 
     /// What runs attention of head dim `head_dim` under this choice.
     pub fn describe(self, head_dim: usize) -> String {
+        if self.wgmma_kernel(head_dim).is_some() {
+            return format!("flash, {} query rows per block (wgmma + TMA, sm_90a)", launch::WGMMA_ROWS);
+        }
         match self.flash_rows().filter(|&r| launch::flash_kernel(head_dim, r).is_some()) {
             Some(rows) => format!("flash, {rows} query rows per block (mma.sync)"),
             None => "plain (one warp per query row)".to_string(),
@@ -253,11 +274,20 @@ impl CudaBackend {
         let include = kernels::include_dirs(include);
         let mut functions = HashMap::new();
         let mut formats = Vec::new();
-        for k in SOURCES {
+        for k in SOURCES.iter().filter(|k| k.builds_for(arch)) {
             let (module, format) = kernels::load(&ctx, k, arch, kernels::compile(k, arch, &include)?)?;
             formats.push((k.file, format));
             for &e in k.entries {
-                functions.insert(e, module.load_function(e).map_err(|err| anyhow!("{} has no kernel {e}: {err:?}", k.file))?);
+                let f = module.load_function(e).map_err(|err| anyhow!("{} has no kernel {e}: {err:?}", k.file))?;
+                if let Some(hd) = [64, 128].into_iter().find(|&hd| launch::wgmma_kernel(hd) == Some(e)) {
+                    // Beyond the default 48 KB of dynamic shared memory, a kernel must ask.
+                    f.set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        launch::wgmma_shared_bytes(hd) as i32,
+                    )
+                    .map_err(|err| anyhow!("{e}: allowing {} bytes of dynamic shared memory: {err:?}", launch::wgmma_shared_bytes(hd)))?;
+                }
+                functions.insert(e, f);
             }
         }
         let stream = ctx.new_stream().map_err(|e| anyhow!("{e:?}"))?;
@@ -315,8 +345,18 @@ impl CudaBackend {
         &self.ctx
     }
 
-    pub fn set_attention_kernel(&self, k: AttentionKernel) {
+    /// Which attention kernel runs from now on; wgmma only where it was built (sm_90a).
+    pub fn set_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
+        if k == AttentionKernel::Wgmma && !self.has_wgmma() {
+            bail!("--kernel wgmma needs an sm_90a GPU (Hopper); {} is {}", self.name, self.arch);
+        }
         self.attention_kernel.set(k);
+        Ok(())
+    }
+
+    /// Whether the wgmma kernel was built for this GPU (sm_90a only).
+    pub fn has_wgmma(&self) -> bool {
+        self.functions.contains_key("flash_wgmma_d128_bf16")
     }
 
     /// Visible GPUs on this host.
@@ -367,6 +407,51 @@ impl CudaBackend {
         if let Ok((free, total)) = self.ctx.mem_get_info() {
             self.device_peak.set(self.device_peak.get().max((total - free) as u64));
         }
+    }
+}
+
+/// A CUtensorMap passed by value as a kernel argument (`const __grid_constant__ TensorMap` in
+/// kernels/wgmma.cuh): 128 bytes, aligned as cuda.h aligns it.
+#[repr(transparent)]
+pub struct TensorMapArg(cudarc::driver::sys::CUtensorMap);
+
+// SAFETY: a plain 128-byte value with the kernel parameter's layout (kernels/wgmma.cuh's
+// TensorMap); the driver copies it at the launch.
+unsafe impl cudarc::driver::DeviceRepr for TensorMapArg {}
+
+impl CudaBackend {
+    /// The tensor map the wgmma kernel loads a span through: rows [row0, row0 + len) of a row-major
+    /// BF16 buffer `width` elements wide, boxes of 64 columns x 128 rows, 128-byte swizzle, zeros
+    /// outside.
+    fn tensor_map(&self, data: &CudaSlice<u16>, width: usize, row0: usize, len: usize) -> Result<TensorMapArg> {
+        use cudarc::driver::sys::*;
+        use cudarc::driver::DevicePtr;
+        let (base, _sync) = data.device_ptr(&self.stream);
+        let address = base + (row0 * width * 2) as u64;
+        let dims = [width as u64, len as u64];
+        let strides = [(width * 2) as u64];
+        let (boxes, element_strides) = (launch::WGMMA_BOX, [1u32, 1]);
+        // SAFETY: CUtensorMap is plain bytes the call fills; every pointer argument points at
+        // an array of the rank's length (strides: rank - 1); the address is device memory.
+        let mut map: CUtensorMap = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            cuTensorMapEncodeTiled(
+                &mut map,
+                CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                2,
+                address as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                element_strides.as_ptr(),
+                CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        r.result().map_err(|e| anyhow!("cuTensorMapEncodeTiled ({len} rows x {width} BF16 from row {row0}): {e:?}"))?;
+        Ok(TensorMapArg(map))
     }
 }
 
@@ -752,6 +837,27 @@ impl CudaBackend {
         self.flops.attention(heads, qs, ks, causal);
         let scale = (1.0 / (heads.head_dim as f64).sqrt()) as f32;
         let causal = i32::from(causal);
+        if let Some(kernel) = self.attention_kernel.get().wgmma_kernel(heads.head_dim) {
+            // The spans as tensor maps: row 0 the span's first row, as many rows as the span has,
+            // so the TMA reads rows past a span as zeros.
+            let q_map = self.tensor_map(&q.data, w, qs.row0, qs.len)?;
+            let kv_map = self.tensor_map(&kv.data, 2 * heads.kv_width(), ks.row0, ks.len)?;
+            let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.len, ks.pos0].map(|v| v as i32);
+            let f = self.f(kernel);
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&q_map).arg(&kv_map).arg(&mut o.data).arg(&mut lse.data);
+            for v in &ints {
+                l.arg(v);
+            }
+            l.arg(&causal).arg(&scale);
+            let g = launch::wgmma_attention(qs.len, heads.heads);
+            let cfg = LaunchConfig { grid_dim: g.grid, block_dim: g.block, shared_mem_bytes: launch::wgmma_shared_bytes(heads.head_dim) };
+            // SAFETY: the tensor maps cover rows inside the buffers (checked above) and outlive the
+            // launch call, which copies them; the dynamic shared memory is what the kernel's layout
+            // needs (FwSmem), allowed by the attribute set at load; o and lse rows inside the buffers.
+            unsafe { l.launch(cfg) }.map_err(err("flash_wgmma"))?;
+            return Ok(());
+        }
         let flash = self.attention_kernel.get().flash_rows().and_then(|r| launch::flash_kernel(heads.head_dim, r).map(|k| (k, r)));
         if let Some((kernel, rows)) = flash {
             let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);

@@ -7,8 +7,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The shared headers, spliced in where a source includes them.
-const HEADERS: &[(&str, &str)] =
-    &[("common.cuh", include_str!("../../../kernels/common.cuh")), ("mma.cuh", include_str!("../../../kernels/mma.cuh"))];
+const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../../kernels/common.cuh")),
+    ("mma.cuh", include_str!("../../../kernels/mma.cuh")),
+    ("wgmma.cuh", include_str!("../../../kernels/wgmma.cuh")),
+];
 
 /// A kernel source and the entry points it defines.
 pub struct KernelSource {
@@ -17,17 +20,40 @@ pub struct KernelSource {
     pub entries: &'static [&'static str],
     /// Kernels on every layer's critical path: ptxas must not spill them to local memory.
     pub hot: bool,
+    /// The one architecture the source is built for, where it uses that architecture's own
+    /// instructions (wgmma, TMA and setmaxnreg exist only on sm_90a); None: every architecture.
+    pub only_arch: Option<&'static str>,
+}
+
+impl KernelSource {
+    /// Whether this source is built for (and loaded on) `arch`.
+    pub fn builds_for(&self, arch: &str) -> bool {
+        self.only_arch.is_none_or(|a| a == arch)
+    }
 }
 
 pub const SOURCES: &[KernelSource] = &[
-    KernelSource { file: "generate.cu", source: include_str!("../../../kernels/generate.cu"), entries: &["generate_bf16"], hot: false },
+    KernelSource {
+        file: "generate.cu",
+        source: include_str!("../../../kernels/generate.cu"),
+        entries: &["generate_bf16"],
+        hot: false,
+        only_arch: None,
+    },
     KernelSource {
         file: "elementwise.cu",
         source: include_str!("../../../kernels/elementwise.cu"),
         entries: &["rms_norm_bf16", "rope_bf16", "gelu_bf16", "swiglu_bf16", "add_bf16", "fill_f32", "f32_to_bf16", "copy_block_bf16"],
         hot: true,
+        only_arch: None,
     },
-    KernelSource { file: "attention.cu", source: include_str!("../../../kernels/attention.cu"), entries: &["attention_bf16"], hot: true },
+    KernelSource {
+        file: "attention.cu",
+        source: include_str!("../../../kernels/attention.cu"),
+        entries: &["attention_bf16"],
+        hot: true,
+        only_arch: None,
+    },
     KernelSource {
         file: "flash_attention.cu",
         source: include_str!("../../../kernels/flash_attention.cu"),
@@ -38,6 +64,14 @@ pub const SOURCES: &[KernelSource] = &[
             "flash_attention_d128_m128_bf16",
         ],
         hot: true,
+        only_arch: None,
+    },
+    KernelSource {
+        file: "flash_wgmma.cu",
+        source: include_str!("../../../kernels/flash_wgmma.cu"),
+        entries: &["flash_wgmma_d64_bf16", "flash_wgmma_d128_bf16"],
+        hot: true,
+        only_arch: Some("sm_90a"),
     },
 ];
 

@@ -52,6 +52,38 @@ pub fn flash_kernel(head_dim: usize, rows: usize) -> Option<&'static str> {
     }
 }
 
+/// Query rows per block of the wgmma kernel (FW_BM in kernels/flash_wgmma.cu), its threads
+/// (FW_THREADS: a producer and two consumer warpgroups), its keys per TMA box row count (FW_BN)
+/// and columns per box (FW_SLAB: one 128-byte swizzle row of BF16).
+pub const WGMMA_ROWS: usize = 128;
+pub const WGMMA_THREADS: u32 = 384;
+pub const WGMMA_BOX: [u32; 2] = [64, 128];
+
+/// The wgmma entry point for a head dim, where there is one.
+pub fn wgmma_kernel(head_dim: usize) -> Option<&'static str> {
+    match head_dim {
+        64 => Some("flash_wgmma_d64_bf16"),
+        128 => Some("flash_wgmma_d128_bf16"),
+        _ => None,
+    }
+}
+
+/// Dynamic shared memory of the wgmma kernel at a head dim (FwSmem<D>::LAUNCH_BYTES): the Q tile
+/// and two stages of K and V tiles (128 rows x D BF16 each), seven 8-byte mbarriers, and 1024
+/// bytes to align the base to the 128-byte swizzle's 1024-byte grid.
+pub fn wgmma_shared_bytes(head_dim: usize) -> u32 {
+    let tile = WGMMA_ROWS * head_dim * 2;
+    (tile * 5 + 8 * 7 + 1024) as u32
+}
+
+/// The wgmma kernel's grid: one block of 128 query rows per head.
+pub fn wgmma_attention(q_len: usize, heads: usize) -> Geometry {
+    assert!(heads <= 65535, "{heads} heads exceed the grid's y dimension");
+    let blocks = (q_len as u64).div_ceil(WGMMA_ROWS as u64).max(1);
+    assert!(blocks <= MAX_GRID_X);
+    Geometry { grid: (blocks as u32, heads as u32, 1), block: (WGMMA_THREADS, 1, 1) }
+}
+
 /// One block per `rows` query rows and head, 32 threads per 16 rows.
 pub fn flash_attention(q_len: usize, heads: usize, rows: usize) -> Geometry {
     assert!(heads <= 65535, "{heads} heads exceed the grid's y dimension");
@@ -149,6 +181,12 @@ mod tests {
             }
         }
         assert_eq!(flash_kernel(128, 128), Some("flash_attention_d128_m128_bf16"));
+        // The wgmma kernel: 160 KB + barriers + alignment at d128 (within the H100's 227 KB).
+        assert_eq!(wgmma_shared_bytes(128), 163_840 + 56 + 1024);
+        assert_eq!(wgmma_shared_bytes(64), 81_920 + 56 + 1024);
+        assert_eq!(wgmma_kernel(96), None);
+        let g = wgmma_attention(6250, 32);
+        assert_eq!((g.grid, g.block), ((49, 32, 1), (384, 1, 1)));
         assert_eq!(flash_kernel(96, 64), None);
         assert_eq!(flash_kernel(64, 32), None);
     }

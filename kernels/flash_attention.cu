@@ -21,10 +21,9 @@
 // end of the keys are masked element by element.
 #include "common.cuh"
 #include "mma.cuh"
+#include "flash_common.cuh"
 
 #define FA_BN 64    // keys per tile
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
 
 // Rows [0, ROWS) x D of a row-major source (stride `stride` elements) into shared memory with
 // row stride D + 8, by THREADS threads; rows at or past `valid` are zero-filled.
@@ -141,16 +140,7 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
             mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
         }
         float ref[2], corr[2], part[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            // A row that has seen only masked keys keeps max -inf: exponentiate against 0, so
-            // every term is exp2(-inf) = 0 instead of NaN.
-            ref[i] = mx[i] == NEG_INF ? 0.0f : mx[i];
-            corr[i] = exp2f(row_max[i] - ref[i]);
-            row_max[i] = mx[i];
-        }
+        running_max_step(mx, row_max, ref, corr);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
 #pragma unroll
@@ -195,28 +185,9 @@ __device__ __forceinline__ void flash_attention(const __nv_bfloat16* q, const __
 
     // Epilogue: merge (acc / sum, max ln 2 + ln sum) into the accumulators, row by row.
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        float l = row_sum[i];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int row = m0 + warp * 16 + g + 8 * i;
-        const bool write = row < q_len && l > 0.0f; // l = 0: every key masked, nothing to merge
-        float* lrow = lse + (long long)(q_row0 + row) * heads + h;
-        const float old = write ? *lrow : NEG_INF;
-        __syncwarp(); // every lane of the quad has read the old LSE before one lane replaces it
-        if (write) {
-            const LseMerge mg = lse_merge(old, row_max[i] * LN2 + logf(l));
-            const float w_old = mg.w_old, inv_l = mg.w_new / l;
-            float* orow = o + (long long)(q_row0 + row) * width + h * D;
-#pragma unroll
-            for (int n = 0; n < ND; n++) {
-                const int d = n * 8 + t * 2;
-                float2 prev = old == NEG_INF ? make_float2(0.0f, 0.0f) : *reinterpret_cast<float2*>(orow + d);
-                *reinterpret_cast<float2*>(orow + d) = make_float2(prev.x * w_old + acc[n][2 * i] * inv_l, prev.y * w_old + acc[n][2 * i + 1] * inv_l);
-            }
-            if (t == 0) *lrow = mg.lse;
-        }
-    }
+    for (int i = 0; i < 2; i++)
+        merge_row<D>(o, lse, heads, h, q_row0, q_len, m0 + warp * 16 + g + 8 * i, t, row_max[i], row_sum[i],
+                     [&](int n, int j) { return acc[n][2 * i + j]; });
 }
 
 #define FLASH_ARGS                                                                                                            \

@@ -26,14 +26,13 @@
 #include "common.cuh"
 #include "mma.cuh"
 #include "wgmma.cuh"
+#include "flash_common.cuh"
 
 #define FW_BM 128     // query rows per CTA: two consumer warpgroups of 64
 #define FW_BN 128     // keys per tile
 #define FW_STAGES 2   // K/V stages in flight
 #define FW_THREADS 384
 #define FW_SLAB 64    // columns per 128-byte TMA box (and per swizzle row)
-#define FW_LOG2E 1.4426950408889634f
-#define FW_LN2 0.6931471805599453f
 
 // The shared-memory layout of one CTA, in bytes from the 1024-aligned base.
 template <int D> struct FwSmem {
@@ -75,7 +74,6 @@ __device__ __forceinline__ void flash_wgmma(const TensorMap* q_map, const Tensor
 
     const int h = blockIdx.y, m0 = blockIdx.x * FW_BM;
     const int g_kv = h / (heads / kv_heads);
-    const int width = heads * D;
     // Keys the CTA's last query can see; later tiles are never loaded.
     int kv_end = k_len;
     if (causal) {
@@ -124,7 +122,7 @@ __device__ __forceinline__ void flash_wgmma(const TensorMap* q_map, const Tensor
     const int row_in_cta = 64 * cw + 16 * warp + g; // this thread's first row; the other is 8 below
     const int qpos[2] = {q_pos0 + m0 + row_in_cta, q_pos0 + m0 + row_in_cta + 8};
     const int warp_first_qpos = q_pos0 + m0 + 64 * cw + 16 * warp;
-    const float scale2 = scale * FW_LOG2E; // scores in log2 units
+    const float scale2 = scale * LOG2E; // scores in log2 units
 
     // Descriptors: Q (A) and K (B) K-major, a k-step of 16 columns is 32 bytes along a 128-byte
     // row, a new slab every 4 steps, 8-row groups 1024 bytes apart (SBO); LBO is unused when K-major
@@ -181,15 +179,7 @@ __device__ __forceinline__ void flash_wgmma(const TensorMap* q_map, const Tensor
 #pragma unroll
         for (int i = 0; i < FW_BN / 2; i++) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
         float ref[2], part[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            // A row that has seen only masked keys keeps max -inf: exponentiate against 0.
-            ref[r] = mx[r] == NEG_INF ? 0.0f : mx[r];
-            corr[r] = exp2f(row_max[r] - ref[r]);
-            row_max[r] = mx[r];
-        }
+        running_max_step(mx, row_max, ref, corr);
 #pragma unroll
         for (int i = 0; i < FW_BN / 2; i++) {
             s[i] = exp2f(s[i] - ref[(i >> 1) & 1]);
@@ -237,29 +227,9 @@ __device__ __forceinline__ void flash_wgmma(const TensorMap* q_map, const Tensor
 
     // Epilogue: merge (acc / l, max ln 2 + ln l) into the accumulators, row by row.
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float l = row_sum[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int row = m0 + row_in_cta + 8 * r;
-        const bool write = row < q_len && l > 0.0f; // l = 0: every key masked, nothing to merge
-        float* lrow = lse + (long long)(q_row0 + row) * heads + h;
-        const float old = write ? *lrow : NEG_INF;
-        __syncwarp(); // every lane of the quad has read the old LSE before one lane replaces it
-        if (write) {
-            const LseMerge mg = lse_merge(old, row_max[r] * FW_LN2 + logf(l));
-            const float w_old = mg.w_old, inv_l = mg.w_new / l;
-            float* orow = o + (long long)(q_row0 + row) * width + h * D;
-#pragma unroll
-            for (int n = 0; n < D / 8; n++) {
-                const int d = n * 8 + t * 2;
-                const float2 prev = old == NEG_INF ? make_float2(0.0f, 0.0f) : *reinterpret_cast<float2*>(orow + d);
-                *reinterpret_cast<float2*>(orow + d) =
-                    make_float2(prev.x * w_old + acc[4 * n + 2 * r] * inv_l, prev.y * w_old + acc[4 * n + 2 * r + 1] * inv_l);
-            }
-            if (t == 0) *lrow = mg.lse;
-        }
-    }
+    for (int r = 0; r < 2; r++)
+        merge_row<D>(o, lse, heads, h, q_row0, q_len, m0 + row_in_cta + 8 * r, t, row_max[r], row_sum[r],
+                     [&](int n, int j) { return acc[4 * n + 2 * r + j]; });
 }
 
 #define FW_ARGS                                                                                                                      \

@@ -78,19 +78,23 @@ fn read_dump(path: &Path) -> Dumped {
     Dumped { heads, rows, spans: [span(3), span(6), span(9)], causal: h[12] != 0, bm: h[13], tile: h[15] as usize, q, kv, o, lse }
 }
 
-#[test]
-fn the_attention_kernel_sources_match_fp64_attention_on_the_simt_emulation() {
-    let exe = build("attention_check");
-    // Deferred copies show reads before a wait; eager ones show overwrites before a barrier.
-    // Seven flash cases at both block shapes (two with grouped K/V heads), and four plain ones.
-    let dump = std::env::temp_dir().join(format!("ringbench-simt-dump-{}", std::process::id()));
+/// Build and run an attention check program in both copy modes, expecting `cases` passing lines,
+/// then hold each of its `flash` dumped flash cases to the kernel's CPU twin, whose key tile must
+/// be `tile`. Deferred copies show reads before a wait (for the wgmma kernel, also wgmma results
+/// read before the thread's wgmma.wait_group); eager ones show overwrites before a barrier (a
+/// stage refilled before every consumer released it).
+fn attention_check(name: &str, verdict: &str, cases: usize, flash: usize, tile: usize) {
+    let exe = build(name);
+    let dump = std::env::temp_dir().join(format!("ringbench-simt-{name}-dump-{}", std::process::id()));
     for mode in ["deferred", "eager"] {
         let prefix = format!("{}-{mode}", dump.display());
-        run(&exe, &[("SIMT_COPY", mode), ("SIMT_DUMP", &prefix)], "attention kernels on the SIMT emulation", 18);
+        run(&exe, &[("SIMT_COPY", mode), ("SIMT_DUMP", &prefix)], verdict, cases);
         // And the flash kernel within a few BF16 ulps of its CPU twin (P rounded as it rounds it).
-        for n in 0..14 {
+        for n in 0..flash {
             let path = PathBuf::from(format!("{prefix}-{n}.bin"));
-            flash_within_its_twin(&read_dump(&path), &format!("{mode} case {n}"));
+            let d = read_dump(&path);
+            assert_eq!(d.tile, tile, "{name}: the twin's key tile");
+            flash_within_its_twin(&d, &format!("{name} {mode} case {n}"));
             std::fs::remove_file(&path).unwrap();
         }
     }
@@ -98,24 +102,15 @@ fn the_attention_kernel_sources_match_fp64_attention_on_the_simt_emulation() {
 }
 
 #[test]
+fn the_attention_kernel_sources_match_fp64_attention_on_the_simt_emulation() {
+    // Seven flash cases at both block shapes (two with grouped K/V heads), and four plain ones.
+    attention_check("attention_check", "attention kernels on the SIMT emulation", 18, 14, flash_twin::MMA_SYNC_TILE);
+}
+
+#[test]
 fn the_wgmma_kernel_source_matches_fp64_attention_and_its_twin_on_the_simt_emulation() {
-    let exe = build("wgmma_check");
-    // Deferred: bulk copies land when their mbarrier is waited on, wgmma results at each thread's
-    // wgmma.wait_group (a read before either wait shows). Eager: copies land at issue (a stage
-    // refilled before every consumer has released it shows).
-    let dump = std::env::temp_dir().join(format!("ringbench-simt-wgmma-dump-{}", std::process::id()));
-    for mode in ["deferred", "eager"] {
-        let prefix = format!("{}-{mode}", dump.display());
-        run(&exe, &[("SIMT_COPY", mode), ("SIMT_DUMP", &prefix)], "wgmma flash kernel on the SIMT emulation", 8);
-        for n in 0..8 {
-            let path = PathBuf::from(format!("{prefix}-{n}.bin"));
-            let d = read_dump(&path);
-            assert_eq!(d.tile, flash_twin::WGMMA_TILE, "the wgmma kernel's twin takes 128-key tiles");
-            flash_within_its_twin(&d, &format!("wgmma {mode} case {n}"));
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
-    let _ = std::fs::remove_file(&exe);
+    // Eight cases, d64 and d128, two with grouped K/V heads, two of three key tiles.
+    attention_check("wgmma_check", "wgmma flash kernel on the SIMT emulation", 8, 8, flash_twin::WGMMA_TILE);
 }
 
 /// The twin on the case's inputs (accumulators set up as attention_check.cpp sets them), and

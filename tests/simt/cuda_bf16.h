@@ -799,19 +799,28 @@ inline void complete(WgOp& op, int tid) {
     SmemDesc a{};
     if (!op.a_in_regs) a = decode(op.a_desc);
     const int warp = tid / 32, g = (tid % 32) / 4, t = tid % 4;
-    for (int i = 0; i < op.n / 2; i++) {
-        const int row = 16 * warp + g + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * t + (i & 1);
-        float sum = 0.0f;
+    // The operands this thread's fragment needs, read once: A's rows g and g + 8 of its warp, and
+    // B's columns 8 c + 2 t and 8 c + 2 t + 1.
+    float av[2][16], bv[128][16];
+    for (int h = 0; h < 2; h++) {
+        const int row = 16 * warp + g + 8 * h;
         for (int k = 0; k < 16; k++) {
-            float x;
             if (op.a_in_regs) { // the mma.sync A fragment of the warp holding the row
                 const int holder = (row / 16) * 32 + (row % 8) * 4 + (k % 8) / 2, reg = (row % 16 >= 8) + 2 * (k >= 8);
-                x = half_of(op.fixed[holder] ? op.a_fixed[holder][reg] : op.a[holder][reg], k & 1);
+                av[h][k] = half_of(op.fixed[holder] ? op.a_fixed[holder][reg] : op.a[holder][reg], k & 1);
             } else {
-                x = operand(a, row, k, false);
+                av[h][k] = operand(a, row, k, false);
             }
-            sum += x * operand(b, col, k, op.trans_b);
         }
+    }
+    for (int c = 0; c < op.n / 8; c++)
+        for (int j = 0; j < 2; j++)
+            for (int k = 0; k < 16; k++) bv[2 * c + j][k] = operand(b, 8 * c + 2 * t + j, k, op.trans_b);
+    for (int i = 0; i < op.n / 2; i++) {
+        const float* x = av[(i >> 1) & 1];
+        const float* y = bv[2 * (i >> 2) + (i & 1)];
+        float sum = 0.0f;
+        for (int k = 0; k < 16; k++) sum += x[k] * y[k];
         op.d[tid][i] = (op.accumulate ? op.d[tid][i] : 0.0f) + sum;
     }
     op.left--;

@@ -11,6 +11,7 @@ const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("mma.cuh", include_str!("../../../kernels/mma.cuh")),
     ("wgmma.cuh", include_str!("../../../kernels/wgmma.cuh")),
+    ("flash_common.cuh", include_str!("../../../kernels/flash_common.cuh")),
 ];
 
 /// A kernel source and the entry points it defines.

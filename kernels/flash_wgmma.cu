@@ -209,20 +209,25 @@ __device__ __forceinline__ void flash_wgmma(const TensorMap* q_map, const Tensor
     mbar_wait(q_full, 0);
     issue_qk(0);
     wgmma_wait<0>();
+    wgmma_fence_operands(s);
     softmax(0); // acc is zero: no rescale needed
     pack_p();
     for (int j = 1; j < tiles; j++) {
         issue_qk(j);     // S_j = Q K_j^T ...
         issue_pv(j - 1); // ... then O += P_{j-1} V_{j-1}, both in flight
         wgmma_wait<1>(); // S_j has completed (groups complete in order); P V may still run
-        softmax(j);      // overlaps the P V
+        wgmma_fence_operands(s);
+        softmax(j); // overlaps the P V
         wgmma_wait<0>();
+        wgmma_fence_operands(acc);
+        wgmma_fence_operands(p); // P V has read P: it may be overwritten now
         release(j - 1);
         rescale();
         pack_p();
     }
     issue_pv(tiles - 1);
     wgmma_wait<0>();
+    wgmma_fence_operands(acc);
     release(tiles - 1);
 
     // Epilogue: merge (acc / l, max ln 2 + ln l) into the accumulators, row by row.

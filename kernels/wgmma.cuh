@@ -69,9 +69,17 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 // Keeps the compiler from moving reads or writes of accumulator registers across the asynchronous
 // MMAs that own them between issue and wait.
+// Used after the issue and again after the wait that completes it: without the second, the
+// compiler may move reads of the accumulators (or new writes to A registers) above the wait.
 template <int R> __device__ __forceinline__ void wgmma_fence_operands(float (&d)[R]) {
 #pragma unroll
     for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int M> __device__ __forceinline__ void wgmma_fence_operands(unsigned (&a)[M][4]) {
+#pragma unroll
+    for (int i = 0; i < M; i++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) asm volatile("" : "+r"(a[i][r])::"memory");
 }
 
 // d (64 x N FP32, the warpgroup's accumulator fragment: N / 2 per thread) += A B (accumulate = 0:

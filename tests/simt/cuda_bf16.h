@@ -848,6 +848,7 @@ template <int N> inline void wgmma_wait() {
     w.fenced = false; // the accumulators are the thread's again: the next wgmma needs a fence
 }
 template <int R> inline void wgmma_fence_operands(float (&)[R]) {}
+template <int M> inline void wgmma_fence_operands(unsigned (&)[M][4]) {}
 // The warpgroup-collective issue: every thread arrives with its accumulator and A registers
 // before the operation exists for any of them.
 inline void wgmma_issue(int n, bool a_in_regs, unsigned long long a_desc, unsigned long long b_desc, bool trans_b, bool accumulate,

@@ -171,7 +171,6 @@ pub enum AttentionKernel {
 }
 
 impl AttentionKernel {
-    /// Query rows per flash block, or None for the plain kernel.
     /// Query rows per block of the mma.sync flash kernel, or None (the plain kernel, or wgmma).
     pub fn flash_rows(self) -> Option<usize> {
         match self {

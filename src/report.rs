@@ -89,16 +89,17 @@ pub(crate) fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("{e}")
 }
 
-type Chart<'a> =
-    ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
-
-/// The series legend, top right (the charts leave head room there).
-fn legend(c: &mut Chart<'_>) -> Result<()> {
+/// The series legend, top right (the charts leave head room there), in `font_size` points; the
+/// sweep's chart uses it too.
+pub(crate) fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    c: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    font_size: u32,
+) -> Result<()> {
     c.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .label_font((FONT, 16))
+        .label_font((FONT, font_size))
         .draw()
         .map_err(err)?;
     Ok(())
@@ -161,7 +162,7 @@ fn iterations_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s
             .label(label(x))
             .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], col.stroke_width(3)));
     }
-    legend(&mut c)
+    legend(&mut c, 16)
 }
 
 /// Per-rank bars, one group per rank and one bar per strategy run; `value` gives the stacked
@@ -227,7 +228,7 @@ fn per_rank_chart(
                 .legend(move |(a, b)| Rectangle::new([(a, b - 6), (a + 16, b + 6)], col.filled()));
         }
     }
-    legend(&mut c)
+    legend(&mut c, 16)
 }
 
 fn mean_ms(r: &RankRun, f: fn(&IterationRecord) -> f64) -> f64 {

@@ -555,14 +555,7 @@ fn chart(
             let label = format!("{} / {}", x.faster_below.name(), x.faster_above.name());
             c.draw_series(std::iter::once(Text::new(label, at, (FONT, 13).into_font().color(&BLACK)))).map_err(err)?;
         }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font((FONT, 15))
-            .draw()
-            .map_err(err)?;
-        Ok(())
+        crate::report::legend(&mut c, 15)
     })
 }
 

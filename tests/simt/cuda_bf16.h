@@ -136,7 +136,7 @@ struct WarpSlots {
 };
 
 struct BlockExtras; // the Hopper state of a block (wgmma, mbarriers, TMA), defined below
-inline void block_extras_begin(int threads, size_t smem_bytes);
+inline void block_extras_begin(size_t smem_bytes);
 inline void block_extras_end();
 
 struct BlockState {
@@ -464,7 +464,7 @@ inline void launch_fibers(unsigned gx, unsigned gy, unsigned threads, size_t sme
             g_block = &block;
             blockIdx = {bx, by, 0};
 #ifdef RINGBENCH_SIMT
-            block_extras_begin(static_cast<int>(threads), smem_bytes);
+            block_extras_begin(smem_bytes);
 #endif
             sched->run_block(threads, what);
 #ifdef RINGBENCH_SIMT
@@ -577,14 +577,15 @@ struct BlockExtras {
 };
 inline BlockExtras* g_extras = nullptr;
 
-inline void block_extras_begin(int threads, size_t smem_bytes) {
+// Per block: only what every block may need; the wgmma state (WgOp tables, warpgroup barriers) is
+// made by the first wgmma of a block that has one (wg_ops), not for every block of every kernel.
+inline void block_extras_begin(size_t smem_bytes) {
     auto* e = new BlockExtras;
     e->smem_bytes = smem_bytes;
     if (smem_bytes) {
         e->smem_storage.assign(smem_bytes + 1024, 0xff);
         e->smem = e->smem_storage.data() + ((1024 - reinterpret_cast<uintptr_t>(e->smem_storage.data()) % 1024) % 1024);
     }
-    for (int w = 0; w < threads / 128; w++) e->wg_bar.emplace_back(128);
     g_extras = e;
 }
 inline void block_extras_end() {
@@ -785,7 +786,10 @@ struct WgOp {
 inline constexpr unsigned kWgOps = 64; // operations a warpgroup may have in flight in the stand-in
 inline std::vector<WgOp>& wg_ops(int wg) {
     BlockExtras& e = extras();
-    if (e.wg_ops.empty()) e.wg_ops.assign(blockDim.x / 128, std::vector<WgOp>(kWgOps)); // only for blocks that use wgmma
+    if (e.wg_ops.empty()) { // the block's first wgmma
+        e.wg_ops.assign(blockDim.x / 128, std::vector<WgOp>(kWgOps));
+        for (unsigned w = 0; w < blockDim.x / 128; w++) e.wg_bar.emplace_back(128);
+    }
     return e.wg_ops[wg];
 }
 // Thread tid's part of D = A B (+ D): the m64nNk16 accumulator fragment, per warp 16 rows, per 8
@@ -870,12 +874,13 @@ inline void wgmma_issue(int n, bool a_in_regs, unsigned long long a_desc, unsign
         op.left = 128;
         memset(op.fixed, 0, sizeof op.fixed);
     }
-    extras().wg_bar[wg].wait(); // thread 0 has opened the operation
+    BlockExtras& e = extras();
+    e.wg_bar[wg].wait(); // thread 0 has opened the operation
     if (op.seq != seq || op.n != n || op.a_in_regs != a_in_regs || op.a_desc != a_desc || op.b_desc != b_desc || op.accumulate != accumulate)
         simt_fail("wgmma.mma_async issued with different operands across the warpgroup");
     op.d[tid] = d;
     op.a[tid] = a;
-    extras().wg_bar[wg].wait(); // every thread has given its registers
+    e.wg_bar[wg].wait(); // every thread has given its registers
     w.uncommitted.push_back(seq);
 }
 template <int N> inline void wgmma_ss(float (&d)[N / 2], unsigned long long a_desc, unsigned long long b_desc, int accumulate) {

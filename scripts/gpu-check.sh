@@ -157,7 +157,8 @@ for o in objs("bench-launch"):
 try:
     with open(os.path.join(logs, "selftest.log")) as f:
         for line in f:
-            if " loaded as " in line or line.startswith("selftest"):
+            # Each source's format, then its kernels' registers, NVRTC's words and any refusal.
+            if " loaded as " in line or line.startswith("selftest") or line.startswith("  "):
                 print(line.rstrip())
 except OSError:
     pass

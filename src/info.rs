@@ -5,17 +5,19 @@
 use crate::backend::cuda::{device, kernels};
 use std::fmt::Write;
 
-/// How the backend would load its kernels on this device: one small source compiled by NVRTC for
-/// the device's architecture and loaded as the backend loads every source.
-fn kernel_format(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, major: i32, minor: i32, include: &[std::path::PathBuf]) -> String {
-    let arch = match device::arch_for(major, minor) {
-        Ok(a) => a,
-        Err(e) => return format!("{e:#}"),
-    };
-    let k = &kernels::SOURCES[0];
-    match kernels::compile(k, arch, include).and_then(|c| kernels::load(ctx, k, arch, c)) {
-        Ok((_, format)) => format!("{format} for {arch} ({} compiled and loaded)", k.file),
-        Err(e) => format!("cannot be built for {arch}: {e:#}"),
+/// How the backend loads its kernels on GPU 0: every source compiled by NVRTC for the device's
+/// architecture and loaded as a run loads them, with each kernel's registers and local memory,
+/// NVRTC's log where it warned, and any kernel refused.
+fn kernel_report(include: Option<&std::path::Path>) -> String {
+    match device::CudaBackend::new(0, include) {
+        Ok(be) => {
+            let mut o = format!("kernels on GPU 0 ({}):\n", be.arch);
+            for s in be.loaded_sources() {
+                o.push_str(&s.describe());
+            }
+            o
+        }
+        Err(e) => format!("kernels on GPU 0: cannot be built: {e:#}\n"),
     }
 }
 
@@ -56,7 +58,7 @@ pub fn report(include: Option<&std::path::Path>) -> String {
                                 .unwrap_or_else(|| ", BF16 peak unknown (MFU left empty)".into());
                             let _ = writeln!(o, "GPU {i}: {name}, compute capability {maj}.{min}, {mem:.1} GiB{peak}");
                             if i == 0 {
-                                let _ = writeln!(o, "kernels on GPU 0: {}", kernel_format(&ctx, maj, min, &include_dirs));
+                                o.push_str(&kernel_report(include));
                             }
                         }
                         Err(e) => {

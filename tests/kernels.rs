@@ -3,7 +3,7 @@
 //! from NVIDIA's wheels (scripts/cuda-tools.sh). Where they are absent the test says so and
 //! passes, unless RINGBENCH_REQUIRE_KERNEL_CHECK=1 (CI and scripts/test.sh set it) makes it fail.
 
-use ringbench::backend::cuda::kernels::{compile, include_dirs, nvrtc_available, CHECKED_ARCHS, SOURCES};
+use ringbench::backend::cuda::kernels::{compile, include_dirs, nvrtc_available, refusal, Resources, CHECKED_ARCHS, SOURCES};
 use std::process::Command;
 
 fn required() -> bool {
@@ -56,6 +56,9 @@ fn every_kernel_compiles_for_each_architecture_without_spills() {
             // The machine code the backend loads first: an ELF image for this exact architecture.
             let cubin = compiled.cubin.unwrap_or_else(|| panic!("{} for {arch}: NVRTC gave no CUBIN", k.file));
             assert!(cubin.starts_with(b"\x7fELF"), "{} for {arch}: the CUBIN is not an ELF image", k.file);
+            // NVRTC compiles these sources without a word; anything it says is a new toolkit's
+            // first warning, and `info` and `selftest` print it on the GPU machine.
+            assert!(compiled.log.is_empty(), "{} for {arch}: NVRTC says:\n{}", k.file, compiled.log);
             let ptx = compiled.ptx;
             for e in k.entries {
                 assert!(ptx.contains(&format!(".entry {e}(")), "{} for {arch}: no entry {e}", k.file);
@@ -77,6 +80,9 @@ fn every_kernel_compiles_for_each_architecture_without_spills() {
                 if k.hot {
                     assert!(stores == 0 && loads == 0, "{arch} {f} spills to local memory ({stores} B stores, {loads} B loads)");
                 }
+                // The load-time check the backend makes with the driver's count, on ptxas's.
+                let r = Resources { registers: regs as u32, local_bytes: (stores + loads) as u32 };
+                assert_eq!(refusal(&f, r), None, "{arch} {f} as ptxas built it would be refused at load");
             }
         }
     }

@@ -118,6 +118,37 @@ fn selftest_passes_on_the_simulated_gpu_with_random_delays() {
         assert!(out.lines().any(|l| l.contains(verdict) && l.ends_with(": PASS")), "{verdict}: PASS in\n{out}");
     }
     assert!(!out.contains("FAIL"), "{out}");
+    // Each kernel as the driver loaded it: the wgmma kernels at their exact register budget.
+    for kernel in ["flash_wgmma_d128_bf16: 168 registers, 0 B local memory", "flash_wgmma_d64_bf16: 168 registers, 0 B local memory"] {
+        assert!(out.contains(kernel), "{kernel} in\n{out}");
+    }
+}
+
+#[test]
+fn a_kernel_short_of_its_register_budget_or_a_failing_nccl_group_ends_with_a_named_error() {
+    let Some(sim) = sim_env() else { return };
+    // The wgmma kernel loaded with fewer registers than setmaxnreg's budget would hang on a GPU:
+    // it is refused before any work, named, with the arithmetic.
+    let env = env_with(sim, &[("RINGBENCH_SIM_REGISTERS", "flash_wgmma_d128_bf16=160")]);
+    let args = ["bench", "attention", "--backend", "cuda", "--kernel", "wgmma", "--queries", "100", "--keys", "100", "--heads", "2"];
+    let run = common::mpirun_with(1, &args, &env, None);
+    assert_ne!(run.status, Some(0), "{}", run.all());
+    assert!(
+        run.stderr.contains("flash_wgmma_d128_bf16 was loaded with 160 registers per thread, fewer than the 168")
+            && run.stderr.contains("setmaxnreg.inc would wait forever"),
+        "{}",
+        run.all()
+    );
+    // A failing ncclGroupEnd is an error naming the rank and the call, not a panic in a Drop.
+    let env = env_with(sim, &[("RINGBENCH_SIM_NCCL_FAIL_GROUP_END", "2")]);
+    let args =
+        ["verify", "--backend", "cuda", "--strategy", "ring", "--comm", "nccl", "--preset", "tiny", "--seq-len", "67", "--batch", "1"];
+    let run = common::mpirun_with(2, &args, &env, None);
+    let out = run.all();
+    assert!(run.status.is_some_and(|s| s != 0), "exit {:?}\n{out}", run.status);
+    assert!(out.contains("NCCL exchange on rank 0 of 2 (send to 1, receive from 1): ncclGroupEnd: ncclSystemError"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    assert!(run.elapsed.as_secs() < 30, "took {:?}", run.elapsed);
 }
 
 /// Models whose head dims take the plain kernel (16), and the flash kernel at 64 and 128.

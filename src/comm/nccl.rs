@@ -14,6 +14,7 @@ use super::{Communicator, DeviceCommTimes, HostCollectives};
 use crate::backend::cuda::device::{nccl_available, CudaBackend, DevMat};
 use crate::backend::Matrix;
 use anyhow::{anyhow, bail, ensure, Result};
+use cudarc::nccl::result::NcclError;
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use half::bf16;
 use std::rc::Rc;
@@ -25,8 +26,21 @@ pub struct NcclComm {
     line: Rc<Timeline>,
 }
 
-fn nccl_err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
-    move |e| anyhow!("NCCL {what}: {e:?}")
+/// NCCL's code and its own words for it (cudarc's `NcclError` prints neither).
+fn nccl_text(e: &NcclError) -> String {
+    // SAFETY: ncclGetErrorString takes any result code and returns a static C string (or null).
+    let said = unsafe { cudarc::nccl::sys::ncclGetErrorString(e.0) };
+    let said = if said.is_null() {
+        String::new()
+    } else {
+        // SAFETY: non-null, NUL-terminated, static (NCCL's own table).
+        format!(" ({})", unsafe { std::ffi::CStr::from_ptr(said) }.to_string_lossy())
+    };
+    format!("{:?}{said}", e.0)
+}
+
+fn nccl_err(what: &'static str) -> impl Fn(NcclError) -> anyhow::Error {
+    move |e| anyhow!("NCCL {what}: {}", nccl_text(&e))
 }
 
 /// Why this host cannot run one NCCL rank per GPU, if it cannot.
@@ -59,7 +73,7 @@ impl NcclComm {
         let made = id.as_ref().is_none_or(|r| r.is_ok());
         if !host.all_agree(made)? {
             match id {
-                Some(Err(e)) => bail!("ncclGetUniqueId failed on this rank (rank 0 of its communicator): {e:?}"),
+                Some(Err(e)) => bail!("ncclGetUniqueId failed on this rank (rank 0 of its communicator): {}", nccl_text(&e)),
                 _ => bail!("rank 0 of this communicator could not create the NCCL unique id"),
             }
         }
@@ -86,6 +100,18 @@ impl NcclComm {
         let v = cudarc::nccl::result::get_nccl_version().ok()?;
         // NCCL >= 2.9 encodes major * 10000 + minor * 100 + patch.
         Some(format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100))
+    }
+
+    /// `calls` as one NCCL group, so that every send and receive in it launches together. The
+    /// group is ended here whatever the calls did, and a failure is returned naming this rank and
+    /// the call: cudarc's own group guard ends the group in a `Drop` that panics on an error.
+    fn grouped(&self, call: &str, what: &str, calls: impl FnOnce(&Comm) -> Result<()>) -> Result<()> {
+        let at = || format!("NCCL {call} on rank {} of {} ({what})", self.rank(), self.size());
+        cudarc::nccl::result::group_start().map_err(|e| anyhow!("{}: ncclGroupStart: {}", at(), nccl_text(&e)))?;
+        let inside = calls(&self.nccl);
+        let end = cudarc::nccl::result::group_end();
+        inside.map_err(|e| anyhow!("{}: {e:#}", at()))?;
+        end.map(|_| ()).map_err(|e| anyhow!("{}: ncclGroupEnd: {}", at(), nccl_text(&e)))
     }
 
     fn blocking(&self, op: impl FnOnce(&Comm) -> Result<()>) -> Result<()> {
@@ -157,13 +183,10 @@ impl Communicator<CudaBackend> for NcclComm {
         overlap: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
         let t = self.line.begin()?;
-        {
-            let (outgoing, incoming) = (send.bf16_view(), recv.bf16_view_mut());
-            let mut group = self.nccl.group();
-            group.send(outgoing, to as i32).map_err(nccl_err("send"))?;
-            group.recv(incoming, from as i32).map_err(nccl_err("recv"))?;
-            // Dropping the group ends it (ncclGroupEnd): both directions launch together.
-        }
+        self.grouped("exchange", &format!("send to {to}, receive from {from}"), |c| {
+            c.send(&send.bf16_view(), to as i32).map_err(nccl_err("send"))?;
+            c.recv(&mut recv.bf16_view_mut(), from as i32).map(|_| ()).map_err(nccl_err("recv"))
+        })?;
         self.line.end(t, overlap)
     }
 
@@ -185,17 +208,17 @@ impl Communicator<CudaBackend> for NcclComm {
             return Ok(());
         }
         let chunk = send.len() / size;
-        self.blocking(|c| {
-            let mut group = c.group();
+        let t = self.line.begin()?;
+        self.grouped("all-to-all", &format!("{size} peers, {chunk} elements each"), |c| {
             for (peer, part) in send.bf16_view().chunks_exact(chunk).enumerate() {
-                group.send(part, peer as i32).map_err(nccl_err("send"))?;
+                c.send(&part, peer as i32).map_err(nccl_err("send"))?;
             }
-            for (peer, part) in recv.bf16_view_mut().chunks_exact_mut(chunk).enumerate() {
-                group.recv(part, peer as i32).map_err(nccl_err("recv"))?;
+            for (peer, mut part) in recv.bf16_view_mut().chunks_exact_mut(chunk).enumerate() {
+                c.recv(&mut part, peer as i32).map(|_| ()).map_err(nccl_err("recv"))?;
             }
             Ok(())
-            // Dropping the group ends it: every send and receive launches together.
-        })
+        })?;
+        self.line.end(t, &mut || Ok(()))
     }
 
     fn take_device_times(&self) -> Result<Option<DeviceCommTimes>> {

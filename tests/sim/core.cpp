@@ -56,12 +56,16 @@ static uint64_t parse_bytes(const char* name, const char* text) {
 
 const Settings& settings() {
     static const Settings s = [] {
-        Settings s{16ull << 30, false, 60.0};
+        Settings s{16ull << 30, false, 60.0, 0};
         if (const char* m = getenv("RINGBENCH_SIM_MEMORY")) s.memory_bytes = parse_bytes("RINGBENCH_SIM_MEMORY", m);
         if (const char* d = getenv("RINGBENCH_SIM_DELAY")) s.delay = strcmp(d, "0") != 0 && *d;
         if (const char* t = getenv("RINGBENCH_SIM_NCCL_TIMEOUT_S")) {
             s.nccl_timeout_s = atof(t);
             if (s.nccl_timeout_s <= 0) fatal("RINGBENCH_SIM_NCCL_TIMEOUT_S=%s: expected seconds > 0", t);
+        }
+        if (const char* n = getenv("RINGBENCH_SIM_NCCL_FAIL_GROUP_END")) {
+            s.fail_group_end = atol(n);
+            if (s.fail_group_end <= 0) fatal("RINGBENCH_SIM_NCCL_FAIL_GROUP_END=%s: expected a count > 0", n);
         }
         return s;
     }();

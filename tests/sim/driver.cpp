@@ -80,7 +80,79 @@ struct Function {
     const sim::Kernel* kernel;
     std::string name;
     int max_dynamic_shared = 48 << 10; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (the default)
+    int registers = -1;                // CU_FUNC_ATTRIBUTE_NUM_REGS, from the CUBIN (-1: not known)
+    int local_bytes = -1;              // CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, from the CUBIN
 };
+
+// A kernel's registers and stack frame as the driver reads them from a CUBIN: the module-wide
+// .nv.info section holds EIATTR_REGCOUNT (0x2f) and EIATTR_FRAME_SIZE (0x11) records, each a
+// (symbol index, value) pair, the symbol being the kernel's in .symtab.
+static void cubin_resources(const std::vector<unsigned char>& img, const std::string& name, Function* fn) {
+    if (img.size() < sizeof(Elf64_Ehdr) || memcmp(img.data(), ELFMAG, SELFMAG) != 0) return;
+    Elf64_Ehdr eh;
+    memcpy(&eh, img.data(), sizeof eh);
+    auto section = [&](unsigned i) {
+        Elf64_Shdr sh{};
+        if (eh.e_shoff + (i + 1) * sizeof(Elf64_Shdr) <= img.size()) memcpy(&sh, img.data() + eh.e_shoff + i * sizeof sh, sizeof sh);
+        return sh;
+    };
+    auto text = [&](const Elf64_Shdr& tab, unsigned off) -> std::string {
+        if (tab.sh_offset + off >= img.size()) return "";
+        const char* p = reinterpret_cast<const char*>(img.data() + tab.sh_offset + off);
+        return std::string(p, strnlen(p, img.size() - tab.sh_offset - off));
+    };
+    const Elf64_Shdr names = section(eh.e_shstrndx);
+    long symbol = -1;
+    for (unsigned i = 0; i < eh.e_shnum && symbol < 0; i++) {
+        const Elf64_Shdr sh = section(i);
+        if (sh.sh_type != SHT_SYMTAB || sh.sh_entsize != sizeof(Elf64_Sym)) continue;
+        const Elf64_Shdr strings = section(sh.sh_link);
+        for (uint64_t k = 0; k < sh.sh_size / sizeof(Elf64_Sym) && sh.sh_offset + (k + 1) * sizeof(Elf64_Sym) <= img.size(); k++) {
+            Elf64_Sym sym;
+            memcpy(&sym, img.data() + sh.sh_offset + k * sizeof sym, sizeof sym);
+            if (text(strings, sym.st_name) == name) symbol = long(k);
+        }
+    }
+    if (symbol < 0) return;
+    for (unsigned i = 0; i < eh.e_shnum; i++) {
+        const Elf64_Shdr sh = section(i);
+        if (text(names, sh.sh_name) != ".nv.info" || sh.sh_offset + sh.sh_size > img.size()) continue;
+        // Records: a format byte, an attribute byte, then for EIFMT_SVAL (4) a 16-bit size and
+        // that many bytes; EIFMT_HVAL (3) and EIFMT_NVAL (1) carry 2 bytes or none in place.
+        for (uint64_t p = sh.sh_offset; p + 4 <= sh.sh_offset + sh.sh_size;) {
+            const unsigned char format = img[p], attr = img[p + 1];
+            if (format != 4) {
+                p += format == 1 ? 2 : 4;
+                continue;
+            }
+            uint16_t size;
+            memcpy(&size, &img[p + 2], 2);
+            if (size == 8 && p + 12 <= img.size()) {
+                uint32_t pair[2];
+                memcpy(pair, &img[p + 4], 8);
+                if (pair[0] == uint32_t(symbol) && attr == 0x2f) fn->registers = int(pair[1]);
+                if (pair[0] == uint32_t(symbol) && attr == 0x11) fn->local_bytes = int(pair[1]);
+            }
+            p += 4 + size;
+        }
+    }
+}
+
+// RINGBENCH_SIM_REGISTERS=name=N[,name=N]: a kernel loaded with N registers whatever its CUBIN
+// says, for the tests of what ringbench does with a kernel compiled short of its budget.
+static void planted_registers(Function* fn) {
+    const char* v = getenv("RINGBENCH_SIM_REGISTERS");
+    if (!v) return;
+    std::string all(v);
+    for (size_t at = 0; at <= all.size();) {
+        size_t end = all.find(',', at);
+        if (end == std::string::npos) end = all.size();
+        const std::string item = all.substr(at, end - at);
+        const size_t eq = item.find('=');
+        if (eq != std::string::npos && item.substr(0, eq) == fn->name) fn->registers = atoi(item.c_str() + eq + 1);
+        at = end + 1;
+    }
+}
 
 bool ready(const char* call) {
     if (!g_initialized) {
@@ -420,7 +492,10 @@ SIM_API CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name
                     name);
         return CUDA_ERROR_NOT_FOUND;
     }
-    *f = reinterpret_cast<CUfunction>(new Function{k, name});
+    auto* fn = new Function{k, name};
+    cubin_resources(mod->image, name, fn);
+    planted_registers(fn);
+    *f = reinterpret_cast<CUfunction>(fn);
     return CUDA_SUCCESS;
 }
 
@@ -441,6 +516,23 @@ SIM_API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned
     }
     return sim::launch_kernel(fn->kernel, gx, gy, gz, bx, by, bz, shared, sim::stream_of(s), params) ? CUDA_SUCCESS
                                                                                                        : CUDA_ERROR_INVALID_VALUE;
+}
+
+SIM_API CUresult cuFuncGetAttribute(int* value, CUfunction_attribute a, CUfunction f) {
+    NEED_CONTEXT("cuFuncGetAttribute");
+    if (!f || !value) return CUDA_ERROR_INVALID_VALUE;
+    const auto* fn = reinterpret_cast<Function*>(f);
+    const int known = a == CU_FUNC_ATTRIBUTE_NUM_REGS ? fn->registers : a == CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES ? fn->local_bytes : -2;
+    if (known == -2) {
+        sim::report("cuFuncGetAttribute(%s): attribute %d is not simulated", fn->name.c_str(), int(a));
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (known < 0) {
+        sim::report("cuFuncGetAttribute(%s): the module is not a CUBIN with its .nv.info, so its resources are not known", fn->name.c_str());
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    *value = known;
+    return CUDA_SUCCESS;
 }
 
 // An H100's (and H200's) opt-in limit of shared memory per block.

@@ -546,7 +546,17 @@ SIM_API ncclResult_t ncclGroupEnd() {
         sim::report("ncclGroupEnd without ncclGroupStart");
         return ncclInvalidUsage;
     }
-    if (--t_group_depth == 0) launch(std::move(t_group)), t_group.clear();
+    if (--t_group_depth == 0) {
+        // A planted failure (RINGBENCH_SIM_NCCL_FAIL_GROUP_END): the group's operations are
+        // dropped unlaunched, as a real ncclGroupEnd that fails leaves its peers waiting.
+        static std::atomic<long> ended{0};
+        if (++ended == sim::settings().fail_group_end) {
+            t_group.clear();
+            sim::report("ncclGroupEnd: the planted failure (RINGBENCH_SIM_NCCL_FAIL_GROUP_END=%ld)", sim::settings().fail_group_end);
+            return ncclSystemError;
+        }
+        launch(std::move(t_group)), t_group.clear();
+    }
     return ncclSuccess;
 }
 

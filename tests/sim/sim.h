@@ -23,6 +23,7 @@ struct Settings {
     uint64_t memory_bytes; // RINGBENCH_SIM_MEMORY: what cuMemGetInfo reports as total (default 16 GiB)
     bool delay;            // RINGBENCH_SIM_DELAY=1: every queued operation starts after a random delay
     double nccl_timeout_s; // RINGBENCH_SIM_NCCL_TIMEOUT_S: a send or receive waiting this long is reported
+    long fail_group_end;   // RINGBENCH_SIM_NCCL_FAIL_GROUP_END=N: the process's N-th outermost ncclGroupEnd fails (0: none)
 };
 const Settings& settings();
 

@@ -206,6 +206,46 @@ impl AttentionKernel {
     }
 }
 
+/// One kernel source as this backend loaded it.
+pub struct LoadedSource {
+    pub file: &'static str,
+    pub format: ModuleFormat,
+    /// NVRTC's log of the successful compile: empty unless it warned.
+    pub log: String,
+    /// Each entry point with what the driver says it uses per thread.
+    pub kernels: Vec<(&'static str, kernels::Resources)>,
+    /// Spills in hot kernels, and refusals.
+    pub notes: Vec<String>,
+}
+
+impl LoadedSource {
+    /// Lines for `info` and `selftest`: the format, each kernel's registers and local memory,
+    /// NVRTC's log where it said anything, and the notes.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut o = format!("kernels {}: loaded as {}\n", self.file, self.format);
+        for (e, r) in &self.kernels {
+            let _ = writeln!(o, "  {e}: {} registers, {} B local memory per thread", r.registers, r.local_bytes);
+        }
+        if !self.log.is_empty() {
+            let _ = writeln!(o, "  NVRTC said:");
+            for l in self.log.lines() {
+                let _ = writeln!(o, "    {l}");
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(o, "  {n}");
+        }
+        o
+    }
+}
+
+/// Registers and local memory per thread of a loaded kernel, as the driver reports them.
+fn resources(f: &CudaFunction) -> std::result::Result<kernels::Resources, cudarc::driver::DriverError> {
+    let count = |v: i32| u32::try_from(v).unwrap_or(0);
+    Ok(kernels::Resources { registers: count(f.num_regs()?), local_bytes: count(f.local_size_bytes()?) })
+}
+
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -220,7 +260,10 @@ pub struct CudaBackend {
     attention_kernel: Cell<AttentionKernel>,
     /// The events `timer_start` and `timer_stop` recorded on the compute stream.
     timer: std::cell::RefCell<[Option<cudarc::driver::CudaEvent>; 2]>,
-    formats: Vec<(&'static str, ModuleFormat)>,
+    /// Each source as loaded: its format, NVRTC's log and each kernel's registers and local memory.
+    sources: Vec<LoadedSource>,
+    /// The kernels loaded but never launched, with the reason (`kernels::refusal`).
+    refused: HashMap<&'static str, String>,
     flops: crate::backend::FlopCounter,
     /// Whether each GEMM and attention call is timed (`set_op_timing`), and the (is a GEMM, start,
     /// end) events recorded around each on the compute stream since the last take.
@@ -272,10 +315,13 @@ impl CudaBackend {
         }
         let include = kernels::include_dirs(include);
         let mut functions = HashMap::new();
-        let mut formats = Vec::new();
+        let mut refused = HashMap::new();
+        let mut sources = Vec::new();
         for k in SOURCES.iter().filter(|k| k.builds_for(arch)) {
-            let (module, format) = kernels::load(&ctx, k, arch, kernels::compile(k, arch, &include)?)?;
-            formats.push((k.file, format));
+            let compiled = kernels::compile(k, arch, &include)?;
+            let log = compiled.log.clone();
+            let (module, format) = kernels::load(&ctx, k, arch, compiled)?;
+            let mut loaded = LoadedSource { file: k.file, format, log, kernels: Vec::new(), notes: Vec::new() };
             for &e in k.entries {
                 let f = module.load_function(e).map_err(|err| anyhow!("{} has no kernel {e}: {err:?}", k.file))?;
                 if let Some(hd) = [64, 128].into_iter().find(|&hd| launch::wgmma_kernel(hd) == Some(e)) {
@@ -286,8 +332,20 @@ impl CudaBackend {
                     )
                     .map_err(|err| anyhow!("{e}: allowing {} bytes of dynamic shared memory: {err:?}", launch::wgmma_shared_bytes(hd)))?;
                 }
-                functions.insert(e, f);
+                let r = resources(&f).map_err(|err| anyhow!("{e}: reading its registers and local memory: {err:?}"))?;
+                loaded.kernels.push((e, r));
+                loaded.notes.extend(kernels::spill_note(k, e, r));
+                match kernels::refusal(e, r) {
+                    Some(why) => {
+                        loaded.notes.push(format!("REFUSED: {why}"));
+                        refused.insert(e, why);
+                    }
+                    None => {
+                        functions.insert(e, f);
+                    }
+                }
             }
+            sources.push(loaded);
         }
         let stream = ctx.new_stream().map_err(|e| anyhow!("{e:?}"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
@@ -305,7 +363,8 @@ impl CudaBackend {
             timer: std::cell::RefCell::new([None, None]),
             op_timing: Cell::new(false),
             op_events: std::cell::RefCell::new(Vec::new()),
-            formats,
+            sources,
+            refused,
             flops: Default::default(),
         })
     }
@@ -331,8 +390,8 @@ impl CudaBackend {
     }
 
     /// How each kernel source was loaded (CUBIN, or PTX and why).
-    pub fn module_formats(&self) -> &[(&'static str, ModuleFormat)] {
-        &self.formats
+    pub fn loaded_sources(&self) -> &[LoadedSource] {
+        &self.sources
     }
 
     /// The compute stream: every backend operation is queued on it.
@@ -349,13 +408,18 @@ impl CudaBackend {
         if k == AttentionKernel::Wgmma && !self.has_wgmma() {
             bail!("--kernel wgmma needs an sm_90a GPU (Hopper); {} is {}", self.name, self.arch);
         }
+        if k == AttentionKernel::Wgmma {
+            if let Some(why) = [64, 128].into_iter().filter_map(launch::wgmma_kernel).find_map(|e| self.refused.get(e)) {
+                bail!("--kernel wgmma: {why}");
+            }
+        }
         self.attention_kernel.set(k);
         Ok(())
     }
 
     /// Whether the wgmma kernel was built for this GPU (sm_90a only).
     pub fn has_wgmma(&self) -> bool {
-        self.functions.contains_key("flash_wgmma_d128_bf16")
+        ["flash_wgmma_d128_bf16"].iter().any(|e| self.functions.contains_key(e) || self.refused.contains_key(e))
     }
 
     /// Visible GPUs on this host.
@@ -363,8 +427,12 @@ impl CudaBackend {
         self.devices
     }
 
-    fn f(&self, name: &str) -> &CudaFunction {
-        self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} is not in the registry"))
+    /// A loaded kernel, or the reason it is not launched.
+    fn f(&self, name: &str) -> Result<&CudaFunction> {
+        if let Some(why) = self.refused.get(name) {
+            bail!("{why}");
+        }
+        Ok(self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} is not in the registry")))
     }
 
     fn cfg(g: Geometry) -> LaunchConfig {
@@ -566,7 +634,7 @@ impl Backend for CudaBackend {
         let (b0s, b0w, b1s, b1w, b2s) = (b0.0 as i32, b0.1 as i32, b1.0 as i32, b1.1 as i32, b2.0 as i32);
         let (gcols, row0, stride, tensor, d0) =
             (region.global_cols as u64, region.row0 as u64, region.row_stride as u64, region.tensor, dst_row0 as i32);
-        let mut l = self.stream.launch_builder(self.f("generate_bf16"));
+        let mut l = self.stream.launch_builder(self.f("generate_bf16")?);
         l.arg(&mut out.data).arg(&d0).arg(&rows).arg(&width).arg(&seed).arg(&tensor).arg(&gcols).arg(&row0).arg(&stride);
         l.arg(&b0s).arg(&b0w).arg(&b1s).arg(&b1w).arg(&b2s).arg(&kind).arg(&scale);
         // SAFETY: arguments are pushed in the kernel's signature order with its types; the grid
@@ -586,7 +654,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let cols = x.cols as i32;
-        let mut l = self.stream.launch_builder(self.f("rms_norm_bf16"));
+        let mut l = self.stream.launch_builder(self.f("rms_norm_bf16")?);
         l.arg(&x.data).arg(&gain.data).arg(&mut out.data).arg(&cols);
         // SAFETY: one block per row of x; x, gain and out hold rows x cols, 1 x cols, rows x cols.
         unsafe { l.launch(Self::cfg(launch::per_row(x.rows))) }.map_err(err("rms_norm_bf16"))?;
@@ -602,7 +670,7 @@ impl Backend for CudaBackend {
         let (cols, h, hd, r0, len, p0) =
             (x.cols as i32, heads.heads as i32, heads.head_dim as i32, span.row0 as i32, span.len as i32, span.pos0 as i32);
         let ps = stride as i32;
-        let mut l = self.stream.launch_builder(self.f("rope_bf16"));
+        let mut l = self.stream.launch_builder(self.f("rope_bf16")?);
         l.arg(&mut x.data).arg(&cols).arg(&h).arg(&hd).arg(&r0).arg(&len).arg(&p0).arg(&ps);
         // SAFETY: one thread per (row, head, pair) of the span, inside the buffer (checked above).
         unsafe { l.launch(Self::cfg(launch::elementwise(n))) }.map_err(err("rope_bf16"))?;
@@ -614,7 +682,7 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let mut l = self.stream.launch_builder(self.f("gelu_bf16"));
+        let mut l = self.stream.launch_builder(self.f("gelu_bf16")?);
         l.arg(&mut x.data).arg(&n);
         // SAFETY: n elements of the buffer's rows.
         unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("gelu_bf16"))?;
@@ -629,7 +697,7 @@ impl Backend for CudaBackend {
         if rows == 0 || f == 0 {
             return Ok(());
         }
-        let mut l = self.stream.launch_builder(self.f("swiglu_bf16"));
+        let mut l = self.stream.launch_builder(self.f("swiglu_bf16")?);
         l.arg(&gate_up.data).arg(&mut out.data).arg(&rows).arg(&fi);
         // SAFETY: one thread per output element; gate_up holds rows x 2f, out rows x f (checked).
         unsafe { l.launch(Self::cfg(launch::elementwise(gate_up.rows * f))) }.map_err(err("swiglu_bf16"))?;
@@ -642,7 +710,7 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let mut l = self.stream.launch_builder(self.f("add_bf16"));
+        let mut l = self.stream.launch_builder(self.f("add_bf16")?);
         l.arg(&mut x.data).arg(&y.data).arg(&n);
         // SAFETY: x and y hold the same n elements.
         unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("add_bf16"))?;
@@ -655,7 +723,7 @@ impl Backend for CudaBackend {
             if n == 0 {
                 continue;
             }
-            let mut l = self.stream.launch_builder(self.f("fill_f32"));
+            let mut l = self.stream.launch_builder(self.f("fill_f32")?);
             l.arg(&mut buf.data).arg(&n).arg(&value);
             // SAFETY: n elements of the buffer's rows.
             unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("fill_f32"))?;
@@ -684,7 +752,7 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let mut l = self.stream.launch_builder(self.f("f32_to_bf16"));
+        let mut l = self.stream.launch_builder(self.f("f32_to_bf16")?);
         l.arg(&o.data).arg(&mut out.data).arg(&n);
         // SAFETY: n elements in both buffers.
         unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("f32_to_bf16"))?;
@@ -701,7 +769,7 @@ impl Backend for CudaBackend {
         let src_off = (c.src_row0 * src.cols + c.src_col0) as i64;
         let dst_off = (c.dst_row0 * dst.cols + c.dst_col0) as i64;
         let (rows, cols) = (c.rows as i32, c.cols as i32);
-        let mut l = self.stream.launch_builder(self.f("copy_block_bf16"));
+        let mut l = self.stream.launch_builder(self.f("copy_block_bf16")?);
         l.arg(&src.data).arg(&src_cols).arg(&src_off).arg(&mut dst.data).arg(&dst_cols).arg(&dst_off).arg(&rows).arg(&cols);
         // SAFETY: the block lies inside both buffers' rows in use (checked above).
         unsafe { l.launch(Self::cfg(launch::elementwise(n))) }.map_err(err("copy_block_bf16"))?;
@@ -842,7 +910,7 @@ impl CudaBackend {
             let q_map = self.tensor_map(&q.data, w, qs.row0, qs.len)?;
             let kv_map = self.tensor_map(&kv.data, 2 * heads.kv_width(), ks.row0, ks.len)?;
             let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.len, ks.pos0].map(|v| v as i32);
-            let f = self.f(kernel);
+            let f = self.f(kernel)?;
             let mut l = self.stream.launch_builder(f);
             l.arg(&q_map).arg(&kv_map).arg(&mut o.data).arg(&mut lse.data);
             for v in &ints {
@@ -860,7 +928,7 @@ impl CudaBackend {
         let flash = self.attention_kernel.get().flash_rows().and_then(|r| launch::flash_kernel(heads.head_dim, r).map(|k| (k, r)));
         if let Some((kernel, rows)) = flash {
             let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
-            let mut l = self.stream.launch_builder(self.f(kernel));
+            let mut l = self.stream.launch_builder(self.f(kernel)?);
             l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
             for v in &ints {
                 l.arg(v);
@@ -872,7 +940,7 @@ impl CudaBackend {
             return Ok(());
         }
         let ints = [heads.heads, heads.kv_heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
-        let mut l = self.stream.launch_builder(self.f("attention_bf16"));
+        let mut l = self.stream.launch_builder(self.f("attention_bf16")?);
         l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
         for v in &ints {
             l.arg(v);

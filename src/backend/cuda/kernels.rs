@@ -114,6 +114,9 @@ pub struct Compiled {
     pub ptx: String,
     /// None when NVRTC cannot emit machine code for `arch` (then only PTX is loadable).
     pub cubin: Option<Vec<u8>>,
+    /// NVRTC's log of a compile that succeeded, trimmed: empty unless NVRTC warned. Kept because
+    /// a warning here (a spill, an ignored `setmaxnreg`) is what a new toolkit says first.
+    pub log: String,
 }
 
 /// How a module was handed to the driver.
@@ -191,7 +194,64 @@ pub fn compile(k: &KernelSource, arch: &str, include: &[PathBuf]) -> Result<Comp
             })
             .flatten()
     };
-    Ok(Compiled { ptx: c_text(&ptx), cubin })
+    // SAFETY: as above; a successful compile leaves a log too, empty unless NVRTC warned.
+    let log = unsafe { result::get_program_log(prog.0) }.map(|l| c_text(&l).trim().to_string()).unwrap_or_default();
+    Ok(Compiled { ptx: c_text(&ptx), cubin, log })
+}
+
+/// Registers per thread the producer warpgroup of the wgmma kernel keeps, and each consumer
+/// warpgroup takes (`setmaxnreg_dec<24>` and `setmaxnreg_inc<240>` in kernels/flash_wgmma.cu).
+pub const WGMMA_PRODUCER_REGISTERS: u32 = 24;
+pub const WGMMA_CONSUMER_REGISTERS: u32 = 240;
+
+/// The fewest registers per thread the wgmma kernel must be launched with: `setmaxnreg.inc`
+/// waits until the block's pool holds what it asks for, and the pool is what the block was
+/// launched with, so the one warpgroup's 24 and the two warpgroups' 240 must fit in it:
+/// 24 x 128 + 240 x 256 = 64,512 = 168 x 384. Fewer, and the consumers wait forever.
+pub fn wgmma_min_registers() -> u32 {
+    (WGMMA_PRODUCER_REGISTERS * 128 + WGMMA_CONSUMER_REGISTERS * 256).div_ceil(super::launch::WGMMA_THREADS)
+}
+
+/// What the driver says one loaded kernel uses per thread (`CU_FUNC_ATTRIBUTE_NUM_REGS` and
+/// `CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    pub registers: u32,
+    pub local_bytes: u32,
+}
+
+/// Why `entry`, loaded with `r`, must not be launched, if it must not: the wgmma kernels, whose
+/// register budget is exact (a launch with fewer registers would hang, not fail) and whose
+/// prediction assumes no local memory. Checked at load, so a refusal names the kernel before
+/// any work rather than a job that never ends.
+pub fn refusal(entry: &str, r: Resources) -> Option<String> {
+    if !entry.starts_with("flash_wgmma_") {
+        return None;
+    }
+    let need = wgmma_min_registers();
+    if r.registers < need {
+        return Some(format!(
+            "{entry} was loaded with {} registers per thread, fewer than the {need} its warpgroups' setmaxnreg budget needs \
+             ({WGMMA_PRODUCER_REGISTERS} x 128 + {WGMMA_CONSUMER_REGISTERS} x 256 = {need} x {}): setmaxnreg.inc would wait forever, so it is not launched",
+            r.registers,
+            super::launch::WGMMA_THREADS
+        ));
+    }
+    if r.local_bytes > 0 {
+        return Some(format!(
+            "{entry} was loaded with {} bytes of local memory per thread (a stack frame or spills): its register budget did not hold as compiled, so it is not launched",
+            r.local_bytes
+        ));
+    }
+    None
+}
+
+/// A note for a hot kernel that the driver loaded with local memory (a stack frame or spills,
+/// both off-chip): it runs, slower than its prediction assumes.
+pub fn spill_note(k: &KernelSource, entry: &str, r: Resources) -> Option<String> {
+    (k.hot && r.local_bytes > 0).then(|| {
+        format!("note: {entry} uses {} bytes of local memory per thread (a stack frame or spills, off-chip) in a hot kernel", r.local_bytes)
+    })
 }
 
 /// Load one compiled source into `ctx`: its CUBIN where there is one and the driver takes it,
@@ -218,6 +278,27 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wgmma_register_budget_is_the_sources_and_a_short_one_is_refused() {
+        let src = SOURCES.iter().find(|k| k.file == "flash_wgmma.cu").unwrap().source;
+        assert!(src.contains(&format!("setmaxnreg_dec<{WGMMA_PRODUCER_REGISTERS}>()")), "producer's count");
+        assert!(src.contains(&format!("setmaxnreg_inc<{WGMMA_CONSUMER_REGISTERS}>()")), "consumers' count");
+        assert!(src.contains(&format!("#define FW_THREADS {}", super::super::launch::WGMMA_THREADS)));
+        assert_eq!(wgmma_min_registers(), 168);
+        let fits = Resources { registers: 168, local_bytes: 0 };
+        assert_eq!(refusal("flash_wgmma_d128_bf16", fits), None);
+        assert_eq!(refusal("flash_wgmma_d64_bf16", Resources { registers: 200, local_bytes: 0 }), None);
+        let short = refusal("flash_wgmma_d128_bf16", Resources { registers: 160, local_bytes: 0 }).unwrap();
+        assert!(short.contains("flash_wgmma_d128_bf16 was loaded with 160 registers") && short.contains("wait forever"), "{short}");
+        let spilled = refusal("flash_wgmma_d64_bf16", Resources { registers: 168, local_bytes: 16 }).unwrap();
+        assert!(spilled.contains("16 bytes of local memory"), "{spilled}");
+        // Other kernels are never refused; a hot one that spills is noted.
+        assert_eq!(refusal("flash_attention_d128_m128_bf16", Resources { registers: 64, local_bytes: 32 }), None);
+        let flash = SOURCES.iter().find(|k| k.file == "flash_attention.cu").unwrap();
+        assert!(spill_note(flash, "flash_attention_d128_m128_bf16", Resources { registers: 255, local_bytes: 32 }).is_some());
+        assert!(spill_note(flash, "flash_attention_d128_m128_bf16", Resources { registers: 255, local_bytes: 0 }).is_none());
+    }
 
     #[test]
     fn every_entry_point_is_defined_as_extern_c_in_its_source() {

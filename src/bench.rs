@@ -5,12 +5,12 @@
 //! one small kernel launch costs the host and the device, the quantity a layer of many small
 //! launches pays per op.
 
+use crate::backend::cuda::device::AttentionKernel;
 use crate::backend::{Backend, Heads, Span};
 use crate::config::{require_at_most, require_positive, BackendKind, ConfigError};
 use crate::metrics::{fmt_seconds, Stats};
 use crate::model::generator::{Init, Region};
 use anyhow::Result;
-use clap::Args;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -18,43 +18,32 @@ use std::time::Instant;
 const BENCH_Q: u64 = 1 << 40;
 const BENCH_KV: u64 = (1 << 40) + 1;
 
-#[derive(Args, Clone, Debug)]
-pub struct AttentionArgs {
-    #[arg(long, value_enum, default_value = "cuda")]
+/// What `bench attention` measures (its flags, resolved by the command line).
+#[derive(Clone, Debug)]
+pub struct AttentionBench {
     pub backend: BackendKind,
-    #[arg(long, default_value_t = 32)]
     pub heads: usize,
     /// K/V heads (grouped-query attention): must divide --heads. Default: --heads.
-    #[arg(long)]
     pub kv_heads: Option<usize>,
-    #[arg(long, default_value_t = 128)]
     pub head_dim: usize,
     /// Query tokens per sequence (one ring rank's block in the paper model: 100,000 / 16).
-    #[arg(long, default_value_t = 6250)]
     pub queries: usize,
     /// Key/value tokens per sequence.
-    #[arg(long, default_value_t = 6250)]
     pub keys: usize,
     /// Sequences, each its own query and key/value block.
-    #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Causal mask: queries and keys cover the same positions (a diagonal block; needs --queries = --keys).
-    #[arg(long)]
     pub causal: bool,
-    #[arg(long, default_value_t = 3)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 10)]
     pub iters: usize,
     /// Print the result as JSON.
-    #[arg(long)]
     pub json: bool,
     /// The CUDA backend's attention kernel (auto: the tensor-core flash kernel, 128 query rows per
     /// block, for head dims 64 and 128; the plain one otherwise).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub kernel: crate::backend::cuda::device::AttentionKernel,
+    pub kernel: AttentionKernel,
 }
 
-impl AttentionArgs {
+impl AttentionBench {
     pub fn validate(&self) -> Result<(), ConfigError> {
         require_positive(&[
             ("--heads", self.heads),
@@ -127,7 +116,7 @@ pub struct AttentionResult {
     pub tflops_best: f64,
 }
 
-impl AttentionArgs {
+impl AttentionBench {
     /// Bytes of the benchmark's buffers: Q and K/V in BF16, the FP32 (O, LSE) accumulators.
     pub fn buffer_bytes(&self) -> f64 {
         let (q, kv, w) = ((self.batch * self.queries) as f64, (self.batch * self.keys) as f64, (self.heads * self.head_dim) as f64);
@@ -156,7 +145,7 @@ impl AttentionArgs {
 
 /// Time the attention of every sequence's query block against its key/value block, merged into
 /// freshly reset accumulators; each iteration ends when the device is done.
-pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionResult> {
+pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionResult> {
     args.check_memory(be.memory_budget(1))?;
     let heads = Heads { heads: args.heads, kv_heads: args.kv_heads(), head_dim: args.head_dim };
     let (w, kvw) = (heads.width(), heads.kv_width());
@@ -214,26 +203,21 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionArgs) -> Result<AttentionRe
     })
 }
 
-#[derive(Args, Clone, Debug)]
-pub struct LaunchArgs {
-    #[arg(long, value_enum, default_value = "cuda")]
+/// What `bench launch` measures (its flags, resolved by the command line).
+#[derive(Clone, Debug)]
+pub struct LaunchBench {
     pub backend: BackendKind,
     /// Launches queued back to back per iteration.
-    #[arg(long, default_value_t = 2000)]
     pub launches: usize,
     /// Elements the launched op (a residual add of two buffers) touches.
-    #[arg(long, default_value_t = 1024)]
     pub elements: usize,
-    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 10)]
     pub iters: usize,
     /// Print one JSON object per line.
-    #[arg(long)]
     pub json: bool,
 }
 
-impl LaunchArgs {
+impl LaunchBench {
     pub fn validate(&self) -> Result<(), ConfigError> {
         require_positive(&[("--launches", self.launches), ("--elements", self.elements), ("--iters", self.iters)])?;
         require_at_most("--launches", self.launches, 1_000_000)?;
@@ -262,7 +246,7 @@ pub struct LaunchResult {
 
 /// Queue `launches` adds of two small buffers back to back, per iteration: the host's time to queue
 /// them, and the device's time to run them (the iteration's timer events), per launch.
-pub fn launch<B: Backend>(be: &B, args: &LaunchArgs, ordering: &str) -> Result<LaunchResult> {
+pub fn launch<B: Backend>(be: &B, args: &LaunchBench, ordering: &str) -> Result<LaunchResult> {
     let mut x = be.alloc_act(1, args.elements)?;
     let mut y = be.alloc_act(1, args.elements)?;
     be.fill(&mut x, 0, &Region::rows(BENCH_Q, args.elements, 0, 1), 0, Init::Uniform)?;
@@ -347,84 +331,4 @@ pub fn render(r: &AttentionResult) -> String {
         r.flops,
         if r.causal { ", halved for causal" } else { "" }
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::cpu::CpuBackend;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: AttentionArgs,
-    }
-
-    fn args(flags: &str) -> AttentionArgs {
-        Cli::try_parse_from(std::iter::once("bench").chain(flags.split_whitespace())).unwrap().args
-    }
-
-    #[test]
-    fn flops_follow_the_convention() {
-        let a = args("--heads 32 --head-dim 128 --queries 6250 --keys 6250");
-        assert_eq!(a.flops(), 4.0 * 6250.0 * 6250.0 * 128.0 * 32.0);
-        let c = args("--heads 32 --head-dim 128 --queries 6250 --keys 6250 --causal --batch 2");
-        assert_eq!(c.flops(), a.flops());
-    }
-
-    #[test]
-    fn bad_shapes_name_their_flag() {
-        assert!(args("--heads 0").validate().unwrap_err().0.contains("--heads 0"));
-        assert!(args("--iters 1000000000").validate().unwrap_err().0.contains("--iters 1000000000: at most 1000000"));
-        // 1e8 queries of 32 x 128 need about 100 GB: refused before any allocation, with the figures.
-        let huge = args("--backend cpu --queries 100000000 --keys 6250");
-        huge.validate().unwrap();
-        let e = huge.check_memory(Some(24 << 30)).unwrap_err().0;
-        assert!(e.contains("--queries 100000000") && e.contains("the buffers need") && e.contains("available"), "{e}");
-        let e = attention(&CpuBackend::new(), &args("--backend cpu --queries 100000000 --keys 6250")).unwrap_err();
-        assert!(e.downcast_ref::<ConfigError>().is_some(), "{e:#}");
-        assert!(args("--causal --queries 10 --keys 12").validate().unwrap_err().0.contains("--queries 10 must equal --keys 12"));
-    }
-
-    #[derive(Parser)]
-    struct LaunchCli {
-        #[command(flatten)]
-        args: LaunchArgs,
-    }
-
-    #[test]
-    fn launch_costs_are_per_launch_and_limits_are_named() {
-        let a = LaunchCli::try_parse_from([
-            "bench",
-            "--backend",
-            "cpu",
-            "--launches",
-            "50",
-            "--elements",
-            "64",
-            "--warmup",
-            "0",
-            "--iters",
-            "3",
-        ])
-        .unwrap()
-        .args;
-        a.validate().unwrap();
-        let r = launch(&CpuBackend::new(), &a, "cpu").unwrap();
-        assert_eq!((r.iters, r.launches, r.elements), (3, 50, 64));
-        assert!(r.host_us_per_launch > 0.0 && r.host_us_per_launch_min <= r.host_us_per_launch);
-        assert!(r.device_us_per_launch >= r.host_us_per_launch_min, "the run includes the queueing on the CPU");
-        let big = LaunchCli::try_parse_from(["bench", "--launches", "2000000"]).unwrap().args;
-        assert!(big.validate().unwrap_err().0.contains("--launches 2000000"));
-    }
-
-    #[test]
-    fn the_cpu_backend_runs_it_and_the_rate_is_flops_over_time() {
-        let a = args("--backend cpu --heads 2 --head-dim 16 --queries 33 --keys 33 --causal --warmup 0 --iters 2");
-        let r = attention(&CpuBackend::new(), &a).unwrap();
-        assert_eq!(r.iters, 2);
-        assert!((r.tflops - r.flops / r.mean_s / 1e12).abs() <= 1e-12 * r.tflops.max(1.0));
-        assert!(r.min_s <= r.mean_s && r.tflops_best >= r.tflops);
-    }
 }

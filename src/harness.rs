@@ -113,7 +113,7 @@ fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &str, opts: 
                         // The launch: host, process and the instant rank 0 made it.
                         let now = chrono::Utc::now();
                         let launch =
-                            format!("{}:{}:{}", crate::launch::hostname(), std::process::id(), now.timestamp_nanos_opt().unwrap_or(0));
+                            format!("{}:{}:{}", crate::console::hostname(), std::process::id(), now.timestamp_nanos_opt().unwrap_or(0));
                         id = format!("{name}\n{launch}").into_bytes();
                         problem = None;
                         break;
@@ -316,7 +316,7 @@ fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     if let Some(s) = sampler {
         match s.finish() {
             Ok(u) => journal.set_gpu_util(u),
-            Err(why) => crate::launch::say(&format!("ringbench: rank {}: GPU utilization not measured: {why}", comm.rank())),
+            Err(why) => crate::console::say(&format!("ringbench: rank {}: GPU utilization not measured: {why}", comm.rank())),
         }
     }
     Ok(())

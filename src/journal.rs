@@ -139,18 +139,18 @@ impl Journal {
                 Err(TryLockError::Poisoned(e)) => break e.into_inner(),
                 Err(TryLockError::WouldBlock) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 Err(TryLockError::WouldBlock) => {
-                    crate::launch::say(&format!("ringbench: {who}: its results could not be saved (the journal stayed busy)"));
+                    crate::console::say(&format!("ringbench: {who}: its results could not be saved (the journal stayed busy)"));
                     return;
                 }
             }
         };
         let Some(s) = g.as_mut() else { return };
         match Self::save_interrupted(s) {
-            (dir, _, Ok(())) => crate::launch::say(&format!(
+            (dir, _, Ok(())) => crate::console::say(&format!(
                 "ringbench: {who}: saved its iterations so far in {} (marked interrupted)",
                 rankfile::rank_file(&dir, s.rank).display()
             )),
-            (_, _, Err(e)) => crate::launch::say(&format!("ringbench: {who}: saving its results failed: {e:#}")),
+            (_, _, Err(e)) => crate::console::say(&format!("ringbench: {who}: saving its results failed: {e:#}")),
         }
     }
 }
@@ -179,7 +179,7 @@ fn on_signal(journal: &Journal, sig: i32, rank: usize, host: &str) -> i32 {
         return code;
     };
     if let Err(e) = written {
-        crate::launch::say(&format!(
+        crate::console::say(&format!(
             "ringbench: rank {rank} on host {host}: interrupted by signal {sig}, and writing its results failed: {e:#}"
         ));
     }

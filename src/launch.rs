@@ -2,6 +2,7 @@
 //! rank on its node, host name), and ending the whole job when one rank fails, so that no other
 //! rank is left waiting in a collective. A failure names the rank and the host (STYLE.md, item 11).
 
+use crate::console::{hostname, say};
 use anyhow::{anyhow, Result};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
@@ -61,17 +62,6 @@ impl Launch {
         self.journal.save_before_abort(&self.who());
         self.world.abort(1)
     }
-}
-
-/// One line to stderr in a single write, so that lines from several ranks forwarded by mpirun
-/// or srun do not interleave mid-line (eprintln! may write a line in pieces).
-pub fn say(line: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
-}
-
-pub fn hostname() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
 }
 
 /// This process's rank as the launcher announced it, readable before MPI starts (so that a

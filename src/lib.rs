@@ -4,8 +4,11 @@
 pub mod backend;
 pub mod bench;
 pub mod calibrate;
+pub mod cli;
 pub mod comm;
+pub mod commands;
 pub mod config;
+pub mod console;
 pub mod fault;
 pub mod harness;
 pub mod info;

@@ -14,10 +14,9 @@
 use crate::config::{RunConfig, StrategyKind};
 use crate::metrics::flops::{self, linear_per_token_layer};
 use crate::strategy::{memory_estimate, Op, ProjectionInput};
-use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
     /// NVIDIA H100 SXM 80GB: 989 TFLOP/s BF16 dense, 3.35 TB/s, NVLink 450 GB/s, IB 50 GB/s per GPU.
     H100Sxm,
@@ -83,90 +82,6 @@ impl Profile {
                 Hardware { name: "h200-sxm".into(), memory_bytes: 141e9, hbm_bytes_per_s: 4.8e12, ..Profile::H100Sxm.hardware() }
             }
         }
-    }
-}
-
-/// `plan`'s hardware flags: a profile, and any of its numbers overridden.
-#[derive(Args, Clone, Debug)]
-pub struct HardwareArgs {
-    #[arg(long, value_enum, default_value = "h100-sxm")]
-    pub hardware: Profile,
-    /// GPUs per node (one NVLink domain). Default: show both one 16-GPU domain and 8-GPU nodes.
-    #[arg(long, value_name = "N")]
-    pub gpus_per_node: Option<usize>,
-    #[arg(long, value_name = "TFLOPS")]
-    pub peak_tflops: Option<f64>,
-    #[arg(long, value_name = "TB_PER_S")]
-    pub hbm_tbps: Option<f64>,
-    #[arg(long, value_name = "GB")]
-    pub memory_gb: Option<f64>,
-    #[arg(long, value_name = "GB_PER_S")]
-    pub nvlink_gbps: Option<f64>,
-    #[arg(long, value_name = "GB_PER_S")]
-    pub ib_gbps: Option<f64>,
-    #[arg(long, value_name = "FRACTION")]
-    pub gemm_efficiency: Option<f64>,
-    #[arg(long, value_name = "FRACTION")]
-    pub attention_efficiency: Option<f64>,
-    /// Take the GEMM and attention efficiencies (and, from a one-host run, the intra-node link
-    /// bandwidth) from a run directory's measurements instead of the profile; explicit flags above
-    /// still win. The output says which number came from where.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub calibrate: Option<std::path::PathBuf>,
-}
-
-impl HardwareArgs {
-    /// The profile, calibrated from --calibrate's run where given, with the explicit overrides,
-    /// for `gpus_per_node` GPUs per node.
-    pub fn calibrated(&self, gpus_per_node: usize) -> Result<Hardware, crate::config::ConfigError> {
-        let mut base = self.hardware.hardware();
-        if let Some(dir) = &self.calibrate {
-            let (hw, notes) =
-                crate::calibrate::calibrate(&base, dir).map_err(|e| crate::config::ConfigError(format!("{e:#}").replace('\n', " ")))?;
-            base = Hardware { calibrated: notes, ..hw };
-        }
-        self.with_flags(base, gpus_per_node)
-    }
-
-    /// The profile with overrides, for `gpus_per_node` GPUs per node.
-    pub fn hardware(&self, gpus_per_node: usize) -> Result<Hardware, crate::config::ConfigError> {
-        self.with_flags(self.hardware.hardware(), gpus_per_node)
-    }
-
-    fn with_flags(&self, mut hw: Hardware, gpus_per_node: usize) -> Result<Hardware, crate::config::ConfigError> {
-        hw.gpus_per_node = gpus_per_node;
-        let positive = |flag: &str, v: Option<f64>, scale: f64, slot: &mut f64| -> Result<(), crate::config::ConfigError> {
-            if let Some(v) = v {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(crate::config::ConfigError(format!("{flag} {v}: must be a positive number")));
-                }
-                *slot = v * scale;
-            }
-            Ok(())
-        };
-        positive("--peak-tflops", self.peak_tflops, 1e12, &mut hw.peak_flops)?;
-        positive("--hbm-tbps", self.hbm_tbps, 1e12, &mut hw.hbm_bytes_per_s)?;
-        positive("--memory-gb", self.memory_gb, 1e9, &mut hw.memory_bytes)?;
-        positive("--nvlink-gbps", self.nvlink_gbps, 1e9, &mut hw.nvlink_bytes_per_s)?;
-        positive("--ib-gbps", self.ib_gbps, 1e9, &mut hw.ib_bytes_per_s)?;
-        positive("--gemm-efficiency", self.gemm_efficiency, 1.0, &mut hw.gemm_efficiency)?;
-        positive("--attention-efficiency", self.attention_efficiency, 1.0, &mut hw.attention_efficiency)?;
-        if !hw.calibrated.is_empty() {
-            for (flag, given) in [("--gemm-efficiency", self.gemm_efficiency), ("--attention-efficiency", self.attention_efficiency)] {
-                if let Some(v) = given {
-                    hw.calibrated.push(format!("{flag} {v} given: it replaces the calibration's"));
-                }
-            }
-        }
-        for (flag, v) in [("--gemm-efficiency", hw.gemm_efficiency), ("--attention-efficiency", hw.attention_efficiency)] {
-            if v > 1.0 {
-                return Err(crate::config::ConfigError(format!("{flag} {v}: a fraction of peak cannot exceed 1")));
-            }
-        }
-        if gpus_per_node == 0 {
-            return Err(crate::config::ConfigError("--gpus-per-node 0: must be at least 1".into()));
-        }
-        Ok(hw)
     }
 }
 
@@ -450,7 +365,7 @@ pub fn fitting_strategies(cfg: &RunConfig, hw: &Hardware) -> Vec<String> {
         .collect();
     candidates
         .into_iter()
-        .filter(|c| crate::config::validate(c, world).is_ok())
+        .filter(|c| crate::strategy::resolve::validate(c, world).is_ok())
         .filter(|c| {
             let busiest = (0..world).map(|r| memory_estimate(c, r, false)).map(|e| e.weights + e.activations).max().unwrap_or(0);
             busiest as f64 <= hw.memory_bytes
@@ -760,7 +675,7 @@ mod tests {
     fn tp_cp_on_llama3_405b_moves_and_holds_what_design_says() {
         let cfg = llama(Preset::Llama3_405b, StrategyKind::TpCp, 8, 16, 131_072);
         assert_eq!(cfg.world(), 128);
-        crate::config::validate(&cfg, 128).unwrap();
+        crate::strategy::resolve::validate(&cfg, 128).unwrap();
         let p = plan(&cfg, &Profile::H200Sxm.hardware(), &[8, 128]);
         assert_eq!(p.ring_step_bytes, (131_072 / 16 * 2 * (8 * 128 / 8) * 2) as f64);
         assert_eq!(p.ring_step_bytes, 4_194_304.0);

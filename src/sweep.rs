@@ -13,21 +13,12 @@
 //! a chart of tokens/s against sequence length (log axes) with the crossovers marked. A strategy's
 //! figure at a point is its fastest split that fits one GPU.
 
-use crate::config::{ConfigArgs, ConfigError, RunConfig, SizeFlags, StrategyChoice, StrategyKind};
-use crate::plan::{Hardware, HardwareArgs};
+use crate::config::{ConfigError, RunConfig, RunRequest, StrategyKind, StrategySelection};
+use crate::plan::Hardware;
+use crate::strategy::resolve::{runs_in_all, SizeFlags};
 use anyhow::Result;
-use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SweepMode {
-    /// The analytic model at every point (no MPI, no GPU; any world size).
-    Plan,
-    /// Every point measured with `run`'s protocol, under this mpirun (its world), each point a run
-    /// directory in --out; a rerun skips the points already complete and redoes an interrupted one.
-    Run,
-}
 
 /// Which figure the analysis (fastest, crossovers, best) ranks by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,33 +36,16 @@ impl Basis {
     }
 }
 
-#[derive(Args, Clone, Debug)]
-pub struct SweepArgs {
-    /// The model, the measurement and the strategies (`--strategy all`, or one) as for `run`;
-    /// the sizes of each strategy's split are the sweep's to choose.
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    #[command(flatten)]
-    pub hardware: HardwareArgs,
-    #[arg(long, value_enum, default_value = "plan")]
-    pub mode: SweepMode,
-    /// Sequence lengths, comma-separated (e.g. 8192,32768,131072).
-    #[arg(long, value_delimiter = ',', required = true, value_name = "N,...")]
+/// The grid a sweep covers: the strategies, model and measurement asked for (without any split
+/// or length, which the sweep sets), the lengths, worlds and K/V head counts.
+#[derive(Clone, Debug)]
+pub struct SweepGrid {
+    pub request: RunRequest,
     pub seq_lens: Vec<usize>,
-    /// World sizes (GPUs), comma-separated. Default: 8, 16, ..., 1024 (`--mode run`: the launch's,
-    /// the only one it takes).
-    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    /// Empty: 8, 16, ..., 1024 (a measured sweep: the launch's world).
     pub worlds: Vec<usize>,
-    /// K/V head counts, comma-separated. Default: the model's (--kv-heads or the preset's).
-    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    /// Empty: the model's.
     pub kv_heads_list: Vec<usize>,
-    /// Where the tables and charts go (created if missing; an existing file that differs is
-    /// never overwritten).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-    /// No progress display.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// The largest world a plan sweep takes: its cost per point grows with the ranks.
@@ -125,13 +99,13 @@ impl Point {
 /// Every config of the grid that validates, in order of world, K/V heads, length, strategy and
 /// inner size. Flags that fix a split (--tp, --pp, --ring, --ulysses, --cp) or the length
 /// (--seq-len) are refused: the sweep sets them.
-pub fn grid(args: &SweepArgs) -> Result<Vec<RunConfig>, ConfigError> {
+pub fn grid(args: &SweepGrid) -> Result<Vec<RunConfig>, ConfigError> {
     grid_on(args, None)
 }
 
 /// The grid on the launch's `world` (`--mode run`), or on --worlds.
-pub fn grid_on(args: &SweepArgs, launch_world: Option<usize>) -> Result<Vec<RunConfig>, ConfigError> {
-    let c = &args.config;
+pub fn grid_on(args: &SweepGrid, launch_world: Option<usize>) -> Result<Vec<RunConfig>, ConfigError> {
+    let c = &args.request;
     for (flag, given) in
         [("--tp", c.tp), ("--pp", c.pp), ("--ring", c.ring), ("--ulysses", c.ulysses), ("--cp", c.cp), ("--seq-len", c.seq_len)]
     {
@@ -171,8 +145,8 @@ pub fn grid_on(args: &SweepArgs, launch_world: Option<usize>) -> Result<Vec<RunC
                     let start = out.len();
                     for inner in (1..=world).filter(|i| world % i == 0) {
                         let split = SizeFlags::split(inner, world);
-                        let point = ConfigArgs {
-                            strategy: StrategyChoice::of(kind),
+                        let point = RunRequest {
+                            strategy: StrategySelection::One(kind),
                             seq_len: Some(seq),
                             kv_heads: kv,
                             tp: split.tp,
@@ -187,8 +161,7 @@ pub fn grid_on(args: &SweepArgs, launch_world: Option<usize>) -> Result<Vec<RunC
                                 // which the sweep has already.
                                 let all = SizeFlags { all: true, ..Default::default() };
                                 for cfg in cfgs {
-                                    let counts =
-                                        c.strategy != StrategyChoice::All || StrategyChoice::runs_in_all(kind, &all, &Ok(cfg.clone()));
+                                    let counts = c.strategy != StrategySelection::All || runs_in_all(kind, &all, &Ok(cfg.clone()));
                                     if counts && !out[start..].contains(&cfg) {
                                         out.push(cfg);
                                     }
@@ -700,7 +673,7 @@ pub struct Launched<'a> {
     pub local_size: usize,
 }
 
-/// `--mode run`: every config in turn under `run`'s protocol, each into `args.out/<point id>/`.
+/// `--mode run`: every config in turn under `run`'s protocol, each into `out/<point id>/`.
 /// Rank 0 decides for every point and tells the others: a complete run of it there is kept and
 /// skipped; an interrupted one is moved to `interrupted/` and run again; one that does not fit this
 /// machine's memory is left out, said so. Then rank 0 writes the tables and charts, ranked by what
@@ -712,7 +685,8 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
     comm: &C,
     strategy_comm: &dyn Fn(&RunConfig) -> Result<S>,
     launched: &Launched,
-    args: &SweepArgs,
+    out: &Path,
+    quiet: bool,
     hw: &Hardware,
 ) -> Result<bool> {
     const RUN: u8 = 0;
@@ -725,16 +699,16 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
     let mut valid = true;
     for (k, cfg) in cfgs.iter().enumerate() {
         let id = point_id(cfg);
-        if root && !args.quiet {
+        if root && !quiet {
             let eta = if k == 0 { "unknown".to_string() } else { crate::metrics::fmt_seconds(bar.eta().as_secs_f64()) };
             println!("sweep: point {} of {}: {id} (ETA of the sweep {eta})", k + 1, cfgs.len());
         }
         let mut verdict = vec![RUN];
         if root {
-            verdict = match stored(&args.out.join(&id), cfg) {
+            verdict = match stored(&out.join(&id), cfg) {
                 Ok(Stored::Complete) => vec![SKIP],
                 Ok(Stored::Absent) => vec![RUN],
-                Ok(Stored::Incomplete) => match move_aside(&args.out, &id) {
+                Ok(Stored::Incomplete) => match move_aside(out, &id) {
                     Ok(to) => {
                         println!("sweep: {id} was interrupted; its files are kept in {}, and it runs again", to.display());
                         vec![RUN]
@@ -764,7 +738,7 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
             bar.inc(1);
             continue;
         }
-        let opts = crate::harness::RunOptions { out: args.out.clone(), run_id: Some(id), quiet: true, fault: None };
+        let opts = crate::harness::RunOptions { out: out.to_path_buf(), run_id: Some(id), quiet: true, fault: None };
         valid &= crate::harness::run(
             std::slice::from_ref(cfg),
             cfg.strategy.name(),
@@ -785,7 +759,7 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
     let mut points = evaluate(cfgs, hw, &mut || {});
     for p in &mut points {
         let id = point_id(&p.cfg);
-        let dir = args.out.join(&id);
+        let dir = out.join(&id);
         if stored(&dir, &p.cfg)? != Stored::Complete {
             continue;
         }
@@ -797,7 +771,7 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
             Some(Measured { tps: num("tps")?, iter_s: num("iter_ms_mean")? / 1e3, peak_mem_gib: num("peak_mem_gib_max")?, run_dir: id });
     }
     println!("{}", render(&points, hw, Basis::Measured));
-    let written = write(&args.out, &points, hw, Basis::Measured)?;
+    let written = write(out, &points, hw, Basis::Measured)?;
     let done = points.iter().filter(|p| p.measured.is_some()).count();
     println!("{done} of {} points measured, each with its projection for {} beside it in sweep.csv", points.len(), hw.name);
     written.iter().for_each(|p| println!("wrote {}", p.display()));

@@ -18,7 +18,7 @@ fn an_injected_panic_or_error_ends_the_job_naming_the_rank() {
         );
         let out = run.all();
         assert!(run.status.is_some_and(|s| s != 0), "{kind}: exit {:?}\n{out}", run.status);
-        assert!(out.contains(&format!("rank 2 on host {}: {kind}", ringbench::launch::hostname())), "{kind}:\n{out}");
+        assert!(out.contains(&format!("rank 2 on host {}: {kind}", ringbench::console::hostname())), "{kind}:\n{out}");
         assert!(out.contains("injected fault"), "{out}");
         assert!(run.elapsed.as_secs() < 30, "{kind} took {:?}", run.elapsed);
     }
@@ -38,7 +38,7 @@ fn a_stalled_rank_is_caught_by_the_watchdog() {
     assert!(run.status.is_some_and(|s| s != 0), "exit {:?}\n{out}", run.status);
     assert!(out.contains("watchdog:") && out.contains("has not completed after") && out.contains("--comm-timeout 2 s"), "{out}");
     // The rank that stalled names itself and what it was doing, not only as someone's peer.
-    let host = ringbench::launch::hostname();
+    let host = ringbench::console::hostname();
     assert!(
         out.contains(&format!("rank 1 on host {host}: watchdog: this rank has stalled: no communication for"))
             && out.contains("during iteration 2 of tp-pp (measured)"),

@@ -35,7 +35,7 @@ fn info_selftest_and_the_cuda_backend_say_there_is_no_gpu() {
     let out = run.all();
     assert_eq!(run.status, Some(2), "{out}");
     for r in 0..2 {
-        assert!(out.contains(&format!("rank {r} on host {}: --backend cuda: no GPU", ringbench::launch::hostname())), "{out}");
+        assert!(out.contains(&format!("rank {r} on host {}: --backend cuda: no GPU", ringbench::console::hostname())), "{out}");
     }
     assert!(!out.contains("panicked"), "{out}");
 }

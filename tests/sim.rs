@@ -266,7 +266,7 @@ fn a_run_on_the_simulated_gpu_and_an_emulated_rank_reduce_as_simulated() {
 fn a_rank_that_fails_or_stalls_mid_ring_over_nccl_ends_the_job_naming_it() {
     let Some(sim) = sim_env() else { return };
     let root = common::temp_root("sim-faults");
-    let host = ringbench::launch::hostname();
+    let host = ringbench::console::hostname();
     let args = ["run", "--backend", "cuda", "--strategy", "ring", "--seq-len", "67", "--batch", "1", "--iters", "4", "--warmup", "1"];
     let mut args = args.to_vec();
     args.extend(["--comm-timeout", "3", "--quiet", "--out", root.to_str().unwrap()]);

@@ -49,7 +49,7 @@ const STALE_CHECKPOINT_S: i64 = 600;
 /// Whether the process that marked `r` running is still at it: by its process id on this host;
 /// elsewhere, by the age of its last checkpoint.
 fn still_running(r: &RankRun) -> bool {
-    if r.host == crate::launch::hostname() {
+    if r.host == crate::console::hostname() {
         return process_is_ringbench(r.pid);
     }
     chrono::DateTime::parse_from_rfc3339(&r.end_utc)

@@ -4,6 +4,7 @@
 
 pub mod allgather;
 pub mod reference;
+pub mod resolve;
 pub mod ring;
 pub mod tp_cp;
 pub mod tp_pp;
@@ -12,10 +13,11 @@ pub mod usp;
 
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::{ConfigError, MlpAct, RunConfig, SizeFlags, StrategyKind};
+use crate::config::{ConfigError, MlpAct, RunConfig, StrategyKind};
 use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Shard, Workspace};
 use crate::topology::{self, LocalTokens};
 use anyhow::Result;
+use resolve::SizeFlags;
 use std::ops::Range;
 
 pub trait Strategy<B: Backend, C: Communicator<B>> {
@@ -122,7 +124,7 @@ pub struct Spec {
     pub uses_layout: bool,
     /// Ranks it occupies.
     pub world: fn(&RunConfig) -> usize,
-    /// Its own checks of the config on a job of `world` ranks (the model's are `config::validate`'s).
+    /// Its own checks of the config on a job of `world` ranks (the model's are `resolve::validate`'s).
     pub check: fn(&RunConfig, usize) -> Result<(), ConfigError>,
     pub placement: fn(&RunConfig, usize) -> Placement,
     pub traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
@@ -575,12 +577,13 @@ impl<B: Backend> Stack<B> {
 /// Generic over every strategy in `SPECS`: a new one is covered by being in the table.
 #[cfg(test)]
 mod tests {
+    use super::resolve::validate;
     use super::*;
     use crate::backend::cpu::CpuBackend;
     use crate::comm::local::LocalComm;
     use crate::comm::metered::Metered;
     use crate::comm::HostCollectives;
-    use crate::config::{validate, Layout, ModelConfig, Preset};
+    use crate::config::{Layout, ModelConfig, Preset};
 
     /// Every config of `spec` on 1 to 6 ranks that validates: every split of the world its sizes
     /// allow, every layout it takes, causal and not, multi-head and grouped K/V, at an awkward

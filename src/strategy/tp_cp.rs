@@ -8,11 +8,12 @@
 //! It is the one sequence-parallel strategy whose weights per rank shrink with the group (a TP
 //! shard of every layer), which is what lets 70B and 405B models run at all.
 
+use super::resolve::SizeFlags;
 use super::ring::{ring_attention, ring_steps};
 use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::Backend;
 use crate::comm::Communicator;
-use crate::config::{RunConfig, SizeFlags, StrategyKind};
+use crate::config::{RunConfig, StrategyKind};
 use crate::model::Shard;
 use crate::topology::{grid_coord, grid_rank, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};

@@ -9,10 +9,11 @@
 //! is a blocking send: stage k+1 posts its receive as soon as it is free, so stage k blocks only
 //! while the next stage is still busy, which is the fill-drain schedule itself.
 
+use super::resolve::SizeFlags;
 use super::{CommProjection, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::{ConfigError, RunConfig, SizeFlags, StrategyKind};
+use crate::config::{ConfigError, RunConfig, StrategyKind};
 use crate::model::{local_attention, Shard};
 use crate::topology::{even_slice, tp_pp_coord, tp_pp_rank, LocalTokens, TpPpCoord};
 use anyhow::{Context, Result};

@@ -14,12 +14,13 @@
 //! Every member's block is padded to the longest member's anywhere in the job, so all-to-all and
 //! ring blocks are equal everywhere; the padding rows are never attended.
 
+use super::resolve::SizeFlags;
 use super::ring::{ring_pass, ring_steps};
 use super::ulysses::{check_heads, Exchange, HeadGroup};
 use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::Backend;
 use crate::comm::Communicator;
-use crate::config::{RunConfig, SizeFlags, StrategyKind};
+use crate::config::{RunConfig, StrategyKind};
 use crate::model::{Batch, Blocks, Shard, Workspace};
 use crate::topology::{grid_coord, grid_rank, ring_tokens, usp_tokens, LocalTokens};
 use anyhow::{Context, Result};

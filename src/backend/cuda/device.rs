@@ -154,7 +154,7 @@ pub fn peak_flops_for(name: &str) -> Option<f64> {
 }
 
 /// Which attention kernel the backend launches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
     /// The tensor-core flash kernel where it has the head dim (64, 128), else the plain one. Its
     /// block shape is 128 query rows, by the prediction in kernels/NOTES.md until measured.

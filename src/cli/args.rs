@@ -1,0 +1,270 @@
+//! The flags of `run`, `verify`, `plan` and `sweep` that say what to run, and the ones that
+//! emulate one rank of a larger job: clap's view of `config::RunRequest` and
+//! `config::EmulationRequest`, into which they convert unchanged.
+
+use crate::config::{BackendKind, CommKind, EmulationRequest, Layout, MlpAct, Preset, RunRequest, StrategySelection};
+use clap::Args;
+
+/// The flags shared by `run` and `verify`. Model and measurement flags default to the preset's
+/// values; an explicit flag overrides the preset.
+#[derive(Args, Clone, Debug)]
+pub struct ConfigArgs {
+    /// Parallel strategy; `all` runs every one that fits, in the same launch.
+    #[arg(long, value_enum)]
+    pub strategy: StrategySelection,
+    /// Starting values for every model and measurement flag.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: Preset,
+    /// Tensor-parallel size (tp-pp). Default: world size / --pp.
+    #[arg(long, value_name = "N")]
+    pub tp: Option<usize>,
+    /// Pipeline stages (tp-pp). Default: 1.
+    #[arg(long, value_name = "N")]
+    pub pp: Option<usize>,
+    /// Sequence-parallel size: the ranks the sequence is split over (ring, allgather, ulysses);
+    /// usp's ring over its Ulysses groups. Default: the world size (usp: world / --ulysses).
+    #[arg(long, value_name = "N")]
+    pub ring: Option<usize>,
+    /// usp's Ulysses group size (consecutive ranks, inside a node). Default: world / --ring, else
+    /// the largest divisor of the world up to 8 that leaves at least two groups and that the
+    /// heads allow.
+    #[arg(long, value_name = "N")]
+    pub ulysses: Option<usize>,
+    /// tp-cp's context-parallel size (a ring of the ranks with the same TP rank). Default: world /
+    /// --tp, else world / the largest divisor up to 8 that leaves at least two groups and that the
+    /// heads allow.
+    #[arg(long, value_name = "N")]
+    pub cp: Option<usize>,
+    /// How ring, allgather, usp and tp-cp split each sequence (ulysses always takes contiguous chunks).
+    #[arg(long, value_enum, default_value = "zigzag")]
+    pub layout: Layout,
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub d_model: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub heads: Option<usize>,
+    /// K/V heads (grouped-query attention; 1 is multi-query): must divide --heads. Default: the
+    /// preset's (= --heads for paper, small and tiny).
+    #[arg(long, value_name = "N")]
+    pub kv_heads: Option<usize>,
+    /// The MLP's activation. Default: the preset's (gelu; swiglu for the llama3 presets).
+    #[arg(long, value_enum)]
+    pub mlp_act: Option<MlpAct>,
+    /// MLP hidden size.
+    #[arg(long, value_name = "N")]
+    pub mlp: Option<usize>,
+    /// Tokens per sequence.
+    #[arg(long, value_name = "N")]
+    pub seq_len: Option<usize>,
+    /// Sequences per iteration.
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Sequences per micro-batch (pipeline unit; also the unit the ring processes at once).
+    #[arg(long, value_name = "N")]
+    pub micro_batch: Option<usize>,
+    /// Seed of the weight and input generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Full (bidirectional) attention instead of causal.
+    #[arg(long)]
+    pub no_causal: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Transport between ranks. Default: nccl with --backend cuda, mpi with --backend cpu.
+    #[arg(long, value_enum)]
+    pub comm: Option<CommKind>,
+    /// Warm-up iterations (not measured).
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<usize>,
+    /// Measured iterations.
+    #[arg(long, value_name = "N")]
+    pub iters: Option<usize>,
+    /// Seconds one communication call may take before the watchdog reports it and aborts the job.
+    /// Generous: it also bounds how long ranks wait for rank 0's reference in `verify`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800.0)]
+    pub comm_timeout: f64,
+}
+
+impl ConfigArgs {
+    /// The flags as plain data, for `strategy::resolve`.
+    pub fn request(&self) -> RunRequest {
+        RunRequest {
+            strategy: self.strategy,
+            preset: self.preset,
+            tp: self.tp,
+            pp: self.pp,
+            ring: self.ring,
+            ulysses: self.ulysses,
+            cp: self.cp,
+            layout: self.layout,
+            layers: self.layers,
+            d_model: self.d_model,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            mlp_act: self.mlp_act,
+            mlp: self.mlp,
+            seq_len: self.seq_len,
+            batch: self.batch,
+            micro_batch: self.micro_batch,
+            seed: self.seed,
+            no_causal: self.no_causal,
+            backend: self.backend,
+            comm: self.comm,
+            warmup: self.warmup,
+            iters: self.iters,
+            comm_timeout: self.comm_timeout,
+        }
+    }
+}
+
+/// `run`'s flags for emulating one rank of a larger job on this one process.
+#[derive(Args, Clone, Debug, Default)]
+pub struct EmulateArgs {
+    /// Emulate a job of P ranks: this single process runs the compute of --as-rank K only, with
+    /// communication replaced by device copies of the same sizes (results labelled emulated).
+    #[arg(long, value_name = "P", requires = "as_rank")]
+    pub emulate_world: Option<usize>,
+    /// The rank of the emulated job whose work this process runs (0 .. P-1).
+    #[arg(long, value_name = "K", requires = "emulate_world")]
+    pub as_rank: Option<usize>,
+}
+
+impl EmulateArgs {
+    pub fn request(&self) -> EmulationRequest {
+        EmulationRequest { world: self.emulate_world, as_rank: self.as_rank }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigError, ModelConfig, RunConfig, StrategyKind};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ConfigArgs,
+    }
+
+    fn resolve(flags: &str, world: usize) -> Result<RunConfig, ConfigError> {
+        let argv = std::iter::once("ringbench").chain(flags.split_whitespace());
+        Cli::try_parse_from(argv).expect("flags parse").args.request().resolve(world).map(|mut v| v.remove(0))
+    }
+
+    fn error(flags: &str, world: usize) -> String {
+        resolve(flags, world).expect_err("must be rejected").0
+    }
+
+    #[test]
+    fn explicit_flags_override_the_preset() {
+        let cfg = resolve("--strategy ring --preset paper --seq-len 1000 --iters 2", 16).unwrap();
+        assert_eq!(cfg.model, ModelConfig::dense(16, 4096, 32, 16384, 1000, 128));
+        assert_eq!((cfg.ring, cfg.warmup, cfg.iters, cfg.micro_batch), (16, 10, 2, 1));
+        assert!(cfg.causal);
+    }
+
+    #[test]
+    fn parallel_sizes_default_from_the_world() {
+        let cfg = resolve("--strategy tp-pp --pp 2", 8).unwrap();
+        assert_eq!((cfg.tp, cfg.pp, cfg.world()), (4, 2, 8));
+        assert_eq!(resolve("--strategy ring", 3).unwrap().ring, 3);
+    }
+
+    #[test]
+    fn each_bad_input_names_its_flag() {
+        let cases = [
+            ("--strategy tp-pp --tp 2 --pp 2", 3, "--tp 2 x --pp 2 = 4 ranks, but the job has 3"),
+            ("--strategy ring --ring 4", 2, "--ring 4: the job has 2 ranks"),
+            ("--strategy tp-pp --tp 3", 3, "--tp 3: --heads 4 must be divisible"),
+            ("--strategy tp-pp --tp 1 --pp 3", 3, "--pp 3: --layers 2 must be divisible"),
+            ("--strategy ring --d-model 60 --heads 8", 1, "--d-model 60: must be divisible by --heads 8"),
+            ("--strategy ring --d-model 60 --heads 4", 1, "head dim 15 is odd"),
+            ("--strategy ring --ring 4 --seq-len 7", 4, "--seq-len 7: a zigzag ring of 4 needs at least 8 tokens"),
+            ("--strategy ring --ring 4 --seq-len 3 --layout contiguous", 4, "needs at least 4 tokens"),
+            ("--strategy ring --batch 3 --micro-batch 2", 1, "--micro-batch 2: must divide --batch 3"),
+            ("--strategy ring --layers 0", 1, "--layers 0: must be at least 1"),
+            ("--strategy ring --seq-len 0", 1, "--seq-len 0: must be at least 1"),
+            ("--strategy reference", 2, "--strategy reference runs on 1 rank"),
+            ("--strategy tp-pp --pp 0", 2, "--pp 0: must be at least 1"),
+            ("--strategy tp-pp --tp 2 --mlp 255", 2, "--mlp 255 must be divisible"),
+            ("--strategy ring --comm nccl", 2, "--comm nccl: NCCL moves GPU buffers; it needs --backend cuda"),
+            ("--strategy ulysses", 3, "--ring 3: a Ulysses group of 3 ranks needs --heads 4 divisible by it"),
+            (
+                "--strategy ulysses --heads 6 --kv-heads 3 --d-model 60",
+                2,
+                "--ring 2 with --kv-heads 3: a Ulysses group of 2 ranks needs the K/V heads divisible",
+            ),
+            ("--strategy usp --ulysses 3", 4, "--ulysses 3 x --ring 1 = 3 ranks, but the job has 4 ranks"),
+            ("--strategy usp --ulysses 2 --ring 3", 4, "--ulysses 2 x --ring 3 = 6 ranks, but the job has 4 ranks"),
+            ("--strategy usp --ulysses 3 --ring 1", 3, "--ulysses 3: a Ulysses group of 3 ranks needs --heads 4 divisible"),
+            ("--strategy usp --ulysses 0", 2, "--ulysses 0: must be at least 1"),
+            (
+                "--strategy usp --ulysses 2 --ring 2 --seq-len 3 --layout contiguous",
+                4,
+                "--seq-len 3: usp ring position 1 holds 1 token, fewer than the 2 members",
+            ),
+            ("--strategy tp-cp --tp 3", 3, "--tp 3: --heads 4 must be divisible"),
+            ("--strategy tp-cp --cp 0", 2, "--cp 0: must be at least 1"),
+            ("--strategy tp-cp --tp 2 --cp 2 --seq-len 3", 4, "--seq-len 3: a zigzag tp-cp context ring of 2 needs at least 4 tokens"),
+            ("--strategy tp-cp --tp 2 --cp 3", 4, "--tp 2 x --cp 3 = 6 ranks, but the job has 4 ranks"),
+            ("--strategy allgather --ring 2", 4, "--ring 2: the job has 4 ranks"),
+            ("--strategy allgather --seq-len 3 --layout striped", 4, "--seq-len 3: a striped allgather of 4 needs at least 4 tokens"),
+        ];
+        for (flags, world, want) in cases {
+            let got = error(flags, world);
+            assert!(got.contains(want), "{flags} on {world} ranks: got {got:?}, want {want:?}");
+            assert!(!got.contains('\n'), "one line: {got:?}");
+        }
+    }
+
+    #[test]
+    fn all_runs_tp_pp_then_ring_on_the_same_world() {
+        let argv = "ringbench --strategy all --tp 2 --pp 2 --ring 4".split_whitespace();
+        let runs = Cli::try_parse_from(argv).unwrap().args.request().resolve(4).unwrap();
+        let kinds = vec![
+            StrategyKind::TpPp,
+            StrategyKind::Ring,
+            StrategyKind::Allgather,
+            StrategyKind::Ulysses,
+            StrategyKind::Usp,
+            StrategyKind::TpCp,
+        ];
+        assert_eq!(runs.iter().map(|c| c.strategy).collect::<Vec<_>>(), kinds);
+        // The 2-D ones take the node-sized split by default, not --tp and --ring (tp-pp's, ring's).
+        assert_eq!((runs[4].ulysses, runs[4].ring, runs[5].tp, runs[5].cp), (2, 2, 2, 2));
+        let argv = "ringbench --strategy all --tp 4 --ring 4 --cp 4".split_whitespace();
+        let runs = Cli::try_parse_from(argv).unwrap().args.request().resolve(4).unwrap();
+        let tp_cp = runs.iter().find(|c| c.strategy == StrategyKind::TpCp).unwrap();
+        assert_eq!((tp_cp.tp, tp_cp.cp), (1, 4), "--cp asks for it, degenerate or not");
+        let usp = runs.iter().find(|c| c.strategy == StrategyKind::Usp).unwrap();
+        assert_eq!((usp.ulysses, usp.ring), (2, 2), "--ring is the ring's under all");
+        // Ulysses needs the ranks to divide the heads: on 3 ranks of 4 heads, `all` leaves it out,
+        // and the 2-D strategies, whose only split of 3 ranks is one-dimensional.
+        let argv = "ringbench --strategy all --tp 1 --pp 1 --ring 1".split_whitespace();
+        let three = Cli::try_parse_from(argv.chain(["--heads", "4"])).unwrap().args.request().resolve(1).unwrap();
+        assert_eq!(three.len(), 4);
+        let argv = "ringbench --strategy all --tp 1 --pp 3 --layers 3 --d-model 64 --heads 4".split_whitespace();
+        let three = Cli::try_parse_from(argv).unwrap().args.request().resolve(3).unwrap();
+        assert_eq!(three.iter().map(|c| c.strategy).collect::<Vec<_>>(), kinds[..3].to_vec());
+        assert!(runs.iter().all(|c| c.world() == 4));
+        let argv = "ringbench --strategy all --tp 2 --pp 2 --ring 2".split_whitespace();
+        let err = Cli::try_parse_from(argv).unwrap().args.request().resolve(4).unwrap_err();
+        assert!(err.0.contains("--ring 2: the job has 4 ranks"), "{err}");
+    }
+
+    #[test]
+    fn the_config_round_trips_through_json() {
+        let cfg = resolve("--strategy ring --layout contiguous --no-causal", 2).unwrap();
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains("\"layout\":\"contiguous\""), "{json}");
+        assert_eq!(serde_json::from_str::<RunConfig>(&json).unwrap(), cfg);
+    }
+
+    #[test]
+    fn the_smallest_valid_ring_has_one_token_per_chunk() {
+        assert!(resolve("--strategy ring --seq-len 8", 4).is_ok());
+        assert!(resolve("--strategy ring --seq-len 4 --layout contiguous", 4).is_ok());
+    }
+}

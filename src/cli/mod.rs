@@ -1,0 +1,131 @@
+//! The command line: every clap type of ringbench, and the conversion of flags into the plain
+//! values the layers below take (`config::RunRequest`, `plan::Hardware`, `bench::AttentionBench`,
+//! `sweep::SweepGrid`). Nothing below this wing sees clap (STYLE.md, item 14).
+
+pub mod args;
+pub mod bench;
+pub mod hardware;
+pub mod sweep;
+pub mod values;
+
+pub use args::{ConfigArgs, EmulateArgs};
+use clap::{Args, Parser, Subcommand};
+pub use hardware::HardwareArgs;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "ringbench",
+    version,
+    about = "Ring attention (sequence parallel) vs tensor x pipeline parallel, long-context prefill, over MPI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Directory of the CUDA headers NVRTC compiles the kernels against (cuda_bf16.h). Default:
+    /// $CUDA_HOME, $CUDA_PATH, then /usr/local/cuda, each with include/ or targets/*/include/.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cuda_include: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// The analytic model (no MPI, no GPU): per-rank memory, FLOPs and traffic, the compute floor,
+    /// the physical bound on tokens/s, and a projection for a hardware profile.
+    Plan(PlanArgs),
+    /// Where each strategy wins: every strategy and split over a grid of world sizes, sequence
+    /// lengths and K/V heads (`--mode plan`: the analytic model at any scale), with the fastest
+    /// per point, the crossovers, charts and tables in --out.
+    Sweep(sweep::SweepArgs),
+    /// Write PNG charts of a run directory next to its CSVs (tokens/s with CI, iteration times,
+    /// per-rank peak memory, per-rank compute and exposed and hidden communication).
+    Report(ReportArgs),
+    /// Every backend op on this machine's GPU against the CPU backend, at awkward sizes; a table
+    /// of errors; exit status 1 on any failure (or when there is no GPU).
+    Selftest,
+    /// GPUs, CUDA driver, NVRTC, cuBLAS, NCCL and CUDA headers as found on this machine.
+    Info,
+    /// Rebuild summary.csv and ranks.csv from the rank files of run directories (no MPI).
+    /// With one directory the tables go into it (an identical existing table is left alone, a
+    /// different one is refused); with several, into --out as one combined table.
+    Reduce(ReduceArgs),
+    /// Time warm-up and measured iterations of one strategy; rank 0 prints the mean iteration
+    /// time, tokens/s and time per token.
+    Run(RunArgs),
+    /// Benchmarks of one part alone, on this machine's device (no MPI).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run a strategy once and compare its final hidden states with the single-rank reference;
+    /// prints the errors, the tolerance, and PASS or FAIL (exit status 1 on FAIL, on every rank).
+    Verify(VerifyArgs),
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The attention kernel alone: one query block against one key/value block per sequence,
+    /// TFLOP/s by the convention 4 x queries x keys x head_dim x heads, halved for causal.
+    Attention(bench::AttentionArgs),
+    /// What one small kernel launch costs the host and the device; on the CUDA backend measured
+    /// twice, with only the timeline's events ordering the streams (what runs use) and with
+    /// cudarc's per-buffer events on as well.
+    Launch(bench::LaunchArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub emulate: EmulateArgs,
+    /// Results root: the run lands in DIR/<run id>/ (rank files, summary.csv, ranks.csv).
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    pub out: PathBuf,
+    /// Run id (a new directory name). Default: $SLURM_JOB_ID, else <UTC timestamp>-<strategy>.
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub hardware: HardwareArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A run directory holding rank-NNNNN.h5 files.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ReduceArgs {
+    /// Run directories holding rank-NNNNN.h5 files.
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Where to write the tables (a directory; created if missing). Default: the one DIR.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Leave out missing or damaged rank files instead of refusing; the tables are then written as
+    /// summary-partial.csv and ranks-partial.csv, their runs marked "partial".
+    #[arg(long)]
+    pub partial: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Write the gathered final hidden states to this new HDF5 file (dataset `output`,
+    /// [batch, seq, d_model], FP32). An existing file is refused.
+    #[arg(long, value_name = "FILE")]
+    pub save_output: Option<PathBuf>,
+}

@@ -1,5 +1,5 @@
 // The normative generator (DESIGN.md): value(seed, tensor, global index) rounded to BF16.
-// CPU twin: src/model/generator.rs (Region::generate_into); selftest checks them bit for bit.
+// CPU twin: src/generator.rs (Region::generate_into); selftest checks them bit for bit.
 #include "common.cuh"
 
 __device__ __forceinline__ u64 splitmix64(u64 z) {

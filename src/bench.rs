@@ -8,8 +8,8 @@
 use crate::backend::cuda::device::AttentionKernel;
 use crate::backend::{Backend, Heads, Span};
 use crate::config::{require_at_most, require_positive, BackendKind, ConfigError};
+use crate::generator::{Init, Region};
 use crate::metrics::{fmt_seconds, Stats};
-use crate::model::generator::{Init, Region};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;

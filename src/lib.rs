@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod fault;
+pub mod generator;
 pub mod harness;
 pub mod info;
 pub mod journal;

@@ -5,7 +5,7 @@
 
 use super::Tracker;
 use super::{lse_merge, Backend, BlockCopy, Heads, Matrix, MemoryStats, Span};
-use crate::model::generator::{Init, Region};
+use crate::generator::{Init, Region};
 use anyhow::{ensure, Result};
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
@@ -487,7 +487,7 @@ impl Backend for CpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::generator::uniform;
+    use crate::generator::uniform;
 
     fn act_from(be: &CpuBackend, rows: usize, cols: usize, f: impl Fn(usize) -> f32) -> HostMat<bf16> {
         let mut a = be.alloc_act(rows, cols).unwrap();

@@ -154,7 +154,7 @@ mod tests {
     use crate::backend::Backend;
 
     fn values(seed: u64, n: usize) -> Vec<bf16> {
-        (0..n).map(|i| bf16::from_f32(3.0 * crate::model::generator::uniform(seed, 5, i as u64))).collect()
+        (0..n).map(|i| bf16::from_f32(3.0 * crate::generator::uniform(seed, 5, i as u64))).collect()
     }
 
     #[test]

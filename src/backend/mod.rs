@@ -9,7 +9,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod flash_twin;
 
-use crate::model::generator::{Init, Region};
+use crate::generator::{Init, Region};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the simulated GPU (tests/sim, scripts/sim-gpu.sh) calls its device. A device of that name
@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn merging_two_halves_by_lse_equals_softmax_over_the_whole() {
-        use crate::model::generator::uniform;
+        use crate::generator::uniform;
         // Sharp scores (up to +-12) so that a wrong weight would show.
         let n = 37;
         let scores: Vec<f64> = (0..n).map(|i| 12.0 * uniform(1, 2, i) as f64).collect();

@@ -11,9 +11,7 @@
 
 use super::{Communicator, DeviceCommTimes, HostCollectives};
 use crate::backend::{Backend, Matrix};
-use crate::config::RunConfig;
-use crate::model::generator::{Init, Region, INPUT_TENSOR};
-use crate::strategy::Op;
+use crate::generator::{Init, Region, INPUT_TENSOR};
 use anyhow::{ensure, Result};
 use half::bf16;
 use std::cell::RefCell;
@@ -87,48 +85,42 @@ pub struct Emulated<'a, B: Backend> {
     transfers: Rc<dyn Transfers<B> + 'a>,
 }
 
-/// [rows, cols] of the scratch buffer rank `rank` of a config needs: its all-reduces and
-/// pipeline messages ([rows, d_model] activations, as its strategy's traffic states them) go
-/// through it; ring steps, all-gathers and all-to-alls copy between the strategy's own buffers.
-pub fn scratch_shape(cfg: &RunConfig, rank: usize) -> Option<(usize, usize)> {
-    let d = cfg.model.d_model;
-    (crate::strategy::spec(cfg.strategy).traffic)(cfg, rank)
-        .iter()
-        .filter(|t| matches!(t.op, Op::AllReduce | Op::PipelineSend | Op::PipelineRecv))
-        .map(|t| t.buffer_bytes as usize / (std::mem::size_of::<bf16>() * d))
-        .max()
-        .map(|rows| (rows, d))
-}
-
-/// Bytes of the scratch buffer: what an emulated rank holds beyond the real rank's buffers.
-pub fn scratch_bytes(cfg: &RunConfig, rank: usize) -> u64 {
-    scratch_shape(cfg, rank).map_or(0, |(r, c)| (r * c * std::mem::size_of::<bf16>()) as u64)
+/// What an emulated rank needs to know of the job it stands in: its size, every rank's (color,
+/// key) of each communicator split (so a split forms the group the real job would), and the
+/// scratch buffer its all-reduces and pipeline messages go through. The strategy's table states
+/// them (`strategy::emulation::job`); this transport only follows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmulatedJob {
+    pub world: usize,
+    pub splits: Vec<Vec<(usize, usize)>>,
+    /// [rows, cols] of the scratch buffer; None where every message has a buffer of its own.
+    pub scratch: Option<(usize, usize)>,
+    /// The generator's seed, so the scratch holds the job's input activations.
+    pub seed: u64,
 }
 
 impl<'a, B: Backend> Emulated<'a, B> {
-    /// Rank `as_rank` of the job `cfg` describes, its copies in order with the compute.
-    pub fn new(be: &'a B, cfg: &RunConfig, as_rank: usize) -> Result<Self> {
-        Self::with_transfers(be, cfg, as_rank, Rc::new(InOrder { be }))
+    /// Rank `as_rank` of `job`, its copies in order with the compute.
+    pub fn new(be: &'a B, job: &EmulatedJob, as_rank: usize) -> Result<Self> {
+        Self::with_transfers(be, job, as_rank, Rc::new(InOrder { be }))
     }
 
     /// As `new`, with the copies run by `transfers`. Allocates the scratch buffer tp-pp's
     /// messages go through, filled like input activations so a pipeline stage computes on
     /// realistic values.
-    pub fn with_transfers(be: &'a B, cfg: &RunConfig, as_rank: usize, transfers: Rc<dyn Transfers<B> + 'a>) -> Result<Self> {
-        let scratch = match scratch_shape(cfg, as_rank) {
+    pub fn with_transfers(be: &'a B, job: &EmulatedJob, as_rank: usize, transfers: Rc<dyn Transfers<B> + 'a>) -> Result<Self> {
+        let scratch = match job.scratch {
             Some((rows, cols)) => {
                 let mut s = be.alloc_act(rows, cols)?;
-                be.fill(&mut s, 0, &Region::rows(INPUT_TENSOR, cols, 0, rows), cfg.seed, Init::Uniform)?;
+                be.fill(&mut s, 0, &Region::rows(INPUT_TENSOR, cols, 0, rows), job.seed, Init::Uniform)?;
                 Some(s)
             }
             None => None,
         };
-        let world = cfg.world();
-        let splits = (0..world).map(|r| (crate::strategy::spec(cfg.strategy).splits)(cfg, r)).collect();
         Ok(Emulated {
             rank: as_rank,
-            size: world,
-            splits: Rc::new(splits),
+            size: job.world,
+            splits: Rc::new(job.splits.clone()),
             splits_made: Rc::new(std::cell::Cell::new(0)),
             scratch: Rc::new(RefCell::new(scratch)),
             transfers,
@@ -282,46 +274,5 @@ impl<B: Backend> Communicator<B> for Emulated<'_, B> {
 
     fn take_device_times(&self) -> Result<Option<DeviceCommTimes>> {
         self.transfers.take_device_times()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::cpu::CpuBackend;
-    use crate::config::{Preset, StrategyKind};
-
-    #[test]
-    fn messages_keep_their_sizes_and_the_tp_group_its_shape() {
-        let be = CpuBackend::new();
-        let cfg = RunConfig::of_preset(Preset::Tiny, StrategyKind::TpPp, 2, 2, 4);
-        let world = Emulated::new(&be, &cfg, 3).unwrap();
-        assert_eq!((world.rank(), world.size()), (3, 4));
-        let group = Communicator::<CpuBackend>::split(&world, 1, 1).unwrap();
-        assert_eq!((group.rank(), group.size()), (1, 2));
-        let rows = cfg.micro_batch * cfg.model.seq_len;
-        let mut x = be.alloc_act(rows, cfg.model.d_model).unwrap();
-        // A receive hands over what the scratch holds: generated activations, not zeros.
-        Communicator::<CpuBackend>::recv(&world, &mut x, 1).unwrap();
-        assert!(x.as_slice().iter().any(|v| v.to_f32() != 0.0));
-        Communicator::<CpuBackend>::all_reduce_sum(&group, &mut x).unwrap();
-        assert!(Communicator::<CpuBackend>::send(&world, &x, 4).is_err(), "rank 4 is outside a world of 4");
-
-        // Uneven ring blocks: 5 rows in, 3 rows out.
-        let ring = RunConfig::of_preset(Preset::Tiny, StrategyKind::Ring, 1, 1, 4);
-        let comm = Emulated::new(&be, &ring, 2).unwrap();
-        let mut send = be.alloc_act(3, 2).unwrap();
-        send.as_mut_slice().iter_mut().enumerate().for_each(|(i, v)| *v = bf16::from_f32(i as f32));
-        let mut recv = be.alloc_act(5, 2).unwrap();
-        let mut ran = false;
-        Communicator::<CpuBackend>::exchange(&comm, &send, 3, &mut recv, 1, &mut || {
-            ran = true;
-            Ok(())
-        })
-        .unwrap();
-        assert!(ran);
-        let got: Vec<f32> = recv.as_slice().iter().map(|v| v.to_f32()).collect();
-        assert_eq!(got, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 1.0, 2.0, 3.0]);
-        assert_eq!(scratch_bytes(&ring, 2), 0);
     }
 }

@@ -118,7 +118,7 @@ impl Communicator<CpuBackend> for LocalComm {
         group.sort();
         let rank = group.iter().position(|&(_, r)| r == self.rank).expect("this rank is in its own group");
         // Same id on every member, distinct from the parent's, the other colours' and the other splits'.
-        use crate::model::generator::splitmix64;
+        use crate::generator::splitmix64;
         let nth = self.splits_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = splitmix64(self.id ^ splitmix64(color as u64 + 1) ^ splitmix64(splitmix64(nth + 1)));
         Ok(LocalComm {

@@ -166,7 +166,7 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
                         choice,
                         be,
                         &comm,
-                        &|cfg| Emulated::with_transfers(be, cfg, e.as_rank, transfers.clone()),
+                        &|cfg| Emulated::with_transfers(be, &crate::strategy::emulation::job(cfg, e.as_rank), e.as_rank, transfers.clone()),
                         &place,
                         &opts,
                         journal,

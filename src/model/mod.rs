@@ -3,15 +3,34 @@
 //! it gets the heads and MLP columns it owns, the tokens it holds, an attention routine for those
 //! tokens, and a reduction for its row-parallel outputs.
 
-pub mod generator;
 pub mod oracle;
 
 use crate::backend::{Backend, Heads, Matrix, Span};
 use crate::config::{MlpAct, ModelConfig};
+use crate::generator::{layer_tensor_id, Init, LayerTensor, Region, INPUT_TENSOR};
 use crate::topology::LocalTokens;
 use anyhow::Result;
-use generator::{layer_tensor_id, Init, LayerTensor, Region, INPUT_TENSOR};
 use std::ops::Range;
+
+/// The buffers a rank allocates beyond its weights: the layer workspace's sizes and the
+/// strategy's own buffers. The strategy allocates exactly these, and `memory_estimate` adds them
+/// up, so the two cannot drift apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Buffers {
+    /// Rows of the K/V buffer the layer writes (at least the micro-batch's rows; more where it is
+    /// also what a ring step sends and a longer block arrives, or is padded for an all-gather).
+    pub kv_rows: usize,
+    /// Rows of the buffer where other ranks' K/V lands (the ring's next block, the all-gathered
+    /// sequence); 0 where nothing arrives.
+    pub kv_in_rows: usize,
+    /// Rows and query heads of the FP32 attention accumulators (o and lse).
+    pub acc_rows: usize,
+    pub acc_heads: usize,
+    /// The strategy's own BF16 buffers, [rows, cols] each, in the order it allocates them.
+    pub extra: Vec<(usize, usize)>,
+    /// The largest K/V operand one attention call reads, [rows, cols] (the CPU's FP32 copy of it).
+    pub attention_kv: (usize, usize),
+}
 
 /// The part of each layer a rank owns: Megatron's column split of W_qkv (query heads, and the
 /// K/V heads they attend with) and W_up, row split of W_o and W_down. The whole model is
@@ -118,7 +137,7 @@ impl<B: Backend> LayerWeights<B> {
 /// `kv_in` is where other ranks' K/V lands: the ring's next block (it arrives while the current
 /// one is in use), or the all-gathered sequence. `gated` holds SwiGLU's product (none for GELU,
 /// which works in place). The accumulators `o` and `lse` are sized for the attention the rank
-/// computes, which for Ulysses is not its own rows (`strategy::Buffers`).
+/// computes, which for Ulysses is not its own rows (`Buffers`).
 pub struct Workspace<B: Backend> {
     pub heads: Heads,
     pub mlp_act: MlpAct,
@@ -136,7 +155,7 @@ pub struct Workspace<B: Backend> {
 
 impl<B: Backend> Workspace<B> {
     /// Buffers for `rows` local token rows, the K/V and accumulator sizes as `buffers` states.
-    pub fn new(be: &B, m: &ModelConfig, shard: &Shard, rows: usize, buffers: &crate::strategy::Buffers) -> Result<Self> {
+    pub fn new(be: &B, m: &ModelConfig, shard: &Shard, rows: usize, buffers: &Buffers) -> Result<Self> {
         let heads = shard.heads(m);
         let (w, kvw, f) = (heads.width(), heads.kv_width(), shard.mlp.len());
         Ok(Workspace {
@@ -348,7 +367,7 @@ pub fn local_attention<B: Backend>(be: &B, ws: &mut Workspace<B>, batch: &Batch,
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use generator::value_bf16;
+    use crate::generator::value_bf16;
 
     /// GQA (4 heads, 2 K/V heads of 4) and SwiGLU (F = 6): W_qkv is [16, 16 + 2 x 8] = [Q | K | V],
     /// W_up is [16, 12] = [gate | up]; every TP shard is the slice of those whole tensors, with

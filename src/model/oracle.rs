@@ -3,8 +3,8 @@
 //! attention) so that it checks the BF16 pipeline rather than repeating it. `verify` measures how far
 //! the BF16 reference strays from it and derives its tolerance from that (STYLE.md, item 9).
 
-use super::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, INPUT_TENSOR};
 use crate::config::{MlpAct, ModelConfig};
+use crate::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, INPUT_TENSOR};
 
 /// RoPE's rotation for position `p` and pair `i` of a head of `hd`, from DESIGN.md's formula
 /// (angle = p * 10000^(-2i/hd)), written here on its own: the oracle shares no arithmetic with

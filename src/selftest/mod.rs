@@ -5,7 +5,7 @@
 
 use crate::backend::cuda::device::AttentionKernel;
 use crate::backend::{Backend, Heads, Span};
-use crate::model::generator::{layer_tensor_id, uniform, Init, LayerTensor, Region};
+use crate::generator::{layer_tensor_id, uniform, Init, LayerTensor, Region};
 use anyhow::{bail, Result};
 use half::bf16;
 

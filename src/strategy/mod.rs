@@ -3,6 +3,7 @@
 //! `Communicator`. The harness (timing, verification) is the same for all of them.
 
 pub mod allgather;
+pub mod emulation;
 pub mod reference;
 pub mod resolve;
 pub mod ring;
@@ -89,25 +90,7 @@ pub struct Transfer {
     pub overlapped: bool,
 }
 
-/// The buffers a rank allocates beyond its weights: the layer workspace's sizes and the
-/// strategy's own buffers. The strategy allocates exactly these, and `memory_estimate` adds them
-/// up, so the two cannot drift apart.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Buffers {
-    /// Rows of the K/V buffer the layer writes (at least the micro-batch's rows; more where it is
-    /// also what a ring step sends and a longer block arrives, or is padded for an all-gather).
-    pub kv_rows: usize,
-    /// Rows of the buffer where other ranks' K/V lands (the ring's next block, the all-gathered
-    /// sequence); 0 where nothing arrives.
-    pub kv_in_rows: usize,
-    /// Rows and query heads of the FP32 attention accumulators (o and lse).
-    pub acc_rows: usize,
-    pub acc_heads: usize,
-    /// The strategy's own BF16 buffers, [rows, cols] each, in the order it allocates them.
-    pub extra: Vec<(usize, usize)>,
-    /// The largest K/V operand one attention call reads, [rows, cols] (the CPU's FP32 copy of it).
-    pub attention_kv: (usize, usize),
-}
+pub use crate::model::Buffers;
 
 /// One strategy as a table (STYLE.md, item 1): its sizes, checks, placement, traffic, buffers
 /// and projection. Everything outside `src/strategy/` reads these and never branches on the kind.
@@ -259,7 +242,7 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
         + extra;
     let x = bf * rows * d;
     let out = if keep { bf * (m.batch * place.tokens.len()) as u64 * d } else { 0 };
-    let emulation = if cfg.emulate.is_some() { crate::comm::emulated::scratch_bytes(cfg, rank) } else { 0 };
+    let emulation = if cfg.emulate.is_some() { emulation::scratch_bytes(cfg, rank) } else { 0 };
     // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
     let matmul = f32b * (rows * d + d * up + rows * up);
     let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);

@@ -217,7 +217,7 @@ mod tests {
     use crate::comm::local::LocalComm;
     use crate::comm::HostCollectives;
     use crate::config::{Layout, ModelConfig};
-    use crate::model::generator::uniform;
+    use crate::generator::uniform;
     use crate::model::Shard;
     use half::bf16;
 

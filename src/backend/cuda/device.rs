@@ -6,7 +6,7 @@
 use super::kernels::{self, ModuleFormat, SOURCES};
 use super::launch::{self, Geometry, Operand};
 use crate::backend::{Backend, BlockCopy, Heads, Matrix, MemoryStats, Span, Tracker};
-use crate::model::generator::{Init, Region};
+use crate::generator::{Init, Region};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::cublas::{sys as cublas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};

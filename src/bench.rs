@@ -10,9 +10,9 @@ use crate::backend::{Backend, Heads, Span};
 use crate::config::{require_at_most, require_positive, BackendKind, ConfigError};
 use crate::generator::{Init, Region};
 use crate::metrics::{fmt_seconds, Stats};
+use crate::timing::{self, Protocol};
 use anyhow::Result;
 use serde::Serialize;
-use std::time::Instant;
 
 /// Generator tensor ids of the benchmark's inputs (outside the model's ids).
 const BENCH_Q: u64 = 1 << 40;
@@ -156,25 +156,26 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionR
     be.fill(&mut kv, 0, &Region::rows(BENCH_KV, 2 * kvw, 0, kv_rows), 0, Init::Uniform)?;
     let mut o = be.alloc_acc(q_rows, w)?;
     let mut lse = be.alloc_acc(q_rows, args.heads)?;
-    let mut times = Vec::with_capacity(args.iters);
-    for i in 0..args.warmup + args.iters {
-        be.attention_reset(&mut o, &mut lse)?;
-        be.synchronize()?;
-        be.timer_start()?;
-        let t0 = Instant::now();
-        for s in 0..args.batch {
-            let qs = Span { row0: s * args.queries, len: args.queries, pos0: 0 };
-            let ks = Span { row0: s * args.keys, len: args.keys, pos0: 0 };
-            be.attention(&q, &kv, heads, qs, ks, args.causal, &mut o, &mut lse)?;
-        }
-        be.timer_stop()?;
-        be.synchronize()?;
-        // CUDA events on the GPU; the host's clock on the CPU.
-        let t = be.timer_elapsed()?.unwrap_or(t0.elapsed().as_secs_f64());
-        if i >= args.warmup {
-            times.push(t);
-        }
-    }
+    let protocol = Protocol { warmup: args.warmup, iters: args.iters };
+    let timings = {
+        let (o, lse) = (std::cell::RefCell::new(&mut o), std::cell::RefCell::new(&mut lse));
+        timing::samples(
+            be,
+            protocol,
+            &mut || be.attention_reset(&mut o.borrow_mut(), &mut lse.borrow_mut()),
+            &mut || {
+                for s in 0..args.batch {
+                    let qs = Span { row0: s * args.queries, len: args.queries, pos0: 0 };
+                    let ks = Span { row0: s * args.keys, len: args.keys, pos0: 0 };
+                    be.attention(&q, &kv, heads, qs, ks, args.causal, &mut o.borrow_mut(), &mut lse.borrow_mut())?;
+                }
+                Ok(())
+            },
+            &mut || be.synchronize(),
+        )?
+    };
+    // CUDA events on the GPU; the host's clock on the CPU.
+    let times: Vec<f64> = timings.iter().map(|t| t.seconds).collect();
     let st = Stats::of(&times).expect("--iters >= 1");
     let flops = args.flops();
     let kernel = match args.backend {
@@ -251,23 +252,16 @@ pub fn launch<B: Backend>(be: &B, args: &LaunchBench, ordering: &str) -> Result<
     let mut y = be.alloc_act(1, args.elements)?;
     be.fill(&mut x, 0, &Region::rows(BENCH_Q, args.elements, 0, 1), 0, Init::Uniform)?;
     be.fill(&mut y, 0, &Region::rows(BENCH_KV, args.elements, 0, 1), 0, Init::Uniform)?;
-    let (mut host, mut device) = (Vec::with_capacity(args.iters), Vec::with_capacity(args.iters));
-    for i in 0..args.warmup + args.iters {
-        be.synchronize()?;
-        be.timer_start()?;
-        let t0 = Instant::now();
-        for _ in 0..args.launches {
-            be.add(&mut x, &y)?;
-        }
-        let queued = t0.elapsed().as_secs_f64();
-        be.timer_stop()?;
-        be.synchronize()?;
-        let ran = be.timer_elapsed()?.unwrap_or(t0.elapsed().as_secs_f64());
-        if i >= args.warmup {
-            host.push(queued / args.launches as f64 * 1e6);
-            device.push(ran / args.launches as f64 * 1e6);
-        }
-    }
+    let timings = timing::samples(
+        be,
+        Protocol { warmup: args.warmup, iters: args.iters },
+        &mut || Ok(()),
+        &mut || (0..args.launches).try_for_each(|_| be.add(&mut x, &y)),
+        &mut || be.synchronize(),
+    )?;
+    let per_launch = |s: f64| s / args.launches as f64 * 1e6;
+    let host: Vec<f64> = timings.iter().map(|t| per_launch(t.queued_s)).collect();
+    let device: Vec<f64> = timings.iter().map(|t| per_launch(t.seconds)).collect();
     let (h, d) = (Stats::of(&host).expect("--iters >= 1"), Stats::of(&device).expect("--iters >= 1"));
     let device = be.device_name();
     Ok(LaunchResult {

@@ -23,4 +23,5 @@ pub mod report;
 pub mod selftest;
 pub mod strategy;
 pub mod sweep;
+pub mod timing;
 pub mod topology;

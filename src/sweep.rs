@@ -534,7 +534,7 @@ fn chart(
 
 /// A progress bar over the sweep's points with its ETA, on stdout where it is a terminal.
 pub fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
-    crate::harness::terminal_bar(total, "sweep [{bar:30}] {pos}/{len} points, ETA {eta}", quiet)
+    crate::harness::console::terminal_bar(total, "sweep [{bar:30}] {pos}/{len} points, ETA {eta}", quiet)
 }
 
 /// The console's account: per world (and K/V heads), a row per length with each strategy's

@@ -4,7 +4,7 @@
 //! CPU runs of realistic lengths finish.
 
 use super::Tracker;
-use super::{lse_merge, Backend, BlockCopy, Heads, Matrix, MemoryStats, Span};
+use super::{lse_merge, Backend, BlockCopy, Heads, Instruments, Matrix, MemoryStats, Span};
 use crate::generator::{Init, Region};
 use anyhow::{ensure, Result};
 use half::bf16;
@@ -289,10 +289,7 @@ pub fn rope_angle(pos: usize, i: usize, head_dim: usize) -> (f64, f64) {
     (angle.cos(), angle.sin())
 }
 
-impl Backend for CpuBackend {
-    type Act = HostMat<bf16>;
-    type Acc = HostMat<f32>;
-
+impl Instruments for CpuBackend {
     fn device_name(&self) -> String {
         cpu_name()
     }
@@ -330,6 +327,11 @@ impl Backend for CpuBackend {
         let kib: u64 = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
         Some(kib * 1024 / sharing.max(1) as u64)
     }
+}
+
+impl Backend for CpuBackend {
+    type Act = HostMat<bf16>;
+    type Acc = HostMat<f32>;
 
     fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act> {
         Ok(HostMat::new(rows, cols, Some(self.memory.clone())))

@@ -43,7 +43,7 @@ fn near_rounding_boundary(p: f32) -> bool {
 
 /// The spacing of BF16 values at `x`.
 fn bf16_ulp(x: f32) -> f64 {
-    crate::harness::bf16_ulp(x as f64)
+    crate::backend::bf16_ulp(x as f64)
 }
 
 /// The kernel's attention of `qs` against `ks` on host buffers, keys in tiles of `tile` (q: rows x heads*hd, kv: rows x

@@ -223,7 +223,10 @@ impl OpClock {
     }
 }
 
-pub trait Backend {
+/// What a backend measures of itself, apart from the ops (`Backend`): its device, the timer of
+/// a timed iteration, the memory it uses, and the FLOPs and seconds of the calls it ran. The
+/// timing engine (`crate::timing`) and the results read these; the strategies never need them.
+pub trait Instruments {
     /// What runs the kernels, for the results ("cpu: <model> x<cores>", a GPU's name).
     fn device_name(&self) -> String;
 
@@ -251,6 +254,32 @@ pub trait Backend {
     /// node's available memory divided among its ranks); None where unknown.
     fn memory_budget(&self, sharing: usize) -> Option<u64>;
 
+    /// Mark the start of a timed iteration on the device's own timeline (CUDA: an event on the
+    /// compute stream); a backend without one keeps no mark.
+    fn timer_start(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Mark the end of the timed iteration, after everything it queued.
+    fn timer_stop(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Seconds from `timer_start` to `timer_stop` on the device's timeline, once `synchronize`
+    /// has returned; None where the host's clock is the measure.
+    fn timer_elapsed(&self) -> anyhow::Result<Option<f64>> {
+        Ok(None)
+    }
+
+    /// The PCI bus id of the GPU this backend runs on ("00000000:19:00.0"), for NVML; None off a GPU.
+    fn pci_bus_id(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The ops every strategy is written in, on BF16 activations and FP32 attention accumulators;
+/// `Instruments` is what a backend measures of itself.
+pub trait Backend: Instruments {
     /// BF16 activations and weights.
     type Act: Matrix;
     /// FP32 attention accumulators.
@@ -322,28 +351,14 @@ pub trait Backend {
 
     /// Wait until every operation issued so far has finished (the end of a timed iteration).
     fn synchronize(&self) -> anyhow::Result<()>;
+}
 
-    /// Mark the start of a timed iteration on the device's own timeline (CUDA: an event on the
-    /// compute stream); a backend without one keeps no mark.
-    fn timer_start(&self) -> anyhow::Result<()> {
-        Ok(())
+/// The spacing of BF16 values (8 significant bits) at magnitude x.
+pub fn bf16_ulp(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return 0.0;
     }
-
-    /// Mark the end of the timed iteration, after everything it queued.
-    fn timer_stop(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    /// Seconds from `timer_start` to `timer_stop` on the device's timeline, once `synchronize`
-    /// has returned; None where the host's clock is the measure.
-    fn timer_elapsed(&self) -> anyhow::Result<Option<f64>> {
-        Ok(None)
-    }
-
-    /// The PCI bus id of the GPU this backend runs on ("00000000:19:00.0"), for NVML; None off a GPU.
-    fn pci_bus_id(&self) -> Option<String> {
-        None
-    }
+    2f64.powi(x.abs().log2().floor() as i32 - 7)
 }
 
 /// The log-sum-exp merge of a partial attention result (o_new, lse_new) into (o, lse), in FP32:
@@ -370,6 +385,15 @@ pub fn lse_merge(o: &mut [f32], lse: &mut f32, o_new: &[f32], lse_new: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_ulp_is_the_spacing_of_bf16_values() {
+        for x in [1.0f64, 3.7, 4.0, 0.3, 100.0] {
+            let b = half::bf16::from_f64(x);
+            let next = half::bf16::from_bits(b.to_bits() + 1);
+            assert_eq!(bf16_ulp(b.to_f64()), next.to_f64() - b.to_f64(), "at {x}");
+        }
+    }
 
     /// Softmax attention of one query over `keys` in FP64: (output, lse).
     fn softmax_f64(scores: &[f64], values: &[Vec<f64>]) -> (Vec<f64>, f64) {

@@ -3,7 +3,7 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::device::{AttentionKernel, CudaBackend};
-use crate::backend::Backend;
+use crate::backend::Instruments;
 use crate::comm::mpi::MpiComm;
 use crate::comm::nccl::NcclComm;
 use crate::launch::Launch;

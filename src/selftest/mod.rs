@@ -253,7 +253,7 @@ pub fn expected<R: Backend>(reference: &R, step: &Step, tol: &Tolerance) -> Resu
 /// within their bound, and one near a rounding boundary rounds to BF16 one ulp apart, a difference
 /// no FP32 bound covers.
 fn attention_bounds(o: Vec<f64>, lse: Vec<f64>, stored: &[f32]) -> Tolerance {
-    let stored: Vec<f64> = stored.iter().zip(&o).map(|(&x, b)| b + crate::harness::bf16_ulp(x as f64)).collect();
+    let stored: Vec<f64> = stored.iter().zip(&o).map(|(&x, b)| b + crate::backend::bf16_ulp(x as f64)).collect();
     Tolerance::Bounds([o, lse, stored].concat())
 }
 
@@ -416,7 +416,7 @@ pub fn compare(want: &Output, got: &Output, tol: &Tolerance) -> (f64, f64, bool)
         // NaN never passes: every comparison with it is false.
         let ok = match tol {
             Tolerance::Exact => x == y,
-            Tolerance::OneUlp => d <= crate::harness::bf16_ulp(x.abs().max(y.abs())) + 1e-30,
+            Tolerance::OneUlp => d <= crate::backend::bf16_ulp(x.abs().max(y.abs())) + 1e-30,
             Tolerance::Relative(r) => d <= r * x.abs().max(1.0),
             Tolerance::Bounds(b) => x == y || d <= b[i],
             Tolerance::FlashTwin { .. } => false, // resolved by `expected` before any comparison

@@ -5,7 +5,7 @@
 
 use super::kernels::{self, ModuleFormat, SOURCES};
 use super::launch::{self, Geometry, Operand};
-use crate::backend::{Backend, BlockCopy, Heads, Matrix, MemoryStats, Span, Tracker};
+use crate::backend::{Backend, BlockCopy, Heads, Instruments, Matrix, MemoryStats, Span, Tracker};
 use crate::generator::{Init, Region};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::cublas::{sys as cublas_sys, CudaBlas};
@@ -526,51 +526,13 @@ fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
     move |e| anyhow!("{what}: {e:?}")
 }
 
-impl Backend for CudaBackend {
-    type Act = DevMat<u16>;
-    type Acc = DevMat<f32>;
-
+impl Instruments for CudaBackend {
     fn device_name(&self) -> String {
         format!("{} ({})", self.name, self.arch)
     }
 
     fn peak_flops(&self) -> Option<f64> {
         peak_flops_for(&self.name)
-    }
-
-    fn timer_start(&self) -> Result<()> {
-        let e = self
-            .stream
-            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(err("recording the start event"))?;
-        *self.timer.borrow_mut() = [Some(e), None];
-        Ok(())
-    }
-
-    fn timer_stop(&self) -> Result<()> {
-        let e =
-            self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(err("recording the end event"))?;
-        self.timer.borrow_mut()[1] = Some(e);
-        Ok(())
-    }
-
-    fn timer_elapsed(&self) -> Result<Option<f64>> {
-        let [start, end] = std::mem::take(&mut *self.timer.borrow_mut());
-        match (start, end) {
-            (Some(s), Some(e)) => Ok(Some(s.elapsed_ms(&e).map_err(err("reading the iteration's events"))? as f64 / 1e3)),
-            _ => Ok(None),
-        }
-    }
-
-    fn pci_bus_id(&self) -> Option<String> {
-        use cudarc::driver::sys::CUdevice_attribute as A;
-        let get = |a| self.ctx.attribute(a).ok();
-        let (domain, bus, device) = (
-            get(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?,
-            get(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?,
-            get(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?,
-        );
-        Some(format!("{domain:08x}:{bus:02x}:{device:02x}.0"))
     }
 
     fn counted_flops(&self) -> (f64, f64) {
@@ -610,6 +572,46 @@ impl Backend for CudaBackend {
         let (_, total) = self.ctx.mem_get_info().ok()?;
         Some(total as u64 / sharing.div_ceil(self.devices).max(1) as u64)
     }
+
+    fn timer_start(&self) -> Result<()> {
+        let e = self
+            .stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(err("recording the start event"))?;
+        *self.timer.borrow_mut() = [Some(e), None];
+        Ok(())
+    }
+
+    fn timer_stop(&self) -> Result<()> {
+        let e =
+            self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(err("recording the end event"))?;
+        self.timer.borrow_mut()[1] = Some(e);
+        Ok(())
+    }
+
+    fn timer_elapsed(&self) -> Result<Option<f64>> {
+        let [start, end] = std::mem::take(&mut *self.timer.borrow_mut());
+        match (start, end) {
+            (Some(s), Some(e)) => Ok(Some(s.elapsed_ms(&e).map_err(err("reading the iteration's events"))? as f64 / 1e3)),
+            _ => Ok(None),
+        }
+    }
+
+    fn pci_bus_id(&self) -> Option<String> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let get = |a| self.ctx.attribute(a).ok();
+        let (domain, bus, device) = (
+            get(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?,
+            get(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?,
+            get(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?,
+        );
+        Some(format!("{domain:08x}:{bus:02x}:{device:02x}.0"))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Act = DevMat<u16>;
+    type Acc = DevMat<f32>;
 
     fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act> {
         self.alloc(rows, cols)

@@ -1,0 +1,148 @@
+//! What a run shows on the console: its progress (on a terminal only), each strategy's account
+//! and every measured strategy side by side.
+
+use crate::config::StrategyKind;
+use crate::metrics::{fmt_bytes, fmt_seconds};
+use crate::output::reduce::{Measured, StrategySummary};
+
+pub(super) fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBar {
+    let bar = terminal_bar(total, "{prefix:>6} [{bar:30}] {pos}/{len} iterations ({msg}), ETA {eta}", quiet);
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// A progress bar of `total` steps drawn as `template` on stdout where it is a terminal (hidden
+/// when `quiet` or where it is not): mpirun hands a rank's stdout a terminal when it has one, its
+/// stderr a pipe.
+pub(crate) fn terminal_bar(total: usize, template: &str, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if quiet || !std::io::stdout().is_terminal() {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stdout()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total as u64), target);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The console's account of each strategy run, then the side-by-side comparison.
+pub fn print_summaries(summaries: &[StrategySummary]) {
+    if let Some(s) = summaries.iter().find(|s| crate::backend::is_simulated_device(&s.first.device)) {
+        println!(
+            "SIMULATED: {} runs the kernels on the CPU; every timing below is the stand-in's, not a measurement of a GPU",
+            s.first.device
+        );
+    }
+    for s in summaries {
+        match s.config.emulate {
+            // The job's figures below assume every rank takes as long as the emulated one.
+            Some(e) => println!(
+                "{} ({}, EMULATED rank {} of {}; communication as device copies, no waiting on other ranks):",
+                s.config.strategy.name(),
+                s.status,
+                e.as_rank,
+                e.world
+            ),
+            None => println!("{} ({}):", s.config.strategy.name(), s.status),
+        }
+        let Some(m) = &s.measured else {
+            println!("  no measured iterations");
+            continue;
+        };
+        let it = &m.iter;
+        println!(
+            "  iteration      mean {}, 95% CI [{}, {}], cv {:.1}%, min {}, median {}, max {} (n {})",
+            fmt_seconds(it.mean),
+            fmt_seconds(it.ci95.0),
+            fmt_seconds(it.ci95.1),
+            100.0 * it.cv(),
+            fmt_seconds(it.min),
+            fmt_seconds(it.median),
+            fmt_seconds(it.max),
+            it.n
+        );
+        println!("  tokens/s       {:.1}, 95% CI [{:.1}, {:.1}]", m.tps, m.tps_ci95.0, m.tps_ci95.1);
+        println!("  time per token {} (iteration time / {} tokens)", fmt_seconds(m.tpot_s), s.config.tokens_per_iteration());
+        println!(
+            "  per rank       communication {} max / {} mean exposed, compute {} max / {} mean, sent {}/iter max",
+            fmt_seconds(m.comm_s.0),
+            fmt_seconds(m.comm_s.1),
+            fmt_seconds(m.compute_s.0),
+            fmt_seconds(m.compute_s.1),
+            fmt_bytes(m.sent_per_iter_max)
+        );
+        println!("  hidden comm    {}", hidden_line(s, m));
+        let device = m.peak_device_max.map(|b| format!(", process/device peak {} max", fmt_bytes(b))).unwrap_or_default();
+        println!("  peak memory    buffers {} max / {} mean{device}", fmt_bytes(m.peak_buffers.0), fmt_bytes(m.peak_buffers.1));
+        let mfu = m.mfu.map(|x| format!("MFU {:.1}%", 100.0 * x)).unwrap_or_else(|| "MFU n/a (device peak unknown)".into());
+        let util = m.gpu_util.map(|(mean, max)| format!(", GPU utilization {mean:.1}% mean / {max:.0}% max (NVML)")).unwrap_or_default();
+        println!("  compute        {:.4} TFLOP/s per rank, {mfu}{util}", m.tflops_per_gpu);
+    }
+    print_comparison(summaries);
+}
+
+/// Every measured strategy run side by side, one column each in run order, and each one's
+/// tokens/s and memory against the fastest's.
+fn print_comparison(summaries: &[StrategySummary]) {
+    let measured: Vec<(&StrategySummary, &Measured)> = summaries.iter().filter_map(|s| s.measured.as_ref().map(|m| (s, m))).collect();
+    if measured.len() < 2 {
+        return;
+    }
+    let w = 18;
+    let row = |name: &str, cell: &dyn Fn(&Measured) -> String| {
+        let cells: String = measured.iter().map(|(_, m)| format!("{:>w$}", cell(m))).collect();
+        println!("{name:<24}{cells}");
+    };
+    let names: String = measured.iter().map(|(s, _)| format!("{:>w$}", s.config.strategy.name())).collect();
+    println!();
+    println!("{:<24}{names}", "");
+    row("tokens/s", &|m| format!("{:.1}", m.tps));
+    row("time per token", &|m| fmt_seconds(m.tpot_s));
+    row("iteration (mean)", &|m| fmt_seconds(m.iter.mean));
+    row("peak memory (max rank)", &|m| fmt_bytes(m.peak_buffers.0));
+    row("exposed comm (max)", &|m| fmt_seconds(m.comm_s.0));
+    row("hidden comm (max)", &|m| fmt_seconds(m.hidden_s.0));
+    row("communication hidden", &|m| m.hidden_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "-".into()));
+    row("sent per iteration", &|m| fmt_bytes(m.sent_per_iter_max));
+    if summaries.iter().any(|s| s.config.emulate.is_some()) {
+        println!("(emulated: one rank's work each, not a measured job)");
+    }
+    let (fastest, best) = measured.iter().max_by(|a, b| a.1.tps.total_cmp(&b.1.tps)).expect("two or more");
+    let others: Vec<String> = measured
+        .iter()
+        .filter(|(s, _)| !std::ptr::eq(*s, *fastest))
+        .map(|(s, m)| {
+            format!(
+                "{} {:.2}x its tokens/s at {:.2}x its memory",
+                s.config.strategy.name(),
+                m.tps / best.tps,
+                m.peak_buffers.0 / best.peak_buffers.0
+            )
+        })
+        .collect();
+    println!("fastest: {}; {}", fastest.config.strategy.name(), others.join(", "));
+    let find = |k: StrategyKind| measured.iter().find(|(s, _)| s.config.strategy == k).map(|(_, m)| *m);
+    if let (Some(tp), Some(ring)) = (find(StrategyKind::TpPp), find(StrategyKind::Ring)) {
+        // The seed's question, answered in its own terms.
+        println!(
+            "ring speed-up over tp-pp: {:.2}x; ring memory / tp-pp memory: {:.2}x",
+            ring.tps / tp.tps,
+            ring.peak_buffers.0 / tp.peak_buffers.0
+        );
+    }
+}
+
+/// How much communication ran under compute, in words.
+fn hidden_line(s: &StrategySummary, m: &Measured) -> String {
+    let Some(f) = m.hidden_fraction else { return "no communication".into() };
+    let why = s.config.transport().timing();
+    format!(
+        "{:.1}% of communication time ran under compute, {} max / {} mean per rank ({why})",
+        100.0 * f,
+        fmt_seconds(m.hidden_s.0),
+        fmt_seconds(m.hidden_s.1)
+    )
+}

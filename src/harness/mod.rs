@@ -1,0 +1,134 @@
+//! The one harness every strategy runs under (STYLE.md, item 1): `run` applies the measurement
+//! protocol to each config and writes the results; `verify` checks a strategy against the
+//! reference and the FP64 oracle. One file per concern: admission, the run directory, the
+//! measurement, the console, verification.
+
+pub mod admit;
+pub mod console;
+mod measure;
+mod rundir;
+pub mod verify;
+
+pub use admit::check_memory;
+pub use console::print_summaries;
+pub use verify::{tolerance, verify, within, Diff};
+
+use crate::backend::Backend;
+use crate::comm::metered::Metered;
+use crate::comm::Communicator;
+use crate::config::RunConfig;
+use crate::fault::Fault;
+use crate::journal::Journal;
+use crate::metrics::flops;
+use crate::output::rankfile::{self, RankRun};
+use crate::output::reduce;
+use crate::output::status::RunStatus;
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// Who and where this rank is, for its results.
+#[derive(Clone, Debug)]
+pub struct Place {
+    pub rank: usize,
+    pub local_rank: usize,
+    pub host: String,
+    /// MPI library version, as the library reports it.
+    pub mpi_library: String,
+}
+
+/// Where results go.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The results root: runs land in `<out>/<run id>/`.
+    pub out: PathBuf,
+    /// Chosen run id; default: the SLURM job id, or `<UTC timestamp>-<strategy>`.
+    pub run_id: Option<String>,
+    /// No progress display.
+    pub quiet: bool,
+    /// Injected fault, for tests of the failure paths.
+    pub fault: Option<Fault>,
+}
+
+/// Run each config in turn under the measurement protocol, recording into `journal` and writing
+/// this rank's results file after each, then (rank 0) reduce the run directory into CSV and print
+/// the summary. The strategies talk through `strategy_comm(cfg)` (a duplicate of the world, or an
+/// emulated rank's transport), metered; the harness's own barriers and reductions use `comm` and
+/// are not counted. Returns false where a result was found invalid (its row says why).
+#[allow(clippy::too_many_arguments)]
+pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
+    cfgs: &[RunConfig],
+    choice: &str,
+    be: &B,
+    comm: &C,
+    strategy_comm: &dyn Fn(&RunConfig) -> Result<S>,
+    place: &Place,
+    opts: &RunOptions,
+    journal: &Journal,
+) -> Result<bool> {
+    let root = comm.rank() == 0;
+    let (dir, launch_id) = rundir::create_run_dir(comm, choice, opts)?;
+    let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if root {
+        match cfgs[0].emulate {
+            Some(e) => println!("ringbench run {run_id}: one process, {}, results in {}", e.label(), dir.display()),
+            None => println!("ringbench run {run_id}: {} ranks, results in {}", comm.size(), dir.display()),
+        }
+    }
+    let (h5_major, h5_minor, h5_release) = hdf5::library_version();
+    let libraries = format!("{}; HDF5 {h5_major}.{h5_minor}.{h5_release}", place.mpi_library);
+    journal.open(dir.clone(), place.rank, cfgs[0].rank_files());
+    for (sequence, cfg) in cfgs.iter().enumerate() {
+        if root {
+            println!("{}", cfg.describe());
+        }
+        be.reset_peak_memory();
+        let run = RankRun {
+            run_id: run_id.clone(),
+            launch_id: launch_id.clone(),
+            sequence: sequence as u32,
+            config: cfg.clone(),
+            rank: place.rank,
+            local_rank: place.local_rank,
+            host: place.host.clone(),
+            pid: std::process::id(),
+            device: be.device_name(),
+            libraries: libraries.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: env!("RINGBENCH_GIT_COMMIT").to_string(),
+            start_utc: rankfile::utc_now(),
+            end_utc: String::new(),
+            status: RunStatus::Running,
+            iterations: Vec::with_capacity(cfg.iters),
+            memory: be.memory(),
+            flops: flops::rank_flops(cfg, cfg.strategy_rank(comm.rank())),
+            counted_flops: None,
+            device_peak_flops: be.peak_flops(),
+            gpu_util: None,
+            op_profile: None,
+        };
+        journal.begin_run(run);
+        let metered = Metered::new(strategy_comm(cfg)?);
+        measure::measure(cfg, be, comm, &metered, root && !opts.quiet, opts.fault, journal)?;
+        journal.finish_run(be.memory())?;
+    }
+    // Every rank file is complete before rank 0 reads them (shared filesystem, as on clusters).
+    comm.barrier()?;
+    if !root {
+        return Ok(true);
+    }
+    let summaries = reduce::reduce_into(std::slice::from_ref(&dir), &dir, reduce::ReduceOptions { partial: false, owner: true })?;
+    // A look taken while the run was in progress (`reduce --partial`) is superseded.
+    for stale in ["summary-partial.csv", "ranks-partial.csv"] {
+        if std::fs::remove_file(dir.join(stale)).is_ok() {
+            println!("removed {stale}, a look at the run in progress, now superseded by the final tables");
+        }
+    }
+    print_summaries(&summaries);
+    let files = if comm.size() == 1 { "1 rank file".to_string() } else { format!("{} rank files", comm.size()) };
+    println!("wrote {files}, summary.csv and ranks.csv to {}", dir.display());
+    let invalid: Vec<_> = summaries.iter().filter(|s| s.status == RunStatus::Invalid).collect();
+    for s in &invalid {
+        eprintln!("ringbench: error: the {} result is invalid: {}", s.config.strategy.name(), s.invalid_reason.as_deref().unwrap_or(""));
+    }
+    Ok(invalid.is_empty())
+}

@@ -225,7 +225,7 @@ impl OpClock {
 
 /// What a backend measures of itself, apart from the ops (`Backend`): its device, the timer of
 /// a timed iteration, the memory it uses, and the FLOPs and seconds of the calls it ran. The
-/// timing engine (`crate::timing`) and the results read these; the strategies never need them.
+/// timing engine and the results read these; the strategies never need them.
 pub trait Instruments {
     /// What runs the kernels, for the results ("cpu: <model> x<cores>", a GPU's name).
     fn device_name(&self) -> String;

@@ -1,0 +1,236 @@
+//! What a sweep writes and prints: sweep.csv, best.csv and crossovers.csv, a chart per world,
+//! the console's account.
+
+use super::chart::chart;
+use super::rank::{best, crossovers, fastest, order, Best, Crossover};
+use super::{Basis, Point};
+use crate::plan::Hardware;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+fn table_of(header: &[&str], rows: Vec<Vec<String>>) -> crate::output::reduce::Table {
+    (header.iter().map(|h| h.to_string()).collect(), rows)
+}
+
+fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table {
+    let header = [
+        "world",
+        "nodes",
+        "gpus_per_node",
+        "kv_heads",
+        "seq_len",
+        "strategy",
+        "split",
+        "layout",
+        "fits",
+        "memory_gib",
+        "projected_tps",
+        "projected_ttft_s",
+        "projected_tpot_us",
+        "projected_exposed_comm_s",
+        "heaviest_link",
+        "measured_tps",
+        "measured_iter_s",
+        "measured_ttft_s",
+        "measured_peak_mem_gib",
+        "run_dir",
+    ];
+    let rows = points
+        .iter()
+        .map(|p| {
+            let layout = if crate::strategy::spec(p.cfg.strategy).uses_layout { p.cfg.layout.name() } else { "" };
+            vec![
+                p.world.to_string(),
+                p.world.div_ceil(hw.gpus_per_node).to_string(),
+                hw.gpus_per_node.to_string(),
+                p.cfg.model.kv_heads.to_string(),
+                p.cfg.model.seq_len.to_string(),
+                p.cfg.strategy.name().to_string(),
+                p.split(),
+                layout.to_string(),
+                p.fits.to_string(),
+                format!("{:.3}", p.memory_bytes / (1u64 << 30) as f64),
+                format!("{:.1}", p.tps),
+                format!("{:.6}", p.ttft_s),
+                format!("{:.4}", 1e6 / p.tps),
+                format!("{:.6}", p.exposed_comm_s),
+                p.link.clone(),
+                p.measured.as_ref().map_or(String::new(), |m| format!("{:.3}", m.tps)),
+                p.measured.as_ref().map_or(String::new(), |m| format!("{:.6}", m.iter_s)),
+                // One sequence per iteration: the iteration is its time to first token.
+                p.measured.as_ref().filter(|_| p.cfg.model.batch == 1).map_or(String::new(), |m| format!("{:.6}", m.iter_s)),
+                p.measured.as_ref().map_or(String::new(), |m| format!("{:.6}", m.peak_mem_gib)),
+                p.measured.as_ref().map_or(String::new(), |m| m.run_dir.clone()),
+            ]
+        })
+        .collect();
+    table_of(&header, rows)
+}
+
+fn best_table(best: &[Best], basis: Basis) -> crate::output::reduce::Table {
+    let header = [
+        "basis",
+        "world",
+        "kv_heads",
+        "seq_len",
+        "strategy",
+        "split",
+        "tps",
+        "projected_ttft_s",
+        "memory_gib",
+        "runner_up",
+        "runner_up_split",
+        "speedup_over_runner_up",
+    ];
+    let v = |p: &Point| p.figure(basis).unwrap_or(0.0);
+    let rows = best
+        .iter()
+        .map(|b| {
+            let p = b.point;
+            let (ru, ru_split, ratio) = match b.runner_up {
+                Some(r) => (r.cfg.strategy.name().to_string(), r.split(), format!("{:.4}", v(p) / v(r))),
+                None => Default::default(),
+            };
+            vec![
+                basis.name().to_string(),
+                p.world.to_string(),
+                p.cfg.model.kv_heads.to_string(),
+                p.cfg.model.seq_len.to_string(),
+                p.cfg.strategy.name().to_string(),
+                p.split(),
+                format!("{:.1}", v(p)),
+                format!("{:.6}", p.ttft_s),
+                format!("{:.3}", p.memory_bytes / (1u64 << 30) as f64),
+                ru,
+                ru_split,
+                ratio,
+            ]
+        })
+        .collect();
+    table_of(&header, rows)
+}
+
+fn crossover_table(crossovers: &[Crossover], basis: Basis) -> crate::output::reduce::Table {
+    let header = ["basis", "world", "kv_heads", "faster_below", "faster_above", "seq_len_below", "seq_len_above", "seq_len_estimate"];
+    let rows = crossovers
+        .iter()
+        .map(|c| {
+            vec![
+                basis.name().to_string(),
+                c.world.to_string(),
+                c.kv_heads.to_string(),
+                c.faster_below.name().to_string(),
+                c.faster_above.name().to_string(),
+                c.seq_below.to_string(),
+                c.seq_above.to_string(),
+                format!("{:.0}", c.seq_estimate),
+            ]
+        })
+        .collect();
+    table_of(&header, rows)
+}
+
+/// Write the three tables and the charts into `dir`; the paths written.
+/// Write the three tables and the charts into `dir`, ranked by `basis`; the paths written. A
+/// measured sweep's tables are its own to replace (a rerun adds the points it completes).
+pub fn write(dir: &Path, points: &[Point], hw: &Hardware, basis: Basis) -> Result<Vec<PathBuf>> {
+    use crate::output::reduce::{csv_bytes, write_new_or_same};
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--out {}: {e}", dir.display()))?;
+    let best = best(points, basis);
+    let crossovers = crossovers(points, basis);
+    let mut written = Vec::new();
+    for (name, table) in [
+        ("sweep.csv", sweep_table(points, hw)),
+        ("best.csv", best_table(&best, basis)),
+        ("crossovers.csv", crossover_table(&crossovers, basis)),
+    ] {
+        let path = dir.join(name);
+        write_new_or_same(&path, &csv_bytes(&table)?, basis == Basis::Measured)?;
+        written.push(path);
+    }
+    let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
+    let one_kv = groups.iter().map(|g| g.1).collect::<std::collections::BTreeSet<_>>().len() == 1;
+    for (world, kv) in groups {
+        let name = if one_kv { format!("tps-world-{world}") } else { format!("tps-world-{world}-kv-{kv}") };
+        let pts: Vec<&Point> = points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).collect();
+        let cross: Vec<&Crossover> = crossovers.iter().filter(|c| c.world == world && c.kv_heads == kv).collect();
+        written.push(chart(dir, &name, world, kv, &pts, &cross, hw, basis)?);
+    }
+    Ok(written)
+}
+
+/// A progress bar over the sweep's points with its ETA, on stdout where it is a terminal.
+pub fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
+    crate::harness::console::terminal_bar(total, "sweep [{bar:30}] {pos}/{len} points, ETA {eta}", quiet)
+}
+
+/// The console's account: per world (and K/V heads), a row per length with each strategy's
+/// tokens/s (fastest split that fits; "-" where none fits) and the fastest, then the crossovers.
+pub fn render(points: &[Point], hw: &Hardware, basis: Basis) -> String {
+    let by = fastest(points, basis);
+    let crossovers = crossovers(points, basis);
+    let best = best(points, basis);
+    let v = |p: &Point| p.figure(basis).unwrap_or(0.0);
+    let kinds: Vec<usize> = {
+        let s: std::collections::BTreeSet<usize> = points.iter().map(|p| order(p.cfg.strategy)).collect();
+        s.into_iter().collect()
+    };
+    let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
+    let mut o = String::new();
+    for c in &hw.calibrated {
+        o.push_str(&format!("calibrated: {c}\n"));
+    }
+    for (world, kv) in groups {
+        let on = match basis {
+            Basis::Projected => {
+                format!("{world} GPUs of {} ({} x {})", hw.name, world.div_ceil(hw.gpus_per_node), hw.gpus_per_node.min(world))
+            }
+            Basis::Measured => {
+                let backend = points.first().map_or("", |p| p.cfg.backend.name());
+                format!("{world} ranks on this machine ({backend} backend; the projection for {} is in sweep.csv)", hw.name)
+            }
+        };
+        o.push_str(&format!(
+            "\n{on}, {kv} K/V heads: {} tokens/s of each strategy's fastest split{}\n",
+            basis.name(),
+            if basis == Basis::Projected { " that fits" } else { "" }
+        ));
+        let mut header = format!("{:>10}", "seq_len");
+        for k in &kinds {
+            header.push_str(&format!("{:>12}", crate::strategy::SPECS[*k].kind.name()));
+        }
+        header.push_str("  fastest");
+        o.push_str(&header);
+        o.push('\n');
+        let seqs: std::collections::BTreeSet<usize> =
+            points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).map(|p| p.cfg.model.seq_len).collect();
+        for seq in seqs {
+            let mut row = format!("{seq:>10}");
+            let at = by.get(&(world, kv, seq));
+            for k in &kinds {
+                let cell = at.and_then(|s| s.get(k)).map_or("-".to_string(), |p| format!("{:.0}", v(p)));
+                row.push_str(&format!("{cell:>12}"));
+            }
+            match best.iter().find(|b| b.point.key() == (world, kv, seq)) {
+                Some(b) => {
+                    let margin = b.runner_up.map(|r| format!(", {:.2}x {}", v(b.point) / v(r), r.cfg.strategy.name())).unwrap_or_default();
+                    row.push_str(&format!("  {} ({}{margin})", b.point.cfg.strategy.name(), b.point.split()));
+                }
+                None => row.push_str(if basis == Basis::Projected { "  nothing fits" } else { "  nothing measured" }),
+            }
+            o.push_str(&row);
+            o.push('\n');
+        }
+        for c in crossovers.iter().filter(|c| c.world == world && c.kv_heads == kv) {
+            o.push_str(&format!(
+                "crossover: {} is faster below, {} above, between {} and {} tokens (about {:.0})\n",
+                c.faster_below.name(),
+                c.faster_above.name(),
+                c.seq_below,
+                c.seq_above,
+                c.seq_estimate
+            ));
+        }
+    }
+    o
+}

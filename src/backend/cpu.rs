@@ -4,7 +4,7 @@
 //! CPU runs of realistic lengths finish.
 
 use super::Tracker;
-use super::{lse_merge, Backend, BlockCopy, Heads, Instruments, Matrix, MemoryStats, Span};
+use super::{checks, lse_merge, Backend, BlockCopy, Heads, Instruments, Matrix, MemoryStats, Span};
 use crate::generator::{Init, Region};
 use anyhow::{ensure, Result};
 use half::bf16;
@@ -110,8 +110,7 @@ impl CpuBackend {
     }
 
     fn matmul_now(&self, x: &HostMat<bf16>, w: &HostMat<bf16>, out: &mut HostMat<bf16>) -> Result<()> {
-        ensure!(x.cols == w.rows, "matmul: x is [{}, {}], w is [{}, {}]", x.rows, x.cols, w.rows, w.cols);
-        ensure!(out.cols == w.cols, "matmul: out has {} columns, w {}", out.cols, w.cols);
+        checks::matmul(x, w, out)?;
         let (m, k, n) = (x.rows, x.cols, w.cols);
         out.set_rows(m);
         self.flops.gemm(m, k, n);
@@ -134,26 +133,8 @@ impl CpuBackend {
         o: &mut HostMat<f32>,
         lse: &mut HostMat<f32>,
     ) -> Result<()> {
+        checks::attention(q, kv, heads, qs, ks, o, lse)?;
         let (hd, width, kvw) = (heads.head_dim, heads.width(), heads.kv_width());
-        ensure!(
-            q.cols == width && kv.cols == 2 * kvw && heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
-            "attention: q has {} columns, kv {}, {} heads ({} K/V) x {hd} need {width} and {}",
-            q.cols,
-            kv.cols,
-            heads.heads,
-            heads.kv_heads,
-            2 * kvw
-        );
-        ensure!(
-            o.cols == width && lse.cols == heads.heads,
-            "attention: accumulators are [{}, {}] and [{}, {}]",
-            o.rows,
-            o.cols,
-            lse.rows,
-            lse.cols
-        );
-        ensure!(qs.row0 + qs.len <= q.rows && qs.row0 + qs.len <= o.rows, "attention: query rows beyond buffers");
-        ensure!(ks.row0 + ks.len <= kv.rows, "attention: key rows {}..{} beyond {}", ks.row0, ks.row0 + ks.len, kv.rows);
         self.flops.attention(heads, qs, ks, causal);
         // Causal: query at position p sees keys at positions <= p; how many of this block's keys that is.
         let visible = |qpos: usize| -> usize {
@@ -342,8 +323,7 @@ impl Backend for CpuBackend {
     }
 
     fn fill(&self, out: &mut Self::Act, dst_row0: usize, region: &Region, seed: u64, init: Init) -> Result<()> {
-        ensure!(region.cols() == out.cols, "fill: region is {} wide, buffer {}", region.cols(), out.cols);
-        ensure!(dst_row0 + region.rows <= out.rows, "fill: rows {}..{} beyond {}", dst_row0, dst_row0 + region.rows, out.rows);
+        checks::fill(out, dst_row0, region)?;
         let cols = out.cols;
         region.generate_into(seed, init, &mut out.data[dst_row0 * cols..(dst_row0 + region.rows) * cols]);
         Ok(())
@@ -354,7 +334,7 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &Self::Act, gain: &Self::Act, out: &mut Self::Act) -> Result<()> {
-        ensure!(gain.cols == x.cols && out.cols == x.cols, "rms_norm: widths {} / {} / {}", x.cols, gain.cols, out.cols);
+        checks::rms_norm(x, gain, out)?;
         out.set_rows(x.rows);
         let d = x.cols;
         let g = to_f32(gain.row(0));
@@ -371,8 +351,7 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span, stride: usize) -> Result<()> {
-        ensure!(heads.width() <= x.cols, "rope: {} heads x {} wider than {}", heads.heads, heads.head_dim, x.cols);
-        ensure!(span.row0 + span.len <= x.rows, "rope: rows beyond buffer");
+        checks::rope(x, heads, span)?;
         let half_dim = heads.head_dim / 2;
         let cols = x.cols;
         for r in 0..span.len {
@@ -401,7 +380,7 @@ impl Backend for CpuBackend {
 
     fn swiglu(&self, gate_up: &Self::Act, out: &mut Self::Act) -> Result<()> {
         let f = out.cols;
-        ensure!(gate_up.cols == 2 * f, "swiglu: [gate | up] is {} wide, out {f}", gate_up.cols);
+        checks::swiglu(gate_up, out)?;
         out.set_rows(gate_up.rows);
         for r in 0..gate_up.rows {
             let (gu, o) = (&gate_up.data[r * 2 * f..(r + 1) * 2 * f], &mut out.data[r * f..(r + 1) * f]);
@@ -413,7 +392,7 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()> {
-        ensure!(x.rows == y.rows && x.cols == y.cols, "add: [{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols);
+        checks::add(x, y)?;
         for (a, b) in x.as_mut_slice().iter_mut().zip(y.as_slice()) {
             *a = bf16::from_f32(a.to_f32() + b.to_f32());
         }
@@ -441,15 +420,14 @@ impl Backend for CpuBackend {
     }
 
     fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> Result<()> {
-        ensure!(o.cols == out.cols, "attention_store: widths {} / {}", o.cols, out.cols);
+        checks::attention_store(o, out)?;
         out.set_rows(o.rows);
         out.as_mut_slice().convert_from_f32_slice(o.as_slice());
         Ok(())
     }
 
     fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> Result<()> {
-        ensure!(src.cols == dst.cols, "copy_rows: widths {} / {}", src.cols, dst.cols);
-        ensure!(src_row0 + rows <= src.rows && dst_row0 + rows <= dst.rows, "copy_rows: rows beyond buffers");
+        checks::copy_rows(src, src_row0, dst, dst_row0, rows)?;
         let c = src.cols;
         dst.data[dst_row0 * c..(dst_row0 + rows) * c].copy_from_slice(&src.data[src_row0 * c..(src_row0 + rows) * c]);
         Ok(())

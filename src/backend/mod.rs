@@ -5,6 +5,7 @@
 //! Numerics on every backend: storage BF16 (`Act`), arithmetic FP32, one rounding to BF16 per
 //! operation's output; attention statistics and partial outputs FP32 (`Acc`).
 
+pub mod checks;
 pub mod cpu;
 pub mod cuda;
 pub mod flash_twin;

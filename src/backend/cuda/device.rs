@@ -3,13 +3,14 @@
 //! start-up for this device's architecture. Operations are queued on one stream; `synchronize`
 //! ends a timed iteration.
 
+pub use super::attention::AttentionKernel;
 use super::kernels::{self, ModuleFormat, SOURCES};
-use super::launch::{self, Geometry, Operand};
+use super::launch::{self, Scalar};
 use crate::backend::{Backend, BlockCopy, Heads, Instruments, Matrix, MemoryStats, Span, Tracker};
 use crate::generator::{Init, Region};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::cublas::{sys as cublas_sys, CudaBlas};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, PushKernelArg};
 use half::bf16;
 use serde::Serialize;
 use std::cell::Cell;
@@ -20,9 +21,9 @@ use std::sync::Arc;
 /// A row-major device matrix with room for `capacity_rows` rows. BF16 is stored as its bit
 /// pattern (u16), which is what the kernels and cuBLAS read.
 pub struct DevMat<T> {
-    data: CudaSlice<T>,
-    rows: usize,
-    cols: usize,
+    pub(super) data: CudaSlice<T>,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
     capacity_rows: usize,
     tracker: Arc<Tracker>,
     /// The stream that orders this buffer's work (for host staging in the MPI communicator).
@@ -153,59 +154,6 @@ pub fn peak_flops_for(name: &str) -> Option<f64> {
     Some(tflops * 1e12)
 }
 
-/// Which attention kernel the backend launches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttentionKernel {
-    /// The tensor-core flash kernel where it has the head dim (64, 128), else the plain one. Its
-    /// block shape is 128 query rows, by the prediction in kernels/NOTES.md until measured.
-    Auto,
-    /// The flash kernel with 128 query rows per block (8 warps).
-    Flash128,
-    /// The flash kernel with 64 query rows per block (4 warps).
-    Flash64,
-    /// The Hopper flash kernel (wgmma + TMA, sm_90a only; kernels/flash_wgmma.cu), 128 query
-    /// rows per block; the plain kernel for head dims other than 64 and 128.
-    Wgmma,
-    /// The plain one-warp-per-query kernel, for comparison.
-    Plain,
-}
-
-impl AttentionKernel {
-    /// Query rows per block of the mma.sync flash kernel, or None (the plain kernel, or wgmma).
-    pub fn flash_rows(self) -> Option<usize> {
-        match self {
-            AttentionKernel::Auto | AttentionKernel::Flash128 => Some(128),
-            AttentionKernel::Flash64 => Some(64),
-            AttentionKernel::Plain | AttentionKernel::Wgmma => None,
-        }
-    }
-
-    /// The wgmma entry point that runs head dim `head_dim` under this choice, if any.
-    pub fn wgmma_kernel(self, head_dim: usize) -> Option<&'static str> {
-        (self == AttentionKernel::Wgmma).then(|| launch::wgmma_kernel(head_dim)).flatten()
-    }
-
-    /// The key tile of the flash kernel that runs head dim `head_dim` (its CPU twin takes keys in
-    /// the same tiles), or None where the plain kernel runs it.
-    pub fn twin_tile(self, head_dim: usize) -> Option<usize> {
-        if self.wgmma_kernel(head_dim).is_some() {
-            return Some(crate::backend::flash_twin::WGMMA_TILE);
-        }
-        self.flash_rows().and_then(|r| launch::flash_kernel(head_dim, r)).map(|_| crate::backend::flash_twin::MMA_SYNC_TILE)
-    }
-
-    /// What runs attention of head dim `head_dim` under this choice.
-    pub fn describe(self, head_dim: usize) -> String {
-        if self.wgmma_kernel(head_dim).is_some() {
-            return format!("flash, {} query rows per block (wgmma + TMA, sm_90a)", launch::WGMMA_ROWS);
-        }
-        match self.flash_rows().filter(|&r| launch::flash_kernel(head_dim, r).is_some()) {
-            Some(rows) => format!("flash, {rows} query rows per block (mma.sync)"),
-            None => "plain (one warp per query row)".to_string(),
-        }
-    }
-}
-
 /// One kernel source as this backend loaded it.
 pub struct LoadedSource {
     pub file: &'static str,
@@ -248,8 +196,8 @@ fn resources(f: &CudaFunction) -> std::result::Result<kernels::Resources, cudarc
 
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
     pub arch: &'static str,
@@ -264,7 +212,7 @@ pub struct CudaBackend {
     sources: Vec<LoadedSource>,
     /// The kernels loaded but never launched, with the reason (`kernels::refusal`).
     refused: HashMap<&'static str, String>,
-    flops: crate::backend::FlopCounter,
+    pub(super) flops: crate::backend::FlopCounter,
     /// Whether each GEMM and attention call is timed (`set_op_timing`), and the (is a GEMM, start,
     /// end) events recorded around each on the compute stream since the last take.
     op_timing: Cell<bool>,
@@ -428,15 +376,21 @@ impl CudaBackend {
     }
 
     /// A loaded kernel, or the reason it is not launched.
-    fn f(&self, name: &str) -> Result<&CudaFunction> {
+    pub(super) fn f(&self, name: &str) -> Result<&CudaFunction> {
         if let Some(why) = self.refused.get(name) {
             bail!("{why}");
         }
         Ok(self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} is not in the registry")))
     }
 
-    fn cfg(g: Geometry) -> LaunchConfig {
-        LaunchConfig { grid_dim: g.grid, block_dim: g.block, shared_mem_bytes: 0 }
+    /// The attention kernel chosen for this backend's calls.
+    pub(super) fn attention_kernel(&self) -> AttentionKernel {
+        self.attention_kernel.get()
+    }
+
+    /// Counts an attention call's FLOPs (`counted_flops`).
+    pub(super) fn count_attention(&self, heads: Heads, qs: Span, ks: Span, causal: bool) {
+        self.flops.attention(heads, qs, ks, causal);
     }
 
     fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, rows: usize, cols: usize) -> Result<DevMat<T>> {
@@ -477,52 +431,19 @@ impl CudaBackend {
     }
 }
 
-/// A CUtensorMap passed by value as a kernel argument (`const __grid_constant__ TensorMap` in
-/// kernels/wgmma.cuh): 128 bytes, aligned as cuda.h aligns it.
-#[repr(transparent)]
-pub struct TensorMapArg(cudarc::driver::sys::CUtensorMap);
-
-// SAFETY: a plain 128-byte value with the kernel parameter's layout (kernels/wgmma.cuh's
-// TensorMap); the driver copies it at the launch.
-unsafe impl cudarc::driver::DeviceRepr for TensorMapArg {}
-
-impl CudaBackend {
-    /// The tensor map the wgmma kernel loads a span through: rows [row0, row0 + len) of a row-major
-    /// BF16 buffer `width` elements wide, boxes of 64 columns x 128 rows, 128-byte swizzle, zeros
-    /// outside.
-    fn tensor_map(&self, data: &CudaSlice<u16>, width: usize, row0: usize, len: usize) -> Result<TensorMapArg> {
-        use cudarc::driver::sys::*;
-        use cudarc::driver::DevicePtr;
-        let (base, _sync) = data.device_ptr(&self.stream);
-        let address = base + (row0 * width * 2) as u64;
-        let dims = [width as u64, len as u64];
-        let strides = [(width * 2) as u64];
-        let (boxes, element_strides) = (launch::WGMMA_BOX, [1u32, 1]);
-        // SAFETY: CUtensorMap is plain bytes the call fills; every pointer argument points at
-        // an array of the rank's length (strides: rank - 1); the address is device memory.
-        let mut map: CUtensorMap = unsafe { std::mem::zeroed() };
-        let r = unsafe {
-            cuTensorMapEncodeTiled(
-                &mut map,
-                CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                2,
-                address as *mut std::ffi::c_void,
-                dims.as_ptr(),
-                strides.as_ptr(),
-                boxes.as_ptr(),
-                element_strides.as_ptr(),
-                CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-                CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-            )
+/// A launch's scalar arguments pushed in order (`launch::Scalars`).
+pub(super) fn push_scalars<'a>(l: &mut cudarc::driver::LaunchArgs<'a>, values: &'a [Scalar]) {
+    for v in values {
+        match v {
+            Scalar::Int(x) => l.arg(x),
+            Scalar::Long(x) => l.arg(x),
+            Scalar::U64(x) => l.arg(x),
+            Scalar::Float(x) => l.arg(x),
         };
-        r.result().map_err(|e| anyhow!("cuTensorMapEncodeTiled ({len} rows x {width} BF16 from row {row0}): {e:?}"))?;
-        Ok(TensorMapArg(map))
     }
 }
 
-fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
+pub(super) fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
     move |e| anyhow!("{what}: {e:?}")
 }
 
@@ -622,27 +543,7 @@ impl Backend for CudaBackend {
     }
 
     fn fill(&self, out: &mut Self::Act, dst_row0: usize, region: &Region, seed: u64, init: Init) -> Result<()> {
-        ensure!(region.cols() == out.cols, "fill: region is {} wide, buffer {}", region.cols(), out.cols);
-        ensure!(dst_row0 + region.rows <= out.rows, "fill: rows beyond the buffer");
-        ensure!(region.col_blocks.len() <= 3, "fill: at most three column blocks");
-        let b = |i: usize| region.col_blocks.get(i).copied().unwrap_or((0, 0));
-        let (kind, scale) = match init {
-            Init::Uniform => (0i32, 1.0f32),
-            Init::Weight { fan_in } => (1, (1.0 / (fan_in as f64).sqrt()) as f32),
-            Init::Gain => (2, 1.0),
-        };
-        let (width, rows) = (out.cols as i32, region.rows as i32);
-        let (b0, b1, b2) = (b(0), b(1), b(2));
-        let (b0s, b0w, b1s, b1w, b2s) = (b0.0 as i32, b0.1 as i32, b1.0 as i32, b1.1 as i32, b2.0 as i32);
-        let (gcols, row0, stride, tensor, d0) =
-            (region.global_cols as u64, region.row0 as u64, region.row_stride as u64, region.tensor, dst_row0 as i32);
-        let mut l = self.stream.launch_builder(self.f("generate_bf16")?);
-        l.arg(&mut out.data).arg(&d0).arg(&rows).arg(&width).arg(&seed).arg(&tensor).arg(&gcols).arg(&row0).arg(&stride);
-        l.arg(&b0s).arg(&b0w).arg(&b1s).arg(&b1w).arg(&b2s).arg(&kind).arg(&scale);
-        // SAFETY: arguments are pushed in the kernel's signature order with its types; the grid
-        // covers rows x width elements of a buffer holding at least (dst_row0 + rows) x width.
-        unsafe { l.launch(Self::cfg(launch::elementwise(region.rows * out.cols))) }.map_err(err("generate_bf16"))?;
-        Ok(())
+        self.generate_now(out, dst_row0, region, seed, init)
     }
 
     fn matmul(&self, x: &Self::Act, w: &Self::Act, out: &mut Self::Act) -> Result<()> {
@@ -650,87 +551,28 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &Self::Act, gain: &Self::Act, out: &mut Self::Act) -> Result<()> {
-        ensure!(gain.cols == x.cols && out.cols == x.cols, "rms_norm: widths {} / {} / {}", x.cols, gain.cols, out.cols);
-        out.set_rows(x.rows);
-        if x.rows == 0 {
-            return Ok(());
-        }
-        let cols = x.cols as i32;
-        let mut l = self.stream.launch_builder(self.f("rms_norm_bf16")?);
-        l.arg(&x.data).arg(&gain.data).arg(&mut out.data).arg(&cols);
-        // SAFETY: one block per row of x; x, gain and out hold rows x cols, 1 x cols, rows x cols.
-        unsafe { l.launch(Self::cfg(launch::per_row(x.rows))) }.map_err(err("rms_norm_bf16"))?;
-        Ok(())
+        self.rms_norm_now(x, gain, out)
     }
 
     fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span, stride: usize) -> Result<()> {
-        ensure!(heads.width() <= x.cols && span.row0 + span.len <= x.rows, "rope: outside the buffer");
-        let n = span.len * heads.heads * heads.head_dim / 2;
-        if n == 0 {
-            return Ok(());
-        }
-        let (cols, h, hd, r0, len, p0) =
-            (x.cols as i32, heads.heads as i32, heads.head_dim as i32, span.row0 as i32, span.len as i32, span.pos0 as i32);
-        let ps = stride as i32;
-        let mut l = self.stream.launch_builder(self.f("rope_bf16")?);
-        l.arg(&mut x.data).arg(&cols).arg(&h).arg(&hd).arg(&r0).arg(&len).arg(&p0).arg(&ps);
-        // SAFETY: one thread per (row, head, pair) of the span, inside the buffer (checked above).
-        unsafe { l.launch(Self::cfg(launch::elementwise(n))) }.map_err(err("rope_bf16"))?;
-        Ok(())
+        self.rope_now(x, heads, span, stride)
     }
 
     fn gelu(&self, x: &mut Self::Act) -> Result<()> {
-        let n = x.len() as i64;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut l = self.stream.launch_builder(self.f("gelu_bf16")?);
-        l.arg(&mut x.data).arg(&n);
-        // SAFETY: n elements of the buffer's rows.
-        unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("gelu_bf16"))?;
-        Ok(())
+        self.gelu_now(x)
     }
 
     fn swiglu(&self, gate_up: &Self::Act, out: &mut Self::Act) -> Result<()> {
-        let f = out.cols;
-        ensure!(gate_up.cols == 2 * f, "swiglu: [gate | up] is {} wide, out {f}", gate_up.cols);
-        out.set_rows(gate_up.rows);
-        let (rows, fi) = (gate_up.rows as i64, f as i32);
-        if rows == 0 || f == 0 {
-            return Ok(());
-        }
-        let mut l = self.stream.launch_builder(self.f("swiglu_bf16")?);
-        l.arg(&gate_up.data).arg(&mut out.data).arg(&rows).arg(&fi);
-        // SAFETY: one thread per output element; gate_up holds rows x 2f, out rows x f (checked).
-        unsafe { l.launch(Self::cfg(launch::elementwise(gate_up.rows * f))) }.map_err(err("swiglu_bf16"))?;
-        Ok(())
+        self.swiglu_now(gate_up, out)
     }
 
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()> {
-        ensure!(x.rows == y.rows && x.cols == y.cols, "add: [{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols);
-        let n = x.len() as i64;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut l = self.stream.launch_builder(self.f("add_bf16")?);
-        l.arg(&mut x.data).arg(&y.data).arg(&n);
-        // SAFETY: x and y hold the same n elements.
-        unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("add_bf16"))?;
-        Ok(())
+        self.add_now(x, y)
     }
 
     fn attention_reset(&self, o: &mut Self::Acc, lse: &mut Self::Acc) -> Result<()> {
-        for (buf, value) in [(o, 0.0f32), (lse, f32::NEG_INFINITY)] {
-            let n = buf.len() as i64;
-            if n == 0 {
-                continue;
-            }
-            let mut l = self.stream.launch_builder(self.f("fill_f32")?);
-            l.arg(&mut buf.data).arg(&n).arg(&value);
-            // SAFETY: n elements of the buffer's rows.
-            unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("fill_f32"))?;
-        }
-        Ok(())
+        self.fill_f32_now(o, 0.0)?;
+        self.fill_f32_now(lse, f32::NEG_INFINITY)
     }
 
     fn attention(
@@ -748,34 +590,11 @@ impl Backend for CudaBackend {
     }
 
     fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> Result<()> {
-        ensure!(o.cols == out.cols, "attention_store: widths {} / {}", o.cols, out.cols);
-        out.set_rows(o.rows);
-        let n = o.len() as i64;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut l = self.stream.launch_builder(self.f("f32_to_bf16")?);
-        l.arg(&o.data).arg(&mut out.data).arg(&n);
-        // SAFETY: n elements in both buffers.
-        unsafe { l.launch(Self::cfg(launch::elementwise(n as usize))) }.map_err(err("f32_to_bf16"))?;
-        Ok(())
+        self.store_now(o, out)
     }
 
     fn copy_block(&self, src: &Self::Act, dst: &mut Self::Act, c: BlockCopy) -> Result<()> {
-        c.check(src, dst)?;
-        let n = c.rows * c.cols;
-        if n == 0 {
-            return Ok(());
-        }
-        let (src_cols, dst_cols) = (src.cols as i32, dst.cols as i32);
-        let src_off = (c.src_row0 * src.cols + c.src_col0) as i64;
-        let dst_off = (c.dst_row0 * dst.cols + c.dst_col0) as i64;
-        let (rows, cols) = (c.rows as i32, c.cols as i32);
-        let mut l = self.stream.launch_builder(self.f("copy_block_bf16")?);
-        l.arg(&src.data).arg(&src_cols).arg(&src_off).arg(&mut dst.data).arg(&dst_cols).arg(&dst_off).arg(&rows).arg(&cols);
-        // SAFETY: the block lies inside both buffers' rows in use (checked above).
-        unsafe { l.launch(Self::cfg(launch::elementwise(n))) }.map_err(err("copy_block_bf16"))?;
-        Ok(())
+        self.copy_block_now(src, dst, c)
     }
 
     fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> Result<()> {
@@ -818,138 +637,6 @@ impl CudaBackend {
         op()?;
         let end = self.stream.record_event(flags).map_err(err("recording an op's end event"))?;
         self.op_events.borrow_mut().push((linear, start, end));
-        Ok(())
-    }
-
-    fn matmul_now(&self, x: &DevMat<u16>, w: &DevMat<u16>, out: &mut DevMat<u16>) -> Result<()> {
-        ensure!(
-            x.cols == w.rows && out.cols == w.cols,
-            "matmul: [{}, {}] x [{}, {}] into {} columns",
-            x.rows,
-            x.cols,
-            w.rows,
-            w.cols,
-            out.cols
-        );
-        out.set_rows(x.rows);
-        self.flops.gemm(x.rows, x.cols, w.cols);
-        let g = launch::row_major_gemm(x.rows, x.cols, w.cols);
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        let (a, b) = match (g.a, g.b) {
-            (Operand::W, Operand::X) => (&w.data, &x.data),
-            _ => (&x.data, &w.data),
-        };
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        use cudarc::driver::{DevicePtr, DevicePtrMut};
-        let (pa, _ra) = a.device_ptr(&self.stream);
-        let (pb, _rb) = b.device_ptr(&self.stream);
-        let (pc, _rc) = out.data.device_ptr_mut(&self.stream);
-        // SAFETY: A is m x k (ld m), B is k x n (ld k), C is m x n (ld m) in column-major terms,
-        // all BF16 inside their buffers (checked shapes above); alpha and beta are host FP32 as
-        // cuBLAS's default pointer mode expects for an FP32 compute type.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-                cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-                g.m as i32,
-                g.n as i32,
-                g.k as i32,
-                &alpha as *const f32 as *const _,
-                pa as *const _,
-                cublas_sys::cudaDataType::CUDA_R_16BF,
-                g.lda as i32,
-                pb as *const _,
-                cublas_sys::cudaDataType::CUDA_R_16BF,
-                g.ldb as i32,
-                &beta as *const f32 as *const _,
-                pc as *mut _,
-                cublas_sys::cudaDataType::CUDA_R_16BF,
-                g.ldc as i32,
-                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(err("cublasGemmEx"))?;
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attention_now(
-        &self,
-        q: &DevMat<u16>,
-        kv: &DevMat<u16>,
-        heads: Heads,
-        qs: Span,
-        ks: Span,
-        causal: bool,
-        o: &mut DevMat<f32>,
-        lse: &mut DevMat<f32>,
-    ) -> Result<()> {
-        let w = heads.width();
-        ensure!(
-            q.cols == w && kv.cols == 2 * heads.kv_width() && o.cols == w && lse.cols == heads.heads,
-            "attention: buffer widths do not match the heads"
-        );
-        ensure!(
-            heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
-            "attention: {} heads over {} K/V heads",
-            heads.heads,
-            heads.kv_heads
-        );
-        ensure!(qs.row0 + qs.len <= q.rows.min(o.rows) && ks.row0 + ks.len <= kv.rows, "attention: spans outside the buffers");
-        if qs.len == 0 || ks.len == 0 {
-            return Ok(());
-        }
-        self.flops.attention(heads, qs, ks, causal);
-        let scale = (1.0 / (heads.head_dim as f64).sqrt()) as f32;
-        let causal = i32::from(causal);
-        if let Some(kernel) = self.attention_kernel.get().wgmma_kernel(heads.head_dim) {
-            // The spans as tensor maps: row 0 the span's first row, as many rows as the span has,
-            // so the TMA reads rows past a span as zeros.
-            let q_map = self.tensor_map(&q.data, w, qs.row0, qs.len)?;
-            let kv_map = self.tensor_map(&kv.data, 2 * heads.kv_width(), ks.row0, ks.len)?;
-            let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.len, ks.pos0].map(|v| v as i32);
-            let f = self.f(kernel)?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&q_map).arg(&kv_map).arg(&mut o.data).arg(&mut lse.data);
-            for v in &ints {
-                l.arg(v);
-            }
-            l.arg(&causal).arg(&scale);
-            let g = launch::wgmma_attention(qs.len, heads.heads);
-            let cfg = LaunchConfig { grid_dim: g.grid, block_dim: g.block, shared_mem_bytes: launch::wgmma_shared_bytes(heads.head_dim) };
-            // SAFETY: the tensor maps cover rows inside the buffers (checked above) and outlive the
-            // launch call, which copies them; the dynamic shared memory is what the kernel's layout
-            // needs (FwSmem), allowed by the attribute set at load; o and lse rows inside the buffers.
-            unsafe { l.launch(cfg) }.map_err(err("flash_wgmma"))?;
-            return Ok(());
-        }
-        let flash = self.attention_kernel.get().flash_rows().and_then(|r| launch::flash_kernel(heads.head_dim, r).map(|k| (k, r)));
-        if let Some((kernel, rows)) = flash {
-            let ints = [heads.heads, heads.kv_heads, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
-            let mut l = self.stream.launch_builder(self.f(kernel)?);
-            l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
-            for v in &ints {
-                l.arg(v);
-            }
-            l.arg(&causal).arg(&scale);
-            // SAFETY: `rows` query rows per block, rows and columns inside the buffers (checked);
-            // shared memory is static (two padded 64-row tiles).
-            unsafe { l.launch(Self::cfg(launch::flash_attention(qs.len, heads.heads, rows))) }.map_err(err("flash_attention"))?;
-            return Ok(());
-        }
-        let ints = [heads.heads, heads.kv_heads, heads.head_dim, qs.row0, qs.len, qs.pos0, ks.row0, ks.len, ks.pos0].map(|v| v as i32);
-        let mut l = self.stream.launch_builder(self.f("attention_bf16")?);
-        l.arg(&q.data).arg(&kv.data).arg(&mut o.data).arg(&mut lse.data);
-        for v in &ints {
-            l.arg(v);
-        }
-        l.arg(&causal).arg(&scale);
-        // SAFETY: one warp per query row and head; rows and columns inside the buffers (checked).
-        unsafe { l.launch(Self::cfg(launch::attention(qs.len, heads.heads, heads.head_dim))) }.map_err(err("attention_bf16"))?;
         Ok(())
     }
 }

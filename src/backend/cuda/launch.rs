@@ -1,5 +1,9 @@
-//! Launch geometry and cuBLAS argument mapping: the arithmetic of running the kernels on
-//! row-major buffers, pure and unit-tested without a GPU.
+//! Launch geometry, checked kernel arguments and cuBLAS argument mapping: the arithmetic of
+//! running the kernels on row-major buffers, pure and unit-tested without a GPU. Each kernel
+//! family's launchers (`elementwise`, `attention`) plan a launch with these: the grid, and the
+//! scalar arguments converted with their ranges checked, in signature order.
+
+use anyhow::{bail, Result};
 
 /// Threads per block of the element-wise and row kernels (BLOCK in kernels/common.cuh).
 pub const BLOCK: u32 = 256;
@@ -16,7 +20,91 @@ pub struct Geometry {
 }
 
 /// Largest grid x-dimension (2^31 - 1).
-const MAX_GRID_X: u64 = (1 << 31) - 1;
+pub const MAX_GRID_X: u64 = (1 << 31) - 1;
+/// Largest grid y-dimension.
+pub const MAX_GRID_Y: usize = 65535;
+
+/// A kernel's scalar argument, as the C type its signature takes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scalar {
+    Int(i32),
+    Long(i64),
+    U64(u64),
+    Float(f32),
+}
+
+/// A kernel's scalar arguments in signature order, each converted to the kernel's C type with its
+/// range checked: a value past `int` is refused with the kernel and argument named, never
+/// wrapped as `as i32` would.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scalars {
+    pub kernel: &'static str,
+    pub values: Vec<Scalar>,
+}
+
+impl Scalars {
+    pub fn new(kernel: &'static str) -> Self {
+        Scalars { kernel, values: Vec::new() }
+    }
+
+    /// `v` as the kernel's `int`.
+    pub fn int(mut self, name: &str, v: usize) -> Result<Self> {
+        match i32::try_from(v) {
+            Ok(x) => self.values.push(Scalar::Int(x)),
+            Err(_) => bail!("{}: {name} = {v} exceeds the kernel's int argument (at most {})", self.kernel, i32::MAX),
+        }
+        Ok(self)
+    }
+
+    /// `v` as the kernel's `long long`.
+    pub fn long(mut self, name: &str, v: usize) -> Result<Self> {
+        match i64::try_from(v) {
+            Ok(x) => self.values.push(Scalar::Long(x)),
+            Err(_) => bail!("{}: {name} = {v} exceeds the kernel's 64-bit argument", self.kernel),
+        }
+        Ok(self)
+    }
+
+    /// A flag or a code the kernel takes as `int` (0 or 1, a small enumeration).
+    pub fn code(mut self, v: i32) -> Self {
+        self.values.push(Scalar::Int(v));
+        self
+    }
+
+    pub fn u64(mut self, v: u64) -> Self {
+        self.values.push(Scalar::U64(v));
+        self
+    }
+
+    pub fn float(mut self, v: f32) -> Self {
+        self.values.push(Scalar::Float(v));
+        self
+    }
+}
+
+/// A launch as its launcher planned it: the grid and the checked scalar arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    pub geometry: Geometry,
+    pub scalars: Scalars,
+}
+
+/// The grid of one thread per element of `n` for `kernel`, refused where one launch cannot
+/// cover them.
+pub fn checked_elementwise(kernel: &str, n: usize) -> Result<Geometry> {
+    if (n as u64).div_ceil(BLOCK as u64) > MAX_GRID_X {
+        bail!("{kernel}: {n} elements exceed one launch ({} blocks of {BLOCK} at most)", MAX_GRID_X);
+    }
+    Ok(elementwise(n))
+}
+
+/// `heads` as a grid's y dimension for `kernel`, refused beyond its limit.
+pub fn check_grid_heads(kernel: &str, heads: usize) -> Result<()> {
+    if heads > MAX_GRID_Y {
+        bail!("{kernel}: {heads} heads exceed the grid's y dimension ({MAX_GRID_Y})");
+    }
+    Ok(())
+}
 
 /// One thread per element of `n`.
 pub fn elementwise(n: usize) -> Geometry {

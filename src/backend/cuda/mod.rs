@@ -1,7 +1,11 @@
-//! The CUDA backend's parts that need no GPU, so that CI checks them on every change: the kernel
-//! registry and its NVRTC build (`kernels`), and the pure arithmetic of launching them and of
-//! calling cuBLAS on row-major buffers (`launch`).
+//! The CUDA backend. `device`: the context, the loaded kernels and the `Backend` impl; the
+//! launchers beside their kernels' families (`elementwise`, `attention`, `gemm`), each planning
+//! its grid and checked arguments; and the parts CI checks without a GPU: the kernel registry and
+//! its NVRTC build (`kernels`) and the pure arithmetic of launching (`launch`).
 
+pub mod attention;
 pub mod device;
+pub mod elementwise;
+pub mod gemm;
 pub mod kernels;
 pub mod launch;

@@ -1,0 +1,88 @@
+//! The ops' preconditions, stated once for both backends (STYLE.md, item 6): each takes the
+//! operands as `Matrix` (their rows in use and columns) and gives the error the op refuses with.
+//! The CPU backend and the CUDA launchers call the same function, so the two cannot disagree on
+//! what a valid call is.
+
+use super::{Heads, Matrix, Span};
+use crate::generator::Region;
+use anyhow::{ensure, Result};
+
+/// `fill`: the region as wide as the buffer, its rows inside it from `dst_row0`.
+pub fn fill(out: &impl Matrix, dst_row0: usize, region: &Region) -> Result<()> {
+    ensure!(region.cols() == out.cols(), "fill: region is {} wide, buffer {}", region.cols(), out.cols());
+    ensure!(dst_row0 + region.rows <= out.rows(), "fill: rows {}..{} beyond {}", dst_row0, dst_row0 + region.rows, out.rows());
+    Ok(())
+}
+
+/// `matmul`: x [m, k] w [k, n] into n columns.
+pub fn matmul(x: &impl Matrix, w: &impl Matrix, out: &impl Matrix) -> Result<()> {
+    ensure!(x.cols() == w.rows(), "matmul: x is [{}, {}], w is [{}, {}]", x.rows(), x.cols(), w.rows(), w.cols());
+    ensure!(out.cols() == w.cols(), "matmul: out has {} columns, w {}", out.cols(), w.cols());
+    Ok(())
+}
+
+/// `rms_norm`: x, its gain and out of one width.
+pub fn rms_norm(x: &impl Matrix, gain: &impl Matrix, out: &impl Matrix) -> Result<()> {
+    ensure!(gain.cols() == x.cols() && out.cols() == x.cols(), "rms_norm: widths {} / {} / {}", x.cols(), gain.cols(), out.cols());
+    Ok(())
+}
+
+/// `rope`: the heads inside the buffer's width, the span inside its rows.
+pub fn rope(x: &impl Matrix, heads: Heads, span: Span) -> Result<()> {
+    ensure!(heads.width() <= x.cols(), "rope: {} heads x {} wider than {}", heads.heads, heads.head_dim, x.cols());
+    ensure!(span.row0 + span.len <= x.rows(), "rope: rows beyond buffer");
+    Ok(())
+}
+
+/// `swiglu`: [gate | up] twice as wide as out.
+pub fn swiglu(gate_up: &impl Matrix, out: &impl Matrix) -> Result<()> {
+    ensure!(gate_up.cols() == 2 * out.cols(), "swiglu: [gate | up] is {} wide, out {}", gate_up.cols(), out.cols());
+    Ok(())
+}
+
+/// `add`: two buffers of one shape.
+pub fn add(x: &impl Matrix, y: &impl Matrix) -> Result<()> {
+    ensure!(x.rows() == y.rows() && x.cols() == y.cols(), "add: [{}, {}] += [{}, {}]", x.rows(), x.cols(), y.rows(), y.cols());
+    Ok(())
+}
+
+/// `attention`: q [rows, heads x head_dim], kv [rows, 2 x kv_heads x head_dim], accumulators o
+/// [rows, heads x head_dim] and lse [rows, heads], the K/V heads dividing the heads, the spans
+/// inside the buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(q: &impl Matrix, kv: &impl Matrix, heads: Heads, qs: Span, ks: Span, o: &impl Matrix, lse: &impl Matrix) -> Result<()> {
+    let (hd, width, kvw) = (heads.head_dim, heads.width(), heads.kv_width());
+    ensure!(
+        q.cols() == width && kv.cols() == 2 * kvw && heads.kv_heads > 0 && heads.heads % heads.kv_heads == 0,
+        "attention: q has {} columns, kv {}, {} heads ({} K/V) x {hd} need {width} and {}",
+        q.cols(),
+        kv.cols(),
+        heads.heads,
+        heads.kv_heads,
+        2 * kvw
+    );
+    ensure!(
+        o.cols() == width && lse.cols() == heads.heads,
+        "attention: accumulators are [{}, {}] and [{}, {}]",
+        o.rows(),
+        o.cols(),
+        lse.rows(),
+        lse.cols()
+    );
+    ensure!(qs.row0 + qs.len <= q.rows() && qs.row0 + qs.len <= o.rows(), "attention: query rows beyond buffers");
+    ensure!(ks.row0 + ks.len <= kv.rows(), "attention: key rows {}..{} beyond {}", ks.row0, ks.row0 + ks.len, kv.rows());
+    Ok(())
+}
+
+/// `attention_store`: the accumulator and the output of one width.
+pub fn attention_store(o: &impl Matrix, out: &impl Matrix) -> Result<()> {
+    ensure!(o.cols() == out.cols(), "attention_store: widths {} / {}", o.cols(), out.cols());
+    Ok(())
+}
+
+/// `copy_rows`: one width, both ranges inside their buffers.
+pub fn copy_rows(src: &impl Matrix, src_row0: usize, dst: &impl Matrix, dst_row0: usize, rows: usize) -> Result<()> {
+    ensure!(src.cols() == dst.cols(), "copy_rows: widths {} / {}", src.cols(), dst.cols());
+    ensure!(src_row0 + rows <= src.rows() && dst_row0 + rows <= dst.rows(), "copy_rows: rows beyond buffers");
+    Ok(())
+}

@@ -278,19 +278,13 @@ impl ModelConfig {
 
 /// Everything a rank needs to know to run; identical on every rank.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "RunConfigRecord", into = "RunConfigRecord")]
 pub struct RunConfig {
     pub preset: Preset,
     pub model: ModelConfig,
     pub strategy: StrategyKind,
-    pub tp: usize,
-    pub pp: usize,
-    pub ring: usize,
-    /// usp's Ulysses group size (its ring over the groups is `ring`); 1 elsewhere.
-    #[serde(default = "one")]
-    pub ulysses: usize,
-    /// tp-cp's context-parallel size (its TP size is `tp`); 1 elsewhere.
-    #[serde(default = "one")]
-    pub cp: usize,
+    /// How the strategy splits its ranks: the sizes its shape has, each named for what it is.
+    pub split: Split,
     pub layout: Layout,
     pub micro_batch: usize,
     pub seed: u64,
@@ -306,8 +300,170 @@ pub struct RunConfig {
     pub emulate: Option<Emulation>,
 }
 
+/// A strategy's split of its ranks: one variant per shape, each size named for what it is, so
+/// no number means one thing to one strategy and another to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// One rank, the whole model (reference).
+    One,
+    /// `tp` tensor-parallel ranks x `pp` pipeline stages (tp-pp).
+    TpPp { tp: usize, pp: usize },
+    /// The sequence over `p` ranks (ring, allgather, ulysses).
+    Sp { p: usize },
+    /// Ulysses groups of `u` consecutive ranks x a ring of `r` over the groups (usp).
+    Usp { u: usize, r: usize },
+    /// Tensor-parallel groups of `t` consecutive ranks x a context ring of `c` (tp-cp).
+    TpCp { t: usize, c: usize },
+}
+
+impl Split {
+    /// The tensor-parallel group's size (tp-pp, tp-cp); 1 without one.
+    pub fn tp(self) -> usize {
+        match self {
+            Split::TpPp { tp, .. } => tp,
+            Split::TpCp { t, .. } => t,
+            _ => 1,
+        }
+    }
+
+    /// Pipeline stages (tp-pp); 1 without a pipeline.
+    pub fn pp(self) -> usize {
+        match self {
+            Split::TpPp { pp, .. } => pp,
+            _ => 1,
+        }
+    }
+
+    /// The ranks the sequence is split over by ring, allgather and ulysses; 1 elsewhere.
+    pub fn sp(self) -> usize {
+        match self {
+            Split::Sp { p } => p,
+            _ => 1,
+        }
+    }
+
+    /// usp's Ulysses group size; 1 elsewhere.
+    pub fn ulysses(self) -> usize {
+        match self {
+            Split::Usp { u, .. } => u,
+            _ => 1,
+        }
+    }
+
+    /// usp's ring over its Ulysses groups; 1 elsewhere.
+    pub fn ring(self) -> usize {
+        match self {
+            Split::Usp { r, .. } => r,
+            _ => 1,
+        }
+    }
+
+    /// tp-cp's context ring; 1 elsewhere.
+    pub fn cp(self) -> usize {
+        match self {
+            Split::TpCp { c, .. } => c,
+            _ => 1,
+        }
+    }
+
+    /// The split `kind` takes with the flat sizes of the command line and of the rank files:
+    /// tp and pp for tp-pp, ring (P) for ring, allgather and ulysses, ulysses and ring for usp,
+    /// tp and cp for tp-cp.
+    pub fn of_sizes(kind: StrategyKind, tp: usize, pp: usize, ring: usize, ulysses: usize, cp: usize) -> Split {
+        match kind {
+            StrategyKind::Reference => Split::One,
+            StrategyKind::TpPp => Split::TpPp { tp, pp },
+            StrategyKind::Ring | StrategyKind::Allgather | StrategyKind::Ulysses => Split::Sp { p: ring },
+            StrategyKind::Usp => Split::Usp { u: ulysses, r: ring },
+            StrategyKind::TpCp => Split::TpCp { t: tp, c: cp },
+        }
+    }
+
+    /// The flat sizes (tp, pp, ring, ulysses, cp) the rank files store, 1 where the split has none.
+    fn flat(self) -> (usize, usize, usize, usize, usize) {
+        let ring = match self {
+            Split::Sp { p } => p,
+            Split::Usp { r, .. } => r,
+            _ => 1,
+        };
+        (self.tp(), self.pp(), ring, self.ulysses(), self.cp())
+    }
+}
+
 fn one() -> usize {
     1
+}
+
+/// The rank files' form of a `RunConfig` (results written by every earlier version read back):
+/// the split as flat sizes beside the strategy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunConfigRecord {
+    preset: Preset,
+    model: ModelConfig,
+    strategy: StrategyKind,
+    tp: usize,
+    pp: usize,
+    ring: usize,
+    #[serde(default = "one")]
+    ulysses: usize,
+    #[serde(default = "one")]
+    cp: usize,
+    layout: Layout,
+    micro_batch: usize,
+    seed: u64,
+    causal: bool,
+    backend: BackendKind,
+    #[serde(default)]
+    comm: CommKind,
+    warmup: usize,
+    iters: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emulate: Option<Emulation>,
+}
+
+impl From<RunConfigRecord> for RunConfig {
+    fn from(r: RunConfigRecord) -> Self {
+        RunConfig {
+            preset: r.preset,
+            model: r.model,
+            strategy: r.strategy,
+            split: Split::of_sizes(r.strategy, r.tp, r.pp, r.ring, r.ulysses, r.cp),
+            layout: r.layout,
+            micro_batch: r.micro_batch,
+            seed: r.seed,
+            causal: r.causal,
+            backend: r.backend,
+            comm: r.comm,
+            warmup: r.warmup,
+            iters: r.iters,
+            emulate: r.emulate,
+        }
+    }
+}
+
+impl From<RunConfig> for RunConfigRecord {
+    fn from(c: RunConfig) -> Self {
+        let (tp, pp, ring, ulysses, cp) = c.split.flat();
+        RunConfigRecord {
+            preset: c.preset,
+            model: c.model,
+            strategy: c.strategy,
+            tp,
+            pp,
+            ring,
+            ulysses,
+            cp,
+            layout: c.layout,
+            micro_batch: c.micro_batch,
+            seed: c.seed,
+            causal: c.causal,
+            backend: c.backend,
+            comm: c.comm,
+            warmup: c.warmup,
+            iters: c.iters,
+            emulate: c.emulate,
+        }
+    }
 }
 
 /// One process standing in for rank `as_rank` of a `world`-rank job: it runs exactly that rank's
@@ -335,11 +491,7 @@ impl RunConfig {
             preset,
             model: p.model,
             strategy,
-            tp,
-            pp,
-            ring,
-            ulysses: 1,
-            cp: 1,
+            split: Split::of_sizes(strategy, tp, pp, ring, 1, 1),
             layout: Layout::Zigzag,
             micro_batch: p.micro_batch,
             seed: 0,

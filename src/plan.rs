@@ -560,7 +560,7 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Preset;
+    use crate::config::{Preset, Split};
 
     fn paper(strategy: StrategyKind, causal: bool) -> RunConfig {
         RunConfig { causal, ..RunConfig::of_preset(Preset::Paper, strategy, 8, 2, 16) }
@@ -612,10 +612,7 @@ mod tests {
                 StrategyKind::TpCp,
             ] {
                 let mut cfg = paper(strategy, causal);
-                (cfg.ulysses, cfg.cp) = (8, 2);
-                if strategy == StrategyKind::Usp {
-                    cfg.ring = 2;
-                }
+                cfg.split = Split::of_sizes(strategy, 8, 2, if strategy == StrategyKind::Usp { 2 } else { 16 }, 8, 2);
                 let p = plan(&cfg, &hw, &[16, 8]);
                 for pr in &p.projections {
                     assert!(pr.tps_projected < p.tps_bound, "{strategy:?}: {} >= {}", pr.tps_projected, p.tps_bound);
@@ -664,7 +661,7 @@ mod tests {
         let mut cfg = RunConfig::of_preset(preset, strategy, inner, 1, outer);
         cfg.model.seq_len = seq_len;
         cfg.model.batch = 1;
-        (cfg.ulysses, cfg.cp) = (inner, outer);
+        cfg.split = Split::of_sizes(strategy, inner, 1, outer, inner, outer);
         cfg
     }
 
@@ -707,7 +704,7 @@ mod tests {
     fn usp_keeps_its_all_to_alls_in_the_node() {
         let hw = Profile::H100Sxm.hardware();
         let mut cfg = llama(Preset::Llama3_8b, StrategyKind::Usp, 8, 2, 131_072);
-        cfg.ring = 2;
+        cfg.split = Split::Usp { u: 8, r: 2 };
         cfg.model.batch = 4;
         let p = plan(&cfg, &hw, &[8, 16]);
         let a2a = |pr: &Projection| pr.detail("all-to-alls per layer").unwrap();

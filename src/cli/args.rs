@@ -139,7 +139,7 @@ impl EmulateArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ConfigError, ModelConfig, RunConfig, StrategyKind};
+    use crate::config::{ConfigError, ModelConfig, RunConfig, Split, StrategyKind};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -161,15 +161,15 @@ mod tests {
     fn explicit_flags_override_the_preset() {
         let cfg = resolve("--strategy ring --preset paper --seq-len 1000 --iters 2", 16).unwrap();
         assert_eq!(cfg.model, ModelConfig::dense(16, 4096, 32, 16384, 1000, 128));
-        assert_eq!((cfg.ring, cfg.warmup, cfg.iters, cfg.micro_batch), (16, 10, 2, 1));
+        assert_eq!((cfg.split.sp(), cfg.warmup, cfg.iters, cfg.micro_batch), (16, 10, 2, 1));
         assert!(cfg.causal);
     }
 
     #[test]
     fn parallel_sizes_default_from_the_world() {
         let cfg = resolve("--strategy tp-pp --pp 2", 8).unwrap();
-        assert_eq!((cfg.tp, cfg.pp, cfg.world()), (4, 2, 8));
-        assert_eq!(resolve("--strategy ring", 3).unwrap().ring, 3);
+        assert_eq!((cfg.split.tp(), cfg.split.pp(), cfg.world()), (4, 2, 8));
+        assert_eq!(resolve("--strategy ring", 3).unwrap().split, Split::Sp { p: 3 });
     }
 
     #[test]
@@ -233,13 +233,13 @@ mod tests {
         ];
         assert_eq!(runs.iter().map(|c| c.strategy).collect::<Vec<_>>(), kinds);
         // The 2-D ones take the node-sized split by default, not --tp and --ring (tp-pp's, ring's).
-        assert_eq!((runs[4].ulysses, runs[4].ring, runs[5].tp, runs[5].cp), (2, 2, 2, 2));
+        assert_eq!((runs[4].split, runs[5].split), (Split::Usp { u: 2, r: 2 }, Split::TpCp { t: 2, c: 2 }));
         let argv = "ringbench --strategy all --tp 4 --ring 4 --cp 4".split_whitespace();
         let runs = Cli::try_parse_from(argv).unwrap().args.request().resolve(4).unwrap();
         let tp_cp = runs.iter().find(|c| c.strategy == StrategyKind::TpCp).unwrap();
-        assert_eq!((tp_cp.tp, tp_cp.cp), (1, 4), "--cp asks for it, degenerate or not");
+        assert_eq!(tp_cp.split, Split::TpCp { t: 1, c: 4 }, "--cp asks for it, degenerate or not");
         let usp = runs.iter().find(|c| c.strategy == StrategyKind::Usp).unwrap();
-        assert_eq!((usp.ulysses, usp.ring), (2, 2), "--ring is the ring's under all");
+        assert_eq!(usp.split, Split::Usp { u: 2, r: 2 }, "--ring is the ring's under all");
         // Ulysses needs the ranks to divide the heads: on 3 ranks of 4 heads, `all` leaves it out,
         // and the 2-D strategies, whose only split of 3 ranks is one-dimensional.
         let argv = "ringbench --strategy all --tp 1 --pp 1 --ring 1".split_whitespace();

@@ -82,7 +82,7 @@ pub fn job_flops(cfg: &RunConfig) -> Flops {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Layout, Preset, StrategyKind};
+    use crate::config::{Layout, Preset, Split, StrategyKind};
     use crate::topology::ring_tokens;
 
     fn cfg(strategy: StrategyKind, causal: bool, layout: Layout) -> RunConfig {
@@ -119,7 +119,10 @@ mod tests {
                 (StrategyKind::TpCp, Layout::Contiguous),
             ] {
                 // The 2-D ones at 8 x 2: usp's ring is 2, tp-cp's context ring 2.
-                let c = RunConfig { ulysses: 8, cp: 2, ring: if s == StrategyKind::Usp { 2 } else { 16 }, ..cfg(s, causal, layout) };
+                let c = RunConfig {
+                    split: Split::of_sizes(s, 8, 2, if s == StrategyKind::Usp { 2 } else { 16 }, 8, 2),
+                    ..cfg(s, causal, layout)
+                };
                 assert_eq!(c.world(), 16);
                 let f = job_flops(&c);
                 assert!(

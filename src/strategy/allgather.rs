@@ -35,7 +35,7 @@ pub const SPEC: Spec = Spec {
 fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
     let block = cfg.micro_batch * super::longest_tokens(cfg);
     let local = super::local_buffers(cfg, rank);
-    let all = cfg.ring * block;
+    let all = cfg.split.sp() * block;
     super::Buffers { kv_rows: block, kv_in_rows: all, attention_kv: (all, local.attention_kv.1), ..local }
 }
 
@@ -44,11 +44,11 @@ fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
 fn traffic(cfg: &RunConfig, _rank: usize) -> Vec<Transfer> {
     let m = &cfg.model;
     let block = (cfg.micro_batch * super::longest_tokens(cfg) * 2 * m.kv_dim() * 2) as u64;
-    let wire = (cfg.ring as u64 - 1) * block;
+    let wire = (cfg.split.sp() as u64 - 1) * block;
     vec![Transfer {
         op: Op::AllGather,
         what: "K/V of every rank",
-        peers: (0..cfg.ring).collect(),
+        peers: (0..cfg.split.sp()).collect(),
         buffer_bytes: block,
         sent: wire,
         received: wire,

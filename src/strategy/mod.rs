@@ -14,7 +14,7 @@ pub mod usp;
 
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::{ConfigError, MlpAct, RunConfig, StrategyKind};
+use crate::config::{ConfigError, MlpAct, RunConfig, Split, StrategyKind};
 use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Shard, Workspace};
 use crate::topology::{self, LocalTokens};
 use anyhow::Result;
@@ -268,7 +268,7 @@ fn local_buffers(cfg: &RunConfig, rank: usize) -> Buffers {
 /// Every rank of a sequence-parallel strategy holds the whole model and runs it on its tokens.
 fn sequence_parallel_placement(cfg: &RunConfig, rank: usize) -> Placement {
     let m = &cfg.model;
-    let tokens = topology::ring_tokens(cfg.layout, m.seq_len, cfg.ring, rank);
+    let tokens = topology::ring_tokens(cfg.layout, m.seq_len, cfg.split.sp(), rank);
     Placement {
         attention_tokens: tokens.clone(),
         tokens,
@@ -282,16 +282,16 @@ fn sequence_parallel_placement(cfg: &RunConfig, rank: usize) -> Placement {
 /// The checks every strategy over `--ring` ranks of the sequence shares.
 fn check_sequence_parallel(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     let name = cfg.strategy.name();
-    if cfg.ring == 0 {
+    if cfg.split.sp() == 0 {
         return Err(ConfigError("--ring 0: must be at least 1".into()));
     }
-    if cfg.ring != world {
+    if cfg.split.sp() != world {
         return Err(ConfigError(format!(
             "--ring {}: the job has {world} ranks (world size must equal the {name} size, set by --ring)",
-            cfg.ring
+            cfg.split.sp()
         )));
     }
-    check_chunks(cfg, "", cfg.ring)
+    check_chunks(cfg, "", cfg.split.sp())
 }
 
 /// A sequence cut over `n` ring positions under `--layout` has a token in every chunk.
@@ -417,24 +417,24 @@ fn no_splits(_: &RunConfig, _: usize) -> Vec<(usize, usize)> {
 
 /// The sequence-parallel strategies' one size, `--ring`: their CSV `sp` and their world.
 fn sp_sizes(cfg: &RunConfig) -> Vec<usize> {
-    vec![cfg.ring]
+    vec![cfg.split.sp()]
 }
 
 /// `--ring`, by default the world.
 fn sp_resolve(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
-    cfg.ring = flags.ring.unwrap_or(world);
+    cfg.split = Split::Sp { p: flags.ring.unwrap_or(world) };
 }
 
 /// A strategy without parallel sizes.
 fn no_sizes(_: &mut RunConfig, _: &SizeFlags, _: usize) {}
 
 fn sp_world(cfg: &RunConfig) -> usize {
-    cfg.ring
+    cfg.split.sp()
 }
 
 /// Every sequence-parallel rank's tokens under `--layout`: the layout of each rank's K/V block.
 fn sequence_layout(cfg: &RunConfig) -> Vec<LocalTokens> {
-    ring_layout(cfg, cfg.ring)
+    ring_layout(cfg, cfg.split.sp())
 }
 
 /// Every position's tokens of a ring of `n` under `--layout`.

@@ -6,7 +6,7 @@
 use super::{spec, SPECS};
 use crate::config::{
     require_at_most, require_positive, BackendKind, CommKind, ConfigError, Emulation, EmulationRequest, MlpAct, ModelConfig, RunConfig,
-    RunRequest, StrategyKind, StrategySelection, MAX_COMM_TIMEOUT_S, MAX_ITERATIONS, MAX_SIZES,
+    RunRequest, Split, StrategyKind, StrategySelection, MAX_COMM_TIMEOUT_S, MAX_ITERATIONS, MAX_SIZES,
 };
 
 macro_rules! bad {
@@ -35,8 +35,8 @@ pub fn runs_in_all(kind: StrategyKind, flags: &SizeFlags, resolved: &Result<RunC
         _ => false,
     };
     let two_d = |c: &RunConfig| match kind {
-        StrategyKind::Usp => c.ulysses > 1 && c.ring > 1,
-        StrategyKind::TpCp => c.tp > 1 && c.cp > 1,
+        StrategyKind::Usp => c.split.ulysses() > 1 && c.split.ring() > 1,
+        StrategyKind::TpCp => c.split.tp() > 1 && c.split.cp() > 1,
         _ => true,
     };
     explicit || resolved.as_ref().is_ok_and(two_d)
@@ -122,11 +122,7 @@ impl RunRequest {
                     preset: self.preset,
                     model,
                     strategy,
-                    tp: 1,
-                    pp: 1,
-                    ring: 1,
-                    ulysses: 1,
-                    cp: 1,
+                    split: Split::One,
                     layout: self.layout,
                     micro_batch: self.micro_batch.unwrap_or(p.micro_batch),
                     seed: self.seed,

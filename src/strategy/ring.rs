@@ -40,7 +40,7 @@ fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
 /// K/V block it holds (rank r - s's: micro-batch x its tokens x 2 kv_dim BF16 values) and
 /// receives the one it holds next, while attention runs on the block in hand.
 fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
-    let (m, p) = (&cfg.model, cfg.ring);
+    let (m, p) = (&cfg.model, cfg.split.sp());
     let block = |owner: usize| (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.kv_dim() * 2) as u64;
     ring_steps(rank, p, block, |pos| pos, (m.layers * cfg.micro_batches()) as u64)
 }
@@ -74,7 +74,7 @@ pub(super) fn ring_steps(
 }
 
 fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
-    let r = project_ring(x, &(0..cfg.ring).collect::<Vec<_>>(), x.attention_per_layer_mb_s / cfg.ring as f64);
+    let r = project_ring(x, &(0..cfg.split.sp()).collect::<Vec<_>>(), x.attention_per_layer_mb_s / cfg.split.sp() as f64);
     CommProjection {
         crosses_nodes: r.crosses,
         link_bytes_per_s: r.link_bytes_per_s,

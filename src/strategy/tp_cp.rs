@@ -13,7 +13,7 @@ use super::ring::{ring_attention, ring_steps};
 use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::Backend;
 use crate::comm::Communicator;
-use crate::config::{RunConfig, StrategyKind};
+use crate::config::{RunConfig, Split, StrategyKind};
 use crate::model::Shard;
 use crate::topology::{grid_coord, grid_rank, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
@@ -21,10 +21,10 @@ use anyhow::{Context, Result};
 pub const SPEC: Spec = Spec {
     kind: StrategyKind::TpCp,
     size_names: &["tp", "cp"],
-    sizes: |cfg| vec![cfg.tp, cfg.cp],
+    sizes: |cfg| vec![cfg.split.tp(), cfg.split.cp()],
     resolve_sizes,
     uses_layout: true,
-    world: |cfg| cfg.tp * cfg.cp,
+    world: |cfg| cfg.split.tp() * cfg.split.cp(),
     check,
     placement,
     traffic,
@@ -38,23 +38,26 @@ pub const SPEC: Spec = Spec {
 fn resolve_sizes(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
     let tp = if flags.all { None } else { flags.tp };
     let probe = cfg.clone();
-    (cfg.tp, cfg.cp) = super::two_d_sizes(tp, flags.cp, world, |t| super::tp_pp::check_tp(&RunConfig { tp: t, ..probe.clone() }).is_ok());
+    let (t, c) = super::two_d_sizes(tp, flags.cp, world, |t| {
+        super::tp_pp::check_tp(&RunConfig { split: Split::TpCp { t, c: 1 }, ..probe.clone() }).is_ok()
+    });
+    cfg.split = Split::TpCp { t, c };
 }
 
 fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
-    super::check_two_d(cfg, ("--tp", cfg.tp), ("--cp", cfg.cp), world)?;
+    super::check_two_d(cfg, ("--tp", cfg.split.tp()), ("--cp", cfg.split.cp()), world)?;
     super::tp_pp::check_tp(cfg)?;
-    super::check_chunks(cfg, " context ring", cfg.cp)
+    super::check_chunks(cfg, " context ring", cfg.split.cp())
 }
 
 /// (TP rank, context position) of `rank`.
 fn coord(cfg: &RunConfig, rank: usize) -> (usize, usize) {
-    grid_coord(rank, cfg.tp)
+    grid_coord(rank, cfg.split.tp())
 }
 
 /// Every context position's tokens.
 fn layout(cfg: &RunConfig) -> Vec<LocalTokens> {
-    super::ring_layout(cfg, cfg.cp)
+    super::ring_layout(cfg, cfg.split.cp())
 }
 
 /// Its context position's tokens; its TP slice of every layer; the first TP rank of each group
@@ -62,8 +65,8 @@ fn layout(cfg: &RunConfig) -> Vec<LocalTokens> {
 fn placement(cfg: &RunConfig, rank: usize) -> Placement {
     let m = &cfg.model;
     let (t, c) = coord(cfg, rank);
-    let tokens = ring_tokens(cfg.layout, m.seq_len, cfg.cp, c);
-    let shard = Shard::tensor_parallel(m, cfg.tp, t);
+    let tokens = ring_tokens(cfg.layout, m.seq_len, cfg.split.cp(), c);
+    let shard = Shard::tensor_parallel(m, cfg.split.tp(), t);
     Placement {
         attention_tokens: tokens.clone(),
         tokens,
@@ -96,14 +99,14 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     let (t, c) = coord(cfg, rank);
     let calls = (m.layers * cfg.micro_batches()) as u64;
     let mut out = Vec::new();
-    if cfg.tp > 1 {
-        let buffer = (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, cfg.cp, c).len() * m.d_model * 2) as u64;
-        let tp = cfg.tp as u64;
+    if cfg.split.tp() > 1 {
+        let buffer = (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, cfg.split.cp(), c).len() * m.d_model * 2) as u64;
+        let tp = cfg.split.tp() as u64;
         let wire = 2 * (tp - 1) * buffer / tp;
         out.push(Transfer {
             op: Op::AllReduce,
             what: "row-parallel output",
-            peers: (0..cfg.tp).map(|i| grid_rank(i, c, cfg.tp)).collect(),
+            peers: (0..cfg.split.tp()).map(|i| grid_rank(i, c, cfg.split.tp())).collect(),
             buffer_bytes: buffer,
             sent: wire,
             received: wire,
@@ -111,9 +114,9 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
             overlapped: false,
         });
     }
-    let kvw = Shard::tensor_parallel(m, cfg.tp, t).heads(m).kv_width();
-    let block = |owner: usize| (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, cfg.cp, owner).len() * 2 * kvw * 2) as u64;
-    out.extend(ring_steps(c, cfg.cp, block, |pos| grid_rank(t, pos, cfg.tp), calls));
+    let kvw = Shard::tensor_parallel(m, cfg.split.tp(), t).heads(m).kv_width();
+    let block = |owner: usize| (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, cfg.split.cp(), owner).len() * 2 * kvw * 2) as u64;
+    out.extend(ring_steps(c, cfg.split.cp(), block, |pos| grid_rank(t, pos, cfg.split.tp()), calls));
     out
 }
 
@@ -121,9 +124,9 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
 /// attention as the ring's do, at the context ring's link.
 fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
     let (t, c) = coord(cfg, x.rank);
-    let group: Vec<usize> = (0..cfg.tp).map(|i| grid_rank(i, c, cfg.tp)).collect();
-    let ring: Vec<usize> = (0..cfg.cp).map(|pos| grid_rank(t, pos, cfg.tp)).collect();
-    super::project_two_d(x, (Op::AllReduce, "one all-reduce", &group), &ring, x.attention_per_layer_mb_s / cfg.cp as f64)
+    let group: Vec<usize> = (0..cfg.split.tp()).map(|i| grid_rank(i, c, cfg.split.tp())).collect();
+    let ring: Vec<usize> = (0..cfg.split.cp()).map(|pos| grid_rank(t, pos, cfg.split.tp())).collect();
+    super::project_two_d(x, (Op::AllReduce, "one all-reduce", &group), &ring, x.attention_per_layer_mb_s / cfg.split.cp() as f64)
 }
 
 pub struct TpCp<B: Backend, C> {

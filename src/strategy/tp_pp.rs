@@ -13,7 +13,7 @@ use super::resolve::SizeFlags;
 use super::{CommProjection, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
-use crate::config::{ConfigError, RunConfig, StrategyKind};
+use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
 use crate::model::{local_attention, Shard};
 use crate::topology::{even_slice, tp_pp_coord, tp_pp_rank, LocalTokens, TpPpCoord};
 use anyhow::{Context, Result};
@@ -34,34 +34,34 @@ pub const SPEC: Spec = Spec {
 };
 
 fn sizes(cfg: &RunConfig) -> Vec<usize> {
-    vec![cfg.tp, cfg.pp]
+    vec![cfg.split.tp(), cfg.split.pp()]
 }
 
 /// --pp, by default 1; --tp, by default the world / pp.
 fn resolve_sizes(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
-    cfg.pp = flags.pp.unwrap_or(1);
-    cfg.tp = flags.tp.unwrap_or(world.checked_div(cfg.pp).unwrap_or(1).max(1));
+    let pp = flags.pp.unwrap_or(1);
+    cfg.split = Split::TpPp { tp: flags.tp.unwrap_or(world.checked_div(pp).unwrap_or(1).max(1)), pp };
 }
 
 fn world(cfg: &RunConfig) -> usize {
-    cfg.tp * cfg.pp
+    cfg.split.tp() * cfg.split.pp()
 }
 
 fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     let bad = |s: String| Err(ConfigError(s));
-    if cfg.pp == 0 {
+    if cfg.split.pp() == 0 {
         return bad("--pp 0: must be at least 1".into());
     }
     check_tp(cfg)?;
-    if cfg.model.layers % cfg.pp != 0 {
-        return bad(format!("--pp {}: --layers {} must be divisible by the number of pipeline stages", cfg.pp, cfg.model.layers));
+    if cfg.model.layers % cfg.split.pp() != 0 {
+        return bad(format!("--pp {}: --layers {} must be divisible by the number of pipeline stages", cfg.split.pp(), cfg.model.layers));
     }
-    if cfg.tp * cfg.pp != world {
+    if cfg.split.tp() * cfg.split.pp() != world {
         return bad(format!(
             "--tp {} x --pp {} = {} ranks, but the job has {world} ranks (world size must equal tp x pp)",
-            cfg.tp,
-            cfg.pp,
-            cfg.tp * cfg.pp
+            cfg.split.tp(),
+            cfg.split.pp(),
+            cfg.split.tp() * cfg.split.pp()
         ));
     }
     Ok(())
@@ -72,20 +72,20 @@ fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
 pub(super) fn check_tp(cfg: &RunConfig) -> Result<(), ConfigError> {
     let m = &cfg.model;
     let bad = |s: String| Err(ConfigError(s));
-    if cfg.tp == 0 {
+    if cfg.split.tp() == 0 {
         return bad("--tp 0: must be at least 1".into());
     }
-    if m.heads % cfg.tp != 0 {
-        return bad(format!("--tp {}: --heads {} must be divisible by the tensor-parallel size", cfg.tp, m.heads));
+    if m.heads % cfg.split.tp() != 0 {
+        return bad(format!("--tp {}: --heads {} must be divisible by the tensor-parallel size", cfg.split.tp(), m.heads));
     }
-    if m.kv_heads % cfg.tp != 0 && cfg.tp % m.kv_heads != 0 {
+    if m.kv_heads % cfg.split.tp() != 0 && cfg.split.tp() % m.kv_heads != 0 {
         return bad(format!(
             "--tp {} with --kv-heads {}: the tensor-parallel size must divide the K/V heads (each rank holds its share) or be a multiple of them (each K/V head replicated on tp / kv_heads ranks, as Megatron does)",
-            cfg.tp, m.kv_heads
+            cfg.split.tp(), m.kv_heads
         ));
     }
-    if m.mlp % cfg.tp != 0 {
-        return bad(format!("--tp {}: --mlp {} must be divisible by the tensor-parallel size", cfg.tp, m.mlp));
+    if m.mlp % cfg.split.tp() != 0 {
+        return bad(format!("--tp {}: --mlp {} must be divisible by the tensor-parallel size", cfg.split.tp(), m.mlp));
     }
     Ok(())
 }
@@ -94,21 +94,21 @@ pub(super) fn check_tp(cfg: &RunConfig) -> Result<(), ConfigError> {
 /// first TP rank reports the output (every TP rank of it holds the same all-reduced rows).
 fn placement(cfg: &RunConfig, rank: usize) -> Placement {
     let m = &cfg.model;
-    let c = tp_pp_coord(rank, cfg.tp);
-    let shard = Shard::tensor_parallel(m, cfg.tp, c.tp_rank);
+    let c = tp_pp_coord(rank, cfg.split.tp());
+    let shard = Shard::tensor_parallel(m, cfg.split.tp(), c.tp_rank);
     Placement {
         tokens: LocalTokens::whole(m.seq_len),
         attention_heads: shard.heads.clone(),
         shard,
-        layers: even_slice(m.layers, cfg.pp, c.stage),
+        layers: even_slice(m.layers, cfg.split.pp(), c.stage),
         attention_tokens: LocalTokens::whole(m.seq_len),
-        outputs: c.stage + 1 == cfg.pp && c.tp_rank == 0,
+        outputs: c.stage + 1 == cfg.split.pp() && c.tp_rank == 0,
     }
 }
 
 /// The TP group: color = stage, key = TP rank.
 fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
-    let c = tp_pp_coord(rank, cfg.tp);
+    let c = tp_pp_coord(rank, cfg.split.tp());
     vec![(c.stage, c.tp_rank)]
 }
 
@@ -118,14 +118,14 @@ fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
 /// previous one.
 fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     let m = &cfg.model;
-    let c = tp_pp_coord(rank, cfg.tp);
+    let c = tp_pp_coord(rank, cfg.split.tp());
     let activations = (cfg.micro_batch * m.seq_len * m.d_model * 2) as u64;
-    let (tp, mbs) = (cfg.tp as u64, cfg.micro_batches() as u64);
+    let (tp, mbs) = (cfg.split.tp() as u64, cfg.micro_batches() as u64);
     let mut out = Vec::new();
-    if cfg.tp > 1 {
+    if cfg.split.tp() > 1 {
         let wire = 2 * (tp - 1) * activations / tp;
-        let group = (0..cfg.tp).map(|t| tp_pp_rank(TpPpCoord { stage: c.stage, tp_rank: t }, cfg.tp)).collect();
-        let calls = 2 * (m.layers / cfg.pp) as u64 * mbs;
+        let group = (0..cfg.split.tp()).map(|t| tp_pp_rank(TpPpCoord { stage: c.stage, tp_rank: t }, cfg.split.tp())).collect();
+        let calls = 2 * (m.layers / cfg.split.pp()) as u64 * mbs;
         out.push(Transfer {
             op: Op::AllReduce,
             what: "row-parallel output",
@@ -140,14 +140,14 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     let hand_off = |op, what, stage, sent, received| Transfer {
         op,
         what,
-        peers: vec![tp_pp_rank(TpPpCoord { stage, tp_rank: c.tp_rank }, cfg.tp)],
+        peers: vec![tp_pp_rank(TpPpCoord { stage, tp_rank: c.tp_rank }, cfg.split.tp())],
         buffer_bytes: activations,
         sent,
         received,
         calls: mbs,
         overlapped: false,
     };
-    if c.stage + 1 < cfg.pp {
+    if c.stage + 1 < cfg.split.pp() {
         out.push(hand_off(Op::PipelineSend, "activations to the next stage", c.stage + 1, activations, 0));
     }
     if c.stage > 0 {
@@ -159,7 +159,7 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
 /// The all-reduces are exposed; the pipeline runs fill-drain, (micro-batches + pp - 1) stage
 /// slots, plus the activation hand-offs of the fill.
 fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
-    let layers_local = (cfg.model.layers / cfg.pp) as f64;
+    let layers_local = (cfg.model.layers / cfg.split.pp()) as f64;
     let micro_batches = cfg.micro_batches() as f64;
     let find = |ops: &[Op]| x.traffic.iter().find(|t| ops.contains(&t.op));
     let (crosses, bw, allreduce_s) = match find(&[Op::AllReduce]) {
@@ -171,7 +171,7 @@ fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
     };
     let send_s = find(&[Op::PipelineSend, Op::PipelineRecv]).map_or(0.0, |t| x.seconds(t));
     let stage_slot = x.compute_s / micro_batches + 2.0 * layers_local * allreduce_s;
-    let fill = (cfg.pp - 1) as f64;
+    let fill = (cfg.split.pp() - 1) as f64;
     CommProjection {
         crosses_nodes: crosses,
         link_bytes_per_s: bw,
@@ -193,7 +193,7 @@ pub struct TpPp<B: Backend, C> {
 impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
     pub fn new(cfg: &RunConfig, be: &B, world: &C) -> Result<Self> {
         let rank = world.rank();
-        let coord = tp_pp_coord(rank, cfg.tp);
+        let coord = tp_pp_coord(rank, cfg.split.tp());
         let [(color, key)] = splits(cfg, rank)[..] else { unreachable!("tp-pp makes one split") };
         let tp_group = world.split(color, key).context("creating the tensor-parallel group")?;
         Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack: Stack::of(cfg, be, rank)? })
@@ -204,8 +204,8 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
     fn forward(&mut self, be: &B, world: &C, keep: bool) -> Result<()> {
         let (cfg, TpPpCoord { stage, tp_rank }) = (&self.cfg, self.coord);
         let causal = cfg.causal;
-        let prev = (stage > 0).then(|| tp_pp_rank(TpPpCoord { stage: stage - 1, tp_rank }, cfg.tp));
-        let next = (stage + 1 < cfg.pp).then(|| tp_pp_rank(TpPpCoord { stage: stage + 1, tp_rank }, cfg.tp));
+        let prev = (stage > 0).then(|| tp_pp_rank(TpPpCoord { stage: stage - 1, tp_rank }, cfg.split.tp()));
+        let next = (stage + 1 < cfg.split.pp()).then(|| tp_pp_rank(TpPpCoord { stage: stage + 1, tp_rank }, cfg.split.tp()));
         let tp_group = &self.tp_group;
         for mb in 0..cfg.micro_batches() {
             match prev {

@@ -33,11 +33,11 @@ pub const SPEC: Spec = Spec {
 };
 
 fn tokens(cfg: &RunConfig, rank: usize) -> LocalTokens {
-    ring_tokens(Layout::Contiguous, cfg.model.seq_len, cfg.ring, rank)
+    ring_tokens(Layout::Contiguous, cfg.model.seq_len, cfg.split.sp(), rank)
 }
 
 fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
-    let p = cfg.ring;
+    let p = cfg.split.sp();
     if p == 0 {
         return Err(ConfigError("--ring 0: must be at least 1".into()));
     }
@@ -78,7 +78,7 @@ fn placement(cfg: &RunConfig, rank: usize) -> Placement {
         shard: Shard::whole(m),
         layers: 0..m.layers,
         attention_tokens: LocalTokens::whole(m.seq_len),
-        attention_heads: even_slice(m.heads, cfg.ring, rank),
+        attention_heads: even_slice(m.heads, cfg.split.sp(), rank),
         outputs: true,
     }
 }
@@ -217,7 +217,7 @@ impl HeadGroup {
 
 /// The group of the whole job: every rank, in contiguous chunks.
 fn group(cfg: &RunConfig, rank: usize) -> HeadGroup {
-    let layout: Vec<LocalTokens> = (0..cfg.ring).map(|r| tokens(cfg, r)).collect();
+    let layout: Vec<LocalTokens> = (0..cfg.split.sp()).map(|r| tokens(cfg, r)).collect();
     let longest = layout.iter().map(LocalTokens::len).max().unwrap_or(0);
     HeadGroup::new(&cfg.model, rank, layout, longest)
 }
@@ -241,7 +241,7 @@ fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
 /// Per layer and micro-batch three all-to-alls of padded blocks over the whole job.
 fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     let calls = (cfg.model.layers * cfg.micro_batches()) as u64;
-    group(cfg, rank).traffic(cfg.micro_batch, calls, (0..cfg.ring).collect())
+    group(cfg, rank).traffic(cfg.micro_batch, calls, (0..cfg.split.sp()).collect())
 }
 
 /// The all-to-alls are exposed (attention needs all of Q, K and V first).

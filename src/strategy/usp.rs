@@ -20,7 +20,7 @@ use super::ulysses::{check_heads, Exchange, HeadGroup};
 use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::Backend;
 use crate::comm::Communicator;
-use crate::config::{RunConfig, StrategyKind};
+use crate::config::{RunConfig, Split, StrategyKind};
 use crate::model::{Batch, Blocks, Shard, Workspace};
 use crate::topology::{grid_coord, grid_rank, ring_tokens, usp_tokens, LocalTokens};
 use anyhow::{Context, Result};
@@ -28,10 +28,10 @@ use anyhow::{Context, Result};
 pub const SPEC: Spec = Spec {
     kind: StrategyKind::Usp,
     size_names: &["ulysses", "ring"],
-    sizes: |cfg| vec![cfg.ulysses, cfg.ring],
+    sizes: |cfg| vec![cfg.split.ulysses(), cfg.split.ring()],
     resolve_sizes,
     uses_layout: true,
-    world: |cfg| cfg.ulysses * cfg.ring,
+    world: |cfg| cfg.split.ulysses() * cfg.split.ring(),
     check,
     placement,
     traffic,
@@ -45,15 +45,16 @@ pub const SPEC: Spec = Spec {
 fn resolve_sizes(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
     let ring = if flags.all { None } else { flags.ring };
     let probe = cfg.clone();
-    (cfg.ulysses, cfg.ring) = super::two_d_sizes(flags.ulysses, ring, world, |u| check_heads(&probe, u, "--ulysses").is_ok());
+    let (u, r) = super::two_d_sizes(flags.ulysses, ring, world, |u| check_heads(&probe, u, "--ulysses").is_ok());
+    cfg.split = Split::Usp { u, r };
 }
 
 fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
-    super::check_two_d(cfg, ("--ulysses", cfg.ulysses), ("--ring", cfg.ring), world)?;
-    check_heads(cfg, cfg.ulysses, "--ulysses")?;
-    super::check_chunks(cfg, " ring", cfg.ring)?;
-    let (u, s) = (cfg.ulysses, cfg.model.seq_len);
-    if let Some((j, n)) = (0..cfg.ring).map(|j| (j, ring_tokens(cfg.layout, s, cfg.ring, j).len())).find(|&(_, n)| n < u) {
+    super::check_two_d(cfg, ("--ulysses", cfg.split.ulysses()), ("--ring", cfg.split.ring()), world)?;
+    check_heads(cfg, cfg.split.ulysses(), "--ulysses")?;
+    super::check_chunks(cfg, " ring", cfg.split.ring())?;
+    let (u, s) = (cfg.split.ulysses(), cfg.model.seq_len);
+    if let Some((j, n)) = (0..cfg.split.ring()).map(|j| (j, ring_tokens(cfg.layout, s, cfg.split.ring(), j).len())).find(|&(_, n)| n < u) {
         return Err(ConfigError(format!(
             "--seq-len {s}: usp ring position {j} holds {n} token{}, fewer than the {u} members of its Ulysses group (--ulysses {u})",
             if n == 1 { "" } else { "s" }
@@ -64,12 +65,12 @@ fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
 
 /// (member index in its Ulysses group, ring position) of `rank`.
 fn coord(cfg: &RunConfig, rank: usize) -> (usize, usize) {
-    grid_coord(rank, cfg.ulysses)
+    grid_coord(rank, cfg.split.ulysses())
 }
 
 /// Every ring position's members' tokens: `members[j][u]` is rank u + U j's.
 fn members(cfg: &RunConfig) -> Vec<Vec<LocalTokens>> {
-    let (u, r, s) = (cfg.ulysses, cfg.ring, cfg.model.seq_len);
+    let (u, r, s) = (cfg.split.ulysses(), cfg.split.ring(), cfg.model.seq_len);
     (0..r).map(|j| (0..u).map(|m| usp_tokens(cfg.layout, s, u, r, m, j)).collect()).collect()
 }
 
@@ -87,11 +88,11 @@ fn placement(cfg: &RunConfig, rank: usize) -> Placement {
     let m = &cfg.model;
     let (u, j) = coord(cfg, rank);
     Placement {
-        tokens: usp_tokens(cfg.layout, m.seq_len, cfg.ulysses, cfg.ring, u, j),
+        tokens: usp_tokens(cfg.layout, m.seq_len, cfg.split.ulysses(), cfg.split.ring(), u, j),
         shard: Shard::whole(m),
         layers: 0..m.layers,
-        attention_tokens: ring_tokens(cfg.layout, m.seq_len, cfg.ring, j),
-        attention_heads: Shard::head_slice(m, cfg.ulysses, u).0,
+        attention_tokens: ring_tokens(cfg.layout, m.seq_len, cfg.split.ring(), j),
+        attention_heads: Shard::head_slice(m, cfg.split.ulysses(), u).0,
         outputs: true,
     }
 }
@@ -123,9 +124,9 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     let calls = (cfg.model.layers * cfg.micro_batches()) as u64;
     let (_, all) = g.rows(cfg.micro_batch);
     let (_, kvw) = g.widths();
-    let mut out = g.traffic(cfg.micro_batch, calls, (0..cfg.ulysses).map(|i| grid_rank(i, j, cfg.ulysses)).collect());
+    let mut out = g.traffic(cfg.micro_batch, calls, (0..cfg.split.ulysses()).map(|i| grid_rank(i, j, cfg.split.ulysses())).collect());
     let block = (all * 2 * kvw * 2) as u64;
-    out.extend(ring_steps(j, cfg.ring, |_| block, |pos| grid_rank(u, pos, cfg.ulysses), calls));
+    out.extend(ring_steps(j, cfg.split.ring(), |_| block, |pos| grid_rank(u, pos, cfg.split.ulysses()), calls));
     out
 }
 
@@ -133,9 +134,9 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
 /// attention, at the ring's link.
 fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
     let (u, j) = coord(cfg, x.rank);
-    let group: Vec<usize> = (0..cfg.ulysses).map(|i| grid_rank(i, j, cfg.ulysses)).collect();
-    let ring: Vec<usize> = (0..cfg.ring).map(|pos| grid_rank(u, pos, cfg.ulysses)).collect();
-    super::project_two_d(x, (Op::AllToAll, "all-to-alls per layer", &group), &ring, x.attention_per_layer_mb_s / cfg.ring as f64)
+    let group: Vec<usize> = (0..cfg.split.ulysses()).map(|i| grid_rank(i, j, cfg.split.ulysses())).collect();
+    let ring: Vec<usize> = (0..cfg.split.ring()).map(|pos| grid_rank(u, pos, cfg.split.ulysses())).collect();
+    super::project_two_d(x, (Op::AllToAll, "all-to-alls per layer", &group), &ring, x.attention_per_layer_mb_s / cfg.split.ring() as f64)
 }
 
 pub struct Usp<B: Backend, C> {

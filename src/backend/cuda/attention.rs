@@ -3,64 +3,12 @@
 //! pure and tested without a GPU), the tensor maps the wgmma kernel loads through, and the
 //! dispatch the backend's `attention` runs.
 
+pub use super::choice::AttentionKernel;
 use super::device::{err, push_scalars, CudaBackend, DevMat};
 use super::launch::{self, check_grid_heads, Geometry, Planned, Scalars, ATTENTION_WARPS, MAX_GRID_X, MAX_HEAD_DIM};
 use crate::backend::{checks, Heads, Span};
 use anyhow::{anyhow, bail, ensure, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-
-/// Which attention kernel the backend launches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttentionKernel {
-    /// The tensor-core flash kernel where it has the head dim (64, 128), else the plain one. Its
-    /// block shape is 128 query rows, by the prediction in kernels/NOTES.md until measured.
-    Auto,
-    /// The flash kernel with 128 query rows per block (8 warps).
-    Flash128,
-    /// The flash kernel with 64 query rows per block (4 warps).
-    Flash64,
-    /// The Hopper flash kernel (wgmma + TMA, sm_90a only; kernels/flash_wgmma.cu), 128 query
-    /// rows per block; the plain kernel for head dims other than 64 and 128.
-    Wgmma,
-    /// The plain one-warp-per-query kernel, for comparison.
-    Plain,
-}
-
-impl AttentionKernel {
-    /// Query rows per block of the mma.sync flash kernel, or None (the plain kernel, or wgmma).
-    pub fn flash_rows(self) -> Option<usize> {
-        match self {
-            AttentionKernel::Auto | AttentionKernel::Flash128 => Some(128),
-            AttentionKernel::Flash64 => Some(64),
-            AttentionKernel::Plain | AttentionKernel::Wgmma => None,
-        }
-    }
-
-    /// The wgmma entry point that runs head dim `head_dim` under this choice, if any.
-    pub fn wgmma_kernel(self, head_dim: usize) -> Option<&'static str> {
-        (self == AttentionKernel::Wgmma).then(|| launch::wgmma_kernel(head_dim)).flatten()
-    }
-
-    /// The key tile of the flash kernel that runs head dim `head_dim` (its CPU twin takes keys in
-    /// the same tiles), or None where the plain kernel runs it.
-    pub fn twin_tile(self, head_dim: usize) -> Option<usize> {
-        if self.wgmma_kernel(head_dim).is_some() {
-            return Some(crate::backend::flash_twin::WGMMA_TILE);
-        }
-        self.flash_rows().and_then(|r| launch::flash_kernel(head_dim, r)).map(|_| crate::backend::flash_twin::MMA_SYNC_TILE)
-    }
-
-    /// What runs attention of head dim `head_dim` under this choice.
-    pub fn describe(self, head_dim: usize) -> String {
-        if self.wgmma_kernel(head_dim).is_some() {
-            return format!("flash, {} query rows per block (wgmma + TMA, sm_90a)", launch::WGMMA_ROWS);
-        }
-        match self.flash_rows().filter(|&r| launch::flash_kernel(head_dim, r).is_some()) {
-            Some(rows) => format!("flash, {rows} query rows per block (mma.sync)"),
-            None => "plain (one warp per query row)".to_string(),
-        }
-    }
-}
 
 /// The spans' scalars every attention kernel takes after its head counts, checked: each start
 /// and length as `int`, and each span's end too (the kernels index rows as row0 + i).

@@ -3,7 +3,7 @@
 //! start-up for this device's architecture. Operations are queued on one stream; `synchronize`
 //! ends a timed iteration.
 
-pub use super::attention::AttentionKernel;
+pub use super::choice::AttentionKernel;
 use super::kernels::{self, ModuleFormat, SOURCES};
 use super::launch::{self, Scalar};
 use crate::backend::{Backend, BlockCopy, Heads, Instruments, Matrix, MemoryStats, Span, Tracker};

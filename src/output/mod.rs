@@ -5,6 +5,8 @@
 pub mod rankfile;
 pub mod reduce;
 pub mod status;
+pub mod summary;
+pub mod tables;
 
 use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;

@@ -1,0 +1,57 @@
+//! What `reduce` makes of a run's rank files: a strategy run's summary and its measured figures,
+//! as the tables, the console and the sweep read them.
+
+use super::rankfile::RankRun;
+use super::status::RunStatus;
+use crate::config::RunConfig;
+use crate::metrics::Stats;
+
+/// One strategy run, reduced over its ranks.
+#[derive(Clone, Debug)]
+pub struct StrategySummary {
+    pub config: RunConfig,
+    pub first: RankRun,
+    /// Complete; Incomplete if any rank was interrupted; Running if a rank's process is still at
+    /// it (a look with --partial); Partial if rank files are missing; Invalid if the result is
+    /// physically impossible (`invalid_reason` says why).
+    pub status: RunStatus,
+    pub invalid_reason: Option<String>,
+    /// None when no iteration was measured (interrupted during warm-up).
+    pub measured: Option<Measured>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// Job iteration time in seconds (slowest rank per iteration).
+    pub iter: Stats,
+    pub tps: f64,
+    pub tps_ci95: (f64, f64),
+    pub tpot_s: f64,
+    /// Per-rank mean communication / compute seconds per iteration: max and mean over ranks.
+    pub comm_s: (f64, f64),
+    /// Per-rank mean communication hidden under compute per iteration: max and mean over ranks.
+    pub hidden_s: (f64, f64),
+    /// Of all communication time (exposed + hidden, summed over ranks), the part hidden; None
+    /// when there was no communication.
+    pub hidden_fraction: Option<f64>,
+    pub compute_s: (f64, f64),
+    /// Bytes a rank sends per iteration, the most of any rank.
+    pub sent_per_iter_max: f64,
+    /// Backend buffers' high-water mark: max and mean over ranks, bytes.
+    pub peak_buffers: (f64, f64),
+    /// Device (CPU: process resident) peak, max over ranks, where reported.
+    pub peak_device_max: Option<f64>,
+    pub tflops_per_gpu: f64,
+    pub mfu: Option<f64>,
+    /// NVML's GPU utilization in percent: mean of the ranks' means, max of their maxima (where sampled).
+    pub gpu_util: Option<(f64, f64)>,
+    /// With a known device peak: the busiest rank's FLOPs at peak (the plan's compute floor), and
+    /// floor / measured iteration time.
+    pub compute_floor_s: Option<f64>,
+    pub efficiency_vs_floor: Option<f64>,
+}
+
+pub(super) fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    s / n.max(1) as f64
+}

@@ -1,0 +1,231 @@
+//! The tables `reduce` writes: summary.csv (a row per strategy run) and ranks.csv (a row per
+//! rank and run), every column named with its unit.
+
+use super::rankfile::RankRun;
+use super::summary::{mean, Measured, StrategySummary};
+use crate::config::RunConfig;
+use crate::metrics::Stats;
+use anyhow::Result;
+
+const GIB: f64 = (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// The parallel sizes every strategy's spec names (tp, pp, sp), each a column, empty where a
+/// strategy does not take it; then its whole split in words, and its layout where it has one.
+fn parallel_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
+    let mine = crate::strategy::spec(cfg.strategy);
+    let values: Vec<(&str, usize)> = mine.size_names.iter().copied().zip((mine.sizes)(cfg)).collect();
+    let mut names: Vec<&'static str> = Vec::new();
+    for s in crate::strategy::SPECS {
+        for n in s.size_names {
+            if !names.contains(n) {
+                names.push(n);
+            }
+        }
+    }
+    let mut cols: Vec<(&'static str, String)> =
+        names.into_iter().map(|n| (n, values.iter().find(|(v, _)| *v == n).map(|(_, x)| x.to_string()).unwrap_or_default())).collect();
+    cols.push(("split", cfg.describe_split()));
+    cols.push(("layout", if mine.uses_layout { cfg.layout.name().to_string() } else { String::new() }));
+    cols
+}
+
+fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
+    let m = &cfg.model;
+    let mut cols = vec![
+        ("emulated", cfg.emulate.is_some().to_string()),
+        ("emulated_rank", cfg.emulate.map(|e| e.as_rank.to_string()).unwrap_or_default()),
+        ("backend", cfg.backend.name().to_string()),
+        ("comm", cfg.comm.name().to_string()),
+        ("world", cfg.world().to_string()),
+    ];
+    cols.extend(parallel_columns(cfg));
+    cols.extend([
+        ("preset", cfg.preset.name().to_string()),
+        ("layers", m.layers.to_string()),
+        ("d_model", m.d_model.to_string()),
+        ("heads", m.heads.to_string()),
+        ("kv_heads", m.kv_heads.to_string()),
+        ("mlp", m.mlp.to_string()),
+        ("mlp_act", m.mlp_act.name().to_string()),
+        ("seq_len", m.seq_len.to_string()),
+        ("batch", m.batch.to_string()),
+        ("micro_batch", cfg.micro_batch.to_string()),
+        ("causal", cfg.causal.to_string()),
+        ("seed", cfg.seed.to_string()),
+        ("warmup", cfg.warmup.to_string()),
+        ("iters", cfg.iters.to_string()),
+    ]);
+    cols
+}
+
+fn stats_columns(prefix: &'static str, s: &Stats, scale: f64) -> Vec<(String, String)> {
+    let f = |v: f64| format!("{:.6}", v * scale);
+    vec![
+        (format!("{prefix}_mean"), f(s.mean)),
+        (format!("{prefix}_std"), f(s.std)),
+        (format!("{prefix}_cv"), format!("{:.6}", s.cv())),
+        (format!("{prefix}_min"), f(s.min)),
+        (format!("{prefix}_median"), f(s.median)),
+        (format!("{prefix}_max"), f(s.max)),
+        (format!("{prefix}_ci95_lo"), f(s.ci95.0)),
+        (format!("{prefix}_ci95_hi"), f(s.ci95.1)),
+    ]
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_default()
+}
+
+/// A table as (header, rows), from rows given as (column, value) pairs in one place.
+pub(crate) type Table = (Vec<String>, Vec<Vec<String>>);
+
+fn table(rows: Vec<Vec<(String, String)>>) -> Table {
+    let header = rows.first().map(|r| r.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default();
+    (header, rows.into_iter().map(|r| r.into_iter().map(|(_, v)| v).collect()).collect())
+}
+
+fn own(cols: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+    cols.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn measured_columns(m: &Measured) -> Vec<(String, String)> {
+    let mut row = own(vec![
+        ("tps", format!("{:.3}", m.tps)),
+        ("tps_ci95_lo", format!("{:.3}", m.tps_ci95.0)),
+        ("tps_ci95_hi", format!("{:.3}", m.tps_ci95.1)),
+        ("tpot_us", format!("{:.6}", m.tpot_s * 1e6)),
+    ]);
+    row.extend(stats_columns("iter_ms", &m.iter, 1e3));
+    row.extend(own(vec![
+        ("comm_ms_max", format!("{:.6}", m.comm_s.0 * 1e3)),
+        ("comm_ms_mean", format!("{:.6}", m.comm_s.1 * 1e3)),
+        ("hidden_ms_max", format!("{:.6}", m.hidden_s.0 * 1e3)),
+        ("hidden_ms_mean", format!("{:.6}", m.hidden_s.1 * 1e3)),
+        ("comm_hidden_fraction", opt(m.hidden_fraction, 6)),
+        ("compute_ms_max", format!("{:.6}", m.compute_s.0 * 1e3)),
+        ("compute_ms_mean", format!("{:.6}", m.compute_s.1 * 1e3)),
+        ("sent_mib_per_iter_max", format!("{:.6}", m.sent_per_iter_max / MIB)),
+        ("peak_mem_gib_max", format!("{:.6}", m.peak_buffers.0 / GIB)),
+        ("peak_mem_gib_mean", format!("{:.6}", m.peak_buffers.1 / GIB)),
+        ("peak_device_gib_max", opt(m.peak_device_max.map(|b| b / GIB), 6)),
+        ("tflops_per_gpu", format!("{:.6}", m.tflops_per_gpu)),
+        ("mfu", opt(m.mfu, 6)),
+        ("gpu_util_pct_mean", opt(m.gpu_util.map(|u| u.0), 3)),
+        ("gpu_util_pct_max", opt(m.gpu_util.map(|u| u.1), 3)),
+        ("compute_floor_ms", opt(m.compute_floor_s.map(|f| f * 1e3), 6)),
+        ("efficiency_vs_floor", opt(m.efficiency_vs_floor, 6)),
+    ]));
+    row
+}
+
+pub fn summary_table(summaries: &[StrategySummary]) -> Table {
+    // The columns of a run with measurements, blank for a run without (same names either way).
+    let blank = Measured {
+        iter: Stats::of(&[1.0]).expect("one value"),
+        tps: 0.0,
+        tps_ci95: (0.0, 0.0),
+        tpot_s: 0.0,
+        comm_s: (0.0, 0.0),
+        hidden_s: (0.0, 0.0),
+        hidden_fraction: None,
+        compute_s: (0.0, 0.0),
+        sent_per_iter_max: 0.0,
+        peak_buffers: (0.0, 0.0),
+        peak_device_max: None,
+        tflops_per_gpu: 0.0,
+        mfu: None,
+        gpu_util: None,
+        compute_floor_s: None,
+        efficiency_vs_floor: None,
+    };
+    table(
+        summaries
+            .iter()
+            .map(|s| {
+                let f = &s.first;
+                let mut row = own(vec![
+                    ("run_id", f.run_id.clone()),
+                    ("strategy", s.config.strategy.name().to_string()),
+                    ("sequence", f.sequence.to_string()),
+                    ("status", s.status.to_string()),
+                    ("invalid_reason", s.invalid_reason.clone().unwrap_or_default()),
+                    ("device", f.device.clone()),
+                    ("timing", crate::backend::timing_kind(&f.device).to_string()),
+                    ("iters_measured", s.measured.as_ref().map_or(0, |m| m.iter.n).to_string()),
+                ]);
+                row.extend(own(model_columns(&s.config)));
+                row.push(("tokens_per_iter".into(), s.config.tokens_per_iteration().to_string()));
+                match &s.measured {
+                    Some(m) => row.extend(measured_columns(m)),
+                    None => row.extend(measured_columns(&blank).into_iter().map(|(k, _)| (k, String::new()))),
+                }
+                row.extend(own(vec![
+                    ("ringbench_version", f.version.clone()),
+                    ("git_commit", f.git_commit.clone()),
+                    ("start_utc", f.start_utc.clone()),
+                    ("end_utc", f.end_utc.clone()),
+                ]));
+                row
+            })
+            .collect(),
+    )
+}
+
+pub fn ranks_table(runs: &[RankRun]) -> Table {
+    table(
+        runs.iter()
+            .map(|r| {
+                let mut row = own(vec![
+                    ("run_id", r.run_id.clone()),
+                    ("strategy", r.config.strategy.name().to_string()),
+                    ("sequence", r.sequence.to_string()),
+                    ("rank", r.rank.to_string()),
+                    ("emulated", r.config.emulate.is_some().to_string()),
+                    ("local_rank", r.local_rank.to_string()),
+                    ("host", r.host.clone()),
+                    ("device", r.device.clone()),
+                    ("timing", crate::backend::timing_kind(&r.device).to_string()),
+                    ("status", r.status.to_string()),
+                    ("iters_done", r.iterations.len().to_string()),
+                ]);
+                let series = |f: fn(&crate::metrics::IterationRecord) -> f64| -> Vec<f64> { r.iterations.iter().map(f).collect() };
+                for (prefix, values) in [
+                    ("iter_ms", series(|i| i.total_s)),
+                    ("comm_ms", series(|i| i.comm_s)),
+                    ("hidden_ms", series(|i| i.hidden_s)),
+                    ("compute_ms", series(|i| i.compute_s)),
+                ] {
+                    if let Some(s) = Stats::of(&values) {
+                        row.extend(stats_columns(prefix, &s, 1e3));
+                    }
+                }
+                let per_iter = |f: fn(&crate::metrics::IterationRecord) -> f64| mean(r.iterations.iter().map(f));
+                let iter_mean = per_iter(|i| i.total_s);
+                row.extend(own(vec![
+                    ("sent_mib_per_iter", format!("{:.6}", per_iter(|i| i.bytes_sent as f64) / MIB)),
+                    ("received_mib_per_iter", format!("{:.6}", per_iter(|i| i.bytes_received as f64) / MIB)),
+                    ("peak_mem_gib", format!("{:.6}", r.memory.buffers_peak_bytes as f64 / GIB)),
+                    ("peak_device_gib", opt(r.memory.device_peak_bytes.map(|b| b as f64 / GIB), 6)),
+                    ("linear_tflop_per_iter", format!("{:.9}", r.flops.linear / 1e12)),
+                    ("attention_tflop_per_iter", format!("{:.9}", r.flops.attention / 1e12)),
+                    ("counted_linear_tflop_per_iter", opt(r.counted_flops.map(|c| c.linear / 1e12), 9)),
+                    ("counted_attention_tflop_per_iter", opt(r.counted_flops.map(|c| c.attention / 1e12), 9)),
+                    ("gpu_util_pct_mean", opt(r.gpu_util.map(|u| u.mean), 3)),
+                    ("gpu_util_pct_max", opt(r.gpu_util.map(|u| u.max), 3)),
+                    ("tflops", if r.iterations.is_empty() { String::new() } else { format!("{:.6}", r.flops.total() / iter_mean / 1e12) }),
+                ]));
+                row
+            })
+            .collect(),
+    )
+}
+
+pub(crate) fn csv_bytes((header, rows): &Table) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for r in rows {
+        w.write_record(r)?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
+}

@@ -1,0 +1,180 @@
+//! `plan`'s console output: one strategy's plan in words, and the comparison of several.
+
+use super::{Plan, Projection};
+use crate::config::RunConfig;
+
+/// The plan as the console shows it.
+pub fn render(cfg: &RunConfig, p: &Plan) -> String {
+    use crate::metrics::{fmt_bytes, fmt_seconds};
+    let hw = &p.hardware;
+    let mut o = String::new();
+    let mut line = |s: String| {
+        o.push_str(&s);
+        o.push('\n');
+    };
+    line(format!("ringbench plan: {}", cfg.describe_work()));
+    // Three significant digits whatever the scale (a calibration from a CPU run gives 0.003%).
+    let g = |x: f64| if x >= 99.95 { format!("{x:.0}") } else { format!("{}", format!("{x:.3e}").parse::<f64>().unwrap_or(x)) };
+    line(format!(
+        "hardware: {} ({:.0} TFLOP/s BF16 dense, {:.2} TB/s HBM, {:.0} GB, NVLink {} GB/s, IB {} GB/s per GPU; GEMM at {}% and attention at {}% of peak)",
+        hw.name,
+        hw.peak_flops / 1e12,
+        hw.hbm_bytes_per_s / 1e12,
+        hw.memory_bytes / 1e9,
+        g(hw.nvlink_bytes_per_s / 1e9),
+        g(hw.ib_bytes_per_s / 1e9),
+        g(100.0 * hw.gemm_efficiency),
+        g(100.0 * hw.attention_efficiency)
+    ));
+    for c in &hw.calibrated {
+        line(format!("  calibrated: {c}"));
+    }
+    line(format!(
+        "model: {:.3e} parameters; per token {:.3e} linear + {:.3e} attention FLOPs{}",
+        p.params,
+        p.linear_flops_per_token,
+        p.attention_flops_per_token,
+        if cfg.causal { " (causal: half of 4 S d per layer)" } else { "" }
+    ));
+    line(format!("per rank ({} ranks; figures for the busiest):", p.world));
+    let mem = &p.memory;
+    let handoff = if mem.pipeline_buffers > 0.0 {
+        format!(" (pipeline hand-offs of {} land in the activations)", fmt_bytes(mem.pipeline_buffers))
+    } else {
+        String::new()
+    };
+    line(format!(
+        "  memory       {} weights + {} activations per micro-batch{handoff} + {} K/V buffers + {} workspace = {} of {}: {}",
+        fmt_bytes(mem.weights),
+        fmt_bytes(mem.activations_per_micro_batch),
+        fmt_bytes(mem.kv_buffers),
+        fmt_bytes(mem.workspace),
+        fmt_bytes(mem.total),
+        fmt_bytes(mem.capacity),
+        if mem.fits { "fits" } else { "DOES NOT FIT" }
+    ));
+    if !p.fits {
+        line(format!(
+            "  would fit    {}",
+            if p.fits_instead.is_empty() { "no strategy of this world size: use more GPUs".to_string() } else { p.fits_instead.join(", ") }
+        ));
+    }
+    line(format!("  FLOPs        {:.3e} linear + {:.3e} attention per iteration", p.rank_linear_flops, p.rank_attention_flops));
+    if p.traffic.is_empty() {
+        line("  traffic      none".into());
+    }
+    for t in &p.traffic {
+        // The lines the seed's readers know, then every kind in the same form.
+        let known = match t.op.as_str() {
+            "ring step" => format!("ring K/V {:.1} MB per step and sequence; ", p.ring_step_bytes / 1e6),
+            "all-reduce" => format!("TP all-reduce {:.1} MB per sequence (2 per layer); ", p.allreduce_bytes / 1e6),
+            _ => String::new(),
+        };
+        line(format!(
+            "  traffic      {known}{} ({}): {:.1} MB sent and {:.1} MB received per {}; {} sent per iteration",
+            t.op,
+            t.what,
+            t.sent_per_layer_sequence / 1e6,
+            t.received_per_layer_sequence / 1e6,
+            if t.op.starts_with("pipeline") { "sequence" } else { "layer and sequence" },
+            fmt_bytes(t.sent_per_iter)
+        ));
+    }
+    line(format!("  compute floor {} per iteration (every FLOP at peak)", fmt_seconds(p.compute_floor_s)));
+    line(format!("physical bound: {:.0} tokens/s on {} GPUs (every GPU at peak, no communication)", p.tps_bound, p.world));
+    let row = |label: &str, f: &dyn Fn(&Projection) -> String| -> String {
+        let mut s = format!("{label:<28}");
+        for pr in &p.projections {
+            s.push_str(&format!("{:>30}", f(pr)));
+        }
+        s
+    };
+    line(String::new());
+    line(row("projection", &|pr| {
+        if pr.nodes == 1 {
+            format!("one {}-GPU NVLink domain", pr.gpus_per_node)
+        } else {
+            format!("{} nodes x {} GPUs", pr.nodes, pr.gpus_per_node)
+        }
+    }));
+    line(row("  heaviest link", &|pr| format!("{} {:.0} GB/s", pr.link, pr.link_bytes_per_s / 1e9)));
+    line(row("  compute", &|pr| fmt_seconds(pr.compute_s)));
+    if let Some(first) = p.projections.first() {
+        for (label, _) in &first.details {
+            line(row(&format!("  {label}"), &|pr| fmt_seconds(pr.detail(label).unwrap_or(0.0))));
+        }
+    }
+    if p.projections.iter().any(|pr| pr.hidden_fraction < 1.0) || p.ring_step_bytes > 0.0 {
+        line(row("  transfer hidden", &|pr| format!("{:.0}%", 100.0 * pr.hidden_fraction)));
+    }
+    line(row("  exposed communication", &|pr| fmt_seconds(pr.exposed_comm_s)));
+    if p.projections.iter().any(|pr| pr.pipeline_bubble_s > 0.0) {
+        line(row("  pipeline bubble", &|pr| fmt_seconds(pr.pipeline_bubble_s)));
+    }
+    line(row("  iteration", &|pr| fmt_seconds(pr.iteration_s)));
+    line(row("  tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
+    line(row("  time per token", &|pr| fmt_seconds(pr.tpot_s)));
+    line(row("  time to first token", &|pr| fmt_seconds(pr.ttft_s)));
+    o
+}
+
+/// Several plans of one model side by side (`plan --strategy all`): per strategy and split,
+/// memory per GPU and whether it fits, then tokens/s and time to first token on each placement.
+/// Strategies that do not fit are listed with their projection all the same, marked.
+pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String)]) -> String {
+    use crate::metrics::{fmt_bytes, fmt_seconds};
+    let mut o = String::new();
+    let Some((_, first)) = plans.first() else {
+        return o;
+    };
+    let placement = |pr: &Projection| {
+        if pr.nodes == 1 {
+            format!("one {}-GPU domain", pr.gpus_per_node)
+        } else {
+            format!("{} x {} GPUs", pr.nodes, pr.gpus_per_node)
+        }
+    };
+    o.push_str(&format!(
+        "\ncomparison on {} GPUs of {} ({} per placement):\n",
+        first.world, first.hardware.name, "tokens/s, time to first token"
+    ));
+    let mut header = format!("{:<12}{:<30}{:>12} {:<5}", "strategy", "split", "memory/GPU", "fits");
+    for pr in &first.projections {
+        header.push_str(&format!("{:>34}", placement(pr)));
+    }
+    o.push_str(&header);
+    o.push('\n');
+    for (cfg, p) in plans {
+        let split = cfg.describe_split();
+        let mut row = format!("{:<12}{:<30}{:>12} {:<5}", p.strategy, split, fmt_bytes(p.memory.total), if p.fits { "yes" } else { "NO" });
+        for pr in &p.projections {
+            row.push_str(&format!("{:>34}", format!("{:.0} tok/s, {}", pr.tps_projected, fmt_seconds(pr.ttft_s))));
+        }
+        o.push_str(&row);
+        o.push('\n');
+    }
+    for (name, why) in refused {
+        o.push_str(&format!("{name:<12}not planned: {why}\n"));
+    }
+    let best = |i: usize| {
+        plans
+            .iter()
+            .filter(|(_, p)| p.fits)
+            .filter_map(|(c, p)| p.projections.get(i).map(|pr| (c, pr)))
+            .max_by(|a, b| a.1.tps_projected.total_cmp(&b.1.tps_projected))
+    };
+    for (i, pr) in first.projections.iter().enumerate() {
+        match best(i) {
+            Some((c, b)) => o.push_str(&format!(
+                "fastest that fits on {}: {} ({}), {:.0} tokens/s, time to first token {}\n",
+                placement(pr),
+                c.strategy.name(),
+                c.describe_split(),
+                b.tps_projected,
+                fmt_seconds(b.ttft_s)
+            )),
+            None => o.push_str(&format!("on {}: no strategy fits; use more GPUs\n", placement(pr))),
+        }
+    }
+    o
+}

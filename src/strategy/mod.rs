@@ -12,14 +12,19 @@ pub mod tp_pp;
 pub mod ulysses;
 pub mod usp;
 
-use crate::backend::{Backend, Matrix};
+use crate::backend::Backend;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, MlpAct, RunConfig, Split, StrategyKind};
-use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Shard, Workspace};
+use crate::model::Shard;
 use crate::topology::{self, LocalTokens};
 use anyhow::Result;
 use resolve::SizeFlags;
-use std::ops::Range;
+
+mod spec;
+mod stack;
+pub use crate::model::Buffers;
+pub use spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Transfer};
+pub(crate) use stack::Stack;
 
 pub trait Strategy<B: Backend, C: Communicator<B>> {
     /// One iteration: the forward pass over the whole batch. With `keep`, the final hidden states
@@ -29,143 +34,6 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
     /// The kept final hidden states: [batch x tokens per sequence, d_model], sequence-major, in
     /// the order of `output_tokens`; None if this rank outputs nothing.
     fn output(&self) -> Option<&B::Act>;
-}
-
-/// What one rank owns of the model (DESIGN.md, "Strategies"): the statement that FLOPs, memory,
-/// the coverage test and `verify`'s assembly of outputs are derived from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
-    /// The tokens of every sequence whose hidden states it holds between layers: the rows its
-    /// linear layers, norms and MLP run on.
-    pub tokens: LocalTokens,
-    /// Its slice of every layer's weights (query heads, K/V heads, MLP columns).
-    pub shard: Shard,
-    /// The layers it runs.
-    pub layers: Range<usize>,
-    /// The attention it computes: the queries of these tokens, for these query heads (Ulysses:
-    /// every token of the sequence for heads / P heads; everyone else: its own tokens and heads).
-    pub attention_tokens: LocalTokens,
-    pub attention_heads: Range<usize>,
-    /// Whether it reports the final hidden states of `tokens` (each token by exactly one rank).
-    pub outputs: bool,
-}
-
-/// The kinds of communication a strategy issues, one per `Communicator` operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Op {
-    RingStep,
-    AllReduce,
-    AllGather,
-    AllToAll,
-    PipelineSend,
-    PipelineRecv,
-}
-
-impl Op {
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::RingStep => "ring step",
-            Op::AllReduce => "all-reduce",
-            Op::AllGather => "all-gather",
-            Op::AllToAll => "all-to-all",
-            Op::PipelineSend => "pipeline send",
-            Op::PipelineRecv => "pipeline receive",
-        }
-    }
-}
-
-/// One kind of message a rank exchanges: what it is, with whom (world ranks: the one peer, or the
-/// whole group), the buffer handed to each call, the bytes each call sends and receives as
-/// `comm::metered` counts them, and how many calls an iteration makes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transfer {
-    pub op: Op,
-    pub what: &'static str,
-    pub peers: Vec<usize>,
-    pub buffer_bytes: u64,
-    pub sent: u64,
-    pub received: u64,
-    pub calls: u64,
-    /// Whether it runs under compute (the ring's steps); everything else waits for it.
-    pub overlapped: bool,
-}
-
-pub use crate::model::Buffers;
-
-/// One strategy as a table (STYLE.md, item 1): its sizes, checks, placement, traffic, buffers
-/// and projection. Everything outside `src/strategy/` reads these and never branches on the kind.
-pub struct Spec {
-    pub kind: StrategyKind,
-    /// The parallel sizes it takes, as CSV columns (tp-pp: tp, pp; ring, allgather, ulysses: sp;
-    /// usp: ulysses, ring; tp-cp: tp, cp).
-    pub size_names: &'static [&'static str],
-    pub sizes: fn(&RunConfig) -> Vec<usize>,
-    /// Sets its sizes in the config from the flags as given, with its defaults for a job of
-    /// `world` ranks where a flag is absent.
-    pub resolve_sizes: fn(&mut RunConfig, &SizeFlags, usize),
-    /// Whether its tokens follow `--layout`.
-    pub uses_layout: bool,
-    /// Ranks it occupies.
-    pub world: fn(&RunConfig) -> usize,
-    /// Its own checks of the config on a job of `world` ranks (the model's are `resolve::validate`'s).
-    pub check: fn(&RunConfig, usize) -> Result<(), ConfigError>,
-    pub placement: fn(&RunConfig, usize) -> Placement,
-    pub traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
-    pub buffers: fn(&RunConfig, usize) -> Buffers,
-    /// The (color, key) of each `Communicator::split` the rank makes, in order: the emulated
-    /// transport forms the same groups from them.
-    pub splits: fn(&RunConfig, usize) -> Vec<(usize, usize)>,
-    /// Its communication on a hardware profile, for `plan`.
-    pub project: fn(&RunConfig, &ProjectionInput) -> CommProjection,
-}
-
-/// What `plan` knows when it asks a strategy for its communication time: the busiest rank, its
-/// compute, and the links of one placement.
-pub struct ProjectionInput<'a> {
-    pub rank: usize,
-    pub traffic: &'a [Transfer],
-    /// The rank's attention seconds per layer and micro-batch at the profile's attention rate.
-    pub attention_per_layer_mb_s: f64,
-    /// The rank's compute seconds per iteration (linear, attention, element-wise).
-    pub compute_s: f64,
-    pub gpus_per_node: usize,
-    pub nvlink_bytes_per_s: f64,
-    pub ib_bytes_per_s: f64,
-}
-
-impl ProjectionInput<'_> {
-    /// The bandwidth between ranks `peers` (and this rank): NVLink inside a node, else InfiniBand.
-    pub fn link(&self, peers: &[usize]) -> (bool, f64) {
-        let node = self.rank / self.gpus_per_node;
-        let crosses = peers.iter().any(|&p| p / self.gpus_per_node != node);
-        (crosses, if crosses { self.ib_bytes_per_s } else { self.nvlink_bytes_per_s })
-    }
-
-    /// Seconds of one call of `t` on its link (the larger of its two directions).
-    pub fn seconds(&self, t: &Transfer) -> f64 {
-        t.sent.max(t.received) as f64 / self.link(&t.peers).1
-    }
-
-    /// The calls of the exposed (not overlapped) transfers, in seconds per iteration.
-    pub fn exposed_s(&self) -> f64 {
-        self.traffic.iter().filter(|t| !t.overlapped && t.op != Op::PipelineRecv).map(|t| self.seconds(t) * t.calls as f64).sum()
-    }
-}
-
-/// A strategy's communication on one placement, per iteration of the busiest rank.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CommProjection {
-    /// Whether its heaviest traffic leaves the node.
-    pub crosses_nodes: bool,
-    pub link_bytes_per_s: f64,
-    /// Communication not hidden under compute.
-    pub exposed_s: f64,
-    /// Of the overlapped transfers, the fraction that runs under compute (1 where none).
-    pub hidden_fraction: f64,
-    /// Idle time of a pipeline's fill and drain.
-    pub bubble_s: f64,
-    /// Labelled per-call figures for the console ("ring step transfer", ...).
-    pub details: Vec<(&'static str, f64)>,
 }
 
 /// Every strategy, in the order `--strategy all` runs them.
@@ -458,103 +326,6 @@ pub fn build<'a, B: Backend + 'a, C: Communicator<B> + 'a>(cfg: &RunConfig, be: 
         StrategyKind::Usp => Box::new(usp::Usp::new(cfg, be, comm)?),
         StrategyKind::TpCp => Box::new(tp_cp::TpCp::new(cfg, be, comm)?),
     })
-}
-
-/// Micro-batch `micro_batch`: sequences micro_batch x mb .. (micro_batch + 1) x mb, on `tokens`.
-fn micro_batch_of<'a>(cfg: &RunConfig, micro_batch: usize, tokens: &'a LocalTokens) -> Batch<'a> {
-    Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens }
-}
-
-/// A run of consecutive layers on one rank with its buffers: what every strategy drives per
-/// micro-batch (the whole model for reference and ring, one pipeline stage for tp-pp).
-pub(crate) struct Stack<B: Backend> {
-    pub layers: Vec<LayerWeights<B>>,
-    pub ws: Workspace<B>,
-    /// The micro-batch's hidden states, updated in place layer by layer.
-    pub x: B::Act,
-    /// Kept final hidden states of the whole batch (allocated on the first kept forward).
-    pub out: Option<B::Act>,
-    pub tokens: LocalTokens,
-}
-
-impl<B: Backend> Stack<B> {
-    /// The layers, shard and tokens `placement` states, with the workspace `buffers` states.
-    pub fn new(cfg: &RunConfig, be: &B, placement: &Placement, buffers: &Buffers) -> Result<Self> {
-        let m = &cfg.model;
-        let rows = cfg.micro_batch * placement.tokens.len();
-        Ok(Stack {
-            layers: placement
-                .layers
-                .clone()
-                .map(|l| LayerWeights::generate(be, m, &placement.shard, l, cfg.seed))
-                .collect::<Result<_>>()?,
-            ws: Workspace::new(be, m, &placement.shard, rows, buffers)?,
-            x: be.alloc_act(rows, m.d_model)?,
-            out: None,
-            tokens: placement.tokens.clone(),
-        })
-    }
-
-    /// The stack `spec(cfg.strategy)` states for `rank`.
-    pub fn of(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        let s = spec(cfg.strategy);
-        Self::new(cfg, be, &(s.placement)(cfg, rank), &(s.buffers)(cfg, rank))
-    }
-
-    pub fn batch(&self, cfg: &RunConfig, micro_batch: usize) -> Batch<'_> {
-        micro_batch_of(cfg, micro_batch, &self.tokens)
-    }
-
-    pub fn generate_input(&mut self, be: &B, cfg: &RunConfig, micro_batch: usize) -> Result<()> {
-        let batch = micro_batch_of(cfg, micro_batch, &self.tokens);
-        generate_input(be, &cfg.model, cfg.seed, &batch, &mut self.x)
-    }
-
-    /// Every layer of the stack on the current micro-batch in x.
-    pub fn run_layers(
-        &mut self,
-        be: &B,
-        cfg: &RunConfig,
-        micro_batch: usize,
-        attention: &mut dyn FnMut(&mut Workspace<B>, &Batch) -> Result<()>,
-        reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
-    ) -> Result<()> {
-        let batch = micro_batch_of(cfg, micro_batch, &self.tokens);
-        for w in &self.layers {
-            layer_forward(be, w, &mut self.ws, &mut self.x, &batch, &mut |ws| attention(ws, &batch), reduce)?;
-        }
-        Ok(())
-    }
-
-    /// Every micro-batch through the stack, its input generated on this rank, attention by
-    /// `attention`, nothing to reduce: the whole forward pass of every strategy without tensor
-    /// or pipeline parallelism (they differ only in how a layer's attention sees other ranks).
-    pub fn forward_all(
-        &mut self,
-        be: &B,
-        cfg: &RunConfig,
-        keep: bool,
-        attention: &mut dyn FnMut(&mut Workspace<B>, &Batch) -> Result<()>,
-    ) -> Result<()> {
-        for mb in 0..cfg.micro_batches() {
-            self.generate_input(be, cfg, mb)?;
-            self.run_layers(be, cfg, mb, attention, &mut |_| Ok(()))?;
-            if keep {
-                self.keep(be, cfg, mb)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Copy the micro-batch's final hidden states into the kept output.
-    pub fn keep(&mut self, be: &B, cfg: &RunConfig, micro_batch: usize) -> Result<()> {
-        let rows = self.x.rows();
-        if self.out.is_none() {
-            self.out = Some(be.alloc_act(cfg.model.batch * self.tokens.len(), cfg.model.d_model)?);
-        }
-        let out = self.out.as_mut().expect("allocated above");
-        be.copy_rows(&self.x, 0, out, micro_batch * rows, rows)
-    }
 }
 
 /// Generic over every strategy in `SPECS`: a new one is covered by being in the table.

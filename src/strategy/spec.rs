@@ -1,0 +1,145 @@
+//! A strategy as a table (STYLE.md, item 1): what each rank owns, every message it sends, its
+//! buffers and its projection inputs. Each strategy file fills one `Spec`; everything outside
+//! `src/strategy/` reads these and never branches on the kind.
+
+use super::resolve::SizeFlags;
+use crate::config::{ConfigError, RunConfig, StrategyKind};
+use crate::model::Buffers;
+use crate::model::Shard;
+use crate::topology::LocalTokens;
+use std::ops::Range;
+
+/// What one rank owns of the model (DESIGN.md, "Strategies"): the statement that FLOPs, memory,
+/// the coverage test and `verify`'s assembly of outputs are derived from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The tokens of every sequence whose hidden states it holds between layers: the rows its
+    /// linear layers, norms and MLP run on.
+    pub tokens: LocalTokens,
+    /// Its slice of every layer's weights (query heads, K/V heads, MLP columns).
+    pub shard: Shard,
+    /// The layers it runs.
+    pub layers: Range<usize>,
+    /// The attention it computes: the queries of these tokens, for these query heads (Ulysses:
+    /// every token of the sequence for heads / P heads; everyone else: its own tokens and heads).
+    pub attention_tokens: LocalTokens,
+    pub attention_heads: Range<usize>,
+    /// Whether it reports the final hidden states of `tokens` (each token by exactly one rank).
+    pub outputs: bool,
+}
+
+/// The kinds of communication a strategy issues, one per `Communicator` operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    RingStep,
+    AllReduce,
+    AllGather,
+    AllToAll,
+    PipelineSend,
+    PipelineRecv,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::RingStep => "ring step",
+            Op::AllReduce => "all-reduce",
+            Op::AllGather => "all-gather",
+            Op::AllToAll => "all-to-all",
+            Op::PipelineSend => "pipeline send",
+            Op::PipelineRecv => "pipeline receive",
+        }
+    }
+}
+
+/// One kind of message a rank exchanges: what it is, with whom (world ranks: the one peer, or the
+/// whole group), the buffer handed to each call, the bytes each call sends and receives as
+/// `comm::metered` counts them, and how many calls an iteration makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub op: Op,
+    pub what: &'static str,
+    pub peers: Vec<usize>,
+    pub buffer_bytes: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub calls: u64,
+    /// Whether it runs under compute (the ring's steps); everything else waits for it.
+    pub overlapped: bool,
+}
+
+/// One strategy as a table (STYLE.md, item 1): its sizes, checks, placement, traffic, buffers
+/// and projection. Everything outside `src/strategy/` reads these and never branches on the kind.
+pub struct Spec {
+    pub kind: StrategyKind,
+    /// The parallel sizes it takes, as CSV columns (tp-pp: tp, pp; ring, allgather, ulysses: sp;
+    /// usp: ulysses, ring; tp-cp: tp, cp).
+    pub size_names: &'static [&'static str],
+    pub sizes: fn(&RunConfig) -> Vec<usize>,
+    /// Sets its sizes in the config from the flags as given, with its defaults for a job of
+    /// `world` ranks where a flag is absent.
+    pub resolve_sizes: fn(&mut RunConfig, &SizeFlags, usize),
+    /// Whether its tokens follow `--layout`.
+    pub uses_layout: bool,
+    /// Ranks it occupies.
+    pub world: fn(&RunConfig) -> usize,
+    /// Its own checks of the config on a job of `world` ranks (the model's are `resolve::validate`'s).
+    pub check: fn(&RunConfig, usize) -> Result<(), ConfigError>,
+    pub placement: fn(&RunConfig, usize) -> Placement,
+    pub traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
+    pub buffers: fn(&RunConfig, usize) -> Buffers,
+    /// The (color, key) of each `Communicator::split` the rank makes, in order: the emulated
+    /// transport forms the same groups from them.
+    pub splits: fn(&RunConfig, usize) -> Vec<(usize, usize)>,
+    /// Its communication on a hardware profile, for `plan`.
+    pub project: fn(&RunConfig, &ProjectionInput) -> CommProjection,
+}
+
+/// What `plan` knows when it asks a strategy for its communication time: the busiest rank, its
+/// compute, and the links of one placement.
+pub struct ProjectionInput<'a> {
+    pub rank: usize,
+    pub traffic: &'a [Transfer],
+    /// The rank's attention seconds per layer and micro-batch at the profile's attention rate.
+    pub attention_per_layer_mb_s: f64,
+    /// The rank's compute seconds per iteration (linear, attention, element-wise).
+    pub compute_s: f64,
+    pub gpus_per_node: usize,
+    pub nvlink_bytes_per_s: f64,
+    pub ib_bytes_per_s: f64,
+}
+
+impl ProjectionInput<'_> {
+    /// The bandwidth between ranks `peers` (and this rank): NVLink inside a node, else InfiniBand.
+    pub fn link(&self, peers: &[usize]) -> (bool, f64) {
+        let node = self.rank / self.gpus_per_node;
+        let crosses = peers.iter().any(|&p| p / self.gpus_per_node != node);
+        (crosses, if crosses { self.ib_bytes_per_s } else { self.nvlink_bytes_per_s })
+    }
+
+    /// Seconds of one call of `t` on its link (the larger of its two directions).
+    pub fn seconds(&self, t: &Transfer) -> f64 {
+        t.sent.max(t.received) as f64 / self.link(&t.peers).1
+    }
+
+    /// The calls of the exposed (not overlapped) transfers, in seconds per iteration.
+    pub fn exposed_s(&self) -> f64 {
+        self.traffic.iter().filter(|t| !t.overlapped && t.op != Op::PipelineRecv).map(|t| self.seconds(t) * t.calls as f64).sum()
+    }
+}
+
+/// A strategy's communication on one placement, per iteration of the busiest rank.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CommProjection {
+    /// Whether its heaviest traffic leaves the node.
+    pub crosses_nodes: bool,
+    pub link_bytes_per_s: f64,
+    /// Communication not hidden under compute.
+    pub exposed_s: f64,
+    /// Of the overlapped transfers, the fraction that runs under compute (1 where none).
+    pub hidden_fraction: f64,
+    /// Idle time of a pipeline's fill and drain.
+    pub bubble_s: f64,
+    /// Labelled per-call figures for the console ("ring step transfer", ...).
+    pub details: Vec<(&'static str, f64)>,
+}

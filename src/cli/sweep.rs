@@ -1,6 +1,7 @@
 //! `sweep`'s flags, resolved into a `sweep::SweepGrid`.
 
-use super::{ConfigArgs, HardwareArgs};
+use super::args::ConfigArgs;
+use super::hardware::HardwareArgs;
 use crate::sweep::SweepGrid;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;

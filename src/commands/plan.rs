@@ -38,18 +38,16 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             cfgs.iter().map(|cfg| (cfg.clone(), crate::plan::plan(cfg, &hw, &sizes))).collect();
         let mut outputs: Vec<String> = plans
             .iter()
-            .map(
-                |(cfg, p)| {
-                    if args.json {
-                        serde_json::to_string_pretty(p).expect("the plan serialises")
-                    } else {
-                        crate::plan::render(cfg, p)
-                    }
-                },
-            )
+            .map(|(cfg, p)| {
+                if args.json {
+                    serde_json::to_string_pretty(p).expect("the plan serialises")
+                } else {
+                    crate::plan::render::render(cfg, p)
+                }
+            })
             .collect();
         if !args.json && (plans.len() > 1 || !refused.is_empty()) {
-            outputs.push(crate::plan::render_comparison(&plans, &refused));
+            outputs.push(crate::plan::render::render_comparison(&plans, &refused));
         }
         Ok(outputs)
     };

@@ -9,45 +9,22 @@ mod measure;
 mod rundir;
 pub mod verify;
 
+mod options;
 pub use admit::check_memory;
 pub use console::print_summaries;
+pub use options::{Place, RunOptions};
 pub use verify::{tolerance, verify, within, Diff};
 
 use crate::backend::Backend;
 use crate::comm::metered::Metered;
 use crate::comm::Communicator;
 use crate::config::RunConfig;
-use crate::fault::Fault;
 use crate::journal::Journal;
 use crate::metrics::flops;
 use crate::output::rankfile::{self, RankRun};
 use crate::output::reduce;
 use crate::output::status::RunStatus;
 use anyhow::Result;
-use std::path::PathBuf;
-
-/// Who and where this rank is, for its results.
-#[derive(Clone, Debug)]
-pub struct Place {
-    pub rank: usize,
-    pub local_rank: usize,
-    pub host: String,
-    /// MPI library version, as the library reports it.
-    pub mpi_library: String,
-}
-
-/// Where results go.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    /// The results root: runs land in `<out>/<run id>/`.
-    pub out: PathBuf,
-    /// Chosen run id; default: the SLURM job id, or `<UTC timestamp>-<strategy>`.
-    pub run_id: Option<String>,
-    /// No progress display.
-    pub quiet: bool,
-    /// Injected fault, for tests of the failure paths.
-    pub fault: Option<Fault>,
-}
 
 /// Run each config in turn under the measurement protocol, recording into `journal` and writing
 /// this rank's results file after each, then (rank 0) reduce the run directory into CSV and print

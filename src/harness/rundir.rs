@@ -1,7 +1,7 @@
 //! The run directory: rank 0 picks the run id and creates `<out>/<id>/`, which must be new, and
 //! every rank learns it and the launch's identity before any work.
 
-use super::RunOptions;
+use super::options::RunOptions;
 use crate::backend::Backend;
 use crate::comm::Communicator;
 use crate::config::ConfigError;

@@ -16,8 +16,7 @@ use crate::metrics::flops::{self, linear_per_token_layer};
 use crate::strategy::{memory_estimate, Op, ProjectionInput};
 use serde::Serialize;
 
-mod render;
-pub use render::{render, render_comparison};
+pub mod render;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {

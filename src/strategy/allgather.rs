@@ -7,7 +7,8 @@
 //! NCCL's AllGather moves equal blocks: a rank whose chunk is a token shorter than the longest
 //! sends its block padded to the longest; the padding rows are never attended.
 
-use super::{CommProjection, Op, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use super::spec::{CommProjection, Op, ProjectionInput, Spec, Strategy, Transfer};
+use super::stack::Stack;
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{RunConfig, StrategyKind};
@@ -18,32 +19,32 @@ use anyhow::{Context, Result};
 pub const SPEC: Spec = Spec {
     kind: StrategyKind::Allgather,
     size_names: &["sp"],
-    sizes: super::sp_sizes,
-    resolve_sizes: super::sp_resolve,
+    sizes: super::shared::sp_sizes,
+    resolve_sizes: super::shared::sp_resolve,
     uses_layout: true,
-    world: super::sp_world,
-    check: super::check_sequence_parallel,
-    placement: super::sequence_parallel_placement,
+    world: super::shared::sp_world,
+    check: super::shared::check_sequence_parallel,
+    placement: super::shared::sequence_parallel_placement,
     traffic,
     buffers,
-    splits: super::no_splits,
+    splits: super::shared::no_splits,
     project,
 };
 
 /// The local K/V padded to the longest block (what the all-gather sends), and the whole
 /// sequence's K/V it gathers.
-fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
-    let block = cfg.micro_batch * super::longest_tokens(cfg);
-    let local = super::local_buffers(cfg, rank);
+fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
+    let block = cfg.micro_batch * super::shared::longest_tokens(cfg);
+    let local = super::shared::local_buffers(cfg, &super::shared::sequence_parallel_placement(cfg, rank));
     let all = cfg.split.sp() * block;
-    super::Buffers { kv_rows: block, kv_in_rows: all, attention_kv: (all, local.attention_kv.1), ..local }
+    crate::model::Buffers { kv_rows: block, kv_in_rows: all, attention_kv: (all, local.attention_kv.1), ..local }
 }
 
 /// Per layer and micro-batch one all-gather of the padded K/V block: as a ring all-gather moves
 /// it, P - 1 blocks out and P - 1 in.
 fn traffic(cfg: &RunConfig, _rank: usize) -> Vec<Transfer> {
     let m = &cfg.model;
-    let block = (cfg.micro_batch * super::longest_tokens(cfg) * 2 * m.kv_dim() * 2) as u64;
+    let block = (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * m.kv_dim() * 2) as u64;
     let wire = (cfg.split.sp() as u64 - 1) * block;
     vec![Transfer {
         op: Op::AllGather,
@@ -59,7 +60,7 @@ fn traffic(cfg: &RunConfig, _rank: usize) -> Vec<Transfer> {
 
 /// The all-gather is exposed, on InfiniBand as soon as the group spans two nodes.
 fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
-    super::project_collective(x, Op::AllGather, "one K/V all-gather")
+    super::shared::project_collective(x, Op::AllGather, "one K/V all-gather")
 }
 
 pub struct Allgather<B: Backend> {
@@ -71,7 +72,7 @@ pub struct Allgather<B: Backend> {
 
 impl<B: Backend> Allgather<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        Ok(Allgather { cfg: cfg.clone(), layout: super::sequence_layout(cfg), stack: Stack::of(cfg, be, rank)? })
+        Ok(Allgather { cfg: cfg.clone(), layout: super::shared::sequence_layout(cfg), stack: Stack::of(&SPEC, cfg, be, rank)? })
     }
 }
 

@@ -1,28 +1,9 @@
 //! What an emulated rank (`--emulate-world P --as-rank K`) needs of its strategy's table: the
 //! job's splits and the scratch buffer its messages go through, handed to `comm::emulated`.
 
-use super::{spec, Op};
+use super::{scratch_shape, spec};
 use crate::comm::emulated::EmulatedJob;
 use crate::config::RunConfig;
-use half::bf16;
-
-/// [rows, cols] of the scratch buffer rank `rank` of a config needs: its all-reduces and
-/// pipeline messages ([rows, d_model] activations, as its strategy's traffic states them) go
-/// through it; ring steps, all-gathers and all-to-alls copy between the strategy's own buffers.
-pub fn scratch_shape(cfg: &RunConfig, rank: usize) -> Option<(usize, usize)> {
-    let d = cfg.model.d_model;
-    (spec(cfg.strategy).traffic)(cfg, rank)
-        .iter()
-        .filter(|t| matches!(t.op, Op::AllReduce | Op::PipelineSend | Op::PipelineRecv))
-        .map(|t| t.buffer_bytes as usize / (std::mem::size_of::<bf16>() * d))
-        .max()
-        .map(|rows| (rows, d))
-}
-
-/// Bytes of the scratch buffer: what an emulated rank holds beyond the real rank's buffers.
-pub fn scratch_bytes(cfg: &RunConfig, rank: usize) -> u64 {
-    scratch_shape(cfg, rank).map_or(0, |(r, c)| (r * c * std::mem::size_of::<bf16>()) as u64)
-}
 
 /// The job rank `as_rank` of `cfg` stands in.
 pub fn job(cfg: &RunConfig, as_rank: usize) -> EmulatedJob {
@@ -43,6 +24,7 @@ mod tests {
     use crate::comm::emulated::Emulated;
     use crate::comm::{Communicator, HostCollectives};
     use crate::config::{Preset, StrategyKind};
+    use crate::strategy::scratch_bytes;
     use half::bf16;
 
     #[test]

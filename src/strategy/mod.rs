@@ -14,27 +14,17 @@ pub mod usp;
 
 use crate::backend::Backend;
 use crate::comm::Communicator;
-use crate::config::{ConfigError, MlpAct, RunConfig, Split, StrategyKind};
+use crate::config::{MlpAct, RunConfig, StrategyKind};
 use crate::model::Shard;
-use crate::topology::{self, LocalTokens};
+use crate::topology::LocalTokens;
 use anyhow::Result;
-use resolve::SizeFlags;
+use spec::SizeFlags;
 
+mod shared;
 mod spec;
 mod stack;
 pub use crate::model::Buffers;
-pub use spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Transfer};
-pub(crate) use stack::Stack;
-
-pub trait Strategy<B: Backend, C: Communicator<B>> {
-    /// One iteration: the forward pass over the whole batch. With `keep`, the final hidden states
-    /// of the tokens this rank outputs (see `output_tokens`) are kept for `output`.
-    fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()>;
-
-    /// The kept final hidden states: [batch x tokens per sequence, d_model], sequence-major, in
-    /// the order of `output_tokens`; None if this rank outputs nothing.
-    fn output(&self) -> Option<&B::Act>;
-}
+pub use spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 
 /// Every strategy, in the order `--strategy all` runs them.
 pub const SPECS: [&Spec; 7] = [&reference::SPEC, &tp_pp::SPEC, &ring::SPEC, &allgather::SPEC, &ulysses::SPEC, &usp::SPEC, &tp_cp::SPEC];
@@ -110,87 +100,12 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
         + extra;
     let x = bf * rows * d;
     let out = if keep { bf * (m.batch * place.tokens.len()) as u64 * d } else { 0 };
-    let emulation = if cfg.emulate.is_some() { emulation::scratch_bytes(cfg, rank) } else { 0 };
+    let emulation = if cfg.emulate.is_some() { scratch_bytes(cfg, rank) } else { 0 };
     // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
     let matmul = f32b * (rows * d + d * up + rows * up);
     let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);
     let attention = f32b * (kv_r * kv_c + 64 * kv_r + 64 * w);
     MemoryEstimate { weights, activations: workspace + x + out + emulation, scratch: matmul.max(attention) + bf * rows * d }
-}
-
-/// The buffers of a strategy whose K/V stays local: the workspace for its own rows.
-fn local_buffers(cfg: &RunConfig, rank: usize) -> Buffers {
-    let p = placement(cfg, rank);
-    let rows = cfg.micro_batch * p.tokens.len();
-    let kvw = p.shard.heads(&cfg.model).kv_width();
-    Buffers {
-        kv_rows: rows,
-        kv_in_rows: 0,
-        acc_rows: rows,
-        acc_heads: p.attention_heads.len(),
-        extra: Vec::new(),
-        attention_kv: (rows, 2 * kvw),
-    }
-}
-
-/// Every rank of a sequence-parallel strategy holds the whole model and runs it on its tokens.
-fn sequence_parallel_placement(cfg: &RunConfig, rank: usize) -> Placement {
-    let m = &cfg.model;
-    let tokens = topology::ring_tokens(cfg.layout, m.seq_len, cfg.split.sp(), rank);
-    Placement {
-        attention_tokens: tokens.clone(),
-        tokens,
-        shard: Shard::whole(m),
-        layers: 0..m.layers,
-        attention_heads: 0..m.heads,
-        outputs: true,
-    }
-}
-
-/// The checks every strategy over `--ring` ranks of the sequence shares.
-fn check_sequence_parallel(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
-    let name = cfg.strategy.name();
-    if cfg.split.sp() == 0 {
-        return Err(ConfigError("--ring 0: must be at least 1".into()));
-    }
-    if cfg.split.sp() != world {
-        return Err(ConfigError(format!(
-            "--ring {}: the job has {world} ranks (world size must equal the {name} size, set by --ring)",
-            cfg.split.sp()
-        )));
-    }
-    check_chunks(cfg, "", cfg.split.sp())
-}
-
-/// A sequence cut over `n` ring positions under `--layout` has a token in every chunk.
-fn check_chunks(cfg: &RunConfig, what: &str, n: usize) -> Result<(), ConfigError> {
-    let chunks = topology::chunk_count(cfg.layout, n);
-    if cfg.model.seq_len < chunks {
-        return Err(ConfigError(format!(
-            "--seq-len {}: a {} {}{what} of {n} needs at least {chunks} tokens (one per chunk)",
-            cfg.model.seq_len,
-            cfg.layout.name(),
-            cfg.strategy.name(),
-        )));
-    }
-    Ok(())
-}
-
-/// The two sizes of a 2-D strategy, `inner x outer = world`, from their flags (`None` where
-/// absent): one given sets the other to world / it; neither, the largest divisor of the world
-/// up to a node's 8 GPUs that leaves at least two outer groups and that `allowed` accepts (its
-/// heads must split that way). Inconsistent flags are left for the strategy's check to refuse.
-fn two_d_sizes(inner: Option<usize>, outer: Option<usize>, world: usize, allowed: impl Fn(usize) -> bool) -> (usize, usize) {
-    let other = |x: usize| world.checked_div(x).unwrap_or(world);
-    match (inner, outer) {
-        (Some(i), Some(o)) => (i, o),
-        (Some(i), None) => (i, other(i)),
-        (None, Some(o)) => (other(o), o),
-        (None, None) => {
-            let i = (1..=GPUS_PER_NODE.min(world / 2).max(1)).rev().find(|&i| world % i == 0 && allowed(i)).unwrap_or(1);
-            (i, world / i.max(1))
-        }
-    }
 }
 
 /// `cfg` under `spec` in every split of a `world`-rank job its sizes allow, each once (not yet
@@ -207,114 +122,6 @@ pub fn every_split(spec: &Spec, cfg: &RunConfig, world: usize) -> Vec<RunConfig>
     out
 }
 
-/// Collectives of kind `op` that attention waits for (all of them exposed), over the group
-/// `peers`: whether it leaves the node, its link, one layer's worth of seconds and the
-/// iteration's.
-fn exposed_collectives(x: &ProjectionInput, op: Op, peers: &[usize]) -> (bool, f64, f64, f64) {
-    let (crosses, bw) = x.link(peers);
-    let calls: Vec<&Transfer> = x.traffic.iter().filter(|t| t.op == op).collect();
-    let per_layer = calls.iter().map(|t| x.seconds(t)).sum();
-    let total = calls.iter().map(|t| x.seconds(t) * t.calls as f64).sum();
-    (crosses, bw, per_layer, total)
-}
-
-/// A strategy whose one kind of collective is all its communication, exposed (allgather,
-/// ulysses): `label` names one layer's worth of it.
-fn project_collective(x: &ProjectionInput, op: Op, label: &'static str) -> CommProjection {
-    let peers = x.traffic.iter().find(|t| t.op == op).map(|t| t.peers.clone()).unwrap_or_default();
-    let (crosses, bw, per_layer, total) = exposed_collectives(x, op, &peers);
-    CommProjection {
-        crosses_nodes: crosses,
-        link_bytes_per_s: bw,
-        exposed_s: total,
-        hidden_fraction: 1.0,
-        bubble_s: 0.0,
-        details: vec![(label, per_layer)],
-    }
-}
-
-/// A 2-D strategy's communication: its inner group's collectives (`op`, exposed: attention needs
-/// their result) at the link of the group `inner`, labelled `label` with one layer's worth of
-/// them, and its ring's steps over `ring` (world ranks), each under `step_compute` seconds of
-/// attention, as the ring's are.
-fn project_two_d(
-    x: &ProjectionInput,
-    (op, label, inner): (Op, &'static str, &[usize]),
-    ring: &[usize],
-    step_compute: f64,
-) -> CommProjection {
-    let r = ring::project_ring(x, ring, step_compute);
-    let (inner_crosses, inner_bw, per_layer, total) = exposed_collectives(x, op, inner);
-    let mut details = vec![(label, per_layer)];
-    details.extend(r.details());
-    CommProjection {
-        crosses_nodes: r.crosses || inner_crosses,
-        link_bytes_per_s: if ring.len() > 1 { r.link_bytes_per_s.min(inner_bw) } else { inner_bw },
-        exposed_s: total + r.exposed_s,
-        hidden_fraction: r.hidden_fraction,
-        bubble_s: 0.0,
-        details,
-    }
-}
-
-/// GPUs of one NVLink node, where a 2-D strategy's default inner group ends.
-const GPUS_PER_NODE: usize = 8;
-
-/// The check both 2-D strategies make of their sizes: each at least 1, their product the world.
-fn check_two_d(
-    cfg: &RunConfig,
-    (inner_flag, inner): (&str, usize),
-    (outer_flag, outer): (&str, usize),
-    world: usize,
-) -> Result<(), ConfigError> {
-    crate::config::require_positive(&[(inner_flag, inner), (outer_flag, outer)])?;
-    if inner * outer != world {
-        return Err(ConfigError(format!(
-            "{inner_flag} {inner} x {outer_flag} {outer} = {} ranks, but the job has {world} ranks (world size must equal {inner_flag} x {outer_flag} for {})",
-            inner * outer,
-            cfg.strategy.name()
-        )));
-    }
-    Ok(())
-}
-
-/// No communicator splits.
-fn no_splits(_: &RunConfig, _: usize) -> Vec<(usize, usize)> {
-    Vec::new()
-}
-
-/// The sequence-parallel strategies' one size, `--ring`: their CSV `sp` and their world.
-fn sp_sizes(cfg: &RunConfig) -> Vec<usize> {
-    vec![cfg.split.sp()]
-}
-
-/// `--ring`, by default the world.
-fn sp_resolve(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
-    cfg.split = Split::Sp { p: flags.ring.unwrap_or(world) };
-}
-
-/// A strategy without parallel sizes.
-fn no_sizes(_: &mut RunConfig, _: &SizeFlags, _: usize) {}
-
-fn sp_world(cfg: &RunConfig) -> usize {
-    cfg.split.sp()
-}
-
-/// Every sequence-parallel rank's tokens under `--layout`: the layout of each rank's K/V block.
-fn sequence_layout(cfg: &RunConfig) -> Vec<LocalTokens> {
-    ring_layout(cfg, cfg.split.sp())
-}
-
-/// Every position's tokens of a ring of `n` under `--layout`.
-fn ring_layout(cfg: &RunConfig, n: usize) -> Vec<LocalTokens> {
-    (0..n).map(|r| topology::ring_tokens(cfg.layout, cfg.model.seq_len, n, r)).collect()
-}
-
-/// The longest any rank's tokens are (the block a padded collective moves per sequence).
-fn longest_tokens(cfg: &RunConfig) -> usize {
-    sequence_layout(cfg).iter().map(LocalTokens::len).max().unwrap_or(0)
-}
-
 /// Set up the strategy `cfg` names on this rank: generate its weights, allocate its buffers.
 pub fn build<'a, B: Backend + 'a, C: Communicator<B> + 'a>(cfg: &RunConfig, be: &B, comm: &C) -> Result<Box<dyn Strategy<B, C> + 'a>> {
     Ok(match cfg.strategy {
@@ -326,6 +133,24 @@ pub fn build<'a, B: Backend + 'a, C: Communicator<B> + 'a>(cfg: &RunConfig, be: 
         StrategyKind::Usp => Box::new(usp::Usp::new(cfg, be, comm)?),
         StrategyKind::TpCp => Box::new(tp_cp::TpCp::new(cfg, be, comm)?),
     })
+}
+
+/// [rows, cols] of the scratch buffer rank `rank` of a config needs: its all-reduces and
+/// pipeline messages ([rows, d_model] activations, as its strategy's traffic states them) go
+/// through it; ring steps, all-gathers and all-to-alls copy between the strategy's own buffers.
+pub fn scratch_shape(cfg: &RunConfig, rank: usize) -> Option<(usize, usize)> {
+    let d = cfg.model.d_model;
+    (spec(cfg.strategy).traffic)(cfg, rank)
+        .iter()
+        .filter(|t| matches!(t.op, Op::AllReduce | Op::PipelineSend | Op::PipelineRecv))
+        .map(|t| t.buffer_bytes as usize / (std::mem::size_of::<half::bf16>() * d))
+        .max()
+        .map(|rows| (rows, d))
+}
+
+/// Bytes of the scratch buffer: what an emulated rank holds beyond the real rank's buffers.
+pub fn scratch_bytes(cfg: &RunConfig, rank: usize) -> u64 {
+    scratch_shape(cfg, rank).map_or(0, |(r, c)| (r * c * std::mem::size_of::<half::bf16>()) as u64)
 }
 
 /// Generic over every strategy in `SPECS`: a new one is covered by being in the table.

@@ -1,6 +1,7 @@
 //! The single-rank reference: the whole model, every head, every token, no communication.
 
-use super::{CommProjection, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use super::spec::{CommProjection, Placement, ProjectionInput, Spec, Strategy, Transfer};
+use super::stack::Stack;
 use crate::backend::Backend;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, StrategyKind};
@@ -12,14 +13,14 @@ pub const SPEC: Spec = Spec {
     kind: StrategyKind::Reference,
     size_names: &[],
     sizes: |_| Vec::new(),
-    resolve_sizes: super::no_sizes,
+    resolve_sizes: super::shared::no_sizes,
     uses_layout: false,
     world: |_| 1,
     check,
     placement,
     traffic: |_, _| Vec::<Transfer>::new(),
-    buffers: super::local_buffers,
-    splits: super::no_splits,
+    buffers,
+    splits: super::shared::no_splits,
     project,
 };
 
@@ -30,6 +31,10 @@ fn check(_: &RunConfig, world: usize) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
+}
+
+fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
+    super::shared::local_buffers(cfg, &placement(cfg, rank))
 }
 
 fn placement(cfg: &RunConfig, _rank: usize) -> Placement {
@@ -55,7 +60,7 @@ pub struct Reference<B: Backend> {
 
 impl<B: Backend> Reference<B> {
     pub fn new(cfg: &RunConfig, be: &B) -> Result<Self> {
-        Ok(Reference { cfg: cfg.clone(), stack: Stack::of(cfg, be, 0)? })
+        Ok(Reference { cfg: cfg.clone(), stack: Stack::of(&SPEC, cfg, be, 0)? })
     }
 }
 

@@ -3,6 +3,7 @@
 //! config's strategy makes of it (its world, its rank files, its description). Pure: every rank
 //! reaches the same verdict.
 
+pub use super::spec::SizeFlags;
 use super::{spec, SPECS};
 use crate::config::{
     require_at_most, require_positive, BackendKind, CommKind, ConfigError, Emulation, EmulationRequest, MlpAct, ModelConfig, RunConfig,
@@ -138,28 +139,6 @@ impl RunRequest {
             })
             .collect();
         Ok(resolved)
-    }
-}
-
-/// The parallel-size flags as given (None where absent), for each strategy's spec to take its
-/// sizes from (`strategy::Spec::resolve_sizes`), with its own defaults for the rest.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SizeFlags {
-    pub tp: Option<usize>,
-    pub pp: Option<usize>,
-    pub ring: Option<usize>,
-    pub ulysses: Option<usize>,
-    pub cp: Option<usize>,
-    /// Under `--strategy all`, where --tp and --ring are tp-pp's and ring's, not the 2-D ones'.
-    pub all: bool,
-}
-
-impl SizeFlags {
-    /// The split of a `world`-rank job with inner size `inner`, as each strategy names it (tp x
-    /// pp, ulysses x ring, tp x cp); the outer size follows, and a strategy without an inner
-    /// size (ring, allgather, ulysses) takes the world.
-    pub fn split(inner: usize, world: usize) -> Self {
-        SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), ..Default::default() }
     }
 }
 

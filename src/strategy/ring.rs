@@ -5,7 +5,8 @@
 //! next one from r - 1 into the second buffer; partial results merge into FP32 (O, LSE)
 //! accumulators. Output projection and MLP are local. No collective besides the ring.
 
-use super::{CommProjection, Op, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use super::spec::{CommProjection, Op, ProjectionInput, Spec, Strategy, Transfer};
+use super::stack::Stack;
 use crate::backend::Heads;
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
@@ -17,23 +18,23 @@ use anyhow::{Context, Result};
 pub const SPEC: Spec = Spec {
     kind: StrategyKind::Ring,
     size_names: &["sp"],
-    sizes: super::sp_sizes,
-    resolve_sizes: super::sp_resolve,
+    sizes: super::shared::sp_sizes,
+    resolve_sizes: super::shared::sp_resolve,
     uses_layout: true,
-    world: super::sp_world,
-    check: super::check_sequence_parallel,
-    placement: super::sequence_parallel_placement,
+    world: super::shared::sp_world,
+    check: super::shared::check_sequence_parallel,
+    placement: super::shared::sequence_parallel_placement,
     traffic,
     buffers,
-    splits: super::no_splits,
+    splits: super::shared::no_splits,
     project,
 };
 
 /// Two K/V buffers of the longest block: the one in use, and the next one arriving.
-fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
-    let rows = cfg.micro_batch * super::longest_tokens(cfg);
-    let local = super::local_buffers(cfg, rank);
-    super::Buffers { kv_rows: rows, kv_in_rows: rows, attention_kv: (rows, local.attention_kv.1), ..local }
+fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
+    let rows = cfg.micro_batch * super::shared::longest_tokens(cfg);
+    let local = super::shared::local_buffers(cfg, &super::shared::sequence_parallel_placement(cfg, rank));
+    crate::model::Buffers { kv_rows: rows, kv_in_rows: rows, attention_kv: (rows, local.attention_kv.1), ..local }
 }
 
 /// Per layer and micro-batch, P - 1 exchanges with the neighbours: at step s a rank sends the
@@ -134,7 +135,7 @@ pub struct Ring<B: Backend> {
 
 impl<B: Backend> Ring<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        Ok(Ring { cfg: cfg.clone(), rank, layout: super::sequence_layout(cfg), stack: Stack::of(cfg, be, rank)? })
+        Ok(Ring { cfg: cfg.clone(), rank, layout: super::shared::sequence_layout(cfg), stack: Stack::of(&SPEC, cfg, be, rank)? })
     }
 }
 
@@ -207,6 +208,30 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
 
     fn output(&self) -> Option<&B::Act> {
         self.stack.out.as_ref()
+    }
+}
+
+/// A 2-D strategy's communication: its inner group's collectives (`op`, exposed: attention needs
+/// their result) at the link of the group `inner`, labelled `label` with one layer's worth of
+/// them, and its ring's steps over `ring` (world ranks), each under `step_compute` seconds of
+/// attention, as the ring's are.
+pub(super) fn project_two_d(
+    x: &ProjectionInput,
+    (op, label, inner): (Op, &'static str, &[usize]),
+    ring: &[usize],
+    step_compute: f64,
+) -> CommProjection {
+    let r = project_ring(x, ring, step_compute);
+    let (inner_crosses, inner_bw, per_layer, total) = super::shared::exposed_collectives(x, op, inner);
+    let mut details = vec![(label, per_layer)];
+    details.extend(r.details());
+    CommProjection {
+        crosses_nodes: r.crosses || inner_crosses,
+        link_bytes_per_s: if ring.len() > 1 { r.link_bytes_per_s.min(inner_bw) } else { inner_bw },
+        exposed_s: total + r.exposed_s,
+        hidden_fraction: r.hidden_fraction,
+        bubble_s: 0.0,
+        details,
     }
 }
 

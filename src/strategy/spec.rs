@@ -2,12 +2,25 @@
 //! buffers and its projection inputs. Each strategy file fills one `Spec`; everything outside
 //! `src/strategy/` reads these and never branches on the kind.
 
-use super::resolve::SizeFlags;
+use crate::backend::Backend;
+use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, StrategyKind};
 use crate::model::Buffers;
 use crate::model::Shard;
 use crate::topology::LocalTokens;
+use anyhow::Result;
 use std::ops::Range;
+
+/// A strategy set up on one rank: what the harness drives.
+pub trait Strategy<B: Backend, C: Communicator<B>> {
+    /// One iteration: the forward pass over the whole batch. With `keep`, the final hidden states
+    /// of the tokens this rank outputs (see `output_tokens`) are kept for `output`.
+    fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()>;
+
+    /// The kept final hidden states: [batch x tokens per sequence, d_model], sequence-major, in
+    /// the order of `output_tokens`; None if this rank outputs nothing.
+    fn output(&self) -> Option<&B::Act>;
+}
 
 /// What one rank owns of the model (DESIGN.md, "Strategies"): the statement that FLOPs, memory,
 /// the coverage test and `verify`'s assembly of outputs are derived from.
@@ -142,4 +155,26 @@ pub struct CommProjection {
     pub bubble_s: f64,
     /// Labelled per-call figures for the console ("ring step transfer", ...).
     pub details: Vec<(&'static str, f64)>,
+}
+
+/// The parallel-size flags as given (None where absent), for each strategy's spec to take its
+/// sizes from (`strategy::Spec::resolve_sizes`), with its own defaults for the rest.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SizeFlags {
+    pub tp: Option<usize>,
+    pub pp: Option<usize>,
+    pub ring: Option<usize>,
+    pub ulysses: Option<usize>,
+    pub cp: Option<usize>,
+    /// Under `--strategy all`, where --tp and --ring are tp-pp's and ring's, not the 2-D ones'.
+    pub all: bool,
+}
+
+impl SizeFlags {
+    /// The split of a `world`-rank job with inner size `inner`, as each strategy names it (tp x
+    /// pp, ulysses x ring, tp x cp); the outer size follows, and a strategy without an inner
+    /// size (ring, allgather, ulysses) takes the world.
+    pub fn split(inner: usize, world: usize) -> Self {
+        SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), ..Default::default() }
+    }
 }

@@ -1,8 +1,9 @@
 //! The layers a rank runs, with their buffers: what every strategy drives per micro-batch.
 
-use super::{spec, Buffers, Placement};
+use super::spec::{Placement, Spec};
 use crate::backend::{Backend, Matrix};
 use crate::config::RunConfig;
+use crate::model::Buffers;
 use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Workspace};
 use crate::topology::LocalTokens;
 use anyhow::Result;
@@ -42,9 +43,8 @@ impl<B: Backend> Stack<B> {
         })
     }
 
-    /// The stack `spec(cfg.strategy)` states for `rank`.
-    pub fn of(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        let s = spec(cfg.strategy);
+    /// The stack the strategy's table `s` states for `rank`.
+    pub fn of(s: &Spec, cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
         Self::new(cfg, be, &(s.placement)(cfg, rank), &(s.buffers)(cfg, rank))
     }
 

@@ -8,12 +8,13 @@
 //! It is the one sequence-parallel strategy whose weights per rank shrink with the group (a TP
 //! shard of every layer), which is what lets 70B and 405B models run at all.
 
-use super::resolve::SizeFlags;
 use super::ring::{ring_attention, ring_steps};
-use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use super::spec::SizeFlags;
+use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
+use super::stack::Stack;
 use crate::backend::Backend;
 use crate::comm::Communicator;
-use crate::config::{RunConfig, Split, StrategyKind};
+use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
 use crate::model::Shard;
 use crate::topology::{grid_coord, grid_rank, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
@@ -38,16 +39,16 @@ pub const SPEC: Spec = Spec {
 fn resolve_sizes(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
     let tp = if flags.all { None } else { flags.tp };
     let probe = cfg.clone();
-    let (t, c) = super::two_d_sizes(tp, flags.cp, world, |t| {
+    let (t, c) = super::shared::two_d_sizes(tp, flags.cp, world, |t| {
         super::tp_pp::check_tp(&RunConfig { split: Split::TpCp { t, c: 1 }, ..probe.clone() }).is_ok()
     });
     cfg.split = Split::TpCp { t, c };
 }
 
 fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
-    super::check_two_d(cfg, ("--tp", cfg.split.tp()), ("--cp", cfg.split.cp()), world)?;
+    super::shared::check_two_d(cfg, ("--tp", cfg.split.tp()), ("--cp", cfg.split.cp()), world)?;
     super::tp_pp::check_tp(cfg)?;
-    super::check_chunks(cfg, " context ring", cfg.split.cp())
+    super::shared::check_chunks(cfg, " context ring", cfg.split.cp())
 }
 
 /// (TP rank, context position) of `rank`.
@@ -57,7 +58,7 @@ fn coord(cfg: &RunConfig, rank: usize) -> (usize, usize) {
 
 /// Every context position's tokens.
 fn layout(cfg: &RunConfig) -> Vec<LocalTokens> {
-    super::ring_layout(cfg, cfg.split.cp())
+    super::shared::ring_layout(cfg, cfg.split.cp())
 }
 
 /// Its context position's tokens; its TP slice of every layer; the first TP rank of each group
@@ -85,10 +86,10 @@ fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
 }
 
 /// Two K/V buffers of the longest context block, of its K/V heads: the one in use, and the next.
-fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
+fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
     let rows = cfg.micro_batch * layout(cfg).iter().map(LocalTokens::len).max().unwrap_or(0);
-    let local = super::local_buffers(cfg, rank);
-    super::Buffers { kv_rows: rows, kv_in_rows: rows, attention_kv: (rows, local.attention_kv.1), ..local }
+    let local = super::shared::local_buffers(cfg, &placement(cfg, rank));
+    crate::model::Buffers { kv_rows: rows, kv_in_rows: rows, attention_kv: (rows, local.attention_kv.1), ..local }
 }
 
 /// Per layer and micro-batch: two all-reduces of [micro-batch x its tokens, d_model] in the TP
@@ -126,7 +127,7 @@ fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
     let (t, c) = coord(cfg, x.rank);
     let group: Vec<usize> = (0..cfg.split.tp()).map(|i| grid_rank(i, c, cfg.split.tp())).collect();
     let ring: Vec<usize> = (0..cfg.split.cp()).map(|pos| grid_rank(t, pos, cfg.split.tp())).collect();
-    super::project_two_d(x, (Op::AllReduce, "one all-reduce", &group), &ring, x.attention_per_layer_mb_s / cfg.split.cp() as f64)
+    super::ring::project_two_d(x, (Op::AllReduce, "one all-reduce", &group), &ring, x.attention_per_layer_mb_s / cfg.split.cp() as f64)
 }
 
 pub struct TpCp<B: Backend, C> {
@@ -145,7 +146,7 @@ impl<B: Backend, C: Communicator<B>> TpCp<B, C> {
         let [(tp_color, tp_key), (cp_color, cp_key)] = splits(cfg, rank)[..] else { unreachable!("tp-cp makes two splits") };
         let tp_group = world.split(tp_color, tp_key).context("creating the tensor-parallel group")?;
         let cp_ring = world.split(cp_color, cp_key).context("creating the context-parallel ring")?;
-        Ok(TpCp { cfg: cfg.clone(), tp_group, cp_ring, layout: layout(cfg), stack: Stack::of(cfg, be, rank)? })
+        Ok(TpCp { cfg: cfg.clone(), tp_group, cp_ring, layout: layout(cfg), stack: Stack::of(&SPEC, cfg, be, rank)? })
     }
 }
 

@@ -9,8 +9,9 @@
 //! is a blocking send: stage k+1 posts its receive as soon as it is free, so stage k blocks only
 //! while the next stage is still busy, which is the fill-drain schedule itself.
 
-use super::resolve::SizeFlags;
-use super::{CommProjection, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use super::spec::SizeFlags;
+use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
+use super::stack::Stack;
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
@@ -28,7 +29,7 @@ pub const SPEC: Spec = Spec {
     check,
     placement,
     traffic,
-    buffers: super::local_buffers,
+    buffers,
     splits,
     project,
 };
@@ -92,6 +93,10 @@ pub(super) fn check_tp(cfg: &RunConfig) -> Result<(), ConfigError> {
 
 /// Every token; its TP slice of the heads and MLP columns; its stage's layers. The last stage's
 /// first TP rank reports the output (every TP rank of it holds the same all-reduced rows).
+fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
+    super::shared::local_buffers(cfg, &placement(cfg, rank))
+}
+
 fn placement(cfg: &RunConfig, rank: usize) -> Placement {
     let m = &cfg.model;
     let c = tp_pp_coord(rank, cfg.split.tp());
@@ -196,7 +201,7 @@ impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
         let coord = tp_pp_coord(rank, cfg.split.tp());
         let [(color, key)] = splits(cfg, rank)[..] else { unreachable!("tp-pp makes one split") };
         let tp_group = world.split(color, key).context("creating the tensor-parallel group")?;
-        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack: Stack::of(cfg, be, rank)? })
+        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack: Stack::of(&SPEC, cfg, be, rank)? })
     }
 }
 

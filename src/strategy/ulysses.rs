@@ -8,10 +8,11 @@
 //! The all-to-all moves equal blocks: each rank's rows are padded to the longest chunk, and
 //! block j of a packed buffer holds this rank's rows of rank j's head slice.
 
-use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
+use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
+use super::stack::Stack;
 use crate::backend::{Backend, BlockCopy, Heads, Matrix};
 use crate::comm::Communicator;
-use crate::config::{Layout, ModelConfig, RunConfig, StrategyKind};
+use crate::config::{ConfigError, Layout, ModelConfig, RunConfig, StrategyKind};
 use crate::model::{attend_blocks, Batch, Blocks, Shard, Workspace};
 use crate::topology::{chunk_count, even_slice, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
@@ -20,15 +21,15 @@ use std::ops::Range;
 pub const SPEC: Spec = Spec {
     kind: StrategyKind::Ulysses,
     size_names: &["sp"],
-    sizes: super::sp_sizes,
-    resolve_sizes: super::sp_resolve,
+    sizes: super::shared::sp_sizes,
+    resolve_sizes: super::shared::sp_resolve,
     uses_layout: false,
-    world: super::sp_world,
+    world: super::shared::sp_world,
     check,
     placement,
     traffic,
     buffers,
-    splits: super::no_splits,
+    splits: super::shared::no_splits,
     project,
 };
 
@@ -224,12 +225,12 @@ fn group(cfg: &RunConfig, rank: usize) -> HeadGroup {
 
 /// The workspace for its own rows, accumulators for every token of its heads, and the packed and
 /// exchanged Q, K|V and output.
-fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
-    let local = super::local_buffers(cfg, rank);
+fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
+    let local = super::shared::local_buffers(cfg, &placement(cfg, rank));
     let g = group(cfg, rank);
     let (_, all) = g.rows(cfg.micro_batch);
     let (_, kvw) = g.widths();
-    super::Buffers {
+    crate::model::Buffers {
         acc_rows: all,
         acc_heads: g.attention_heads().heads,
         extra: g.buffers(cfg.micro_batch),
@@ -246,7 +247,7 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
 
 /// The all-to-alls are exposed (attention needs all of Q, K and V first).
 fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
-    super::project_collective(x, Op::AllToAll, "all-to-alls per layer")
+    super::shared::project_collective(x, Op::AllToAll, "all-to-alls per layer")
 }
 
 /// The strategy's own buffers, allocated in `HeadGroup::buffers`' order.
@@ -276,7 +277,7 @@ pub struct Ulysses<B: Backend> {
 
 impl<B: Backend> Ulysses<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        let stack = Stack::of(cfg, be, rank)?;
+        let stack = Stack::of(&SPEC, cfg, be, rank)?;
         let ex = Exchange::alloc(be, &buffers(cfg, rank).extra)?;
         Ok(Ulysses { cfg: cfg.clone(), group: group(cfg, rank), stack, ex })
     }

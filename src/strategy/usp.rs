@@ -14,13 +14,14 @@
 //! Every member's block is padded to the longest member's anywhere in the job, so all-to-all and
 //! ring blocks are equal everywhere; the padding rows are never attended.
 
-use super::resolve::SizeFlags;
 use super::ring::{ring_pass, ring_steps};
+use super::spec::SizeFlags;
+use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
+use super::stack::Stack;
 use super::ulysses::{check_heads, Exchange, HeadGroup};
-use super::{CommProjection, ConfigError, Op, Placement, ProjectionInput, Spec, Stack, Strategy, Transfer};
 use crate::backend::Backend;
 use crate::comm::Communicator;
-use crate::config::{RunConfig, Split, StrategyKind};
+use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
 use crate::model::{Batch, Blocks, Shard, Workspace};
 use crate::topology::{grid_coord, grid_rank, ring_tokens, usp_tokens, LocalTokens};
 use anyhow::{Context, Result};
@@ -45,14 +46,14 @@ pub const SPEC: Spec = Spec {
 fn resolve_sizes(cfg: &mut RunConfig, flags: &SizeFlags, world: usize) {
     let ring = if flags.all { None } else { flags.ring };
     let probe = cfg.clone();
-    let (u, r) = super::two_d_sizes(flags.ulysses, ring, world, |u| check_heads(&probe, u, "--ulysses").is_ok());
+    let (u, r) = super::shared::two_d_sizes(flags.ulysses, ring, world, |u| check_heads(&probe, u, "--ulysses").is_ok());
     cfg.split = Split::Usp { u, r };
 }
 
 fn check(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
-    super::check_two_d(cfg, ("--ulysses", cfg.split.ulysses()), ("--ring", cfg.split.ring()), world)?;
+    super::shared::check_two_d(cfg, ("--ulysses", cfg.split.ulysses()), ("--ring", cfg.split.ring()), world)?;
     check_heads(cfg, cfg.split.ulysses(), "--ulysses")?;
-    super::check_chunks(cfg, " ring", cfg.split.ring())?;
+    super::shared::check_chunks(cfg, " ring", cfg.split.ring())?;
     let (u, s) = (cfg.split.ulysses(), cfg.model.seq_len);
     if let Some((j, n)) = (0..cfg.split.ring()).map(|j| (j, ring_tokens(cfg.layout, s, cfg.split.ring(), j).len())).find(|&(_, n)| n < u) {
         return Err(ConfigError(format!(
@@ -106,14 +107,14 @@ fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
 
 /// The workspace for its own rows; accumulators for its group's tokens and its heads; the
 /// exchange buffers of a Ulysses group, and the buffer the ring's next K/V block lands in.
-fn buffers(cfg: &RunConfig, rank: usize) -> super::Buffers {
-    let local = super::local_buffers(cfg, rank);
+fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
+    let local = super::shared::local_buffers(cfg, &placement(cfg, rank));
     let g = group(cfg, rank);
     let (_, all) = g.rows(cfg.micro_batch);
     let (_, kvw) = g.widths();
     let mut extra = g.buffers(cfg.micro_batch);
     extra.push((all, 2 * kvw));
-    super::Buffers { acc_rows: all, acc_heads: g.attention_heads().heads, extra, attention_kv: (all, 2 * kvw), ..local }
+    crate::model::Buffers { acc_rows: all, acc_heads: g.attention_heads().heads, extra, attention_kv: (all, 2 * kvw), ..local }
 }
 
 /// Per layer and micro-batch: the group's three all-to-alls, and R - 1 ring steps of the
@@ -136,7 +137,12 @@ fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
     let (u, j) = coord(cfg, x.rank);
     let group: Vec<usize> = (0..cfg.split.ulysses()).map(|i| grid_rank(i, j, cfg.split.ulysses())).collect();
     let ring: Vec<usize> = (0..cfg.split.ring()).map(|pos| grid_rank(u, pos, cfg.split.ulysses())).collect();
-    super::project_two_d(x, (Op::AllToAll, "all-to-alls per layer", &group), &ring, x.attention_per_layer_mb_s / cfg.split.ring() as f64)
+    super::ring::project_two_d(
+        x,
+        (Op::AllToAll, "all-to-alls per layer", &group),
+        &ring,
+        x.attention_per_layer_mb_s / cfg.split.ring() as f64,
+    )
 }
 
 pub struct Usp<B: Backend, C> {
@@ -160,7 +166,7 @@ impl<B: Backend, C: Communicator<B>> Usp<B, C> {
         let [(g_color, g_key), (r_color, r_key)] = splits(cfg, rank)[..] else { unreachable!("usp makes two splits") };
         let ulysses = world.split(g_color, g_key).context("creating the Ulysses group")?;
         let ring = world.split(r_color, r_key).context("creating the ring over the Ulysses groups")?;
-        let stack = Stack::of(cfg, be, rank)?;
+        let stack = Stack::of(&SPEC, cfg, be, rank)?;
         let extra = buffers(cfg, rank).extra;
         let ex = Exchange::alloc(be, &extra[..5])?;
         let (rows, cols) = extra[5];

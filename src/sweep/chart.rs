@@ -1,8 +1,8 @@
 //! A sweep's chart per world: tokens/s against sequence length on log axes, the crossovers
 //! marked.
 
+use super::point::{Basis, Point};
 use super::rank::{fastest, Crossover};
-use super::{Basis, Point};
 use crate::plan::Hardware;
 use anyhow::Result;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! The sweep's grid: every strategy and split of each world, length and K/V head count that
 //! validates.
 
-use super::SweepGrid;
+use super::point::SweepGrid;
 use crate::config::{ConfigError, RunConfig, RunRequest, StrategyKind, StrategySelection};
 use crate::strategy::resolve::{runs_in_all, SizeFlags};
 

@@ -15,6 +15,7 @@
 
 pub mod chart;
 pub mod grid;
+pub mod point;
 pub mod rank;
 pub mod run;
 pub mod tables;
@@ -24,77 +25,4 @@ pub use rank::{best, crossovers, evaluate, Best, Crossover};
 pub use run::{point_id, run_points, Launched};
 pub use tables::{progress, render, write};
 
-use crate::config::{RunConfig, RunRequest};
-
-/// Which figure the analysis (fastest, crossovers, best) ranks by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Basis {
-    Projected,
-    Measured,
-}
-
-impl Basis {
-    fn name(self) -> &'static str {
-        match self {
-            Basis::Projected => "projected",
-            Basis::Measured => "measured",
-        }
-    }
-}
-
-/// The grid a sweep covers: the strategies, model and measurement asked for (without any split
-/// or length, which the sweep sets), the lengths, worlds and K/V head counts.
-#[derive(Clone, Debug)]
-pub struct SweepGrid {
-    pub request: RunRequest,
-    pub seq_lens: Vec<usize>,
-    /// Empty: 8, 16, ..., 1024 (a measured sweep: the launch's world).
-    pub worlds: Vec<usize>,
-    /// Empty: the model's.
-    pub kv_heads_list: Vec<usize>,
-}
-
-/// One point of the grid and what the analytic model projects for it (on nodes of the
-/// profile's size).
-#[derive(Clone, Debug)]
-pub struct Point {
-    pub cfg: RunConfig,
-    pub world: usize,
-    pub fits: bool,
-    pub memory_bytes: f64,
-    pub tps: f64,
-    pub ttft_s: f64,
-    pub link: String,
-    pub exposed_comm_s: f64,
-    /// What `--mode run` measured at the point, where it ran.
-    pub measured: Option<Measured>,
-}
-
-/// A point's measured figures (from its run directory's summary.csv).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Measured {
-    pub tps: f64,
-    pub iter_s: f64,
-    pub peak_mem_gib: f64,
-    pub run_dir: String,
-}
-
-impl Point {
-    /// The figure `basis` ranks by: the projection where the point fits the profile's GPU, or the
-    /// measurement where it ran.
-    fn figure(&self, basis: Basis) -> Option<f64> {
-        match basis {
-            Basis::Projected => self.fits.then_some(self.tps),
-            Basis::Measured => self.measured.as_ref().map(|m| m.tps),
-        }
-    }
-
-    fn key(&self) -> (usize, usize, usize) {
-        (self.world, self.cfg.model.kv_heads, self.cfg.model.seq_len)
-    }
-
-    /// The split in words, without the layout ("tp 8 x cp 2").
-    pub fn split(&self) -> String {
-        self.cfg.describe_split().replace(&format!(", {}", self.cfg.layout.name()), "")
-    }
-}
+pub use point::{Basis, Measured, Point, SweepGrid};

@@ -1,7 +1,7 @@
 //! The analysis of a sweep's points: the model's projection at each, each strategy's fastest
 //! split, the best strategy per point with its margin, and where the faster of two changes.
 
-use super::{Basis, Point};
+use super::point::{Basis, Point};
 use crate::config::{RunConfig, StrategyKind};
 use crate::plan::Hardware;
 use std::collections::BTreeMap;

@@ -2,8 +2,9 @@
 //! own run directory, resumable: a complete point is kept, an interrupted one moved aside and
 //! redone.
 
+use super::point::{Basis, Measured};
+use super::rank::evaluate;
 use super::tables::{progress, render, write};
-use super::{evaluate, Basis, Measured};
 use crate::config::{ConfigError, RunConfig};
 use crate::output::reduce;
 use crate::output::status::RunStatus;

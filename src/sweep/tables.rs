@@ -2,8 +2,8 @@
 //! the console's account.
 
 use super::chart::chart;
+use super::point::{Basis, Point};
 use super::rank::{best, crossovers, fastest, order, Best, Crossover};
-use super::{Basis, Point};
 use crate::plan::Hardware;
 use anyhow::Result;
 use std::path::{Path, PathBuf};

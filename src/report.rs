@@ -58,20 +58,30 @@ fn label(s: &StrategySummary) -> String {
     }
 }
 
-/// Draw into `<dir>/<name>.partial.png`, then move it into place (an identical existing chart is
-/// left alone, a different one is refused).
+/// Draw into `<dir>/<name>.partial.png`, then move it into place: an identical existing chart is
+/// left alone, a different one is refused, or, with `replace` (a chart drawn again from data that
+/// is kept, as a measured sweep's), replaced whole.
 pub(crate) fn chart(
     dir: &Path,
     name: &str,
+    replace: bool,
     draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
 ) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.png"));
     let tmp = dir.join(format!("{name}.partial.png"));
+    if std::fs::symlink_metadata(&tmp).is_ok() {
+        // A crash's leftover, or a link planted there: removed, never drawn through.
+        std::fs::remove_file(&tmp)?;
+    }
     {
         let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
         draw(&root)?;
         root.present().map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+    }
+    if path.exists() && replace {
+        std::fs::rename(&tmp, &path).map_err(|e| anyhow!("replacing {}: {e}", path.display()))?;
+        return Ok(path);
     }
     if path.exists() {
         let same = std::fs::read(&path)? == std::fs::read(&tmp)?;
@@ -242,14 +252,14 @@ pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
     let summaries = reduce::summarize(&runs, &[])?;
     let s: Vec<&StrategySummary> = summaries.iter().collect();
     Ok(vec![
-        chart(dir, "tps", |root| tps_chart(root, &s))?,
-        chart(dir, "iterations", |root| iterations_chart(root, &s, &runs))?,
-        chart(dir, "memory", |root| {
+        chart(dir, "tps", false, |root| tps_chart(root, &s))?,
+        chart(dir, "iterations", false, |root| iterations_chart(root, &s, &runs))?,
+        chart(dir, "memory", false, |root| {
             per_rank_chart(root, "peak memory per rank (backend buffers)", "MiB", &s, &runs, &["peak"], &|r| {
                 vec![r.memory.buffers_peak_bytes as f64 / (1u64 << 20) as f64]
             })
         })?,
-        chart(dir, "compute_comm", |root| {
+        chart(dir, "compute_comm", false, |root| {
             // Hidden communication ran during the compute below it: stacked for its size, not its time.
             let parts = ["compute", "comm. exposed", "comm. hidden"];
             per_rank_chart(root, "compute and communication per iteration", "ms", &s, &runs, &parts, &|r| {

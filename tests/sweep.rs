@@ -329,3 +329,122 @@ fn calibration_takes_the_rates_a_cpu_run_measured() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+fn measured_sweep(out: &Path, seq_lens: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["sweep", "--mode", "run", "--preset", "tiny", "--strategy", "ring", "--seq-lens", seq_lens, "--quiet", "--out"]
+            .map(String::from)
+            .to_vec();
+    args.push(out.to_str().unwrap().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn launch(np: usize, args: &[String]) -> common::Run {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::mpirun(np, &args)
+}
+
+/// Hardening round 2, the sweep's data-loss defects: a measured sweep is extended (its tables and
+/// chart drawn again together, its points kept); a measured sweep never writes over a projected
+/// one's directory, nor the reverse; its points are read through `reduce`'s loading (a planted
+/// value in a point's summary.csv never reaches the tables; a point whose rank 0 file is gone is
+/// moved aside and measured again, never reused).
+#[test]
+fn a_measured_sweep_is_extended_and_never_reads_or_writes_what_is_not_its_own() {
+    let root = common::temp_root("sweep-extend");
+    // Extended: 128, then 128 and 256 (defect 1).
+    let m = root.join("measured");
+    let first = launch(2, &measured_sweep(&m, "128", &[]));
+    assert_eq!(first.status, Some(0), "{}", first.all());
+    let point = m.join("ring-2-zigzag-s128-kv4");
+    let kept = std::fs::read(point.join("rank-00000.h5")).unwrap();
+    let chart = std::fs::read(m.join("tps-world-2.png")).unwrap();
+    let more = launch(2, &measured_sweep(&m, "128,256", &[]));
+    assert_eq!(more.status, Some(0), "{}", more.all());
+    let lens: Vec<String> = rows(&m.join("sweep.csv")).iter().map(|r| r["seq_len"].clone()).collect();
+    assert_eq!(lens, ["128", "256"]);
+    assert_eq!(std::fs::read(point.join("rank-00000.h5")).unwrap(), kept, "the complete point was not run again");
+    assert_ne!(std::fs::read(m.join("tps-world-2.png")).unwrap(), chart, "the chart was drawn again with the new point");
+    // Planted values in a point's summary.csv never reach the tables (defect 4).
+    let tps = rows(&m.join("sweep.csv"))[0]["measured_tps"].clone();
+    let summary = std::fs::read_to_string(point.join("summary.csv")).unwrap();
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    let at = header.iter().position(|h| *h == "tps").unwrap();
+    let planted: Vec<String> = summary
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.to_string()
+            } else {
+                l.split(',').enumerate().map(|(j, v)| if j == at { "NaN" } else { v }).collect::<Vec<_>>().join(",")
+            }
+        })
+        .collect();
+    std::fs::write(point.join("summary.csv"), planted.join("\n") + "\n").unwrap();
+    let again = launch(2, &measured_sweep(&m, "128,256", &[]));
+    assert_eq!(again.status, Some(0), "{}", again.all());
+    assert_eq!(rows(&m.join("sweep.csv"))[0]["measured_tps"], tps, "the rank files' figure, not the planted one");
+    // A point without its rank 0 file is not reused, even for another seed (defect 4).
+    std::fs::remove_file(point.join("rank-00000.h5")).unwrap();
+    let reseeded = launch(2, &measured_sweep(&m, "128", &["--seed", "1"]));
+    assert_eq!(reseeded.status, Some(0), "{}", reseeded.all());
+    assert!(reseeded.stdout.contains("sweep: ring-2-zigzag-s128-kv4 was interrupted; its files are kept in"), "{}", reseeded.stdout);
+    assert!(point.join("rank-00000.h5").is_file(), "measured again");
+
+    // A projected sweep's directory refuses a measured sweep, and the reverse (defect 3).
+    let p = root.join("projected");
+    let plan = sweep(&p, &["--preset", "tiny", "--strategy", "ring", "--seq-lens", "128", "--worlds", "2", "--quiet"]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let before = std::fs::read(p.join("sweep.csv")).unwrap();
+    let run = launch(2, &measured_sweep(&p, "128", &[]));
+    assert_eq!(run.status, Some(2), "{}", run.all());
+    assert!(run.stderr.contains("it holds a projected sweep; a measured sweep never writes over it"), "{}", run.all());
+    assert_eq!(std::fs::read(p.join("sweep.csv")).unwrap(), before);
+    let over = sweep(&m, &["--preset", "tiny", "--strategy", "ring", "--seq-lens", "128", "--worlds", "2", "--quiet"]);
+    assert_eq!(over.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&over.stderr).contains("it holds a measured sweep"), "{}", String::from_utf8_lossy(&over.stderr));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Two sweeps started on one --out (defect 2): the second is refused before it moves or writes
+/// anything, naming the first, and the first ends with tables of its own data.
+#[test]
+fn a_second_sweep_on_the_same_out_is_refused_while_the_first_runs() {
+    let root = common::temp_root("sweep-two");
+    let out = root.join("shared");
+    let args = measured_sweep(&out, "128,256", &["--iters", "400"]);
+    let _one_at_a_time = common::lock();
+    let mut first = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none"])
+        .arg(env!("CARGO_BIN_EXE_ringbench"))
+        .args(&args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first holds the directory once its lock names it.
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(out.join(".sweep.lock")).is_ok_and(|s| !s.is_empty()) {
+        assert!(t0.elapsed().as_secs() < 60, "the first sweep never took its directory");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(&args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(err.contains("another sweep (pid") && err.contains("is writing there"), "{err}");
+    assert!(!out.join("interrupted").exists(), "nothing of the first's was moved");
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}{}", String::from_utf8_lossy(&first.stdout), String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("2 of 2 points measured"));
+    assert_eq!(rows(&out.join("sweep.csv")).len(), 2);
+    std::fs::remove_dir_all(&root).ok();
+}

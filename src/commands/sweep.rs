@@ -20,6 +20,14 @@ pub fn plan(args: &SweepArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    // One sweep at a time in --out, and a projected one never over a measured one's tables.
+    let _claim = match sweep::claim::claim(&args.out, sweep::Basis::Projected) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringbench: error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let bar = sweep::progress(cfgs.len(), args.quiet);
     let points = sweep::evaluate(&cfgs, &hw, &mut || bar.inc(1));
     bar.finish_and_clear();

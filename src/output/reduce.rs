@@ -45,7 +45,7 @@ fn still_running(r: &RankRun) -> bool {
 
 /// Whether process `pid` of this host is a live ringbench (not a zombie left unreaped, and not an
 /// unrelated process that reused the id).
-fn process_is_ringbench(pid: u32) -> bool {
+pub(crate) fn process_is_ringbench(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     // "pid (comm) state ...": the state follows the last ')'.
     let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
@@ -323,10 +323,28 @@ pub(crate) fn write_new_or_same(path: &Path, bytes: &[u8], replace: bool) -> Res
     super::publish(&tmp, path)
 }
 
-/// `bytes` into a new file, on the disk before it returns: a full disk is an error here.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Replace `path` whole with `bytes` (through a new `.partial` file renamed over it), unless it
+/// already holds them: for files derived again from data that is kept (a measured sweep's tables).
+/// Returns whether it changed.
+pub(crate) fn replace_derived(path: &Path, bytes: &[u8]) -> Result<bool> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    let tmp = super::partial_name(path);
+    write_synced(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(true)
+}
+
+/// `bytes` into a new file, on the disk before it returns: a full disk is an error here. The file
+/// is created new: a stale one of that name (a crash's leftover, or a link planted there) is
+/// removed first, never followed.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let written = std::fs::File::create(path).and_then(|mut f| {
+    if std::fs::symlink_metadata(path).is_ok() {
+        std::fs::remove_file(path).with_context(|| format!("removing the stale {}", path.display()))?;
+    }
+    let written = std::fs::OpenOptions::new().write(true).create_new(true).open(path).and_then(|mut f| {
         f.write_all(bytes)?;
         f.sync_all()
     });

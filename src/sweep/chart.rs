@@ -41,7 +41,7 @@ pub(super) fn chart(
         Basis::Measured => format!("{world} ranks, {}", pts.first().and_then(|p| p.measured.as_ref()).map_or("", |_| "this machine")),
     };
     let caption = format!("{} tokens/s, {on} ({kv} K/V heads)", basis.name());
-    crate::report::chart(dir, name, |root| {
+    crate::report::chart(dir, name, basis == Basis::Measured, |root| {
         let mut c = ChartBuilder::on(root)
             .caption(caption, (FONT, 24))
             .margin(20)

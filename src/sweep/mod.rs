@@ -14,6 +14,7 @@
 //! figure at a point is its fastest split that fits one GPU.
 
 pub mod chart;
+pub mod claim;
 pub mod grid;
 pub mod point;
 pub mod rank;

@@ -54,6 +54,11 @@ fn stored(dir: &Path, cfg: &RunConfig) -> Result<Stored> {
         }
     }
     Ok(match summary(dir) {
+        Some(s) if s.config != *cfg => anyhow::bail!(
+            "{} holds a run of another config ({}): a sweep's --out holds the points of one model and measurement; choose another --out",
+            dir.display(),
+            s.config.describe()
+        ),
         Some(s) if s.status == RunStatus::Complete => Stored::Complete,
         _ => Stored::Incomplete,
     })
@@ -96,6 +101,25 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
     const SKIP: u8 = 1;
     const FAIL: u8 = 2;
     let root = comm.rank() == 0;
+    // Rank 0 takes --out for this sweep before anything there is read or moved, and every rank
+    // follows its verdict (no rank is left waiting).
+    let mut verdict = vec![0u8];
+    let claim = if root {
+        match super::claim::claim(out, Basis::Measured) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                verdict = [&[1u8][..], e.0.as_bytes()].concat();
+                None
+            }
+        }
+    } else {
+        None
+    };
+    comm.broadcast_bytes(&mut verdict)?;
+    if verdict[0] != 0 {
+        return Err(ConfigError(String::from_utf8_lossy(&verdict[1..]).into_owned()).into());
+    }
+    let _claim = claim;
     // The points print their own account as they run: progress is a line per point with the
     // sweep's ETA (the bar only keeps the time), not a bar the runs' lines would break.
     let bar = progress(cfgs.len(), true);

@@ -134,19 +134,30 @@ fn crossover_table(crossovers: &[Crossover], basis: Basis) -> crate::output::red
 /// Write the three tables and the charts into `dir`, ranked by `basis`; the paths written. A
 /// measured sweep's tables are its own to replace (a rerun adds the points it completes).
 pub fn write(dir: &Path, points: &[Point], hw: &Hardware, basis: Basis) -> Result<Vec<PathBuf>> {
-    use crate::output::reduce::{csv_bytes, write_new_or_same};
+    use crate::output::reduce::{csv_bytes, replace_derived, write_new_or_same};
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--out {}: {e}", dir.display()))?;
     let best = best(points, basis);
     let crossovers = crossovers(points, basis);
     let mut written = Vec::new();
-    for (name, table) in [
-        ("sweep.csv", sweep_table(points, hw)),
-        ("best.csv", best_table(&best, basis)),
-        ("crossovers.csv", crossover_table(&crossovers, basis)),
-    ] {
-        let path = dir.join(name);
-        write_new_or_same(&path, &csv_bytes(&table)?, basis == Basis::Measured)?;
-        written.push(path);
+    // A measured sweep's tables and charts are drawn again from its points (kept, never
+    // overwritten) whenever it is extended or re-measured, so they are replaced together: the
+    // charts first, then the tables. A projected sweep's are the model's answer to one grid: a
+    // different grid in the same --out is refused, file by file, before anything changes.
+    let tables = [
+        ("sweep.csv", csv_bytes(&sweep_table(points, hw))?),
+        ("best.csv", csv_bytes(&best_table(&best, basis))?),
+        ("crossovers.csv", csv_bytes(&crossover_table(&crossovers, basis))?),
+    ];
+    if basis == Basis::Projected {
+        for (name, bytes) in &tables {
+            let path = dir.join(name);
+            if std::fs::read(&path).is_ok_and(|old| old != *bytes) {
+                anyhow::bail!(
+                    "{} exists and differs from what this sweep gives; it is never overwritten (choose another --out)",
+                    path.display()
+                );
+            }
+        }
     }
     let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
     let one_kv = groups.iter().map(|g| g.1).collect::<std::collections::BTreeSet<_>>().len() == 1;
@@ -155,6 +166,16 @@ pub fn write(dir: &Path, points: &[Point], hw: &Hardware, basis: Basis) -> Resul
         let pts: Vec<&Point> = points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).collect();
         let cross: Vec<&Crossover> = crossovers.iter().filter(|c| c.world == world && c.kv_heads == kv).collect();
         written.push(chart(dir, &name, world, kv, &pts, &cross, hw, basis)?);
+    }
+    for (name, bytes) in &tables {
+        let path = dir.join(name);
+        match basis {
+            Basis::Measured => {
+                replace_derived(&path, bytes)?;
+            }
+            Basis::Projected => write_new_or_same(&path, bytes, false)?,
+        }
+        written.push(path);
     }
     Ok(written)
 }

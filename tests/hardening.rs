@@ -254,3 +254,21 @@ fn the_exit_status_after_sigterm_is_what_readme_says() {
     drop(guard);
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Hardening round 2, defect 8: a link planted at a table's `.partial` name is removed, never
+/// written through; its target is untouched and the table lands as a file of its own.
+#[test]
+fn reduce_never_writes_through_a_link_planted_at_its_partial_file() {
+    let root = common::temp_root("partial-link");
+    let dir = run_ok(&root, 2, "linked", &[]);
+    remove_tables(&dir);
+    let target = root.join("precious.txt");
+    std::fs::write(&target, "not a table").unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("summary.csv.partial")).unwrap();
+    let out = ringbench(&["reduce", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "not a table");
+    let meta = std::fs::symlink_metadata(dir.join("summary.csv")).unwrap();
+    assert!(meta.file_type().is_file() && !dir.join("summary.csv.partial").exists());
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -69,6 +69,12 @@ impl AttentionBench {
         }
         require_at_most("--iters", self.iters, crate::config::MAX_ITERATIONS)?;
         require_at_most("--warmup", self.warmup, crate::config::MAX_ITERATIONS)?;
+        if self.backend == BackendKind::Cpu && self.kernel != AttentionKernel::Auto {
+            return Err(ConfigError(format!(
+                "--kernel {}: a choice among the CUDA backend's attention kernels; --backend cpu has one (leave --kernel out)",
+                self.kernel.name()
+            )));
+        }
         if self.causal && self.queries != self.keys {
             return Err(ConfigError(format!(
                 "--causal: the benchmark's causal block is a diagonal one, so --queries {} must equal --keys {}",
@@ -222,6 +228,8 @@ impl LaunchBench {
     pub fn validate(&self) -> Result<(), ConfigError> {
         require_positive(&[("--launches", self.launches), ("--elements", self.elements), ("--iters", self.iters)])?;
         require_at_most("--launches", self.launches, 1_000_000)?;
+        require_at_most("--iters", self.iters, crate::config::MAX_ITERATIONS)?;
+        require_at_most("--warmup", self.warmup, crate::config::MAX_ITERATIONS)?;
         require_at_most("--elements", self.elements, 1 << 28)
     }
 }

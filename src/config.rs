@@ -605,6 +605,16 @@ pub struct EmulationRequest {
     pub as_rank: Option<usize>,
 }
 
+/// A number as a flag's value reads in an error: plain where it is ordinary, in exponent form
+/// where plain digits would run to hundreds ("1e308", "1e-300").
+pub fn flag_number(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e9).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// The first of `flags` (name, value) that is 0, as the error that names it.
 pub fn require_positive(flags: &[(&str, usize)]) -> Result<(), ConfigError> {
     match flags.iter().find(|(_, v)| *v == 0) {
@@ -621,6 +631,10 @@ pub fn require_at_most(flag: &str, value: usize, max: usize) -> Result<(), Confi
     }
     Ok(())
 }
+
+/// The shortest --comm-timeout accepted: the watchdog's verdict on a call shorter than this would
+/// be about scheduling noise, not a stalled peer.
+pub const MIN_COMM_TIMEOUT_S: f64 = 1.0;
 
 /// The longest --comm-timeout accepted (a larger one would not fit a timer, and means "never").
 pub const MAX_COMM_TIMEOUT_S: f64 = 1e6;

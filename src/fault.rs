@@ -34,7 +34,13 @@ impl Fault {
     pub fn parse(spec: &str) -> Result<Fault, ConfigError> {
         let bad = || ConfigError(format!("{ENV}={spec:?}: expected rank:K,iter:I,kind:panic|error|stall"));
         let (mut rank, mut iter, mut kind) = (None, None, None);
+        let mut seen = Vec::new();
         for part in spec.split(',') {
+            let key = part.split_once(':').ok_or_else(bad)?.0;
+            if seen.contains(&key) {
+                return Err(ConfigError(format!("{ENV}={spec:?}: {key} is given twice; each of rank, iter and kind once")));
+            }
+            seen.push(key);
             match part.split_once(':').ok_or_else(bad)? {
                 ("rank", v) => rank = Some(v.parse().map_err(|_| bad())?),
                 ("iter", v) => iter = Some(v.parse().map_err(|_| bad())?),

@@ -120,3 +120,54 @@ fn resource_limits_are_refused_before_any_work() {
     assert!(t0.elapsed().as_secs_f64() < 2.0, "plan took {:?}", t0.elapsed());
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Hardening round 2: the unchecked values a hostile reading found (defects 7, 10, 17, 18, 19,
+/// 20, 21), each refused before any work with exit 2 and one line naming it; never a panic,
+/// never a run that cannot end.
+#[test]
+fn the_second_rounds_unchecked_values_are_refused_by_name() {
+    let bin = env!("CARGO_BIN_EXE_ringbench");
+    let dup = common::temp_root("dup-lens");
+    let out = dup.join("never");
+    let cases: [(&[&str], &[(&str, &str)], &str); 9] = [
+        // 7: an `all` that plans nothing says why, in text and in JSON alike.
+        (
+            &["plan", "--strategy", "all", "--ring", "4", "--micro-batch", "3"],
+            &[],
+            "--strategy all: no strategy fits these sizes on 4 ranks",
+        ),
+        (&["plan", "--strategy", "all", "--ring", "4", "--micro-batch", "3", "--json"], &[], "no strategy fits"),
+        // 10: a warm-up past any bound, and one that would run for ever.
+        (
+            &["bench", "launch", "--backend", "cpu", "--warmup", "18446744073709551615"],
+            &[],
+            "--warmup 18446744073709551615: at most 1000000",
+        ),
+        (&["bench", "launch", "--backend", "cpu", "--warmup", "1000000000"], &[], "--warmup 1000000000: at most 1000000"),
+        // 17: a timeout that would end a healthy job.
+        (&["run", "--strategy", "reference", "--comm-timeout", "1e-300"], &[], "--comm-timeout 1e-300: at least 1 second"),
+        // 18: a fault with a key given twice.
+        (&["run", "--strategy", "reference"], &[("RINGBENCH_FAULT", "rank:0,rank:1,iter:0,kind:error")], "rank is given twice"),
+        // 19: a kernel choice the CPU backend does not have.
+        (&["bench", "attention", "--backend", "cpu", "--kernel", "wgmma"], &[], "--kernel wgmma: a choice among the CUDA backend's"),
+        // 20: a hardware flag that overflows once scaled.
+        (&["plan", "--strategy", "ring", "--ring", "4", "--peak-tflops", "1e308"], &[], "--peak-tflops 1e308: too large"),
+        // 21: a length given twice.
+        (
+            &["sweep", "--strategy", "ring", "--seq-lens", "128,256,128", "--worlds", "2", "--out", out.to_str().unwrap()],
+            &[],
+            "--seq-lens: 128 is given twice",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let t0 = std::time::Instant::now();
+        let o = std::process::Command::new(bin).args(args).envs(env.iter().copied()).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in {err}");
+        assert!(!err.contains("panic") && err.lines().count() == 1, "{args:?}: {err}");
+        assert!(t0.elapsed().as_secs() < 5, "{args:?} took {:?}", t0.elapsed());
+    }
+    assert!(!out.exists(), "nothing written for a refused sweep");
+    std::fs::remove_dir_all(&dup).ok();
+}

@@ -272,3 +272,33 @@ fn reduce_never_writes_through_a_link_planted_at_its_partial_file() {
     assert!(meta.file_type().is_file() && !dir.join("summary.csv.partial").exists());
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Hardening round 2, defects 12 and 13: a second look at an incomplete run (`reduce --partial`)
+/// replaces the first look's tables instead of failing on them; a FIFO at a rank file's name is
+/// refused at once, named, instead of hanging the reader.
+#[test]
+fn a_second_partial_look_replaces_the_first_and_a_fifo_rank_file_is_refused() {
+    let root = common::temp_root("looks");
+    let dir = run_ok(&root, 2, "looked", &[]);
+    remove_tables(&dir);
+    let (r0, r1, aside) = (dir.join("rank-00000.h5"), dir.join("rank-00001.h5"), root.join("aside.h5"));
+    std::fs::rename(&r1, &aside).unwrap();
+    let first = ringbench(&["reduce", "--partial", dir.to_str().unwrap()]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let look = std::fs::read(dir.join("ranks-partial.csv")).unwrap();
+    // The other rank's file now, and not this one's: a different look.
+    std::fs::rename(&aside, &r1).unwrap();
+    std::fs::rename(&r0, &aside).unwrap();
+    let second = ringbench(&["reduce", "--partial", dir.to_str().unwrap()]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_ne!(std::fs::read(dir.join("ranks-partial.csv")).unwrap(), look, "the latest look replaced the first");
+    // A FIFO where rank 0's file belongs.
+    let made = std::process::Command::new("mkfifo").arg(&r0).status().unwrap();
+    assert!(made.success());
+    let t0 = std::time::Instant::now();
+    let o = ringbench(&["reduce", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("rank-00000.h5 is not a regular file"), "{err}");
+    assert!(t0.elapsed().as_secs() < 10, "took {:?}", t0.elapsed());
+    std::fs::remove_dir_all(&root).ok();
+}

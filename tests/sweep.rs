@@ -416,7 +416,7 @@ fn a_second_sweep_on_the_same_out_is_refused_while_the_first_runs() {
     let out = root.join("shared");
     let args = measured_sweep(&out, "128,256", &["--iters", "400"]);
     let _one_at_a_time = common::lock();
-    let mut first = Command::new("mpirun")
+    let first = Command::new("mpirun")
         .args(["--oversubscribe", "-np", "2", "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none"])
         .arg(env!("CARGO_BIN_EXE_ringbench"))
         .args(&args)

@@ -67,6 +67,12 @@ impl HardwareArgs {
                 if !(v.is_finite() && v > 0.0) {
                     return Err(ConfigError(format!("{flag} {v}: must be a positive number")));
                 }
+                if !(v * scale).is_finite() {
+                    return Err(ConfigError(format!(
+                        "{flag} {}: too large (it overflows once in base units)",
+                        crate::config::flag_number(v)
+                    )));
+                }
                 *slot = v * scale;
             }
             Ok(())

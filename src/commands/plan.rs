@@ -23,6 +23,14 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                     Err(e) => refused.push((kind.name().to_string(), e.to_string())),
                 }
             }
+            if ok.is_empty() {
+                let why: Vec<String> = refused.iter().map(|(k, e)| format!("{k}: {e}")).collect();
+                return Err(ConfigError(format!(
+                    "--strategy all: no strategy fits these sizes on {world} rank{} ({})",
+                    if world == 1 { "" } else { "s" },
+                    if why.is_empty() { "none splits the world in two dimensions".to_string() } else { why.join("; ") }
+                )));
+            }
             (ok, refused)
         } else {
             (request.resolve(world)?, Vec::new())

@@ -88,6 +88,9 @@ pub fn load(dir: &Path, partial: bool) -> Result<(Vec<RankRun>, Vec<String>)> {
     let read_rank = |rank: usize| -> Result<Vec<RankRun>> {
         let path = rankfile::rank_file(dir, rank);
         ensure!(path.exists(), "rank {rank}: {} is missing", path.display());
+        // A FIFO, a device or a directory at a rank file's name would hang or fail the reader.
+        let kind = std::fs::metadata(&path).map(|m| m.file_type()).with_context(|| format!("rank {rank}: {}", path.display()))?;
+        ensure!(kind.is_file(), "rank {rank}: {} is not a regular file (a {kind:?})", path.display());
         let mut runs = rankfile::read(&path).with_context(|| format!("rank {rank}: cannot read {}", path.display()))?;
         ensure!(!runs.is_empty(), "rank {rank}: {} holds no strategy run", path.display());
         let file = rankfile::rank_file_name(rank);
@@ -380,8 +383,14 @@ pub fn reduce_into(dirs: &[PathBuf], out: &Path, opts: ReduceOptions) -> Result<
     // A look at a run in progress is never taken for its final tables.
     let looked = !partial_ids.is_empty() || summaries.iter().any(|s| s.status == RunStatus::Running);
     let suffix = if looked { "-partial" } else { "" };
-    write_new_or_same(&out.join(format!("summary{suffix}.csv")), &summary, opts.owner)?;
-    write_new_or_same(&out.join(format!("ranks{suffix}.csv")), &ranks, opts.owner)?;
+    if looked {
+        // A look at a run in progress is drawn again at every look: the latest replaces it.
+        replace_derived(&out.join("summary-partial.csv"), &summary)?;
+        replace_derived(&out.join("ranks-partial.csv"), &ranks)?;
+    } else {
+        write_new_or_same(&out.join(format!("summary{suffix}.csv")), &summary, opts.owner)?;
+        write_new_or_same(&out.join(format!("ranks{suffix}.csv")), &ranks, opts.owner)?;
+    }
     Ok(summaries)
 }
 

@@ -7,7 +7,7 @@ pub use super::spec::SizeFlags;
 use super::{spec, SPECS};
 use crate::config::{
     require_at_most, require_positive, BackendKind, CommKind, ConfigError, Emulation, EmulationRequest, MlpAct, ModelConfig, RunConfig,
-    RunRequest, Split, StrategyKind, StrategySelection, MAX_COMM_TIMEOUT_S, MAX_ITERATIONS, MAX_SIZES,
+    RunRequest, Split, StrategyKind, StrategySelection, MAX_COMM_TIMEOUT_S, MAX_ITERATIONS, MAX_SIZES, MIN_COMM_TIMEOUT_S,
 };
 
 macro_rules! bad {
@@ -99,6 +99,12 @@ impl RunRequest {
         };
         if !(self.comm_timeout.is_finite() && self.comm_timeout > 0.0) {
             return Err(ConfigError(format!("--comm-timeout {}: must be a positive number of seconds", self.comm_timeout)));
+        }
+        if self.comm_timeout < MIN_COMM_TIMEOUT_S {
+            return Err(ConfigError(format!(
+                "--comm-timeout {}: at least {MIN_COMM_TIMEOUT_S} second is accepted (a shorter one would end a healthy job on its first slow call)",
+                crate::config::flag_number(self.comm_timeout)
+            )));
         }
         if self.comm_timeout > MAX_COMM_TIMEOUT_S {
             return Err(ConfigError(format!(

@@ -41,6 +41,13 @@ pub fn grid_on(args: &SweepGrid, launch_world: Option<usize>) -> Result<Vec<RunC
     };
     for (flag, list) in [("--seq-lens", &args.seq_lens), ("--worlds", &worlds), ("--kv-heads-list", &args.kv_heads_list)] {
         crate::config::require_positive(&list.iter().map(|&v| (flag, v)).collect::<Vec<_>>())?;
+        if let Some((i, v)) = list.iter().enumerate().find(|(i, v)| list[..*i].contains(v)) {
+            return Err(ConfigError(format!(
+                "{flag}: {v} is given twice (entries {} and {})",
+                list.iter().position(|x| x == v).unwrap() + 1,
+                i + 1
+            )));
+        }
     }
     for &w in &worlds {
         crate::config::require_at_most("--worlds", w, MAX_WORLD)?;

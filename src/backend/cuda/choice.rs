@@ -21,6 +21,17 @@ pub enum AttentionKernel {
 }
 
 impl AttentionKernel {
+    /// The name `--kernel` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::Auto => "auto",
+            AttentionKernel::Flash128 => "flash128",
+            AttentionKernel::Flash64 => "flash64",
+            AttentionKernel::Wgmma => "wgmma",
+            AttentionKernel::Plain => "plain",
+        }
+    }
+
     /// Query rows per block of the mma.sync flash kernel, or None (the plain kernel, or wgmma).
     pub fn flash_rows(self) -> Option<usize> {
         match self {

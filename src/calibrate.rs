@@ -8,29 +8,28 @@
 
 use crate::output::rankfile::{self, RankRun};
 use crate::plan::Hardware;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::Path;
 
-/// Every rank file's strategy runs in `dir`.
+/// Every strategy run of `dir`'s rank files, read through `reduce`'s loading and checks (complete,
+/// consistent, plausible: the same rank files `reduce` would take).
 fn runs(dir: &Path) -> Result<Vec<RankRun>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("--calibrate {}: not a run directory", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rank-") && n.ends_with(".h5")))
-        .collect();
-    files.sort();
-    if files.is_empty() {
+    if !dir.is_dir() {
+        bail!("--calibrate {}: not a run directory", dir.display());
+    }
+    if !dir.join(rankfile::rank_file_name(0)).exists() {
         bail!("--calibrate {}: no rank files (rank-NNNNN.h5) there", dir.display());
     }
-    let mut out = Vec::new();
-    for f in files {
-        out.extend(rankfile::read(&f).with_context(|| format!("--calibrate: reading {}", f.display()))?);
-    }
-    Ok(out)
+    let (runs, _) = crate::output::reduce::load(dir, false).map_err(|e| anyhow::anyhow!("--calibrate {}: {e:#}", dir.display()))?;
+    Ok(runs)
 }
 
+/// Faster than any link between GPUs (10 TB/s): a figure above it is no measurement.
+const MAX_LINK_BYTES_PER_S: f64 = 1e13;
+
 /// `hw` with the rates `dir`'s runs measured, and a line per number saying where it came from.
-pub fn calibrate(hw: &Hardware, dir: &Path) -> Result<(Hardware, Vec<String>)> {
+/// `peak_source` says where `hw`'s peak came from, for the refusal of a peak below a measurement.
+pub fn calibrate(hw: &Hardware, dir: &Path, peak_source: &str) -> Result<(Hardware, Vec<String>)> {
     let runs = runs(dir)?;
     if let Some(r) = runs.iter().find(|r| crate::backend::is_simulated_device(&r.device)) {
         bail!("--calibrate {}: it ran on {}: its times are the stand-in's, no GPU's", dir.display(), r.device);
@@ -57,11 +56,11 @@ pub fn calibrate(hw: &Hardware, dir: &Path) -> Result<(Hardware, Vec<String>)> {
         let efficiency = rate / hw.peak_flops;
         if efficiency > 1.0 {
             bail!(
-                "--calibrate {}: its {what} ran at {:.1} TFLOP/s, above {}'s peak of {:.1}: plan with the card it ran on (--hardware, --peak-tflops)",
+                "--calibrate {}: its {what} ran at {:.4e} TFLOP/s, above the peak of {:.4e} it is measured against ({}): a peak must be at least what was measured",
                 dir.display(),
                 rate / 1e12,
-                hw.name,
-                hw.peak_flops / 1e12
+                hw.peak_flops / 1e12,
+                peak_source
             );
         }
         *slot = efficiency;
@@ -81,7 +80,7 @@ pub fn calibrate(hw: &Hardware, dir: &Path) -> Result<(Hardware, Vec<String>)> {
     let (bytes, secs) = real
         .iter()
         .flat_map(|r| r.iterations.iter())
-        .fold((0u64, 0.0f64), |(b, s), i| (b + i.bytes_sent.max(i.bytes_received), s + i.comm_s + i.hidden_s));
+        .fold((0u64, 0.0f64), |(b, s), i| (b.saturating_add(i.bytes_sent.max(i.bytes_received)), s + i.comm_s + i.hidden_s));
     match hosts.len() {
         0 => notes.push(format!(
             "NVLink {:.0} GB/s and InfiniBand {:.0} GB/s: the profile's ({} holds no multi-rank run that was not emulated)",
@@ -90,6 +89,13 @@ pub fn calibrate(hw: &Hardware, dir: &Path) -> Result<(Hardware, Vec<String>)> {
             dir.display()
         )),
         1 if bytes > 0 && secs > 0.0 => {
+            if bytes as f64 / secs > MAX_LINK_BYTES_PER_S {
+                bail!(
+                    "--calibrate {}: its runs moved {bytes} bytes in {secs:e} s of communication, {:.3e} B/s: faster than any link, so no measurement",
+                    dir.display(),
+                    bytes as f64 / secs
+                );
+            }
             out.nvlink_bytes_per_s = bytes as f64 / secs;
             notes.push(format!(
                 "intra-node link {:.4e} B/s: measured in {} on one host ({bytes} bytes in {secs:.4e} s of communication, waits included); InfiniBand {:.0} GB/s: the profile's",

@@ -149,6 +149,11 @@ fn rank_files_of_two_launches_with_one_run_id_are_not_one_job() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("rank 1: written by launch") && err.contains("two separate launches that chose the same run id"), "{err}");
+    // Hardening round 2, defect 6: a calibration does not sum the two launches as one either.
+    let o = ringbench(&["plan", "--strategy", "ring", "--ring", "2", "--calibrate", da.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--calibrate") && err.contains("two separate launches that chose the same run id"), "{err}");
     std::fs::remove_dir_all(&a).ok();
     std::fs::remove_dir_all(&b).ok();
 }
@@ -300,5 +305,123 @@ fn a_second_partial_look_replaces_the_first_and_a_fifo_rank_file_is_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("rank-00000.h5 is not a regular file"), "{err}");
     assert!(t0.elapsed().as_secs() < 10, "took {:?}", t0.elapsed());
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Sets attribute `name` of every rank's `ring` group with `f`.
+fn plant_attr(dir: &Path, ranks: usize, f: impl Fn(&hdf5::Group)) {
+    for r in 0..ranks {
+        let h5 = hdf5::File::open_rw(rankfile::rank_file(dir, r)).unwrap();
+        f(&h5.group("ring").unwrap());
+    }
+}
+
+/// Hardening round 2, defects 14 and 6: finite values no run can have written are refused by
+/// `reduce` as the non-finite ones are, naming rank, file and value; and `--calibrate` reads a run
+/// through the same checks (a planted NaN, a link faster than any, a wrapped byte count).
+#[test]
+fn implausible_finite_values_are_refused_by_reduce_and_by_calibrate() {
+    use hdf5::types::VarLenUnicode;
+    let root = temp_root("implausible");
+    let dir = run_ok(&root, 2, "a", &[]);
+    remove_tables(&dir);
+    let pristine: Vec<Vec<u8>> = (0..2).map(|r| std::fs::read(rankfile::rank_file(&dir, r)).unwrap()).collect();
+    let restore = || (0..2).for_each(|r| std::fs::write(rankfile::rank_file(&dir, r), &pristine[r]).unwrap());
+    let dataset = |name: &'static str, v: f64| {
+        move |g: &hdf5::Group| {
+            let ds = g.dataset(name).unwrap();
+            let mut x = ds.read_raw::<f64>().unwrap();
+            x[0] = v;
+            ds.write_raw(&x).unwrap();
+        }
+    };
+    let cases: Vec<(Box<dyn Fn(&hdf5::Group)>, &str)> = vec![
+        (Box::new(dataset("iter_s", 1e300)), "dataset ring/iter_s[0] = 1e300 s: longer than any run can take"),
+        (Box::new(dataset("hidden_s", 1e-3)), "dataset ring/hidden_s[0] = 0.001: the MPI transport moves data only inside its calls"),
+        (Box::new(|g: &hdf5::Group| g.attr("linear_flops").unwrap().write_scalar(&f64::NAN).unwrap()), "ring/flops_linear = NaN"),
+        (Box::new(|g: &hdf5::Group| g.attr("peak_buffers_bytes").unwrap().write_scalar(&u64::MAX).unwrap()), "more than any device holds"),
+        (
+            Box::new(|g: &hdf5::Group| g.attr("end_utc").unwrap().write_scalar(&"yesterday".parse::<VarLenUnicode>().unwrap()).unwrap()),
+            "ring/end_utc = \"yesterday\": not a time",
+        ),
+        (
+            Box::new(|g: &hdf5::Group| {
+                let a = g.attr("config").unwrap();
+                let config = a.read_scalar::<VarLenUnicode>().unwrap().as_str().replace("\"iters\":3", "\"iters\":9");
+                a.write_scalar(&config.parse::<VarLenUnicode>().unwrap()).unwrap();
+            }),
+            "the ring run is marked complete with 3 of its 9 measured iterations",
+        ),
+    ];
+    for (plant, want) in &cases {
+        restore();
+        plant_attr(&dir, 2, plant);
+        let o = ringbench(&["reduce", dir.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "want {want:?} in {err}");
+        assert!(!dir.join("summary.csv").exists(), "{want}: nothing is written");
+    }
+    // --calibrate reads through the same checks: a planted NaN, and a wrapped byte count.
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--strategy", "ring", "--ring", "2", "--calibrate", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        ringbench(&args)
+    };
+    for (plant, want) in [
+        (Box::new(dataset("comm_s", f64::NAN)) as Box<dyn Fn(&hdf5::Group)>, "dataset ring/comm_s[0] = NaN"),
+        (
+            Box::new(|g: &hdf5::Group| {
+                let ds = g.dataset("bytes_sent").unwrap();
+                let mut x = ds.read_raw::<u64>().unwrap();
+                x[0] = u64::MAX;
+                ds.write_raw(&x).unwrap();
+            }),
+            "dataset ring/bytes_sent[0] = 18446744073709551615, but this config moves",
+        ),
+    ] {
+        restore();
+        plant_attr(&dir, 2, &plant);
+        let o = plan(&[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("--calibrate") && err.contains(want), "want {want:?} in {err}");
+    }
+    // A communication time too short for the bytes moved: faster than any link.
+    restore();
+    plant_attr(&dir, 2, |g: &hdf5::Group| {
+        let ds = g.dataset("comm_s").unwrap();
+        let x = ds.read_raw::<f64>().unwrap();
+        ds.write_raw(&vec![1e-300; x.len()]).unwrap();
+    });
+    let err = String::from_utf8_lossy(&plan(&[]).stderr).into_owned();
+    assert!(err.contains("faster than any link, so no measurement"), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Hardening round 2, defect 5: --peak-tflops applies before calibrating, so the calibrated
+/// projection is the same whatever peak it is stated against; a peak below what the run measured
+/// is refused naming that flag.
+#[test]
+fn calibrate_measures_against_the_peak_in_force() {
+    let root = temp_root("peak");
+    let dir = run_ok(&root, 2, "a", &[]);
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--strategy", "ring", "--ring", "2", "--calibrate", dir.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        ringbench(&args)
+    };
+    let json = |o: std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (base, tenth) = (json(plan(&[])), json(plan(&["--peak-tflops", "98.9"])));
+    let eff = |v: &serde_json::Value| v["hardware"]["gemm_efficiency"].as_f64().unwrap();
+    assert!((eff(&tenth) / eff(&base) - 10.0).abs() < 1e-9, "{} vs {}", eff(&tenth), eff(&base));
+    let tps = |v: &serde_json::Value| v["tps_projected"].as_f64().unwrap();
+    assert!((tps(&tenth) / tps(&base) - 1.0).abs() < 1e-9, "{} vs {}", tps(&tenth), tps(&base));
+    let o = plan(&["--peak-tflops", "0.001"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("above the peak of 1.0000e-3 it is measured against (--peak-tflops 0.001)"), "{err}");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -47,12 +47,16 @@ impl HardwareArgs {
     /// The profile, calibrated from --calibrate's run where given, with the explicit overrides,
     /// for `gpus_per_node` GPUs per node.
     pub fn calibrated(&self, gpus_per_node: usize) -> Result<Hardware, ConfigError> {
-        let mut base = self.hardware.hardware();
-        if let Some(dir) = &self.calibrate {
-            let (hw, notes) = calibrate::calibrate(&base, dir).map_err(|e| ConfigError(format!("{e:#}").replace('\n', " ")))?;
-            base = Hardware { calibrated: notes, ..hw };
-        }
-        self.with_flags(base, gpus_per_node)
+        // The overrides first: a calibration's efficiencies are measured against the peak in force.
+        let base = self.with_flags(self.hardware.hardware(), gpus_per_node)?;
+        let Some(dir) = &self.calibrate else { return Ok(base) };
+        let source = match self.peak_tflops {
+            Some(v) => format!("--peak-tflops {}", crate::config::flag_number(v)),
+            None => format!("{}'s", base.name),
+        };
+        let (hw, notes) = calibrate::calibrate(&base, dir, &source).map_err(|e| ConfigError(format!("{e:#}").replace('\n', " ")))?;
+        // Then again, so that every explicit flag wins over what the run measured, and says so.
+        self.with_flags(Hardware { calibrated: notes, ..hw }, gpus_per_node)
     }
 
     /// The profile with overrides, for `gpus_per_node` GPUs per node.

@@ -53,18 +53,75 @@ pub(crate) fn process_is_ringbench(pid: u32) -> bool {
     !matches!(state, Some('Z' | 'X') | None) && String::from_utf8_lossy(&cmdline).contains("ringbench")
 }
 
-/// A rank file's contents that no run can have written: a non-finite or negative time, or bytes
-/// other than the config moves (each strategy's `traffic`).
+/// The longest any iteration can take: the watchdog ends a job whose call waits longer than the
+/// longest --comm-timeout, and no compute of a model ringbench accepts comes near it.
+const MAX_PLAUSIBLE_S: f64 = crate::config::MAX_COMM_TIMEOUT_S;
+
+/// More memory than any device or host has (1 PiB).
+const MAX_PLAUSIBLE_BYTES: u64 = 1 << 50;
+
+/// A rank file's contents that no run can have written: a time that is not finite, negative or
+/// beyond any run, communication hidden on a transport that cannot hide any, FLOP counts that are
+/// not finite, a peak beyond any memory, bytes other than the config moves (each strategy's
+/// `traffic`), an end time that is not a time, or a run marked complete short of its iterations.
 fn check_values(run: &RankRun, file: &str) -> Result<()> {
     let g = run.config.strategy.name();
     let rank = run.rank;
+    let can_hide = run.config.transport() != crate::config::Transport::Mpi;
     for (i, it) in run.iterations.iter().enumerate() {
         for (name, v) in [("iter_s", it.total_s), ("comm_s", it.comm_s), ("hidden_s", it.hidden_s), ("compute_s", it.compute_s)] {
             ensure!(
                 v.is_finite() && v >= 0.0,
                 "rank {rank}: {file}: dataset {g}/{name}[{i}] = {v}: a time must be finite and non-negative"
             );
+            ensure!(
+                v <= MAX_PLAUSIBLE_S,
+                "rank {rank}: {file}: dataset {g}/{name}[{i}] = {v:e} s: longer than any run can take (the watchdog ends a job long before)"
+            );
         }
+        ensure!(
+            can_hide || it.hidden_s == 0.0,
+            "rank {rank}: {file}: dataset {g}/hidden_s[{i}] = {}: the MPI transport moves data only inside its calls and hides nothing",
+            it.hidden_s
+        );
+    }
+    let flops = [("flops_linear", Some(run.flops.linear)), ("flops_attention", Some(run.flops.attention))];
+    let counted = [
+        ("counted_flops_linear", run.counted_flops.map(|f| f.linear)),
+        ("counted_flops_attention", run.counted_flops.map(|f| f.attention)),
+    ];
+    for (name, v) in flops.into_iter().chain(counted).filter_map(|(n, v)| v.map(|v| (n, v))) {
+        ensure!(v.is_finite() && v >= 0.0, "rank {rank}: {file}: {g}/{name} = {v}: a FLOP count must be finite and non-negative");
+    }
+    if let Some(p) = run.op_profile {
+        for (name, v) in [
+            ("linear_s", p.linear_s),
+            ("attention_s", p.attention_s),
+            ("linear_flops", p.linear_flops),
+            ("attention_flops", p.attention_flops),
+        ] {
+            ensure!(v.is_finite() && v >= 0.0, "rank {rank}: {file}: {g}/profiled_{name} = {v}: must be finite and non-negative");
+        }
+    }
+    for (name, v) in [("buffers_peak_bytes", Some(run.memory.buffers_peak_bytes)), ("device_peak_bytes", run.memory.device_peak_bytes)] {
+        if let Some(v) = v {
+            ensure!(v <= MAX_PLAUSIBLE_BYTES, "rank {rank}: {file}: {g}/{name} = {v}: more than any device holds");
+        }
+    }
+    if !run.end_utc.is_empty() {
+        let end = chrono::DateTime::parse_from_rfc3339(&run.end_utc);
+        ensure!(end.is_ok(), "rank {rank}: {file}: {g}/end_utc = {:?}: not a time", run.end_utc);
+        if let (Ok(end), Ok(start)) = (end, chrono::DateTime::parse_from_rfc3339(&run.start_utc)) {
+            ensure!(end >= start, "rank {rank}: {file}: {g}/end_utc {} is before its start {}", run.end_utc, run.start_utc);
+        }
+    }
+    if run.status == RunStatus::Complete {
+        ensure!(
+            run.iterations.len() == run.config.iters,
+            "rank {rank}: {file}: the {g} run is marked complete with {} of its {} measured iterations",
+            run.iterations.len(),
+            run.config.iters
+        );
     }
     let (sent, received) = crate::strategy::traffic(&run.config, rank);
     for (i, it) in run.iterations.iter().enumerate() {

@@ -145,7 +145,8 @@ print("one paper layer, rank 0 of an emulated zigzag ring of 16 (6250 tokens, 1 
 s = summary("ring-layer")
 if s:
     hidden = float(s["comm_hidden_fraction"]) * 100 if s["comm_hidden_fraction"] else float("nan")
-    print(f"  ringbench ring   {float(s['iter_ms_mean']):.2f} ms (95% CI {float(s['iter_ms_ci95_lo']):.2f}-{float(s['iter_ms_ci95_hi']):.2f}), communication hidden {hidden:.1f}%")
+    ci = f"95% CI {float(s['iter_ms_ci95_lo']):.2f}-{float(s['iter_ms_ci95_hi']):.2f}" if s["iter_ms_ci95_lo"] else "95% CI not computable"
+    print(f"  ringbench ring   {float(s['iter_ms_mean']):.2f} ms ({ci}), communication hidden {hidden:.1f}%")
 t = summary("tp-pp-layer")
 if t:
     print(f"  ringbench tp-pp  {float(t['iter_ms_mean']):.2f} ms for its 1 layer of 2 (tp 8 x pp 2, rank 0; no pipeline bubble)")

@@ -115,7 +115,8 @@ pub struct AttentionResult {
     pub flops: f64,
     pub iters: usize,
     pub mean_s: f64,
-    pub ci95_s: (f64, f64),
+    /// None for one measured iteration.
+    pub ci95_s: Option<(f64, f64)>,
     pub min_s: f64,
     pub tflops: f64,
     /// TFLOP/s of the fastest iteration.
@@ -313,7 +314,7 @@ pub fn render_launch(r: &LaunchResult) -> String {
 
 pub fn render(r: &AttentionResult) -> String {
     format!(
-        "{}ringbench bench attention on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, 95% CI [{}, {}], min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
+        "{}ringbench bench attention on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, {}, min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
         simulated_note(r.timing),
         r.device,
         r.kernel,
@@ -324,8 +325,7 @@ pub fn render(r: &AttentionResult) -> String {
         r.head_dim,
         if r.causal { "causal" } else { "non-causal" },
         fmt_seconds(r.mean_s),
-        fmt_seconds(r.ci95_s.0),
-        fmt_seconds(r.ci95_s.1),
+        crate::metrics::fmt_ci(r.ci95_s, fmt_seconds),
         fmt_seconds(r.min_s),
         r.iters,
         r.tflops,

@@ -117,9 +117,8 @@ pub(crate) fn legend<'a, CT: plotters::coord::CoordTranslate>(
 
 /// Bars of tokens/s with their 95% confidence intervals.
 fn tps_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&StrategySummary]) -> Result<()> {
-    // An interval unbounded above (too few iterations) is drawn to twice the value.
-    let hi = |m: &crate::output::reduce::Measured| if m.tps_ci95.1.is_finite() { m.tps_ci95.1 } else { 2.0 * m.tps };
-    let top = s.iter().filter_map(|x| x.measured.as_ref()).map(|m| hi(m).max(m.tps)).fold(0.0, f64::max) * 1.15;
+    // A run without an interval (one, or too few and noisy, iterations) gets no error bar.
+    let top = s.iter().filter_map(|x| x.measured.as_ref()).map(|m| m.tps_ci95.map_or(m.tps, |c| c.1.max(m.tps))).fold(0.0, f64::max) * 1.15;
     let names: Vec<String> = s.iter().map(|x| label(x)).collect();
     let mut c = ChartBuilder::on(root)
         .caption("tokens/s (95% CI)", (FONT, 26))
@@ -140,7 +139,9 @@ fn tps_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&St
         let Some(m) = &x.measured else { continue };
         let xi = i as f64;
         c.draw_series(std::iter::once(Rectangle::new([(xi - 0.3, 0.0), (xi + 0.3, m.tps)], colour(i).filled()))).map_err(err)?;
-        c.draw_series(std::iter::once(ErrorBar::new_vertical(xi, m.tps_ci95.0, m.tps, hi(m), BLACK.stroke_width(2), 20))).map_err(err)?;
+        if let Some((lo, hi)) = m.tps_ci95 {
+            c.draw_series(std::iter::once(ErrorBar::new_vertical(xi, lo, m.tps, hi, BLACK.stroke_width(2), 20))).map_err(err)?;
+        }
     }
     Ok(())
 }

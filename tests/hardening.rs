@@ -425,3 +425,20 @@ fn calibrate_measures_against_the_peak_in_force() {
     assert!(err.contains("above the peak of 1.0000e-3 it is measured against (--peak-tflops 0.001)"), "{err}");
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Hardening round 2, defect 16: one measured iteration has no interval, and says so (the
+/// console, and empty bounds in summary.csv) instead of an interval of zero width.
+#[test]
+fn an_interval_that_cannot_be_computed_is_reported_as_such() {
+    let root = temp_root("one-iteration");
+    let r = mpirun(2, &["run", "--strategy", "ring", "--iters", "1", "--out", root.to_str().unwrap(), "--run-id", "one"]);
+    assert_eq!(r.status, Some(0), "{}", r.all());
+    assert!(r.stdout.contains("95% CI not computable"), "{}", r.stdout);
+    let mut table = csv::Reader::from_path(root.join("one").join("summary.csv")).unwrap();
+    let header = table.headers().unwrap().clone();
+    let row = table.records().next().unwrap().unwrap();
+    for name in ["iter_ms_ci95_lo", "iter_ms_ci95_hi", "tps_ci95_lo", "tps_ci95_hi"] {
+        assert_eq!(&row[header.iter().position(|h| h == name).unwrap()], "", "{name}");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -2,7 +2,7 @@
 //! and every measured strategy side by side.
 
 use crate::config::StrategyKind;
-use crate::metrics::{fmt_bytes, fmt_seconds};
+use crate::metrics::{fmt_bytes, fmt_ci, fmt_seconds};
 use crate::output::reduce::{Measured, StrategySummary};
 
 pub(super) fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBar {
@@ -54,17 +54,16 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
         };
         let it = &m.iter;
         println!(
-            "  iteration      mean {}, 95% CI [{}, {}], cv {:.1}%, min {}, median {}, max {} (n {})",
+            "  iteration      mean {}, {}, cv {:.1}%, min {}, median {}, max {} (n {})",
             fmt_seconds(it.mean),
-            fmt_seconds(it.ci95.0),
-            fmt_seconds(it.ci95.1),
+            fmt_ci(it.ci95, fmt_seconds),
             100.0 * it.cv(),
             fmt_seconds(it.min),
             fmt_seconds(it.median),
             fmt_seconds(it.max),
             it.n
         );
-        println!("  tokens/s       {:.1}, 95% CI [{:.1}, {:.1}]", m.tps, m.tps_ci95.0, m.tps_ci95.1);
+        println!("  tokens/s       {:.1}, {}", m.tps, fmt_ci(m.tps_ci95, |v| format!("{v:.1}")));
         println!("  time per token {} (iteration time / {} tokens)", fmt_seconds(m.tpot_s), s.config.tokens_per_iteration());
         println!(
             "  per rank       communication {} max / {} mean exposed, compute {} max / {} mean, sent {}/iter max",

@@ -42,9 +42,10 @@ pub struct Stats {
     pub min: f64,
     pub median: f64,
     pub max: f64,
-    /// 95% confidence interval of the mean (Student t, n - 1 degrees of freedom); the mean itself
-    /// for one value, which has no spread to estimate.
-    pub ci95: (f64, f64),
+    /// 95% confidence interval of the mean (Student t, n - 1 degrees of freedom), its lower bound
+    /// never below zero for a quantity that cannot be negative (times, bytes); None for one
+    /// value, which has no spread to estimate.
+    pub ci95: Option<(f64, f64)>,
 }
 
 impl Stats {
@@ -60,8 +61,12 @@ impl Stats {
         let mut sorted = xs.to_vec();
         sorted.sort_by(f64::total_cmp);
         let median = if n % 2 == 1 { sorted[n / 2] } else { 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]) };
-        let half = if n > 1 { t_975(n - 1) * std / (n as f64).sqrt() } else { 0.0 };
-        Some(Stats { n, mean, std, min: sorted[0], median, max: sorted[n - 1], ci95: (mean - half, mean + half) })
+        let ci95 = (n > 1).then(|| {
+            let half = t_975(n - 1) * std / (n as f64).sqrt();
+            let lo = if sorted[0] >= 0.0 { (mean - half).max(0.0) } else { mean - half };
+            (lo, mean + half)
+        });
+        Some(Stats { n, mean, std, min: sorted[0], median, max: sorted[n - 1], ci95 })
     }
 
     /// Coefficient of variation, std / mean (0 when the mean is 0).
@@ -77,6 +82,15 @@ impl Stats {
 /// The 97.5% quantile of Student's t with `df` degrees of freedom (two-sided 95% interval).
 pub fn t_975(df: usize) -> f64 {
     StudentsT::new(0.0, 1.0, df as f64).expect("df >= 1 is a valid Student t").inverse_cdf(0.975)
+}
+
+/// A 95% interval in words, or why there is none (one value, or a tokens/s interval whose time
+/// interval reaches zero: too few or too noisy iterations for an upper bound).
+pub fn fmt_ci(ci: Option<(f64, f64)>, f: impl Fn(f64) -> String) -> String {
+    match ci {
+        Some((lo, hi)) => format!("95% CI [{}, {}]", f(lo), f(hi)),
+        None => "95% CI not computable (too few or too noisy iterations)".to_string(),
+    }
 }
 
 /// A duration with a unit that keeps 3-4 significant digits readable: "12.3 ms", "4.56 us".
@@ -114,9 +128,17 @@ mod tests {
         assert!((s.cv() - s.std / 3.0).abs() < 1e-15);
         // t(0.975, 3) = 3.182446 (tables); half width = t s / sqrt(n).
         let half = 3.182446 * s.std / 2.0;
-        assert!((s.ci95.0 - (3.0 - half)).abs() < 1e-5 && (s.ci95.1 - (3.0 + half)).abs() < 1e-5, "{:?}", s.ci95);
+        let ci = s.ci95.unwrap();
+        // 3 - half is below zero here: a time's bound stops at zero.
+        assert!(ci.0 == (3.0 - half).max(0.0) && (ci.1 - (3.0 + half)).abs() < 1e-5, "{ci:?}");
+        let tight = Stats::of(&[3.0, 3.1, 2.9, 3.0]).unwrap().ci95.unwrap();
+        assert!(tight.0 > 2.8 && tight.1 < 3.2, "{tight:?}");
+        // One value has no interval; a spread reaching below zero stops at zero for times.
         let one = Stats::of(&[2.5]).unwrap();
-        assert_eq!((one.std, one.median, one.ci95), (0.0, 2.5, (2.5, 2.5)));
+        assert_eq!((one.std, one.median, one.ci95), (0.0, 2.5, None));
+        let wide = Stats::of(&[10.0, 1e-3, 1e-3]).unwrap();
+        assert_eq!(wide.ci95.unwrap().0, 0.0);
+        assert!(Stats::of(&[-1.0, 5.0]).unwrap().ci95.unwrap().0 < -1.0, "a signed quantity keeps its bound");
         assert!(Stats::of(&[]).is_none());
     }
 

@@ -336,9 +336,9 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
     let compute_floor_s = first.device_peak_flops.map(|peak| ranks.iter().map(|r| r.flops.total()).fold(0.0, f64::max) / peak);
     Ok(Measured {
         tps,
-        // A mean-time interval reaching zero or below (few, noisy iterations) leaves tokens/s
-        // unbounded above.
-        tps_ci95: (tokens / iter.ci95.1, if iter.ci95.0 > 0.0 { tokens / iter.ci95.0 } else { f64::INFINITY }),
+        // Without a time interval (one iteration), or with one reaching zero (few, noisy
+        // iterations), tokens/s has no upper bound: no interval, said so, rather than infinity.
+        tps_ci95: iter.ci95.filter(|&(lo, _)| lo > 0.0).map(|(lo, hi)| (tokens / hi, tokens / lo)),
         tpot_s: iter.mean / tokens,
         iter,
         comm_s: (max(comm.iter().cloned()), mean(comm.iter().cloned())),
@@ -510,14 +510,14 @@ mod tests {
         assert!(col("invalid_reason").contains("physical bound"));
         // 10 s an iteration is possible: reported with MFU and efficiency against the compute floor.
         let fine = [rank_run(0, 10.0, Some(1e9)), rank_run(1, 10.0, Some(1e9))];
-        // Two iterations of 10 s and 1e-3 s: the interval of the mean time reaches below zero,
-        // so tokens/s has no finite upper bound.
+        // Two iterations of 10 s and 1e-3 s: the interval of the mean time stops at zero, so
+        // tokens/s has no upper bound and no interval.
         let mut noisy = fine.clone();
         for r in &mut noisy {
             r.iterations[1].total_s = 1e-3;
         }
         let m = summarize(&noisy, &[]).unwrap()[0].measured.clone().unwrap();
-        assert!(m.iter.ci95.0 < 0.0 && m.tps_ci95.1 == f64::INFINITY && m.tps_ci95.0 > 0.0);
+        assert!(m.iter.ci95.unwrap().0 == 0.0 && m.tps_ci95.is_none(), "{:?} {:?}", m.iter.ci95, m.tps_ci95);
         let s = summarize(&fine, &[]).unwrap();
         assert_eq!(s[0].status, RunStatus::Complete);
         let m = s[0].measured.as_ref().unwrap();

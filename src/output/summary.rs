@@ -25,7 +25,8 @@ pub struct Measured {
     /// Job iteration time in seconds (slowest rank per iteration).
     pub iter: Stats,
     pub tps: f64,
-    pub tps_ci95: (f64, f64),
+    /// None where the iteration time's interval is missing or reaches zero (no upper bound).
+    pub tps_ci95: Option<(f64, f64)>,
     pub tpot_s: f64,
     /// Per-rank mean communication / compute seconds per iteration: max and mean over ranks.
     pub comm_s: (f64, f64),

@@ -68,8 +68,8 @@ fn stats_columns(prefix: &'static str, s: &Stats, scale: f64) -> Vec<(String, St
         (format!("{prefix}_min"), f(s.min)),
         (format!("{prefix}_median"), f(s.median)),
         (format!("{prefix}_max"), f(s.max)),
-        (format!("{prefix}_ci95_lo"), f(s.ci95.0)),
-        (format!("{prefix}_ci95_hi"), f(s.ci95.1)),
+        (format!("{prefix}_ci95_lo"), s.ci95.map(|c| f(c.0)).unwrap_or_default()),
+        (format!("{prefix}_ci95_hi"), s.ci95.map(|c| f(c.1)).unwrap_or_default()),
     ]
 }
 
@@ -92,8 +92,8 @@ fn own(cols: Vec<(&'static str, String)>) -> Vec<(String, String)> {
 fn measured_columns(m: &Measured) -> Vec<(String, String)> {
     let mut row = own(vec![
         ("tps", format!("{:.3}", m.tps)),
-        ("tps_ci95_lo", format!("{:.3}", m.tps_ci95.0)),
-        ("tps_ci95_hi", format!("{:.3}", m.tps_ci95.1)),
+        ("tps_ci95_lo", m.tps_ci95.map(|c| format!("{:.3}", c.0)).unwrap_or_default()),
+        ("tps_ci95_hi", m.tps_ci95.map(|c| format!("{:.3}", c.1)).unwrap_or_default()),
         ("tpot_us", format!("{:.6}", m.tpot_s * 1e6)),
     ]);
     row.extend(stats_columns("iter_ms", &m.iter, 1e3));
@@ -124,7 +124,7 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
     let blank = Measured {
         iter: Stats::of(&[1.0]).expect("one value"),
         tps: 0.0,
-        tps_ci95: (0.0, 0.0),
+        tps_ci95: None,
         tpot_s: 0.0,
         comm_s: (0.0, 0.0),
         hidden_s: (0.0, 0.0),

@@ -131,15 +131,25 @@ impl Watchdog {
     }
 }
 
-/// A communicator whose every call the watchdog times.
+/// A communicator whose every call the watchdog times. Its reports name peers by their rank in
+/// the job, whatever group the call runs in.
 pub struct Watched<C> {
     inner: C,
     dog: Arc<Watchdog>,
+    /// The job rank of each member, by rank in this communicator.
+    job_ranks: Arc<Vec<usize>>,
 }
 
-impl<C> Watched<C> {
+impl<C: HostCollectives> Watched<C> {
+    /// `inner` spans the job: its ranks are the job's.
     pub fn new(inner: C, dog: Arc<Watchdog>) -> Self {
-        Watched { inner, dog }
+        let job_ranks = Arc::new((0..inner.size()).collect());
+        Watched { inner, dog, job_ranks }
+    }
+
+    /// The job rank of member `r` of this communicator.
+    fn job_rank(&self, r: usize) -> usize {
+        self.job_ranks.get(r).copied().unwrap_or(r)
     }
 }
 
@@ -170,11 +180,11 @@ impl<C: HostCollectives> HostCollectives for Watched<C> {
 
     fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
         let n = data.len() as u64;
-        self.dog.guard("broadcast", Some(0), n, || self.inner.broadcast_bytes(data))
+        self.dog.guard("broadcast", Some(self.job_rank(0)), n, || self.inner.broadcast_bytes(data))
     }
 
     fn gather_to_root(&self, data: &[bf16]) -> Result<Option<Vec<Vec<bf16>>>> {
-        self.dog.guard("gather", Some(0), 2 * data.len() as u64, || self.inner.gather_to_root(data))
+        self.dog.guard("gather", Some(self.job_rank(0)), 2 * data.len() as u64, || self.inner.gather_to_root(data))
     }
 
     fn guard_wait(&self, what: &'static str, wait: &mut dyn FnMut() -> Result<()>) -> Result<()> {
@@ -189,7 +199,15 @@ impl<C: HostCollectives> HostCollectives for Watched<C> {
 impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
     fn split(&self, color: usize, key: usize) -> Result<Self> {
         let inner = self.dog.guard("split", None, 0, || self.inner.split(color, key))?;
-        Ok(Watched { inner, dog: self.dog.clone() })
+        // Each member's job rank, learnt once per group (one small reduction per member), so
+        // that a report from inside the group names the rank a reader can find in the job.
+        let me = self.job_rank(self.inner.rank());
+        let mut job_ranks = Vec::with_capacity(inner.size());
+        for r in 0..inner.size() {
+            let mine = if inner.rank() == r { me as f64 } else { -1.0 };
+            job_ranks.push(self.dog.guard("split", None, 8, || inner.max_f64(mine))? as usize);
+        }
+        Ok(Watched { inner, dog: self.dog.clone(), job_ranks: Arc::new(job_ranks) })
     }
 
     fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()> {
@@ -198,19 +216,19 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
     }
 
     fn send(&self, x: &B::Act, to: usize) -> Result<()> {
-        self.dog.guard("send", Some(to), bytes(x), || self.inner.send(x, to))
+        self.dog.guard("send", Some(self.job_rank(to)), bytes(x), || self.inner.send(x, to))
     }
 
     fn recv(&self, x: &mut B::Act, from: usize) -> Result<()> {
         let n = bytes(x);
-        self.dog.guard("recv", Some(from), n, || self.inner.recv(x, from))
+        self.dog.guard("recv", Some(self.job_rank(from)), n, || self.inner.recv(x, from))
     }
 
     /// The overlapped compute runs inside the call, so it counts towards the timeout: the timeout
     /// is meant to be generous against a whole ring step.
     fn exchange(&self, send: &B::Act, to: usize, recv: &mut B::Act, from: usize, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let n = bytes(send);
-        self.dog.guard("ring exchange", Some(from), n, || self.inner.exchange(send, to, recv, from, overlap))
+        self.dog.guard("ring exchange", Some(self.job_rank(from)), n, || self.inner.exchange(send, to, recv, from, overlap))
     }
 
     fn all_gather(&self, send: &B::Act, recv: &mut B::Act) -> Result<()> {
@@ -255,6 +273,46 @@ mod tests {
         });
         let report = rx.recv_timeout(Duration::from_secs(10)).expect("the watchdog reports");
         assert!(report.contains("rank 1 on host h: watchdog: recv with rank 0 (16 bytes)"), "{report}");
+    }
+
+    /// Hardening round 2, defect 11: inside a group split from the job (usp's and tp-cp's), a
+    /// report names the peer's rank in the job, not its rank in the group.
+    #[test]
+    fn a_report_from_inside_a_group_names_the_peers_job_rank() {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        // One watchdog per rank, as each process has; rank 1's reports.
+        let mut rank1 = Some(Watchdog::start(
+            Duration::from_millis(200),
+            "rank 1 on host h".into(),
+            Box::new(move |r| tx.lock().unwrap().send(r.report().to_string()).unwrap()),
+        ));
+        // Four ranks, groups {0, 2} and {1, 3} (as a ring over groups of two): rank 1 waits on
+        // its group's other member, job rank 3, which never sends.
+        let handles: Vec<_> = LocalComm::world(4)
+            .into_iter()
+            .enumerate()
+            .map(|(r, c)| {
+                let dog = if r == 1 {
+                    rank1.take().unwrap()
+                } else {
+                    Watchdog::start(Duration::from_secs(600), format!("rank {r}"), Box::new(|_| {}))
+                };
+                std::thread::spawn(move || {
+                    let w = Watched::new(c, dog);
+                    let g = Communicator::<CpuBackend>::split(&w, r % 2, r / 2).unwrap();
+                    assert_eq!(*g.job_ranks, vec![r % 2, r % 2 + 2]);
+                    if r == 1 {
+                        let be = CpuBackend::new();
+                        let mut x = crate::backend::Backend::alloc_act(&be, 1, 8).unwrap();
+                        let _ = Communicator::<CpuBackend>::recv(&g, &mut x, 1);
+                    }
+                })
+            })
+            .collect();
+        let report = rx.recv_timeout(Duration::from_secs(20)).expect("the watchdog reports");
+        assert!(report.contains("watchdog: recv with rank 3 (16 bytes)"), "{report}");
+        drop(handles);
     }
 
     #[test]

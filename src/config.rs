@@ -639,6 +639,10 @@ pub const MIN_COMM_TIMEOUT_S: f64 = 1.0;
 /// The longest --comm-timeout accepted (a larger one would not fit a timer, and means "never").
 pub const MAX_COMM_TIMEOUT_S: f64 = 1e6;
 
+/// The largest job ringbench takes (ranks, real or emulated): far beyond any cluster, and small
+/// enough that sizes derived from it (2P zigzag chunks, P x P steps) stay exact.
+pub const MAX_RANKS: usize = 1 << 20;
+
 /// The most iterations of either kind: each measured one is kept in memory and in the rank file,
 /// and a million even of 1 ms iterations is a quarter of an hour.
 pub const MAX_ITERATIONS: usize = 1_000_000;

@@ -202,7 +202,8 @@ fn on_signal(journal: &Journal, sig: i32, rank: usize, host: &str) -> i32 {
         Ok(_) => eprintln!(
             "ringbench: interrupted by signal {sig}: the iterations done so far are in {} (marked interrupted{})",
             dir.display(),
-            if complete { "" } else { "; some ranks' files were missing, so the tables are *-partial.csv" }
+            // Said only where the partial tables were written, which reduce decides.
+            if dir.join("summary-partial.csv").exists() { "; some ranks' files were missing, so the tables are *-partial.csv" } else { "" }
         ),
         Err(e) => eprintln!("ringbench: interrupted by signal {sig}: rank files are in {}, but reducing them failed: {e:#}", dir.display()),
     }

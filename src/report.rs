@@ -248,6 +248,13 @@ fn mean_ms(r: &RankRun, f: fn(&IterationRecord) -> f64) -> f64 {
 
 /// Write the charts of run directory `dir` next to its CSVs; returns their paths.
 pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !crate::output::rankfile::rank_file(dir, 0).exists() && (dir.join("sweep.json").exists() || dir.join("sweep.csv").exists()) {
+        anyhow::bail!(
+            "{}: a sweep's directory, not a run directory (its charts are drawn by the sweep); report one of its points, {}/<point id>",
+            dir.display(),
+            dir.display()
+        );
+    }
     load_font()?;
     let (runs, _) = reduce::load(dir, false).with_context(|| format!("run directory {}", dir.display()))?;
     let summaries = reduce::summarize(&runs, &[])?;

@@ -120,7 +120,7 @@ pub fn chunks(len: usize, n: usize) -> Vec<Segment> {
 /// How many chunks a ring of `ring` ranks cuts each sequence into (striped: one strided chunk each).
 pub fn chunk_count(layout: Layout, ring: usize) -> usize {
     match layout {
-        Layout::Zigzag => 2 * ring,
+        Layout::Zigzag => ring.saturating_mul(2),
         Layout::Contiguous | Layout::Striped => ring,
     }
 }

@@ -129,7 +129,7 @@ fn the_second_rounds_unchecked_values_are_refused_by_name() {
     let bin = env!("CARGO_BIN_EXE_ringbench");
     let dup = common::temp_root("dup-lens");
     let out = dup.join("never");
-    let cases: [(&[&str], &[(&str, &str)], &str); 9] = [
+    let cases: [(&[&str], &[(&str, &str)], &str); 13] = [
         // 7: an `all` that plans nothing says why, in text and in JSON alike.
         (
             &["plan", "--strategy", "all", "--ring", "4", "--micro-batch", "3"],
@@ -152,6 +152,25 @@ fn the_second_rounds_unchecked_values_are_refused_by_name() {
         (&["bench", "attention", "--backend", "cpu", "--kernel", "wgmma"], &[], "--kernel wgmma: a choice among the CUDA backend's"),
         // 20: a hardware flag that overflows once scaled.
         (&["plan", "--strategy", "ring", "--ring", "4", "--peak-tflops", "1e308"], &[], "--peak-tflops 1e308: too large"),
+        // 15: messages that blamed the wrong thing: a reference run emulated (said "launch it with
+        // -np 1" to a job of one process), a bad $SLURM_JOB_ID (blamed --run-id), a huge world
+        // (a wrapped 2P in the message), a sweep's directory given to report.
+        (
+            &["run", "--strategy", "reference", "--emulate-world", "4", "--as-rank", "0"],
+            &[],
+            "--strategy reference is one rank's work already",
+        ),
+        (
+            &["run", "--strategy", "reference", "--out", out.to_str().unwrap()],
+            &[("SLURM_JOB_ID", "a/b")],
+            "$SLURM_JOB_ID \"a/b\" cannot name a run directory",
+        ),
+        (
+            &["run", "--strategy", "ring", "--emulate-world", "18446744073709551615", "--as-rank", "0"],
+            &[],
+            "--emulate-world 18446744073709551615: at most 1048576",
+        ),
+        (&["plan", "--strategy", "ring", "--ring", "99999999999"], &[], "--ring 99999999999: at most 1048576"),
         // 21: a length given twice.
         (
             &["sweep", "--strategy", "ring", "--seq-lens", "128,256,128", "--worlds", "2", "--out", out.to_str().unwrap()],

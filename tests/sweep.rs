@@ -393,6 +393,11 @@ fn a_measured_sweep_is_extended_and_never_reads_or_writes_what_is_not_its_own() 
     assert!(reseeded.stdout.contains("sweep: ring-2-zigzag-s128-kv4 was interrupted; its files are kept in"), "{}", reseeded.stdout);
     assert!(point.join("rank-00000.h5").is_file(), "measured again");
 
+    // `report` of the sweep's directory says what it is (defect 15), not that a rank file is missing.
+    let report = Command::new(env!("CARGO_BIN_EXE_ringbench")).arg("report").arg(&m).output().unwrap();
+    let err = String::from_utf8_lossy(&report.stderr);
+    assert!(!report.status.success() && err.contains("a sweep's directory, not a run directory"), "{err}");
+
     // A projected sweep's directory refuses a measured sweep, and the reverse (defect 3).
     let p = root.join("projected");
     let plan = sweep(&p, &["--preset", "tiny", "--strategy", "ring", "--seq-lens", "128", "--worlds", "2", "--quiet"]);

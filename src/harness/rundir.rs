@@ -8,12 +8,15 @@ use crate::config::ConfigError;
 use anyhow::Result;
 use std::path::PathBuf;
 
-fn check_run_id(id: &str) -> Result<(), ConfigError> {
+/// `id` as a run directory's name; `from` names where it came from (--run-id, $SLURM_JOB_ID).
+fn check_run_id(id: &str, from: &str) -> Result<(), ConfigError> {
     let ok = !id.is_empty() && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError(format!("--run-id {id:?}: use letters, digits, '.', '_' and '-' (it names a directory)")))
+    match (ok, from) {
+        (true, _) => Ok(()),
+        (false, "--run-id") => Err(ConfigError(format!("--run-id {id:?}: use letters, digits, '.', '_' and '-' (it names a directory)"))),
+        (false, from) => {
+            Err(ConfigError(format!("{from} {id:?} cannot name a run directory (letters, digits, '.', '_' and '-' only): give --run-id")))
+        }
     }
 }
 
@@ -29,7 +32,12 @@ pub(super) fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &
     let mut id = Vec::new();
     let mut problem = None;
     if root {
-        let chosen = opts.run_id.clone().or_else(|| std::env::var("SLURM_JOB_ID").ok().filter(|v| !v.is_empty()));
+        let slurm = || std::env::var("SLURM_JOB_ID").ok().filter(|v| !v.is_empty());
+        let (chosen, from) = match (&opts.run_id, slurm()) {
+            (Some(id), _) => (Some(id.clone()), "--run-id"),
+            (None, Some(job)) => (Some(job), "$SLURM_JOB_ID"),
+            (None, None) => (None, "the default run id"),
+        };
         let candidates: Vec<String> = match &chosen {
             Some(name) => vec![name.clone()],
             None => {
@@ -37,7 +45,7 @@ pub(super) fn create_run_dir<B: Backend, C: Communicator<B>>(comm: &C, choice: &
                 std::iter::once(base.clone()).chain((2..=DEFAULT_ID_TRIES).map(|i| format!("{base}-{i}"))).collect()
             }
         };
-        if let Err(e) = check_run_id(&candidates[0]) {
+        if let Err(e) = check_run_id(&candidates[0], from) {
             problem = Some(e.0);
         } else if let Err(e) = std::fs::create_dir_all(&opts.out) {
             problem = Some(format!("--out {}: cannot create the results directory: {e}", opts.out.display()));

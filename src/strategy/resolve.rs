@@ -84,6 +84,11 @@ impl RunRequest {
     /// is the flags' own, common to every strategy.
     #[allow(clippy::type_complexity)]
     pub fn resolve_each(&self, world: usize) -> Result<Vec<(StrategyKind, Result<RunConfig, ConfigError>)>, ConfigError> {
+        for (flag, v) in [("--tp", self.tp), ("--pp", self.pp), ("--ring", self.ring), ("--ulysses", self.ulysses), ("--cp", self.cp)] {
+            if let Some(v) = v {
+                require_at_most(flag, v, crate::config::MAX_RANKS)?;
+            }
+        }
         let p = self.preset.values();
         let heads = self.heads.unwrap_or(p.model.heads);
         let model = ModelConfig {
@@ -157,6 +162,10 @@ impl EmulationRequest {
         };
         if world == 0 {
             bad!("--emulate-world 0: must be at least 1");
+        }
+        require_at_most("--emulate-world", world, crate::config::MAX_RANKS)?;
+        if args.strategy == StrategySelection::One(StrategyKind::Reference) {
+            bad!("--emulate-world {world}: --strategy reference is one rank's work already; run it without --emulate-world");
         }
         if as_rank >= world {
             bad!("--as-rank {as_rank}: must be below --emulate-world {world} (ranks 0 .. {})", world - 1);

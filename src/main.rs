@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => commands::plan::run(args),
         Command::Sweep(args) if args.mode == SweepMode::Plan => commands::sweep::plan(args),
         Command::Info => {
-            print!("{}", ringbench::info::report(include));
+            ringbench::out!("{}", ringbench::info::report(include));
             ExitCode::SUCCESS
         }
         Command::Selftest => commands::selftest::run(include),

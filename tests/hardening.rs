@@ -442,3 +442,61 @@ fn an_interval_that_cannot_be_computed_is_reported_as_such() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Hardening round 2, defect 9: a reader that stops reading (`| head -1`) ends nothing: `sweep`,
+/// a long `plan`, `verify` and `run` go on quietly (no panic, exit 0) and a run saves all it
+/// measured.
+#[test]
+fn a_closed_stdout_ends_no_command_and_loses_nothing() {
+    let root = temp_root("closed-stdout");
+    let bin = env!("CARGO_BIN_EXE_ringbench");
+    let out = root.to_str().unwrap();
+    for cmd in [
+        format!("{bin} sweep --strategy all --preset llama3-8b --seq-lens 8192,16384 --worlds 8,16 --quiet --out {out}/sweep"),
+        format!("{bin} plan --strategy all --preset llama3-8b --tp 8 --ring 8"),
+        format!("{bin} verify --strategy reference"),
+        format!("{bin} run --strategy reference --out {out} --run-id closed"),
+    ] {
+        let o = Command::new("bash").args(["-c", &format!("set -o pipefail; {cmd} | head -1 > /dev/null")]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && !err.contains("panicked"), "{cmd}: {:?}\n{err}", o.status);
+    }
+    let runs = rankfile::read(&rankfile::rank_file(&root.join("closed"), 0)).unwrap();
+    assert_eq!(runs[0].status, ringbench::output::status::RunStatus::Complete);
+    assert_eq!(runs[0].iterations.len(), runs[0].config.iters, "every measured iteration saved");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// Hardening round 2, defect 15: after one rank is killed outright (SIGKILL), the others' account
+/// of what they saved names `*-partial.csv` only where such tables were written.
+#[test]
+fn after_a_sigkill_the_account_names_only_the_tables_written() {
+    let root = temp_root("sigkill");
+    let guard = common::lock();
+    let run = common::mpirun_command(2)
+        .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "512", "--iters", "200", "--quiet"])
+        .args(["--out", root.to_str().unwrap(), "--run-id", "killed"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = root.join("killed");
+    let t0 = std::time::Instant::now();
+    let pid = loop {
+        if let Ok(runs) = rankfile::read(&rankfile::rank_file(&dir, 1)) {
+            if !runs[0].iterations.is_empty() {
+                break runs[0].pid;
+            }
+        }
+        assert!(t0.elapsed().as_secs() < 60, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let out = run.wait_with_output().unwrap();
+    drop(guard);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let partial = dir.join("summary-partial.csv").exists();
+    assert_eq!(err.contains("*-partial.csv"), partial, "said partial: {}, wrote partial: {partial}\n{err}", err.contains("*-partial.csv"));
+    std::fs::remove_dir_all(&root).ok();
+}

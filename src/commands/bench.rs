@@ -30,8 +30,8 @@ pub fn attention(cli: &AttentionArgs, include: Option<&std::path::Path>) -> Exit
         },
     };
     match result {
-        Ok(r) if args.json => println!("{}", serde_json::to_string(&r).expect("the result serialises")),
-        Ok(r) => println!("{}", crate::bench::render(&r)),
+        Ok(r) if args.json => crate::outln!("{}", serde_json::to_string(&r).expect("the result serialises")),
+        Ok(r) => crate::outln!("{}", crate::bench::render(&r)),
         Err(e) => {
             if let Some(bad) = e.downcast_ref::<ConfigError>() {
                 eprintln!("ringbench: error: {bad}");
@@ -72,8 +72,8 @@ pub fn launch(cli: &LaunchArgs, include: Option<&std::path::Path>) -> ExitCode {
     };
     for r in results {
         match r {
-            Ok(r) if args.json => println!("{}", serde_json::to_string(&r).expect("the result serialises")),
-            Ok(r) => println!("{}", crate::bench::render_launch(&r)),
+            Ok(r) if args.json => crate::outln!("{}", serde_json::to_string(&r).expect("the result serialises")),
+            Ok(r) => crate::outln!("{}", crate::bench::render_launch(&r)),
             Err(e) => {
                 eprintln!("ringbench bench launch: error: {e:#}");
                 return ExitCode::FAILURE;

@@ -60,8 +60,8 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         Ok(outputs)
     };
     match planned() {
-        Ok(outputs) if args.json && outputs.len() > 1 => println!("[{}]", outputs.join(",\n")),
-        Ok(outputs) => println!("{}", outputs.join("\n")),
+        Ok(outputs) if args.json && outputs.len() > 1 => crate::outln!("[{}]", outputs.join(",\n")),
+        Ok(outputs) => crate::outln!("{}", outputs.join("\n")),
         Err(e) => {
             eprintln!("ringbench: error: {e}");
             return ExitCode::from(EXIT_BAD_INPUT);

@@ -26,7 +26,7 @@ pub fn run(args: &ReduceArgs) -> ExitCode {
     match written {
         Ok(summaries) => {
             harness::print_summaries(&summaries);
-            println!("wrote the tables to {}", out.display());
+            crate::outln!("wrote the tables to {}", out.display());
             let invalid: Vec<_> = summaries.iter().filter(|s| s.status == RunStatus::Invalid).collect();
             for s in &invalid {
                 eprintln!(
@@ -52,7 +52,7 @@ pub fn run(args: &ReduceArgs) -> ExitCode {
 pub fn report(dir: &std::path::Path) -> ExitCode {
     match crate::report::report(dir) {
         Ok(paths) => {
-            paths.iter().for_each(|p| println!("wrote {}", p.display()));
+            paths.iter().for_each(|p| crate::outln!("wrote {}", p.display()));
             ExitCode::SUCCESS
         }
         Err(e) => {

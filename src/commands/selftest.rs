@@ -24,17 +24,17 @@ pub fn run(include: Option<&std::path::Path>) -> ExitCode {
     if gpu.has_wgmma() {
         kernels.push(AttentionKernel::Wgmma);
     } else {
-        println!("\n{} is {}: the wgmma kernel (sm_90a only) is not built here, not tested", gpu.device_name(), gpu.arch);
+        crate::outln!("\n{} is {}: the wgmma kernel (sm_90a only) is not built here, not tested", gpu.device_name(), gpu.arch);
     }
     for kernel in kernels {
         if let Err(e) = gpu.set_attention_kernel(kernel) {
             // A kernel refused at load (kernels::refusal) fails its table and the rest go on.
-            println!("\nringbench selftest on {}, attention kernel {kernel:?}: FAIL: {e:#}", gpu.device_name());
+            crate::outln!("\nringbench selftest on {}, attention kernel {kernel:?}: FAIL: {e:#}", gpu.device_name());
             all = false;
             continue;
         }
         let label = format!("{}, attention kernel {kernel:?}: {} at head dim 128", gpu.device_name(), kernel.describe(128));
-        println!("\nringbench selftest on {label}");
+        crate::outln!("\nringbench selftest on {label}");
         let keep = |name: &str| kernel == AttentionKernel::Auto || name.starts_with("attention");
         match crate::selftest::run(&cpu, &gpu, &label, kernel, &keep) {
             Ok(pass) => all &= pass,
@@ -44,9 +44,9 @@ pub fn run(include: Option<&std::path::Path>) -> ExitCode {
             }
         }
     }
-    println!();
+    crate::outln!();
     for source in gpu.loaded_sources() {
-        print!("{}", source.describe());
+        crate::out!("{}", source.describe());
     }
     gpu.set_attention_kernel(AttentionKernel::Auto).expect("auto runs everywhere");
     match selftest_communicators(&cpu, &gpu) {
@@ -70,18 +70,18 @@ fn selftest_communicators(cpu: &CpuBackend, gpu: &CudaBackend) -> anyhow::Result
     let alone = || MpiComm::new(launch.world_for_strategies()).split_comm(launch.rank, 0);
     let kernel = AttentionKernel::Auto;
     let mut all = true;
-    println!("\nringbench selftest of NCCL (one rank, communication stream) on {}", gpu.device_name());
+    crate::outln!("\nringbench selftest of NCCL (one rank, communication stream) on {}", gpu.device_name());
     match NcclComm::library_version() {
         Some(v) => {
             let nccl = NcclComm::new(alone()?, gpu)?;
             all &= crate::selftest::comm::run(cpu, gpu, &nccl, &format!("{}, NCCL {v}", gpu.device_name()), kernel)?;
         }
         None => {
-            println!("NCCL (libnccl.so, unversioned) not found: the NCCL cases cannot run: FAIL");
+            crate::outln!("NCCL (libnccl.so, unversioned) not found: the NCCL cases cannot run: FAIL");
             all = false;
         }
     }
-    println!("\nringbench selftest of MPI with host staging (one rank) on {}", gpu.device_name());
+    crate::outln!("\nringbench selftest of MPI with host staging (one rank) on {}", gpu.device_name());
     all &= crate::selftest::comm::run(cpu, gpu, &alone()?, &format!("{}, MPI host staging", gpu.device_name()), kernel)?;
     Ok(all)
 }

@@ -31,11 +31,11 @@ pub fn plan(args: &SweepArgs) -> ExitCode {
     let bar = sweep::progress(cfgs.len(), args.quiet);
     let points = sweep::evaluate(&cfgs, &hw, &mut || bar.inc(1));
     bar.finish_and_clear();
-    print!("{}", sweep::render(&points, &hw, sweep::Basis::Projected));
+    crate::out!("{}", sweep::render(&points, &hw, sweep::Basis::Projected));
     match sweep::write(&args.out, &points, &hw, sweep::Basis::Projected) {
         Ok(paths) => {
-            println!("\n{} points (projected by the analytic model, not measured)", points.len());
-            paths.iter().for_each(|p| println!("wrote {}", p.display()));
+            crate::outln!("\n{} points (projected by the analytic model, not measured)", points.len());
+            paths.iter().for_each(|p| crate::outln!("wrote {}", p.display()));
             ExitCode::SUCCESS
         }
         Err(e) => {

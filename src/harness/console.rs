@@ -31,7 +31,7 @@ pub(crate) fn terminal_bar(total: usize, template: &str, quiet: bool) -> indicat
 /// The console's account of each strategy run, then the side-by-side comparison.
 pub fn print_summaries(summaries: &[StrategySummary]) {
     if let Some(s) = summaries.iter().find(|s| crate::backend::is_simulated_device(&s.first.device)) {
-        println!(
+        crate::outln!(
             "SIMULATED: {} runs the kernels on the CPU; every timing below is the stand-in's, not a measurement of a GPU",
             s.first.device
         );
@@ -39,21 +39,21 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
     for s in summaries {
         match s.config.emulate {
             // The job's figures below assume every rank takes as long as the emulated one.
-            Some(e) => println!(
+            Some(e) => crate::outln!(
                 "{} ({}, EMULATED rank {} of {}; communication as device copies, no waiting on other ranks):",
                 s.config.strategy.name(),
                 s.status,
                 e.as_rank,
                 e.world
             ),
-            None => println!("{} ({}):", s.config.strategy.name(), s.status),
+            None => crate::outln!("{} ({}):", s.config.strategy.name(), s.status),
         }
         let Some(m) = &s.measured else {
-            println!("  no measured iterations");
+            crate::outln!("  no measured iterations");
             continue;
         };
         let it = &m.iter;
-        println!(
+        crate::outln!(
             "  iteration      mean {}, {}, cv {:.1}%, min {}, median {}, max {} (n {})",
             fmt_seconds(it.mean),
             fmt_ci(it.ci95, fmt_seconds),
@@ -63,9 +63,9 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
             fmt_seconds(it.max),
             it.n
         );
-        println!("  tokens/s       {:.1}, {}", m.tps, fmt_ci(m.tps_ci95, |v| format!("{v:.1}")));
-        println!("  time per token {} (iteration time / {} tokens)", fmt_seconds(m.tpot_s), s.config.tokens_per_iteration());
-        println!(
+        crate::outln!("  tokens/s       {:.1}, {}", m.tps, fmt_ci(m.tps_ci95, |v| format!("{v:.1}")));
+        crate::outln!("  time per token {} (iteration time / {} tokens)", fmt_seconds(m.tpot_s), s.config.tokens_per_iteration());
+        crate::outln!(
             "  per rank       communication {} max / {} mean exposed, compute {} max / {} mean, sent {}/iter max",
             fmt_seconds(m.comm_s.0),
             fmt_seconds(m.comm_s.1),
@@ -73,12 +73,12 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
             fmt_seconds(m.compute_s.1),
             fmt_bytes(m.sent_per_iter_max)
         );
-        println!("  hidden comm    {}", hidden_line(s, m));
+        crate::outln!("  hidden comm    {}", hidden_line(s, m));
         let device = m.peak_device_max.map(|b| format!(", process/device peak {} max", fmt_bytes(b))).unwrap_or_default();
-        println!("  peak memory    buffers {} max / {} mean{device}", fmt_bytes(m.peak_buffers.0), fmt_bytes(m.peak_buffers.1));
+        crate::outln!("  peak memory    buffers {} max / {} mean{device}", fmt_bytes(m.peak_buffers.0), fmt_bytes(m.peak_buffers.1));
         let mfu = m.mfu.map(|x| format!("MFU {:.1}%", 100.0 * x)).unwrap_or_else(|| "MFU n/a (device peak unknown)".into());
         let util = m.gpu_util.map(|(mean, max)| format!(", GPU utilization {mean:.1}% mean / {max:.0}% max (NVML)")).unwrap_or_default();
-        println!("  compute        {:.4} TFLOP/s per rank, {mfu}{util}", m.tflops_per_gpu);
+        crate::outln!("  compute        {:.4} TFLOP/s per rank, {mfu}{util}", m.tflops_per_gpu);
     }
     print_comparison(summaries);
 }
@@ -93,11 +93,11 @@ fn print_comparison(summaries: &[StrategySummary]) {
     let w = 18;
     let row = |name: &str, cell: &dyn Fn(&Measured) -> String| {
         let cells: String = measured.iter().map(|(_, m)| format!("{:>w$}", cell(m))).collect();
-        println!("{name:<24}{cells}");
+        crate::outln!("{name:<24}{cells}");
     };
     let names: String = measured.iter().map(|(s, _)| format!("{:>w$}", s.config.strategy.name())).collect();
-    println!();
-    println!("{:<24}{names}", "");
+    crate::outln!();
+    crate::outln!("{:<24}{names}", "");
     row("tokens/s", &|m| format!("{:.1}", m.tps));
     row("time per token", &|m| fmt_seconds(m.tpot_s));
     row("iteration (mean)", &|m| fmt_seconds(m.iter.mean));
@@ -107,7 +107,7 @@ fn print_comparison(summaries: &[StrategySummary]) {
     row("communication hidden", &|m| m.hidden_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "-".into()));
     row("sent per iteration", &|m| fmt_bytes(m.sent_per_iter_max));
     if summaries.iter().any(|s| s.config.emulate.is_some()) {
-        println!("(emulated: one rank's work each, not a measured job)");
+        crate::outln!("(emulated: one rank's work each, not a measured job)");
     }
     let (fastest, best) = measured.iter().max_by(|a, b| a.1.tps.total_cmp(&b.1.tps)).expect("two or more");
     let others: Vec<String> = measured
@@ -122,11 +122,11 @@ fn print_comparison(summaries: &[StrategySummary]) {
             )
         })
         .collect();
-    println!("fastest: {}; {}", fastest.config.strategy.name(), others.join(", "));
+    crate::outln!("fastest: {}; {}", fastest.config.strategy.name(), others.join(", "));
     let find = |k: StrategyKind| measured.iter().find(|(s, _)| s.config.strategy == k).map(|(_, m)| *m);
     if let (Some(tp), Some(ring)) = (find(StrategyKind::TpPp), find(StrategyKind::Ring)) {
         // The seed's question, answered in its own terms.
-        println!(
+        crate::outln!(
             "ring speed-up over tp-pp: {:.2}x; ring memory / tp-pp memory: {:.2}x",
             ring.tps / tp.tps,
             ring.peak_buffers.0 / tp.peak_buffers.0

@@ -47,8 +47,8 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     let run_id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if root {
         match cfgs[0].emulate {
-            Some(e) => println!("ringbench run {run_id}: one process, {}, results in {}", e.label(), dir.display()),
-            None => println!("ringbench run {run_id}: {} ranks, results in {}", comm.size(), dir.display()),
+            Some(e) => crate::outln!("ringbench run {run_id}: one process, {}, results in {}", e.label(), dir.display()),
+            None => crate::outln!("ringbench run {run_id}: {} ranks, results in {}", comm.size(), dir.display()),
         }
     }
     let (h5_major, h5_minor, h5_release) = hdf5::library_version();
@@ -56,7 +56,7 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     journal.open(dir.clone(), place.rank, cfgs[0].rank_files());
     for (sequence, cfg) in cfgs.iter().enumerate() {
         if root {
-            println!("{}", cfg.describe());
+            crate::outln!("{}", cfg.describe());
         }
         be.reset_peak_memory();
         let run = RankRun {
@@ -97,12 +97,12 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     // A look taken while the run was in progress (`reduce --partial`) is superseded.
     for stale in ["summary-partial.csv", "ranks-partial.csv"] {
         if std::fs::remove_file(dir.join(stale)).is_ok() {
-            println!("removed {stale}, a look at the run in progress, now superseded by the final tables");
+            crate::outln!("removed {stale}, a look at the run in progress, now superseded by the final tables");
         }
     }
     print_summaries(&summaries);
     let files = if comm.size() == 1 { "1 rank file".to_string() } else { format!("{} rank files", comm.size()) };
-    println!("wrote {files}, summary.csv and ranks.csv to {}", dir.display());
+    crate::outln!("wrote {files}, summary.csv and ranks.csv to {}", dir.display());
     let invalid: Vec<_> = summaries.iter().filter(|s| s.status == RunStatus::Invalid).collect();
     for s in &invalid {
         eprintln!("ringbench: error: the {} result is invalid: {}", s.config.strategy.name(), s.invalid_reason.as_deref().unwrap_or(""));

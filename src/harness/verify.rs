@@ -77,7 +77,7 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
         .into());
     }
     if root {
-        println!("ringbench verify: {}", cfg.describe());
+        crate::outln!("ringbench verify: {}", cfg.describe());
     }
     let mut strat = strategy::build(cfg, be, comm)?;
     strat.forward(be, comm, true)?;
@@ -162,27 +162,33 @@ fn compare_on_root<B: Backend + 'static, C: Communicator<B> + 'static>(
     let pass = finite && reference_ok && within(vs_ref, tol);
 
     let name = cfg.strategy.name();
-    let row = |label: String, d: Diff| println!("  {label:<26} rel L2 {:.3e}   max abs {:.3e}", d.rel_l2, d.max_abs);
+    let row = |label: String, d: Diff| crate::outln!("  {label:<26} rel L2 {:.3e}   max abs {:.3e}", d.rel_l2, d.max_abs);
     row(format!("{name} vs reference:"), vs_ref);
     row("tolerance:".into(), tol);
     row("reference vs FP64 oracle:".into(), ref_vs_exact);
     row(format!("{name} vs FP64 oracle:"), vs_exact);
-    println!("  (tolerance: 2 x reference vs FP64, plus 2^-10 on rel L2 and one BF16 ulp of the largest output on max abs)");
+    crate::outln!("  (tolerance: 2 x reference vs FP64, plus 2^-10 on rel L2 and one BF16 ulp of the largest output on max abs)");
     if !finite {
-        println!("  {name} output holds NaN or infinite values");
+        crate::outln!("  {name} output holds NaN or infinite values");
     }
     if !reference_ok {
-        println!(
+        crate::outln!(
             "  the reference is {:.3e} (rel L2) from the FP64 oracle, beyond {REFERENCE_VS_FP64_LIMIT:.0e}: the BF16 model is wrong",
             ref_vs_exact.rel_l2
         );
     }
-    println!("{}", if pass { "PASS" } else { "FAIL" });
+    crate::outln!("{}", if pass { "PASS" } else { "FAIL" });
 
     if let Some(path) = save {
         let data: Vec<f32> = got.iter().map(|&v| v as f32).collect();
         output::write_hidden_states(path, [m.batch, m.seq_len, m.d_model], &data, &cfg.describe())?;
-        println!("final hidden states written to {} (dataset `output`, [{}, {}, {}], FP32)", path.display(), m.batch, m.seq_len, m.d_model);
+        crate::outln!(
+            "final hidden states written to {} (dataset `output`, [{}, {}, {}], FP32)",
+            path.display(),
+            m.batch,
+            m.seq_len,
+            m.d_model
+        );
     }
     Ok(pass)
 }

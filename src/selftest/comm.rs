@@ -93,9 +93,9 @@ pub fn run<R: Backend, T: Backend, C: Communicator<T>>(
     let mut all = true;
     for (name, (abs, rel, pass)) in rows {
         all &= pass;
-        println!("{name:<58} {abs:>12.3e} {rel:>12.3e} {:>10}  {}", "", if pass { "PASS" } else { "FAIL" });
+        crate::outln!("{name:<58} {abs:>12.3e} {rel:>12.3e} {:>10}  {}", "", if pass { "PASS" } else { "FAIL" });
     }
-    println!("selftest of the communicator on {label}: {}", if all { "PASS" } else { "FAIL" });
+    crate::outln!("selftest of the communicator on {label}: {}", if all { "PASS" } else { "FAIL" });
     Ok(all)
 }
 

@@ -438,7 +438,7 @@ pub fn run<R: Backend, T: Backend>(
     kernel: AttentionKernel,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<bool> {
-    println!("{:<58} {:>12} {:>12} {:>10}  verdict", "op", "max abs", "max rel", "tolerance");
+    crate::outln!("{:<58} {:>12} {:>12} {:>10}  verdict", "op", "max abs", "max rel", "tolerance");
     let mut all = true;
     for (name, tol, step) in steps(kernel).into_iter().filter(|(name, ..)| keep(name)) {
         let (want, tol) = expected(reference, &step, &tol)?;
@@ -452,9 +452,9 @@ pub fn run<R: Backend, T: Backend>(
             Tolerance::Bounds(b) => format!("{:.1e} max", b.iter().cloned().fold(0.0, f64::max)),
             Tolerance::FlashTwin { .. } => "twin".to_string(),
         };
-        println!("{name:<58} {abs:>12.3e} {rel:>12.3e} {t:>10}  {}", if pass { "PASS" } else { "FAIL" });
+        crate::outln!("{name:<58} {abs:>12.3e} {rel:>12.3e} {t:>10}  {}", if pass { "PASS" } else { "FAIL" });
     }
-    println!("selftest on {label}: {}", if all { "PASS" } else { "FAIL" });
+    crate::outln!("selftest on {label}: {}", if all { "PASS" } else { "FAIL" });
     Ok(all)
 }
 

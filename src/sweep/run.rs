@@ -128,7 +128,7 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
         let id = point_id(cfg);
         if root && !quiet {
             let eta = if k == 0 { "unknown".to_string() } else { crate::metrics::fmt_seconds(bar.eta().as_secs_f64()) };
-            println!("sweep: point {} of {}: {id} (ETA of the sweep {eta})", k + 1, cfgs.len());
+            crate::outln!("sweep: point {} of {}: {id} (ETA of the sweep {eta})", k + 1, cfgs.len());
         }
         let mut verdict = vec![RUN];
         if root {
@@ -137,7 +137,7 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
                 Ok(Stored::Absent) => vec![RUN],
                 Ok(Stored::Incomplete) => match move_aside(out, &id) {
                     Ok(to) => {
-                        println!("sweep: {id} was interrupted; its files are kept in {}, and it runs again", to.display());
+                        crate::outln!("sweep: {id} was interrupted; its files are kept in {}, and it runs again", to.display());
                         vec![RUN]
                     }
                     Err(e) => [&[FAIL][..], format!("moving the interrupted {id} aside: {e:#}").as_bytes()].concat(),
@@ -160,7 +160,7 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
                 return Err(e);
             }
             if root {
-                println!("sweep: {id} not run: {e}");
+                crate::outln!("sweep: {id} not run: {e}");
             }
             bar.inc(1);
             continue;
@@ -198,10 +198,10 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
             run_dir: id,
         });
     }
-    println!("{}", render(&points, hw, Basis::Measured));
+    crate::outln!("{}", render(&points, hw, Basis::Measured));
     let written = write(out, &points, hw, Basis::Measured)?;
     let done = points.iter().filter(|p| p.measured.is_some()).count();
-    println!("{done} of {} points measured, each with its projection for {} beside it in sweep.csv", points.len(), hw.name);
-    written.iter().for_each(|p| println!("wrote {}", p.display()));
+    crate::outln!("{done} of {} points measured, each with its projection for {} beside it in sweep.csv", points.len(), hw.name);
+    written.iter().for_each(|p| crate::outln!("wrote {}", p.display()));
     Ok(valid)
 }

@@ -6,7 +6,7 @@
 //! whose ranks shared one host (waits included: an effective bandwidth). Each number says where
 //! it came from.
 
-use crate::output::rankfile::{self, RankRun};
+use crate::output::rankfile::RankRun;
 use crate::plan::Hardware;
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -17,7 +17,9 @@ fn runs(dir: &Path) -> Result<Vec<RankRun>> {
     if !dir.is_dir() {
         bail!("--calibrate {}: not a run directory", dir.display());
     }
-    if !dir.join(rankfile::rank_file_name(0)).exists() {
+    let any =
+        std::fs::read_dir(dir)?.flatten().any(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("rank-") && n.ends_with(".h5")));
+    if !any {
         bail!("--calibrate {}: no rank files (rank-NNNNN.h5) there", dir.display());
     }
     let (runs, _) = crate::output::reduce::load(dir, false).map_err(|e| anyhow::anyhow!("--calibrate {}: {e:#}", dir.display()))?;

@@ -229,3 +229,47 @@ fn the_gpu_jobs_ask_for_sizes_every_strategy_takes() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Front door (issue 27): `plan --strategy all --gpus N` without size flags searches every
+/// strategy's splits as the sweep does: each strategy's figure is the sweep's best split for it
+/// at that point (llama3-8b on 16 H100s, 128K tokens, batch 1). A plan whose flags leave the
+/// world at one GPU by accident is refused.
+#[test]
+fn plan_all_on_a_number_of_gpus_is_each_strategys_best_split_as_the_sweep_finds_it() {
+    let model = ["--preset", "llama3-8b", "--seq-len", "131072", "--batch", "1", "--strategy", "all"];
+    let out = plan(&[&model[..], &["--gpus", "16", "--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plans: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let root = common::temp_root("plan-vs-sweep");
+    let swept = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["sweep", "--preset", "llama3-8b", "--batch", "1", "--strategy", "all", "--seq-lens", "131072", "--worlds", "16", "--quiet"])
+        .arg("--out")
+        .arg(root.join("s"))
+        .output()
+        .unwrap();
+    assert!(swept.status.success(), "{}", String::from_utf8_lossy(&swept.stderr));
+    let mut table = csv::Reader::from_path(root.join("s").join("sweep.csv")).unwrap();
+    let header = table.headers().unwrap().clone();
+    let at = |n: &str| header.iter().position(|h| h == n).unwrap();
+    let rows: Vec<csv::StringRecord> = table.records().map(Result::unwrap).collect();
+    assert_eq!(plans.len(), 6, "every multi-rank strategy");
+    for p in &plans {
+        let name = p["strategy"].as_str().unwrap();
+        let best = rows
+            .iter()
+            .filter(|r| &r[at("strategy")] == name && &r[at("fits")] == "true")
+            .map(|r| r[at("projected_tps")].parse::<f64>().unwrap())
+            .fold(0.0, f64::max);
+        let tps = p["tps_projected"].as_f64().unwrap();
+        assert!((tps / best - 1.0).abs() < 1e-6, "{name}: plan {tps}, the sweep's best split {best}");
+    }
+    // The text names the batch on the comparison's first line.
+    let text = plan(&[&model[..], &["--gpus", "16"]].concat());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("comparison on 16 GPUs of h100-sxm, batch 1 x 131072 tokens"), "{text}");
+    // No size flag and no --gpus: refused, never "on 1 GPU" silently.
+    let lone = plan(&model);
+    assert_eq!(lone.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&lone.stderr).contains("--gpus: no flag says how many GPUs to plan all on"));
+    std::fs::remove_dir_all(&root).ok();
+}

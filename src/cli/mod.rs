@@ -94,6 +94,11 @@ pub struct PlanArgs {
     pub config: ConfigArgs,
     #[command(flatten)]
     pub hardware: HardwareArgs,
+    /// GPUs in the job. With --strategy all and no size flags (--tp, --pp, --ring, --ulysses,
+    /// --cp), every strategy's splits of this many GPUs are searched and each strategy's fastest
+    /// that fits is compared. Default: the size flags' product.
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<usize>,
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,

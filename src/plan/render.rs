@@ -134,9 +134,10 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
             format!("{} x {} GPUs", pr.nodes, pr.gpus_per_node)
         }
     };
+    let m = &plans[0].0.model;
     o.push_str(&format!(
-        "\ncomparison on {} GPUs of {} ({} per placement):\n",
-        first.world, first.hardware.name, "tokens/s, time to first token"
+        "\ncomparison on {} GPUs of {}, batch {} x {} tokens ({} per placement):\n",
+        first.world, first.hardware.name, m.batch, m.seq_len, "tokens/s, time to first token"
     ));
     let mut header = format!("{:<12}{:<30}{:>12} {:<5}", "strategy", "split", "memory/GPU", "fits");
     for pr in &first.projections {

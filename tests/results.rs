@@ -350,3 +350,19 @@ fn the_memory_estimate_is_what_gqa_and_swiglu_ranks_allocate() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Front door (issue 27): under mpirun a rank's stdout is a pty even when mpirun's own output goes
+/// to a file, so a progress bar would fill the log with its frames; the log has no escape code
+/// and no carriage return.
+#[test]
+fn a_log_written_under_mpirun_has_no_progress_frames() {
+    let root = common::temp_root("log-frames");
+    let run = common::mpirun(
+        2,
+        &["run", "--strategy", "ring", "--preset", "small", "--seq-len", "512", "--iters", "10", "--out", root.to_str().unwrap()],
+    );
+    assert_eq!(run.status, Some(0), "{}", run.all());
+    let all = run.all();
+    assert!(!all.contains('\u{1b}') && !all.contains('\r'), "{all:?}");
+    std::fs::remove_dir_all(&root).ok();
+}

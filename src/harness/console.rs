@@ -16,7 +16,10 @@ pub(super) fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif:
 /// stderr a pipe.
 pub(crate) fn terminal_bar(total: usize, template: &str, quiet: bool) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
-    let target = if quiet || !std::io::stdout().is_terminal() {
+    // Under mpirun or srun a rank's stdout is a pty whatever the launcher's own output is (a log
+    // file, a pipe): a bar's frames would land in the log. There, a bar only where asked for.
+    let launched = crate::launch::rank_from_env().is_some() && std::env::var("RINGBENCH_PROGRESS").as_deref() != Ok("bar");
+    let target = if quiet || launched || !std::io::stdout().is_terminal() {
         indicatif::ProgressDrawTarget::hidden()
     } else {
         indicatif::ProgressDrawTarget::stdout()

@@ -50,7 +50,7 @@ pub enum Command {
     /// different one is refused); with several, into --out as one combined table.
     Reduce(ReduceArgs),
     /// Time warm-up and measured iterations of one strategy; rank 0 prints the mean iteration
-    /// time, tokens/s and time per token.
+    /// time, tokens/s and prefill time per token.
     Run(RunArgs),
     /// Benchmarks of one part alone, on this machine's device (no MPI).
     #[command(subcommand)]

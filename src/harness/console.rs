@@ -67,7 +67,11 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
             it.n
         );
         crate::outln!("  tokens/s       {:.1}, {}", m.tps, fmt_ci(m.tps_ci95, |v| format!("{v:.1}")));
-        crate::outln!("  time per token {} (iteration time / {} tokens)", fmt_seconds(m.tpot_s), s.config.tokens_per_iteration());
+        crate::outln!(
+            "  prefill time per token {} (iteration time / {} tokens)",
+            fmt_seconds(m.prefill_s_per_token),
+            s.config.tokens_per_iteration()
+        );
         crate::outln!(
             "  per rank       communication {} max / {} mean exposed, compute {} max / {} mean, sent {}/iter max",
             fmt_seconds(m.comm_s.0),
@@ -102,7 +106,7 @@ fn print_comparison(summaries: &[StrategySummary]) {
     crate::outln!();
     crate::outln!("{:<24}{names}", "");
     row("tokens/s", &|m| format!("{:.1}", m.tps));
-    row("time per token", &|m| fmt_seconds(m.tpot_s));
+    row("prefill time per token", &|m| fmt_seconds(m.prefill_s_per_token));
     row("iteration (mean)", &|m| fmt_seconds(m.iter.mean));
     row("peak memory (max rank)", &|m| fmt_bytes(m.peak_buffers.0));
     row("exposed comm (max)", &|m| fmt_seconds(m.comm_s.0));

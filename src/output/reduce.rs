@@ -339,7 +339,7 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
         // Without a time interval (one iteration), or with one reaching zero (few, noisy
         // iterations), tokens/s has no upper bound: no interval, said so, rather than infinity.
         tps_ci95: iter.ci95.filter(|&(lo, _)| lo > 0.0).map(|(lo, hi)| (tokens / hi, tokens / lo)),
-        tpot_s: iter.mean / tokens,
+        prefill_s_per_token: iter.mean / tokens,
         iter,
         comm_s: (max(comm.iter().cloned()), mean(comm.iter().cloned())),
         hidden_s: (max(hidden.iter().cloned()), mean(hidden.iter().cloned())),

@@ -27,7 +27,7 @@ pub struct Measured {
     pub tps: f64,
     /// None where the iteration time's interval is missing or reaches zero (no upper bound).
     pub tps_ci95: Option<(f64, f64)>,
-    pub tpot_s: f64,
+    pub prefill_s_per_token: f64,
     /// Per-rank mean communication / compute seconds per iteration: max and mean over ranks.
     pub comm_s: (f64, f64),
     /// Per-rank mean communication hidden under compute per iteration: max and mean over ranks.

@@ -94,7 +94,7 @@ fn measured_columns(m: &Measured) -> Vec<(String, String)> {
         ("tps", format!("{:.3}", m.tps)),
         ("tps_ci95_lo", m.tps_ci95.map(|c| format!("{:.3}", c.0)).unwrap_or_default()),
         ("tps_ci95_hi", m.tps_ci95.map(|c| format!("{:.3}", c.1)).unwrap_or_default()),
-        ("tpot_us", format!("{:.6}", m.tpot_s * 1e6)),
+        ("prefill_us_per_token", format!("{:.6}", m.prefill_s_per_token * 1e6)),
     ]);
     row.extend(stats_columns("iter_ms", &m.iter, 1e3));
     row.extend(own(vec![
@@ -125,7 +125,7 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
         iter: Stats::of(&[1.0]).expect("one value"),
         tps: 0.0,
         tps_ci95: None,
-        tpot_s: 0.0,
+        prefill_s_per_token: 0.0,
         comm_s: (0.0, 0.0),
         hidden_s: (0.0, 0.0),
         hidden_fraction: None,

@@ -126,7 +126,7 @@ pub struct Projection {
     pub pipeline_bubble_s: f64,
     pub iteration_s: f64,
     pub tps_projected: f64,
-    pub tpot_s: f64,
+    pub prefill_s_per_token: f64,
     /// Time to first token: the iteration time of one sequence alone (batch and micro-batch 1),
     /// the prefill latency a user waits for.
     pub ttft_s: f64,
@@ -312,7 +312,7 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
                 pipeline_bubble_s: c.bubble_s,
                 iteration_s,
                 tps_projected: tokens / iteration_s,
-                tpot_s: iteration_s / tokens,
+                prefill_s_per_token: iteration_s / tokens,
                 ttft_s: iteration_s,
             }
         })

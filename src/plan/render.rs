@@ -113,7 +113,7 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
     }
     line(row("  iteration", &|pr| fmt_seconds(pr.iteration_s)));
     line(row("  tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
-    line(row("  time per token", &|pr| fmt_seconds(pr.tpot_s)));
+    line(row("  prefill time per token", &|pr| fmt_seconds(pr.prefill_s_per_token)));
     line(row("  time to first token", &|pr| fmt_seconds(pr.ttft_s)));
     o
 }

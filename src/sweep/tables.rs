@@ -26,7 +26,7 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
         "memory_gib",
         "projected_tps",
         "projected_ttft_s",
-        "projected_tpot_us",
+        "projected_prefill_us_per_token",
         "projected_exposed_comm_s",
         "heaviest_link",
         "measured_tps",

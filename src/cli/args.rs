@@ -54,8 +54,9 @@ pub struct ConfigArgs {
     /// MLP hidden size.
     #[arg(long, value_name = "N")]
     pub mlp: Option<usize>,
-    /// Tokens per sequence.
-    #[arg(long, value_name = "N")]
+    /// Tokens per sequence: a count, or one with a suffix: k (x1000), M (x10^6), Ki (x1024),
+    /// Mi (x2^20), so 128k is 128,000 and 128Ki is 131,072.
+    #[arg(long, value_name = "N", value_parser = token_count)]
     pub seq_len: Option<usize>,
     /// Sequences per iteration.
     #[arg(long, value_name = "N")]
@@ -84,6 +85,17 @@ pub struct ConfigArgs {
     /// Generous: it also bounds how long ranks wait for rank 0's reference in `verify`.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800.0)]
     pub comm_timeout: f64,
+}
+
+/// A token count as the command line takes it: digits, with an optional suffix k (x1000),
+/// M (x10^6), Ki (x1024) or Mi (x2^20).
+pub fn token_count(text: &str) -> Result<usize, String> {
+    let (digits, scale): (&str, u64) = [("Ki", 1 << 10), ("Mi", 1 << 20), ("k", 1000), ("K", 1000), ("M", 1_000_000)]
+        .iter()
+        .find_map(|(s, f)| text.strip_suffix(s).map(|d| (d, *f)))
+        .unwrap_or((text, 1));
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?}: expected a count, e.g. 131072, 128k (128,000) or 128Ki (131,072)"))?;
+    n.checked_mul(scale).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| format!("{text:?}: too large"))
 }
 
 impl ConfigArgs {
@@ -155,6 +167,18 @@ mod tests {
 
     fn error(flags: &str, world: usize) -> String {
         resolve(flags, world).expect_err("must be rejected").0
+    }
+
+    #[test]
+    fn lengths_take_decimal_and_binary_suffixes() {
+        assert_eq!(token_count("131072"), Ok(131_072));
+        assert_eq!(token_count("128k"), Ok(128_000));
+        assert_eq!(token_count("128Ki"), Ok(131_072));
+        assert_eq!(token_count("1M"), Ok(1_000_000));
+        assert_eq!(token_count("1Mi"), Ok(1 << 20));
+        assert!(token_count("12kb").unwrap_err().contains("expected a count"));
+        assert!(token_count("99999999999999999999Mi").is_err());
+        assert_eq!(resolve("--strategy ring --seq-len 128Ki", 2).unwrap().model.seq_len, 131_072);
     }
 
     #[test]

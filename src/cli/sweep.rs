@@ -25,8 +25,9 @@ pub struct SweepArgs {
     pub hardware: HardwareArgs,
     #[arg(long, value_enum, default_value = "plan")]
     pub mode: SweepMode,
-    /// Sequence lengths, comma-separated (e.g. 8192,32768,131072).
-    #[arg(long, value_delimiter = ',', required = true, value_name = "N,...")]
+    /// Sequence lengths, comma-separated, each a count or one with a suffix (k, M, Ki, Mi:
+    /// 8Ki,32Ki,128Ki is 8192,32768,131072).
+    #[arg(long, value_delimiter = ',', required = true, value_name = "N,...", value_parser = super::args::token_count)]
     pub seq_lens: Vec<usize>,
     /// World sizes (GPUs), comma-separated. Default: 8, 16, ..., 1024 (`--mode run`: the launch's,
     /// the only one it takes).

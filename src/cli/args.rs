@@ -38,10 +38,13 @@ pub struct ConfigArgs {
     /// How ring, allgather, usp and tp-cp split each sequence (ulysses always takes contiguous chunks).
     #[arg(long, value_enum, default_value = "zigzag")]
     pub layout: Layout,
+    /// Transformer layers. Default: the preset's.
     #[arg(long, value_name = "N")]
     pub layers: Option<usize>,
+    /// Model width (hidden size). Default: the preset's.
     #[arg(long, value_name = "N")]
     pub d_model: Option<usize>,
+    /// Query heads: must divide --d-model, into an even head dim. Default: the preset's.
     #[arg(long, value_name = "N")]
     pub heads: Option<usize>,
     /// K/V heads (grouped-query attention; 1 is multi-query): must divide --heads. Default: the
@@ -70,6 +73,7 @@ pub struct ConfigArgs {
     /// Full (bidirectional) attention instead of causal.
     #[arg(long)]
     pub no_causal: bool,
+    /// Where the ops run: the CPU backend, or one GPU per rank.
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
     /// Transport between ranks. Default: nccl with --backend cuda, mpi with --backend cpu.

@@ -7,13 +7,16 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug)]
 pub struct AttentionArgs {
+    /// Where the kernel runs.
     #[arg(long, value_enum, default_value = "cuda")]
     pub backend: BackendKind,
+    /// Query heads.
     #[arg(long, default_value_t = 32)]
     pub heads: usize,
     /// K/V heads (grouped-query attention): must divide --heads. Default: --heads.
     #[arg(long)]
     pub kv_heads: Option<usize>,
+    /// Columns per head.
     #[arg(long, default_value_t = 128)]
     pub head_dim: usize,
     /// Query tokens per sequence (one ring rank's block in the paper model: 100,000 / 16).
@@ -28,8 +31,10 @@ pub struct AttentionArgs {
     /// Causal mask: queries and keys cover the same positions (a diagonal block; needs --queries = --keys).
     #[arg(long)]
     pub causal: bool,
+    /// Warm-up calls (not timed).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Timed calls.
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
     /// Print the result as JSON.
@@ -62,6 +67,7 @@ impl AttentionArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct LaunchArgs {
+    /// Where the launches run.
     #[arg(long, value_enum, default_value = "cuda")]
     pub backend: BackendKind,
     /// Launches queued back to back per iteration.
@@ -70,8 +76,10 @@ pub struct LaunchArgs {
     /// Elements the launched op (a residual add of two buffers) touches.
     #[arg(long, default_value_t = 1024)]
     pub elements: usize,
+    /// Warm-up iterations (not timed).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Timed iterations.
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
     /// Print one JSON object per line.

@@ -23,6 +23,7 @@ pub struct SweepArgs {
     pub config: ConfigArgs,
     #[command(flatten)]
     pub hardware: HardwareArgs,
+    /// Project every point with the analytic model, or measure every point of this launch's world.
     #[arg(long, value_enum, default_value = "plan")]
     pub mode: SweepMode,
     /// Sequence lengths, comma-separated, each a count or one with a suffix (k, M, Ki, Mi:

@@ -158,24 +158,30 @@ fn rank_files_of_two_launches_with_one_run_id_are_not_one_job() {
     std::fs::remove_dir_all(&b).ok();
 }
 
-#[test]
-fn reduce_of_a_live_run_is_refused_and_the_runs_own_tables_win() {
-    let root = temp_root("live");
-    let guard = common::lock();
+/// A 2-rank ring run of `iters` iterations started in `root/id`, returned once both ranks have
+/// checkpointed at least one iteration (the caller holds the launch lock).
+fn live_run(root: &Path, id: &str, iters: &str) -> (std::process::Child, std::path::PathBuf) {
     let run = common::mpirun_command(2)
-        .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "512", "--iters", "40", "--quiet"])
-        .args(["--out", root.to_str().unwrap(), "--run-id", "live"])
+        .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "512", "--iters", iters, "--quiet"])
+        .args(["--out", root.to_str().unwrap(), "--run-id", id])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let dir = root.join("live");
-    // Wait for both ranks' first checkpoints.
+    let dir = root.join(id);
     let t0 = std::time::Instant::now();
     while !(0..2).all(|r| rankfile::read(&rankfile::rank_file(&dir, r)).is_ok_and(|runs| !runs[0].iterations.is_empty())) {
         assert!(t0.elapsed().as_secs() < 60, "no checkpoint");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    (run, dir)
+}
+
+#[test]
+fn reduce_of_a_live_run_is_refused_and_the_runs_own_tables_win() {
+    let root = temp_root("live");
+    let guard = common::lock();
+    let (run, dir) = live_run(&root, "live", "40");
     let o = ringbench(&["reduce", dir.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("says the ring run is still in progress"), "{err}");
@@ -473,24 +479,8 @@ fn a_closed_stdout_ends_no_command_and_loses_nothing() {
 fn after_a_sigkill_the_account_names_only_the_tables_written() {
     let root = temp_root("sigkill");
     let guard = common::lock();
-    let run = common::mpirun_command(2)
-        .args(["run", "--strategy", "ring", "--preset", "small", "--seq-len", "512", "--iters", "200", "--quiet"])
-        .args(["--out", root.to_str().unwrap(), "--run-id", "killed"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let dir = root.join("killed");
-    let t0 = std::time::Instant::now();
-    let pid = loop {
-        if let Ok(runs) = rankfile::read(&rankfile::rank_file(&dir, 1)) {
-            if !runs[0].iterations.is_empty() {
-                break runs[0].pid;
-            }
-        }
-        assert!(t0.elapsed().as_secs() < 60, "no checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let (run, dir) = live_run(&root, "killed", "200");
+    let pid = rankfile::read(&rankfile::rank_file(&dir, 1)).unwrap()[0].pid;
     assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
     let out = run.wait_with_output().unwrap();
     drop(guard);

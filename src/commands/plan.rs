@@ -26,11 +26,18 @@ pub fn run(args: &PlanArgs) -> ExitCode {
                 request.strategy.name()
             )));
         }
+        // The headline (JSON tps_projected) is 8-GPU nodes; beside it, one NVLink domain of the
+        // whole job (at least the seed's 16).
+        let sizes = match args.hardware.gpus_per_node {
+            Some(g) => vec![g],
+            None => vec![8, world.max(16)],
+        };
+        let hw = args.hardware.calibrated(sizes[0])?;
         // `all` plans every strategy that validates and says why the others do not; one named
         // strategy that does not validate is bad input. Without size flags, `all` searches each
         // strategy's splits of the world, as the sweep does, and keeps each one's fastest that fits.
         let (cfgs, refused) = if request.strategy == StrategySelection::All && !sized {
-            searched(&request, world, args)?
+            searched(&request, world, &hw)?
         } else if request.strategy == StrategySelection::All {
             let flags = request.size_flags();
             let mut ok = Vec::new();
@@ -54,13 +61,6 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         } else {
             (request.resolve(world)?, Vec::new())
         };
-        // The headline (JSON tps_projected) is 8-GPU nodes; beside it, one NVLink domain of the
-        // whole job (at least the seed's 16).
-        let sizes = match args.hardware.gpus_per_node {
-            Some(g) => vec![g],
-            None => vec![8, world.max(16)],
-        };
-        let hw = args.hardware.calibrated(sizes[0])?;
         let plans: Vec<(RunConfig, crate::plan::Plan)> =
             cfgs.iter().map(|cfg| (cfg.clone(), crate::plan::plan(cfg, &hw, &sizes))).collect();
         let mut outputs: Vec<String> = plans
@@ -93,7 +93,11 @@ pub fn run(args: &PlanArgs) -> ExitCode {
 /// from the sweep's own grid of splits at this one point, so `plan` and `sweep` agree; the
 /// strategies with no valid split, with the first reason.
 #[allow(clippy::type_complexity)]
-fn searched(request: &RunRequest, world: usize, args: &PlanArgs) -> Result<(Vec<RunConfig>, Vec<(String, String)>), ConfigError> {
+fn searched(
+    request: &RunRequest,
+    world: usize,
+    hw: &crate::plan::Hardware,
+) -> Result<(Vec<RunConfig>, Vec<(String, String)>), ConfigError> {
     let seq = request.seq_len.unwrap_or(request.preset.values().model.seq_len);
     let grid = crate::sweep::SweepGrid {
         request: RunRequest { seq_len: None, ..request.clone() },
@@ -101,9 +105,9 @@ fn searched(request: &RunRequest, world: usize, args: &PlanArgs) -> Result<(Vec<
         worlds: vec![world],
         kv_heads_list: Vec::new(),
     };
-    let hw = args.hardware.calibrated(args.hardware.gpus_per_node.unwrap_or(8))?;
     let cfgs = crate::sweep::grid(&grid)?;
-    let points = crate::sweep::evaluate(&cfgs, &hw, &mut || {});
+    // On the headline's nodes (`hw.gpus_per_node`), as the sweep ranks its points.
+    let points = crate::sweep::evaluate(&cfgs, hw, &mut || {});
     let mut best = Vec::new();
     let mut refused = Vec::new();
     for kind in StrategySelection::All.strategies() {

@@ -53,10 +53,19 @@ pub struct Hardware {
 }
 
 impl Profile {
+    /// The name `--hardware` takes and the plans print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::H100Sxm => "h100-sxm",
+            Profile::A100Sxm => "a100-sxm",
+            Profile::H200Sxm => "h200-sxm",
+        }
+    }
+
     pub fn hardware(self) -> Hardware {
         match self {
             Profile::H100Sxm => Hardware {
-                name: "h100-sxm".into(),
+                name: Profile::H100Sxm.name().into(),
                 peak_flops: 989e12,
                 hbm_bytes_per_s: 3.35e12,
                 memory_bytes: 80e9,
@@ -68,7 +77,7 @@ impl Profile {
                 calibrated: Vec::new(),
             },
             Profile::A100Sxm => Hardware {
-                name: "a100-sxm".into(),
+                name: Profile::A100Sxm.name().into(),
                 peak_flops: 312e12,
                 hbm_bytes_per_s: 2.039e12,
                 memory_bytes: 80e9,
@@ -80,9 +89,12 @@ impl Profile {
                 calibrated: Vec::new(),
             },
             // The H100's efficiencies, assumed: the same SMs at the same clocks (none measured here).
-            Profile::H200Sxm => {
-                Hardware { name: "h200-sxm".into(), memory_bytes: 141e9, hbm_bytes_per_s: 4.8e12, ..Profile::H100Sxm.hardware() }
-            }
+            Profile::H200Sxm => Hardware {
+                name: Profile::H200Sxm.name().into(),
+                memory_bytes: 141e9,
+                hbm_bytes_per_s: 4.8e12,
+                ..Profile::H100Sxm.hardware()
+            },
         }
     }
 }

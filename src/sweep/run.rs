@@ -22,10 +22,10 @@ pub fn point_id(cfg: &RunConfig) -> String {
 }
 
 /// What a point's directory holds.
-#[derive(Debug, PartialEq, Eq)]
 enum Stored {
     Absent,
-    Complete,
+    /// A complete run of the point, its summary as `reduce` reads it.
+    Complete(Box<reduce::StrategySummary>),
     /// Interrupted, or still being written when the sweep stopped.
     Incomplete,
 }
@@ -59,7 +59,7 @@ fn stored(dir: &Path, cfg: &RunConfig) -> Result<Stored> {
             dir.display(),
             s.config.describe()
         ),
-        Some(s) if s.status == RunStatus::Complete => Stored::Complete,
+        Some(s) if s.status == RunStatus::Complete => Stored::Complete(Box::new(s)),
         _ => Stored::Incomplete,
     })
 }
@@ -133,7 +133,7 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
         let mut verdict = vec![RUN];
         if root {
             verdict = match stored(&out.join(&id), cfg) {
-                Ok(Stored::Complete) => vec![SKIP],
+                Ok(Stored::Complete(_)) => vec![SKIP],
                 Ok(Stored::Absent) => vec![RUN],
                 Ok(Stored::Incomplete) => match move_aside(out, &id) {
                     Ok(to) => {
@@ -187,10 +187,8 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
     for p in &mut points {
         let id = point_id(&p.cfg);
         let dir = out.join(&id);
-        if stored(&dir, &p.cfg)? != Stored::Complete {
-            continue;
-        }
-        let measured = summary(&dir).and_then(|s| s.measured).ok_or_else(|| anyhow::anyhow!("{}: no measured run", dir.display()))?;
+        let Stored::Complete(s) = stored(&dir, &p.cfg)? else { continue };
+        let measured = s.measured.ok_or_else(|| anyhow::anyhow!("{}: no measured run", dir.display()))?;
         p.measured = Some(Measured {
             tps: measured.tps,
             iter_s: measured.iter.mean,

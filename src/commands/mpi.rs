@@ -58,17 +58,21 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
         Command::Sweep(a) => &a.config,
         _ => unreachable!("runs without MPI"),
     };
+    // A measured sweep's hardware profile (calibrated once, before any work: bad input there
+    // stops every rank alike), for the projections beside its measurements.
+    let hw = match &cli.command {
+        Command::Sweep(a) => Some(a.hardware.calibrated(a.hardware.gpus_per_node.unwrap_or(8))?),
+        _ => None,
+    };
     let cfgs = match &cli.command {
         Command::Run(a) => a.emulate.request().resolve(&config_args.request(), launch.size)?,
-        Command::Sweep(a) => {
-            a.hardware.calibrated(a.hardware.gpus_per_node.unwrap_or(8))?;
-            crate::sweep::grid_on(&a.grid(), Some(launch.size))?
-        }
+        Command::Sweep(a) => crate::sweep::grid_on(&a.grid(), Some(launch.size))?,
         _ => config_args.request().resolve(launch.size)?,
     };
+    let hw = hw.as_ref();
     let world = || MpiComm::new(launch.world_for_strategies());
     match cfgs[0].backend {
-        BackendKind::Cpu => execute(cli, config_args, &cfgs, &CpuBackend::new(), launch, || Ok(world())),
+        BackendKind::Cpu => execute(cli, config_args, &cfgs, hw, &CpuBackend::new(), launch, || Ok(world())),
         BackendKind::Cuda => {
             // Every rank must have its GPU before any collective work: agree first, so that one
             // rank without a GPU cannot leave the others waiting.
@@ -83,7 +87,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
             let be = be?;
             // An emulated rank is one process: its copies need no transport between GPUs.
             if cfgs[0].transport() != Transport::Nccl {
-                return execute(cli, config_args, &cfgs, &be, launch, || Ok(world()));
+                return execute(cli, config_args, &cfgs, hw, &be, launch, || Ok(world()));
             }
             let problem = placement_problem(launch.local_size, be.devices(), &launch.host);
             if !agree.all_agree(problem.is_none())? {
@@ -92,7 +96,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             }
-            execute(cli, config_args, &cfgs, &be, launch, || NcclComm::new(world(), &be))
+            execute(cli, config_args, &cfgs, hw, &be, launch, || NcclComm::new(world(), &be))
         }
     }
 }
@@ -102,6 +106,7 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
     cli: &Cli,
     config_args: &ConfigArgs,
     cfgs: &[RunConfig],
+    hw: Option<&crate::plan::Hardware>,
     be: &B,
     launch: &Launch,
     connect: impl FnOnce() -> anyhow::Result<T>,
@@ -131,9 +136,9 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
         Command::Sweep(a) => {
             let place =
                 Place { rank: launch.rank, local_rank: launch.local_rank, host: launch.host.clone(), mpi_library: launch.mpi_library() };
-            let hw = a.hardware.calibrated(a.hardware.gpus_per_node.unwrap_or(8))?;
+            let hw = hw.expect("a sweep's hardware is resolved with its grid");
             let launched = crate::sweep::Launched { place: &place, journal: &launch.journal, local_size: launch.local_size };
-            crate::sweep::run_points(cfgs, be, &comm, &|_| comm.split(0, comm.rank()), &launched, &a.out, a.quiet, &hw).map(|valid| {
+            crate::sweep::run_points(cfgs, be, &comm, &|_| comm.split(0, comm.rank()), &launched, &a.out, a.quiet, hw).map(|valid| {
                 if valid {
                     ExitCode::SUCCESS
                 } else {

@@ -139,8 +139,15 @@ fn tps_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&St
         let Some(m) = &x.measured else { continue };
         let xi = i as f64;
         c.draw_series(std::iter::once(Rectangle::new([(xi - 0.3, 0.0), (xi + 0.3, m.tps)], colour(i).filled()))).map_err(err)?;
-        if let Some((lo, hi)) = m.tps_ci95 {
-            c.draw_series(std::iter::once(ErrorBar::new_vertical(xi, lo, m.tps, hi, BLACK.stroke_width(2), 20))).map_err(err)?;
+        match m.tps_ci95 {
+            Some((lo, hi)) => {
+                c.draw_series(std::iter::once(ErrorBar::new_vertical(xi, lo, m.tps, hi, BLACK.stroke_width(2), 20))).map_err(err)?;
+            }
+            // Said on the chart, not left for the reader to take a missing bar for a tight one.
+            None => {
+                let note = format!("no 95% CI (n {})", m.iter.n);
+                c.draw_series(std::iter::once(Text::new(note, (xi - 0.25, m.tps * 1.06), (FONT, 16)))).map_err(err)?;
+            }
         }
     }
     Ok(())

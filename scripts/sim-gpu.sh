@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The simulated GPU (tests only; DESIGN.md, "The simulated GPU"): builds the stand-ins for the CUDA
+# The simulated GPU (tests only; docs/testing.md, "The simulated GPU"): builds the stand-ins for the CUDA
 # driver, cuBLAS and NCCL from tests/sim/ into target/sim-gpu/ when a source is newer than them,
 # and prints the environment that selects them, beside NVRTC and the CUDA headers from
 # scripts/cuda-tools.sh:

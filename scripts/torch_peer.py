@@ -5,7 +5,7 @@
              takes; TFLOP/s by the same convention: 4 x queries x keys x head_dim x heads, halved
              for causal.
   layer      one rank of a zigzag ring of P, as `ringbench run --emulate-world P --as-rank K` runs
-             it: the normative layer (DESIGN.md) on the rank's tokens, ring attention in P steps
+             it: the normative layer (docs/design.md) on the rank's tokens, ring attention in P steps
              merged by log-sum-exp, fully masked chunk pairs skipped, and each step's K/V transfer
              replaced by a device copy of the same size on a side stream, overlapped with the
              step's attention.
@@ -114,7 +114,7 @@ def ring_attention(q, kv_blocks, chunks, ring, rank, backend, heads, hd, copy_st
 
 
 def rope(x, pos, heads, hd):
-    """DESIGN.md's RoPE: (a, b) = (x[i], x[i + hd/2]) rotated by p * 10000^(-2i/hd), per head."""
+    """docs/design.md's RoPE: (a, b) = (x[i], x[i + hd/2]) rotated by p * 10000^(-2i/hd), per head."""
     t = x.shape[0]
     xf = x.view(t, heads, hd).float()
     i = torch.arange(hd // 2, device=x.device, dtype=torch.float32)

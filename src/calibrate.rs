@@ -7,7 +7,7 @@
 //! it came from.
 
 use crate::output::rankfile::RankRun;
-use crate::plan::Hardware;
+use crate::plan::{Hardware, Profile};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -31,10 +31,28 @@ const MAX_LINK_BYTES_PER_S: f64 = 1e13;
 
 /// `hw` with the rates `dir`'s runs measured, and a line per number saying where it came from.
 /// `peak_source` says where `hw`'s peak came from, for the refusal of a peak below a measurement.
-pub fn calibrate(hw: &Hardware, dir: &Path, peak_source: &str) -> Result<(Hardware, Vec<String>)> {
+pub fn calibrate(hw: &Hardware, profile: Profile, dir: &Path, peak_source: &str) -> Result<(Hardware, Vec<String>)> {
     let runs = runs(dir)?;
     if let Some(r) = runs.iter().find(|r| crate::backend::is_simulated_device(&r.device)) {
         bail!("--calibrate {}: it ran on {}: its times are the stand-in's, no GPU's", dir.display(), r.device);
+    }
+    // Rates measured on one device say nothing of another's.
+    if let Some(r) = runs.iter().find(|r| !profile.matches_device(&r.device)) {
+        bail!(
+            "--calibrate {}: it ran on {}, not on the hardware profile's {}: its rates would be taken for another device's (give --hardware {} for {})",
+            dir.display(),
+            r.device,
+            profile.name(),
+            if r.device.starts_with("cpu") { "cpu" } else { "the profile of that GPU" },
+            if r.device.starts_with("cpu") { "a CPU run" } else { "it" }
+        );
+    }
+    if !hw.peak_flops.is_finite() {
+        bail!(
+            "--calibrate {}: the {} profile knows no peak to measure efficiencies against; give --peak-tflops",
+            dir.display(),
+            profile.name()
+        );
     }
     let mut out = hw.clone();
     let mut notes = Vec::new();
@@ -46,6 +64,7 @@ pub fn calibrate(hw: &Hardware, dir: &Path, peak_source: &str) -> Result<(Hardwa
         );
     }
     let sum = |f: fn(&crate::metrics::OpProfile) -> f64| profiles.iter().map(f).sum::<f64>();
+    let mut flat_gemm = false;
     for (what, flops, secs, slot) in [
         ("GEMM", sum(|p| p.linear_flops), sum(|p| p.linear_s), &mut out.gemm_efficiency),
         ("attention", sum(|p| p.attention_flops), sum(|p| p.attention_s), &mut out.attention_efficiency),
@@ -66,6 +85,10 @@ pub fn calibrate(hw: &Hardware, dir: &Path, peak_source: &str) -> Result<(Hardwa
             );
         }
         *slot = efficiency;
+        if what == "GEMM" {
+            // Measured at the run's own shapes: one rate, no curve.
+            flat_gemm = true;
+        }
         notes.push(format!(
             "{what} efficiency {efficiency:.3e}: measured in {} ({:.4e} FLOPs in {:.4e} s over {} rank runs, {:.4e} FLOP/s; the profile's peak {:.4e})",
             dir.display(),
@@ -99,8 +122,10 @@ pub fn calibrate(hw: &Hardware, dir: &Path, peak_source: &str) -> Result<(Hardwa
                 );
             }
             out.nvlink_bytes_per_s = bytes as f64 / secs;
+            // An effective rate: each call's latency is inside it already.
+            (out.call_latency_s, out.nvlink_hop_latency_s) = (0.0, 0.0);
             notes.push(format!(
-                "intra-node link {:.4e} B/s: measured in {} on one host ({bytes} bytes in {secs:.4e} s of communication, waits included); InfiniBand {:.0} GB/s: the profile's",
+                "intra-node link {:.4e} B/s: measured in {} on one host ({bytes} bytes in {secs:.4e} s of communication, waits included); InfiniBand {:.0} GB/s: not measured (the profile's or --ib-gbps)",
                 out.nvlink_bytes_per_s,
                 dir.display(),
                 hw.ib_bytes_per_s / 1e9
@@ -113,6 +138,9 @@ pub fn calibrate(hw: &Hardware, dir: &Path, peak_source: &str) -> Result<(Hardwa
             hw.ib_bytes_per_s / 1e9,
             dir.display()
         )),
+    }
+    if flat_gemm {
+        out.gemm_shape_curve.clear();
     }
     Ok((out, notes))
 }

@@ -109,7 +109,7 @@ impl Preset {
     }
 
     pub(crate) fn values(self) -> PresetValues {
-        // The Llama blocks (DESIGN.md, "Model presets") run the seed's measurement: 100K tokens,
+        // The Llama blocks (docs/design.md, "Model presets") run the seed's measurement: 100K tokens,
         // batch 128, 10 + 100 iterations; sequence length, batch and iterations are run flags.
         let llama = |layers, d_model, heads, mlp| PresetValues {
             model: ModelConfig { layers, d_model, heads, kv_heads: 8, mlp, mlp_act: MlpAct::Swiglu, seq_len: 100_000, batch: 128 },
@@ -202,7 +202,7 @@ pub(crate) struct PresetValues {
     pub iters: usize,
 }
 
-/// The MLP's activation (DESIGN.md, "Grouped K/V heads and gated MLPs").
+/// The MLP's activation (docs/design.md, "Grouped K/V heads and gated MLPs").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MlpAct {

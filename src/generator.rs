@@ -1,4 +1,4 @@
-//! The normative generator (DESIGN.md, "The model, exactly"): every weight and input value is a pure
+//! The normative generator (docs/design.md, "The model, exactly"): every weight and input value is a pure
 //! function of (seed, tensor id, global index), so a shard generates exactly its slice of the whole
 //! tensor with no communication, on any backend.
 

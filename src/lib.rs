@@ -1,9 +1,10 @@
-//! ringbench as a library: the layers of DESIGN.md, top to bottom. The binary (`main.rs`) is the
+//! ringbench as a library: the layers of docs/architecture.md, floor by floor. The binary (`main.rs`) is the
 //! command line over them; integration tests use them directly.
 
 pub mod backend;
 pub mod bench;
 pub mod calibrate;
+pub mod chart;
 pub mod cli;
 pub mod comm;
 pub mod commands;

@@ -1,56 +1,19 @@
 //! `ringbench report DIR`: PNG charts of a run next to its CSVs, from the rank files alone:
 //! tokens/s per strategy with 95% CI bars, the job's iteration times, per-rank peak memory, and
-//! per-rank compute, exposed and hidden communication time.
+//! per-rank compute, exposed and hidden communication time. DIR is a run directory, or one that
+//! `reduce A B --out DIR` wrote (its sources.json names the run directories).
 
+use crate::chart::{colour, err, fmt_count, Mark, Page, FONT};
 use crate::metrics::IterationRecord;
 use crate::output::rankfile::RankRun;
 use crate::output::reduce::{self, StrategySummary};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
-const SIZE: (u32, u32) = (1000, 600);
-pub(crate) const FONT: &str = "sans-serif";
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-/// Where a TrueType font for the charts' text is looked for (RINGBENCH_FONT first).
-const FONT_PATHS: [&str; 3] =
-    ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
-
-pub(crate) fn load_font() -> Result<()> {
-    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    LOADED
-        .get_or_init(|| {
-            let candidates: Vec<PathBuf> =
-                std::env::var_os("RINGBENCH_FONT").map(PathBuf::from).into_iter().chain(FONT_PATHS.iter().map(PathBuf::from)).collect();
-            let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
-                format!(
-                    "report needs a TrueType font for its labels: install fonts-dejavu-core or set RINGBENCH_FONT (looked in {})",
-                    FONT_PATHS.join(", ")
-                )
-            })?;
-            let bytes: &'static [u8] =
-                Box::leak(std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?.into_boxed_slice());
-            plotters::style::register_font(FONT, FontStyle::Normal, bytes)
-                .map_err(|_| format!("{} is not a usable TrueType font", path.display()))
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-/// A series colour per strategy run: one for each of the seven strategies before any repeats.
-pub(crate) fn colour(i: usize) -> RGBColor {
-    const PALETTE: [RGBColor; 7] = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-    ];
-    PALETTE[i % PALETTE.len()]
-}
-
+/// A strategy run as a legend names it: strategy, run id, and emulation.
 fn label(s: &StrategySummary) -> String {
     match s.config.emulate {
         Some(e) => format!("{} ({}, EMULATED rank {}/{})", s.config.strategy.name(), s.first.run_id, e.as_rank, e.world),
@@ -58,73 +21,55 @@ fn label(s: &StrategySummary) -> String {
     }
 }
 
-/// Draw into `<dir>/<name>.partial.png`, then move it into place: an identical existing chart is
-/// left alone, a different one is refused, or, with `replace` (a chart drawn again from data that
-/// is kept, as a measured sweep's), replaced whole.
-pub(crate) fn chart(
-    dir: &Path,
-    name: &str,
-    replace: bool,
-    draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
-) -> Result<PathBuf> {
-    let path = dir.join(format!("{name}.png"));
-    let tmp = dir.join(format!("{name}.partial.png"));
-    if std::fs::symlink_metadata(&tmp).is_ok() {
-        // A crash's leftover, or a link planted there: removed, never drawn through.
-        std::fs::remove_file(&tmp)?;
-    }
-    {
-        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        draw(&root)?;
-        root.present().map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
-    }
-    if path.exists() && replace {
-        std::fs::rename(&tmp, &path).map_err(|e| anyhow!("replacing {}: {e}", path.display()))?;
-        return Ok(path);
-    }
-    if path.exists() {
-        let same = std::fs::read(&path)? == std::fs::read(&tmp)?;
-        std::fs::remove_file(&tmp)?;
-        if !same {
-            bail!("{} exists and differs; it is never overwritten", path.display());
+/// A strategy run as an axis names it: the strategy, numbered where it repeats.
+fn short_labels(s: &[&StrategySummary]) -> Vec<String> {
+    s.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let name = x.config.strategy.name();
+            let same = s.iter().filter(|y| y.config.strategy.name() == name).count();
+            if same > 1 {
+                format!("{name} #{}", s[..=i].iter().filter(|y| y.config.strategy.name() == name).count())
+            } else {
+                name.to_string()
+            }
+        })
+        .collect()
+}
+
+/// What the charts of these runs are of: model, length, batch, backend, device, and how the
+/// times were taken. Runs of several configs say so and list what differs.
+pub fn subtitle(s: &[&StrategySummary]) -> String {
+    let uniq = |f: &dyn Fn(&StrategySummary) -> String| -> Vec<String> {
+        let mut v: Vec<String> = s.iter().map(|x| f(x)).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let models = uniq(&|x| x.config.describe_model());
+    let sizes =
+        uniq(&|x| format!("{} tokens x batch {}, micro-batch {}", x.config.model.seq_len, x.config.model.batch, x.config.micro_batch));
+    let devices = uniq(&|x| format!("backend {} on {}", x.config.backend.name(), x.first.device));
+    let kinds = uniq(&|x| {
+        let kind = crate::backend::timing_kind(&x.first.device);
+        if x.config.emulate.is_some() {
+            format!("{kind} (emulated ranks)")
+        } else {
+            kind.to_string()
         }
-        return Ok(path);
-    }
-    crate::output::publish(&tmp, &path)?;
-    Ok(path)
-}
-
-pub(crate) fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow!("{e}")
-}
-
-/// The series legend, top right (the charts leave head room there), in `font_size` points; the
-/// sweep's chart uses it too.
-pub(crate) fn legend<'a, CT: plotters::coord::CoordTranslate>(
-    c: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
-    font_size: u32,
-) -> Result<()> {
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font((FONT, font_size))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    });
+    format!("{}; {}; {}; {}", models.join(" | "), sizes.join(" | "), devices.join(" | "), kinds.join(" | "))
 }
 
 /// Bars of tokens/s with their 95% confidence intervals.
-fn tps_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&StrategySummary]) -> Result<()> {
+fn tps_chart(root: &Area, s: &[&StrategySummary]) -> Result<()> {
     // A run without an interval (one, or too few and noisy, iterations) gets no error bar.
     let top = s.iter().filter_map(|x| x.measured.as_ref()).map(|m| m.tps_ci95.map_or(m.tps, |c| c.1.max(m.tps))).fold(0.0, f64::max) * 1.15;
-    let names: Vec<String> = s.iter().map(|x| label(x)).collect();
+    let names = short_labels(s);
     let mut c = ChartBuilder::on(root)
-        .caption("tokens/s (95% CI)", (FONT, 26))
-        .margin(20)
+        .margin(15)
         .x_label_area_size(40)
-        .y_label_area_size(90)
+        .y_label_area_size(80)
         .build_cartesian_2d(-0.5f64..s.len() as f64 - 0.5, 0f64..top.max(1.0))
         .map_err(err)?;
     c.configure_mesh()
@@ -132,7 +77,8 @@ fn tps_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&St
         .x_labels(s.len().max(2))
         .x_label_formatter(&|x| names.get(x.round() as usize).filter(|_| (x - x.round()).abs() < 0.01).cloned().unwrap_or_default())
         .y_desc("tokens/s")
-        .label_style((FONT, 16))
+        .y_label_formatter(&|y| fmt_count(*y))
+        .label_style((FONT, 15))
         .draw()
         .map_err(err)?;
     for (i, x) in s.iter().enumerate() {
@@ -146,7 +92,7 @@ fn tps_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&St
             // Said on the chart, not left for the reader to take a missing bar for a tight one.
             None => {
                 let note = format!("no 95% CI (n {})", m.iter.n);
-                c.draw_series(std::iter::once(Text::new(note, (xi - 0.25, m.tps * 1.06), (FONT, 16)))).map_err(err)?;
+                c.draw_series(std::iter::once(Text::new(note, (xi - 0.25, m.tps * 1.06), (FONT, 15)))).map_err(err)?;
             }
         }
     }
@@ -154,7 +100,7 @@ fn tps_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&St
 }
 
 /// The job's iteration time (slowest rank) per measured iteration.
-fn iterations_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s: &[&StrategySummary], runs: &[RankRun]) -> Result<()> {
+fn iterations_chart(root: &Area, s: &[&StrategySummary], runs: &[RankRun]) -> Result<()> {
     let series: Vec<Vec<(f64, f64)>> = s
         .iter()
         .map(|x| {
@@ -164,36 +110,28 @@ fn iterations_chart(root: &DrawingArea<BitMapBackend, plotters::coord::Shift>, s
         })
         .collect();
     let n = series.iter().map(Vec::len).max().unwrap_or(1).max(2) as f64;
-    let top = series.iter().flatten().map(|p| p.1).fold(0.0, f64::max) * 1.4;
+    let top = series.iter().flatten().map(|p| p.1).fold(0.0, f64::max) * 1.15;
     let mut c = ChartBuilder::on(root)
-        .caption("iteration time (slowest rank)", (FONT, 26))
-        .margin(20)
+        .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(80)
         .build_cartesian_2d(0f64..n - 1.0, 0f64..top.max(1e-3))
         .map_err(err)?;
-    c.configure_mesh().x_desc("measured iteration").y_desc("ms").label_style((FONT, 16)).draw().map_err(err)?;
-    for (i, (pts, x)) in series.iter().zip(s).enumerate() {
+    c.configure_mesh().x_desc("measured iteration").y_desc("ms").label_style((FONT, 15)).draw().map_err(err)?;
+    for (i, pts) in series.iter().enumerate() {
         let col = colour(i);
-        c.draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2)))
-            .map_err(err)?
-            .label(label(x))
-            .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], col.stroke_width(3)));
+        c.draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2))).map_err(err)?;
+        c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, col.filled()))).map_err(err)?;
     }
-    legend(&mut c, 16)
+    Ok(())
 }
 
+/// The shades of a strategy's colour for the stacked parts of a bar, bottom first.
+const SHADES: [f64; 3] = [1.0, 0.55, 0.25];
+
 /// Per-rank bars, one group per rank and one bar per strategy run; `value` gives the stacked
-/// parts of a bar (bottom first) and `parts` names them.
-fn per_rank_chart(
-    root: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
-    caption: &str,
-    unit: &str,
-    s: &[&StrategySummary],
-    runs: &[RankRun],
-    parts: &[&str],
-    value: &dyn Fn(&RankRun) -> Vec<f64>,
-) -> Result<()> {
+/// parts of a bar (bottom first).
+fn per_rank_chart(root: &Area, unit: &str, s: &[&StrategySummary], runs: &[RankRun], value: &dyn Fn(&RankRun) -> Vec<f64>) -> Result<()> {
     let world = s.iter().map(|x| x.config.world()).max().unwrap_or(1);
     let bars: Vec<Vec<Vec<f64>>> = s
         .iter()
@@ -208,27 +146,27 @@ fn per_rank_chart(
                 .collect()
         })
         .collect();
-    // Head room above the tallest bar for the legend.
-    let top = bars.iter().flatten().map(|v| v.iter().sum::<f64>()).fold(0.0, f64::max) * 1.6;
+    let top = bars.iter().flatten().map(|v| v.iter().sum::<f64>()).fold(0.0, f64::max) * 1.1;
     let mut c = ChartBuilder::on(root)
-        .caption(caption, (FONT, 26))
-        .margin(20)
-        .x_label_area_size(40)
-        .y_label_area_size(90)
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
         .build_cartesian_2d(-0.5f64..world as f64 - 0.5, 0f64..top.max(1e-9))
         .map_err(err)?;
     c.configure_mesh()
         .disable_x_mesh()
         .x_labels(world.clamp(2, 32))
-        .x_label_formatter(&|x| if (x - x.round()).abs() < 0.01 { format!("rank {}", x.round()) } else { String::new() })
+        .x_label_formatter(&|x| if (x - x.round()).abs() < 0.01 { format!("{}", x.round()) } else { String::new() })
+        .x_desc("rank")
         .y_desc(unit)
-        .label_style((FONT, 16))
+        .label_style((FONT, 15))
         .draw()
         .map_err(err)?;
     let width = 0.8 / s.len().max(1) as f64;
-    for (k, (x, per_rank)) in s.iter().zip(&bars).enumerate() {
-        for (p, part) in parts.iter().enumerate() {
-            let col = colour(k).mix([1.0, 0.55, 0.25][p.min(2)]);
+    for (k, per_rank) in bars.iter().enumerate() {
+        let parts = per_rank.iter().map(Vec::len).max().unwrap_or(0);
+        for p in 0..parts {
+            let col = colour(k).mix(SHADES[p.min(2)]);
             let rects: Vec<_> = per_rank
                 .iter()
                 .enumerate()
@@ -239,47 +177,105 @@ fn per_rank_chart(
                     Rectangle::new([(x0, base), (x0 + width * 0.9, base + v[p])], col.filled())
                 })
                 .collect();
-            let name = if parts.len() > 1 { format!("{} {part}", label(x)) } else { label(x) };
-            c.draw_series(rects)
-                .map_err(err)?
-                .label(name)
-                .legend(move |(a, b)| Rectangle::new([(a, b - 6), (a + 16, b + 6)], col.filled()));
+            c.draw_series(rects).map_err(err)?;
         }
     }
-    legend(&mut c, 16)
+    Ok(())
 }
 
 fn mean_ms(r: &RankRun, f: fn(&IterationRecord) -> f64) -> f64 {
     1e3 * r.iterations.iter().map(f).sum::<f64>() / r.iterations.len().max(1) as f64
 }
 
-/// Write the charts of run directory `dir` next to its CSVs; returns their paths.
-pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !crate::output::rankfile::rank_file(dir, 0).exists() && (dir.join("sweep.json").exists() || dir.join("sweep.csv").exists()) {
+/// The rank files behind `dir`: its own, or those of the run directories its sources.json names
+/// (a directory `reduce A B --out DIR` wrote).
+fn load_runs(dir: &Path) -> Result<Vec<RankRun>> {
+    if crate::output::rankfile::rank_file(dir, 0).exists() {
+        return Ok(reduce::load(dir, false).with_context(|| format!("run directory {}", dir.display()))?.0);
+    }
+    if dir.join("sweep.json").exists() || dir.join("sweep.csv").exists() {
         anyhow::bail!(
             "{}: a sweep's directory, not a run directory (its charts are drawn by the sweep); report one of its points, {}/<point id>",
             dir.display(),
             dir.display()
         );
     }
-    load_font()?;
-    let (runs, _) = reduce::load(dir, false).with_context(|| format!("run directory {}", dir.display()))?;
+    match reduce::sources(dir)? {
+        Some(dirs) => {
+            let mut runs = Vec::new();
+            for d in dirs {
+                let (r, _) = reduce::load(&d, false)
+                    .with_context(|| format!("{}: the run directory {} its {} names", dir.display(), d.display(), reduce::SOURCES))?;
+                runs.extend(r);
+            }
+            Ok(runs)
+        }
+        None => Ok(reduce::load(dir, false).with_context(|| format!("run directory {}", dir.display()))?.0),
+    }
+}
+
+/// Write the charts of run directory `dir` next to its CSVs; returns their paths.
+pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
+    crate::chart::load_font()?;
+    let runs = load_runs(dir)?;
     let summaries = reduce::summarize(&runs, &[])?;
     let s: Vec<&StrategySummary> = summaries.iter().collect();
+    let sub = subtitle(&s);
+    let runs_legend = |mark: fn(RGBColor) -> Mark| -> Vec<(String, Option<Mark>)> {
+        s.iter().enumerate().map(|(i, x)| (label(x), Some(mark(colour(i))))).collect()
+    };
+    let page = |title: &str, legend: Vec<(String, Option<Mark>)>, notes: Vec<String>| Page {
+        title: title.into(),
+        subtitle: sub.clone(),
+        legend,
+        notes,
+    };
+    let peak =
+        s.iter().flat_map(|x| runs.iter().filter(|r| r.run_id == x.first.run_id)).map(|r| r.memory.buffers_peak_bytes).max().unwrap_or(0);
+    let (mem_unit, mem_scale) =
+        if peak as f64 >= (1u64 << 30) as f64 { ("GiB", (1u64 << 30) as f64) } else { ("MiB", (1u64 << 20) as f64) };
+    let mut parts_legend = runs_legend(Mark::Block);
+    for (p, part) in ["compute", "communication exposed", "communication hidden"].iter().enumerate() {
+        // The grey a shade of the strategy's colour gives over white.
+        let grey = (255.0 - (255.0 - 90.0) * SHADES[p]) as u8;
+        parts_legend.push((part.to_string(), Some(Mark::Block(RGBColor(grey, grey, grey)))));
+    }
     Ok(vec![
-        chart(dir, "tps", false, |root| tps_chart(root, &s))?,
-        chart(dir, "iterations", false, |root| iterations_chart(root, &s, &runs))?,
-        chart(dir, "memory", false, |root| {
-            per_rank_chart(root, "peak memory per rank (backend buffers)", "MiB", &s, &runs, &["peak"], &|r| {
-                vec![r.memory.buffers_peak_bytes as f64 / (1u64 << 20) as f64]
-            })
+        crate::chart::chart(
+            dir,
+            "tps",
+            false,
+            &page("tokens/s, with 95% confidence intervals", runs_legend(Mark::Block), vec![]),
+            |root| tps_chart(root, &s),
+        )?,
+        crate::chart::chart(dir, "iterations", false, &page("iteration time (slowest rank)", runs_legend(Mark::Line), vec![]), |root| {
+            iterations_chart(root, &s, &runs)
         })?,
-        chart(dir, "compute_comm", false, |root| {
-            // Hidden communication ran during the compute below it: stacked for its size, not its time.
-            let parts = ["compute", "comm. exposed", "comm. hidden"];
-            per_rank_chart(root, "compute and communication per iteration", "ms", &s, &runs, &parts, &|r| {
-                vec![mean_ms(r, |i| i.compute_s), mean_ms(r, |i| i.comm_s), mean_ms(r, |i| i.hidden_s)]
-            })
-        })?,
+        crate::chart::chart(
+            dir,
+            "memory",
+            false,
+            &page(
+                "peak memory per rank",
+                runs_legend(Mark::Block),
+                vec!["The backend's buffers at their peak: weights, activations, K/V and workspace.".into()],
+            ),
+            |root| per_rank_chart(root, mem_unit, &s, &runs, &|r| vec![r.memory.buffers_peak_bytes as f64 / mem_scale]),
+        )?,
+        crate::chart::chart(
+            dir,
+            "compute_comm",
+            false,
+            &page(
+                "compute and communication per iteration (mean)",
+                parts_legend,
+                vec!["Hidden communication ran during the compute below it: stacked for its size, not its time.".into()],
+            ),
+            |root| {
+                per_rank_chart(root, "ms", &s, &runs, &|r| {
+                    vec![mean_ms(r, |i| i.compute_s), mean_ms(r, |i| i.comm_s), mean_ms(r, |i| i.hidden_s)]
+                })
+            },
+        )?,
     ])
 }

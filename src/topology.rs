@@ -14,7 +14,7 @@
 //! striped (Striped Attention): token i on rank i mod P; rank 1 of 4 holds 1, 5, 9, 13.
 //!
 //! Two-dimensional strategies (usp, tp-cp) place their inner group on consecutive ranks, as tp-pp
-//! does (DESIGN.md, "Placement"): `rank = inner + inner_size x outer`. usp lays each sequence out
+//! does (docs/design.md, "Placement"): `rank = inner + inner_size x outer`. usp lays each sequence out
 //! over the R ring positions, then each ring position's tokens over its U Ulysses members in
 //! order. Example, U 2 x R 2, zigzag, seq 16: ring position 0 holds 0-3 and 12-15, so rank 0 holds
 //! 0-3 and rank 1 holds 12-15; ring position 1 holds 4-11: rank 2 holds 4-7, rank 3 holds 8-11.

@@ -173,7 +173,7 @@ fn the_second_rounds_unchecked_values_are_refused_by_name() {
         (&["plan", "--strategy", "ring", "--ring", "99999999999"], &[], "--ring 99999999999: at most 1048576"),
         // 21: a length given twice.
         (
-            &["sweep", "--strategy", "ring", "--seq-lens", "128,256,128", "--worlds", "2", "--out", out.to_str().unwrap()],
+            &["sweep", "--strategy", "ring", "--seq-lens", "128,256,128", "--gpus", "2", "--out", out.to_str().unwrap()],
             &[],
             "--seq-lens: 128 is given twice",
         ),

@@ -64,7 +64,7 @@ fn a_full_disk_is_an_error_naming_rank_file_and_cause_and_the_last_good_file_is_
 }
 
 fn remove_tables(dir: &Path) {
-    for f in ["summary.csv", "ranks.csv"] {
+    for f in ["summary.csv", "ranks.csv", "summary.json"] {
         std::fs::remove_file(dir.join(f)).unwrap();
     }
 }
@@ -370,6 +370,7 @@ fn implausible_finite_values_are_refused_by_reduce_and_by_calibrate() {
     // --calibrate reads through the same checks: a planted NaN, and a wrapped byte count.
     let plan = |extra: &[&str]| {
         let mut args = vec!["plan", "--strategy", "ring", "--ring", "2", "--calibrate", dir.to_str().unwrap()];
+        args.extend_from_slice(common::CPU_PROFILE);
         args.extend_from_slice(extra);
         ringbench(&args)
     };
@@ -413,6 +414,8 @@ fn calibrate_measures_against_the_peak_in_force() {
     let dir = run_ok(&root, 2, "a", &[]);
     let plan = |extra: &[&str]| {
         let mut args = vec!["plan", "--strategy", "ring", "--ring", "2", "--calibrate", dir.to_str().unwrap(), "--json"];
+        args.extend_from_slice(&common::CPU_PROFILE[..2]);
+        args.extend_from_slice(&common::CPU_PROFILE[4..]);
         args.extend_from_slice(extra);
         ringbench(&args)
     };
@@ -420,7 +423,7 @@ fn calibrate_measures_against_the_peak_in_force() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice(&o.stdout).unwrap()
     };
-    let (base, tenth) = (json(plan(&[])), json(plan(&["--peak-tflops", "98.9"])));
+    let (base, tenth) = (json(plan(&["--peak-tflops", "989"])), json(plan(&["--peak-tflops", "98.9"])));
     let eff = |v: &serde_json::Value| v["hardware"]["gemm_efficiency"].as_f64().unwrap();
     assert!((eff(&tenth) / eff(&base) - 10.0).abs() < 1e-9, "{} vs {}", eff(&tenth), eff(&base));
     let tps = |v: &serde_json::Value| v["tps_projected"].as_f64().unwrap();
@@ -458,7 +461,7 @@ fn a_closed_stdout_ends_no_command_and_loses_nothing() {
     let bin = env!("CARGO_BIN_EXE_ringbench");
     let out = root.to_str().unwrap();
     for cmd in [
-        format!("{bin} sweep --strategy all --preset llama3-8b --seq-lens 8192,16384 --worlds 8,16 --quiet --out {out}/sweep"),
+        format!("{bin} sweep --strategy all --preset llama3-8b --seq-lens 8192,16384 --gpus 8,16 --quiet --out {out}/sweep"),
         format!("{bin} plan --strategy all --preset llama3-8b --tp 8 --ring 8"),
         format!("{bin} verify --strategy reference"),
         format!("{bin} run --strategy reference --out {out} --run-id closed"),

@@ -17,7 +17,7 @@ const FLOORS: &[&[&str]] = &[
     &["strategy"],
     &["metrics"],
     &["plan"],
-    &["output", "calibrate"],
+    &["output", "calibrate", "chart"],
     &["fault", "journal", "launch"],
     &["harness", "bench", "selftest"],
     &["sweep", "report", "info"],

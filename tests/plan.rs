@@ -84,7 +84,7 @@ fn bad_plan_input_is_one_clear_line() {
     }
 }
 
-/// DESIGN.md's preset table: the parameter counts; GQA's ring step; the 70B and 405B weights a
+/// docs/design.md's preset table: the parameter counts; GQA's ring step; the 70B and 405B weights a
 /// ring replicates, which no GPU holds, with the strategies that would fit named.
 #[test]
 fn the_presets_match_design_and_plan_says_what_fits() {
@@ -242,7 +242,7 @@ fn plan_all_on_a_number_of_gpus_is_each_strategys_best_split_as_the_sweep_finds_
     let plans: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let root = common::temp_root("plan-vs-sweep");
     let swept = Command::new(env!("CARGO_BIN_EXE_ringbench"))
-        .args(["sweep", "--preset", "llama3-8b", "--batch", "1", "--strategy", "all", "--seq-lens", "131072", "--worlds", "16", "--quiet"])
+        .args(["sweep", "--preset", "llama3-8b", "--batch", "1", "--strategy", "all", "--seq-lens", "131072", "--gpus", "16", "--quiet"])
         .arg("--out")
         .arg(root.join("s"))
         .output()
@@ -272,4 +272,91 @@ fn plan_all_on_a_number_of_gpus_is_each_strategys_best_split_as_the_sweep_finds_
     assert_eq!(lone.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&lone.stderr).contains("--gpus: no flag says how many GPUs to plan all on"));
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// Front door (issue 27, item 2): a plain `plan --gpus N` plans every strategy, as `--strategy
+/// all` does; the comparison ranks them by tokens/s, and those within the projection's stated
+/// uncertainty of the fastest are called a tie, with the one needing the least memory named.
+#[test]
+fn plan_without_a_strategy_ranks_them_all_and_names_a_tie() {
+    let model = ["--preset", "llama3-8b", "--gpus", "16", "--seq-len", "128k", "--batch", "1"];
+    let plain = plan(&model);
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    let all = plan(&[&model[..], &["--strategy", "all"]].concat());
+    assert_eq!(plain.stdout, all.stdout, "no --strategy is --strategy all");
+    let text = String::from_utf8_lossy(&plain.stdout);
+    let table = &text[text.find("comparison on 16 GPUs").unwrap_or_else(|| panic!("{text}"))..];
+    assert!(table.starts_with("comparison on 16 GPUs of h100-sxm, batch 1 x 128000 tokens"), "{table}");
+    // Ranked: tokens/s on the headline placement falls row by row.
+    let tps: Vec<f64> = table
+        .lines()
+        .filter(|l| l.contains(" tok/s"))
+        .map(|l| l.split(" tok/s").next().unwrap().split_whitespace().last().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(tps.len(), 6, "{table}");
+    assert!(tps.windows(2).all(|w| w[0] >= w[1]), "{tps:?}");
+    // The tie: every strategy named in it is within 10% of the fastest, and the least memory is named.
+    let tie = table.lines().find(|l| l.contains("a tie within the projection's 10% uncertainty")).unwrap_or_else(|| panic!("{table}"));
+    assert!(tie.contains("needs the least memory"), "{tie}");
+    let fastest: f64 = table
+        .lines()
+        .find(|l| l.starts_with("fastest that fits on 2 x 8 GPUs"))
+        .unwrap()
+        .split(", ")
+        .nth(2)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(fastest, tps[0]);
+    // Each tied strategy's "(split) tokens/s".
+    let tied: Vec<f64> = tie.split(") ").skip(1).map(|s| s.split([',', ' ']).next().unwrap().parse().unwrap()).collect();
+    assert!(!tied.is_empty(), "{tie}");
+    for v in tied {
+        assert!(v >= 0.9 * fastest && v <= fastest, "{v} is no tie with {fastest}: {tie}");
+    }
+}
+
+/// Front door (issue 27, item 11): the projection's rates depend on the size of the work. A
+/// 32Ki-token sequence over 64 ring ranks leaves 512 tokens each: its GEMMs run below the
+/// large-shape rate (the H100 curve's 0.856 at 512), which a constant efficiency overstates; each
+/// ring step pays NCCL's latency before its bytes.
+#[test]
+fn small_per_rank_chunks_run_below_the_large_shape_rates() {
+    let args = ["--preset", "llama3-8b", "--strategy", "ring", "--ring", "64", "--seq-len", "32Ki", "--batch", "1", "--json"];
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let out = plan(&[&args[..], extra].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (curve, flat) = (json(&[]), json(&["--gemm-efficiency", "0.78"]));
+    let compute = |v: &serde_json::Value| v["projections"][0]["compute_s"].as_f64().unwrap();
+    let linear = curve["rank_linear_flops"].as_f64().unwrap();
+    let slower = compute(&curve) - compute(&flat);
+    // The whole difference is the GEMMs at 0.856 of the rate: linear / (peak 0.78 0.856) - linear / (peak 0.78).
+    let want = linear / (989e12 * 0.78) * (1.0 / 0.856 - 1.0);
+    assert!((slower / want - 1.0).abs() < 1e-6, "{slower} vs {want}");
+    assert_eq!(flat["hardware"]["gemm_shape_curve"].as_array().unwrap().len(), 0, "a given efficiency is one rate");
+    // A ring step's transfer: 8.4 us + 6.6 us across nodes, then its bytes at 50 GB/s.
+    let step =
+        curve["projections"][0]["details"].as_array().unwrap().iter().find(|d| d[0] == "ring step transfer").unwrap()[1].as_f64().unwrap();
+    let bytes = curve["ring_step_bytes"].as_f64().unwrap();
+    assert!((step - (15.0e-6 + bytes / 50e9)).abs() < 1e-12, "{step}");
+}
+
+/// README's projected answer is what `plan` prints today, line for line: the front door quotes no
+/// figure the model no longer gives.
+#[test]
+fn the_readme_example_is_what_plan_prints() {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let command = "ringbench plan --preset llama3-8b --gpus 16 --seq-len 128k --batch 1";
+    assert!(readme.contains(command), "README no longer shows {command}");
+    let block = readme.split("```\n").nth(1).expect("README's example block");
+    let out = plan(&command.split_whitespace().skip(2).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let comparison = &text[text.find("comparison on").unwrap()..];
+    assert_eq!(block.trim_end(), comparison.trim_end(), "regenerate README's example from `{command}`");
 }

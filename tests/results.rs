@@ -244,6 +244,37 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     // Run again over identical tables: nothing to change, success.
     assert!(ringbench(&["reduce", dir.to_str().unwrap()]).status.success());
 
+    // summary.json beside them: every summary column, typed, with its unit, and the config.
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let (header, rows) = read_csv(&dir.join("summary.csv"));
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), rows.len());
+    for (run, row) in runs.iter().zip(&rows) {
+        for h in &header {
+            assert!(run.get(h).is_some(), "summary.json lacks {h}");
+        }
+        assert_eq!(run["tps"].as_f64().unwrap(), num(&header, row, "tps"));
+        assert_eq!(run["config"]["strategy"].as_str().unwrap(), col(&header, row, "strategy"));
+    }
+    for (column, unit) in [("tps", "tokens/s"), ("iter_ms_mean", "ms"), ("peak_mem_gib_max", "GiB"), ("prefill_us_per_token", "us/token")] {
+        assert_eq!(json["units"][column], unit, "{column}");
+    }
+    // What each chart's subtitle must say, read from the run's own table.
+    let row = &rows[0];
+    let rows_cfg = (
+        format!(
+            "tiny: {} layers, d_model {}, {} heads, mlp {}",
+            col(&header, row, "layers"),
+            col(&header, row, "d_model"),
+            col(&header, row, "heads"),
+            col(&header, row, "mlp")
+        ),
+        col(&header, row, "seq_len").to_string(),
+        col(&header, row, "batch").to_string(),
+        col(&header, row, "micro_batch").to_string(),
+        col(&header, row, "device").to_string(),
+    );
+
     // report: PNG charts next to the CSVs.
     let r = ringbench(&["report", dir.to_str().unwrap()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -252,8 +283,14 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png signature");
         assert_eq!(&png[12..16], b"IHDR");
         let (w, h) = (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
-        assert_eq!((w, h), (1000, 600), "{name}.png size");
+        assert_eq!((w, h), (1200, 720), "{name}.png size");
         assert!(png.len() > 10_000, "{name}.png has content");
+        // The subtitle drawn on it is the run's config, as the chart code received it.
+        let text = ringbench::chart::text_chunks(&png);
+        let subtitle = &text.iter().find(|(k, _)| k == "Description").unwrap_or_else(|| panic!("{name}.png: no subtitle in {text:?}")).1;
+        let cfg = &rows_cfg;
+        let want = format!("{}; {} tokens x batch {}, micro-batch {}; backend cpu on {}; measured", cfg.0, cfg.1, cfg.2, cfg.3, cfg.4);
+        assert_eq!(subtitle, &want, "{name}.png");
     }
     // Charts are drawn the same way twice: a second report leaves them as they are.
     assert!(ringbench(&["report", dir.to_str().unwrap()]).status.success());
@@ -276,6 +313,13 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     want.push(("ring-only".into(), "ring".into()));
     assert_eq!(ids, want);
     assert_eq!(read_csv(&combined.join("ranks.csv")).1.len(), 4 * STRATEGIES.len() + 2);
+    assert!(combined.join("summary.json").is_file());
+    // report charts the combined directory from the run directories it names.
+    let r = ringbench(&["report", combined.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let tps = std::fs::read(combined.join("tps.png")).unwrap();
+    let legend = ringbench::chart::text_chunks(&tps);
+    assert!(legend.iter().any(|(k, v)| k == "Description" && v.contains("tiny: 2 layers")), "{legend:?}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -1,4 +1,4 @@
-//! The CUDA backend's host path on the simulated GPU (tests/sim; DESIGN.md, "The simulated GPU"):
+//! The CUDA backend's host path on the simulated GPU (tests/sim; docs/testing.md, "The simulated GPU"):
 //! stand-ins for libcuda, cuBLAS and NCCL that run the kernels' own sources on the CPU, with
 //! device memory that names misuse, streams as threads with a random-delay mode, and NCCL between
 //! processes. Here: the stand-ins' own checks, `selftest`, `verify --backend cuda` on 1 and 4

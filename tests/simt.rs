@@ -5,7 +5,7 @@
 //! threads as fibers) and run on the CPU, so CI checks
 //! their indexing, masking, reductions and merges without a GPU: the attention kernels against
 //! FP64 attention, the flash kernel also within a few BF16 ulps of its CPU twin
-//! (src/backend/flash_twin.rs, P rounded to BF16 as the kernel rounds it), the generator against DESIGN.md's test vectors, the element-wise kernels
+//! (src/backend/flash_twin.rs, P rounded to BF16 as the kernel rounds it), the generator against docs/design.md's test vectors, the element-wise kernels
 //! against their formulas. What this cannot check (the real instructions' rounding and speed, the
 //! backend's launch arguments) is left to `selftest` on a GPU.
 

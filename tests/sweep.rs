@@ -17,8 +17,14 @@ fn rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
 }
 
 /// Peak 1 TFLOP/s at full efficiency (F), every link 1 GB/s (B), HBM too fast to matter: the tiny
-/// model (d = 64, multi-head) at batch 1, non-causal, chunks of equal length.
-const PROFILE: [&str; 17] = [
+/// model (d = 64, multi-head) at batch 1, non-causal, chunks of equal length. On the `cpu` profile,
+/// whose every rate is given here: it has no rates by size (no GEMM shape curve, no attention
+/// waves, no latency per call), so the arithmetic by hand below is the whole model.
+const PROFILE: [&str; 21] = [
+    "--hardware",
+    "cpu",
+    "--memory-gib",
+    "80",
     "--preset",
     "tiny",
     "--batch",
@@ -56,7 +62,7 @@ const PROFILE: [&str; 17] = [
 fn the_crossover_and_the_best_splits_are_the_hand_computed_ones() {
     let root = common::temp_root("sweep");
     let all = root.join("all");
-    let out = sweep(&all, &[&PROFILE[..], &["--strategy", "all", "--worlds", "4", "--seq-lens", "1000,1600,2400,3200"]].concat());
+    let out = sweep(&all, &[&PROFILE[..], &["--strategy", "all", "--gpus", "4", "--seq-lens", "1000,1600,2400,3200"]].concat());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}{}", text, String::from_utf8_lossy(&out.stderr));
     let cross = rows(&all.join("crossovers.csv"));
@@ -82,7 +88,7 @@ fn the_crossover_and_the_best_splits_are_the_hand_computed_ones() {
     assert!(all.join("tps-world-4.png").is_file());
 
     let usp = root.join("usp");
-    let out = sweep(&usp, &[&PROFILE[..], &["--strategy", "usp", "--worlds", "8", "--seq-lens", "1000,3600"]].concat());
+    let out = sweep(&usp, &[&PROFILE[..], &["--strategy", "usp", "--gpus", "8", "--seq-lens", "1000,3600"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let best = rows(&usp.join("best.csv"));
     let splits: Vec<(&str, &str)> = best.iter().map(|r| (r["seq_len"].as_str(), r["split"].as_str())).collect();
@@ -107,14 +113,15 @@ fn the_crossover_and_the_best_splits_are_the_hand_computed_ones() {
 fn sweep_input_is_checked_and_results_are_never_overwritten() {
     let root = common::temp_root("sweep-input");
     for (args, want) in [
-        (&["--strategy", "all", "--seq-lens", "1024", "--tp", "2"][..], "--tp 2: a sweep tries every split of each world"),
-        (&["--strategy", "all", "--seq-lens", "1024", "--seq-len", "2048"], "--seq-len 2048: a sweep tries"),
+        // A sweep chooses every split and takes a list of lengths: it has no --tp or --seq-len.
+        (&["--strategy", "all", "--seq-lens", "1024", "--tp", "2"][..], "unexpected argument '--tp'"),
+        (&["--strategy", "all", "--seq-lens", "1024", "--seq-len", "2048"], "unexpected argument '--seq-len'"),
         (&["--strategy", "all", "--seq-lens", "1024,0"], "--seq-lens 0: must be at least 1"),
-        (&["--strategy", "all", "--seq-lens", "1024", "--worlds", "1000000"], "--worlds 1000000: at most 65536"),
-        (&["--strategy", "ulysses", "--seq-lens", "1024", "--worlds", "3"], "no strategy and split of the sweep's grid validates"),
+        (&["--strategy", "all", "--seq-lens", "1024", "--gpus", "1000000"], "--gpus 1000000: at most 65536"),
+        (&["--strategy", "ulysses", "--seq-lens", "1024", "--gpus", "3"], "no strategy and split of the sweep's grid validates"),
         (
-            &["--mode", "run", "--strategy", "ring", "--seq-lens", "64", "--worlds", "8"],
-            "--worlds 8: a measured sweep runs on the launch's world only, 1 rank",
+            &["--mode", "run", "--strategy", "ring", "--seq-lens", "64", "--gpus", "8"],
+            "--gpus 8: a measured sweep runs on the launch's world only, 1 rank",
         ),
     ] {
         let out = sweep(&root.join("x"), args);
@@ -124,34 +131,25 @@ fn sweep_input_is_checked_and_results_are_never_overwritten() {
         assert!(!root.join("x").exists(), "nothing written for bad input");
     }
     let dir = root.join("once");
-    let args = ["--strategy", "ring", "--seq-lens", "1024,4096", "--worlds", "8,16", "--preset", "llama3-8b", "--quiet"];
+    let args = ["--strategy", "ring", "--seq-lens", "1024,4096", "--gpus", "8,16", "--preset", "llama3-8b", "--quiet"];
     assert!(sweep(&dir, &args).status.success());
     let before = std::fs::read(dir.join("sweep.csv")).unwrap();
     assert!(sweep(&dir, &args).status.success(), "the same sweep again writes the same files");
-    let other = sweep(&dir, &["--strategy", "ring", "--seq-lens", "2048", "--worlds", "8", "--preset", "llama3-8b"]);
+    let other = sweep(&dir, &["--strategy", "ring", "--seq-lens", "2048", "--gpus", "8", "--preset", "llama3-8b"]);
     assert!(!other.status.success());
     assert!(String::from_utf8_lossy(&other.stderr).contains("never overwritten"), "{}", String::from_utf8_lossy(&other.stderr));
     assert_eq!(std::fs::read(dir.join("sweep.csv")).unwrap(), before);
     std::fs::remove_dir_all(&root).ok();
 }
 
-/// README's sweep (Llama 3 70B on 8 to 256 H100s) is committed under results/: the same command
-/// gives the same tables, so the figures README quotes are what the model says today.
+/// README's sweep (Llama 3 70B on 8 to 256 H100s, the default grid: `sweep --preset llama3-70b`
+/// alone) is committed under results/: the same command gives the same tables, so the figures
+/// README quotes are what the model says today.
 #[test]
 fn the_committed_llama3_70b_sweep_is_what_the_model_gives() {
     let root = common::temp_root("sweep-70b");
     let dir = root.join("again");
-    let args = [
-        "--preset",
-        "llama3-70b",
-        "--strategy",
-        "all",
-        "--seq-lens",
-        "8192,16384,32768,65536,131072,262144,524288,1048576",
-        "--worlds",
-        "8,16,32,64,128,256",
-        "--quiet",
-    ];
+    let args = ["--preset", "llama3-70b", "--quiet"];
     let out = sweep(&dir, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/sweep-llama3-70b-h100");
@@ -265,6 +263,7 @@ fn calibration_takes_the_rates_a_cpu_run_measured() {
     let plan = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_ringbench"))
             .args(["plan", "--strategy", "ring", "--ring", "2", "--preset", "tiny", "--calibrate", dir.to_str().unwrap()])
+            .args(common::CPU_PROFILE)
             .args(extra)
             .output()
             .unwrap()
@@ -282,9 +281,42 @@ fn calibration_takes_the_rates_a_cpu_run_measured() {
     assert!(
         notes[0].starts_with("GEMM efficiency")
             && notes[0].contains("measured in")
-            && notes[2].contains("InfiniBand 50 GB/s: the profile's"),
+            && notes[2].contains("InfiniBand 50 GB/s: not measured"),
         "{notes:?}"
     );
+    // A CPU run's rates are refused for a GPU's profile, naming both.
+    let gpu = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args(["plan", "--strategy", "ring", "--ring", "2", "--preset", "tiny", "--calibrate", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&gpu.stderr);
+    assert_eq!(gpu.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("it ran on cpu") && err.contains("not on the hardware profile's h100-sxm") && err.contains("--hardware cpu"),
+        "{err}"
+    );
+    // The cpu profile without the rates no run measures names the flags that give them.
+    let bare_profile = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .args([
+            "plan",
+            "--strategy",
+            "ring",
+            "--ring",
+            "2",
+            "--preset",
+            "tiny",
+            "--hardware",
+            "cpu",
+            "--peak-tflops",
+            "1",
+            "--calibrate",
+            dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bare_profile.stderr);
+    assert_eq!(bare_profile.status.code(), Some(2), "{err}");
+    assert!(err.contains("--hardware cpu: no profile knows these rates of it; give --hbm-tbps, --memory-gib, --ib-gbps"), "{err}");
     // An explicit flag still wins, and says so.
     let out = plan(&["--gemm-efficiency", "0.5"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -295,7 +327,11 @@ fn calibration_takes_the_rates_a_cpu_run_measured() {
     // The sweep takes the same calibration.
     let swept = sweep(
         &root.join("sweep"),
-        &["--strategy", "ring", "--preset", "tiny", "--seq-lens", "256", "--worlds", "2", "--calibrate", dir.to_str().unwrap()],
+        &[
+            &["--strategy", "ring", "--preset", "tiny", "--seq-lens", "256", "--gpus", "2", "--calibrate", dir.to_str().unwrap()][..],
+            common::CPU_PROFILE,
+        ]
+        .concat(),
     );
     assert!(String::from_utf8_lossy(&swept.stdout).contains("calibrated: GEMM efficiency"), "{}", String::from_utf8_lossy(&swept.stdout));
     // Without a warm-up iteration there is no profile; a directory that is not a run is named.
@@ -322,6 +358,7 @@ fn calibration_takes_the_rates_a_cpu_run_measured() {
     for (from, want) in [(root.join("bare"), "hold no op profile"), (root.join("nowhere"), "not a run directory")] {
         let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
             .args(["plan", "--strategy", "ring", "--ring", "2", "--calibrate", from.to_str().unwrap()])
+            .args(common::CPU_PROFILE)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2));
@@ -400,14 +437,14 @@ fn a_measured_sweep_is_extended_and_never_reads_or_writes_what_is_not_its_own() 
 
     // A projected sweep's directory refuses a measured sweep, and the reverse (defect 3).
     let p = root.join("projected");
-    let plan = sweep(&p, &["--preset", "tiny", "--strategy", "ring", "--seq-lens", "128", "--worlds", "2", "--quiet"]);
+    let plan = sweep(&p, &["--preset", "tiny", "--strategy", "ring", "--seq-lens", "128", "--gpus", "2", "--quiet"]);
     assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
     let before = std::fs::read(p.join("sweep.csv")).unwrap();
     let run = launch(2, &measured_sweep(&p, "128", &[]));
     assert_eq!(run.status, Some(2), "{}", run.all());
     assert!(run.stderr.contains("it holds a projected sweep; a measured sweep never writes over it"), "{}", run.all());
     assert_eq!(std::fs::read(p.join("sweep.csv")).unwrap(), before);
-    let over = sweep(&m, &["--preset", "tiny", "--strategy", "ring", "--seq-lens", "128", "--worlds", "2", "--quiet"]);
+    let over = sweep(&m, &["--preset", "tiny", "--strategy", "ring", "--seq-lens", "128", "--gpus", "2", "--quiet"]);
     assert_eq!(over.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&over.stderr).contains("it holds a measured sweep"), "{}", String::from_utf8_lossy(&over.stderr));
     std::fs::remove_dir_all(&root).ok();
@@ -452,4 +489,41 @@ fn a_second_sweep_on_the_same_out_is_refused_while_the_first_runs() {
     assert!(String::from_utf8_lossy(&first.stdout).contains("2 of 2 points measured"));
     assert_eq!(rows(&out.join("sweep.csv")).len(), 2);
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// Front door (issue 27, item 3): `sweep --preset P` alone is a projected sweep of every strategy
+/// over the default grid (8Ki to 1Mi tokens, 8 to 256 GPUs, batch 1) into a new directory under
+/// results/ that it names.
+#[test]
+fn a_sweep_with_no_flags_but_the_preset_runs_the_default_grid_into_a_new_directory() {
+    let cwd = common::temp_root("sweep-default");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbench"))
+        .current_dir(&cwd)
+        .args(["sweep", "--preset", "llama3-8b", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("sweep of llama3-8b: 32 layers") && text.lines().next().unwrap().contains("batch 1,"), "{text}");
+    let made: Vec<_> = std::fs::read_dir(cwd.join("results")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert!(made[0].starts_with("sweep-llama3-8b-h100-sxm-"), "{made:?}");
+    assert!(text.contains(&format!("wrote results/{}/sweep.csv", made[0])), "{text}");
+    let table = rows(&cwd.join("results").join(&made[0]).join("sweep.csv"));
+    let set = |col: &str| table.iter().map(|r| r[col].parse::<usize>().unwrap()).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(set("seq_len").into_iter().collect::<Vec<_>>(), (13..=20).map(|e| 1usize << e).collect::<Vec<_>>());
+    assert_eq!(set("world").into_iter().collect::<Vec<_>>(), vec![8, 16, 32, 64, 128, 256]);
+    let strategies: std::collections::BTreeSet<&str> = table.iter().map(|r| r["strategy"].as_str()).collect();
+    assert_eq!(strategies.len(), 6, "{strategies:?}");
+    // The chart says what it shows.
+    let png = std::fs::read(cwd.join("results").join(&made[0]).join("tps-world-16.png")).unwrap();
+    let words = ringbench::chart::text_chunks(&png);
+    let subtitle = &words.iter().find(|(k, _)| k == "Description").unwrap().1;
+    assert!(
+        subtitle.starts_with(
+            "llama3-8b: 32 layers, d_model 4096, 32 heads (8 K/V), mlp 14336 swiglu; batch 1, micro-batch 1, causal; projected"
+        ),
+        "{subtitle}"
+    );
+    std::fs::remove_dir_all(&cwd).ok();
 }

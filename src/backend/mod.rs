@@ -289,7 +289,7 @@ pub trait Backend: Instruments {
     fn alloc_act(&self, rows: usize, cols: usize) -> anyhow::Result<Self::Act>;
     fn alloc_acc(&self, rows: usize, cols: usize) -> anyhow::Result<Self::Acc>;
 
-    /// Generate `region` of a tensor (DESIGN.md's generator) into rows `dst_row0 ..` of `out`.
+    /// Generate `region` of a tensor (docs/design.md's generator) into rows `dst_row0 ..` of `out`.
     fn fill(&self, out: &mut Self::Act, dst_row0: usize, region: &Region, seed: u64, init: Init) -> anyhow::Result<()>;
 
     /// out = x w, x [m, k], w [k, n], FP32 accumulation. Sets out's rows to m.

@@ -1,21 +1,83 @@
-//! The flags of `run`, `verify`, `plan` and `sweep` that say what to run, and the ones that
-//! emulate one rank of a larger job: clap's view of `config::RunRequest` and
+//! The flags of `run`, `verify`, `plan` and `sweep` that say what to run, in groups each command
+//! takes only where it means something (the work, its length, its split, the measurement), and
+//! the ones that emulate one rank of a larger job: clap's view of `config::RunRequest` and
 //! `config::EmulationRequest`, into which they convert unchanged.
 
 use crate::config::{BackendKind, CommKind, EmulationRequest, Layout, MlpAct, Preset, RunRequest, StrategySelection};
 use clap::Args;
 
-/// The flags shared by `run` and `verify`. Model and measurement flags default to the preset's
-/// values; an explicit flag overrides the preset.
+/// `run`'s and `verify`'s flags: the strategy, the work, its split and the measurement.
 #[derive(Args, Clone, Debug)]
 pub struct ConfigArgs {
     /// Parallel strategy; `all` runs every one that fits, in the same launch.
     #[arg(long, value_enum)]
     pub strategy: StrategySelection,
+    #[command(flatten)]
+    pub work: WorkArgs,
+    #[command(flatten)]
+    pub length: LengthArg,
+    #[command(flatten)]
+    pub split: SplitArgs,
+    #[command(flatten)]
+    pub measure: MeasureArgs,
+}
+
+/// The model and its input (every command that runs or projects work). Each defaults to the
+/// preset's value; an explicit flag overrides the preset.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Model and input")]
+pub struct WorkArgs {
     /// Starting values for every model and measurement flag.
     #[arg(long, value_enum, default_value = "tiny")]
     pub preset: Preset,
-    /// Tensor-parallel size (tp-pp). Default: world size / --pp.
+    /// Transformer layers. Default: the preset's.
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    /// Model width (hidden size). Default: the preset's.
+    #[arg(long, value_name = "N")]
+    pub d_model: Option<usize>,
+    /// Query heads: must divide --d-model, into an even head dim. Default: the preset's.
+    #[arg(long, value_name = "N")]
+    pub heads: Option<usize>,
+    /// K/V heads (grouped-query attention; 1 is multi-query): must divide --heads. Default: the
+    /// preset's (= --heads for paper, small and tiny).
+    #[arg(long, value_name = "N")]
+    pub kv_heads: Option<usize>,
+    /// The MLP's activation. Default: the preset's (gelu; swiglu for the llama3 presets).
+    #[arg(long, value_enum)]
+    pub mlp_act: Option<MlpAct>,
+    /// MLP hidden size. Default: the preset's.
+    #[arg(long, value_name = "N")]
+    pub mlp: Option<usize>,
+    /// Sequences per iteration. Default: the preset's (128 for paper and the llama3 presets).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Sequences per micro-batch (pipeline unit; also the unit the ring processes at once).
+    #[arg(long, value_name = "N")]
+    pub micro_batch: Option<usize>,
+    /// Full (bidirectional) attention instead of causal.
+    #[arg(long)]
+    pub no_causal: bool,
+    /// How ring, allgather, usp and tp-cp split each sequence (ulysses always takes contiguous chunks).
+    #[arg(long, value_enum, default_value = "zigzag")]
+    pub layout: Layout,
+}
+
+/// One sequence length (`run`, `verify`, `plan`; a sweep takes a list).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Model and input")]
+pub struct LengthArg {
+    /// Tokens per sequence: a count, or one with a suffix: k (x1000), M (x10^6), Ki (x1024),
+    /// Mi (x2^20), so 128k is 128,000 and 128Ki is 131,072. Default: the preset's.
+    #[arg(long, value_name = "N", value_parser = token_count)]
+    pub seq_len: Option<usize>,
+}
+
+/// The sizes of a strategy's split (`run`, `verify`, `plan`; a sweep tries every split).
+#[derive(Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Split over the GPUs")]
+pub struct SplitArgs {
+    /// Tensor-parallel size (tp-pp, tp-cp). Default: world size / --pp.
     #[arg(long, value_name = "N")]
     pub tp: Option<usize>,
     /// Pipeline stages (tp-pp). Default: 1.
@@ -35,60 +97,74 @@ pub struct ConfigArgs {
     /// heads allow.
     #[arg(long, value_name = "N")]
     pub cp: Option<usize>,
-    /// How ring, allgather, usp and tp-cp split each sequence (ulysses always takes contiguous chunks).
-    #[arg(long, value_enum, default_value = "zigzag")]
-    pub layout: Layout,
-    /// Transformer layers. Default: the preset's.
-    #[arg(long, value_name = "N")]
-    pub layers: Option<usize>,
-    /// Model width (hidden size). Default: the preset's.
-    #[arg(long, value_name = "N")]
-    pub d_model: Option<usize>,
-    /// Query heads: must divide --d-model, into an even head dim. Default: the preset's.
-    #[arg(long, value_name = "N")]
-    pub heads: Option<usize>,
-    /// K/V heads (grouped-query attention; 1 is multi-query): must divide --heads. Default: the
-    /// preset's (= --heads for paper, small and tiny).
-    #[arg(long, value_name = "N")]
-    pub kv_heads: Option<usize>,
-    /// The MLP's activation. Default: the preset's (gelu; swiglu for the llama3 presets).
-    #[arg(long, value_enum)]
-    pub mlp_act: Option<MlpAct>,
-    /// MLP hidden size.
-    #[arg(long, value_name = "N")]
-    pub mlp: Option<usize>,
-    /// Tokens per sequence: a count, or one with a suffix: k (x1000), M (x10^6), Ki (x1024),
-    /// Mi (x2^20), so 128k is 128,000 and 128Ki is 131,072.
-    #[arg(long, value_name = "N", value_parser = token_count)]
-    pub seq_len: Option<usize>,
-    /// Sequences per iteration.
-    #[arg(long, value_name = "N")]
-    pub batch: Option<usize>,
-    /// Sequences per micro-batch (pipeline unit; also the unit the ring processes at once).
-    #[arg(long, value_name = "N")]
-    pub micro_batch: Option<usize>,
-    /// Seed of the weight and input generator.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Full (bidirectional) attention instead of causal.
-    #[arg(long)]
-    pub no_causal: bool,
+}
+
+/// How a measured run runs (`run`, `verify`, and a measured `sweep`).
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Measurement")]
+pub struct MeasureArgs {
     /// Where the ops run: the CPU backend, or one GPU per rank.
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
     /// Transport between ranks. Default: nccl with --backend cuda, mpi with --backend cpu.
     #[arg(long, value_enum)]
     pub comm: Option<CommKind>,
-    /// Warm-up iterations (not measured).
+    /// Warm-up iterations (not measured). Default: the preset's.
     #[arg(long, value_name = "N")]
     pub warmup: Option<usize>,
-    /// Measured iterations.
+    /// Measured iterations. Default: the preset's.
     #[arg(long, value_name = "N")]
     pub iters: Option<usize>,
+    /// Seed of the weight and input generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Seconds one communication call may take before the watchdog reports it and aborts the job.
     /// Generous: it also bounds how long ranks wait for rank 0's reference in `verify`.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800.0)]
     pub comm_timeout: f64,
+}
+
+impl Default for MeasureArgs {
+    /// What a projection assumes of the measurement it stands in for: the flags' defaults.
+    fn default() -> Self {
+        MeasureArgs { backend: BackendKind::Cpu, comm: None, warmup: None, iters: None, seed: 0, comm_timeout: 1800.0 }
+    }
+}
+
+/// The plain request of a strategy, the work, a length, a split and a measurement.
+pub fn request(
+    strategy: StrategySelection,
+    work: &WorkArgs,
+    seq_len: Option<usize>,
+    split: &SplitArgs,
+    measure: &MeasureArgs,
+) -> RunRequest {
+    RunRequest {
+        strategy,
+        preset: work.preset,
+        tp: split.tp,
+        pp: split.pp,
+        ring: split.ring,
+        ulysses: split.ulysses,
+        cp: split.cp,
+        layout: work.layout,
+        layers: work.layers,
+        d_model: work.d_model,
+        heads: work.heads,
+        kv_heads: work.kv_heads,
+        mlp_act: work.mlp_act,
+        mlp: work.mlp,
+        seq_len,
+        batch: work.batch,
+        micro_batch: work.micro_batch,
+        seed: measure.seed,
+        no_causal: work.no_causal,
+        backend: measure.backend,
+        comm: measure.comm,
+        warmup: measure.warmup,
+        iters: measure.iters,
+        comm_timeout: measure.comm_timeout,
+    }
 }
 
 /// A token count as the command line takes it: digits, with an optional suffix k (x1000),
@@ -105,32 +181,7 @@ pub fn token_count(text: &str) -> Result<usize, String> {
 impl ConfigArgs {
     /// The flags as plain data, for `strategy::resolve`.
     pub fn request(&self) -> RunRequest {
-        RunRequest {
-            strategy: self.strategy,
-            preset: self.preset,
-            tp: self.tp,
-            pp: self.pp,
-            ring: self.ring,
-            ulysses: self.ulysses,
-            cp: self.cp,
-            layout: self.layout,
-            layers: self.layers,
-            d_model: self.d_model,
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            mlp_act: self.mlp_act,
-            mlp: self.mlp,
-            seq_len: self.seq_len,
-            batch: self.batch,
-            micro_batch: self.micro_batch,
-            seed: self.seed,
-            no_causal: self.no_causal,
-            backend: self.backend,
-            comm: self.comm,
-            warmup: self.warmup,
-            iters: self.iters,
-            comm_timeout: self.comm_timeout,
-        }
+        request(self.strategy, &self.work, self.length.seq_len, &self.split, &self.measure)
     }
 }
 

@@ -21,16 +21,17 @@ pub struct HardwareArgs {
     /// HBM bandwidth of one GPU, TB/s.
     #[arg(long, value_name = "TB_PER_S")]
     pub hbm_tbps: Option<f64>,
-    /// Memory of one GPU, GB.
-    #[arg(long, value_name = "GB")]
-    pub memory_gb: Option<f64>,
+    /// Memory of one GPU, GiB.
+    #[arg(long, value_name = "GIB")]
+    pub memory_gib: Option<f64>,
     /// NVLink bandwidth per GPU inside a node, GB/s.
     #[arg(long, value_name = "GB_PER_S")]
     pub nvlink_gbps: Option<f64>,
     /// InfiniBand bandwidth per GPU between nodes, GB/s.
     #[arg(long, value_name = "GB_PER_S")]
     pub ib_gbps: Option<f64>,
-    /// Fraction of peak the GEMMs reach (0 to 1).
+    /// Fraction of peak the GEMMs reach (0 to 1), whatever their shape (the profile's own is a
+    /// curve by shape: `plan` prints it).
     #[arg(long, value_name = "FRACTION")]
     pub gemm_efficiency: Option<f64>,
     /// Fraction of peak attention reaches (0 to 1).
@@ -49,19 +50,15 @@ impl HardwareArgs {
     pub fn calibrated(&self, gpus_per_node: usize) -> Result<Hardware, ConfigError> {
         // The overrides first: a calibration's efficiencies are measured against the peak in force.
         let base = self.with_flags(self.hardware.hardware(), gpus_per_node)?;
-        let Some(dir) = &self.calibrate else { return Ok(base) };
+        let Some(dir) = &self.calibrate else { return known(base) };
         let source = match self.peak_tflops {
             Some(v) => format!("--peak-tflops {}", crate::config::flag_number(v)),
             None => format!("{}'s", base.name),
         };
-        let (hw, notes) = calibrate::calibrate(&base, dir, &source).map_err(|e| ConfigError(format!("{e:#}").replace('\n', " ")))?;
+        let (hw, notes) =
+            calibrate::calibrate(&base, self.hardware, dir, &source).map_err(|e| ConfigError(format!("{e:#}").replace('\n', " ")))?;
         // Then again, so that every explicit flag wins over what the run measured, and says so.
-        self.with_flags(Hardware { calibrated: notes, ..hw }, gpus_per_node)
-    }
-
-    /// The profile with overrides, for `gpus_per_node` GPUs per node.
-    pub fn hardware(&self, gpus_per_node: usize) -> Result<Hardware, ConfigError> {
-        self.with_flags(self.hardware.hardware(), gpus_per_node)
+        known(self.with_flags(Hardware { calibrated: notes, ..hw }, gpus_per_node)?)
     }
 
     fn with_flags(&self, mut hw: Hardware, gpus_per_node: usize) -> Result<Hardware, ConfigError> {
@@ -83,10 +80,14 @@ impl HardwareArgs {
         };
         positive("--peak-tflops", self.peak_tflops, 1e12, &mut hw.peak_flops)?;
         positive("--hbm-tbps", self.hbm_tbps, 1e12, &mut hw.hbm_bytes_per_s)?;
-        positive("--memory-gb", self.memory_gb, 1e9, &mut hw.memory_bytes)?;
+        positive("--memory-gib", self.memory_gib, (1u64 << 30) as f64, &mut hw.memory_bytes)?;
         positive("--nvlink-gbps", self.nvlink_gbps, 1e9, &mut hw.nvlink_bytes_per_s)?;
         positive("--ib-gbps", self.ib_gbps, 1e9, &mut hw.ib_bytes_per_s)?;
         positive("--gemm-efficiency", self.gemm_efficiency, 1.0, &mut hw.gemm_efficiency)?;
+        if self.gemm_efficiency.is_some() {
+            // One efficiency, as asked, for every shape.
+            hw.gemm_shape_curve.clear();
+        }
         positive("--attention-efficiency", self.attention_efficiency, 1.0, &mut hw.attention_efficiency)?;
         if !hw.calibrated.is_empty() {
             for (flag, given) in [("--gemm-efficiency", self.gemm_efficiency), ("--attention-efficiency", self.attention_efficiency)] {
@@ -105,4 +106,13 @@ impl HardwareArgs {
         }
         Ok(hw)
     }
+}
+
+/// `hw`, if every rate it plans with is known; else the flags that would give the others.
+fn known(hw: Hardware) -> Result<Hardware, ConfigError> {
+    let missing = hw.unknown_rates();
+    if missing.is_empty() {
+        return Ok(hw);
+    }
+    Err(ConfigError(format!("--hardware {}: no profile knows these rates of it; give {}", hw.name, missing.join(", "))))
 }

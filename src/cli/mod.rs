@@ -8,6 +8,7 @@ pub mod hardware;
 pub mod sweep;
 pub mod values;
 
+use crate::config::StrategySelection;
 pub use args::{ConfigArgs, EmulateArgs};
 use clap::{Args, Parser, Subcommand};
 pub use hardware::HardwareArgs;
@@ -90,18 +91,33 @@ pub struct RunArgs {
 
 #[derive(Args)]
 pub struct PlanArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    #[command(flatten)]
-    pub hardware: HardwareArgs,
-    /// GPUs in the job. With --strategy all and no size flags (--tp, --pp, --ring, --ulysses,
-    /// --cp), every strategy's splits of this many GPUs are searched and each strategy's fastest
-    /// that fits is compared. Default: the size flags' product.
+    /// Parallel strategy, or `all` (the default): every strategy, each at its fastest split of
+    /// --gpus that fits (or at the split its size flags give), ranked by tokens/s.
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategySelection>,
+    /// GPUs in the job. Without size flags (--tp, --pp, --ring, --ulysses, --cp) each strategy's
+    /// splits of this many GPUs are searched as the sweep does. Default: the size flags' product.
     #[arg(long, value_name = "N")]
     pub gpus: Option<usize>,
+    #[command(flatten)]
+    pub work: args::WorkArgs,
+    #[command(flatten)]
+    pub length: args::LengthArg,
+    #[command(flatten)]
+    pub split: args::SplitArgs,
+    #[command(flatten)]
+    pub hardware: HardwareArgs,
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+impl PlanArgs {
+    /// The flags as plain data; `all` where no strategy is named.
+    pub fn request(&self) -> crate::config::RunRequest {
+        let strategy = self.strategy.unwrap_or(StrategySelection::All);
+        args::request(strategy, &self.work, self.length.seq_len, &self.split, &args::MeasureArgs::default())
+    }
 }
 
 #[derive(Args)]
@@ -160,5 +176,32 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "ringbench", &mut missing);
         assert!(missing.is_empty(), "flags without a help line: {missing:?}");
+    }
+
+    /// Each command lists only the flags it acts on (issue 27, item 9): a projection takes no
+    /// measurement flags, a sweep no split or single length.
+    #[test]
+    fn each_command_lists_only_its_own_flags() {
+        let cli = Cli::command();
+        let flags = |name: &str| -> Vec<String> {
+            let sub = cli.find_subcommand(name).unwrap_or_else(|| panic!("no {name}"));
+            sub.get_arguments().filter_map(|a| a.get_long().map(String::from)).collect()
+        };
+        let (plan, sweep, run) = (flags("plan"), flags("sweep"), flags("run"));
+        for f in ["warmup", "iters", "backend", "comm", "seed", "comm-timeout", "out", "run-id", "emulate-world"] {
+            assert!(!plan.contains(&f.to_string()), "plan lists --{f}");
+        }
+        for f in ["tp", "pp", "ring", "ulysses", "cp", "seq-len", "run-id"] {
+            assert!(!sweep.contains(&f.to_string()), "sweep lists --{f}");
+        }
+        for f in ["hardware", "peak-tflops", "calibrate", "gpus", "json", "seq-lens"] {
+            assert!(!run.contains(&f.to_string()), "run lists --{f}");
+        }
+        for f in ["gpus", "seq-len", "tp", "hardware", "batch"] {
+            assert!(plan.contains(&f.to_string()), "plan lacks --{f}");
+        }
+        for f in ["gpus", "seq-lens", "batch", "backend", "iters"] {
+            assert!(sweep.contains(&f.to_string()), "sweep lacks --{f}");
+        }
     }
 }

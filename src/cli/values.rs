@@ -68,6 +68,7 @@ values!(Profile {
     Profile::H100Sxm => "NVIDIA H100 SXM 80GB: 989 TFLOP/s BF16 dense, 3.35 TB/s, NVLink 450 GB/s, IB 50 GB/s per GPU";
     Profile::A100Sxm => "NVIDIA A100 SXM 80GB: 312 TFLOP/s BF16 dense, 2.04 TB/s, NVLink 300 GB/s, IB 25 GB/s per GPU";
     Profile::H200Sxm => "NVIDIA H200 SXM 141GB: 989 TFLOP/s BF16 dense, 4.8 TB/s, NVLink 450 GB/s, IB 50 GB/s per GPU (the H100's compute and links with more and faster memory)";
+    Profile::Cpu => "This host's CPU, for plans from CPU runs: every rate from --calibrate or a flag (--peak-tflops, --hbm-tbps, --memory-gib, --ib-gbps, ...)";
 });
 
 values!(AttentionKernel {

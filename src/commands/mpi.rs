@@ -6,7 +6,8 @@ use super::{EXIT_BAD_INPUT, EXIT_INVALID_RESULT};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::device::CudaBackend;
 use crate::backend::Backend;
-use crate::cli::{Cli, Command, ConfigArgs};
+use crate::cli::args::MeasureArgs;
+use crate::cli::{Cli, Command};
 use crate::comm::emulated::{Emulated, EmulationTransfers};
 use crate::comm::mpi::MpiComm;
 use crate::comm::nccl::{placement_problem, NcclComm};
@@ -52,10 +53,10 @@ pub fn run(cli: &Cli) -> ExitCode {
 }
 
 fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
-    let config_args = match &cli.command {
-        Command::Run(a) => &a.config,
-        Command::Verify(a) => &a.config,
-        Command::Sweep(a) => &a.config,
+    let measure = match &cli.command {
+        Command::Run(a) => &a.config.measure,
+        Command::Verify(a) => &a.config.measure,
+        Command::Sweep(a) => &a.measure,
         _ => unreachable!("runs without MPI"),
     };
     // A measured sweep's hardware profile (calibrated once, before any work: bad input there
@@ -65,14 +66,15 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let cfgs = match &cli.command {
-        Command::Run(a) => a.emulate.request().resolve(&config_args.request(), launch.size)?,
+        Command::Run(a) => a.emulate.request().resolve(&a.config.request(), launch.size)?,
         Command::Sweep(a) => crate::sweep::grid_on(&a.grid(), Some(launch.size))?,
-        _ => config_args.request().resolve(launch.size)?,
+        Command::Verify(a) => a.config.request().resolve(launch.size)?,
+        _ => unreachable!("runs without MPI"),
     };
     let hw = hw.as_ref();
     let world = || MpiComm::new(launch.world_for_strategies());
     match cfgs[0].backend {
-        BackendKind::Cpu => execute(cli, config_args, &cfgs, hw, &CpuBackend::new(), launch, || Ok(world())),
+        BackendKind::Cpu => execute(cli, measure, &cfgs, hw, &CpuBackend::new(), launch, || Ok(world())),
         BackendKind::Cuda => {
             // Every rank must have its GPU before any collective work: agree first, so that one
             // rank without a GPU cannot leave the others waiting.
@@ -87,7 +89,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
             let be = be?;
             // An emulated rank is one process: its copies need no transport between GPUs.
             if cfgs[0].transport() != Transport::Nccl {
-                return execute(cli, config_args, &cfgs, hw, &be, launch, || Ok(world()));
+                return execute(cli, measure, &cfgs, hw, &be, launch, || Ok(world()));
             }
             let problem = placement_problem(launch.local_size, be.devices(), &launch.host);
             if !agree.all_agree(problem.is_none())? {
@@ -96,7 +98,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::from(EXIT_BAD_INPUT));
             }
-            execute(cli, config_args, &cfgs, hw, &be, launch, || NcclComm::new(world(), &be))
+            execute(cli, measure, &cfgs, hw, &be, launch, || NcclComm::new(world(), &be))
         }
     }
 }
@@ -104,7 +106,7 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
 /// `run` or `verify` on backend `be`, with the transport `connect` makes (watched) between ranks.
 fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'static>(
     cli: &Cli,
-    config_args: &ConfigArgs,
+    measure: &MeasureArgs,
     cfgs: &[RunConfig],
     hw: Option<&crate::plan::Hardware>,
     be: &B,
@@ -113,7 +115,7 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
 ) -> anyhow::Result<ExitCode> {
     let (journal, who) = (launch.journal.clone(), launch.who());
     let dog = Watchdog::start(
-        Duration::from_secs_f64(config_args.comm_timeout),
+        Duration::from_secs_f64(measure.comm_timeout),
         launch.who(),
         Box::new(move |overrun| {
             console::say(&format!("ringbench: {}", overrun.report()));
@@ -138,13 +140,17 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
                 Place { rank: launch.rank, local_rank: launch.local_rank, host: launch.host.clone(), mpi_library: launch.mpi_library() };
             let hw = hw.expect("a sweep's hardware is resolved with its grid");
             let launched = crate::sweep::Launched { place: &place, journal: &launch.journal, local_size: launch.local_size };
-            crate::sweep::run_points(cfgs, be, &comm, &|_| comm.split(0, comm.rank()), &launched, &a.out, a.quiet, hw).map(|valid| {
-                if valid {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(EXIT_INVALID_RESULT)
-                }
-            })
+            crate::sweep::run_points(
+                cfgs,
+                be,
+                &comm,
+                &|_| comm.split(0, comm.rank()),
+                &launched,
+                &a.out_dir(Some(launch.size)),
+                a.quiet,
+                hw,
+            )
+            .map(|valid| if valid { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID_RESULT) })
         }
         Command::Run(a) => {
             let place = Place {
@@ -160,7 +166,7 @@ fn execute<B: Backend + EmulationTransfers + 'static, T: Communicator<B> + 'stat
                 f.check(&spec, comm.size(), iterations)?;
             }
             let opts = RunOptions { out: a.out.clone(), run_id: a.run_id.clone(), quiet: a.quiet, fault };
-            let choice = config_args.strategy.name();
+            let choice = a.config.strategy.name();
             let journal = &launch.journal;
             match cfgs[0].emulate {
                 None => harness::run(cfgs, choice, be, &comm, &|_| comm.split(0, comm.rank()), &place, &opts, journal),

@@ -7,7 +7,7 @@ use crate::strategy::resolve::runs_in_all;
 use std::process::ExitCode;
 
 pub fn run(args: &PlanArgs) -> ExitCode {
-    let request = args.config.request();
+    let request = args.request();
     let planned = || -> Result<Vec<String>, ConfigError> {
         let sized = [request.tp, request.pp, request.ring, request.ulysses, request.cp].iter().any(Option::is_some);
         let world = match args.gpus {

@@ -20,8 +20,9 @@ pub fn plan(args: &SweepArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let out = args.out_dir(None);
     // One sweep at a time in --out, and a projected one never over a measured one's tables.
-    let _claim = match sweep::claim::claim(&args.out, sweep::Basis::Projected) {
+    let _claim = match sweep::claim::claim(&out, sweep::Basis::Projected) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringbench: error: {e}");
@@ -32,7 +33,7 @@ pub fn plan(args: &SweepArgs) -> ExitCode {
     let points = sweep::evaluate(&cfgs, &hw, &mut || bar.inc(1));
     bar.finish_and_clear();
     crate::out!("{}", sweep::render(&points, &hw, sweep::Basis::Projected));
-    match sweep::write(&args.out, &points, &hw, sweep::Basis::Projected) {
+    match sweep::write(&out, &points, &hw, sweep::Basis::Projected) {
         Ok(paths) => {
             crate::outln!("\n{} points (projected by the analytic model, not measured)", points.len());
             paths.iter().for_each(|p| crate::outln!("wrote {}", p.display()));

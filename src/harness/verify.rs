@@ -156,7 +156,7 @@ fn compare_on_root<B: Backend + 'static, C: Communicator<B> + 'static>(
     let vs_exact = Diff::between(&got, &exact);
     let tol = tolerance(ref_vs_exact, ref_out.iter().fold(0.0f64, |m, v| m.max(v.abs())));
     let finite = got.iter().all(|v| v.is_finite());
-    // The reference itself must be the model: within DESIGN.md's "about 1e-2" of FP64, with a
+    // The reference itself must be the model: within docs/design.md's "about 1e-2" of FP64, with a
     // factor 2 of margin; otherwise the tolerance derived from it would excuse anything.
     let reference_ok = ref_vs_exact.rel_l2 <= REFERENCE_VS_FP64_LIMIT;
     let pass = finite && reference_ok && within(vs_ref, tol);

@@ -6,7 +6,7 @@
 use crate::config::{MlpAct, ModelConfig};
 use crate::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, INPUT_TENSOR};
 
-/// RoPE's rotation for position `p` and pair `i` of a head of `hd`, from DESIGN.md's formula
+/// RoPE's rotation for position `p` and pair `i` of a head of `hd`, from docs/design.md's formula
 /// (angle = p * 10000^(-2i/hd)), written here on its own: the oracle shares no arithmetic with
 /// the backends it checks. The frequency as e^(-(2i/hd) ln 10000).
 fn rotation(p: usize, i: usize, hd: usize) -> (f64, f64) {

@@ -419,6 +419,28 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// checked before anything is written. With `partial`, damaged or missing rank files are left out,
 /// the affected runs are marked "partial", and the tables are named `summary-partial.csv` and
 /// `ranks-partial.csv` so that they cannot be mistaken for complete ones.
+/// In a directory of combined tables, the run directories they were reduced from.
+pub const SOURCES: &str = "sources.json";
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// The run directories a combined table directory names in its sources.json, or None where it
+/// has none.
+pub fn sources(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    let path = dir.join(SOURCES);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?).with_context(|| format!("{}", path.display()))?;
+    let dirs = doc["run_dirs"].as_array().ok_or_else(|| anyhow::anyhow!("{}: no run_dirs list", path.display()))?;
+    Ok(Some(dirs.iter().filter_map(|d| d.as_str().map(PathBuf::from)).collect()))
+}
+
 pub fn reduce_into(dirs: &[PathBuf], out: &Path, opts: ReduceOptions) -> Result<Vec<StrategySummary>> {
     if dirs.is_empty() {
         bail!("no run directory given");
@@ -437,6 +459,7 @@ pub fn reduce_into(dirs: &[PathBuf], out: &Path, opts: ReduceOptions) -> Result<
     }
     let summaries = summarize(&runs, &partial_ids)?;
     let (summary, ranks) = (csv_bytes(&summary_table(&summaries))?, csv_bytes(&ranks_table(&runs))?);
+    let json = super::tables::summary_json(&summaries)?;
     // A look at a run in progress is never taken for its final tables.
     let looked = !partial_ids.is_empty() || summaries.iter().any(|s| s.status == RunStatus::Running);
     let suffix = if looked { "-partial" } else { "" };
@@ -444,9 +467,19 @@ pub fn reduce_into(dirs: &[PathBuf], out: &Path, opts: ReduceOptions) -> Result<
         // A look at a run in progress is drawn again at every look: the latest replaces it.
         replace_derived(&out.join("summary-partial.csv"), &summary)?;
         replace_derived(&out.join("ranks-partial.csv"), &ranks)?;
+        replace_derived(&out.join("summary-partial.json"), &json)?;
     } else {
         write_new_or_same(&out.join(format!("summary{suffix}.csv")), &summary, opts.owner)?;
         write_new_or_same(&out.join(format!("ranks{suffix}.csv")), &ranks, opts.owner)?;
+        write_new_or_same(&out.join(format!("summary{suffix}.json")), &json, opts.owner)?;
+    }
+    // Tables that combine several run directories say which, so that `report` can chart them.
+    if !dirs.iter().any(|d| same_dir(d, out)) {
+        let sources: Vec<String> =
+            dirs.iter().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()).display().to_string()).collect();
+        let mut bytes = serde_json::to_vec_pretty(&serde_json::json!({ "run_dirs": sources }))?;
+        bytes.push(b'\n');
+        write_new_or_same(&out.join(SOURCES), &bytes, opts.owner)?;
     }
     Ok(summaries)
 }

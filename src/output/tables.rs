@@ -229,3 +229,75 @@ pub(crate) fn csv_bytes((header, rows): &Table) -> Result<Vec<u8>> {
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
+
+/// The unit of a summary column, by its name: `None` for a column that is a name, a flag or a
+/// count of things without a unit. Every column the summary has is listed (a test holds it).
+pub fn column_unit(column: &str) -> Option<&'static str> {
+    let stat = |prefix: &str| column.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('_'));
+    match column {
+        "tps" | "tps_ci95_lo" | "tps_ci95_hi" => Some("tokens/s"),
+        "prefill_us_per_token" => Some("us/token"),
+        "iter_ms_cv" => Some("fraction"),
+        c if stat("iter_ms") || c.starts_with("comm_ms") || c.starts_with("hidden_ms") || c.starts_with("compute_ms") => Some("ms"),
+        "compute_floor_ms" => Some("ms"),
+        c if c.contains("_gib") => Some("GiB"),
+        c if c.contains("_mib") => Some("MiB"),
+        "tflops_per_gpu" => Some("TFLOP/s"),
+        "mfu" | "comm_hidden_fraction" | "efficiency_vs_floor" => Some("fraction"),
+        c if c.starts_with("gpu_util_pct") => Some("%"),
+        "seq_len" | "tokens_per_iter" => Some("tokens"),
+        "batch" | "micro_batch" => Some("sequences"),
+        "layers" | "d_model" | "heads" | "kv_heads" | "mlp" | "world" | "warmup" | "iters" | "iters_measured" => Some("count"),
+        _ => None,
+    }
+}
+
+/// summary.json: the summary table for programs (as nccl-tests' -J or `vllm bench --save-result`
+/// give): each run's columns as numbers, booleans or strings (null where blank), its config
+/// whole, and each column's unit.
+pub fn summary_json(summaries: &[StrategySummary]) -> Result<Vec<u8>> {
+    let (header, rows) = summary_table(summaries);
+    let value = |v: &str| -> serde_json::Value {
+        if v.is_empty() {
+            serde_json::Value::Null
+        } else if let Ok(b) = v.parse::<bool>() {
+            b.into()
+        } else if let Ok(i) = v.parse::<i64>() {
+            i.into()
+        } else if let Some(f) = v.parse::<f64>().ok().filter(|f| f.is_finite()) {
+            f.into()
+        } else {
+            v.into()
+        }
+    };
+    let runs: Vec<serde_json::Value> = rows
+        .iter()
+        .zip(summaries)
+        .map(|(row, s)| {
+            let mut o = serde_json::Map::new();
+            for (k, v) in header.iter().zip(row) {
+                // The run's strings stay strings (a run id of digits is still a name).
+                let typed = if column_unit(k).is_some() || matches!(k.as_str(), "emulated" | "causal") {
+                    value(v)
+                } else if v.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    v.clone().into()
+                };
+                o.insert(k.clone(), typed);
+            }
+            o.insert("config".into(), serde_json::to_value(&s.config).expect("a config serialises"));
+            serde_json::Value::Object(o)
+        })
+        .collect();
+    let units: serde_json::Map<String, serde_json::Value> =
+        header.iter().filter_map(|h| column_unit(h).map(|u| (h.clone(), u.into()))).collect();
+    let doc = serde_json::json!({
+        "format": "ringbench summary, version 1",
+        "units": units,
+        "runs": runs,
+    });
+    let mut bytes = serde_json::to_vec_pretty(&doc)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}

@@ -16,88 +16,11 @@ use crate::metrics::flops::{self, linear_per_token_layer};
 use crate::strategy::{memory_estimate, Op, ProjectionInput};
 use serde::Serialize;
 
+pub mod hardware;
+pub mod rates;
 pub mod render;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Profile {
-    /// NVIDIA H100 SXM 80GB: 989 TFLOP/s BF16 dense, 3.35 TB/s, NVLink 450 GB/s, IB 50 GB/s per GPU.
-    H100Sxm,
-    /// NVIDIA A100 SXM 80GB: 312 TFLOP/s BF16 dense, 2.04 TB/s, NVLink 300 GB/s, IB 25 GB/s per GPU.
-    A100Sxm,
-    /// NVIDIA H200 SXM 141GB: 989 TFLOP/s BF16 dense, 4.8 TB/s, NVLink 450 GB/s, IB 50 GB/s per GPU
-    /// (the H100's compute and links with more and faster memory).
-    H200Sxm,
-}
-
-/// One GPU model and its links.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Hardware {
-    pub name: String,
-    /// Dense BF16 FLOP/s of one GPU.
-    pub peak_flops: f64,
-    pub hbm_bytes_per_s: f64,
-    pub memory_bytes: f64,
-    /// NVLink bandwidth per GPU, per direction.
-    pub nvlink_bytes_per_s: f64,
-    /// Inter-node bandwidth per GPU, per direction.
-    pub ib_bytes_per_s: f64,
-    /// GPUs in one NVLink domain (one node).
-    pub gpus_per_node: usize,
-    /// Fraction of peak that GEMMs and attention reach (measured on the reference card:
-    /// cuBLAS 770-800 TFLOP/s, cuDNN attention 536-592 TFLOP/s; see GPU.md).
-    pub gemm_efficiency: f64,
-    pub attention_efficiency: f64,
-    /// Where `--calibrate` took numbers from measured runs: a line per number.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub calibrated: Vec<String>,
-}
-
-impl Profile {
-    /// The name `--hardware` takes and the plans print.
-    pub fn name(self) -> &'static str {
-        match self {
-            Profile::H100Sxm => "h100-sxm",
-            Profile::A100Sxm => "a100-sxm",
-            Profile::H200Sxm => "h200-sxm",
-        }
-    }
-
-    pub fn hardware(self) -> Hardware {
-        match self {
-            Profile::H100Sxm => Hardware {
-                name: Profile::H100Sxm.name().into(),
-                peak_flops: 989e12,
-                hbm_bytes_per_s: 3.35e12,
-                memory_bytes: 80e9,
-                nvlink_bytes_per_s: 450e9,
-                ib_bytes_per_s: 50e9,
-                gpus_per_node: 8,
-                gemm_efficiency: 0.78,
-                attention_efficiency: 0.55,
-                calibrated: Vec::new(),
-            },
-            Profile::A100Sxm => Hardware {
-                name: Profile::A100Sxm.name().into(),
-                peak_flops: 312e12,
-                hbm_bytes_per_s: 2.039e12,
-                memory_bytes: 80e9,
-                nvlink_bytes_per_s: 300e9,
-                ib_bytes_per_s: 25e9,
-                gpus_per_node: 8,
-                gemm_efficiency: 0.80,
-                attention_efficiency: 0.60,
-                calibrated: Vec::new(),
-            },
-            // The H100's efficiencies, assumed: the same SMs at the same clocks (none measured here).
-            Profile::H200Sxm => Hardware {
-                name: Profile::H200Sxm.name().into(),
-                memory_bytes: 141e9,
-                hbm_bytes_per_s: 4.8e12,
-                ..Profile::H100Sxm.hardware()
-            },
-        }
-    }
-}
+pub use hardware::{Hardware, Profile};
 
 /// Memory of the busiest rank, bytes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -127,8 +50,9 @@ pub struct Projection {
     pub link: String,
     pub link_bytes_per_s: f64,
     pub compute_s: f64,
-    /// Of the transfers that run under compute (the ring's), the fraction hidden (1 where none).
-    pub hidden_fraction: f64,
+    /// Of the transfers that run under compute (the ring's), the fraction hidden; None where the
+    /// strategy overlaps none (its communication is all exposed).
+    pub hidden_fraction: Option<f64>,
     /// The strategy's own per-call figures, seconds ("ring step transfer", "one all-reduce", ...).
     pub details: Vec<(String, f64)>,
     /// Communication not hidden under compute: ring transfers beyond their step's attention,
@@ -206,6 +130,17 @@ pub struct Plan {
 
 const BF16: f64 = 2.0;
 
+/// How far a projection may be from what a run measures, as a fraction of its tokens/s: the
+/// spread of the measured rates a profile's efficiencies stand for (docs/commands.md, "plan"; the H100: cuBLAS BF16
+/// GEMMs of the models' shapes at 660 to 803 TFLOP/s, +-10% about their middle). Two projections
+/// closer than this are a tie: the model cannot tell them apart.
+pub const PROJECTION_UNCERTAINTY: f64 = 0.10;
+
+/// Whether `b` tokens/s is within the projection's uncertainty of `a`.
+pub fn within_uncertainty(a: f64, b: f64) -> bool {
+    (a - b).abs() <= PROJECTION_UNCERTAINTY * a.max(b)
+}
+
 /// The plan of `cfg` on `hw` for each node size in `node_sizes` (the first is the headline), and
 /// where it does not fit, the strategies and splits of its world that would.
 pub fn plan(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
@@ -239,7 +174,8 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let ring_step_bytes = of_op(Op::RingStep).map(|t| t.sent).max().unwrap_or(0) as f64 / mb;
     let allreduce_bytes = of_op(Op::AllReduce).map(|t| t.buffer_bytes).max().unwrap_or(0) as f64 / mb;
     let pipeline_bytes = of_op(Op::PipelineSend).chain(of_op(Op::PipelineRecv)).map(|t| t.buffer_bytes).max().unwrap_or(0) as f64 / mb;
-    let sent_by = |op: Op| of_op(op).map(|t| (t.sent * t.calls) as f64).sum::<f64>();
+    // A fold from +0: an empty f64 sum is -0.0, which JSON would print.
+    let sent_by = |op: Op| of_op(op).map(|t| (t.sent * t.calls) as f64).fold(0.0, |a, b| a + b);
     let ring_bytes_per_iter = sent_by(Op::RingStep);
     let allreduce_bytes_per_iter = sent_by(Op::AllReduce);
     let pipeline_bytes_per_iter = sent_by(Op::PipelineSend);
@@ -294,10 +230,12 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     // Element-wise passes per layer and token row: ~10 reads/writes of d-wide rows, 4 of the
     // rank's MLP columns.
     let elementwise_s = rows / mb * seqs * layers_local * (10.0 * d + 4.0 * place.shard.mlp.len() as f64) * BF16 / hw.hbm_bytes_per_s;
-    let compute_s =
-        rf.linear / (hw.peak_flops * hw.gemm_efficiency) + rf.attention / (hw.peak_flops * hw.attention_efficiency) + elementwise_s;
-    let attention_per_layer_mb_s = rf.attention / (hw.peak_flops * hw.attention_efficiency) / (layers_local * seqs / mb);
+    // At the rates of this rank's own sizes: its GEMM shapes, its attention's waves.
+    let attention_s = rf.attention / (hw.peak_flops * hw.attention_efficiency * rates::attention_wave_fraction(hw, cfg, &place));
+    let compute_s = rates::linear_s(hw, cfg, &place, rf.linear) + attention_s + elementwise_s;
+    let attention_per_layer_mb_s = attention_s / (layers_local * seqs / mb);
 
+    let overlaps = transfers.iter().any(|t| t.overlapped && t.op == Op::RingStep);
     let projections = node_sizes
         .iter()
         .map(|&g| {
@@ -309,6 +247,9 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
                 gpus_per_node: g,
                 nvlink_bytes_per_s: hw.nvlink_bytes_per_s,
                 ib_bytes_per_s: hw.ib_bytes_per_s,
+                call_latency_s: hw.call_latency_s,
+                nvlink_hop_latency_s: hw.nvlink_hop_latency_s,
+                ib_hop_latency_s: hw.ib_hop_latency_s,
             };
             let c = (spec.project)(cfg, &input);
             let iteration_s = compute_s + c.exposed_s + c.bubble_s;
@@ -318,7 +259,7 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
                 link: if c.crosses_nodes { "ib" } else { "nvlink" }.into(),
                 link_bytes_per_s: c.link_bytes_per_s,
                 compute_s,
-                hidden_fraction: c.hidden_fraction,
+                hidden_fraction: overlaps.then_some(c.hidden_fraction),
                 details: c.details.iter().map(|(l, v)| (l.to_string(), *v)).collect(),
                 exposed_comm_s: c.exposed_s,
                 pipeline_bubble_s: c.bubble_s,
@@ -466,10 +407,10 @@ mod tests {
         let step = |p: &Projection| p.detail("ring step transfer").unwrap();
         assert!(step(two) > 8.0 * step(one));
         assert!(two.tps_projected <= one.tps_projected);
-        assert!(one.hidden_fraction == 1.0, "a 102 MB step at 450 GB/s hides under the step's attention");
+        assert!(one.hidden_fraction == Some(1.0), "a 102 MB step at 450 GB/s hides under the step's attention");
     }
 
-    /// DESIGN.md's traffic for the strategies beside the ring, on the paper preset over 16 ranks,
+    /// docs/design.md's traffic for the strategies beside the ring, on the paper preset over 16 ranks,
     /// per layer and sequence: an all-gather brings in 15/16 of the sequence's K/V; Ulysses sends
     /// 15/16 of its tokens' Q, K, V and output.
     #[test]
@@ -503,7 +444,7 @@ mod tests {
         cfg
     }
 
-    /// DESIGN.md's tp-cp traffic for Llama 3 405B at 131,072 tokens on TP 8 x CP 16: each step
+    /// docs/design.md's tp-cp traffic for Llama 3 405B at 131,072 tokens on TP 8 x CP 16: each step
     /// rings (S / c) x 2 x (kv_dim / t) x 2 B, one K/V head of 128 here; the weights are the TP 8
     /// shard of the whole layer stack.
     #[test]
@@ -525,13 +466,16 @@ mod tests {
         assert!(!plan(&cfg, &Profile::H100Sxm.hardware(), &[8]).fits);
         assert!(!plan(&llama(Preset::Llama3_405b, StrategyKind::Ring, 1, 128, 131_072), &Profile::H200Sxm.hardware(), &[8]).fits);
         // On 8-GPU nodes the TP group stays on NVLink and the ring crosses InfiniBand: the
-        // all-reduce takes the same time on both placements, the ring step 9x longer.
+        // all-reduce takes the same time on both placements, the ring step's bytes 9x longer, each
+        // after NCCL's latency for one hop of its link.
         let (nodes, domain) = (&p.projections[0], &p.projections[1]);
         assert_eq!((nodes.link.as_str(), domain.link.as_str()), ("ib", "nvlink"));
         assert_eq!(nodes.detail("one all-reduce"), domain.detail("one all-reduce"));
         let step = |pr: &Projection| pr.detail("ring step transfer").unwrap();
-        assert!((step(nodes) / step(domain) - 9.0).abs() < 1e-9);
-        assert_eq!(step(nodes), 4_194_304.0 / 50e9);
+        let (call, nvlink_hop, net_hop) =
+            (hardware::NCCL_BASE_LATENCY_S, hardware::NCCL_NVLINK_HOP_LATENCY_S, hardware::NCCL_NET_HOP_LATENCY_S);
+        assert!(((step(nodes) - call - net_hop) / (step(domain) - call - nvlink_hop) - 9.0).abs() < 1e-9);
+        assert!((step(nodes) - (call + net_hop + 4_194_304.0 / 50e9)).abs() < 1e-15);
         // One sequence: time to first token is the iteration.
         assert_eq!(nodes.ttft_s, nodes.iteration_s);
     }

@@ -16,16 +16,17 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
     // Three significant digits whatever the scale (a calibration from a CPU run gives 0.003%).
     let g = |x: f64| if x >= 99.95 { format!("{x:.0}") } else { format!("{}", format!("{x:.3e}").parse::<f64>().unwrap_or(x)) };
     line(format!(
-        "hardware: {} ({:.0} TFLOP/s BF16 dense, {:.2} TB/s HBM, {:.0} GB, NVLink {} GB/s, IB {} GB/s per GPU; GEMM at {}% and attention at {}% of peak)",
+        "hardware: {} ({:.0} TFLOP/s BF16 dense, {:.2} TB/s HBM, {:.1} GiB, NVLink {} GB/s, IB {} GB/s per GPU; GEMM at {}% and attention at {}% of peak)",
         hw.name,
         hw.peak_flops / 1e12,
         hw.hbm_bytes_per_s / 1e12,
-        hw.memory_bytes / 1e9,
+        hw.memory_bytes / (1u64 << 30) as f64,
         g(hw.nvlink_bytes_per_s / 1e9),
         g(hw.ib_bytes_per_s / 1e9),
         g(100.0 * hw.gemm_efficiency),
         g(100.0 * hw.attention_efficiency)
     ));
+    line(format!("  rates by size: {}", rates_in_words(hw)));
     for c in &hw.calibrated {
         line(format!("  calibrated: {c}"));
     }
@@ -104,8 +105,8 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
             line(row(&format!("  {label}"), &|pr| fmt_seconds(pr.detail(label).unwrap_or(0.0))));
         }
     }
-    if p.projections.iter().any(|pr| pr.hidden_fraction < 1.0) || p.ring_step_bytes > 0.0 {
-        line(row("  transfer hidden", &|pr| format!("{:.0}%", 100.0 * pr.hidden_fraction)));
+    if p.projections.iter().any(|pr| pr.hidden_fraction.is_some()) {
+        line(row("  transfer hidden", &|pr| pr.hidden_fraction.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f))));
     }
     line(row("  exposed communication", &|pr| fmt_seconds(pr.exposed_comm_s)));
     if p.projections.iter().any(|pr| pr.pipeline_bubble_s > 0.0) {
@@ -145,7 +146,11 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
     }
     o.push_str(&header);
     o.push('\n');
-    for (cfg, p) in plans {
+    // Ranked: those that fit first, by tokens/s on the headline placement.
+    let headline = |p: &Plan| p.projections.first().map_or(0.0, |pr| pr.tps_projected);
+    let mut ranked: Vec<&(RunConfig, Plan)> = plans.iter().collect();
+    ranked.sort_by(|a, b| b.1.fits.cmp(&a.1.fits).then(headline(&b.1).total_cmp(&headline(&a.1))));
+    for (cfg, p) in ranked {
         let split = cfg.describe_split();
         let mut row = format!("{:<12}{:<30}{:>12} {:<5}", p.strategy, split, fmt_bytes(p.memory.total), if p.fits { "yes" } else { "NO" });
         for pr in &p.projections {
@@ -157,25 +162,82 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
     for (name, why) in refused {
         o.push_str(&format!("{name:<12}not planned: {why}\n"));
     }
-    let best = |i: usize| {
-        plans
-            .iter()
-            .filter(|(_, p)| p.fits)
-            .filter_map(|(c, p)| p.projections.get(i).map(|pr| (c, pr)))
-            .max_by(|a, b| a.1.tps_projected.total_cmp(&b.1.tps_projected))
-    };
     for (i, pr) in first.projections.iter().enumerate() {
-        match best(i) {
-            Some((c, b)) => o.push_str(&format!(
-                "fastest that fits on {}: {} ({}), {:.0} tokens/s, time to first token {}\n",
-                placement(pr),
-                c.strategy.name(),
-                c.describe_split(),
-                b.tps_projected,
-                fmt_seconds(b.ttft_s)
-            )),
-            None => o.push_str(&format!("on {}: no strategy fits; use more GPUs\n", placement(pr))),
+        let mut fitting: Vec<(&RunConfig, &Plan, &Projection)> =
+            plans.iter().filter(|(_, p)| p.fits).filter_map(|(c, p)| p.projections.get(i).map(|pr| (c, p, pr))).collect();
+        fitting.sort_by(|a, b| b.2.tps_projected.total_cmp(&a.2.tps_projected));
+        let Some(&(c, p, b)) = fitting.first() else {
+            o.push_str(&format!("on {}: no strategy fits; use more GPUs\n", placement(pr)));
+            continue;
+        };
+        o.push_str(&format!(
+            "fastest that fits on {}: {} ({}), {:.0} tokens/s, time to first token {}, {} per GPU\n",
+            placement(pr),
+            c.strategy.name(),
+            c.describe_split(),
+            b.tps_projected,
+            fmt_seconds(b.ttft_s),
+            fmt_bytes(p.memory.total)
+        ));
+        // Within the model's uncertainty of the fastest: a tie, and which of them holds least.
+        let tied: Vec<&(&RunConfig, &Plan, &Projection)> =
+            fitting[1..].iter().take_while(|t| super::within_uncertainty(b.tps_projected, t.2.tps_projected)).collect();
+        if !tied.is_empty() {
+            let names: Vec<String> = tied
+                .iter()
+                .map(|(c2, _, b2)| format!("{} ({}) {:.0}", c2.strategy.name(), c2.describe_split(), b2.tps_projected))
+                .collect();
+            let fastest = (c, p, b);
+            let least = std::iter::once(&fastest).chain(tied.iter().copied()).min_by(|x, y| x.1.memory.total.total_cmp(&y.1.memory.total));
+            let least = least.map(|(lc, lp, _)| {
+                if lc.strategy == c.strategy {
+                    format!("{} itself needs the least memory", c.strategy.name())
+                } else {
+                    format!(
+                        "of these {} needs the least memory, {} per GPU against {}",
+                        lc.strategy.name(),
+                        fmt_bytes(lp.memory.total),
+                        fmt_bytes(p.memory.total)
+                    )
+                }
+            });
+            o.push_str(&format!(
+                "  a tie within the projection's {:.0}% uncertainty: {} tokens/s; {}\n",
+                100.0 * super::PROJECTION_UNCERTAINTY,
+                names.join(", "),
+                least.unwrap_or_default()
+            ));
         }
     }
     o
+}
+
+/// The size-dependent rates of `hw` in one line: the GEMM shape curve, attention's waves, the
+/// latencies per call and hop.
+pub fn rates_in_words(hw: &super::Hardware) -> String {
+    let gemm = if hw.gemm_shape_curve.is_empty() {
+        "GEMMs at one efficiency whatever their shape".to_string()
+    } else {
+        let pts: Vec<String> = hw.gemm_shape_curve.iter().map(|(d, f)| format!("{f:.3} at {d:.0}")).collect();
+        format!(
+            "GEMMs at the large-shape efficiency times {} by their smallest dimension (log-interpolated, held beyond; at least their operands' time through HBM)",
+            pts.join(", ")
+        )
+    };
+    let waves = if hw.sm_count == 0 {
+        "attention not modelled in waves".to_string()
+    } else {
+        format!("attention in waves of {}-row blocks over {} SMs", super::hardware::ATTENTION_BLOCK_ROWS, hw.sm_count)
+    };
+    let latency = if hw.call_latency_s == 0.0 && hw.nvlink_hop_latency_s == 0.0 && hw.ib_hop_latency_s == 0.0 {
+        "no latency per call".to_string()
+    } else {
+        format!(
+            "each call {:.1} us + {:.1} us per NVLink hop or {:.1} us per network hop",
+            hw.call_latency_s * 1e6,
+            hw.nvlink_hop_latency_s * 1e6,
+            hw.ib_hop_latency_s * 1e6
+        )
+    };
+    format!("{gemm}; {waves}; {latency}")
 }

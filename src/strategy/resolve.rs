@@ -258,6 +258,14 @@ impl RunConfig {
         s
     }
 
+    /// The model alone: its preset and shape (no split, length or batch).
+    pub fn describe_model(&self) -> String {
+        let m = &self.model;
+        let kv = if m.kv_heads == m.heads { String::new() } else { format!(" ({} K/V)", m.kv_heads) };
+        let act = if m.mlp_act == MlpAct::Gelu { String::new() } else { format!(" {}", m.mlp_act.name()) };
+        format!("{}: {} layers, d_model {}, {} heads{kv}, mlp {}{act}", self.preset.name(), m.layers, m.d_model, m.heads, m.mlp)
+    }
+
     /// The strategy, its parallel layout and the model's work, without where it runs.
     pub fn describe_work(&self) -> String {
         let m = &self.model;

@@ -111,7 +111,7 @@ pub(super) fn project_ring(x: &ProjectionInput, members: &[usize], step_compute:
     let (crosses, bw) = x.link(members);
     let (mut exposed, mut longest) = (0.0, 0.0f64);
     for t in x.traffic.iter().filter(|t| t.op == Op::RingStep) {
-        let s = t.sent.max(t.received) as f64 / bw;
+        let s = x.latency(t, crosses) + t.sent.max(t.received) as f64 / bw;
         longest = longest.max(s);
         exposed += (s - step_compute).max(0.0) * t.calls as f64;
     }

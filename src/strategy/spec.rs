@@ -22,7 +22,7 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
     fn output(&self) -> Option<&B::Act>;
 }
 
-/// What one rank owns of the model (DESIGN.md, "Strategies"): the statement that FLOPs, memory,
+/// What one rank owns of the model (docs/design.md, "Strategies"): the statement that FLOPs, memory,
 /// the coverage test and `verify`'s assembly of outputs are derived from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
@@ -120,9 +120,26 @@ pub struct ProjectionInput<'a> {
     pub gpus_per_node: usize,
     pub nvlink_bytes_per_s: f64,
     pub ib_bytes_per_s: f64,
+    /// Each call's latency before its bytes, and per step of its algorithm on each link.
+    pub call_latency_s: f64,
+    pub nvlink_hop_latency_s: f64,
+    pub ib_hop_latency_s: f64,
 }
 
 impl ProjectionInput<'_> {
+    /// The latency of one call of `t` before its bytes: the call's, and a hop's per step of its
+    /// algorithm (a ring all-reduce over n ranks takes 2 (n - 1) steps, an all-gather and an
+    /// all-to-all n - 1, a send one), on NVLink or, where `crosses`, the network.
+    pub fn latency(&self, t: &Transfer, crosses: bool) -> f64 {
+        let n = t.peers.iter().filter(|&&p| p != self.rank).count() as f64 + 1.0;
+        let steps = match t.op {
+            Op::AllReduce => 2.0 * (n - 1.0),
+            Op::AllGather | Op::AllToAll => n - 1.0,
+            Op::RingStep | Op::PipelineSend | Op::PipelineRecv => 1.0,
+        };
+        self.call_latency_s + steps * if crosses { self.ib_hop_latency_s } else { self.nvlink_hop_latency_s }
+    }
+
     /// The bandwidth between ranks `peers` (and this rank): NVLink inside a node, else InfiniBand.
     pub fn link(&self, peers: &[usize]) -> (bool, f64) {
         let node = self.rank / self.gpus_per_node;
@@ -130,9 +147,10 @@ impl ProjectionInput<'_> {
         (crosses, if crosses { self.ib_bytes_per_s } else { self.nvlink_bytes_per_s })
     }
 
-    /// Seconds of one call of `t` on its link (the larger of its two directions).
+    /// Seconds of one call of `t` on its link (the larger of its two directions), latency first.
     pub fn seconds(&self, t: &Transfer) -> f64 {
-        t.sent.max(t.received) as f64 / self.link(&t.peers).1
+        let (crosses, bw) = self.link(&t.peers);
+        self.latency(t, crosses) + t.sent.max(t.received) as f64 / bw
     }
 
     /// The calls of the exposed (not overlapped) transfers, in seconds per iteration.

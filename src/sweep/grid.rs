@@ -31,7 +31,7 @@ pub fn grid_on(args: &SweepGrid, launch_world: Option<usize>) -> Result<Vec<RunC
         Some(w) if args.worlds.is_empty() || args.worlds == [w] => vec![w],
         Some(w) => {
             return Err(ConfigError(format!(
-                "--worlds {}: a measured sweep runs on the launch's world only, {w} rank{} (start one mpirun per world size)",
+                "--gpus {}: a measured sweep runs on the launch's world only, {w} rank{} (start one mpirun per world size)",
                 args.worlds.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(","),
                 if w == 1 { "" } else { "s" }
             )))
@@ -39,7 +39,7 @@ pub fn grid_on(args: &SweepGrid, launch_world: Option<usize>) -> Result<Vec<RunC
         None if args.worlds.is_empty() => (3..=10).map(|e| 1 << e).collect(),
         None => args.worlds.clone(),
     };
-    for (flag, list) in [("--seq-lens", &args.seq_lens), ("--worlds", &worlds), ("--kv-heads-list", &args.kv_heads_list)] {
+    for (flag, list) in [("--seq-lens", &args.seq_lens), ("--gpus", &worlds), ("--kv-heads-list", &args.kv_heads_list)] {
         crate::config::require_positive(&list.iter().map(|&v| (flag, v)).collect::<Vec<_>>())?;
         if let Some((i, v)) = list.iter().enumerate().find(|(i, v)| list[..*i].contains(v)) {
             return Err(ConfigError(format!(
@@ -50,7 +50,7 @@ pub fn grid_on(args: &SweepGrid, launch_world: Option<usize>) -> Result<Vec<RunC
         }
     }
     for &w in &worlds {
-        crate::config::require_at_most("--worlds", w, MAX_WORLD)?;
+        crate::config::require_at_most("--gpus", w, MAX_WORLD)?;
     }
     let kv_list: Vec<Option<usize>> =
         if args.kv_heads_list.is_empty() { vec![c.kv_heads] } else { args.kv_heads_list.iter().map(|&k| Some(k)).collect() };

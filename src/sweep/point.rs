@@ -51,9 +51,13 @@ pub struct Point {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Measured {
     pub tps: f64,
+    /// Its 95% confidence interval, where one could be computed.
+    pub tps_ci95: Option<(f64, f64)>,
     pub iter_s: f64,
     pub peak_mem_gib: f64,
     pub run_dir: String,
+    /// The device it ran on, as its rank files name it.
+    pub device: String,
 }
 
 impl Point {

@@ -35,7 +35,7 @@ pub(super) type ByStrategy<'a> = BTreeMap<usize, &'a Point>;
 pub(super) type Fastest<'a> = BTreeMap<(usize, usize, usize), ByStrategy<'a>>;
 
 /// Order of a strategy in `strategy::SPECS`: the order of columns and pairs.
-pub(super) fn order(kind: StrategyKind) -> usize {
+pub fn order(kind: StrategyKind) -> usize {
     crate::strategy::SPECS.iter().position(|s| s.kind == kind).expect("every kind has a spec")
 }
 

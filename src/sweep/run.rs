@@ -191,9 +191,11 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
         let measured = s.measured.ok_or_else(|| anyhow::anyhow!("{}: no measured run", dir.display()))?;
         p.measured = Some(Measured {
             tps: measured.tps,
+            tps_ci95: measured.tps_ci95,
             iter_s: measured.iter.mean,
             peak_mem_gib: measured.peak_buffers.0 / (1u64 << 30) as f64,
             run_dir: id,
+            device: s.first.device.clone(),
         });
     }
     crate::outln!("{}", render(&points, hw, Basis::Measured));

@@ -198,6 +198,24 @@ pub fn render(points: &[Point], hw: &Hardware, basis: Basis) -> String {
     };
     let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
     let mut o = String::new();
+    // What every table below is of, first: the model, the batch, and how its figures came to be.
+    if let Some(first) = points.first() {
+        let cfg = &first.cfg;
+        let how = match basis {
+            Basis::Projected => format!(
+                "projected by the analytic model for {}, {} GPUs per node (its rates by size: `plan` prints them), not measured",
+                hw.name, hw.gpus_per_node
+            ),
+            Basis::Measured => format!("measured with the {} backend", cfg.backend.name()),
+        };
+        o.push_str(&format!(
+            "sweep of {}; batch {}, micro-batch {}, {}; {how}\n",
+            cfg.describe_model(),
+            cfg.model.batch,
+            cfg.micro_batch,
+            if cfg.causal { "causal" } else { "non-causal" }
+        ));
+    }
     for c in &hw.calibrated {
         o.push_str(&format!("calibrated: {c}\n"));
     }

@@ -10,6 +10,12 @@ static MPI: Mutex<()> = Mutex::new(());
 /// Upper bound on one launch; a hang fails the test instead of stalling the suite.
 pub const LAUNCH_TIMEOUT_S: u32 = 180;
 
+/// The `cpu` hardware profile with the rates no calibration measures given, for plans calibrated
+/// from CPU runs (a CPU run into a GPU profile is refused).
+#[allow(dead_code)]
+pub const CPU_PROFILE: &[&str] =
+    &["--hardware", "cpu", "--peak-tflops", "989", "--hbm-tbps", "0.02", "--memory-gib", "16", "--ib-gbps", "50"];
+
 #[allow(dead_code)] // each test file reads the fields it needs
 pub struct Run {
     pub status: Option<i32>,

@@ -24,7 +24,7 @@
 
 namespace {
 
-// The name every output carries (DESIGN.md: a simulated device says so everywhere); ringbench
+// The name every output carries (docs/design.md: a simulated device says so everywhere); ringbench
 // recognizes it by its prefix, backend::SIMULATED_DEVICE.
 const char kDeviceName[] = "ringbench simulated GPU (kernels on the CPU)";
 

@@ -2,7 +2,7 @@
 // exports it; libcublas.so.12 and libnccl.so.2 link against it): device memory in a region of its
 // own, streams as in-order queues run by threads of their own, events, and the messages that name
 // the call at fault. Test-only: found only through the library path the tests set
-// (scripts/sim-gpu.sh). DESIGN.md, "The simulated GPU".
+// (scripts/sim-gpu.sh). docs/testing.md, "The simulated GPU".
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

@@ -1,8 +1,8 @@
 // The generator and element-wise kernels' own sources (kernels/generate.cu, elementwise.cu), run on
 // the CPU through the SIMT stand-in, launched as the CUDA backend launches them (BLOCK threads,
-// one per element, or one block per row for RMSNorm). The generator must reproduce DESIGN.md's
+// one per element, or one block per row for RMSNorm). The generator must reproduce docs/design.md's
 // test vectors bit for bit and give a TP shard exactly the slice of the whole tensor; the other
-// kernels must agree with the formulas of DESIGN.md, computed here in FP64, to one BF16 rounding
+// kernels must agree with the formulas of docs/design.md, computed here in FP64, to one BF16 rounding
 // (or exactly, where nothing is rounded). Built and run by tests/simt.rs.
 #include "cuda_bf16.h"
 #include "../../kernels/generate.cu"
@@ -39,7 +39,7 @@ static std::vector<__nv_bfloat16> generate(int rows, int width, u64 seed, u64 te
 }
 
 static void check_generator() {
-    // DESIGN.md's test vectors, seed 0: the input (tensor 1), layer 0's W_qkv with d = 64 (tensor
+    // docs/design.md's test vectors, seed 0: the input (tensor 1), layer 0's W_qkv with d = 64 (tensor
     // 17, scale 1/8) and its first RMSNorm gain (tensor 16).
     const double input[] = {0.5, -0.86328125, 0.00127410888671875, 0.126953125};
     const double qkv[] = {-0.1162109375, 0.11279296875, -0.08740234375};
@@ -51,7 +51,7 @@ static void check_generator() {
     for (int i = 0; i < 3; i++) ok &= f(w[i]) == qkv[i];
     auto g = generate(1, 3, 0, 16, 3, 0, {0, 3}, 2, 1.0f);
     for (int i = 0; i < 3; i++) ok &= f(g[i]) == gain[i];
-    report("generate: DESIGN.md test vectors", ok, 0.0);
+    report("generate: docs/design.md test vectors", ok, 0.0);
 
     // A TP shard of W_qkv (d = 8, head 1 of 2): columns 4..8 of Q, K and V, rows 2..7.
     const int d = 8;

@@ -42,9 +42,10 @@ pub fn load_font() -> Result<()> {
         .map_err(|e| anyhow!(e))
 }
 
-/// A series colour per strategy: one for each of the seven strategies before any repeats.
+/// A series colour: one for each of the seven strategies, and five more for a chart of more runs,
+/// before any repeats.
 pub fn colour(i: usize) -> RGBColor {
-    const PALETTE: [RGBColor; 7] = [
+    const PALETTE: [RGBColor; 12] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -52,6 +53,11 @@ pub fn colour(i: usize) -> RGBColor {
         RGBColor(148, 103, 189),
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+        RGBColor(127, 127, 127),
+        RGBColor(57, 59, 121),
+        RGBColor(99, 121, 57),
     ];
     PALETTE[i % PALETTE.len()]
 }

@@ -66,6 +66,9 @@ fn tps_chart(root: &Area, s: &[&StrategySummary]) -> Result<()> {
     // A run without an interval (one, or too few and noisy, iterations) gets no error bar.
     let top = s.iter().filter_map(|x| x.measured.as_ref()).map(|m| m.tps_ci95.map_or(m.tps, |c| c.1.max(m.tps))).fold(0.0, f64::max) * 1.15;
     let names = short_labels(s);
+    // Labels shrink to their slot when many runs share the axis (about 800 px of plot).
+    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(1).max(1) as f64;
+    let x_font = ((800.0 / s.len().max(1) as f64) / (0.6 * longest)).floor().clamp(9.0, 15.0) as u32;
     let mut c = ChartBuilder::on(root)
         .margin(15)
         .x_label_area_size(40)
@@ -79,6 +82,8 @@ fn tps_chart(root: &Area, s: &[&StrategySummary]) -> Result<()> {
         .y_desc("tokens/s")
         .y_label_formatter(&|y| fmt_count(*y))
         .label_style((FONT, 15))
+        .x_label_style((FONT, x_font))
+        .axis_desc_style((FONT, 15))
         .draw()
         .map_err(err)?;
     for (i, x) in s.iter().enumerate() {

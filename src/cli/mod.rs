@@ -18,7 +18,7 @@ use std::path::PathBuf;
 #[command(
     name = "ringbench",
     version,
-    about = "Ring attention (sequence parallel) vs tensor x pipeline parallel, long-context prefill, over MPI"
+    about = "Which way of splitting long-context prefill over GPUs is fastest, by how much, and why: every strategy measured side by side under MPI, or projected for a cluster by an analytic model"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -39,14 +39,15 @@ pub enum Command {
     /// per point, the crossovers, charts and tables in --out.
     Sweep(sweep::SweepArgs),
     /// Write PNG charts of a run directory next to its CSVs (tokens/s with CI, iteration times,
-    /// per-rank peak memory, per-rank compute and exposed and hidden communication).
+    /// per-rank peak memory, per-rank compute and exposed and hidden communication), or of a
+    /// directory `reduce A B --out C` wrote.
     Report(ReportArgs),
     /// Every backend op on this machine's GPU against the CPU backend, at awkward sizes; a table
     /// of errors; exit status 1 on any failure (or when there is no GPU).
     Selftest,
     /// GPUs, CUDA driver, NVRTC, cuBLAS, NCCL and CUDA headers as found on this machine.
     Info,
-    /// Rebuild summary.csv and ranks.csv from the rank files of run directories (no MPI).
+    /// Rebuild summary.csv, ranks.csv and summary.json from the rank files of run directories (no MPI).
     /// With one directory the tables go into it (an identical existing table is left alone, a
     /// different one is refused); with several, into --out as one combined table.
     Reduce(ReduceArgs),

@@ -68,7 +68,7 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
         );
         crate::outln!("  tokens/s       {:.1}, {}", m.tps, fmt_ci(m.tps_ci95, |v| format!("{v:.1}")));
         crate::outln!(
-            "  prefill time per token {} (iteration time / {} tokens)",
+            "  prefill/token  {} (prefill time per token: iteration time / {} tokens)",
             fmt_seconds(m.prefill_s_per_token),
             s.config.tokens_per_iteration()
         );

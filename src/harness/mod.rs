@@ -95,14 +95,14 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     }
     let summaries = reduce::reduce_into(std::slice::from_ref(&dir), &dir, reduce::ReduceOptions { partial: false, owner: true })?;
     // A look taken while the run was in progress (`reduce --partial`) is superseded.
-    for stale in ["summary-partial.csv", "ranks-partial.csv"] {
+    for stale in ["summary-partial.csv", "ranks-partial.csv", "summary-partial.json"] {
         if std::fs::remove_file(dir.join(stale)).is_ok() {
             crate::outln!("removed {stale}, a look at the run in progress, now superseded by the final tables");
         }
     }
     print_summaries(&summaries);
     let files = if comm.size() == 1 { "1 rank file".to_string() } else { format!("{} rank files", comm.size()) };
-    crate::outln!("wrote {files}, summary.csv and ranks.csv to {}", dir.display());
+    crate::outln!("wrote {files}, summary.csv, ranks.csv and summary.json to {}", dir.display());
     let invalid: Vec<_> = summaries.iter().filter(|s| s.status == RunStatus::Invalid).collect();
     for s in &invalid {
         eprintln!("ringbench: error: the {} result is invalid: {}", s.config.strategy.name(), s.invalid_reason.as_deref().unwrap_or(""));

@@ -21,6 +21,9 @@ pub enum StrategyKind {
     Usp,
     /// Tensor parallel groups of --tp consecutive ranks x a context ring of --cp.
     TpCp,
+    /// LoongTrain's double ring over --ring ranks: inner rings of --window ranks (inside a node),
+    /// an outer ring across the windows.
+    DoubleRing,
 }
 
 impl StrategyKind {
@@ -33,6 +36,7 @@ impl StrategyKind {
             StrategyKind::Ulysses => "ulysses",
             StrategyKind::Usp => "usp",
             StrategyKind::TpCp => "tp-cp",
+            StrategyKind::DoubleRing => "double-ring",
         }
     }
 }
@@ -314,6 +318,9 @@ pub enum Split {
     Usp { u: usize, r: usize },
     /// Tensor-parallel groups of `t` consecutive ranks x a context ring of `c` (tp-cp).
     TpCp { t: usize, c: usize },
+    /// The sequence over `p` ranks: inner rings of `w` consecutive ranks (a window), an outer
+    /// ring over the p / w windows (double-ring).
+    DoubleRing { p: usize, w: usize },
 }
 
 impl Split {
@@ -334,10 +341,19 @@ impl Split {
         }
     }
 
-    /// The ranks the sequence is split over by ring, allgather and ulysses; 1 elsewhere.
+    /// The ranks the sequence is split over by ring, allgather, ulysses and double-ring; 1 elsewhere.
     pub fn sp(self) -> usize {
         match self {
             Split::Sp { p } => p,
+            Split::DoubleRing { p, .. } => p,
+            _ => 1,
+        }
+    }
+
+    /// double-ring's window (its inner ring); 1 elsewhere.
+    pub fn window(self) -> usize {
+        match self {
+            Split::DoubleRing { w, .. } => w,
             _ => 1,
         }
     }
@@ -368,30 +384,37 @@ impl Split {
 
     /// The split `kind` takes with the flat sizes of the command line and of the rank files:
     /// tp and pp for tp-pp, ring (P) for ring, allgather and ulysses, ulysses and ring for usp,
-    /// tp and cp for tp-cp.
-    pub fn of_sizes(kind: StrategyKind, tp: usize, pp: usize, ring: usize, ulysses: usize, cp: usize) -> Split {
+    /// tp and cp for tp-cp, ring (P) and window for double-ring.
+    pub fn of_sizes(kind: StrategyKind, tp: usize, pp: usize, ring: usize, ulysses: usize, cp: usize, window: usize) -> Split {
         match kind {
             StrategyKind::Reference => Split::One,
             StrategyKind::TpPp => Split::TpPp { tp, pp },
             StrategyKind::Ring | StrategyKind::Allgather | StrategyKind::Ulysses => Split::Sp { p: ring },
             StrategyKind::Usp => Split::Usp { u: ulysses, r: ring },
             StrategyKind::TpCp => Split::TpCp { t: tp, c: cp },
+            StrategyKind::DoubleRing => Split::DoubleRing { p: ring, w: window },
         }
     }
 
-    /// The flat sizes (tp, pp, ring, ulysses, cp) the rank files store, 1 where the split has none.
-    fn flat(self) -> (usize, usize, usize, usize, usize) {
+    /// The flat sizes (tp, pp, ring, ulysses, cp, window) the rank files store, 1 where the split
+    /// has none.
+    fn flat(self) -> (usize, usize, usize, usize, usize, usize) {
         let ring = match self {
             Split::Sp { p } => p,
             Split::Usp { r, .. } => r,
+            Split::DoubleRing { p, .. } => p,
             _ => 1,
         };
-        (self.tp(), self.pp(), ring, self.ulysses(), self.cp())
+        (self.tp(), self.pp(), ring, self.ulysses(), self.cp(), self.window())
     }
 }
 
 fn one() -> usize {
     1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 /// The rank files' form of a `RunConfig` (results written by every earlier version read back):
@@ -408,6 +431,8 @@ struct RunConfigRecord {
     ulysses: usize,
     #[serde(default = "one")]
     cp: usize,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    window: usize,
     layout: Layout,
     micro_batch: usize,
     seed: u64,
@@ -427,7 +452,7 @@ impl From<RunConfigRecord> for RunConfig {
             preset: r.preset,
             model: r.model,
             strategy: r.strategy,
-            split: Split::of_sizes(r.strategy, r.tp, r.pp, r.ring, r.ulysses, r.cp),
+            split: Split::of_sizes(r.strategy, r.tp, r.pp, r.ring, r.ulysses, r.cp, r.window),
             layout: r.layout,
             micro_batch: r.micro_batch,
             seed: r.seed,
@@ -443,7 +468,7 @@ impl From<RunConfigRecord> for RunConfig {
 
 impl From<RunConfig> for RunConfigRecord {
     fn from(c: RunConfig) -> Self {
-        let (tp, pp, ring, ulysses, cp) = c.split.flat();
+        let (tp, pp, ring, ulysses, cp, window) = c.split.flat();
         RunConfigRecord {
             preset: c.preset,
             model: c.model,
@@ -453,6 +478,7 @@ impl From<RunConfig> for RunConfigRecord {
             ring,
             ulysses,
             cp,
+            window,
             layout: c.layout,
             micro_batch: c.micro_batch,
             seed: c.seed,
@@ -491,7 +517,7 @@ impl RunConfig {
             preset,
             model: p.model,
             strategy,
-            split: Split::of_sizes(strategy, tp, pp, ring, 1, 1),
+            split: Split::of_sizes(strategy, tp, pp, ring, 1, 1, 1),
             layout: Layout::Zigzag,
             micro_batch: p.micro_batch,
             seed: 0,
@@ -563,6 +589,9 @@ pub struct RunRequest {
     /// --tp, else world / the largest divisor up to 8 that leaves at least two groups and that the
     /// heads allow.
     pub cp: Option<usize>,
+    /// double-ring's window (inner ring, inside a node). Default: the largest divisor of --ring up
+    /// to 8 that leaves at least two windows.
+    pub window: Option<usize>,
     /// How ring, allgather, usp and tp-cp split each sequence (ulysses always takes contiguous chunks).
     pub layout: Layout,
     pub layers: Option<usize>,

@@ -55,7 +55,7 @@ fn ringbench(args: &[&str]) -> std::process::Output {
 }
 
 /// What `--strategy all` runs on 4 ranks of the tiny model, in order.
-const STRATEGIES: [&str; 6] = ["tp-pp", "ring", "allgather", "ulysses", "usp", "tp-cp"];
+const STRATEGIES: [&str; 7] = ["tp-pp", "ring", "allgather", "ulysses", "usp", "tp-cp", "double-ring"];
 
 const SUMMARY_COLUMNS: &[&str] = &[
     "run_id",
@@ -77,6 +77,8 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "ulysses",
     "ring",
     "cp",
+    "windows",
+    "window",
     "split",
     "layout",
     "preset",
@@ -142,7 +144,7 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     assert!(out.contains("ring speed-up over tp-pp:"), "{out}");
     // The side-by-side table: one column per strategy run, and each against the fastest.
     let header =
-        out.lines().find(|l| l.trim_start().starts_with("tp-pp") && l.trim_end().ends_with("tp-cp")).unwrap_or_else(|| panic!("{out}"));
+        out.lines().find(|l| l.trim_start().starts_with("tp-pp") && l.trim_end().ends_with("double-ring")).unwrap_or_else(|| panic!("{out}"));
     assert_eq!(header.split_whitespace().collect::<Vec<_>>(), STRATEGIES, "{out}");
     assert!(out.lines().any(|l| l.starts_with("fastest: ") && l.contains("x its tokens/s at ")), "{out}");
 
@@ -194,7 +196,7 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
 
     // The rank files, through the crate: one group per strategy run with its per-iteration arrays.
     let file = hdf5::File::open(dir.join("rank-00002.h5")).unwrap();
-    assert_eq!(file.member_names().unwrap(), vec!["allgather", "ring", "tp-cp", "tp-pp", "ulysses", "usp"]);
+    assert_eq!(file.member_names().unwrap(), vec!["allgather", "double-ring", "ring", "tp-cp", "tp-pp", "ulysses", "usp"]);
     let g = file.group("ring").unwrap();
     for attr in [
         "config",

@@ -195,6 +195,9 @@ fn every_strategy_verifies_on_the_simulated_gpu_over_nccl_and_mpi_with_random_de
         (4, &["--strategy", "ulysses", "--comm", "nccl"], PLAIN),
         (4, &["--strategy", "usp", "--ulysses", "2", "--ring", "2", "--comm", "nccl"], FLASH64),
         (4, &["--strategy", "tp-cp", "--tp", "2", "--cp", "2", "--layout", "striped", "--comm", "nccl"], FLASH128),
+        // The outer ring on a communication stream of its own, overlapping the inner ring's.
+        (4, &["--strategy", "double-ring", "--window", "2", "--comm", "nccl"], FLASH64),
+        (4, &["--strategy", "double-ring", "--window", "2", "--layout", "contiguous", "--comm", "mpi"], PLAIN),
     ];
     for (np, strategy, model) in cases {
         let mut args = vec!["verify", "--backend", "cuda"];
@@ -236,11 +239,11 @@ fn a_run_on_the_simulated_gpu_and_an_emulated_rank_reduce_as_simulated() {
             let rows: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
             assert_eq!(
                 rows.len(),
-                // tp-pp, ring, allgather, ulysses, usp and tp-cp; 4 ranks each in ranks.csv.
+                // tp-pp, ring, allgather, ulysses, usp, tp-cp and double-ring; 4 ranks each in ranks.csv.
                 if table == "ranks.csv" && id == "four" {
-                    24
+                    28
                 } else if id == "four" {
-                    6
+                    7
                 } else {
                     1
                 },

@@ -81,9 +81,22 @@ fn the_crossover_and_the_best_splits_are_the_hand_computed_ones() {
     assert!(estimate > 1600.0 && estimate < 2400.0, "{estimate}");
     assert!(text.contains("crossover: ulysses is faster below, ring above, between 1600 and 2400 tokens"), "{text}");
     // Every point of the grid: 4 lengths x (tp-pp 4 x 1 and 2 x 2, ring, allgather, ulysses, usp
-    // 2 x 2, tp-cp 2 x 2); the 2-D strategies' one-dimensional splits are left to the others.
+    // 2 x 2, tp-cp 2 x 2, double-ring 2 windows of 2); the 2-D strategies' one-dimensional splits
+    // are left to the others.
     let points = rows(&all.join("sweep.csv"));
-    assert_eq!(points.len(), 4 * 7, "{points:?}");
+    assert_eq!(points.len(), 4 * 8, "{points:?}");
+    // The double ring by hand: with every link alike and a step's transfer t longer than its
+    // attention c, each window's one inner step per outer step is exposed by t - c, as each of the
+    // ring's 3 steps is; the one outer step runs under the inner ring's t + c and is hidden. So
+    // it exposes 2 (t - c) per layer where the ring exposes 3 (t - c).
+    for seq in ["1000", "1600", "2400", "3200"] {
+        let exposed = |strategy: &str| -> f64 {
+            let p = points.iter().find(|p| p["seq_len"] == seq && p["strategy"] == strategy).unwrap();
+            p["projected_exposed_comm_s"].parse().unwrap()
+        };
+        let (ring, double) = (exposed("ring"), exposed("double-ring"));
+        assert!(ring > 0.0 && (double / ring - 2.0 / 3.0).abs() < 0.01, "{seq}: ring {ring}, double-ring {double}");
+    }
     assert!(points.iter().all(|p| p["fits"] == "true" && p["projected_tps"].parse::<f64>().unwrap() > 0.0));
     assert!(all.join("tps-world-4.png").is_file());
 
@@ -187,7 +200,7 @@ fn a_run_sweep_interrupted_by_sigterm_resumes_where_it_stopped() {
         let dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
         done = dirs.iter().filter(|d| state(d).as_deref() == Some("complete")).cloned().collect();
         cut = dirs.iter().filter(|d| state(d).as_deref() != Some("complete")).cloned().collect();
-        assert!(!done.is_empty() && done.len() < 14, "SIGTERM should land midway: {} complete of 14\n{}", done.len(), run.all());
+        assert!(!done.is_empty() && done.len() < 16, "SIGTERM should land midway: {} complete of 16\n{}", done.len(), run.all());
         assert!(cut.len() <= 1, "at most one point interrupted: {cut:?}\n{}", run.all());
         first = Some(run);
         if cut.len() == 1 {
@@ -210,9 +223,9 @@ fn a_run_sweep_interrupted_by_sigterm_resumes_where_it_stopped() {
         assert_eq!(&std::fs::read(dir.join("summary.csv")).unwrap(), summary, "{} was run again", dir.display());
     }
     let points = rows(&out.join("sweep.csv"));
-    assert_eq!(points.len(), 14, "every point once");
+    assert_eq!(points.len(), 16, "every point once");
     let ids: std::collections::BTreeSet<&str> = points.iter().map(|p| p["run_dir"].as_str()).collect();
-    assert_eq!(ids.len(), 14);
+    assert_eq!(ids.len(), 16);
     assert!(ids.contains(interrupted.as_str()));
     for p in &points {
         assert!(p["measured_tps"].parse::<f64>().unwrap() > 0.0 && p["projected_tps"].parse::<f64>().unwrap() > 0.0, "{p:?}");
@@ -514,7 +527,7 @@ fn a_sweep_with_no_flags_but_the_preset_runs_the_default_grid_into_a_new_directo
     assert_eq!(set("seq_len").into_iter().collect::<Vec<_>>(), (13..=20).map(|e| 1usize << e).collect::<Vec<_>>());
     assert_eq!(set("world").into_iter().collect::<Vec<_>>(), vec![8, 16, 32, 64, 128, 256]);
     let strategies: std::collections::BTreeSet<&str> = table.iter().map(|r| r["strategy"].as_str()).collect();
-    assert_eq!(strategies.len(), 6, "{strategies:?}");
+    assert_eq!(strategies.len(), 7, "{strategies:?}");
     // The chart says what it shows.
     let png = std::fs::read(cwd.join("results").join(&made[0]).join("tps-world-16.png")).unwrap();
     let words = ringbench::chart::text_chunks(&png);

@@ -173,3 +173,31 @@ fn usp_and_tp_cp_match_the_reference() {
         verify(np, &flags);
     }
 }
+
+/// The double ring (issue 29) at awkward lengths: P, W = 4, 2; 6, 2; 6, 3; 8, 4 (oversubscribed),
+/// every layout in turn, grouped K/V heads on some, causal and not; and with one window (W = P)
+/// it is the ring, bit for bit: the same blocks attended in the same order.
+#[test]
+fn double_ring_matches_the_reference_and_is_the_ring_with_one_window() {
+    let cases = [
+        (4, 2, "zigzag", 97, ""),
+        (6, 2, "contiguous", 500, "--kv-heads 2"),
+        (6, 3, "striped", 511, "--no-causal"),
+        (8, 4, "zigzag", 97, "--kv-heads 1"),
+    ];
+    for (p, w, layout, seq, extra) in cases {
+        verify(p, &format!("--strategy double-ring --ring {p} --window {w} --layout {layout} --seq-len {seq} {extra}"));
+    }
+    let dir = common::temp_root("double-ring-bits");
+    let out = |name: &str, flags: &str| -> Vec<f32> {
+        let h5 = dir.join(format!("{name}.h5"));
+        let args: Vec<&str> = flags.split_whitespace().collect();
+        let run = mpirun(4, &[&["verify", "--save-output", h5.to_str().unwrap(), "--seq-len", "203", "--kv-heads", "2"][..], &args[..]].concat());
+        assert_eq!(run.status, Some(0), "{}", run.all());
+        hdf5::File::open(&h5).unwrap().dataset("output").unwrap().read_raw::<f32>().unwrap()
+    };
+    let ring = out("ring", "--strategy ring");
+    assert_eq!(out("one-window", "--strategy double-ring --window 4"), ring, "W = P is the ring");
+    assert_eq!(out("windows-of-one", "--strategy double-ring --window 1"), ring, "W = 1 is the ring too: its outer ring");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -97,6 +97,10 @@ pub struct SplitArgs {
     /// heads allow.
     #[arg(long, value_name = "N")]
     pub cp: Option<usize>,
+    /// double-ring's window: the inner ring of consecutive ranks (inside a node); it divides
+    /// --ring. Default: the largest divisor of --ring up to 8 that leaves at least two windows.
+    #[arg(long, value_name = "W")]
+    pub window: Option<usize>,
 }
 
 /// How a measured run runs (`run`, `verify`, and a measured `sweep`).
@@ -147,6 +151,7 @@ pub fn request(
         ring: split.ring,
         ulysses: split.ulysses,
         cp: split.cp,
+        window: split.window,
         layout: work.layout,
         layers: work.layers,
         d_model: work.d_model,
@@ -289,6 +294,10 @@ mod tests {
             ("--strategy tp-cp --tp 2 --cp 2 --seq-len 3", 4, "--seq-len 3: a zigzag tp-cp context ring of 2 needs at least 4 tokens"),
             ("--strategy tp-cp --tp 2 --cp 3", 4, "--tp 2 x --cp 3 = 6 ranks, but the job has 4 ranks"),
             ("--strategy allgather --ring 2", 4, "--ring 2: the job has 4 ranks"),
+            ("--strategy double-ring --window 3", 4, "--window 3: must divide --ring 4"),
+            ("--strategy double-ring --window 0", 4, "--window 0: must be at least 1"),
+            ("--strategy double-ring --ring 8 --window 4", 4, "--ring 8: the job has 4 ranks"),
+            ("--strategy double-ring --window 2 --seq-len 7", 4, "--seq-len 7: a zigzag double-ring of 4 needs at least 8 tokens"),
             ("--strategy allgather --seq-len 3 --layout striped", 4, "--seq-len 3: a striped allgather of 4 needs at least 4 tokens"),
         ];
         for (flags, world, want) in cases {
@@ -309,10 +318,12 @@ mod tests {
             StrategyKind::Ulysses,
             StrategyKind::Usp,
             StrategyKind::TpCp,
+            StrategyKind::DoubleRing,
         ];
         assert_eq!(runs.iter().map(|c| c.strategy).collect::<Vec<_>>(), kinds);
         // The 2-D ones take the node-sized split by default, not --tp and --ring (tp-pp's, ring's).
         assert_eq!((runs[4].split, runs[5].split), (Split::Usp { u: 2, r: 2 }, Split::TpCp { t: 2, c: 2 }));
+        assert_eq!(runs[6].split, Split::DoubleRing { p: 4, w: 2 });
         let argv = "ringbench --strategy all --tp 4 --ring 4 --cp 4".split_whitespace();
         let runs = Cli::try_parse_from(argv).unwrap().args.request().resolve(4).unwrap();
         let tp_cp = runs.iter().find(|c| c.strategy == StrategyKind::TpCp).unwrap();

@@ -31,7 +31,8 @@ values!(StrategySelection {
     StrategySelection::One(StrategyKind::Ulysses) => "DeepSpeed-Ulysses: all-to-all from tokens to heads and back, over --ring ranks";
     StrategySelection::One(StrategyKind::Usp) => "Ulysses groups of --ulysses consecutive ranks x a ring of --ring over the groups";
     StrategySelection::One(StrategyKind::TpCp) => "Tensor parallel groups of --tp consecutive ranks x a context ring of --cp";
-    StrategySelection::All => "Every multi-rank strategy whose sizes fit the world (tp-pp, ring, allgather, ulysses, usp, tp-cp), on the same model; tp-pp and ring must fit (their sizes are explicit flags), and so must usp and tp-cp where --ulysses or --cp is given; the others run where the model allows them (ulysses needs the ranks to divide the heads)";
+    StrategySelection::One(StrategyKind::DoubleRing) => "LoongTrain's double ring over --ring ranks: inner rings of --window consecutive ranks inside a node, an outer ring across the windows";
+    StrategySelection::All => "Every multi-rank strategy whose sizes fit the world (tp-pp, ring, allgather, ulysses, usp, tp-cp, double-ring), on the same model; tp-pp and ring must fit (their sizes are explicit flags), and so must usp, tp-cp and double-ring where --ulysses, --cp or --window is given; the others run where the model allows them (ulysses needs the ranks to divide the heads; usp, tp-cp and double-ring need a two-dimensional split)";
 });
 
 values!(Layout {

@@ -120,6 +120,10 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
         Ok(Metered { inner: self.inner.split(color, key)?, counters: self.counters.clone() })
     }
 
+    fn split_own_lane(&self, color: usize, key: usize) -> Result<Self> {
+        Ok(Metered { inner: self.inner.split_own_lane(color, key)?, counters: self.counters.clone() })
+    }
+
     /// Counted as a ring all-reduce moves it: 2 (n - 1) / n of the buffer out and in per rank
     /// (NCCL's bus-bandwidth convention).
     fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()> {

@@ -80,6 +80,16 @@ pub trait Communicator<B: Backend>: HostCollectives {
     where
         Self: Sized;
 
+    /// As `split`, but its transfers run on a communication stream of their own (NCCL), so that
+    /// they overlap the transfers of this communicator's other groups (the double ring's outer
+    /// ring under its inner ring); the same as `split` on a transport without streams.
+    fn split_own_lane(&self, color: usize, key: usize) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        self.split(color, key)
+    }
+
     /// x = sum of x over all ranks, in place, with BF16 on the wire (as NCCL reduces BF16).
     fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()>;
 

@@ -157,6 +157,12 @@ impl Communicator<CudaBackend> for NcclComm {
         Self::bootstrap(host, self.line.clone())
     }
 
+    /// A communication stream of its own beside the world's, its timings in the same account.
+    fn split_own_lane(&self, color: usize, key: usize) -> Result<Self> {
+        let host = self.host.split_comm(color, key)?;
+        Self::bootstrap(host, Rc::new(self.line.beside()?))
+    }
+
     /// BF16 in place, summed by NCCL's ring or tree (rounding to BF16 as it goes). A group of one
     /// rank calls NCCL too: its cost is nil, and it is how a one-GPU machine runs this path.
     fn all_reduce_sum(&self, x: &mut DevMat<u16>) -> Result<()> {

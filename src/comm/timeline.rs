@@ -21,6 +21,7 @@ use anyhow::{anyhow, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream};
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// A transfer queued by `begin`, to be closed by `end`.
@@ -33,8 +34,9 @@ pub struct Timeline {
     comm: Arc<CudaStream>,
     /// Timing events for reuse: a ring iteration of the paper model queues tens of thousands.
     pool: RefCell<Vec<CudaEvent>>,
-    /// [start, end, done, resumed] of every transfer since the last `take`.
-    pending: RefCell<Vec<[CudaEvent; 4]>>,
+    /// [start, end, done, resumed] of every transfer since the last `take`: shared by the
+    /// timelines `beside` makes, so that one account holds every stream's transfers.
+    pending: Rc<RefCell<Vec<[CudaEvent; 4]>>>,
 }
 
 fn err<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
@@ -45,7 +47,14 @@ impl Timeline {
     /// A new communication stream beside `be`'s compute stream.
     pub fn new(be: &CudaBackend) -> Result<Self> {
         let comm = be.context().new_stream().map_err(err("creating the communication stream"))?;
-        Ok(Timeline { compute: be.stream().clone(), comm, pool: RefCell::default(), pending: RefCell::default() })
+        Ok(Timeline { compute: be.stream().clone(), comm, pool: RefCell::default(), pending: Rc::default() })
+    }
+
+    /// A second communication stream beside the same compute stream, its transfers timed in the
+    /// same account: transfers queued on it overlap those on this one's stream.
+    pub fn beside(&self) -> Result<Self> {
+        let comm = self.compute.context().new_stream().map_err(err("creating a second communication stream"))?;
+        Ok(Timeline { compute: self.compute.clone(), comm, pool: RefCell::default(), pending: self.pending.clone() })
     }
 
     pub fn comm_stream(&self) -> &Arc<CudaStream> {

@@ -110,14 +110,16 @@ impl Watchdog {
     }
 
     /// Run `f` as the call in flight: one that overruns the timeout is reported and ends the job.
+    /// A call may run inside another's overlapped compute (the double ring's inner steps inside
+    /// an outer exchange): when it ends, the call around it is in flight again.
     pub fn guard<T>(&self, op: &'static str, peer: Option<usize>, bytes: u64, f: impl FnOnce() -> T) -> T {
-        if let Ok(mut a) = self.current.lock() {
-            a.call = Some(InFlight { op, peer, bytes, since: Instant::now() });
-        }
+        let around = self.current.lock().ok().and_then(|mut a| a.call.replace(InFlight { op, peer, bytes, since: Instant::now() }));
         let r = f();
         if let Ok(mut a) = self.current.lock() {
-            a.call = None;
-            a.idle_since = Instant::now();
+            a.call = around;
+            if a.call.is_none() {
+                a.idle_since = Instant::now();
+            }
         }
         r
     }
@@ -201,6 +203,17 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
         let inner = self.dog.guard("split", None, 0, || self.inner.split(color, key))?;
         // Each member's job rank, learnt once per group (one small reduction per member), so
         // that a report from inside the group names the rank a reader can find in the job.
+        let me = self.job_rank(self.inner.rank());
+        let mut job_ranks = Vec::with_capacity(inner.size());
+        for r in 0..inner.size() {
+            let mine = if inner.rank() == r { me as f64 } else { -1.0 };
+            job_ranks.push(self.dog.guard("split", None, 8, || inner.max_f64(mine))? as usize);
+        }
+        Ok(Watched { inner, dog: self.dog.clone(), job_ranks: Arc::new(job_ranks) })
+    }
+
+    fn split_own_lane(&self, color: usize, key: usize) -> Result<Self> {
+        let inner = self.dog.guard("split", None, 0, || self.inner.split_own_lane(color, key))?;
         let me = self.job_rank(self.inner.rank());
         let mut job_ranks = Vec::with_capacity(inner.size());
         for r in 0..inner.size() {

@@ -66,9 +66,9 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let cfgs = match &cli.command {
-        Command::Run(a) => a.emulate.request().resolve(&a.config.request(), launch.size)?,
+        Command::Run(a) => a.emulate.request().resolve(&node_window(a.config.request(), launch), launch.size)?,
         Command::Sweep(a) => crate::sweep::grid_on(&a.grid(), Some(launch.size))?,
-        Command::Verify(a) => a.config.request().resolve(launch.size)?,
+        Command::Verify(a) => node_window(a.config.request(), launch).resolve(launch.size)?,
         _ => unreachable!("runs without MPI"),
     };
     let hw = hw.as_ref();
@@ -101,6 +101,16 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
             execute(cli, measure, &cfgs, hw, &be, launch, || NcclComm::new(world(), &be))
         }
     }
+}
+
+/// The double ring's window defaults to the ranks that share a node, where they are some but not
+/// all of the job's and divide it (every rank sees the same: the launch places ranks in blocks).
+fn node_window(mut request: crate::config::RunRequest, launch: &Launch) -> crate::config::RunRequest {
+    let (node, world) = (launch.local_size, launch.size);
+    if request.window.is_none() && node > 1 && node < world && world % node == 0 {
+        request.window = Some(node);
+    }
+    request
 }
 
 /// `run` or `verify` on backend `be`, with the transport `connect` makes (watched) between ranks.

@@ -120,7 +120,7 @@ mod tests {
             ] {
                 // The 2-D ones at 8 x 2: usp's ring is 2, tp-cp's context ring 2.
                 let c = RunConfig {
-                    split: Split::of_sizes(s, 8, 2, if s == StrategyKind::Usp { 2 } else { 16 }, 8, 2),
+                    split: Split::of_sizes(s, 8, 2, if s == StrategyKind::Usp { 2 } else { 16 }, 8, 2, 8),
                     ..cfg(s, causal, layout)
                 };
                 assert_eq!(c.world(), 16);

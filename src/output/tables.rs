@@ -247,7 +247,8 @@ pub fn column_unit(column: &str) -> Option<&'static str> {
         c if c.starts_with("gpu_util_pct") => Some("%"),
         "seq_len" | "tokens_per_iter" => Some("tokens"),
         "batch" | "micro_batch" => Some("sequences"),
-        "layers" | "d_model" | "heads" | "kv_heads" | "mlp" | "world" | "warmup" | "iters" | "iters_measured" => Some("count"),
+        "layers" | "d_model" | "heads" | "kv_heads" | "mlp" | "warmup" | "iters" | "iters_measured" => Some("count"),
+        "world" | "tp" | "pp" | "sp" | "ulysses" | "ring" | "cp" | "windows" | "window" => Some("ranks"),
         _ => None,
     }
 }

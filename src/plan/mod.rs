@@ -391,7 +391,7 @@ mod tests {
                 StrategyKind::TpCp,
             ] {
                 let mut cfg = paper(strategy, causal);
-                cfg.split = Split::of_sizes(strategy, 8, 2, if strategy == StrategyKind::Usp { 2 } else { 16 }, 8, 2);
+                cfg.split = Split::of_sizes(strategy, 8, 2, if strategy == StrategyKind::Usp { 2 } else { 16 }, 8, 2, 8);
                 let p = plan(&cfg, &hw, &[16, 8]);
                 for pr in &p.projections {
                     assert!(pr.tps_projected < p.tps_bound, "{strategy:?}: {} >= {}", pr.tps_projected, p.tps_bound);
@@ -440,7 +440,7 @@ mod tests {
         let mut cfg = RunConfig::of_preset(preset, strategy, inner, 1, outer);
         cfg.model.seq_len = seq_len;
         cfg.model.batch = 1;
-        cfg.split = Split::of_sizes(strategy, inner, 1, outer, inner, outer);
+        cfg.split = Split::of_sizes(strategy, inner, 1, outer, inner, outer, inner);
         cfg
     }
 

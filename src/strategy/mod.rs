@@ -3,6 +3,7 @@
 //! `Communicator`. The harness (timing, verification) is the same for all of them.
 
 pub mod allgather;
+pub mod double_ring;
 pub mod emulation;
 pub mod reference;
 pub mod resolve;
@@ -27,7 +28,8 @@ pub use crate::model::Buffers;
 pub use spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 
 /// Every strategy, in the order `--strategy all` runs them.
-pub const SPECS: [&Spec; 7] = [&reference::SPEC, &tp_pp::SPEC, &ring::SPEC, &allgather::SPEC, &ulysses::SPEC, &usp::SPEC, &tp_cp::SPEC];
+pub const SPECS: [&Spec; 8] =
+    [&reference::SPEC, &tp_pp::SPEC, &ring::SPEC, &allgather::SPEC, &ulysses::SPEC, &usp::SPEC, &tp_cp::SPEC, &double_ring::SPEC];
 
 pub fn spec(kind: StrategyKind) -> &'static Spec {
     SPECS.iter().find(|s| s.kind == kind).expect("every kind has a spec")
@@ -132,6 +134,7 @@ pub fn build<'a, B: Backend + 'a, C: Communicator<B> + 'a>(cfg: &RunConfig, be: 
         StrategyKind::Ulysses => Box::new(ulysses::Ulysses::new(cfg, be, comm.rank())?),
         StrategyKind::Usp => Box::new(usp::Usp::new(cfg, be, comm)?),
         StrategyKind::TpCp => Box::new(tp_cp::TpCp::new(cfg, be, comm)?),
+        StrategyKind::DoubleRing => Box::new(double_ring::DoubleRing::new(cfg, be, comm)?),
     })
 }
 

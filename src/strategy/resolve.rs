@@ -33,11 +33,13 @@ pub fn runs_in_all(kind: StrategyKind, flags: &SizeFlags, resolved: &Result<RunC
         StrategyKind::TpPp | StrategyKind::Ring => true,
         StrategyKind::Usp => flags.ulysses.is_some(),
         StrategyKind::TpCp => flags.cp.is_some(),
+        StrategyKind::DoubleRing => flags.window.is_some(),
         _ => false,
     };
     let two_d = |c: &RunConfig| match kind {
         StrategyKind::Usp => c.split.ulysses() > 1 && c.split.ring() > 1,
         StrategyKind::TpCp => c.split.tp() > 1 && c.split.cp() > 1,
+        StrategyKind::DoubleRing => c.split.window() > 1 && c.split.window() < c.split.sp(),
         _ => true,
     };
     explicit || resolved.as_ref().is_ok_and(two_d)
@@ -50,7 +52,9 @@ impl RunRequest {
         let or1 = |v: Option<usize>| v.unwrap_or(1);
         match self.strategy {
             StrategySelection::One(StrategyKind::Reference) => 1,
-            StrategySelection::One(StrategyKind::Ring | StrategyKind::Allgather | StrategyKind::Ulysses) => or1(self.ring),
+            StrategySelection::One(StrategyKind::Ring | StrategyKind::Allgather | StrategyKind::Ulysses | StrategyKind::DoubleRing) => {
+                or1(self.ring)
+            }
             StrategySelection::One(StrategyKind::Usp) => or1(self.ulysses) * or1(self.ring),
             StrategySelection::One(StrategyKind::TpCp) => or1(self.tp) * or1(self.cp),
             StrategySelection::One(StrategyKind::TpPp) | StrategySelection::All => match (self.tp, self.pp, self.ring) {
@@ -68,6 +72,7 @@ impl RunRequest {
             ring: self.ring,
             ulysses: self.ulysses,
             cp: self.cp,
+            window: self.window,
             all: self.strategy == StrategySelection::All,
         }
     }

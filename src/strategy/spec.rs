@@ -184,15 +184,16 @@ pub struct SizeFlags {
     pub ring: Option<usize>,
     pub ulysses: Option<usize>,
     pub cp: Option<usize>,
+    pub window: Option<usize>,
     /// Under `--strategy all`, where --tp and --ring are tp-pp's and ring's, not the 2-D ones'.
     pub all: bool,
 }
 
 impl SizeFlags {
     /// The split of a `world`-rank job with inner size `inner`, as each strategy names it (tp x
-    /// pp, ulysses x ring, tp x cp); the outer size follows, and a strategy without an inner
-    /// size (ring, allgather, ulysses) takes the world.
+    /// pp, ulysses x ring, tp x cp, window x windows); the outer size follows, and a strategy
+    /// without an inner size (ring, allgather, ulysses) takes the world.
     pub fn split(inner: usize, world: usize) -> Self {
-        SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), ..Default::default() }
+        SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), window: Some(inner), ..Default::default() }
     }
 }

@@ -71,6 +71,7 @@ pub fn grid_on(args: &SweepGrid, launch_world: Option<usize>) -> Result<Vec<RunC
                             tp: split.tp,
                             pp: split.pp,
                             ulysses: split.ulysses,
+                            window: split.window,
                             ..c.clone()
                         };
                         match point.resolve(world) {

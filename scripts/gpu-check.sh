@@ -6,8 +6,9 @@
 # In order: `info`; `selftest` (every kernel and op against the CPU backend, and NCCL's
 # self-exchange and all-reduce on one rank); `verify` on the GPU for reference, ring and tp-pp with
 # NCCL on one rank and with --comm mpi on 2 and 4 processes sharing the GPU, allgather and ulysses
-# on one NCCL rank (NCCL's AllGather, the all-to-all as grouped sends and receives), the ring with
-# grouped K/V heads and SwiGLU; a small timed run of
+# on one NCCL rank (NCCL's AllGather, the all-to-all as grouped sends and receives), the double
+# ring on one NCCL rank (its outer ring's second communicator and stream) and on 4 processes over
+# MPI, the ring with grouped K/V heads and SwiGLU; a small timed run of
 # every strategy; the launch overhead with and without cudarc's buffer events; then the
 # benchmarks, each beside its PyTorch peer from the same run on the same card: the attention
 # kernels alone (32 heads x 6250 x 6250, head dim 128: mma.sync at both block shapes, wgmma + TMA,
@@ -74,8 +75,11 @@ check verify-ring-1-nccl 60 "$BIN" verify --backend cuda --strategy ring --ring 
 check verify-tp-pp-1-nccl 60 "$BIN" verify --backend cuda --strategy tp-pp --tp 1 --pp 1 --seq-len 1023
 check verify-allgather-1-nccl 30 "$BIN" verify --backend cuda --strategy allgather --ring 1 --seq-len 1023
 check verify-ulysses-1-nccl 30 "$BIN" verify --backend cuda --strategy ulysses --ring 1 --kv-heads 2 --seq-len 1023
+# The double ring's outer ring makes a second NCCL communicator on a communication stream of its own.
+check verify-double-ring-1-nccl 30 "$BIN" verify --backend cuda --strategy double-ring --ring 1 --window 1 --seq-len 1023
 check verify-ring-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --seq-len 1023
 check verify-ring-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy ring --layout contiguous --seq-len 1000
+check verify-double-ring-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy double-ring --window 2 --kv-heads 2 --seq-len 1000
 check verify-tp-pp-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --seq-len 1023
 check verify-tp-pp-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --pp 2 --layers 4 --no-causal --seq-len 97
 # Grouped K/V heads (one K/V head for all, as MQA) and SwiGLU: the kernels' GQA indexing and the

@@ -143,6 +143,19 @@ pub struct Watched<C> {
 }
 
 impl<C: HostCollectives> Watched<C> {
+    /// A group split from this communicator, watched by the same dog. Each member's job rank is
+    /// learnt once per group (one small reduction per member), so that a report from inside the
+    /// group names the rank a reader can find in the job.
+    fn watch_group(&self, inner: C) -> Result<Self> {
+        let me = self.job_rank(self.inner.rank());
+        let mut job_ranks = Vec::with_capacity(inner.size());
+        for r in 0..inner.size() {
+            let mine = if inner.rank() == r { me as f64 } else { -1.0 };
+            job_ranks.push(self.dog.guard("split", None, 8, || inner.max_f64(mine))? as usize);
+        }
+        Ok(Watched { inner, dog: self.dog.clone(), job_ranks: Arc::new(job_ranks) })
+    }
+
     /// `inner` spans the job: its ranks are the job's.
     pub fn new(inner: C, dog: Arc<Watchdog>) -> Self {
         let job_ranks = Arc::new((0..inner.size()).collect());
@@ -201,26 +214,12 @@ impl<C: HostCollectives> HostCollectives for Watched<C> {
 impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
     fn split(&self, color: usize, key: usize) -> Result<Self> {
         let inner = self.dog.guard("split", None, 0, || self.inner.split(color, key))?;
-        // Each member's job rank, learnt once per group (one small reduction per member), so
-        // that a report from inside the group names the rank a reader can find in the job.
-        let me = self.job_rank(self.inner.rank());
-        let mut job_ranks = Vec::with_capacity(inner.size());
-        for r in 0..inner.size() {
-            let mine = if inner.rank() == r { me as f64 } else { -1.0 };
-            job_ranks.push(self.dog.guard("split", None, 8, || inner.max_f64(mine))? as usize);
-        }
-        Ok(Watched { inner, dog: self.dog.clone(), job_ranks: Arc::new(job_ranks) })
+        self.watch_group(inner)
     }
 
     fn split_own_lane(&self, color: usize, key: usize) -> Result<Self> {
         let inner = self.dog.guard("split", None, 0, || self.inner.split_own_lane(color, key))?;
-        let me = self.job_rank(self.inner.rank());
-        let mut job_ranks = Vec::with_capacity(inner.size());
-        for r in 0..inner.size() {
-            let mine = if inner.rank() == r { me as f64 } else { -1.0 };
-            job_ranks.push(self.dog.guard("split", None, 8, || inner.max_f64(mine))? as usize);
-        }
-        Ok(Watched { inner, dog: self.dog.clone(), job_ranks: Arc::new(job_ranks) })
+        self.watch_group(inner)
     }
 
     fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()> {

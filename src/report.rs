@@ -122,7 +122,15 @@ fn iterations_chart(root: &Area, s: &[&StrategySummary], runs: &[RankRun]) -> Re
         .y_label_area_size(80)
         .build_cartesian_2d(0f64..n - 1.0, 0f64..top.max(1e-3))
         .map_err(err)?;
-    c.configure_mesh().x_desc("measured iteration").y_desc("ms").label_style((FONT, 15)).draw().map_err(err)?;
+    c.configure_mesh()
+        .x_desc("measured iteration")
+        .x_labels((n as usize).clamp(2, 20))
+        // Iterations are whole: no tick between two.
+        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round()) } else { String::new() })
+        .y_desc("ms")
+        .label_style((FONT, 15))
+        .draw()
+        .map_err(err)?;
     for (i, pts) in series.iter().enumerate() {
         let col = colour(i);
         c.draw_series(LineSeries::new(pts.iter().copied(), col.stroke_width(2))).map_err(err)?;

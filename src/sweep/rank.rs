@@ -90,6 +90,18 @@ pub struct Crossover {
 
 /// For every world and K/V head count, every pair of strategies (in `SPECS` order), each length
 /// interval of the sweep where the faster of the two changes; only lengths where both fit count.
+/// Whether two points' figures differ beyond what a run can tell apart: always for projections;
+/// for measurements, only where both have a 95% interval and the intervals do not overlap.
+fn distinct(a: &Point, b: &Point, basis: Basis) -> bool {
+    match basis {
+        Basis::Projected => true,
+        Basis::Measured => match (a.measured.as_ref().and_then(|m| m.tps_ci95), b.measured.as_ref().and_then(|m| m.tps_ci95)) {
+            (Some((alo, ahi)), Some((blo, bhi))) => ahi < blo || bhi < alo,
+            _ => false,
+        },
+    }
+}
+
 pub fn crossovers(points: &[Point], basis: Basis) -> Vec<Crossover> {
     let by = fastest(points, basis);
     let mut groups: BTreeMap<(usize, usize), Vec<(usize, &ByStrategy)>> = BTreeMap::new();
@@ -102,13 +114,19 @@ pub fn crossovers(points: &[Point], basis: Basis) -> Vec<Crossover> {
         let present: Vec<usize> = present.into_iter().collect();
         for (i, &a) in present.iter().enumerate() {
             for &b in &present[i + 1..] {
-                // (length, a's tokens/s, b's) where both fit, by length.
-                let both: Vec<(usize, f64, f64)> =
-                    lengths.iter().filter_map(|(seq, s)| Some((*seq, s.get(&a)?.figure(basis)?, s.get(&b)?.figure(basis)?))).collect();
+                // (length, a's tokens/s, b's, whether they differ beyond noise) where both fit.
+                let both: Vec<(usize, f64, f64, bool)> = lengths
+                    .iter()
+                    .filter_map(|(seq, s)| {
+                        let (pa, pb) = (s.get(&a)?, s.get(&b)?);
+                        Some((*seq, pa.figure(basis)?, pb.figure(basis)?, distinct(pa, pb, basis)))
+                    })
+                    .collect();
                 for w in both.windows(2) {
-                    let ((s0, a0, b0), (s1, a1, b1)) = (w[0], w[1]);
+                    let ((s0, a0, b0, d0), (s1, a1, b1, d1)) = (w[0], w[1]);
                     let (win0, win1) = (a0 >= b0, a1 >= b1);
-                    if win0 == win1 {
+                    // A change of order within the measurements' noise is no crossover.
+                    if win0 == win1 || !(d0 && d1) {
                         continue;
                     }
                     let (r0, r1) = ((a0 / b0).ln(), (a1 / b1).ln());
@@ -168,5 +186,31 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert_eq!((b[2].point.cfg.strategy, b[2].runner_up.unwrap().cfg.strategy), (ring, ul), "what does not fit is not the best");
         assert_eq!(b[0].point.cfg.strategy, ul);
+    }
+
+    /// Measured points cross only where their 95% intervals are apart on both sides of the change:
+    /// an order that flips within the noise (or without an interval to tell) is no crossover.
+    #[test]
+    fn a_measured_crossover_needs_intervals_that_do_not_overlap() {
+        let (ring, ul) = (StrategyKind::Ring, StrategyKind::Ulysses);
+        let measured = |kind, seq, tps: f64, half: Option<f64>| {
+            let mut p = point(kind, 4, seq, tps, true);
+            p.measured = Some(super::super::point::Measured {
+                tps,
+                tps_ci95: half.map(|h| (tps - h, tps + h)),
+                iter_s: 1.0,
+                peak_mem_gib: 0.0,
+                run_dir: String::new(),
+                device: "cpu".into(),
+            });
+            p
+        };
+        let pair = |h0: Option<f64>, h1: Option<f64>| {
+            vec![measured(ring, 100, 100.0, h0), measured(ul, 100, 200.0, h0), measured(ring, 1000, 400.0, h1), measured(ul, 1000, 200.0, h1)]
+        };
+        assert_eq!(crossovers(&pair(Some(10.0), Some(10.0)), Basis::Measured).len(), 1, "apart on both sides");
+        assert_eq!(crossovers(&pair(Some(10.0), Some(150.0)), Basis::Measured).len(), 0, "overlapping above");
+        assert_eq!(crossovers(&pair(None, Some(10.0)), Basis::Measured).len(), 0, "no interval below");
+        assert_eq!(crossovers(&pair(None, None), Basis::Projected).len(), 1, "a projection has no noise");
     }
 }

@@ -221,7 +221,10 @@ fn the_gpu_jobs_ask_for_sizes_every_strategy_takes() {
                 for name in ["tp-pp", "ring", "allgather", "ulysses", "usp", "tp-cp", "double-ring"] {
                     assert!(table.lines().any(|l| l.starts_with(&format!("{name} "))), "{job}: no {name} in {table}");
                 }
-                assert!(table.contains("ulysses 8 x ring") && table.contains("tp 8 x cp") && table.contains(" x window 8"), "{job}: {table}");
+                assert!(
+                    table.contains("ulysses 8 x ring") && table.contains("tp 8 x cp") && table.contains(" x window 8"),
+                    "{job}: {table}"
+                );
             } else {
                 assert!(text.starts_with(&format!("ringbench plan: {strategy} (")), "{job} STRATEGY={strategy}: {text}");
             }
@@ -370,12 +373,28 @@ fn the_readme_example_is_what_plan_prints() {
 #[test]
 fn the_double_ring_hides_what_the_ring_waits_for_across_nodes() {
     let json = |strategy: &str, seq: &str| -> serde_json::Value {
-        let out = plan(&["--preset", "llama3-8b", "--strategy", strategy, "--ring", "16", "--seq-len", seq, "--batch", "1", "--gpus-per-node", "8", "--json"]);
+        let out = plan(&[
+            "--preset",
+            "llama3-8b",
+            "--strategy",
+            strategy,
+            "--ring",
+            "16",
+            "--seq-len",
+            seq,
+            "--batch",
+            "1",
+            "--gpus-per-node",
+            "8",
+            "--json",
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let detail = |v: &serde_json::Value, label: &str| -> f64 {
-        v["projections"][0]["details"].as_array().unwrap().iter().find(|d| d[0] == label).unwrap_or_else(|| panic!("{label}"))[1].as_f64().unwrap()
+        v["projections"][0]["details"].as_array().unwrap().iter().find(|d| d[0] == label).unwrap_or_else(|| panic!("{label}"))[1]
+            .as_f64()
+            .unwrap()
     };
     let pr = |v: &serde_json::Value, key: &str| v["projections"][0][key].as_f64().unwrap();
     for seq in ["128k", "16k"] {
@@ -396,7 +415,10 @@ fn the_double_ring_hides_what_the_ring_waits_for_across_nodes() {
         if seq == "16k" {
             // The ring waits on InfiniBand at every step; the double ring only on NCCL's NVLink
             // latency, a tenth of that.
-            assert!(double_exposed > 0.0 && ring_exposed > 10.0 * double_exposed, "{seq}: ring {ring_exposed}, double ring {double_exposed}");
+            assert!(
+                double_exposed > 0.0 && ring_exposed > 10.0 * double_exposed,
+                "{seq}: ring {ring_exposed}, double ring {double_exposed}"
+            );
         } else {
             assert_eq!((ring_exposed, double_exposed), (0.0, 0.0), "{seq}");
         }

@@ -143,8 +143,10 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     }
     assert!(out.contains("ring speed-up over tp-pp:"), "{out}");
     // The side-by-side table: one column per strategy run, and each against the fastest.
-    let header =
-        out.lines().find(|l| l.trim_start().starts_with("tp-pp") && l.trim_end().ends_with("double-ring")).unwrap_or_else(|| panic!("{out}"));
+    let header = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("tp-pp") && l.trim_end().ends_with("double-ring"))
+        .unwrap_or_else(|| panic!("{out}"));
     assert_eq!(header.split_whitespace().collect::<Vec<_>>(), STRATEGIES, "{out}");
     assert!(out.lines().any(|l| l.starts_with("fastest: ") && l.contains("x its tokens/s at ")), "{out}");
 

@@ -192,7 +192,8 @@ fn double_ring_matches_the_reference_and_is_the_ring_with_one_window() {
     let out = |name: &str, flags: &str| -> Vec<f32> {
         let h5 = dir.join(format!("{name}.h5"));
         let args: Vec<&str> = flags.split_whitespace().collect();
-        let run = mpirun(4, &[&["verify", "--save-output", h5.to_str().unwrap(), "--seq-len", "203", "--kv-heads", "2"][..], &args[..]].concat());
+        let run =
+            mpirun(4, &[&["verify", "--save-output", h5.to_str().unwrap(), "--seq-len", "203", "--kv-heads", "2"][..], &args[..]].concat());
         assert_eq!(run.status, Some(0), "{}", run.all());
         hdf5::File::open(&h5).unwrap().dataset("output").unwrap().read_raw::<f32>().unwrap()
     };

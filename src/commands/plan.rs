@@ -37,7 +37,9 @@ pub fn run(args: &PlanArgs) -> ExitCode {
         let mut request = request;
         // (A search of every split tries every window instead.)
         let searching = request.strategy == StrategySelection::All && !sized;
-        if let Some(g) = args.hardware.gpus_per_node.filter(|&g| !searching && request.window.is_none() && g > 1 && g < world && world % g == 0) {
+        if let Some(g) =
+            args.hardware.gpus_per_node.filter(|&g| !searching && request.window.is_none() && g > 1 && g < world && world % g == 0)
+        {
             request.window = Some(g);
         }
         let request = request;

@@ -297,7 +297,8 @@ mod tests {
     #[test]
     fn only_n_minus_one_blocks_per_layer_cross_windows() {
         for (p, w) in [(8, 4), (6, 2), (6, 3), (16, 8)] {
-            let cfg = RunConfig { split: Split::DoubleRing { p, w }, ..RunConfig::of_preset(Preset::Tiny, StrategyKind::DoubleRing, 1, 1, p) };
+            let cfg =
+                RunConfig { split: Split::DoubleRing { p, w }, ..RunConfig::of_preset(Preset::Tiny, StrategyKind::DoubleRing, 1, 1, p) };
             crate::strategy::resolve::validate(&cfg, p).unwrap();
             let layers = (cfg.model.layers * cfg.micro_batches()) as u64;
             for rank in 0..p {
@@ -307,7 +308,10 @@ mod tests {
                 let inside: u64 = t.iter().filter(|x| x.peers.iter().all(|&q| q / w == window)).map(|x| x.calls).sum();
                 assert_eq!(crossing, (p / w - 1) as u64 * layers, "P {p}, W {w}, rank {rank}");
                 assert_eq!(inside, (p / w * (w - 1)) as u64 * layers, "P {p}, W {w}, rank {rank}");
-                assert!(t.iter().filter(|x| x.what == OUTER).all(|x| x.peers.iter().all(|&q| q % w == rank % w)), "the outer ring keeps the index");
+                assert!(
+                    t.iter().filter(|x| x.what == OUTER).all(|x| x.peers.iter().all(|&q| q % w == rank % w)),
+                    "the outer ring keeps the index"
+                );
             }
         }
     }

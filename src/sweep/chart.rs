@@ -67,7 +67,9 @@ pub fn page_of(world: usize, kv: usize, pts: &[&Point], cross: &[&Crossover], hw
     notes.push("Each line: the strategy's fastest split at that length.".to_string());
     if basis == Basis::Measured {
         notes.push("Bars: 95% confidence intervals of the measured tokens/s, where one could be computed.".to_string());
-        notes.push("A crossover is marked only where both lengths' intervals are apart: an order that flips within the noise is none.".to_string());
+        notes.push(
+            "A crossover is marked only where both lengths' intervals are apart: an order that flips within the noise is none.".to_string(),
+        );
     }
     Page {
         title: format!("{} tokens/s on {world} {}, {kv} K/V heads", basis.name(), if basis == Basis::Measured { "ranks" } else { "GPUs" }),

@@ -206,7 +206,12 @@ mod tests {
             p
         };
         let pair = |h0: Option<f64>, h1: Option<f64>| {
-            vec![measured(ring, 100, 100.0, h0), measured(ul, 100, 200.0, h0), measured(ring, 1000, 400.0, h1), measured(ul, 1000, 200.0, h1)]
+            vec![
+                measured(ring, 100, 100.0, h0),
+                measured(ul, 100, 200.0, h0),
+                measured(ring, 1000, 400.0, h1),
+                measured(ul, 1000, 200.0, h1),
+            ]
         };
         assert_eq!(crossovers(&pair(Some(10.0), Some(10.0)), Basis::Measured).len(), 1, "apart on both sides");
         assert_eq!(crossovers(&pair(Some(10.0), Some(150.0)), Basis::Measured).len(), 0, "overlapping above");

@@ -103,14 +103,10 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The double ring's window defaults to the ranks that share a node, where they are some but not
-/// all of the job's and divide it (every rank sees the same: the launch places ranks in blocks).
-fn node_window(mut request: crate::config::RunRequest, launch: &Launch) -> crate::config::RunRequest {
-    let (node, world) = (launch.local_size, launch.size);
-    if request.window.is_none() && node > 1 && node < world && world % node == 0 {
-        request.window = Some(node);
-    }
-    request
+/// The request, the double ring's window a node (the ranks sharing a host, the same on every
+/// rank: the launch places ranks in blocks).
+fn node_window(request: crate::config::RunRequest, launch: &Launch) -> crate::config::RunRequest {
+    request.window_of_node(launch.local_size, launch.size)
 }
 
 /// `run` or `verify` on backend `be`, with the transport `connect` makes (watched) between ranks.

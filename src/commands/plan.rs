@@ -33,16 +33,13 @@ pub fn run(args: &PlanArgs) -> ExitCode {
             None => vec![8, world.max(16)],
         };
         let hw = args.hardware.calibrated(sizes[0])?;
-        // The double ring's window is a node, where --gpus-per-node says what one is.
-        let mut request = request;
-        // (A search of every split tries every window instead.)
+        // The double ring's window is a node, where --gpus-per-node says what one is (a search of
+        // every split tries every window instead).
         let searching = request.strategy == StrategySelection::All && !sized;
-        if let Some(g) =
-            args.hardware.gpus_per_node.filter(|&g| !searching && request.window.is_none() && g > 1 && g < world && world % g == 0)
-        {
-            request.window = Some(g);
-        }
-        let request = request;
+        let request = match args.hardware.gpus_per_node {
+            Some(g) if !searching => request.window_of_node(g, world),
+            _ => request,
+        };
         // `all` plans every strategy that validates and says why the others do not; one named
         // strategy that does not validate is bad input. Without size flags, `all` searches each
         // strategy's splits of the world, as the sweep does, and keeps each one's fastest that fits.

@@ -112,23 +112,17 @@ impl Profile {
                 ib_hop_latency_s: NCCL_NET_HOP_LATENCY_S,
                 calibrated: Vec::new(),
             },
+            // The H100's GEMM shape curve and NCCL's latencies, assumed (no A100 was measured here).
             Profile::A100Sxm => Hardware {
                 name: Profile::A100Sxm.name().into(),
                 peak_flops: 312e12,
                 hbm_bytes_per_s: 2.039e12,
-                memory_bytes: 80e9,
                 nvlink_bytes_per_s: 300e9,
                 ib_bytes_per_s: 25e9,
-                gpus_per_node: 8,
                 gemm_efficiency: 0.80,
                 attention_efficiency: 0.60,
-                // The H100's curve, assumed (no A100 shape was measured here).
-                gemm_shape_curve: H100_GEMM_SHAPE_CURVE.to_vec(),
                 sm_count: 108,
-                call_latency_s: NCCL_BASE_LATENCY_S,
-                nvlink_hop_latency_s: NCCL_NVLINK_HOP_LATENCY_S,
-                ib_hop_latency_s: NCCL_NET_HOP_LATENCY_S,
-                calibrated: Vec::new(),
+                ..Profile::H100Sxm.hardware()
             },
             // The H100's efficiencies, assumed: the same SMs at the same clocks (none measured here).
             Profile::H200Sxm => Hardware {

@@ -64,6 +64,15 @@ impl RunRequest {
         }
     }
 
+    /// The double ring's window defaults to a node of `node` GPUs, where a node is some but not
+    /// all of the `world` and divides it; a given --window stays.
+    pub fn window_of_node(mut self, node: usize, world: usize) -> Self {
+        if self.window.is_none() && node > 1 && node < world && world % node == 0 {
+            self.window = Some(node);
+        }
+        self
+    }
+
     /// The parallel-size flags as given.
     pub fn size_flags(&self) -> SizeFlags {
         SizeFlags {

@@ -2,7 +2,7 @@
 //! marked and numbered, and beside the plot what is not drawn (strategies that do not fit).
 
 use super::point::{Basis, Point};
-use super::rank::{fastest, Crossover};
+use super::rank::{fastest, Crossover, Fastest};
 use crate::chart::{colour, err, fmt_count, fmt_tokens, log_ticks, Mark, Page, FONT};
 use crate::plan::Hardware;
 use anyhow::Result;
@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// What the chart of `pts` (one world and K/V head count) says it shows: the model, batch,
 /// K/V heads, and the basis (projected on a profile, or measured on a device).
-pub fn page_of(world: usize, kv: usize, pts: &[&Point], cross: &[&Crossover], hw: &Hardware, basis: Basis) -> Page {
+/// `by` is the points' fastest split per length and strategy, as the chart draws them.
+fn page_of(world: usize, kv: usize, pts: &[&Point], by: &Fastest, cross: &[&Crossover], hw: &Hardware, basis: Basis) -> Page {
     let Some(first) = pts.first() else { return Page::default() };
     let cfg = &first.cfg;
     let on = match basis {
@@ -30,7 +31,6 @@ pub fn page_of(world: usize, kv: usize, pts: &[&Point], cross: &[&Crossover], hw
         cfg.micro_batch,
         if cfg.causal { "causal" } else { "non-causal" }
     );
-    let by = fastest(pts.iter().copied(), basis);
     let drawn: std::collections::BTreeSet<usize> = by.values().flat_map(|s| s.keys().copied()).collect();
     let mut legend: Vec<(String, Option<Mark>)> =
         drawn.iter().map(|&o| (crate::strategy::SPECS[o].kind.name().to_string(), Some(Mark::Line(colour(o))))).collect();
@@ -92,8 +92,8 @@ pub(super) fn chart(
     hw: &Hardware,
     basis: Basis,
 ) -> Result<PathBuf> {
-    let page = page_of(world, kv, pts, cross, hw, basis);
     let by = fastest(pts.iter().copied(), basis);
+    let page = page_of(world, kv, pts, &by, cross, hw, basis);
     let mut series: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
     for ((_, _, seq), strategies) in &by {
         for (o, p) in strategies {

@@ -462,24 +462,41 @@ pub fn reduce_into(dirs: &[PathBuf], out: &Path, opts: ReduceOptions) -> Result<
     let json = super::tables::summary_json(&summaries)?;
     // A look at a run in progress is never taken for its final tables.
     let looked = !partial_ids.is_empty() || summaries.iter().any(|s| s.status == RunStatus::Running);
-    let suffix = if looked { "-partial" } else { "" };
-    if looked {
-        // A look at a run in progress is drawn again at every look: the latest replaces it.
-        replace_derived(&out.join("summary-partial.csv"), &summary)?;
-        replace_derived(&out.join("ranks-partial.csv"), &ranks)?;
-        replace_derived(&out.join("summary-partial.json"), &json)?;
+    // The summary table is written last: where it stands, the tables beside it are whole (the
+    // other ranks of an interrupted run wait for it, then leave, and mpirun ends the job).
+    let sources = if dirs.iter().any(|d| same_dir(d, out)) {
+        None
     } else {
-        write_new_or_same(&out.join(format!("summary{suffix}.csv")), &summary, opts.owner)?;
-        write_new_or_same(&out.join(format!("ranks{suffix}.csv")), &ranks, opts.owner)?;
-        write_new_or_same(&out.join(format!("summary{suffix}.json")), &json, opts.owner)?;
-    }
-    // Tables that combine several run directories say which, so that `report` can chart them.
-    if !dirs.iter().any(|d| same_dir(d, out)) {
+        // Tables that combine several run directories say which, so that `report` can chart them.
         let sources: Vec<String> =
             dirs.iter().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()).display().to_string()).collect();
         let mut bytes = serde_json::to_vec_pretty(&serde_json::json!({ "run_dirs": sources }))?;
         bytes.push(b'\n');
-        write_new_or_same(&out.join(SOURCES), &bytes, opts.owner)?;
+        Some(bytes)
+    };
+    if looked {
+        // A look at a run in progress is drawn again at every look: the latest replaces it.
+        replace_derived(&out.join("ranks-partial.csv"), &ranks)?;
+        replace_derived(&out.join("summary-partial.json"), &json)?;
+        if let Some(bytes) = &sources {
+            write_new_or_same(&out.join(SOURCES), bytes, opts.owner)?;
+        }
+        replace_derived(&out.join("summary-partial.csv"), &summary)?;
+    } else {
+        let tables = [("ranks.csv", &ranks), ("summary.json", &json), ("summary.csv", &summary)];
+        // Nothing is written where any table differs from one already there.
+        for (name, bytes) in tables.iter().chain(sources.as_ref().map(|b| (SOURCES, b)).iter()) {
+            let path = out.join(name);
+            if !opts.owner && path.exists() {
+                write_new_or_same(&path, bytes, false)?;
+            }
+        }
+        if let Some(bytes) = &sources {
+            write_new_or_same(&out.join(SOURCES), bytes, opts.owner)?;
+        }
+        for (name, bytes) in tables {
+            write_new_or_same(&out.join(name), bytes, opts.owner)?;
+        }
     }
     Ok(summaries)
 }

@@ -89,3 +89,28 @@ extern "C" __global__ void f32_to_bf16(const float* o, __nv_bfloat16* out, long 
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = to_bf(o[i]);
 }
+
+// Merge partial attention results (o_in, lse_in) from row in_row0 on into (o, lse), row by row,
+// by the log-sum-exp rule: one thread per (row, head), walking the head's head_dim values. An
+// empty side (lse = -inf) leaves the other as it is, as the CPU's lse_merge does.
+extern "C" __global__ void lse_merge_f32(float* o, float* lse, const float* o_in, const float* lse_in, int rows, int heads,
+                                         int head_dim, int in_row0) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * heads) return;
+    int r = (int)(i / heads), h = (int)(i % heads);
+    float l_new = lse_in[(long long)(in_row0 + r) * heads + h];
+    if (l_new == -INFINITY) return;
+    float* out = o + (long long)r * heads * head_dim + (long long)h * head_dim;
+    const float* src = o_in + (long long)(in_row0 + r) * heads * head_dim + (long long)h * head_dim;
+    float l_old = lse[i];
+    if (l_old == -INFINITY) {
+        for (int d = 0; d < head_dim; ++d) out[d] = src[d];
+        lse[i] = l_new;
+        return;
+    }
+    float m = fmaxf(l_old, l_new);
+    float merged = m + logf(expf(l_old - m) + expf(l_new - m));
+    float w_old = expf(l_old - merged), w_new = expf(l_new - merged);
+    for (int d = 0; d < head_dim; ++d) out[d] = out[d] * w_old + src[d] * w_new;
+    lse[i] = merged;
+}

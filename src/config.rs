@@ -302,6 +302,14 @@ pub struct RunConfig {
     /// Set when one process runs the compute of one rank of a larger job (`--emulate-world`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emulate: Option<Emulation>,
+    /// Decode steps after the prefill (`--decode-tokens`): one new token per sequence each; 0 for
+    /// a prefill-only run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub decode_tokens: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// A strategy's split of its ranks: one variant per shape, each size named for what it is, so
@@ -444,6 +452,8 @@ struct RunConfigRecord {
     iters: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     emulate: Option<Emulation>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    decode_tokens: usize,
 }
 
 impl From<RunConfigRecord> for RunConfig {
@@ -462,6 +472,7 @@ impl From<RunConfigRecord> for RunConfig {
             warmup: r.warmup,
             iters: r.iters,
             emulate: r.emulate,
+            decode_tokens: r.decode_tokens,
         }
     }
 }
@@ -488,6 +499,7 @@ impl From<RunConfig> for RunConfigRecord {
             warmup: c.warmup,
             iters: c.iters,
             emulate: c.emulate,
+            decode_tokens: c.decode_tokens,
         }
     }
 }
@@ -527,6 +539,7 @@ impl RunConfig {
             warmup: p.warmup,
             iters: p.iters,
             emulate: None,
+            decode_tokens: 0,
         }
     }
 
@@ -614,6 +627,8 @@ pub struct RunRequest {
     pub seed: u64,
     /// Full (bidirectional) attention instead of causal.
     pub no_causal: bool,
+    /// Decode steps after the prefill (`--decode-tokens`), as given.
+    pub decode_tokens: Option<usize>,
     pub backend: BackendKind,
     /// Transport between ranks. Default: nccl with --backend cuda, mpi with --backend cpu.
     pub comm: Option<CommKind>,
@@ -675,6 +690,9 @@ pub const MAX_RANKS: usize = 1 << 20;
 /// The most iterations of either kind: each measured one is kept in memory and in the rank file,
 /// and a million even of 1 ms iterations is a quarter of an hour.
 pub const MAX_ITERATIONS: usize = 1_000_000;
+
+/// The most decode steps a run takes: each step's time is kept per measured iteration.
+pub const MAX_DECODE_TOKENS: usize = 1 << 20;
 
 /// Sizes beyond which products of them (tokens x width, pairs of tokens) leave 64-bit range; no
 /// machine holds such a model, and `plan` keeps exact arithmetic below them.

@@ -49,6 +49,11 @@ pub fn value_bf16(seed: u64, tensor: u64, index: u64, init: Init) -> bf16 {
 /// Tensor id of the input hidden states, shape [batch, seq, d_model].
 pub const INPUT_TENSOR: u64 = 1;
 
+/// Tensor id of the decode steps' input rows, step-major [decode tokens, batch, d_model]: step
+/// i's row for sequence b is row i x batch + b, so a step's inputs do not depend on how many
+/// steps a run takes.
+pub const DECODE_TENSOR: u64 = 2;
+
 /// The per-layer tensors, in id order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerTensor {

@@ -69,13 +69,14 @@ impl Journal {
     pub fn record(
         &self,
         memory: crate::backend::MemoryStats,
-        iteration: Option<(crate::metrics::IterationRecord, crate::metrics::flops::Flops)>,
+        iteration: Option<(crate::metrics::IterationRecord, crate::metrics::flops::Flops, Option<crate::metrics::DecodeRecord>)>,
     ) {
         if let Some(run) = self.lock().as_mut().and_then(|s| s.runs.last_mut()).filter(|r| r.status == RunStatus::Running) {
             run.memory = memory;
-            if let Some((record, counted)) = iteration {
+            if let Some((record, counted, decode)) = iteration {
                 run.iterations.push(record);
                 run.counted_flops = Some(counted);
+                run.decode.extend(decode);
             }
         }
     }

@@ -86,3 +86,40 @@ pub fn copy_rows(src: &impl Matrix, src_row0: usize, dst: &impl Matrix, dst_row0
     ensure!(src_row0 + rows <= src.rows() && dst_row0 + rows <= dst.rows(), "copy_rows: rows beyond buffers");
     Ok(())
 }
+
+/// attention_merge's shapes: o [rows, heads x hd] and lse [rows, heads], the partials as wide,
+/// with rows in_row0 .. in_row0 + rows.
+pub fn attention_merge(o: &impl Matrix, lse: &impl Matrix, o_in: &impl Matrix, lse_in: &impl Matrix, in_row0: usize) -> Result<()> {
+    let fits = o.rows() == lse.rows()
+        && o_in.cols() == o.cols()
+        && lse_in.cols() == lse.cols()
+        && lse.cols() > 0
+        && o.cols() % lse.cols() == 0
+        && in_row0 + o.rows() <= o_in.rows().min(lse_in.rows());
+    ensure!(
+        fits,
+        "attention_merge: o [{}, {}], lse [{}, {}] from rows {in_row0}.. of o_in [{}, {}], lse_in [{}, {}]",
+        o.rows(),
+        o.cols(),
+        lse.rows(),
+        lse.cols(),
+        o_in.rows(),
+        o_in.cols(),
+        lse_in.rows(),
+        lse_in.cols()
+    );
+    Ok(())
+}
+
+/// pack_acc's and unpack_acc's shapes: the wire is twice as wide as the FP32 buffer, and holds its rows.
+pub fn packed(acc: &impl Matrix, wire: &impl Matrix, rows: usize) -> Result<()> {
+    ensure!(
+        wire.cols() == 2 * acc.cols() && rows <= acc.capacity_rows() && rows <= wire.capacity_rows(),
+        "pack: {rows} rows of FP32 [{}, {}] as BF16 halves [{}, {}]",
+        acc.capacity_rows(),
+        acc.cols(),
+        wire.capacity_rows(),
+        wire.cols()
+    );
+    Ok(())
+}

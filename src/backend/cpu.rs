@@ -426,6 +426,40 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn attention_merge(&self, o: &mut Self::Acc, lse: &mut Self::Acc, o_in: &Self::Acc, lse_in: &Self::Acc, in_row0: usize) -> Result<()> {
+        checks::attention_merge(o, lse, o_in, lse_in, in_row0)?;
+        let (heads, width) = (lse.cols, o.cols);
+        let hd = width / heads;
+        for r in 0..o.rows {
+            for h in 0..heads {
+                let src = &o_in.data[(in_row0 + r) * width + h * hd..][..hd];
+                let l_new = lse_in.data[(in_row0 + r) * heads + h];
+                super::lse_merge(&mut o.data[r * width + h * hd..][..hd], &mut lse.data[r * heads + h], src, l_new);
+            }
+        }
+        Ok(())
+    }
+
+    fn pack_acc(&self, acc: &Self::Acc, wire: &mut Self::Act) -> Result<()> {
+        checks::packed(acc, wire, acc.rows)?;
+        wire.set_rows(acc.rows);
+        for (pair, v) in wire.as_mut_slice().chunks_exact_mut(2).zip(acc.as_slice()) {
+            let bits = v.to_bits();
+            pair[0] = half::bf16::from_bits(bits as u16);
+            pair[1] = half::bf16::from_bits((bits >> 16) as u16);
+        }
+        Ok(())
+    }
+
+    fn unpack_acc(&self, wire: &Self::Act, acc: &mut Self::Acc) -> Result<()> {
+        checks::packed(acc, wire, wire.rows)?;
+        acc.set_rows(wire.rows);
+        for (v, pair) in acc.as_mut_slice().iter_mut().zip(wire.as_slice().chunks_exact(2)) {
+            *v = f32::from_bits(pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16);
+        }
+        Ok(())
+    }
+
     fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> Result<()> {
         checks::copy_rows(src, src_row0, dst, dst_row0, rows)?;
         let c = src.cols;

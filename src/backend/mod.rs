@@ -334,6 +334,26 @@ pub trait Backend: Instruments {
     /// out = BF16(o); sets out's rows to o's.
     fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> anyhow::Result<()>;
 
+    /// Merge the partial results in rows `in_row0 ..` of (o_in, lse_in) into every row of (o,
+    /// lse) by the log-sum-exp rule (`lse_merge`): how a decode step combines the partial
+    /// attention that other ranks computed against their share of the K/V cache.
+    fn attention_merge(
+        &self,
+        o: &mut Self::Acc,
+        lse: &mut Self::Acc,
+        o_in: &Self::Acc,
+        lse_in: &Self::Acc,
+        in_row0: usize,
+    ) -> anyhow::Result<()>;
+
+    /// The bits of the FP32 buffer `acc` as BF16-sized halves in `wire` (cols = 2 x acc's cols;
+    /// rows set to acc's): FP32 partial results travel through the transports, which move
+    /// activations, unrounded.
+    fn pack_acc(&self, acc: &Self::Acc, wire: &mut Self::Act) -> anyhow::Result<()>;
+
+    /// The reverse of `pack_acc`: `acc` (rows set to wire's) holds the FP32 values whose bits `wire` carries.
+    fn unpack_acc(&self, wire: &Self::Act, acc: &mut Self::Acc) -> anyhow::Result<()>;
+
     /// dst[dst_row0 .. dst_row0 + rows] = src[src_row0 .. src_row0 + rows].
     fn copy_rows(&self, src: &Self::Act, src_row0: usize, dst: &mut Self::Act, dst_row0: usize, rows: usize) -> anyhow::Result<()>;
 

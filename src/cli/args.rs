@@ -20,6 +20,18 @@ pub struct ConfigArgs {
     pub split: SplitArgs,
     #[command(flatten)]
     pub measure: MeasureArgs,
+    #[command(flatten)]
+    pub decode: DecodeArg,
+}
+
+/// Generation after the prompt (`run`, `verify`).
+#[derive(Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Model and input")]
+pub struct DecodeArg {
+    /// After the prefill of the prompt (TTFT), decode N tokens per sequence, one step at a time,
+    /// with the K/V cache where the strategy placed it (TPOT, ITL). Causal only.
+    #[arg(long, value_name = "N")]
+    pub decode_tokens: Option<usize>,
 }
 
 /// The model and its input (every command that runs or projects work). Each defaults to the
@@ -142,6 +154,7 @@ pub fn request(
     seq_len: Option<usize>,
     split: &SplitArgs,
     measure: &MeasureArgs,
+    decode: &DecodeArg,
 ) -> RunRequest {
     RunRequest {
         strategy,
@@ -164,6 +177,7 @@ pub fn request(
         micro_batch: work.micro_batch,
         seed: measure.seed,
         no_causal: work.no_causal,
+        decode_tokens: decode.decode_tokens,
         backend: measure.backend,
         comm: measure.comm,
         warmup: measure.warmup,
@@ -186,7 +200,7 @@ pub fn token_count(text: &str) -> Result<usize, String> {
 impl ConfigArgs {
     /// The flags as plain data, for `strategy::resolve`.
     pub fn request(&self) -> RunRequest {
-        request(self.strategy, &self.work, self.length.seq_len, &self.split, &self.measure)
+        request(self.strategy, &self.work, self.length.seq_len, &self.split, &self.measure, &self.decode)
     }
 }
 

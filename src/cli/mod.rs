@@ -117,7 +117,7 @@ impl PlanArgs {
     /// The flags as plain data; `all` where no strategy is named.
     pub fn request(&self) -> crate::config::RunRequest {
         let strategy = self.strategy.unwrap_or(StrategySelection::All);
-        args::request(strategy, &self.work, self.length.seq_len, &self.split, &args::MeasureArgs::default())
+        args::request(strategy, &self.work, self.length.seq_len, &self.split, &args::MeasureArgs::default(), &args::DecodeArg::default())
     }
 }
 

@@ -66,7 +66,14 @@ impl SweepArgs {
         let work = WorkArgs { batch: Some(self.work.batch.unwrap_or(DEFAULT_BATCH)), ..self.work.clone() };
         let default_worlds = self.gpus.is_empty() && self.mode == SweepMode::Plan;
         SweepGrid {
-            request: super::args::request(self.strategy, &work, None, &SplitArgs::default(), &self.measure),
+            request: super::args::request(
+                self.strategy,
+                &work,
+                None,
+                &SplitArgs::default(),
+                &self.measure,
+                &super::args::DecodeArg::default(),
+            ),
             seq_lens: if self.seq_lens.is_empty() { DEFAULT_SEQ_LENS.to_vec() } else { self.seq_lens.clone() },
             worlds: if default_worlds { DEFAULT_WORLDS.to_vec() } else { self.gpus.clone() },
             kv_heads_list: self.kv_heads_list.clone(),

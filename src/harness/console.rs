@@ -3,6 +3,7 @@
 
 use crate::config::StrategyKind;
 use crate::metrics::{fmt_bytes, fmt_ci, fmt_seconds};
+use crate::output::decode::DecodeMeasured;
 use crate::output::reduce::{Measured, StrategySummary};
 
 pub(super) fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBar {
@@ -86,8 +87,40 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
         let mfu = m.mfu.map(|x| format!("MFU {:.1}%", 100.0 * x)).unwrap_or_else(|| "MFU n/a (device peak unknown)".into());
         let util = m.gpu_util.map(|(mean, max)| format!(", GPU utilization {mean:.1}% mean / {max:.0}% max (NVML)")).unwrap_or_default();
         crate::outln!("  compute        {:.4} TFLOP/s per rank, {mfu}{util}", m.tflops_per_gpu);
+        if let Some(d) = &m.decode {
+            print_decode(s, m, d);
+        }
     }
     print_comparison(summaries);
+}
+
+/// A strategy run's decode figures, by the serving benchmarks' definitions.
+fn print_decode(s: &StrategySummary, m: &Measured, d: &DecodeMeasured) {
+    crate::outln!(
+        "  TTFT           {}, {} (the prefill of the prompt: the iteration above)",
+        fmt_seconds(m.iter.mean),
+        fmt_ci(m.iter.ci95, fmt_seconds)
+    );
+    crate::outln!(
+        "  TPOT           mean {}, {}, cv {:.1}% over {} requests of {} steps; ITL p50 {}, p90 {}, p99 {}",
+        fmt_seconds(d.tpot.mean),
+        fmt_ci(d.tpot.ci95, fmt_seconds),
+        100.0 * d.tpot.cv(),
+        d.tpot.n,
+        d.steps,
+        fmt_seconds(d.itl.0),
+        fmt_seconds(d.itl.1),
+        fmt_seconds(d.itl.2)
+    );
+    crate::outln!(
+        "  decode         {:.1} tokens/s ({} sequences), {:.2} tokens/s per user; per step per rank: communication {} max exposed, sent {} max",
+        d.tokens_per_s,
+        s.config.model.batch,
+        d.tokens_per_s_per_user,
+        fmt_seconds(d.comm_s.0),
+        fmt_bytes(d.sent_per_step_max)
+    );
+    crate::outln!("  K/V cache      {} max / {} mean per rank", fmt_bytes(d.kv_cache.0), fmt_bytes(d.kv_cache.1));
 }
 
 /// Every measured strategy run side by side, one column each in run order, and each one's
@@ -113,6 +146,16 @@ fn print_comparison(summaries: &[StrategySummary]) {
     row("hidden comm (max)", &|m| fmt_seconds(m.hidden_s.0));
     row("communication hidden", &|m| m.hidden_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "-".into()));
     row("sent per iteration", &|m| fmt_bytes(m.sent_per_iter_max));
+    let decoded = measured.iter().all(|(_, m)| m.decode.is_some());
+    if decoded {
+        let dec = |m: &Measured| m.decode.clone().expect("every run decoded");
+        row("TTFT (prefill)", &|m| fmt_seconds(m.iter.mean));
+        row("TPOT (mean)", &|m| fmt_seconds(dec(m).tpot.mean));
+        row("ITL p99", &|m| fmt_seconds(dec(m).itl.2));
+        row("decode tokens/s", &|m| format!("{:.1}", dec(m).tokens_per_s));
+        row("K/V cache (max rank)", &|m| fmt_bytes(dec(m).kv_cache.0));
+        row("decode sent per step", &|m| fmt_bytes(dec(m).sent_per_step_max));
+    }
     if summaries.iter().any(|s| s.config.emulate.is_some()) {
         crate::outln!("(emulated: one rank's work each, not a measured job)");
     }
@@ -130,6 +173,16 @@ fn print_comparison(summaries: &[StrategySummary]) {
         })
         .collect();
     crate::outln!("fastest: {}; {}", fastest.config.strategy.name(), others.join(", "));
+    if decoded {
+        let tpot = |m: &Measured| m.decode.as_ref().map_or(f64::NAN, |d| d.tpot.mean);
+        let (quickest, q) = measured.iter().min_by(|a, b| tpot(a.1).total_cmp(&tpot(b.1))).expect("two or more");
+        let others: Vec<String> = measured
+            .iter()
+            .filter(|(s, _)| !std::ptr::eq(*s, *quickest))
+            .map(|(s, m)| format!("{} {:.2}x its TPOT", s.config.strategy.name(), tpot(m) / tpot(q)))
+            .collect();
+        crate::outln!("lowest TPOT: {}; {}", quickest.config.strategy.name(), others.join(", "));
+    }
     let find = |k: StrategyKind| measured.iter().find(|(s, _)| s.config.strategy == k).map(|(_, m)| *m);
     if let (Some(tp), Some(ring)) = (find(StrategyKind::TpPp), find(StrategyKind::Ring)) {
         // The seed's question, answered in its own terms.

@@ -8,7 +8,7 @@ use crate::comm::Communicator;
 use crate::config::RunConfig;
 use crate::fault::Fault;
 use crate::journal::Journal;
-use crate::metrics::{flops, IterationRecord};
+use crate::metrics::{flops, DecodeRecord, IterationRecord};
 use crate::strategy;
 use crate::timing::{self, Protocol, Timed, Timing};
 use anyhow::Result;
@@ -53,6 +53,70 @@ pub(super) fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B
         }
     }
     Ok(())
+}
+
+impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Iteration<'_, 'a, B, C, S> {
+    /// The decode steps after iteration `i`'s prefill, each through the timing engine.
+    fn decode(&mut self, i: usize, warm: bool) -> Result<DecodeRecord> {
+        let mut steps = DecodeSteps {
+            iteration: i,
+            warm,
+            strat: &mut self.strat,
+            be: self.be,
+            comm: self.comm,
+            metered: self.metered,
+            cfg: self.cfg,
+            record: DecodeRecord::default(),
+        };
+        timing::run(self.be, Protocol { warmup: 0, iters: self.cfg.decode_tokens }, &mut steps)?;
+        Ok(steps.record)
+    }
+}
+
+/// The decode steps of one iteration: each timed from its start to the end of its work on the
+/// device (as a server waits for each token before the next), with the communication the
+/// metered transport saw in it.
+struct DecodeSteps<'r, 'a, B: Backend + 'a, C, S> {
+    iteration: usize,
+    warm: bool,
+    strat: &'r mut Box<dyn strategy::Strategy<B, Metered<S>> + 'a>,
+    be: &'r B,
+    comm: &'r C,
+    metered: &'r Metered<S>,
+    cfg: &'r RunConfig,
+    record: DecodeRecord,
+}
+
+impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Timed for DecodeSteps<'_, 'a, B, C, S> {
+    fn before(&mut self, step: usize, _: bool) -> Result<()> {
+        if self.comm.size() > 1 {
+            let kind = if self.warm { "warm-up" } else { "measured" };
+            self.comm.set_phase(Some(format!(
+                "decode step {step} of iteration {} of {} ({kind})",
+                self.iteration,
+                self.cfg.strategy.name()
+            )));
+        }
+        self.metered.take_iteration::<B>().map(|_| ())
+    }
+
+    fn work(&mut self, step: usize) -> Result<()> {
+        self.strat.decode_step(self.be, self.metered, step, false)
+    }
+
+    fn wait(&mut self) -> Result<()> {
+        let be = self.be;
+        self.comm.guard_wait("device synchronize (end of a decode step)", &mut || be.synchronize())
+    }
+
+    fn after(&mut self, _: usize, _: bool, t: Timing) -> Result<()> {
+        let (comm_s, _, sent, received) = self.metered.take_iteration::<B>()?;
+        self.record.step_s.push(t.seconds);
+        self.record.comm_s.push(comm_s);
+        self.record.bytes_sent += sent;
+        self.record.bytes_received += received;
+        Ok(())
+    }
 }
 
 /// One strategy's iteration, as the timing engine runs it.
@@ -118,7 +182,10 @@ impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Timed for
                 attention_flops: counted.attention,
             });
         }
-        self.journal.record(be.memory(), (!warm).then_some((record, counted)));
+        // The decode steps follow the prefill they continue (its cache), outside its timing:
+        // the prefill's time is the time to first token.
+        let decode = if self.cfg.decode_tokens > 0 { Some(self.decode(i, warm)?) } else { None };
+        self.journal.record(be.memory(), (!warm).then_some((record, counted, decode)));
         // Outside the timed region: keeps what was measured if the process is killed without warning.
         self.journal.checkpoint(&mut self.last_checkpoint)?;
         self.bar.inc(1);

@@ -82,6 +82,9 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
             device_peak_flops: be.peak_flops(),
             gpu_util: None,
             op_profile: None,
+            decode: Vec::new(),
+            kv_cache_bytes: (cfg.decode_tokens > 0)
+                .then(|| crate::strategy::decode_placement(cfg, cfg.strategy_rank(comm.rank())).cache.bytes()),
         };
         journal.begin_run(run);
         let metered = Metered::new(strategy_comm(cfg)?);

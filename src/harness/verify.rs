@@ -68,7 +68,14 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
         }
     }
     // The FP64 oracle runs on rank 0's CPU: refuse what would take it hours, before any work.
-    let oracle_flops = flops::job_flops(&RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() }).total();
+    // With decode steps it also computes the prefill of the prompt and the decode rows.
+    let longer = crate::config::ModelConfig { seq_len: cfg.model.seq_len + cfg.decode_tokens, ..cfg.model };
+    let decode_oracle = if cfg.decode_tokens > 0 {
+        flops::job_flops(&RunConfig { strategy: StrategyKind::Reference, model: longer, ..cfg.clone() }).total()
+    } else {
+        0.0
+    };
+    let oracle_flops = flops::job_flops(&RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() }).total() + decode_oracle;
     if oracle_flops > ORACLE_FLOP_LIMIT {
         return Err(ConfigError(format!(
             "verify checks small configs: its FP64 oracle on rank 0 would compute {oracle_flops:.1e} FLOPs (about {:.0} min at ~10 GFLOP/s, the limit is {ORACLE_FLOP_LIMIT:.0e}); reduce --seq-len, --batch, --layers or --d-model",
@@ -81,16 +88,71 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
     }
     let mut strat = strategy::build(cfg, be, comm)?;
     strat.forward(be, comm, true)?;
-    let local = match strat.output() {
-        Some(out) => be.download(out)?,
-        None => Vec::new(),
-    };
-    let gathered = comm.gather_to_root(&local)?;
+    for step in 0..cfg.decode_tokens {
+        strat.decode_step(be, comm, step, true)?;
+    }
+    let download = |out: Option<&B::Act>| -> Result<Vec<bf16>> { out.map_or(Ok(Vec::new()), |o| be.download(o)) };
+    let gathered = comm.gather_to_root(&download(strat.output())?)?;
+    let decoded = if cfg.decode_tokens > 0 { comm.gather_to_root(&download(strat.decode_output())?)? } else { None };
     let ok = match gathered {
-        Some(parts) => compare_on_root(cfg, be, comm, &parts, save)?,
+        Some(parts) => compare_on_root(cfg, be, comm, &parts, decoded.as_deref(), save)?,
         None => true,
     };
     comm.all_agree(ok)
+}
+
+/// Place every rank's decode outputs at their (sequence, step): [batch, decode tokens, d_model].
+fn assemble_decode(cfg: &RunConfig, parts: &[Vec<bf16>]) -> Result<Vec<f64>> {
+    let (d, n, batch) = (cfg.model.d_model, cfg.decode_tokens, cfg.model.batch);
+    let mut out = vec![f64::NAN; batch * n * d];
+    let mut covered = 0usize;
+    for (rank, part) in parts.iter().enumerate() {
+        let place = strategy::decode_placement(cfg, rank);
+        if !place.outputs {
+            ensure!(part.is_empty(), "rank {rank} sent {} decode values but reports none", part.len());
+            continue;
+        }
+        let want = place.seqs.len() * n * d;
+        ensure!(part.len() == want, "rank {rank} sent {} decode values, expected {want}", part.len());
+        for (k, seq) in place.seqs.enumerate() {
+            for (o, v) in out[seq * n * d..(seq + 1) * n * d].iter_mut().zip(&part[k * n * d..(k + 1) * n * d]) {
+                *o = v.to_f64();
+            }
+            covered += 1;
+        }
+    }
+    ensure!(covered == batch, "the ranks' decode outputs cover {covered} sequences, expected {batch}");
+    Ok(out)
+}
+
+/// One comparison of a strategy's output with the reference's and the oracle's: the rows it
+/// prints and its verdict.
+fn judge(name: &str, what: &str, got: &[f64], reference: &[f64], exact: &[f64]) -> bool {
+    let vs_ref = Diff::between(got, reference);
+    let ref_vs_exact = Diff::between(reference, exact);
+    let vs_exact = Diff::between(got, exact);
+    let tol = tolerance(ref_vs_exact, reference.iter().fold(0.0f64, |m, v| m.max(v.abs())));
+    let finite = got.iter().all(|v| v.is_finite());
+    // The reference itself must be the model: within docs/design.md's "about 1e-2" of FP64, with a
+    // factor 2 of margin; otherwise the tolerance derived from it would excuse anything.
+    let reference_ok = ref_vs_exact.rel_l2 <= REFERENCE_VS_FP64_LIMIT;
+    let pass = finite && reference_ok && within(vs_ref, tol);
+    let row = |label: String, d: Diff| crate::outln!("  {label:<26} rel L2 {:.3e}   max abs {:.3e}", d.rel_l2, d.max_abs);
+    crate::outln!(" {what}:");
+    row(format!("{name} vs reference:"), vs_ref);
+    row("tolerance:".into(), tol);
+    row("reference vs FP64 oracle:".into(), ref_vs_exact);
+    row(format!("{name} vs FP64 oracle:"), vs_exact);
+    if !finite {
+        crate::outln!("  {name} output holds NaN or infinite values");
+    }
+    if !reference_ok {
+        crate::outln!(
+            "  the reference is {:.3e} (rel L2) from the FP64 oracle, beyond {REFERENCE_VS_FP64_LIMIT:.0e}: the BF16 model is wrong",
+            ref_vs_exact.rel_l2
+        );
+    }
+    pass
 }
 
 /// Why `path` cannot take a new output file, if it cannot.
@@ -140,50 +202,47 @@ fn compare_on_root<B: Backend + 'static, C: Communicator<B> + 'static>(
     be: &B,
     comm: &C,
     parts: &[Vec<bf16>],
+    decoded: Option<&[Vec<bf16>]>,
     save: Option<&Path>,
 ) -> Result<bool> {
     let m = &cfg.model;
     let got = assemble(cfg, parts)?;
+    let got_decode = decoded.map(|d| assemble_decode(cfg, d)).transpose()?;
 
     let ref_cfg = RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() };
     let mut reference = Reference::new(&ref_cfg, be)?;
     Strategy::<B, C>::forward(&mut reference, be, comm, true)?;
-    let ref_out: Vec<f64> = be.download(Strategy::<B, C>::output(&reference).expect("kept"))?.iter().map(|v| v.to_f64()).collect();
-    let exact = oracle::forward(m, cfg.seed, cfg.causal, 0..m.batch);
-
-    let vs_ref = Diff::between(&got, &ref_out);
-    let ref_vs_exact = Diff::between(&ref_out, &exact);
-    let vs_exact = Diff::between(&got, &exact);
-    let tol = tolerance(ref_vs_exact, ref_out.iter().fold(0.0f64, |m, v| m.max(v.abs())));
-    let finite = got.iter().all(|v| v.is_finite());
-    // The reference itself must be the model: within docs/design.md's "about 1e-2" of FP64, with a
-    // factor 2 of margin; otherwise the tolerance derived from it would excuse anything.
-    let reference_ok = ref_vs_exact.rel_l2 <= REFERENCE_VS_FP64_LIMIT;
-    let pass = finite && reference_ok && within(vs_ref, tol);
-
+    for step in 0..cfg.decode_tokens {
+        Strategy::<B, C>::decode_step(&mut reference, be, comm, step, true)?;
+    }
+    let download = |o: Option<&B::Act>| -> Result<Vec<f64>> { Ok(be.download(o.expect("kept"))?.iter().map(|v| v.to_f64()).collect()) };
+    let ref_out = download(Strategy::<B, C>::output(&reference))?;
     let name = cfg.strategy.name();
-    let row = |label: String, d: Diff| crate::outln!("  {label:<26} rel L2 {:.3e}   max abs {:.3e}", d.rel_l2, d.max_abs);
-    row(format!("{name} vs reference:"), vs_ref);
-    row("tolerance:".into(), tol);
-    row("reference vs FP64 oracle:".into(), ref_vs_exact);
-    row(format!("{name} vs FP64 oracle:"), vs_exact);
+    let mut pass = judge(name, "final hidden states of the prompt", &got, &ref_out, &oracle::forward(m, cfg.seed, cfg.causal, 0..m.batch));
+    if let Some(got_decode) = &got_decode {
+        let ref_decode = download(Strategy::<B, C>::decode_output(&reference))?;
+        let exact = oracle::decode(m, cfg.seed, 0..m.batch, cfg.decode_tokens);
+        let what = format!("{} decode steps (the oracle: a prefill of the prompt and the decode rows)", cfg.decode_tokens);
+        pass &= judge(name, &what, got_decode, &ref_decode, &exact);
+    }
     crate::outln!("  (tolerance: 2 x reference vs FP64, plus 2^-10 on rel L2 and one BF16 ulp of the largest output on max abs)");
-    if !finite {
-        crate::outln!("  {name} output holds NaN or infinite values");
-    }
-    if !reference_ok {
-        crate::outln!(
-            "  the reference is {:.3e} (rel L2) from the FP64 oracle, beyond {REFERENCE_VS_FP64_LIMIT:.0e}: the BF16 model is wrong",
-            ref_vs_exact.rel_l2
-        );
-    }
     crate::outln!("{}", if pass { "PASS" } else { "FAIL" });
 
     if let Some(path) = save {
         let data: Vec<f32> = got.iter().map(|&v| v as f32).collect();
-        output::write_hidden_states(path, [m.batch, m.seq_len, m.d_model], &data, &cfg.describe())?;
+        let decode: Vec<f32> = got_decode.iter().flatten().map(|&v| v as f32).collect();
+        let mut sets: Vec<(&str, [usize; 3], &[f32])> = vec![("output", [m.batch, m.seq_len, m.d_model], &data)];
+        if got_decode.is_some() {
+            sets.push(("decode_output", [m.batch, cfg.decode_tokens, m.d_model], &decode));
+        }
+        output::write_hidden_states(path, &sets, &cfg.describe())?;
+        let extra = if got_decode.is_some() {
+            format!(", and the decode steps' as `decode_output`, [{}, {}, {}]", m.batch, cfg.decode_tokens, m.d_model)
+        } else {
+            String::new()
+        };
         crate::outln!(
-            "final hidden states written to {} (dataset `output`, [{}, {}, {}], FP32)",
+            "final hidden states written to {} (dataset `output`, [{}, {}, {}], FP32{extra})",
             path.display(),
             m.batch,
             m.seq_len,

@@ -32,6 +32,32 @@ pub struct IterationRecord {
     pub bytes_received: u64,
 }
 
+/// One measured iteration's decode steps on one rank (docs/design.md, "Decode").
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DecodeRecord {
+    /// Each step's time on this rank, from its start to the end of its work on the device; the
+    /// job's step is the slowest rank's (its inter-token latency).
+    pub step_s: Vec<f64>,
+    /// Each step's communication not hidden under compute.
+    pub comm_s: Vec<f64>,
+    /// Bytes this rank sent and received over all the steps.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// The q-quantile (0 to 1) of a sample, linearly interpolated between order statistics (numpy's
+/// default); None for an empty sample.
+pub fn quantile(xs: &[f64], q: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64))
+}
+
 /// Summary of a sample.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stats {
@@ -140,6 +166,17 @@ mod tests {
         assert_eq!(wide.ci95.unwrap().0, 0.0);
         assert!(Stats::of(&[-1.0, 5.0]).unwrap().ci95.unwrap().0 < -1.0, "a signed quantity keeps its bound");
         assert!(Stats::of(&[]).is_none());
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_order_statistics_as_numpy_does() {
+        // numpy.percentile([1, 2, 3, 4, 10], [50, 90, 99]) = [3.0, 7.6, 9.76].
+        let xs = [4.0, 1.0, 10.0, 3.0, 2.0];
+        for (q, want) in [(0.5, 3.0), (0.9, 7.6), (0.99, 9.76), (0.0, 1.0), (1.0, 10.0)] {
+            assert!((quantile(&xs, q).unwrap() - want).abs() < 1e-12, "q {q}");
+        }
+        assert_eq!(quantile(&[2.5], 0.99), Some(2.5));
+        assert!(quantile(&[], 0.5).is_none());
     }
 
     #[test]

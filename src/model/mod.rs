@@ -369,16 +369,16 @@ mod tests {
     use crate::backend::cpu::CpuBackend;
     use crate::generator::value_bf16;
 
-    /// GQA (4 heads, 2 K/V heads of 4) and SwiGLU (F = 6): W_qkv is [16, 16 + 2 x 8] = [Q | K | V],
-    /// W_up is [16, 12] = [gate | up]; every TP shard is the slice of those whole tensors, with
+    /// GQA (4 heads, 2 K/V heads of 4) and SwiGLU (F = 8): W_qkv is [16, 16 + 2 x 8] = [Q | K | V],
+    /// W_up is [16, 16] = [gate | up]; every TP shard is the slice of those whole tensors, with
     /// K/V heads split at tp 2 and replicated at tp 4.
     #[test]
     fn gqa_and_swiglu_shards_are_slices_of_the_whole_tensors() {
-        let m = ModelConfig { layers: 1, d_model: 16, heads: 4, kv_heads: 2, mlp: 6, mlp_act: MlpAct::Swiglu, seq_len: 8, batch: 1 };
+        let m = ModelConfig { layers: 1, d_model: 16, heads: 4, kv_heads: 2, mlp: 8, mlp_act: MlpAct::Swiglu, seq_len: 8, batch: 1 };
         let (be, seed) = (CpuBackend::new(), 3);
         let w_in = Init::Weight { fan_in: 16 };
         let qkv = |r: usize, c: usize| value_bf16(seed, layer_tensor_id(0, LayerTensor::Qkv), (r * 32 + c) as u64, w_in);
-        let up = |r: usize, c: usize| value_bf16(seed, layer_tensor_id(0, LayerTensor::Up), (r * 12 + c) as u64, w_in);
+        let up = |r: usize, c: usize| value_bf16(seed, layer_tensor_id(0, LayerTensor::Up), (r * 16 + c) as u64, w_in);
         for (tp, kv_of) in
             [(1usize, [vec![0usize, 1]].to_vec()), (2, vec![vec![0], vec![1]]), (4, vec![vec![0], vec![0], vec![1], vec![1]])]
         {
@@ -401,7 +401,7 @@ mod tests {
                     // [gate | up]: the same MLP columns of each half.
                     for c in 0..f {
                         assert_eq!(u[row * 2 * f + c], up(row, shard.mlp.start + c), "gate tp {tp} rank {r}");
-                        assert_eq!(u[row * 2 * f + f + c], up(row, 6 + shard.mlp.start + c), "up tp {tp} rank {r}");
+                        assert_eq!(u[row * 2 * f + f + c], up(row, 8 + shard.mlp.start + c), "up tp {tp} rank {r}");
                     }
                 }
             }

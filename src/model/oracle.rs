@@ -4,7 +4,7 @@
 //! the BF16 reference strays from it and derives its tolerance from that (STYLE.md, item 9).
 
 use crate::config::{MlpAct, ModelConfig};
-use crate::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, INPUT_TENSOR};
+use crate::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, DECODE_TENSOR, INPUT_TENSOR};
 
 /// RoPE's rotation for position `p` and pair `i` of a head of `hd`, from docs/design.md's formula
 /// (angle = p * 10000^(-2i/hd)), written here on its own: the oracle shares no arithmetic with
@@ -45,7 +45,24 @@ fn gelu(z: f64) -> f64 {
 
 /// Final hidden states of sequences `seqs` of the batch, [seqs.len(), seq_len, d_model] row-major.
 pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usize>) -> Vec<f64> {
-    let (d, f, s_len, h, hd) = (m.d_model, m.mlp, m.seq_len, m.heads, m.head_dim());
+    forward_extended(m, seed, causal, seqs, 0)
+}
+
+/// The final hidden states of the last `decode` rows of each of sequences `seqs`, [seqs.len(),
+/// decode, d_model]: a causal prefill of seq_len + decode tokens whose inputs are the prompt's
+/// rows followed by the decode rows (tensor 2, step-major), which is what generating those tokens
+/// one at a time must give (docs/design.md, "Decode").
+pub fn decode(m: &ModelConfig, seed: u64, seqs: std::ops::Range<usize>, decode: usize) -> Vec<f64> {
+    let (d, total) = (m.d_model, m.seq_len + decode);
+    let full = forward_extended(m, seed, true, seqs, decode);
+    full.chunks(total * d).flat_map(|seq| seq[m.seq_len * d..].iter().copied()).collect()
+}
+
+/// Every row of sequences `seqs` over seq_len prompt tokens and `decode` more, [seqs.len(),
+/// seq_len + decode, d_model].
+fn forward_extended(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usize>, decode: usize) -> Vec<f64> {
+    let (d, f, prompt, h, hd) = (m.d_model, m.mlp, m.seq_len, m.heads, m.head_dim());
+    let s_len = prompt + decode;
     // W_qkv is [d, d + 2 kv_dim] = [Q | K | V]; query head h attends with K/V head h / group.
     let (kvd, group, up_cols) = (m.kv_heads * hd, m.heads / m.kv_heads, f * if m.mlp_act == MlpAct::Swiglu { 2 } else { 1 });
     let qkv_cols = d + 2 * kvd;
@@ -64,8 +81,12 @@ pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<u
         .collect();
     let mut out = Vec::with_capacity(seqs.len() * s_len * d);
     for seq in seqs {
-        let base = (seq * s_len * d) as u64;
-        let mut x: Vec<f64> = (0..(s_len * d) as u64).map(|i| value_bf16(seed, INPUT_TENSOR, base + i, Init::Uniform).to_f64()).collect();
+        let base = (seq * prompt * d) as u64;
+        let mut x: Vec<f64> = (0..(prompt * d) as u64).map(|i| value_bf16(seed, INPUT_TENSOR, base + i, Init::Uniform).to_f64()).collect();
+        for step in 0..decode {
+            let row = ((step * m.batch + seq) * d) as u64;
+            x.extend((0..d as u64).map(|j| value_bf16(seed, DECODE_TENSOR, row + j, Init::Uniform).to_f64()));
+        }
         for [g1, w_qkv, w_o, g2, w_up, w_down] in &layers {
             let mut qkv = matmul(&rms_norm(&x, g1, d), w_qkv, s_len, d, qkv_cols);
             // RoPE on every query head (columns 0 .. d) and every key head (d .. d + kv_dim).

@@ -2,6 +2,7 @@
 //! hidden states. Every file is written under a temporary name and moved into place only when
 //! complete; a file that someone else's run wrote is never replaced.
 
+pub mod decode;
 pub mod rankfile;
 pub mod reduce;
 pub mod status;
@@ -12,16 +13,18 @@ use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;
 use std::path::{Path, PathBuf};
 
-/// Write FP32 hidden states of shape `shape` ([batch, seq, d_model]) to a new HDF5 file as dataset
-/// `output`, with the run's description as attribute `config`.
-pub fn write_hidden_states(path: &Path, shape: [usize; 3], data: &[f32], config: &str) -> Result<()> {
+/// Write FP32 hidden states to a new HDF5 file, one dataset per (name, [batch, tokens, d_model],
+/// values), each with the run's description as attribute `config`.
+pub fn write_hidden_states(path: &Path, datasets: &[(&str, [usize; 3], &[f32])], config: &str) -> Result<()> {
     let tmp = partial_name(path);
     let written = (|| -> hdf5::Result<()> {
         let file = hdf5::File::create_excl(&tmp)?;
-        let ds = file.new_dataset::<f32>().shape(shape).create("output")?;
-        ds.write_raw(data)?;
         let text: VarLenUnicode = config.parse().map_err(|e| hdf5::Error::from(format!("{e}")))?;
-        ds.new_attr::<VarLenUnicode>().create("config")?.write_scalar(&text)?;
+        for (name, shape, data) in datasets {
+            let ds = file.new_dataset::<f32>().shape(*shape).create(*name)?;
+            ds.write_raw(data)?;
+            ds.new_attr::<VarLenUnicode>().create("config")?.write_scalar(&text)?;
+        }
         Ok(())
     })();
     if let Err(e) = written {
@@ -57,13 +60,13 @@ mod tests {
         let path = dir.join("out.h5");
         let _ = std::fs::remove_file(&path);
         let data: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.5).collect();
-        write_hidden_states(&path, [2, 3, 4], &data, "tiny").unwrap();
+        write_hidden_states(&path, &[("output", [2, 3, 4], &data)], "tiny").unwrap();
         let file = hdf5::File::open(&path).unwrap();
         let ds = file.dataset("output").unwrap();
         assert_eq!(ds.shape(), vec![2, 3, 4]);
         assert_eq!(ds.read_raw::<f32>().unwrap(), data);
         drop(file);
-        let err = write_hidden_states(&path, [2, 3, 4], &[0.0; 24], "again").unwrap_err();
+        let err = write_hidden_states(&path, &[("output", [2, 3, 4], &[0.0; 24])], "again").unwrap_err();
         assert!(format!("{err:#}").contains("never replaced"), "{err:#}");
         let still = hdf5::File::open(&path).unwrap().dataset("output").unwrap().read_raw::<f32>().unwrap();
         assert_eq!(still, data);

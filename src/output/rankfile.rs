@@ -18,6 +18,11 @@
 //!                             the job's time, communication not hidden, communication hidden
 //!                             under compute, and iter_s - comm_s
 //!   bytes_sent, bytes_received u64 [iters]
+//!   with --decode-tokens N (then iter_s is the prefill, the time to first token):
+//!   decode_step_s, decode_comm_s  f64 [iters, N]  each decode step's time on this rank and
+//!                             its communication not hidden
+//!   decode_bytes_sent, decode_bytes_received  u64 [iters]  over all N steps
+//!   and the attribute kv_cache_bytes (this rank's K/V cache at its full length)
 //! /ring                       the same
 //! ```
 
@@ -65,6 +70,10 @@ pub struct RankRun {
     pub gpu_util: Option<crate::metrics::gpu_util::GpuUtilization>,
     /// The last warm-up iteration's GEMMs and attention, timed op by op (none without warm-up).
     pub op_profile: Option<crate::metrics::OpProfile>,
+    /// Each measured iteration's decode steps (empty without --decode-tokens).
+    pub decode: Vec<crate::metrics::DecodeRecord>,
+    /// This rank's K/V cache at its full length, with --decode-tokens.
+    pub kv_cache_bytes: Option<u64>,
 }
 
 /// Now, as rank files write their times (UTC, milliseconds, RFC 3339).
@@ -113,6 +122,9 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
     if let Some(b) = run.memory.device_peak_bytes {
         ints.push(("peak_device_bytes", b));
     }
+    if let Some(b) = run.kv_cache_bytes {
+        ints.push(("kv_cache_bytes", b));
+    }
     for (name, value) in ints {
         g.new_attr::<u64>().create(name)?.write_scalar(&value)?;
     }
@@ -150,6 +162,22 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
     let counts = |f: fn(&IterationRecord) -> u64| -> Vec<u64> { run.iterations.iter().map(f).collect() };
     for (name, values) in [("bytes_sent", counts(|r| r.bytes_sent)), ("bytes_received", counts(|r| r.bytes_received))] {
         g.new_dataset::<u64>().shape([n]).create(name)?.write_raw(&values)?;
+    }
+    if run.config.decode_tokens > 0 {
+        let (iters, steps) = (run.decode.len(), run.config.decode_tokens);
+        let flat = |f: fn(&crate::metrics::DecodeRecord) -> &Vec<f64>| -> Vec<f64> {
+            run.decode.iter().flat_map(|d| f(d).iter().copied()).collect()
+        };
+        for (name, values) in [("decode_step_s", flat(|d| &d.step_s)), ("decode_comm_s", flat(|d| &d.comm_s))] {
+            if values.len() != iters * steps {
+                return Err(hdf5::Error::from(format!("{name}: {} values for {iters} iterations of {steps} steps", values.len())));
+            }
+            g.new_dataset::<f64>().shape([iters, steps]).create(name)?.write_raw(&values)?;
+        }
+        let totals = |f: fn(&crate::metrics::DecodeRecord) -> u64| -> Vec<u64> { run.decode.iter().map(f).collect() };
+        for (name, values) in [("decode_bytes_sent", totals(|d| d.bytes_sent)), ("decode_bytes_received", totals(|d| d.bytes_received))] {
+            g.new_dataset::<u64>().shape([iters]).create(name)?.write_raw(&values)?;
+        }
     }
     Ok(())
 }
@@ -227,6 +255,7 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
             bytes_received: received[i],
         })
         .collect();
+    let decode = read_decode(g, &config)?;
     Ok(RankRun {
         run_id: s("run_id")?,
         launch_id: s("launch_id")?,
@@ -258,6 +287,8 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
             (Ok(mean), Ok(max), Ok(samples)) => Some(crate::metrics::gpu_util::GpuUtilization { mean, max, samples: samples as u64 }),
             _ => None,
         },
+        decode,
+        kv_cache_bytes: g.attr("kv_cache_bytes").and_then(|a| a.read_scalar::<u64>()).ok(),
         op_profile: match (f("profiled_linear_s"), f("profiled_attention_s"), f("profiled_linear_flops"), f("profiled_attention_flops")) {
             (Ok(linear_s), Ok(attention_s), Ok(linear_flops), Ok(attention_flops)) => {
                 Some(crate::metrics::OpProfile { linear_s, attention_s, linear_flops, attention_flops })
@@ -265,6 +296,28 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
             _ => None,
         },
     })
+}
+
+/// The decode steps of a run with --decode-tokens: [iters, N] per step, totals per iteration.
+fn read_decode(g: &hdf5::Group, config: &RunConfig) -> hdf5::Result<Vec<crate::metrics::DecodeRecord>> {
+    let steps = config.decode_tokens;
+    if steps == 0 {
+        return Ok(Vec::new());
+    }
+    let (step_s, comm_s) = (g.dataset("decode_step_s")?.read_raw::<f64>()?, g.dataset("decode_comm_s")?.read_raw::<f64>()?);
+    let (sent, received) = (g.dataset("decode_bytes_sent")?.read_raw::<u64>()?, g.dataset("decode_bytes_received")?.read_raw::<u64>()?);
+    let iters = sent.len();
+    if step_s.len() != iters * steps || comm_s.len() != iters * steps || received.len() != iters {
+        return Err(hdf5::Error::from("decode datasets differ in length"));
+    }
+    Ok((0..iters)
+        .map(|i| crate::metrics::DecodeRecord {
+            step_s: step_s[i * steps..(i + 1) * steps].to_vec(),
+            comm_s: comm_s[i * steps..(i + 1) * steps].to_vec(),
+            bytes_sent: sent[i],
+            bytes_received: received[i],
+        })
+        .collect())
 }
 
 /// Every strategy run in a rank file, in launch order.

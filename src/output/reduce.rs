@@ -132,6 +132,43 @@ fn check_values(run: &RankRun, file: &str) -> Result<()> {
             );
         }
     }
+    check_decode(run, file)
+}
+
+/// As `check_values`, for the decode steps: one record per measured iteration, each with a time
+/// per step that a run can take, and the bytes the config's decode moves.
+fn check_decode(run: &RankRun, file: &str) -> Result<()> {
+    let (g, rank, steps) = (run.config.strategy.name(), run.rank, run.config.decode_tokens);
+    if steps == 0 {
+        ensure!(run.decode.is_empty(), "rank {rank}: {file}: {g} holds decode steps but its config has none");
+        return Ok(());
+    }
+    ensure!(
+        run.decode.len() == run.iterations.len(),
+        "rank {rank}: {file}: {g} holds decode steps of {} iterations, and {} measured prefills",
+        run.decode.len(),
+        run.iterations.len()
+    );
+    let (sent, received) = crate::strategy::decode_traffic(&run.config, rank)
+        .iter()
+        .fold((0, 0), |(s, r), t| (s + t.sent * t.calls, r + t.received * t.calls));
+    for (i, d) in run.decode.iter().enumerate() {
+        for (name, values) in [("decode_step_s", &d.step_s), ("decode_comm_s", &d.comm_s)] {
+            ensure!(values.len() == steps, "rank {rank}: {file}: dataset {g}/{name}[{i}] holds {} steps, the config {steps}", values.len());
+            for (j, &v) in values.iter().enumerate() {
+                ensure!(
+                    v.is_finite() && (0.0..=MAX_PLAUSIBLE_S).contains(&v),
+                    "rank {rank}: {file}: dataset {g}/{name}[{i}, {j}] = {v}: a time must be finite, non-negative and shorter than any run"
+                );
+            }
+        }
+        for (name, v, want) in [("decode_bytes_sent", d.bytes_sent, sent), ("decode_bytes_received", d.bytes_received, received)] {
+            ensure!(
+                v == want,
+                "rank {rank}: {file}: dataset {g}/{name}[{i}] = {v}, but this config's decode moves {want} bytes per iteration on this rank"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -353,6 +390,7 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
         gpu_util,
         efficiency_vs_floor: compute_floor_s.map(|f| f / iter.mean),
         compute_floor_s,
+        decode: super::decode::measured(ranks, n),
     })
 }
 
@@ -543,6 +581,8 @@ mod tests {
             device_peak_flops: peak,
             gpu_util: None,
             op_profile: None,
+            decode: Vec::new(),
+            kv_cache_bytes: None,
         }
     }
 

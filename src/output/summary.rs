@@ -50,6 +50,8 @@ pub struct Measured {
     /// floor / measured iteration time.
     pub compute_floor_s: Option<f64>,
     pub efficiency_vs_floor: Option<f64>,
+    /// The decode steps, with --decode-tokens (then `iter` is the prefill: the time to first token).
+    pub decode: Option<super::decode::DecodeMeasured>,
 }
 
 pub(super) fn mean(xs: impl Iterator<Item = f64>) -> f64 {

@@ -52,6 +52,7 @@ fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
         ("batch", m.batch.to_string()),
         ("micro_batch", cfg.micro_batch.to_string()),
         ("causal", cfg.causal.to_string()),
+        ("decode_tokens", cfg.decode_tokens.to_string()),
         ("seed", cfg.seed.to_string()),
         ("warmup", cfg.warmup.to_string()),
         ("iters", cfg.iters.to_string()),
@@ -116,6 +117,34 @@ fn measured_columns(m: &Measured) -> Vec<(String, String)> {
         ("compute_floor_ms", opt(m.compute_floor_s.map(|f| f * 1e3), 6)),
         ("efficiency_vs_floor", opt(m.efficiency_vs_floor, 6)),
     ]));
+    row.extend(decode_columns(m));
+    row
+}
+
+/// The decode figures (docs/output.md): TTFT is the prefill's time; blank without decode steps.
+fn decode_columns(m: &Measured) -> Vec<(String, String)> {
+    let d = m.decode.as_ref();
+    let ms = |v: Option<f64>| opt(v.map(|x| x * 1e3), 6);
+    let mut row = own(vec![
+        ("ttft_ms_mean", ms(d.map(|_| m.iter.mean))),
+        ("ttft_ms_ci95_lo", ms(d.and(m.iter.ci95).map(|c| c.0))),
+        ("ttft_ms_ci95_hi", ms(d.and(m.iter.ci95).map(|c| c.1))),
+    ]);
+    let blank = Stats::of(&[1.0]).expect("one value");
+    let tpot = stats_columns("tpot_ms", d.map_or(&blank, |d| &d.tpot), 1e3);
+    row.extend(tpot.into_iter().map(|(k, v)| (k, if d.is_some() { v } else { String::new() })));
+    row.extend(own(vec![
+        ("itl_ms_p50", ms(d.map(|d| d.itl.0))),
+        ("itl_ms_p90", ms(d.map(|d| d.itl.1))),
+        ("itl_ms_p99", ms(d.map(|d| d.itl.2))),
+        ("decode_tps", opt(d.map(|d| d.tokens_per_s), 3)),
+        ("decode_tps_per_user", opt(d.map(|d| d.tokens_per_s_per_user), 3)),
+        ("decode_comm_ms_per_step_max", ms(d.map(|d| d.comm_s.0))),
+        ("decode_comm_ms_per_step_mean", ms(d.map(|d| d.comm_s.1))),
+        ("decode_sent_kib_per_step_max", opt(d.map(|d| d.sent_per_step_max / 1024.0), 6)),
+        ("kv_cache_gib_max", opt(d.map(|d| d.kv_cache.0 / GIB), 6)),
+        ("kv_cache_gib_mean", opt(d.map(|d| d.kv_cache.1 / GIB), 6)),
+    ]));
     row
 }
 
@@ -138,6 +167,7 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
         gpu_util: None,
         compute_floor_s: None,
         efficiency_vs_floor: None,
+        decode: None,
     };
     table(
         summaries
@@ -237,7 +267,11 @@ pub fn column_unit(column: &str) -> Option<&'static str> {
     match column {
         "tps" | "tps_ci95_lo" | "tps_ci95_hi" => Some("tokens/s"),
         "prefill_us_per_token" => Some("us/token"),
-        "iter_ms_cv" => Some("fraction"),
+        "iter_ms_cv" | "tpot_ms_cv" => Some("fraction"),
+        c if stat("ttft_ms") || stat("tpot_ms") || c.starts_with("itl_ms") || c.starts_with("decode_comm_ms") => Some("ms"),
+        "decode_tps" | "decode_tps_per_user" => Some("tokens/s"),
+        c if c.contains("_kib") => Some("KiB"),
+        "decode_tokens" => Some("tokens"),
         c if stat("iter_ms") || c.starts_with("comm_ms") || c.starts_with("hidden_ms") || c.starts_with("compute_ms") => Some("ms"),
         "compute_floor_ms" => Some("ms"),
         c if c.contains("_gib") => Some("GiB"),

@@ -7,6 +7,7 @@
 //! NCCL's AllGather moves equal blocks: a rank whose chunk is a token shorter than the longest
 //! sends its block padded to the longest; the padding rows are never attended.
 
+use super::decode::{self, combine::Route, Decoder};
 use super::spec::{CommProjection, Op, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
 use crate::backend::{Backend, Matrix};
@@ -29,6 +30,10 @@ pub const SPEC: Spec = Spec {
     buffers,
     splits: super::shared::no_splits,
     project,
+    decode: |cfg, rank| {
+        let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
+        super::decode::sequence_parallel(cfg, rank, Route::Gather, prompt)
+    },
 };
 
 /// The local K/V padded to the longest block (what the all-gather sends), and the whole
@@ -68,11 +73,17 @@ pub struct Allgather<B: Backend> {
     /// Every rank's tokens: the layout of its block in the gathered K/V.
     layout: Vec<LocalTokens>,
     stack: Stack<B>,
+    decoder: Option<Decoder<B>>,
 }
 
 impl<B: Backend> Allgather<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        Ok(Allgather { cfg: cfg.clone(), layout: super::shared::sequence_layout(cfg), stack: Stack::of(&SPEC, cfg, be, rank)? })
+        Ok(Allgather {
+            cfg: cfg.clone(),
+            layout: super::shared::sequence_layout(cfg),
+            stack: Stack::of(&SPEC, cfg, be, rank)?,
+            decoder: decode::decoder_for(cfg, be, rank)?,
+        })
     }
 }
 
@@ -99,11 +110,24 @@ fn gathered_attention<B: Backend, C: Communicator<B>>(
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
-        let (cfg, layout) = (&self.cfg, &self.layout);
-        self.stack.forward_all(be, cfg, keep, &mut |ws, batch| gathered_attention(be, comm, ws, batch, layout, cfg.causal))
+        let (cfg, layout, dec) = (&self.cfg, &self.layout, &mut self.decoder);
+        dec.iter_mut().for_each(Decoder::restart);
+        self.stack.forward_all(be, cfg, keep, &mut |ws, batch, l| {
+            decode::keep_own(dec, be, l, ws, batch)?;
+            gathered_attention(be, comm, ws, batch, layout, cfg.causal)
+        })
     }
 
     fn output(&self) -> Option<&B::Act> {
         self.stack.out.as_ref()
+    }
+
+    fn decode_step(&mut self, be: &B, comm: &C, step: usize, keep: bool) -> Result<()> {
+        let comms = decode::Comms { tp: None, heads: None, context: Some(comm) };
+        decode::step_own(decode::need(&mut self.decoder)?, be, &self.stack.layers, step, keep, &comms)
+    }
+
+    fn decode_output(&self) -> Option<&B::Act> {
+        self.decoder.as_ref().and_then(Decoder::output)
     }
 }

@@ -14,6 +14,7 @@
 //! P - 1 steps. The outer ring's transfers run on a communication stream of their own (NCCL), so
 //! they overlap the inner ring's. W = P is ring (one window); W = 1 is ring too (the outer ring).
 
+use super::decode::{self, combine::Route, Decoder};
 use super::ring::ring_steps;
 use super::spec::{CommProjection, Op, ProjectionInput, SizeFlags, Spec, Strategy, Transfer};
 use super::stack::Stack;
@@ -37,6 +38,12 @@ pub const SPEC: Spec = Spec {
     buffers,
     splits,
     project,
+    // Decode passes the queries around the whole ring (pass-Q): a step's blocks are a token per
+    // sequence, where the double ring's schedule has nothing to hide.
+    decode: |cfg, rank| {
+        let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
+        super::decode::sequence_parallel(cfg, rank, Route::Ring, prompt)
+    },
 };
 
 /// What the inner ring's blocks are called in the traffic table (and the outer ring's).
@@ -175,6 +182,7 @@ pub struct DoubleRing<B: Backend, C> {
     /// The next outer step's block, arriving; the inner ring's second buffer.
     next: B::Act,
     spare: B::Act,
+    decoder: Option<Decoder<B>>,
 }
 
 impl<B: Backend, C: Communicator<B>> DoubleRing<B, C> {
@@ -193,6 +201,7 @@ impl<B: Backend, C: Communicator<B>> DoubleRing<B, C> {
             stack: Stack::of(&SPEC, cfg, be, rank)?,
             next,
             spare,
+            decoder: decode::decoder_for(cfg, be, rank)?,
         })
     }
 }
@@ -270,9 +279,11 @@ fn double_ring_pass<B: Backend, C: Communicator<B>>(
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for DoubleRing<B, C> {
     fn forward(&mut self, be: &B, _world: &C, keep: bool) -> Result<()> {
-        let DoubleRing { cfg, inner, outer, layout, stack, next, spare } = self;
+        let DoubleRing { cfg, inner, outer, layout, stack, next, spare, decoder } = self;
         let causal = cfg.causal;
-        stack.forward_all(be, cfg, keep, &mut |ws, batch: &Batch| {
+        decoder.iter_mut().for_each(Decoder::restart);
+        stack.forward_all(be, cfg, keep, &mut |ws, batch: &Batch, l| {
+            decode::keep_own(decoder, be, l, ws, batch)?;
             let q = Blocks::one(batch.seqs, batch.tokens);
             let blocks: Vec<Blocks> = layout.iter().map(|t| Blocks::one(batch.seqs, t)).collect();
             let Workspace { q: wq, kv, kv_in, o, lse, heads, .. } = ws;
@@ -284,6 +295,15 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for DoubleRing<B, C> {
 
     fn output(&self) -> Option<&B::Act> {
         self.stack.out.as_ref()
+    }
+
+    fn decode_step(&mut self, be: &B, comm: &C, step: usize, keep: bool) -> Result<()> {
+        let comms = decode::Comms { tp: None, heads: None, context: Some(comm) };
+        decode::step_own(decode::need(&mut self.decoder)?, be, &self.stack.layers, step, keep, &comms)
+    }
+
+    fn decode_output(&self) -> Option<&B::Act> {
+        self.decoder.as_ref().and_then(Decoder::output)
     }
 }
 

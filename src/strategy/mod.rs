@@ -3,6 +3,7 @@
 //! `Communicator`. The harness (timing, verification) is the same for all of them.
 
 pub mod allgather;
+pub mod decode;
 pub mod double_ring;
 pub mod emulation;
 pub mod reference;
@@ -37,6 +38,16 @@ pub fn spec(kind: StrategyKind) -> &'static Spec {
 
 pub fn placement(cfg: &RunConfig, rank: usize) -> Placement {
     (spec(cfg.strategy).placement)(cfg, rank)
+}
+
+/// What `rank` does in each decode step.
+pub fn decode_placement(cfg: &RunConfig, rank: usize) -> decode::DecodePlacement {
+    (spec(cfg.strategy).decode)(cfg, rank)
+}
+
+/// Every message `rank` exchanges in the decode steps of one iteration (all of them).
+pub fn decode_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    decode::traffic(cfg, &decode_placement(cfg, rank))
 }
 
 /// Bytes (sent, received) that `rank` of the strategy moves per iteration, as `comm::metered`
@@ -103,11 +114,12 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
     let x = bf * rows * d;
     let out = if keep { bf * (m.batch * place.tokens.len()) as u64 * d } else { 0 };
     let emulation = if cfg.emulate.is_some() { scratch_bytes(cfg, rank) } else { 0 };
+    let decode = if cfg.decode_tokens > 0 { decode::buffer_bytes(cfg, &decode_placement(cfg, rank)) } else { 0 };
     // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
     let matmul = f32b * (rows * d + d * up + rows * up);
     let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);
     let attention = f32b * (kv_r * kv_c + 64 * kv_r + 64 * w);
-    MemoryEstimate { weights, activations: workspace + x + out + emulation, scratch: matmul.max(attention) + bf * rows * d }
+    MemoryEstimate { weights, activations: workspace + x + out + emulation + decode, scratch: matmul.max(attention) + bf * rows * d }
 }
 
 /// `cfg` under `spec` in every split of a `world`-rank job its sizes allow, each once (not yet
@@ -165,7 +177,7 @@ mod tests {
     use crate::comm::local::LocalComm;
     use crate::comm::metered::Metered;
     use crate::comm::HostCollectives;
-    use crate::config::{Layout, ModelConfig, Preset};
+    use crate::config::{Layout, MlpAct, ModelConfig, Preset};
 
     /// Every config of `spec` on 1 to 6 ranks that validates: every split of the world its sizes
     /// allow, every layout it takes, causal and not, multi-head and grouped K/V, at an awkward
@@ -273,5 +285,69 @@ mod tests {
             }
         }
         assert!(checked > 400, "{checked} ranks checked");
+    }
+
+    /// Every strategy's decode on 1 to 6 ranks, at awkward sizes (a prompt of 37, 3 sequences
+    /// over up to 6 query owners, 3 steps; grouped K/V with SwiGLU and multi-head with GELU):
+    /// its outputs are the FP64 oracle's last rows of a prefill of prompt + decode rows, and the
+    /// bytes it moves are its stated decode traffic.
+    #[test]
+    fn every_strategy_decodes_as_the_prefill_of_prompt_and_tokens_with_its_stated_traffic() {
+        let mut checked = 0;
+        for spec in SPECS {
+            for kv_heads in [2, 6] {
+                let mut base = RunConfig::of_preset(Preset::Tiny, spec.kind, 1, 1, 1);
+                let act = if kv_heads == 2 { MlpAct::Swiglu } else { MlpAct::Gelu };
+                base.model = ModelConfig { heads: 6, kv_heads, d_model: 48, mlp: 36, mlp_act: act, seq_len: 37, batch: 3, layers: 2 };
+                base.micro_batch = 1;
+                base.decode_tokens = 3;
+                let exact = crate::model::oracle::decode(&base.model, base.seed, 0..3, 3);
+                for world in 1..=6 {
+                    for cfg in every_split(spec, &base, world).into_iter().filter(|c| validate(c, world).is_ok()) {
+                        let threads: Vec<_> = LocalComm::world(cfg.world())
+                            .into_iter()
+                            .map(|c| {
+                                let cfg = cfg.clone();
+                                std::thread::spawn(move || {
+                                    let be = CpuBackend::new();
+                                    let comm = Metered::new(c);
+                                    let mut s = build(&cfg, &be, &comm).unwrap();
+                                    s.forward(&be, &comm, false).unwrap();
+                                    comm.counters().take();
+                                    for step in 0..cfg.decode_tokens {
+                                        s.decode_step(&be, &comm, step, true).unwrap();
+                                    }
+                                    let (_, sent, received) = comm.counters().take();
+                                    let out = s.decode_output().map(|o| be.download(o).unwrap());
+                                    (comm.rank(), sent, received, out)
+                                })
+                            })
+                            .collect();
+                        let d = cfg.model.d_model;
+                        let mut got = vec![f64::NAN; exact.len()];
+                        for t in threads {
+                            let (rank, sent, received, out) = t.join().expect("rank thread");
+                            let stated = decode_traffic(&cfg, rank)
+                                .iter()
+                                .fold((0, 0), |(s, r), t| (s + t.sent * t.calls, r + t.received * t.calls));
+                            assert_eq!((sent, received), stated, "decode traffic of rank {rank}: {}", cfg.describe());
+                            let place = decode_placement(&cfg, rank);
+                            assert_eq!(out.is_some(), place.outputs, "rank {rank} outputs: {}", cfg.describe());
+                            for (k, seq) in place.seqs.clone().enumerate().filter(|_| place.outputs) {
+                                let rows = &out.as_ref().unwrap()[k * 3 * d..(k + 1) * 3 * d];
+                                for (g, v) in got[seq * 3 * d..(seq + 1) * 3 * d].iter_mut().zip(rows) {
+                                    *g = v.to_f64();
+                                }
+                            }
+                        }
+                        let diff = crate::harness::Diff::between(&got, &exact);
+                        assert!(diff.rel_l2 < 2e-2, "{}: rel L2 {:.3e} from the oracle", cfg.describe(), diff.rel_l2);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        println!("{checked} decode configs checked");
+        assert!(checked > 40, "{checked} configs checked");
     }
 }

@@ -1,5 +1,6 @@
 //! The single-rank reference: the whole model, every head, every token, no communication.
 
+use super::decode::{self, Decoder};
 use super::spec::{CommProjection, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
 use crate::backend::Backend;
@@ -22,6 +23,7 @@ pub const SPEC: Spec = Spec {
     buffers,
     splits: super::shared::no_splits,
     project,
+    decode: |cfg, _| super::decode::whole(cfg),
 };
 
 fn check(_: &RunConfig, world: usize) -> Result<(), ConfigError> {
@@ -56,21 +58,35 @@ fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
 pub struct Reference<B: Backend> {
     cfg: RunConfig,
     stack: Stack<B>,
+    decoder: Option<Decoder<B>>,
 }
 
 impl<B: Backend> Reference<B> {
     pub fn new(cfg: &RunConfig, be: &B) -> Result<Self> {
-        Ok(Reference { cfg: cfg.clone(), stack: Stack::of(&SPEC, cfg, be, 0)? })
+        Ok(Reference { cfg: cfg.clone(), stack: Stack::of(&SPEC, cfg, be, 0)?, decoder: decode::decoder_for(cfg, be, 0)? })
     }
 }
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Reference<B> {
     fn forward(&mut self, be: &B, _comm: &C, keep: bool) -> Result<()> {
         let causal = self.cfg.causal;
-        self.stack.forward_all(be, &self.cfg, keep, &mut |ws, batch| local_attention(be, ws, batch, causal))
+        let dec = &mut self.decoder;
+        dec.iter_mut().for_each(Decoder::restart);
+        self.stack.forward_all(be, &self.cfg, keep, &mut |ws, batch, l| {
+            decode::keep_own(dec, be, l, ws, batch)?;
+            local_attention(be, ws, batch, causal)
+        })
     }
 
     fn output(&self) -> Option<&B::Act> {
         self.stack.out.as_ref()
+    }
+
+    fn decode_step(&mut self, be: &B, _comm: &C, step: usize, keep: bool) -> Result<()> {
+        decode::step_own(decode::need(&mut self.decoder)?, be, &self.stack.layers, step, keep, &decode::no_comms::<C>())
+    }
+
+    fn decode_output(&self) -> Option<&B::Act> {
+        self.decoder.as_ref().and_then(Decoder::output)
     }
 }

@@ -131,6 +131,15 @@ impl RunRequest {
                 self.comm_timeout
             )));
         }
+        if let Some(n) = self.decode_tokens {
+            if n == 0 {
+                bad!("--decode-tokens 0: must be at least 1 (leave the flag out for a prefill-only run)");
+            }
+            require_at_most("--decode-tokens", n, crate::config::MAX_DECODE_TOKENS)?;
+            if self.no_causal {
+                bad!("--decode-tokens {n} with --no-causal: decode generates tokens one after another, so its attention is causal by construction");
+            }
+        }
         let comm = match (self.backend, self.comm) {
             (BackendKind::Cpu, Some(CommKind::Nccl)) => {
                 return Err(ConfigError("--comm nccl: NCCL moves GPU buffers; it needs --backend cuda".into()))
@@ -158,6 +167,7 @@ impl RunRequest {
                     warmup: self.warmup.unwrap_or(p.warmup),
                     iters: self.iters.unwrap_or(p.iters),
                     emulate: None,
+                    decode_tokens: self.decode_tokens.unwrap_or(0),
                 };
                 (spec(strategy).resolve_sizes)(&mut cfg, &flags, world);
                 (strategy, validate(&cfg, world).map(|()| cfg))
@@ -299,6 +309,6 @@ impl RunConfig {
             m.seq_len,
             self.micro_batch,
             if self.causal { "causal" } else { "non-causal" },
-        )
+        ) + &if self.decode_tokens > 0 { format!(", then {} decode steps", self.decode_tokens) } else { String::new() }
     }
 }

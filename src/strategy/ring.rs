@@ -5,6 +5,7 @@
 //! next one from r - 1 into the second buffer; partial results merge into FP32 (O, LSE)
 //! accumulators. Output projection and MLP are local. No collective besides the ring.
 
+use super::decode::{self, combine::Route, Decoder};
 use super::spec::{CommProjection, Op, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
 use crate::backend::Heads;
@@ -28,6 +29,10 @@ pub const SPEC: Spec = Spec {
     buffers,
     splits: super::shared::no_splits,
     project,
+    decode: |cfg, rank| {
+        let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
+        super::decode::sequence_parallel(cfg, rank, Route::Ring, prompt)
+    },
 };
 
 /// Two K/V buffers of the longest block: the one in use, and the next one arriving.
@@ -131,11 +136,18 @@ pub struct Ring<B: Backend> {
     /// Every ring position's tokens: the layout of the K/V block that arrives from it.
     layout: Vec<LocalTokens>,
     stack: Stack<B>,
+    decoder: Option<Decoder<B>>,
 }
 
 impl<B: Backend> Ring<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
-        Ok(Ring { cfg: cfg.clone(), rank, layout: super::shared::sequence_layout(cfg), stack: Stack::of(&SPEC, cfg, be, rank)? })
+        Ok(Ring {
+            cfg: cfg.clone(),
+            rank,
+            layout: super::shared::sequence_layout(cfg),
+            stack: Stack::of(&SPEC, cfg, be, rank)?,
+            decoder: decode::decoder_for(cfg, be, rank)?,
+        })
     }
 }
 
@@ -202,12 +214,25 @@ pub(super) fn ring_pass<B: Backend, C: Communicator<B>>(
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
         debug_assert_eq!(comm.rank(), self.rank);
-        let (cfg, layout) = (&self.cfg, &self.layout);
-        self.stack.forward_all(be, cfg, keep, &mut |ws, batch| ring_attention(be, comm, ws, batch, layout, cfg.causal))
+        let (cfg, layout, dec) = (&self.cfg, &self.layout, &mut self.decoder);
+        dec.iter_mut().for_each(Decoder::restart);
+        self.stack.forward_all(be, cfg, keep, &mut |ws, batch, l| {
+            decode::keep_own(dec, be, l, ws, batch)?;
+            ring_attention(be, comm, ws, batch, layout, cfg.causal)
+        })
     }
 
     fn output(&self) -> Option<&B::Act> {
         self.stack.out.as_ref()
+    }
+
+    fn decode_step(&mut self, be: &B, comm: &C, step: usize, keep: bool) -> Result<()> {
+        let comms = decode::Comms { tp: None, heads: None, context: Some(comm) };
+        decode::step_own(decode::need(&mut self.decoder)?, be, &self.stack.layers, step, keep, &comms)
+    }
+
+    fn decode_output(&self) -> Option<&B::Act> {
+        self.decoder.as_ref().and_then(Decoder::output)
     }
 }
 

@@ -20,6 +20,15 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
     /// The kept final hidden states: [batch x tokens per sequence, d_model], sequence-major, in
     /// the order of `output_tokens`; None if this rank outputs nothing.
     fn output(&self) -> Option<&B::Act>;
+
+    /// Decode step `step` (0-based) after a forward pass of a config with `decode_tokens`: one
+    /// new token per sequence through every layer, with the cache the forward pass kept. With
+    /// `keep`, its outputs are kept for `decode_output`.
+    fn decode_step(&mut self, be: &B, comm: &C, step: usize, keep: bool) -> Result<()>;
+
+    /// The kept decode outputs: [own sequences x decode tokens, d_model], sequence-major, for
+    /// the sequences `decode_placement` says it reports; None if it reports none.
+    fn decode_output(&self) -> Option<&B::Act>;
 }
 
 /// What one rank owns of the model (docs/design.md, "Strategies"): the statement that FLOPs, memory,
@@ -106,6 +115,8 @@ pub struct Spec {
     pub splits: fn(&RunConfig, usize) -> Vec<(usize, usize)>,
     /// Its communication on a hardware profile, for `plan`.
     pub project: fn(&RunConfig, &ProjectionInput) -> CommProjection,
+    /// What each rank does in a decode step (docs/design.md, "Decode").
+    pub decode: fn(&RunConfig, usize) -> super::decode::DecodePlacement,
 }
 
 /// What `plan` knows when it asks a strategy for its communication time: the busiest rank, its

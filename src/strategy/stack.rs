@@ -8,6 +8,9 @@ use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Workspace
 use crate::topology::LocalTokens;
 use anyhow::Result;
 
+/// A strategy's attention of one layer (the index within the stack) on a micro-batch.
+pub(crate) type LayerAttention<'f, B> = dyn FnMut(&mut Workspace<B>, &Batch, usize) -> Result<()> + 'f;
+
 /// Micro-batch `micro_batch`: sequences micro_batch x mb .. (micro_batch + 1) x mb, on `tokens`.
 fn micro_batch_of<'a>(cfg: &RunConfig, micro_batch: usize, tokens: &'a LocalTokens) -> Batch<'a> {
     Batch { first_seq: micro_batch * cfg.micro_batch, seqs: cfg.micro_batch, tokens }
@@ -63,26 +66,20 @@ impl<B: Backend> Stack<B> {
         be: &B,
         cfg: &RunConfig,
         micro_batch: usize,
-        attention: &mut dyn FnMut(&mut Workspace<B>, &Batch) -> Result<()>,
+        attention: &mut LayerAttention<B>,
         reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
     ) -> Result<()> {
         let batch = micro_batch_of(cfg, micro_batch, &self.tokens);
-        for w in &self.layers {
-            layer_forward(be, w, &mut self.ws, &mut self.x, &batch, &mut |ws| attention(ws, &batch), reduce)?;
+        for (l, w) in self.layers.iter().enumerate() {
+            layer_forward(be, w, &mut self.ws, &mut self.x, &batch, &mut |ws| attention(ws, &batch, l), reduce)?;
         }
         Ok(())
     }
 
     /// Every micro-batch through the stack, its input generated on this rank, attention by
-    /// `attention`, nothing to reduce: the whole forward pass of every strategy without tensor
+    /// `attention` (given the index of the layer within the stack), nothing to reduce: the whole forward pass of every strategy without tensor
     /// or pipeline parallelism (they differ only in how a layer's attention sees other ranks).
-    pub fn forward_all(
-        &mut self,
-        be: &B,
-        cfg: &RunConfig,
-        keep: bool,
-        attention: &mut dyn FnMut(&mut Workspace<B>, &Batch) -> Result<()>,
-    ) -> Result<()> {
+    pub fn forward_all(&mut self, be: &B, cfg: &RunConfig, keep: bool, attention: &mut LayerAttention<B>) -> Result<()> {
         for mb in 0..cfg.micro_batches() {
             self.generate_input(be, cfg, mb)?;
             self.run_layers(be, cfg, mb, attention, &mut |_| Ok(()))?;

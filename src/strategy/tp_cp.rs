@@ -8,6 +8,7 @@
 //! It is the one sequence-parallel strategy whose weights per rank shrink with the group (a TP
 //! shard of every layer), which is what lets 70B and 405B models run at all.
 
+use super::decode::{self, appended_steps, combine::Route, owned_rows, CacheShape, DecodePlacement, Decoder, Group};
 use super::ring::{ring_attention, ring_steps};
 use super::spec::SizeFlags;
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
@@ -15,7 +16,7 @@ use super::stack::Stack;
 use crate::backend::Backend;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
-use crate::model::Shard;
+use crate::model::{Batch, Shard, Workspace};
 use crate::topology::{grid_coord, grid_rank, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
 
@@ -32,6 +33,7 @@ pub const SPEC: Spec = Spec {
     buffers,
     splits,
     project,
+    decode,
 };
 
 /// --tp and --cp (under `--strategy all`, --tp is tp-pp's and only --cp counts); a missing one
@@ -130,6 +132,40 @@ fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
     super::ring::project_two_d(x, (Op::AllReduce, "one all-reduce", &group), &ring, x.attention_per_layer_mb_s / cfg.split.cp() as f64)
 }
 
+/// Decode (Helix-like): heads over the TP group as in prefill, the new tokens of an even slice of
+/// the sequences per context rank, the cache by tokens over the context group, which all-gathers
+/// the queries and returns each partial result to its owner; step i's K/V is appended at
+/// context rank i mod C.
+fn decode(cfg: &RunConfig, rank: usize) -> DecodePlacement {
+    let m = &cfg.model;
+    let (t, c) = coord(cfg, rank);
+    let (tt, cc) = (cfg.split.tp(), cfg.split.cp());
+    let shard = Shard::tensor_parallel(m, tt, t);
+    let seqs = decode::owned_seqs(m.batch, cc, c);
+    DecodePlacement {
+        rows_per_call: seqs.len(),
+        seqs,
+        outputs: t == 0,
+        layers: 0..m.layers,
+        tp: Some(Group { ranks: (0..tt).map(|i| grid_rank(i, c, tt)).collect(), member: t }),
+        pipeline: (None, None),
+        heads: None,
+        context: Some((
+            Group { ranks: (0..cc).map(|pos| grid_rank(t, pos, tt)).collect(), member: c },
+            Route::Gather,
+            (0..cc).map(|pos| owned_rows(m.batch, cc, pos)).collect(),
+        )),
+        cache: CacheShape {
+            layers: m.layers,
+            batch: m.batch,
+            prompt: ring_tokens(cfg.layout, m.seq_len, cc, c).len(),
+            slots: appended_steps(cfg.decode_tokens, cc, c),
+            kv_cols: 2 * shard.heads(m).kv_width(),
+        },
+        shard,
+    }
+}
+
 pub struct TpCp<B: Backend, C> {
     cfg: RunConfig,
     /// The T ranks of this context position: its all-reduces.
@@ -138,6 +174,7 @@ pub struct TpCp<B: Backend, C> {
     cp_ring: C,
     layout: Vec<LocalTokens>,
     stack: Stack<B>,
+    decoder: Option<Decoder<B>>,
 }
 
 impl<B: Backend, C: Communicator<B>> TpCp<B, C> {
@@ -146,18 +183,22 @@ impl<B: Backend, C: Communicator<B>> TpCp<B, C> {
         let [(tp_color, tp_key), (cp_color, cp_key)] = splits(cfg, rank)[..] else { unreachable!("tp-cp makes two splits") };
         let tp_group = world.split(tp_color, tp_key).context("creating the tensor-parallel group")?;
         let cp_ring = world.split(cp_color, cp_key).context("creating the context-parallel ring")?;
-        Ok(TpCp { cfg: cfg.clone(), tp_group, cp_ring, layout: layout(cfg), stack: Stack::of(&SPEC, cfg, be, rank)? })
+        let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, rank)?);
+        Ok(TpCp { cfg: cfg.clone(), tp_group, cp_ring, layout: layout(cfg), stack, decoder })
     }
 }
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
     fn forward(&mut self, be: &B, _world: &C, keep: bool) -> Result<()> {
-        let (cfg, layout, tp_group, cp_ring) = (&self.cfg, &self.layout, &self.tp_group, &self.cp_ring);
+        let (cfg, layout, tp_group, cp_ring, dec) = (&self.cfg, &self.layout, &self.tp_group, &self.cp_ring, &mut self.decoder);
+        dec.iter_mut().for_each(Decoder::restart);
         for mb in 0..cfg.micro_batches() {
             self.stack.generate_input(be, cfg, mb)?;
-            self.stack.run_layers(be, cfg, mb, &mut |ws, batch| ring_attention(be, cp_ring, ws, batch, layout, cfg.causal), &mut |y| {
-                tp_group.all_reduce_sum(y)
-            })?;
+            let mut attention = |ws: &mut Workspace<B>, batch: &Batch, l| {
+                decode::keep_own(dec, be, l, ws, batch)?;
+                ring_attention(be, cp_ring, ws, batch, layout, cfg.causal)
+            };
+            self.stack.run_layers(be, cfg, mb, &mut attention, &mut |y| tp_group.all_reduce_sum(y))?;
             if keep {
                 self.stack.keep(be, cfg, mb)?;
             }
@@ -168,5 +209,14 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
     fn output(&self) -> Option<&B::Act> {
         // Every TP rank holds the same all-reduced output; the first one reports it.
         (self.tp_group.rank() == 0).then_some(self.stack.out.as_ref()).flatten()
+    }
+
+    fn decode_step(&mut self, be: &B, _world: &C, step: usize, keep: bool) -> Result<()> {
+        let comms = decode::Comms { tp: Some(&self.tp_group), heads: None, context: Some(&self.cp_ring) };
+        decode::step_own(decode::need(&mut self.decoder)?, be, &self.stack.layers, step, keep, &comms)
+    }
+
+    fn decode_output(&self) -> Option<&B::Act> {
+        self.decoder.as_ref().and_then(Decoder::output)
     }
 }

@@ -9,6 +9,7 @@
 //! is a blocking send: stage k+1 posts its receive as soon as it is free, so stage k blocks only
 //! while the next stage is still busy, which is the fill-drain schedule itself.
 
+use super::decode::{self, CacheShape, DecodePlacement, Decoder, Group};
 use super::spec::SizeFlags;
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
@@ -32,6 +33,7 @@ pub const SPEC: Spec = Spec {
     buffers,
     splits,
     project,
+    decode,
 };
 
 fn sizes(cfg: &RunConfig) -> Vec<usize> {
@@ -187,12 +189,41 @@ fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
     }
 }
 
+/// Decode: every sequence's new token through the stage's layers with its TP slice of the heads
+/// (the cache of its K/V heads, every token), in micro-batches of sequences down the pipeline.
+fn decode(cfg: &RunConfig, rank: usize) -> DecodePlacement {
+    let m = &cfg.model;
+    let c = tp_pp_coord(rank, cfg.split.tp());
+    let (tp, pp) = (cfg.split.tp(), cfg.split.pp());
+    let stage_rank = |stage: usize| tp_pp_rank(TpPpCoord { stage, tp_rank: c.tp_rank }, tp);
+    let p = placement(cfg, rank);
+    DecodePlacement {
+        seqs: 0..m.batch,
+        rows_per_call: cfg.micro_batch,
+        outputs: p.outputs,
+        tp: Some(Group { ranks: (0..tp).map(|t| tp_pp_rank(TpPpCoord { stage: c.stage, tp_rank: t }, tp)).collect(), member: c.tp_rank }),
+        pipeline: ((c.stage > 0).then(|| stage_rank(c.stage - 1)), (c.stage + 1 < pp).then(|| stage_rank(c.stage + 1))),
+        heads: None,
+        context: None,
+        cache: CacheShape {
+            layers: p.layers.len(),
+            batch: m.batch,
+            prompt: m.seq_len,
+            slots: cfg.decode_tokens,
+            kv_cols: 2 * p.shard.heads(m).kv_width(),
+        },
+        layers: p.layers,
+        shard: p.shard,
+    }
+}
+
 pub struct TpPp<B: Backend, C> {
     cfg: RunConfig,
     coord: TpPpCoord,
     /// The ranks of this stage (the TP group); its all-reduces never involve other stages.
     tp_group: C,
     stack: Stack<B>,
+    decoder: Option<Decoder<B>>,
 }
 
 impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
@@ -201,7 +232,8 @@ impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
         let coord = tp_pp_coord(rank, cfg.split.tp());
         let [(color, key)] = splits(cfg, rank)[..] else { unreachable!("tp-pp makes one split") };
         let tp_group = world.split(color, key).context("creating the tensor-parallel group")?;
-        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack: Stack::of(&SPEC, cfg, be, rank)? })
+        let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, rank)?);
+        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack, decoder })
     }
 }
 
@@ -211,7 +243,8 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
         let causal = cfg.causal;
         let prev = (stage > 0).then(|| tp_pp_rank(TpPpCoord { stage: stage - 1, tp_rank }, cfg.split.tp()));
         let next = (stage + 1 < cfg.split.pp()).then(|| tp_pp_rank(TpPpCoord { stage: stage + 1, tp_rank }, cfg.split.tp()));
-        let tp_group = &self.tp_group;
+        let (tp_group, dec) = (&self.tp_group, &mut self.decoder);
+        dec.iter_mut().for_each(Decoder::restart);
         for mb in 0..cfg.micro_batches() {
             match prev {
                 None => self.stack.generate_input(be, cfg, mb)?,
@@ -221,8 +254,11 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
                     world.recv(&mut self.stack.x, p).with_context(|| format!("pipeline receive of micro-batch {mb} from rank {p}"))?;
                 }
             }
-            self.stack
-                .run_layers(be, cfg, mb, &mut |ws, batch| local_attention(be, ws, batch, causal), &mut |y| tp_group.all_reduce_sum(y))?;
+            let mut attention = |ws: &mut crate::model::Workspace<B>, batch: &crate::model::Batch, l| {
+                decode::keep_own(dec, be, l, ws, batch)?;
+                local_attention(be, ws, batch, causal)
+            };
+            self.stack.run_layers(be, cfg, mb, &mut attention, &mut |y| tp_group.all_reduce_sum(y))?;
             match next {
                 Some(n) => world.send(&self.stack.x, n).with_context(|| format!("pipeline send of micro-batch {mb} to rank {n}"))?,
                 None if keep => self.stack.keep(be, cfg, mb)?,
@@ -235,5 +271,39 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
     fn output(&self) -> Option<&B::Act> {
         // Every TP rank of the last stage holds the same all-reduced output; the first one reports it.
         (self.coord.tp_rank == 0).then_some(self.stack.out.as_ref()).flatten()
+    }
+
+    /// Each micro-batch of sequences down the pipeline, as the forward pass sends them.
+    fn decode_step(&mut self, be: &B, world: &C, step: usize, keep: bool) -> Result<()> {
+        let cfg = &self.cfg;
+        let dec = decode::need(&mut self.decoder)?;
+        let comms = decode::Comms { tp: Some(&self.tp_group), heads: None, context: None };
+        let (prev, next) = dec.place.pipeline;
+        dec.begin(step)?;
+        for mb in 0..cfg.micro_batches() {
+            let seqs = mb * cfg.micro_batch..(mb + 1) * cfg.micro_batch;
+            match prev {
+                None => dec.input(be, seqs.clone(), step)?,
+                Some(p) => {
+                    dec.x().set_rows(seqs.len());
+                    world
+                        .recv(dec.x(), p)
+                        .with_context(|| format!("decode step {step}: pipeline receive of micro-batch {mb} from rank {p}"))?;
+                }
+            }
+            dec.layers(be, &self.stack.layers, seqs.clone(), step, &comms)?;
+            match next {
+                Some(n) => {
+                    world.send(dec.x(), n).with_context(|| format!("decode step {step}: pipeline send of micro-batch {mb} to rank {n}"))?
+                }
+                None if keep && dec.place.outputs => dec.keep(be, seqs.start, step)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn decode_output(&self) -> Option<&B::Act> {
+        self.decoder.as_ref().and_then(Decoder::output)
     }
 }

@@ -8,6 +8,7 @@
 //! The all-to-all moves equal blocks: each rank's rows are padded to the longest chunk, and
 //! block j of a packed buffer holds this rank's rows of rank j's head slice.
 
+use super::decode::{self, owned_rows, padded, CacheShape, DecodePlacement, Decoder, Group};
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
 use crate::backend::{Backend, BlockCopy, Heads, Matrix};
@@ -31,6 +32,7 @@ pub const SPEC: Spec = Spec {
     buffers,
     splits: super::shared::no_splits,
     project,
+    decode,
 };
 
 fn tokens(cfg: &RunConfig, rank: usize) -> LocalTokens {
@@ -216,6 +218,34 @@ impl HeadGroup {
     }
 }
 
+/// Decode: the new tokens of an even slice of the sequences; the cache by heads (heads / P of
+/// every token); an all-to-all of the new tokens' Q, K, V to heads and one back, per layer.
+fn decode(cfg: &RunConfig, rank: usize) -> DecodePlacement {
+    let m = &cfg.model;
+    let p = cfg.split.sp();
+    let seqs = decode::owned_seqs(m.batch, p, rank);
+    let rows = m.batch.div_ceil(p).max(1);
+    let kv_heads = Shard::head_slice(m, p, rank).1.len();
+    DecodePlacement {
+        rows_per_call: seqs.len(),
+        seqs,
+        outputs: true,
+        shard: Shard::whole(m),
+        layers: 0..m.layers,
+        tp: None,
+        pipeline: (None, None),
+        heads: Some((Group { ranks: (0..p).collect(), member: rank }, (0..p).map(|j| padded(owned_rows(m.batch, p, j), rows)).collect())),
+        context: None,
+        cache: CacheShape {
+            layers: m.layers,
+            batch: m.batch,
+            prompt: m.seq_len,
+            slots: cfg.decode_tokens,
+            kv_cols: 2 * kv_heads * m.head_dim(),
+        },
+    }
+}
+
 /// The group of the whole job: every rank, in contiguous chunks.
 fn group(cfg: &RunConfig, rank: usize) -> HeadGroup {
     let layout: Vec<LocalTokens> = (0..cfg.split.sp()).map(|r| tokens(cfg, r)).collect();
@@ -273,17 +303,19 @@ pub struct Ulysses<B: Backend> {
     group: HeadGroup,
     stack: Stack<B>,
     ex: Exchange<B>,
+    decoder: Option<Decoder<B>>,
 }
 
 impl<B: Backend> Ulysses<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
         let stack = Stack::of(&SPEC, cfg, be, rank)?;
         let ex = Exchange::alloc(be, &buffers(cfg, rank).extra)?;
-        Ok(Ulysses { cfg: cfg.clone(), group: group(cfg, rank), stack, ex })
+        Ok(Ulysses { cfg: cfg.clone(), group: group(cfg, rank), stack, ex, decoder: decode::decoder_for(cfg, be, rank)? })
     }
 }
 
 /// Attention of this rank's heads over every token: to heads, attend, back to tokens.
+#[allow(clippy::too_many_arguments)]
 fn ulysses_attention<B: Backend, C: Communicator<B>>(
     be: &B,
     comm: &C,
@@ -292,9 +324,13 @@ fn ulysses_attention<B: Backend, C: Communicator<B>>(
     ex: &mut Exchange<B>,
     batch: &Batch,
     causal: bool,
+    cache: Option<(&mut Decoder<B>, usize)>,
 ) -> Result<()> {
     g.to_heads(be, comm, ws, ex, batch.seqs)?;
     let blocks = g.blocks(batch.seqs);
+    if let Some((dec, layer)) = cache {
+        dec.store_prompt(be, layer, &ex.kv_all, &blocks, batch.first_seq)?;
+    }
     ws.o.set_rows(blocks.rows);
     ws.lse.set_rows(blocks.rows);
     be.attention_reset(&mut ws.o, &mut ws.lse)?;
@@ -305,11 +341,23 @@ fn ulysses_attention<B: Backend, C: Communicator<B>>(
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
-        let (causal, g, ex) = (self.cfg.causal, &self.group, &mut self.ex);
-        self.stack.forward_all(be, &self.cfg, keep, &mut |ws, batch| ulysses_attention(be, comm, g, ws, ex, batch, causal))
+        let (causal, g, ex, dec) = (self.cfg.causal, &self.group, &mut self.ex, &mut self.decoder);
+        dec.iter_mut().for_each(Decoder::restart);
+        self.stack.forward_all(be, &self.cfg, keep, &mut |ws, batch, l| {
+            ulysses_attention(be, comm, g, ws, ex, batch, causal, dec.as_mut().map(|d| (d, l)))
+        })
     }
 
     fn output(&self) -> Option<&B::Act> {
         self.stack.out.as_ref()
+    }
+
+    fn decode_step(&mut self, be: &B, comm: &C, step: usize, keep: bool) -> Result<()> {
+        let comms = decode::Comms { tp: None, heads: Some(comm), context: None };
+        decode::step_own(decode::need(&mut self.decoder)?, be, &self.stack.layers, step, keep, &comms)
+    }
+
+    fn decode_output(&self) -> Option<&B::Act> {
+        self.decoder.as_ref().and_then(Decoder::output)
     }
 }

@@ -14,6 +14,7 @@
 //! Every member's block is padded to the longest member's anywhere in the job, so all-to-all and
 //! ring blocks are equal everywhere; the padding rows are never attended.
 
+use super::decode::{self, appended_steps, combine::Route, owned_rows, padded, CacheShape, DecodePlacement, Decoder, Group};
 use super::ring::{ring_pass, ring_steps};
 use super::spec::SizeFlags;
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
@@ -39,6 +40,7 @@ pub const SPEC: Spec = Spec {
     buffers,
     splits,
     project,
+    decode,
 };
 
 /// --ulysses and --ring (under `--strategy all`, --ring is the ring's and only --ulysses counts);
@@ -145,6 +147,45 @@ fn project(cfg: &RunConfig, x: &ProjectionInput) -> CommProjection {
     )
 }
 
+/// Decode: the new tokens of an even slice of the sequences per rank; Ulysses inside the group
+/// (the cache by heads / U of the group's tokens), the group's queries around the ring of
+/// groups (pass-Q), step i's K/V appended at ring position i mod R.
+fn decode(cfg: &RunConfig, rank: usize) -> DecodePlacement {
+    let m = &cfg.model;
+    let (uu, r, p) = (cfg.split.ulysses(), cfg.split.ring(), cfg.split.ulysses() * cfg.split.ring());
+    let (member, j) = coord(cfg, rank);
+    let rows = m.batch.div_ceil(p).max(1);
+    let member_rows = |pos: usize, i: usize| padded(owned_rows(m.batch, p, grid_rank(i, pos, uu)), rows);
+    let group_rows = |pos: usize| (0..uu).flat_map(|i| member_rows(pos, i)).collect::<Vec<_>>();
+    let seqs = decode::owned_seqs(m.batch, p, rank);
+    let kv_heads = Shard::head_slice(m, uu, member).1.len();
+    DecodePlacement {
+        rows_per_call: seqs.len(),
+        seqs,
+        outputs: true,
+        shard: Shard::whole(m),
+        layers: 0..m.layers,
+        tp: None,
+        pipeline: (None, None),
+        heads: Some((
+            Group { ranks: (0..uu).map(|i| grid_rank(i, j, uu)).collect(), member },
+            (0..uu).map(|i| member_rows(j, i)).collect(),
+        )),
+        context: Some((
+            Group { ranks: (0..r).map(|pos| grid_rank(member, pos, uu)).collect(), member: j },
+            Route::Ring,
+            (0..r).map(group_rows).collect(),
+        )),
+        cache: CacheShape {
+            layers: m.layers,
+            batch: m.batch,
+            prompt: members(cfg)[j].iter().map(LocalTokens::len).sum(),
+            slots: appended_steps(cfg.decode_tokens, r, j),
+            kv_cols: 2 * kv_heads * m.head_dim(),
+        },
+    }
+}
+
 pub struct Usp<B: Backend, C> {
     cfg: RunConfig,
     /// This rank's Ulysses group: its all-to-alls.
@@ -158,6 +199,7 @@ pub struct Usp<B: Backend, C> {
     ex: Exchange<B>,
     /// Where the ring's next K/V block lands.
     kv_in: B::Act,
+    decoder: Option<Decoder<B>>,
 }
 
 impl<B: Backend, C: Communicator<B>> Usp<B, C> {
@@ -171,7 +213,8 @@ impl<B: Backend, C: Communicator<B>> Usp<B, C> {
         let ex = Exchange::alloc(be, &extra[..5])?;
         let (rows, cols) = extra[5];
         let kv_in = be.alloc_act(rows, cols)?;
-        Ok(Usp { cfg: cfg.clone(), ulysses, ring, group: group(cfg, rank), members: members(cfg), stack, ex, kv_in })
+        let decoder = decode::decoder_for(cfg, be, rank)?;
+        Ok(Usp { cfg: cfg.clone(), ulysses, ring, group: group(cfg, rank), members: members(cfg), stack, ex, kv_in, decoder })
     }
 }
 
@@ -189,10 +232,14 @@ fn usp_attention<B: Backend, C: Communicator<B>>(
     kv_in: &mut B::Act,
     batch: &Batch,
     causal: bool,
+    cache: Option<(&mut Decoder<B>, usize)>,
 ) -> Result<()> {
     g.to_heads(be, ulysses, ws, ex, batch.seqs)?;
     let (block, _) = g.rows(batch.seqs);
     let q = g.blocks(batch.seqs);
+    if let Some((dec, layer)) = cache {
+        dec.store_prompt(be, layer, &ex.kv_all, &q, batch.first_seq)?;
+    }
     let kv_blocks: Vec<Blocks> = members.iter().map(|m| Blocks::padded(batch.seqs, m, block)).collect();
     ring_pass(be, ring, &ex.q_all, &q, &mut ex.kv_all, kv_in, &kv_blocks, g.attention_heads(), causal, &mut ws.o, &mut ws.lse)?;
     be.attention_store(&ws.o, &mut ex.attn_all)?;
@@ -201,12 +248,24 @@ fn usp_attention<B: Backend, C: Communicator<B>>(
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Usp<B, C> {
     fn forward(&mut self, be: &B, _world: &C, keep: bool) -> Result<()> {
-        let Usp { cfg, ulysses, ring, group, members, stack, ex, kv_in } = self;
+        let Usp { cfg, ulysses, ring, group, members, stack, ex, kv_in, decoder } = self;
         let causal = cfg.causal;
-        stack.forward_all(be, cfg, keep, &mut |ws, batch| usp_attention(be, ulysses, ring, group, members, ws, ex, kv_in, batch, causal))
+        decoder.iter_mut().for_each(Decoder::restart);
+        stack.forward_all(be, cfg, keep, &mut |ws, batch, l| {
+            usp_attention(be, ulysses, ring, group, members, ws, ex, kv_in, batch, causal, decoder.as_mut().map(|d| (d, l)))
+        })
     }
 
     fn output(&self) -> Option<&B::Act> {
         self.stack.out.as_ref()
+    }
+
+    fn decode_step(&mut self, be: &B, _world: &C, step: usize, keep: bool) -> Result<()> {
+        let comms = decode::Comms { tp: None, heads: Some(&self.ulysses), context: Some(&self.ring) };
+        decode::step_own(decode::need(&mut self.decoder)?, be, &self.stack.layers, step, keep, &comms)
+    }
+
+    fn decode_output(&self) -> Option<&B::Act> {
+        self.decoder.as_ref().and_then(Decoder::output)
     }
 }

@@ -89,6 +89,18 @@ pub fn copy_block(src_cols: usize, dst_cols: usize, c: BlockCopy) -> Result<Opti
     Ok(Some(Planned { geometry: checked_elementwise(K, n)?, scalars: s }))
 }
 
+/// `lse_merge_f32`: one thread per (row, head) of the merged rows; None for none.
+pub fn lse_merge(rows: usize, heads: usize, head_dim: usize, in_row0: usize) -> Result<Option<Planned>> {
+    const K: &str = "lse_merge_f32";
+    if rows == 0 || heads == 0 {
+        return Ok(None);
+    }
+    let s = Scalars::new(K).int("rows", rows)?.int("heads", heads)?.int("head dim", head_dim)?.int("first partial row", in_row0)?;
+    // The kernel's int arithmetic: the last partial row.
+    Scalars::new(K).int("the partials' end", in_row0 + rows)?;
+    Ok(Some(Planned { geometry: checked_elementwise(K, rows * heads)?, scalars: s }))
+}
+
 impl CudaBackend {
     pub(super) fn generate_now(&self, out: &mut DevMat<u16>, dst_row0: usize, region: &Region, seed: u64, init: Init) -> Result<()> {
         checks::fill(out, dst_row0, region)?;
@@ -181,6 +193,25 @@ impl CudaBackend {
         Ok(())
     }
 
+    pub(super) fn merge_now(
+        &self,
+        o: &mut DevMat<f32>,
+        lse: &mut DevMat<f32>,
+        o_in: &DevMat<f32>,
+        lse_in: &DevMat<f32>,
+        in_row0: usize,
+    ) -> Result<()> {
+        checks::attention_merge(o, lse, o_in, lse_in, in_row0)?;
+        let (rows, heads) = (o.rows(), lse.cols());
+        let Some(p) = lse_merge(rows, heads, o.cols() / heads, in_row0)? else { return Ok(()) };
+        let mut l = self.stream().launch_builder(self.f("lse_merge_f32")?);
+        l.arg(&mut o.data).arg(&mut lse.data).arg(&o_in.data).arg(&lse_in.data);
+        push_scalars(&mut l, &p.scalars.values);
+        // SAFETY: rows x heads threads, each inside both pairs of buffers (checked above).
+        unsafe { l.launch(cfg(&p)) }.map_err(err("lse_merge_f32"))?;
+        Ok(())
+    }
+
     pub(super) fn copy_block_now(&self, src: &DevMat<u16>, dst: &mut DevMat<u16>, c: BlockCopy) -> Result<()> {
         c.check(src, dst)?;
         let Some(p) = copy_block(src.cols(), dst.cols(), c)? else { return Ok(()) };
@@ -225,6 +256,7 @@ mod tests {
             ("fill_f32", over_elements("fill_f32", 10).unwrap().unwrap().scalars.values.len() + 1),
             ("swiglu_bf16", swiglu(10, 8).unwrap().unwrap().scalars.values.len()),
             ("copy_block_bf16", copy_block(8, 8, c).unwrap().unwrap().scalars.values.len()),
+            ("lse_merge_f32", lse_merge(3, 2, 4, 5).unwrap().unwrap().scalars.values.len()),
         ] {
             assert_eq!(n, declared_scalars(kernel), "{kernel}");
         }

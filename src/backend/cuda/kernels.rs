@@ -44,7 +44,17 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "elementwise.cu",
         source: include_str!("../../../kernels/elementwise.cu"),
-        entries: &["rms_norm_bf16", "rope_bf16", "gelu_bf16", "swiglu_bf16", "add_bf16", "fill_f32", "f32_to_bf16", "copy_block_bf16"],
+        entries: &[
+            "rms_norm_bf16",
+            "rope_bf16",
+            "gelu_bf16",
+            "swiglu_bf16",
+            "add_bf16",
+            "fill_f32",
+            "f32_to_bf16",
+            "copy_block_bf16",
+            "lse_merge_f32",
+        ],
         hot: true,
         only_arch: None,
     },

@@ -4,7 +4,7 @@
 mod common;
 use common::mpirun;
 
-const CASES: [(&str, &str); 12] = [
+const CASES: [(&str, &str); 14] = [
     ("--strategy ring --comm-timeout 0", "--comm-timeout 0: must be a positive number of seconds"),
     ("--strategy tp-pp --tp 0", "--tp 0: must be at least 1"),
     ("--strategy tp-pp --tp 2 --pp 3 --layers 6", "--tp 2 x --pp 3 = 6 ranks, but the job has"),
@@ -17,6 +17,8 @@ const CASES: [(&str, &str); 12] = [
     ("--strategy ring --batch 3 --micro-batch 2", "--micro-batch 2: must divide --batch 3"),
     ("--strategy ring --iters 0", "--iters 0: must be at least 1"),
     ("--strategy ring --mlp 0", "--mlp 0: must be at least 1"),
+    ("--strategy ring --decode-tokens 0", "--decode-tokens 0: must be at least 1"),
+    ("--strategy tp-pp --decode-tokens 4 --no-causal", "--decode-tokens 4 with --no-causal: decode generates tokens one after another"),
 ];
 
 #[test]
@@ -81,7 +83,30 @@ fn resource_limits_are_refused_before_any_work() {
     let root = common::temp_root("limits");
     let bin = env!("CARGO_BIN_EXE_ringbench");
     let out = root.to_str().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["run", "--strategy", "reference", "--decode-tokens", "2000000", "--out", out, "--run-id", "x"],
+            "--decode-tokens 2000000: at most 1048576",
+        ),
+        (
+            // A cache that no host holds, refused by its size before any allocation.
+            &[
+                "run",
+                "--strategy",
+                "reference",
+                "--decode-tokens",
+                "1000000",
+                "--seq-len",
+                "1000000",
+                "--batch",
+                "4096",
+                "--out",
+                out,
+                "--run-id",
+                "x",
+            ],
+            "bytes) for 1000000 decode steps",
+        ),
         (
             &["run", "--strategy", "reference", "--iters", "1000000000", "--out", out, "--run-id", "x"],
             "--iters 1000000000: at most 1000000",

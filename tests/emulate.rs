@@ -21,7 +21,8 @@ fn ranks(dir: &Path) -> HashMap<(String, String), HashMap<String, String>> {
         .collect()
 }
 
-const JOB: [&str; 12] = ["run", "--preset", "tiny", "--strategy", "all", "--tp", "2", "--pp", "2", "--ring", "4", "--quiet"];
+const JOB: [&str; 14] =
+    ["run", "--preset", "tiny", "--strategy", "all", "--tp", "2", "--pp", "2", "--ring", "4", "--decode-tokens", "3", "--quiet"];
 
 #[test]
 fn each_emulated_rank_does_exactly_the_real_ranks_work() {
@@ -52,9 +53,15 @@ fn each_emulated_rank_does_exactly_the_real_ranks_work() {
             assert_eq!(r["emulated"], "false");
             // Measured on both sides: the bytes the metered communicator moved, and the FLOPs of
             // the ops the backend was asked to run.
-            for column in
-                ["sent_mib_per_iter", "received_mib_per_iter", "counted_linear_tflop_per_iter", "counted_attention_tflop_per_iter"]
-            {
+            for column in [
+                "sent_mib_per_iter",
+                "received_mib_per_iter",
+                "counted_linear_tflop_per_iter",
+                "counted_attention_tflop_per_iter",
+                "decode_sent_kib_per_iter",
+                "decode_received_kib_per_iter",
+                "kv_cache_gib",
+            ] {
                 assert!(!e[column].is_empty() && e[column] == r[column], "{strategy} rank {k}: {column}: {} vs {}", e[column], r[column]);
             }
             // And what ran is what the FLOP model, from the config alone, says this rank does.

@@ -80,7 +80,8 @@ fn run_ok(root: &Path, np: usize, id: &str, extra: &[&str]) -> std::path::PathBu
 #[test]
 fn planted_nan_inf_negative_times_and_wrong_bytes_are_refused_naming_rank_and_dataset() {
     let root = temp_root("planted");
-    let dir = run_ok(&root, 2, "a", &[]);
+    // With decode steps, whose datasets reduce checks as it does the prefill's.
+    let dir = run_ok(&root, 2, "a", &["--decode-tokens", "3"]);
     remove_tables(&dir);
     let file = rankfile::rank_file(&dir, 1);
     let pristine = std::fs::read(&file).unwrap();
@@ -89,6 +90,8 @@ fn planted_nan_inf_negative_times_and_wrong_bytes_are_refused_naming_rank_and_da
         ("ring/comm_s", "dataset ring/comm_s[0] = inf"),
         ("ring/compute_s", "dataset ring/compute_s[0] = -0.5"),
         ("ring/bytes_sent", "dataset ring/bytes_sent[0] = 7, but this config moves"),
+        ("ring/decode_step_s", "dataset ring/decode_step_s[0, 0] = NaN: a time must be finite"),
+        ("ring/decode_bytes_sent", "dataset ring/decode_bytes_sent[0] = 7, but this config's decode moves"),
     ] {
         std::fs::write(&file, &pristine).unwrap();
         {
@@ -100,7 +103,7 @@ fn planted_nan_inf_negative_times_and_wrong_bytes_are_refused_naming_rank_and_da
                 ds.write_raw(&v).unwrap();
             } else {
                 let mut v = ds.read_raw::<f64>().unwrap();
-                v[0] = if dataset.ends_with("iter_s") {
+                v[0] = if dataset.ends_with("iter_s") || dataset.ends_with("step_s") {
                     f64::NAN
                 } else if dataset.ends_with("comm_s") {
                     f64::INFINITY

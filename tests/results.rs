@@ -226,7 +226,12 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     for r in 0..4 {
         for run in ringbench::output::rankfile::read(&dir.join(format!("rank-{r:05}.h5"))).unwrap() {
             let est = ringbench::strategy::memory_estimate(&run.config, r, false);
-            assert_eq!(run.memory.buffers_peak_bytes, est.weights + est.activations, "rank {r} {}", run.config.strategy.name());
+            assert_eq!(
+                run.memory.buffers_peak_bytes,
+                est.weights + est.activations + est.kv_cache,
+                "rank {r} {}",
+                run.config.strategy.name()
+            );
         }
     }
     // ...and through h5dump, as other tools would see them.
@@ -395,7 +400,12 @@ fn the_memory_estimate_is_what_gqa_and_swiglu_ranks_allocate() {
         for r in 0..4 {
             for run in ringbench::output::rankfile::read(&root.join(id).join(format!("rank-{r:05}.h5"))).unwrap() {
                 let est = ringbench::strategy::memory_estimate(&run.config, r, false);
-                assert_eq!(run.memory.buffers_peak_bytes, est.weights + est.activations, "{id} rank {r} {}", run.config.strategy.name());
+                assert_eq!(
+                    run.memory.buffers_peak_bytes,
+                    est.weights + est.activations + est.kv_cache,
+                    "{id} rank {r} {}",
+                    run.config.strategy.name()
+                );
             }
         }
     }

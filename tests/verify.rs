@@ -202,3 +202,62 @@ fn double_ring_matches_the_reference_and_is_the_ring_with_one_window() {
     assert_eq!(out("windows-of-one", "--strategy double-ring --window 1"), ring, "W = 1 is the ring too: its outer ring");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Decode on every strategy at awkward sizes (prompts of 61, 97 and 200 tokens, 1 to 9 decode
+/// tokens, 3 sequences over up to 6 query owners, grouped K/V with SwiGLU) on 2, 3, 4 and 6
+/// ranks: the prompt's hidden states and every decode step's within the tolerance of the
+/// reference, whose decode is itself checked against the FP64 oracle's prefill of the prompt
+/// and the decode rows. One decode token is the last row of a prefill of S + 1.
+#[test]
+fn decode_matches_the_reference_and_the_oracle_on_every_strategy() {
+    let model = "--layers 2 --d-model 48 --heads 6 --mlp 96 --mlp-act swiglu --batch 3";
+    let cases: [(usize, &str); 19] = [
+        (2, "--strategy ring --layout striped"),
+        (3, "--strategy ring"),
+        (6, "--strategy ring --layout contiguous"),
+        (2, "--strategy allgather"),
+        (4, "--strategy allgather --layout striped"),
+        (6, "--strategy allgather"),
+        (2, "--strategy ulysses"),
+        (3, "--strategy ulysses --kv-heads 3"),
+        (6, "--strategy ulysses"),
+        (4, "--strategy usp --ulysses 2 --ring 2"),
+        (6, "--strategy usp --ulysses 3 --ring 2 --kv-heads 3"),
+        (6, "--strategy usp --ulysses 2 --ring 3 --layout striped"),
+        (4, "--strategy tp-cp --tp 2 --cp 2"),
+        (6, "--strategy tp-cp --tp 3 --cp 2 --kv-heads 3"),
+        (3, "--strategy tp-pp --tp 3 --pp 1 --kv-heads 3"),
+        (4, "--strategy tp-pp --tp 2 --pp 2"),
+        (6, "--strategy tp-pp --tp 3 --pp 2 --kv-heads 3 --micro-batch 1"),
+        (4, "--strategy double-ring --window 2"),
+        (6, "--strategy double-ring --window 3"),
+    ];
+    for (i, (np, flags)) in cases.iter().enumerate() {
+        let (seq, tokens) = ([61, 97, 200][i % 3], [1, 3, 5, 9][i % 4]);
+        let kv = if flags.contains("--kv-heads") { "" } else { "--kv-heads 2" };
+        let flags = format!("{flags} {kv} {model} --seq-len {seq} --decode-tokens {tokens}");
+        let args: Vec<&str> = flags.split_whitespace().collect();
+        let run = mpirun(*np, &[&["verify"], &args[..]].concat());
+        let out = run.all();
+        assert_eq!(run.status, Some(0), "verify -np {np} {flags} failed:\n{out}");
+        assert!(out.contains(&format!("{tokens} decode steps (the oracle: a prefill")), "{out}");
+        // Two comparisons (the prompt, the decode steps), each within its own tolerance.
+        let strategy = args[1];
+        let rows = |label: &str| -> Vec<(f64, f64)> {
+            out.lines()
+                .filter(|l| l.trim_start().starts_with(label))
+                .map(|l| {
+                    let n: Vec<f64> = l.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+                    (n[n.len() - 2], n[n.len() - 1])
+                })
+                .collect()
+        };
+        let (got, tol) = (rows(&format!("{strategy} vs reference")), rows("tolerance"));
+        assert_eq!((got.len(), tol.len()), (2, 2), "{out}");
+        for ((rel, max), (tol_rel, tol_max)) in got.iter().zip(&tol) {
+            assert!(rel <= tol_rel && max <= tol_max, "{out}");
+        }
+        assert_eq!(out.matches("PASS").count(), 1, "{out}");
+        println!("-np {np} {flags}: decode rel L2 {:.2e} (<= {:.2e}), {:.1} s", got[1].0, tol[1].0, run.elapsed.as_secs_f64());
+    }
+}

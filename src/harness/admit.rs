@@ -24,14 +24,19 @@ pub fn check_memory<B: Backend, C: Communicator<B>>(cfgs: &[RunConfig], be: &B, 
         return Ok(());
     }
     Err(ConfigError(format!(
-        "config too large: the {} backend needs about {} per rank (weights {}, activations {}, scratch {}), but a rank may use {} ({} ranks share each host's available memory); reduce --seq-len, --micro-batch, --batch, --d-model or --layers, or use more hosts",
+        "config too large: the {} backend needs about {} per rank (weights {}, activations {}{}, scratch {}), but a rank may use {} ({} ranks share each host's available memory); reduce {}, or use more hosts",
         cfgs[0].backend.name(),
         fmt_bytes(worst_need),
         fmt_bytes(need.weights as f64),
         fmt_bytes(need.activations as f64),
+        match need.kv_cache {
+            0 => String::new(),
+            b => format!(", K/V cache {} ({b} bytes) for {} decode steps", fmt_bytes(b as f64), cfgs[0].decode_tokens),
+        },
         fmt_bytes(need.scratch as f64),
         fmt_bytes(worst_budget),
-        sharing
+        sharing,
+        if need.kv_cache > 0 { "--seq-len, --micro-batch, --batch, --d-model, --layers or --decode-tokens" } else { "--seq-len, --micro-batch, --batch, --d-model or --layers" }
     ))
     .into())
 }

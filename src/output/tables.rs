@@ -245,6 +245,18 @@ pub fn ranks_table(runs: &[RankRun]) -> Table {
                     ("gpu_util_pct_max", opt(r.gpu_util.map(|u| u.max), 3)),
                     ("tflops", if r.iterations.is_empty() { String::new() } else { format!("{:.6}", r.flops.total() / iter_mean / 1e12) }),
                 ]));
+                // The decode steps of an iteration on this rank (blank without decode).
+                let decoded = !r.decode.is_empty();
+                let per_decode = |f: fn(&crate::metrics::DecodeRecord) -> f64| decoded.then(|| mean(r.decode.iter().map(f)));
+                let steps = r.config.decode_tokens.max(1) as f64;
+                let step_ms = per_decode(|d| d.step_s.iter().sum::<f64>() / d.step_s.len().max(1) as f64).map(|s| s * 1e3);
+                row.extend(own(vec![
+                    ("decode_step_ms_mean", opt(step_ms, 6)),
+                    ("decode_sent_kib_per_iter", opt(per_decode(|d| d.bytes_sent as f64 / 1024.0), 6)),
+                    ("decode_received_kib_per_iter", opt(per_decode(|d| d.bytes_received as f64 / 1024.0), 6)),
+                    ("decode_comm_ms_per_step", opt(per_decode(|d| d.comm_s.iter().sum::<f64>()).map(|s| s / steps * 1e3), 6)),
+                    ("kv_cache_gib", opt(r.kv_cache_bytes.map(|b| b as f64 / GIB), 6)),
+                ]));
                 row
             })
             .collect(),

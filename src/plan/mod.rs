@@ -208,7 +208,7 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let kv_buffers = BF16 * 2.0 * kv_w * ((buffers.kv_rows as f64).max(rows) + buffers.kv_in_rows as f64);
     let activations = BF16 * rows * d;
     let pipeline_buffers = if pipeline_bytes > 0.0 { activations } else { 0.0 };
-    let total = (est.weights + est.activations) as f64;
+    let total = (est.weights + est.activations + est.kv_cache) as f64;
     let memory = MemoryPlan {
         weights: est.weights as f64,
         activations_per_micro_batch: activations,
@@ -322,7 +322,8 @@ pub fn fitting_strategies(cfg: &RunConfig, hw: &Hardware) -> Vec<String> {
         .into_iter()
         .filter(|c| crate::strategy::resolve::validate(c, world).is_ok())
         .filter(|c| {
-            let busiest = (0..world).map(|r| memory_estimate(c, r, false)).map(|e| e.weights + e.activations).max().unwrap_or(0);
+            let busiest =
+                (0..world).map(|r| memory_estimate(c, r, false)).map(|e| e.weights + e.activations + e.kv_cache).max().unwrap_or(0);
             busiest as f64 <= hw.memory_bytes
         })
         .map(|c| format!("{} {}", c.strategy.name(), c.describe_split().replace(&format!(", {}", c.layout.name()), "")))

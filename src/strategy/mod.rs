@@ -71,12 +71,14 @@ pub fn output_tokens(cfg: &RunConfig, rank: usize) -> Option<LocalTokens> {
 pub struct MemoryEstimate {
     pub weights: u64,
     pub activations: u64,
+    /// The decode K/V cache at its full length (0 without --decode-tokens).
+    pub kv_cache: u64,
     pub scratch: u64,
 }
 
 impl MemoryEstimate {
     pub fn total(&self) -> u64 {
-        self.weights + self.activations + self.scratch
+        self.weights + self.activations + self.kv_cache + self.scratch
     }
 }
 
@@ -114,12 +116,20 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
     let x = bf * rows * d;
     let out = if keep { bf * (m.batch * place.tokens.len()) as u64 * d } else { 0 };
     let emulation = if cfg.emulate.is_some() { scratch_bytes(cfg, rank) } else { 0 };
-    let decode = if cfg.decode_tokens > 0 { decode::buffer_bytes(cfg, &decode_placement(cfg, rank)) } else { 0 };
+    let (decode, kv_cache) = match cfg.decode_tokens {
+        0 => (0, 0),
+        _ => {
+            let p = decode_placement(cfg, rank);
+            let cache = p.cache.bytes();
+            (decode::buffer_bytes(cfg, &p, keep) - cache, cache)
+        }
+    };
     // The largest matmul's FP32 operands and result, or attention's FP32 K/V copy and score tile.
     let matmul = f32b * (rows * d + d * up + rows * up);
     let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);
     let attention = f32b * (kv_r * kv_c + 64 * kv_r + 64 * w);
-    MemoryEstimate { weights, activations: workspace + x + out + emulation + decode, scratch: matmul.max(attention) + bf * rows * d }
+    let activations = workspace + x + out + emulation + decode;
+    MemoryEstimate { weights, activations, kv_cache, scratch: matmul.max(attention) + bf * rows * d }
 }
 
 /// `cfg` under `spec` in every split of a `world`-rank job its sizes allow, each once (not yet

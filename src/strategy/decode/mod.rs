@@ -198,8 +198,9 @@ fn transfer(op: Op, what: &'static str, peers: Vec<usize>, buffer: u64, sent: u6
 pub type Shapes = Vec<(usize, usize)>;
 
 /// What a rank allocates for decode, [rows, cols] of BF16 and of FP32 buffers (the cache
-/// included): `Decoder::new` allocates exactly these, and `memory_estimate` adds them up.
-pub fn buffer_shapes(cfg: &RunConfig, p: &DecodePlacement) -> (Shapes, Shapes) {
+/// included; with `keep`, the kept outputs of `verify`, allocated at the first step kept):
+/// `Decoder` allocates exactly these, and `memory_estimate` adds them up.
+pub fn buffer_shapes(cfg: &RunConfig, p: &DecodePlacement, keep: bool) -> (Shapes, Shapes) {
     let m = &cfg.model;
     let heads = p.shard.heads(m);
     let rows = p.rows_per_call.min(p.seqs.len()).max(1);
@@ -208,19 +209,19 @@ pub fn buffer_shapes(cfg: &RunConfig, p: &DecodePlacement) -> (Shapes, Shapes) {
     let gated = if m.mlp_act == crate::config::MlpAct::Swiglu { rows } else { 0 };
     let (acc_rows, acc_heads) = accumulator_shape(cfg, p);
     let mut acts = vec![
-        (rows, m.d_model),                                                      // x
-        (p.seqs.len() * cfg.decode_tokens * usize::from(p.outputs), m.d_model), // kept output
-        (rows, m.d_model),                                                      // norm
-        (rows, w),                                                              // q
-        (rows, 2 * kvw),                                                        // kv
-        (0, 2 * kvw),                                                           // kv_in (unused)
-        (rows, w),                                                              // attn
-        (rows, m.d_model),                                                      // proj
-        (rows, up),                                                             // up
-        (gated, f),                                                             // gated
+        (rows, m.d_model),                                                              // x
+        (p.seqs.len() * cfg.decode_tokens * usize::from(p.outputs && keep), m.d_model), // kept output
+        (rows, m.d_model),                                                              // norm
+        (rows, w),                                                                      // q
+        (rows, 2 * kvw),                                                                // kv
+        (0, 2 * kvw),                                                                   // kv_in (unused)
+        (rows, w),                                                                      // attn
+        (rows, m.d_model),                                                              // proj
+        (rows, up),                                                                     // up
+        (gated, f),                                                                     // gated
     ];
     let mut accs = vec![(acc_rows, acc_heads * m.head_dim()), (acc_rows, acc_heads)];
-    acts.extend((0..p.layers.len()).map(|_| p.cache.layer_shape()));
+    acts.extend((0..p.cache.layers).map(|_| p.cache.layer_shape()));
     if let Some((g, blocks)) = &p.heads {
         acts.extend(group_of_heads(cfg, g, blocks[g.member].len()).buffers(1));
     }
@@ -243,8 +244,8 @@ fn accumulator_shape(cfg: &RunConfig, p: &DecodePlacement) -> (usize, usize) {
 }
 
 /// Bytes of every decode buffer, the cache included.
-pub fn buffer_bytes(cfg: &RunConfig, p: &DecodePlacement) -> u64 {
-    let (acts, accs) = buffer_shapes(cfg, p);
+pub fn buffer_bytes(cfg: &RunConfig, p: &DecodePlacement, keep: bool) -> u64 {
+    let (acts, accs) = buffer_shapes(cfg, p, keep);
     acts.iter().map(|&(r, c)| bf16_bytes(r, c)).sum::<u64>() + accs.iter().map(|&(r, c)| (r * c * 4) as u64).sum::<u64>()
 }
 
@@ -264,7 +265,8 @@ pub struct Decoder<B: Backend> {
     seed: u64,
     ws: Workspace<B>,
     x: B::Act,
-    out: B::Act,
+    /// The kept outputs, [own sequences x steps, d_model] (allocated at the first step kept).
+    out: Option<B::Act>,
     pub cache: KvCache<B>,
     heads: Option<(HeadGroup, Exchange<B>)>,
     context: Option<Combine<B>>,
@@ -273,10 +275,10 @@ pub struct Decoder<B: Backend> {
 impl<B: Backend> Decoder<B> {
     pub fn new(cfg: &RunConfig, be: &B, place: DecodePlacement) -> Result<Self> {
         let m = &cfg.model;
-        let (acts, accs) = buffer_shapes(cfg, &place);
+        let (acts, accs) = buffer_shapes(cfg, &place, false);
         let mut a = acts.iter().map(|&(r, c)| be.alloc_act(r, c));
         let mut next = || a.next().expect("decode buffers stated");
-        let (x, out) = (next()?, next()?);
+        let (x, _) = (next()?, next()?);
         let ws = Workspace {
             heads: place.shard.heads(m),
             mlp_act: m.mlp_act,
@@ -316,7 +318,7 @@ impl<B: Backend> Decoder<B> {
             place,
             ws,
             x,
-            out,
+            out: None,
             cache,
             heads,
             context,
@@ -386,8 +388,12 @@ impl<B: Backend> Decoder<B> {
 
     /// Keep x's rows (sequences from `first` within the rank's own) as step `step`'s outputs.
     pub fn keep(&mut self, be: &B, first: usize, step: usize) -> Result<()> {
+        if self.out.is_none() {
+            self.out = Some(be.alloc_act(self.place.seqs.len() * self.steps, self.x.cols())?);
+        }
+        let out = self.out.as_mut().expect("allocated above");
         for k in 0..self.x.rows() {
-            be.copy_rows(&self.x, k, &mut self.out, (first + k) * self.steps + step, 1)?;
+            be.copy_rows(&self.x, k, out, (first + k) * self.steps + step, 1)?;
         }
         Ok(())
     }
@@ -395,7 +401,7 @@ impl<B: Backend> Decoder<B> {
     /// The kept decode outputs, [own sequences x steps, d_model] sequence-major; None where this
     /// rank reports none.
     pub fn output(&self) -> Option<&B::Act> {
-        self.place.outputs.then_some(&self.out)
+        self.out.as_ref().filter(|_| self.place.outputs)
     }
 }
 

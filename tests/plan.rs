@@ -428,3 +428,37 @@ fn the_double_ring_hides_what_the_ring_waits_for_across_nodes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().any(|l| l.starts_with("double-ring windows 2 x window 8")), "{text}");
 }
+
+/// Decode of llama3-70b on 8 H100 (tp-pp TP 8, a 128Ki-token cache, batch 1): the TPOT floor is
+/// the bytes a step reads over the HBM bandwidth, computed here by hand from the model's shapes;
+/// the projection is at least that, says so, and the comparison ranks the strategies by TPOT.
+#[test]
+fn decode_tpot_is_at_least_the_bandwidth_floor_computed_by_hand() {
+    let args = ["--preset", "llama3-70b", "--strategy", "tp-pp", "--tp", "8", "--pp", "1", "--seq-len", "128Ki", "--batch", "1"];
+    let out = plan(&[&args[..], &["--decode-tokens", "128", "--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Per layer: W_q|k|v [8192, 8192 + 2 x 1024], W_o [8192, 8192], W_gate|up [8192, 2 x 28672],
+    // W_down [28672, 8192], TP 8 ways; two gains of 8192, whole on every rank. 80 layers, BF16.
+    let (d, kv, f, layers) = (8192.0f64, 1024.0f64, 28672.0f64, 80.0f64);
+    let split = d * (d + 2.0 * kv) + d * d + d * 2.0 * f + f * d;
+    let weights = layers * 2.0 * (split / 8.0 + 2.0 * d);
+    // The cache: one K/V head of 128 per rank, K and V, 131072 prompt rows and on average half
+    // of the 128 appended.
+    let cache = layers * 2.0 * 128.0 * 2.0 * (131072.0 + 64.0);
+    let floor = (weights + cache) / 3.35e12;
+    let d = &v["decode"];
+    assert!((d["tpot_floor_s"].as_f64().unwrap() / floor - 1.0).abs() < 1e-9, "floor {} vs {floor}", d["tpot_floor_s"]);
+    let tpot = d["tpot_s"].as_f64().unwrap();
+    assert!(tpot >= floor, "TPOT {tpot} below the floor {floor}");
+    assert!((d["mbu"].as_f64().unwrap() - floor / tpot).abs() < 1e-9);
+    assert!((d["tokens_per_s"].as_f64().unwrap() * tpot - 1.0).abs() < 1e-9, "batch 1: tokens/s = 1 / TPOT");
+    // The text states the floor, and why nothing is below it.
+    let text = String::from_utf8_lossy(&plan(&[&args[..], &["--decode-tokens", "128"]].concat()).stdout).to_string();
+    let want = format!("TPOT floor   {:.3} ms (those bytes at 3.35 TB/s", floor * 1e3);
+    assert!(text.contains(&want), "want {want:?} in:\n{text}");
+    // Every strategy on 8 GPUs, ranked by TPOT.
+    let all = plan(&["--preset", "llama3-70b", "--gpus", "8", "--seq-len", "128Ki", "--batch", "1", "--decode-tokens", "128"]);
+    let text = String::from_utf8_lossy(&all.stdout);
+    assert!(all.status.success() && text.contains("decode, ranked by TPOT:") && text.contains("lowest TPOT: "), "{text}");
+}

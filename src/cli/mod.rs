@@ -107,6 +107,8 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub split: args::SplitArgs,
     #[command(flatten)]
+    pub decode: args::DecodeArg,
+    #[command(flatten)]
     pub hardware: HardwareArgs,
     /// Print the plan as JSON.
     #[arg(long)]
@@ -117,7 +119,7 @@ impl PlanArgs {
     /// The flags as plain data; `all` where no strategy is named.
     pub fn request(&self) -> crate::config::RunRequest {
         let strategy = self.strategy.unwrap_or(StrategySelection::All);
-        args::request(strategy, &self.work, self.length.seq_len, &self.split, &args::MeasureArgs::default(), &args::DecodeArg::default())
+        args::request(strategy, &self.work, self.length.seq_len, &self.split, &args::MeasureArgs::default(), &self.decode)
     }
 }
 

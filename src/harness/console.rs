@@ -3,8 +3,8 @@
 
 use crate::config::StrategyKind;
 use crate::metrics::{fmt_bytes, fmt_ci, fmt_seconds};
-use crate::output::decode::DecodeMeasured;
 use crate::output::reduce::{Measured, StrategySummary};
+use crate::output::summary::DecodeMeasured;
 
 pub(super) fn progress_bar(total: usize, label: &str, quiet: bool) -> indicatif::ProgressBar {
     let bar = terminal_bar(total, "{prefix:>6} [{bar:30}] {pos}/{len} iterations ({msg}), ETA {eta}", quiet);

@@ -4,28 +4,8 @@
 //! batch / TPOT, and 1 / TPOT per user.
 
 use super::rankfile::RankRun;
-use super::summary::mean;
+use super::summary::{mean, DecodeMeasured};
 use crate::metrics::{quantile, Stats};
-
-/// A run's decode steps, reduced over its ranks and measured iterations.
-#[derive(Clone, Debug)]
-pub struct DecodeMeasured {
-    /// Decode steps per iteration.
-    pub steps: usize,
-    /// TPOT in seconds: one value per measured iteration (each a batch of requests), the mean of
-    /// its job steps.
-    pub tpot: Stats,
-    /// Inter-token latency percentiles (p50, p90, p99) over every measured job step, seconds.
-    pub itl: (f64, f64, f64),
-    pub tokens_per_s: f64,
-    pub tokens_per_s_per_user: f64,
-    /// Per-rank mean communication not hidden per step: max and mean over ranks, seconds.
-    pub comm_s: (f64, f64),
-    /// Bytes a rank sends per step, the most of any rank.
-    pub sent_per_step_max: f64,
-    /// K/V cache bytes per rank at its full length: max and mean over ranks.
-    pub kv_cache: (f64, f64),
-}
 
 /// The decode figures of the first `n` measured iterations (which every rank completed); None
 /// for a run without decode steps.

@@ -51,7 +51,27 @@ pub struct Measured {
     pub compute_floor_s: Option<f64>,
     pub efficiency_vs_floor: Option<f64>,
     /// The decode steps, with --decode-tokens (then `iter` is the prefill: the time to first token).
-    pub decode: Option<super::decode::DecodeMeasured>,
+    pub decode: Option<DecodeMeasured>,
+}
+
+/// A run's decode steps (`output::decode` computes them), reduced over its ranks and measured iterations.
+#[derive(Clone, Debug)]
+pub struct DecodeMeasured {
+    /// Decode steps per iteration.
+    pub steps: usize,
+    /// TPOT in seconds: one value per measured iteration (each a batch of requests), the mean of
+    /// its job steps.
+    pub tpot: Stats,
+    /// Inter-token latency percentiles (p50, p90, p99) over every measured job step, seconds.
+    pub itl: (f64, f64, f64),
+    pub tokens_per_s: f64,
+    pub tokens_per_s_per_user: f64,
+    /// Per-rank mean communication not hidden per step: max and mean over ranks, seconds.
+    pub comm_s: (f64, f64),
+    /// Bytes a rank sends per step, the most of any rank.
+    pub sent_per_step_max: f64,
+    /// K/V cache bytes per rank at its full length: max and mean over ranks.
+    pub kv_cache: (f64, f64),
 }
 
 pub(super) fn mean(xs: impl Iterator<Item = f64>) -> f64 {

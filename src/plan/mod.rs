@@ -16,6 +16,7 @@ use crate::metrics::flops::{self, linear_per_token_layer};
 use crate::strategy::{memory_estimate, Op, ProjectionInput};
 use serde::Serialize;
 
+pub mod decode;
 pub mod hardware;
 pub mod rates;
 pub mod render;
@@ -34,8 +35,10 @@ pub struct MemoryPlan {
     /// activations buffer itself, so it is not added to the total.
     pub pipeline_buffers: f64,
     /// Every other activation buffer of a layer (norm, Q, attention output and FP32 accumulators,
-    /// projections, MLP).
+    /// projections, MLP), and of decode but its cache.
     pub workspace: f64,
+    /// The decode K/V cache at its full length (0 without --decode-tokens).
+    pub kv_cache: f64,
     pub total: f64,
     pub capacity: f64,
     pub fits: bool,
@@ -126,6 +129,9 @@ pub struct Plan {
     /// Time to first token on the same placement.
     pub ttft_s: f64,
     pub projections: Vec<Projection>,
+    /// With --decode-tokens: the decode steps on the headline's placement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode: Option<decode::DecodePlan>,
 }
 
 const BF16: f64 = 2.0;
@@ -215,7 +221,8 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         kv_buffers,
         pipeline_buffers,
         workspace: est.activations as f64 - activations - kv_buffers,
-        // weights + activations + kv_buffers + workspace = total
+        kv_cache: est.kv_cache as f64,
+        // weights + activations + kv_buffers + workspace + kv_cache = total
         total,
         capacity: hw.memory_bytes,
         fits: total <= hw.memory_bytes,
@@ -273,7 +280,7 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     // One sequence alone: the same placement's iteration at batch 1.
     let mut projections = projections;
     if m.batch > 1 {
-        let one = RunConfig { model: crate::config::ModelConfig { batch: 1, ..*m }, micro_batch: 1, ..cfg.clone() };
+        let one = RunConfig { model: crate::config::ModelConfig { batch: 1, ..*m }, micro_batch: 1, decode_tokens: 0, ..cfg.clone() };
         for (p, q) in projections.iter_mut().zip(project(&one, hw, node_sizes).projections) {
             p.ttft_s = q.iteration_s;
         }
@@ -303,6 +310,7 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         tps_bound,
         tps_projected: projections.first().map_or(0.0, |p| p.tps_projected),
         ttft_s: projections.first().map_or(0.0, |p| p.ttft_s),
+        decode: (cfg.decode_tokens > 0).then(|| decode::project(cfg, hw, node_sizes.first().copied().unwrap_or(hw.gpus_per_node))),
         projections,
     }
 }

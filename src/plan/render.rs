@@ -44,8 +44,9 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
     } else {
         String::new()
     };
+    let cache = if mem.kv_cache > 0.0 { format!(" + {} decode K/V cache", fmt_bytes(mem.kv_cache)) } else { String::new() };
     line(format!(
-        "  memory       {} weights + {} activations per micro-batch{handoff} + {} K/V buffers + {} workspace = {} of {}: {}",
+        "  memory       {} weights + {} activations per micro-batch{handoff} + {} K/V buffers + {} workspace{cache} = {} of {}: {}",
         fmt_bytes(mem.weights),
         fmt_bytes(mem.activations_per_micro_batch),
         fmt_bytes(mem.kv_buffers),
@@ -116,6 +117,39 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
     line(row("  tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
     line(row("  prefill time per token", &|pr| fmt_seconds(pr.prefill_s_per_token)));
     line(row("  time to first token", &|pr| fmt_seconds(pr.ttft_s)));
+    if let Some(d) = &p.decode {
+        let first = p.projections.first().map(|pr| pr.gpus_per_node).unwrap_or(hw.gpus_per_node);
+        line(String::new());
+        line(format!("decode: {} tokens after the prompt, nodes of {first} GPUs (busiest rank):", d.steps));
+        line(format!(
+            "  bytes/step   {} weights + {} K/V cache (mean length) read from HBM",
+            fmt_bytes(d.weight_bytes_per_step),
+            fmt_bytes(d.cache_bytes_per_step)
+        ));
+        line(format!(
+            "  TPOT floor   {} (those bytes at {:.2} TB/s, nothing else: no TPOT below it is possible)",
+            fmt_seconds(d.tpot_floor_s),
+            hw.hbm_bytes_per_s / 1e12
+        ));
+        line(format!(
+            "  collectives  {} per step (each call's latency and bytes, exposed; a pipeline's fill)",
+            fmt_seconds(d.collectives_s)
+        ));
+        line(format!(
+            "  TPOT         {} projected: {:.1} tokens/s ({} sequences), {:.1} tokens/s per user, MBU {:.1}%",
+            fmt_seconds(d.tpot_s),
+            d.tokens_per_s,
+            cfg.model.batch,
+            d.tokens_per_s_per_user,
+            100.0 * d.mbu
+        ));
+        line(format!(
+            "  K/V cache    {} per rank at full length; the largest batch that fits one GPU: {}",
+            fmt_bytes(d.kv_cache_bytes),
+            if d.max_batch == 0 { "none (not one sequence)".to_string() } else { d.max_batch.to_string() }
+        ));
+        line(format!("  TTFT         {} (the prefill of one sequence, above)", fmt_seconds(p.ttft_s)));
+    }
     o
 }
 
@@ -161,6 +195,9 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
     }
     for (name, why) in refused {
         o.push_str(&format!("{name:<12}not planned: {why}\n"));
+    }
+    if plans.iter().all(|(_, p)| p.decode.is_some()) {
+        o.push_str(&decode_comparison(plans));
     }
     for (i, pr) in first.projections.iter().enumerate() {
         let mut fitting: Vec<(&RunConfig, &Plan, &Projection)> =
@@ -208,6 +245,44 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
                 least.unwrap_or_default()
             ));
         }
+    }
+    o
+}
+
+/// The decode of several plans, ranked by TPOT (those that fit first): floor, projection, MBU.
+fn decode_comparison(plans: &[(RunConfig, Plan)]) -> String {
+    use crate::metrics::{fmt_bytes, fmt_seconds};
+    let mut ranked: Vec<&(RunConfig, Plan)> = plans.iter().collect();
+    let tpot = |p: &Plan| p.decode.as_ref().map_or(f64::INFINITY, |d| d.tpot_s);
+    ranked.sort_by(|a, b| b.1.fits.cmp(&a.1.fits).then(tpot(&a.1).total_cmp(&tpot(&b.1))));
+    let mut o = format!(
+        "decode, ranked by TPOT:\n{:<12}{:<30}{:>12}{:>12}{:>14}{:>8}{:>14}{:>10}\n",
+        "strategy", "split", "TPOT floor", "TPOT", "tokens/s", "MBU", "K/V per GPU", "max batch"
+    );
+    for (cfg, p) in &ranked {
+        let d = p.decode.as_ref().expect("every plan decodes");
+        o.push_str(&format!(
+            "{:<12}{:<30}{:>12}{:>12}{:>14.1}{:>7.1}%{:>14}{:>10}{}\n",
+            p.strategy,
+            cfg.describe_split(),
+            fmt_seconds(d.tpot_floor_s),
+            fmt_seconds(d.tpot_s),
+            d.tokens_per_s,
+            100.0 * d.mbu,
+            fmt_bytes(d.kv_cache_bytes),
+            d.max_batch,
+            if p.fits { "" } else { "  (does not fit)" }
+        ));
+    }
+    if let Some((c, p)) = ranked.first() {
+        let d = p.decode.as_ref().expect("every plan decodes");
+        let tied: Vec<String> = ranked[1..]
+            .iter()
+            .filter(|(_, q)| q.fits && super::within_uncertainty(1.0 / d.tpot_s, 1.0 / tpot(q)))
+            .map(|(c2, _)| c2.strategy.name().to_string())
+            .collect();
+        let tie = if tied.is_empty() { String::new() } else { format!("; within the projection's uncertainty: {}", tied.join(", ")) };
+        o.push_str(&format!("lowest TPOT: {} ({}), {}{tie}\n", c.strategy.name(), c.describe_split(), fmt_seconds(d.tpot_s)));
     }
     o
 }

@@ -82,7 +82,7 @@ impl<B: Backend> Allgather<B> {
             cfg: cfg.clone(),
             layout: super::shared::sequence_layout(cfg),
             stack: Stack::of(&SPEC, cfg, be, rank)?,
-            decoder: decode::decoder_for(cfg, be, rank)?,
+            decoder: decode::decoder_for(cfg, be, SPEC.decode, rank)?,
         })
     }
 }

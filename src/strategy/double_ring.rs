@@ -201,7 +201,7 @@ impl<B: Backend, C: Communicator<B>> DoubleRing<B, C> {
             stack: Stack::of(&SPEC, cfg, be, rank)?,
             next,
             spare,
-            decoder: decode::decoder_for(cfg, be, rank)?,
+            decoder: decode::decoder_for(cfg, be, SPEC.decode, rank)?,
         })
     }
 }

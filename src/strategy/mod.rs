@@ -6,6 +6,7 @@ pub mod allgather;
 pub mod decode;
 pub mod double_ring;
 pub mod emulation;
+pub mod heads;
 pub mod reference;
 pub mod resolve;
 pub mod ring;
@@ -25,6 +26,7 @@ use spec::SizeFlags;
 mod shared;
 mod spec;
 mod stack;
+mod traffic;
 pub use crate::model::Buffers;
 pub use spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 

@@ -63,7 +63,7 @@ pub struct Reference<B: Backend> {
 
 impl<B: Backend> Reference<B> {
     pub fn new(cfg: &RunConfig, be: &B) -> Result<Self> {
-        Ok(Reference { cfg: cfg.clone(), stack: Stack::of(&SPEC, cfg, be, 0)?, decoder: decode::decoder_for(cfg, be, 0)? })
+        Ok(Reference { cfg: cfg.clone(), stack: Stack::of(&SPEC, cfg, be, 0)?, decoder: decode::decoder_for(cfg, be, SPEC.decode, 0)? })
     }
 }
 

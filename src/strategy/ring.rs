@@ -146,7 +146,7 @@ impl<B: Backend> Ring<B> {
             rank,
             layout: super::shared::sequence_layout(cfg),
             stack: Stack::of(&SPEC, cfg, be, rank)?,
-            decoder: decode::decoder_for(cfg, be, rank)?,
+            decoder: decode::decoder_for(cfg, be, SPEC.decode, rank)?,
         })
     }
 }

@@ -11,6 +11,8 @@ use crate::topology::LocalTokens;
 use anyhow::Result;
 use std::ops::Range;
 
+pub use super::traffic::{Op, Transfer};
+
 /// A strategy set up on one rank: what the harness drives.
 pub trait Strategy<B: Backend, C: Communicator<B>> {
     /// One iteration: the forward pass over the whole batch. With `keep`, the final hidden states
@@ -48,46 +50,6 @@ pub struct Placement {
     pub attention_heads: Range<usize>,
     /// Whether it reports the final hidden states of `tokens` (each token by exactly one rank).
     pub outputs: bool,
-}
-
-/// The kinds of communication a strategy issues, one per `Communicator` operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Op {
-    RingStep,
-    AllReduce,
-    AllGather,
-    AllToAll,
-    PipelineSend,
-    PipelineRecv,
-}
-
-impl Op {
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::RingStep => "ring step",
-            Op::AllReduce => "all-reduce",
-            Op::AllGather => "all-gather",
-            Op::AllToAll => "all-to-all",
-            Op::PipelineSend => "pipeline send",
-            Op::PipelineRecv => "pipeline receive",
-        }
-    }
-}
-
-/// One kind of message a rank exchanges: what it is, with whom (world ranks: the one peer, or the
-/// whole group), the buffer handed to each call, the bytes each call sends and receives as
-/// `comm::metered` counts them, and how many calls an iteration makes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transfer {
-    pub op: Op,
-    pub what: &'static str,
-    pub peers: Vec<usize>,
-    pub buffer_bytes: u64,
-    pub sent: u64,
-    pub received: u64,
-    pub calls: u64,
-    /// Whether it runs under compute (the ring's steps); everything else waits for it.
-    pub overlapped: bool,
 }
 
 /// One strategy as a table (STYLE.md, item 1): its sizes, checks, placement, traffic, buffers

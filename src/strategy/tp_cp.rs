@@ -183,7 +183,7 @@ impl<B: Backend, C: Communicator<B>> TpCp<B, C> {
         let [(tp_color, tp_key), (cp_color, cp_key)] = splits(cfg, rank)[..] else { unreachable!("tp-cp makes two splits") };
         let tp_group = world.split(tp_color, tp_key).context("creating the tensor-parallel group")?;
         let cp_ring = world.split(cp_color, cp_key).context("creating the context-parallel ring")?;
-        let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, rank)?);
+        let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, SPEC.decode, rank)?);
         Ok(TpCp { cfg: cfg.clone(), tp_group, cp_ring, layout: layout(cfg), stack, decoder })
     }
 }

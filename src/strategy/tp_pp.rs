@@ -232,7 +232,7 @@ impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
         let coord = tp_pp_coord(rank, cfg.split.tp());
         let [(color, key)] = splits(cfg, rank)[..] else { unreachable!("tp-pp makes one split") };
         let tp_group = world.split(color, key).context("creating the tensor-parallel group")?;
-        let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, rank)?);
+        let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, SPEC.decode, rank)?);
         Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack, decoder })
     }
 }

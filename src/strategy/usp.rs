@@ -15,11 +15,12 @@
 //! ring blocks are equal everywhere; the padding rows are never attended.
 
 use super::decode::{self, appended_steps, combine::Route, owned_rows, padded, CacheShape, DecodePlacement, Decoder, Group};
+use super::heads::{Exchange, HeadGroup};
 use super::ring::{ring_pass, ring_steps};
 use super::spec::SizeFlags;
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
-use super::ulysses::{check_heads, Exchange, HeadGroup};
+use super::ulysses::check_heads;
 use crate::backend::Backend;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
@@ -213,7 +214,7 @@ impl<B: Backend, C: Communicator<B>> Usp<B, C> {
         let ex = Exchange::alloc(be, &extra[..5])?;
         let (rows, cols) = extra[5];
         let kv_in = be.alloc_act(rows, cols)?;
-        let decoder = decode::decoder_for(cfg, be, rank)?;
+        let decoder = decode::decoder_for(cfg, be, SPEC.decode, rank)?;
         Ok(Usp { cfg: cfg.clone(), ulysses, ring, group: group(cfg, rank), members: members(cfg), stack, ex, kv_in, decoder })
     }
 }

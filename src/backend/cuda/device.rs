@@ -598,29 +598,11 @@ impl Backend for CudaBackend {
     }
 
     fn pack_acc(&self, acc: &Self::Acc, wire: &mut Self::Act) -> Result<()> {
-        crate::backend::checks::packed(acc, wire, acc.rows())?;
-        wire.set_rows(acc.rows());
-        let n = acc.len();
-        if n == 0 {
-            return Ok(());
-        }
-        // SAFETY: the first n FP32 values are 2n u16 halves of the same bytes, all initialised.
-        let from = unsafe { acc.data.transmute::<u16>(2 * n) }.ok_or_else(|| anyhow::anyhow!("pack_acc: view of {n} values"))?;
-        self.stream.memcpy_dtod(&from, &mut wire.data.slice_mut(..2 * n)).map_err(err("pack_acc"))?;
-        Ok(())
+        self.pack_now(acc, wire)
     }
 
     fn unpack_acc(&self, wire: &Self::Act, acc: &mut Self::Acc) -> Result<()> {
-        crate::backend::checks::packed(acc, wire, wire.rows())?;
-        acc.set_rows(wire.rows());
-        let n = acc.len();
-        if n == 0 {
-            return Ok(());
-        }
-        // SAFETY: as pack_acc's, the other way: 2n u16 halves are the bytes of n FP32 values.
-        let mut to = unsafe { acc.data.transmute_mut::<u16>(2 * n) }.ok_or_else(|| anyhow::anyhow!("unpack_acc: view of {n} values"))?;
-        self.stream.memcpy_dtod(&wire.data.slice(..2 * n), &mut to).map_err(err("unpack_acc"))?;
-        Ok(())
+        self.unpack_now(wire, acc)
     }
 
     fn copy_block(&self, src: &Self::Act, dst: &mut Self::Act, c: BlockCopy) -> Result<()> {

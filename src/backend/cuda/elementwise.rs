@@ -212,6 +212,34 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// `pack_acc`: a device copy of the FP32 buffer's bytes into the BF16-sized wire.
+    pub(super) fn pack_now(&self, acc: &DevMat<f32>, wire: &mut DevMat<u16>) -> Result<()> {
+        checks::packed(acc, wire, acc.rows())?;
+        wire.set_rows(acc.rows());
+        let n = acc.len();
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY: the first n FP32 values are 2n u16 halves of the same bytes, all initialised.
+        let from = unsafe { acc.data.transmute::<u16>(2 * n) }.ok_or_else(|| anyhow::anyhow!("pack_acc: view of {n} values"))?;
+        self.stream().memcpy_dtod(&from, &mut wire.data.slice_mut(..2 * n)).map_err(err("pack_acc"))?;
+        Ok(())
+    }
+
+    /// `unpack_acc`: the reverse copy.
+    pub(super) fn unpack_now(&self, wire: &DevMat<u16>, acc: &mut DevMat<f32>) -> Result<()> {
+        checks::packed(acc, wire, wire.rows())?;
+        acc.set_rows(wire.rows());
+        let n = acc.len();
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY: as pack_acc's, the other way: 2n u16 halves are the bytes of n FP32 values.
+        let mut to = unsafe { acc.data.transmute_mut::<u16>(2 * n) }.ok_or_else(|| anyhow::anyhow!("unpack_acc: view of {n} values"))?;
+        self.stream().memcpy_dtod(&wire.data.slice(..2 * n), &mut to).map_err(err("unpack_acc"))?;
+        Ok(())
+    }
+
     pub(super) fn copy_block_now(&self, src: &DevMat<u16>, dst: &mut DevMat<u16>, c: BlockCopy) -> Result<()> {
         c.check(src, dst)?;
         let Some(p) = copy_block(src.cols(), dst.cols(), c)? else { return Ok(()) };

@@ -9,8 +9,8 @@
 pub mod cache;
 pub mod combine;
 
-use super::spec::{Op, Transfer};
-use super::ulysses::{Exchange, HeadGroup};
+use super::heads::{Exchange, HeadGroup};
+use super::traffic::{Op, Transfer};
 use crate::backend::{Backend, Heads, Matrix};
 use crate::comm::Communicator;
 use crate::config::RunConfig;
@@ -517,12 +517,18 @@ pub fn keep_own<B: Backend>(dec: &mut Option<Decoder<B>>, be: &B, layer: usize, 
     }
 }
 
-/// The decoder a config asks for (None without decode steps).
-pub fn decoder_for<B: Backend>(cfg: &RunConfig, be: &B, rank: usize) -> Result<Option<Decoder<B>>> {
+/// The decoder a config asks for (None without decode steps), placed as the strategy's table
+/// `place` says.
+pub fn decoder_for<B: Backend>(
+    cfg: &RunConfig,
+    be: &B,
+    place: fn(&RunConfig, usize) -> DecodePlacement,
+    rank: usize,
+) -> Result<Option<Decoder<B>>> {
     if cfg.decode_tokens == 0 {
         return Ok(None);
     }
-    Decoder::new(cfg, be, super::decode_placement(cfg, rank)).map(Some)
+    Decoder::new(cfg, be, place(cfg, rank)).map(Some)
 }
 
 /// The decoder of a run, or the error of a decode step asked of a run without decode steps.

@@ -139,6 +139,21 @@ fn a_result_beyond_the_bound_is_a_marked_row_and_exit_3_not_a_lost_table() {
     assert!(err.contains("the ring result is invalid: measured") && err.contains("exceeds the physical bound"), "{err}");
     let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
     assert!(summary.lines().nth(1).unwrap().contains(",invalid,measured "), "{summary}");
+    // Decode steps faster than an H100 reads the step's bytes: invalid, by the TPOT floor.
+    let dir = run_ok(&root, 2, "b", &["--decode-tokens", "2"]);
+    remove_tables(&dir);
+    for r in 0..2 {
+        let h5 = hdf5::File::open_rw(rankfile::rank_file(&dir, r)).unwrap();
+        let g = h5.group("ring").unwrap();
+        g.attr("device").unwrap().write_scalar(&"NVIDIA H100 80GB HBM3".parse::<hdf5::types::VarLenUnicode>().unwrap()).unwrap();
+        let ds = g.dataset("decode_step_s").unwrap();
+        let fast = vec![1e-12; ds.read_raw::<f64>().unwrap().len()];
+        ds.write_raw(&fast).unwrap();
+    }
+    let o = ringbench(&["reduce", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("measured TPOT 0.000 ms is below the") && err.contains("at 3.35 TB/s (h100-sxm): a timing bug"), "{err}");
     std::fs::remove_dir_all(&root).ok();
 }
 

@@ -334,6 +334,9 @@ fn impossible(cfg: &RunConfig, device: &str, peak: Option<f64>, m: &Measured) ->
     if crate::backend::is_simulated_device(device) {
         return None; // the simulated GPU's timings measure the CPU stand-in: no GPU's bound applies
     }
+    if let Some(why) = decode_below_floor(cfg, device, m) {
+        return Some(why);
+    }
     let peak = peak?;
     let bound = crate::plan::tps_bound(cfg, peak);
     if m.tps > bound {
@@ -346,6 +349,24 @@ fn impossible(cfg: &RunConfig, device: &str, peak: Option<f64>, m: &Measured) ->
     m.mfu
         .filter(|&x| x > 1.0)
         .map(|x| format!("MFU {x:.3} exceeds 1 ({:.1} TFLOP/s per GPU): a timing or FLOP-count bug", m.tflops_per_gpu))
+}
+
+/// A measured TPOT below the bytes a step must read over the device's HBM bandwidth (where the
+/// device is one of `plan`'s profiles), if it is.
+fn decode_below_floor(cfg: &RunConfig, device: &str, m: &Measured) -> Option<String> {
+    let d = m.decode.as_ref()?;
+    let profile = crate::plan::Profile::GPUS.into_iter().find(|p| p.matches_device(device))?;
+    let hw = profile.hardware();
+    let floor = crate::plan::decode::tpot_floor(cfg, &hw);
+    (d.tpot.mean < floor).then(|| {
+        format!(
+            "measured TPOT {:.3} ms is below the {:.3} ms a step needs to read its weights and K/V cache at {:.2} TB/s ({}): a timing bug",
+            d.tpot.mean * 1e3,
+            floor * 1e3,
+            hw.hbm_bytes_per_s / 1e12,
+            profile.name()
+        )
+    })
 }
 
 /// Statistics over the first `n` iterations, which every rank completed.

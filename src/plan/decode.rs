@@ -44,6 +44,14 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, gpus_per_node: usize) -> DecodePl
     busiest
 }
 
+/// The least time a decode step of `cfg` can take on `hw`: the busiest rank's bytes per step (its
+/// weights per layer call and its cache at the steps' mean length) at the full HBM bandwidth.
+/// A measured TPOT below it is a timing bug (`reduce` marks the run invalid).
+pub fn tpot_floor(cfg: &RunConfig, hw: &Hardware) -> f64 {
+    let steps = cfg.decode_tokens.max(1);
+    ranks(cfg.world()).into_iter().map(|r| rank(cfg, hw, hw.gpus_per_node, r, steps).tpot_floor_s).fold(0.0, f64::max)
+}
+
 /// The ranks whose decode is projected: all of a job of up to 64, else the first, the middle and
 /// the last (ranks differ only by their stage, their share of the appends and their owners,
 /// which these span), so a sweep of large worlds stays quick.

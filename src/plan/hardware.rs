@@ -69,6 +69,9 @@ pub struct Hardware {
 }
 
 impl Profile {
+    /// The GPU profiles (whose bounds apply to a measured run on that GPU).
+    pub const GPUS: [Profile; 3] = [Profile::H100Sxm, Profile::A100Sxm, Profile::H200Sxm];
+
     /// The name `--hardware` takes and the plans print.
     pub fn name(self) -> &'static str {
         match self {

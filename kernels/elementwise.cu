@@ -99,11 +99,11 @@ extern "C" __global__ void lse_merge_f32(float* o, float* lse, const float* o_in
     if (i >= (long long)rows * heads) return;
     int r = (int)(i / heads), h = (int)(i % heads);
     float l_new = lse_in[(long long)(in_row0 + r) * heads + h];
-    if (l_new == -INFINITY) return;
+    if (l_new == NEG_INF) return;
     float* out = o + (long long)r * heads * head_dim + (long long)h * head_dim;
     const float* src = o_in + (long long)(in_row0 + r) * heads * head_dim + (long long)h * head_dim;
     float l_old = lse[i];
-    if (l_old == -INFINITY) {
+    if (l_old == NEG_INF) {
         for (int d = 0; d < head_dim; ++d) out[d] = src[d];
         lse[i] = l_new;
         return;

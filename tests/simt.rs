@@ -166,3 +166,43 @@ fn the_generator_and_elementwise_kernel_sources_match_design_on_the_simt_emulati
     run(&exe, &[], "element-wise kernels on the SIMT emulation", 10);
     let _ = std::fs::remove_file(&exe);
 }
+
+/// The decode kernels' sources (kernels/decode_attention.cu, and the merge of partial results in
+/// elementwise.cu) against FP64 attention on the SIMT stand-in (tests/simt/decode_check.cpp: a
+/// cache of 1, 127 and 4097 keys, GQA 8:1 and 1:1, accumulators already holding a result), then
+/// each case within FP32 rounding of the kernel's CPU twin (src/backend/decode_twin.rs).
+#[test]
+fn the_decode_kernel_sources_match_fp64_attention_and_their_twin_on_the_simt_emulation() {
+    use ringbench::backend::{decode_twin, DecodeSpan};
+    let exe = build("decode_check");
+    let dump = std::env::temp_dir().join(format!("ringbench-simt-decode-dump-{}", std::process::id()));
+    run(&exe, &[("SIMT_DUMP", &dump.display().to_string())], "decode kernels on the SIMT emulation", 5);
+    for n in 0..4 {
+        let path = PathBuf::from(format!("{}-{n}.bin", dump.display()));
+        let b = std::fs::read(&path).unwrap();
+        let h: Vec<usize> = (0..12).map(|k| i32::from_le_bytes(b[4 * k..4 * k + 4].try_into().unwrap()) as usize).collect();
+        let heads = Heads { heads: h[0], kv_heads: h[1], head_dim: h[2] };
+        let span = DecodeSpan { q_row0: h[3], count: h[4], seq0: h[5], stride: h[6], len: h[7] };
+        let (q_rows, kv_rows) = (h[8], h[9]);
+        let mut at = 48;
+        let mut take = |n: usize, size: usize| {
+            let s = b[at..at + n * size].to_vec();
+            at += n * size;
+            s
+        };
+        let bits = |v: Vec<u8>| v.chunks(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect::<Vec<_>>();
+        let floats = |v: Vec<u8>| v.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+        let (w, kvw) = (heads.width(), heads.kv_width());
+        let (q, kv) = (bits(take(q_rows * w, 2)), bits(take(kv_rows * 2 * kvw, 2)));
+        let (mut o, mut lse) = (floats(take(q_rows * w, 4)), floats(take(q_rows * heads.heads, 4)));
+        let (got_o, got_lse) = (floats(take(q_rows * w, 4)), floats(take(q_rows * heads.heads, 4)));
+        decode_twin::attention(&q, &kv, heads, span, &mut o, &mut lse);
+        let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| if x == y { 0.0 } else { (x - y).abs() }).fold(0.0f32, f32::max);
+        let (eo, el) = (worst(&got_o, &o), worst(&got_lse, &lse));
+        println!("decode case {n} ({span:?}): kernel vs its CPU twin: o max abs {eo:.2e}, lse max abs {el:.2e}");
+        // The same FP32 operations in the same order: equal but for the exponentials' last bits.
+        assert!(eo <= 1e-6 && el <= 1e-6, "decode case {n}: o {eo:e}, lse {el:e} from the twin");
+        std::fs::remove_file(&path).unwrap();
+    }
+    let _ = std::fs::remove_file(&exe);
+}

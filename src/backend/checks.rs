@@ -111,6 +111,57 @@ pub fn attention_merge(o: &impl Matrix, lse: &impl Matrix, o_in: &impl Matrix, l
     Ok(())
 }
 
+/// attention_decode's shapes: query rows and every sequence's cache rows inside their buffers,
+/// the accumulators as wide as the heads, and room for `splits` partials of each (sequence, head).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(
+    q: &impl Matrix,
+    kv: &impl Matrix,
+    heads: Heads,
+    s: super::DecodeSpan,
+    o: &impl Matrix,
+    lse: &impl Matrix,
+    scratch: &impl Matrix,
+    splits: usize,
+) -> Result<()> {
+    let (w, kvw) = (heads.width(), heads.kv_width());
+    ensure!(
+        q.cols() == w
+            && kv.cols() == 2 * kvw
+            && o.cols() == w
+            && lse.cols() == heads.heads
+            && heads.kv_heads > 0
+            && heads.heads % heads.kv_heads == 0,
+        "attention_decode: q [{}, {}], kv [{}, {}], o [{}, {}], lse [{}, {}] for {heads:?}",
+        q.rows(),
+        q.cols(),
+        kv.rows(),
+        kv.cols(),
+        o.rows(),
+        o.cols(),
+        lse.rows(),
+        lse.cols()
+    );
+    let q_end = s.q_row0 + s.count;
+    let kv_end = if s.count == 0 { 0 } else { (s.seq0 + s.count - 1) * s.stride + s.len };
+    ensure!(
+        q_end <= q.rows() && q_end <= o.rows() && q_end <= lse.rows() && kv_end <= kv.rows() && (s.count <= 1 || s.len <= s.stride),
+        "attention_decode: {s:?} outside q [{} rows], kv [{} rows], o [{} rows]",
+        q.rows(),
+        kv.rows(),
+        o.rows()
+    );
+    let need = s.count * heads.heads * splits;
+    ensure!(
+        scratch.cols() == heads.head_dim + 1 && need <= scratch.capacity_rows(),
+        "attention_decode: {need} partials of {} values, scratch [{}, {}]",
+        heads.head_dim + 1,
+        scratch.capacity_rows(),
+        scratch.cols()
+    );
+    Ok(())
+}
+
 /// pack_acc's and unpack_acc's shapes: the wire is twice as wide as the FP32 buffer, and holds its rows.
 pub fn packed(acc: &impl Matrix, wire: &impl Matrix, rows: usize) -> Result<()> {
     ensure!(

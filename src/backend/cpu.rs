@@ -426,6 +426,24 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn attention_decode(
+        &self,
+        q: &Self::Act,
+        kv: &Self::Act,
+        heads: Heads,
+        span: super::DecodeSpan,
+        o: &mut Self::Acc,
+        lse: &mut Self::Acc,
+        _scratch: &mut Self::Acc,
+    ) -> Result<()> {
+        for i in 0..span.count {
+            let qs = Span { row0: span.q_row0 + i, len: 1, pos0: 0 };
+            let ks = Span { row0: (span.seq0 + i) * span.stride, len: span.len, pos0: 0 };
+            self.attention(q, kv, heads, qs, ks, false, o, lse)?;
+        }
+        Ok(())
+    }
+
     fn attention_merge(&self, o: &mut Self::Acc, lse: &mut Self::Acc, o_in: &Self::Acc, lse_in: &Self::Acc, in_row0: usize) -> Result<()> {
         checks::attention_merge(o, lse, o_in, lse_in, in_row0)?;
         let (heads, width) = (lse.cols, o.cols);

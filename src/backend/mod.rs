@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod cpu;
 pub mod cuda;
+pub mod decode_twin;
 pub mod flash_twin;
 
 use crate::generator::{Init, Region};
@@ -80,6 +81,39 @@ pub struct Span {
     pub row0: usize,
     pub len: usize,
     pub pos0: usize,
+}
+
+/// A decode attention call (`Backend::attention_decode`): the new tokens of `count` sequences,
+/// their queries in rows q_row0 .. q_row0 + count of q, sequence i's `len` cached K|V rows from
+/// row (seq0 + i) x stride of the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeSpan {
+    pub q_row0: usize,
+    pub count: usize,
+    pub seq0: usize,
+    pub stride: usize,
+    pub len: usize,
+}
+
+/// Thread blocks the decode kernel aims to fill (two waves of an H100's 132 SMs): it splits each
+/// sequence's cache into as many parts as reach this many blocks over the call's sequences and
+/// K/V heads (FlashDecoding's split), at most `DECODE_MAX_SPLITS`, each at least a tile of keys.
+pub const DECODE_TARGET_BLOCKS: usize = 264;
+pub const DECODE_MAX_SPLITS: usize = 64;
+/// Keys per tile of the decode kernel (DEC_TILE in kernels/decode_attention.cu).
+pub const DECODE_TILE: usize = 32;
+
+/// The splits of each sequence's cache for a decode call of `count` sequences over `kv_heads`
+/// K/V heads and `len` keys.
+pub fn decode_splits(count: usize, kv_heads: usize, len: usize) -> usize {
+    let want = DECODE_TARGET_BLOCKS.div_ceil((count * kv_heads).max(1));
+    want.clamp(1, DECODE_MAX_SPLITS).min(len.div_ceil(DECODE_TILE).max(1))
+}
+
+/// Rows of head_dim + 1 FP32 values the split partials of a decode call of up to `count`
+/// sequences need (`attention_decode`'s scratch): the most of any call of 1 to `count`.
+pub fn decode_scratch_rows(count: usize, heads: Heads, len: usize) -> usize {
+    (1..=count.max(1)).map(|c| c * heads.heads * decode_splits(c, heads.kv_heads, len)).max().unwrap_or(0)
 }
 
 /// A block of `rows` x `cols` from (src_row0, src_col0) of one buffer to (dst_row0, dst_col0) of
@@ -333,6 +367,21 @@ pub trait Backend: Instruments {
 
     /// out = BF16(o); sets out's rows to o's.
     fn attention_store(&self, o: &Self::Acc, out: &mut Self::Act) -> anyhow::Result<()>;
+
+    /// Decode attention (`DecodeSpan`): each new token's query against every cached row of its
+    /// sequence (all visible), merged into its row of (o, lse). `scratch` [rows, head_dim + 1]
+    /// FP32 holds the split partials (`decode_scratch_rows`); the CPU computes each row whole.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        q: &Self::Act,
+        kv: &Self::Act,
+        heads: Heads,
+        span: DecodeSpan,
+        o: &mut Self::Acc,
+        lse: &mut Self::Acc,
+        scratch: &mut Self::Acc,
+    ) -> anyhow::Result<()>;
 
     /// Merge the partial results in rows `in_row0 ..` of (o_in, lse_in) into every row of (o,
     /// lse) by the log-sum-exp rule (`lse_merge`): how a decode step combines the partial

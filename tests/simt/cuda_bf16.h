@@ -91,6 +91,10 @@ inline float2 make_float2(float x, float y) { return {x, y}; }
 struct Dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
+// A 16-byte vector, as CUDA's vector types lay it out.
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
 inline thread_local Dim3 threadIdx, blockIdx, blockDim;
 
 // A block's threads are either OS threads (`launch`, below) or fibers on one OS thread
@@ -163,26 +167,34 @@ inline float __shfl_xor_sync(unsigned, float v, int offset) {
     return r;
 }
 
-// Run `kernel` over a grid of gx x gy blocks of `threads` threads, one block at a time.
-inline void launch(unsigned gx, unsigned gy, int threads, const std::function<void()>& kernel) {
-    for (unsigned by = 0; by < gy; by++) {
-        for (unsigned bx = 0; bx < gx; bx++) {
-            BlockState block(threads);
-            g_block = &block;
-            std::vector<std::thread> ts;
-            for (int t = 0; t < threads; t++) {
-                ts.emplace_back([&, t] {
-                    threadIdx.x = t;
-                    blockDim.x = threads;
-                    blockIdx.x = bx;
-                    blockIdx.y = by;
-                    kernel();
-                });
+// Run `kernel` over a grid of gx x gy x gz blocks of `threads` threads, one block at a time.
+inline void launch3(unsigned gx, unsigned gy, unsigned gz, int threads, const std::function<void()>& kernel) {
+    for (unsigned bz = 0; bz < gz; bz++) {
+        for (unsigned by = 0; by < gy; by++) {
+            for (unsigned bx = 0; bx < gx; bx++) {
+                BlockState block(threads);
+                g_block = &block;
+                std::vector<std::thread> ts;
+                for (int t = 0; t < threads; t++) {
+                    ts.emplace_back([&, t] {
+                        threadIdx.x = t;
+                        blockDim.x = threads;
+                        blockIdx.x = bx;
+                        blockIdx.y = by;
+                        blockIdx.z = bz;
+                        kernel();
+                    });
+                }
+                for (auto& t : ts) t.join();
+                g_block = nullptr;
             }
-            for (auto& t : ts) t.join();
-            g_block = nullptr;
         }
     }
+}
+
+// Run `kernel` over a grid of gx x gy blocks of `threads` threads, one block at a time.
+inline void launch(unsigned gx, unsigned gy, int threads, const std::function<void()>& kernel) {
+    launch3(gx, gy, 1, threads, kernel);
 }
 
 // ---- kernels/mma.cuh, emulated ----------------------------------------------------------------

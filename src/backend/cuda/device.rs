@@ -593,6 +593,19 @@ impl Backend for CudaBackend {
         self.store_now(o, out)
     }
 
+    fn attention_decode(
+        &self,
+        q: &Self::Act,
+        kv: &Self::Act,
+        heads: Heads,
+        span: crate::backend::DecodeSpan,
+        o: &mut Self::Acc,
+        lse: &mut Self::Acc,
+        scratch: &mut Self::Acc,
+    ) -> Result<()> {
+        self.timed(false, || self.decode_now(q, kv, heads, span, o, lse, scratch))
+    }
+
     fn attention_merge(&self, o: &mut Self::Acc, lse: &mut Self::Acc, o_in: &Self::Acc, lse_in: &Self::Acc, in_row0: usize) -> Result<()> {
         self.merge_now(o, lse, o_in, lse_in, in_row0)
     }

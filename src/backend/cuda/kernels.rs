@@ -66,6 +66,13 @@ pub const SOURCES: &[KernelSource] = &[
         only_arch: None,
     },
     KernelSource {
+        file: "decode_attention.cu",
+        source: include_str!("../../../kernels/decode_attention.cu"),
+        entries: &["decode_split_bf16", "decode_combine_f32"],
+        hot: true,
+        only_arch: None,
+    },
+    KernelSource {
         file: "flash_attention.cu",
         source: include_str!("../../../kernels/flash_attention.cu"),
         entries: &[

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod choice;
+pub mod decode;
 pub mod device;
 pub mod elementwise;
 pub mod gemm;

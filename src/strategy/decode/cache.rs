@@ -3,7 +3,7 @@
 //! steps produce new tokens. A sequence's rows are contiguous; their order does not matter, as
 //! a new token attends to every earlier position, so the causal mask has nothing to hide.
 
-use crate::backend::{Backend, BlockCopy, Heads, Span};
+use crate::backend::{Backend, BlockCopy, DecodeSpan, Heads};
 use crate::model::Blocks;
 use anyhow::{ensure, Result};
 
@@ -34,6 +34,28 @@ impl CacheShape {
         let (r, c) = self.layer_shape();
         (self.layers * r * c * 2) as u64
     }
+}
+
+/// Query rows row .. row + count holding the new tokens of sequences seq .. seq + count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub row: usize,
+    pub seq: usize,
+    pub count: usize,
+}
+
+/// The runs of consecutive rows of consecutive sequences in `rows` (row k the new token of
+/// sequence rows[k], or padding): one decode attention call each.
+pub fn runs(rows: &[Option<usize>]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for (k, seq) in rows.iter().enumerate() {
+        let Some(seq) = *seq else { continue };
+        match out.last_mut() {
+            Some(r) if r.row + r.count == k && r.seq + r.count == seq => r.count += 1,
+            _ => out.push(Run { row: k, seq, count: 1 }),
+        }
+    }
+    out
 }
 
 pub struct KvCache<B: Backend> {
@@ -105,23 +127,23 @@ impl<B: Backend> KvCache<B> {
         be.copy_block(src, &mut self.layers[layer], BlockCopy { src_row0: src_row, src_col0, dst_row0, dst_col0: 0, rows: 1, cols })
     }
 
-    /// Attention of the query in row `q_row` of `q` against every cached row of sequence `seq`,
-    /// merged into row `q_row` of (o, lse).
+    /// Attention of the new tokens of `run` (queries in rows `run.row` .. of `q`, of sequences
+    /// `run.seq` ..) against every cached row of each one's sequence, merged into the same rows
+    /// of (o, lse); `scratch` holds the split partials (`Backend::attention_decode`).
     #[allow(clippy::too_many_arguments)]
     pub fn attend(
         &self,
         be: &B,
         layer: usize,
         q: &B::Act,
-        q_row: usize,
-        seq: usize,
+        run: Run,
         heads: Heads,
         o: &mut B::Acc,
         lse: &mut B::Acc,
+        scratch: &mut B::Acc,
     ) -> Result<()> {
-        let qs = Span { row0: q_row, len: 1, pos0: 0 };
-        let ks = Span { row0: seq * self.shape.capacity(), len: self.rows(), pos0: 0 };
-        be.attention(q, &self.layers[layer], heads, qs, ks, false, o, lse)
+        let span = DecodeSpan { q_row0: run.row, count: run.count, seq0: run.seq, stride: self.shape.capacity(), len: self.rows() };
+        be.attention_decode(q, &self.layers[layer], heads, span, o, lse, scratch)
     }
 
     pub fn shape(&self) -> CacheShape {

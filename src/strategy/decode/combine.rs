@@ -4,7 +4,7 @@
 //! partial results (o, lse) go back to each query's owner in one all-to-all, to be merged there
 //! by the log-sum-exp rule.
 
-use super::cache::KvCache;
+use super::cache::{runs, KvCache, Run};
 use crate::backend::{Backend, BlockCopy, Heads, Matrix};
 use crate::comm::Communicator;
 use anyhow::{Context, Result};
@@ -97,6 +97,7 @@ impl<B: Backend> Combine<B> {
         kv: &B::Act,
         o: &mut B::Acc,
         lse: &mut B::Acc,
+        scratch: &mut B::Acc,
     ) -> Result<()> {
         let (n, br, member) = (self.rows.blocks.len(), self.rows.block_rows(), self.member);
         let (w, kvc) = (self.rows.heads.width(), 2 * self.rows.heads.kv_width());
@@ -110,7 +111,7 @@ impl<B: Backend> Combine<B> {
         }
         be.attention_reset(&mut self.part_o, &mut self.part_lse)?;
         self.q_all.set_rows(n * br);
-        let mut parts = Parts { rows: &self.rows, q_all: &mut self.q_all, o: &mut self.part_o, lse: &mut self.part_lse, br };
+        let mut parts = Parts { rows: &self.rows, q_all: &mut self.q_all, o: &mut self.part_o, lse: &mut self.part_lse, scratch, br };
         match self.route {
             Route::Gather => {
                 self.wire[0].set_rows(br);
@@ -163,6 +164,7 @@ struct Parts<'a, B: Backend> {
     q_all: &'a mut B::Act,
     o: &'a mut B::Acc,
     lse: &'a mut B::Acc,
+    scratch: &'a mut B::Acc,
     br: usize,
 }
 
@@ -182,10 +184,8 @@ impl<B: Backend> Parts<'_, B> {
         let at = j * self.br;
         let copy = BlockCopy { src_row0: row0, src_col0: 0, dst_row0: at, dst_col0: 0, rows: block.len(), cols: w };
         be.copy_block(src, self.q_all, copy)?;
-        for (k, seq) in block.iter().enumerate() {
-            if let Some(seq) = *seq {
-                cache.attend(be, layer, self.q_all, at + k, seq, self.rows.heads, self.o, self.lse)?;
-            }
+        for run in runs(block) {
+            cache.attend(be, layer, self.q_all, Run { row: at + run.row, ..run }, self.rows.heads, self.o, self.lse, self.scratch)?;
         }
         Ok(())
     }
@@ -205,17 +205,20 @@ pub fn attend_local<B: Backend>(
     rows: &QueryRows,
     o: &mut B::Acc,
     lse: &mut B::Acc,
+    scratch: &mut B::Acc,
 ) -> Result<()> {
     o.set_rows(rows.len());
     lse.set_rows(rows.len());
     be.attention_reset(o, lse)?;
-    for (k, seq) in rows.iter().enumerate() {
-        if let Some(seq) = *seq {
-            if cache.appending() {
+    if cache.appending() {
+        for (k, seq) in rows.iter().enumerate() {
+            if let Some(seq) = *seq {
                 cache.append(be, layer, kv, k, 0, seq)?;
             }
-            cache.attend(be, layer, q, k, seq, heads, o, lse)?;
         }
+    }
+    for run in runs(rows) {
+        cache.attend(be, layer, q, run, heads, o, lse, scratch)?;
     }
     Ok(())
 }

@@ -220,7 +220,9 @@ pub fn buffer_shapes(cfg: &RunConfig, p: &DecodePlacement, keep: bool) -> (Shape
         (rows, up),                                                                     // up
         (gated, f),                                                                     // gated
     ];
-    let mut accs = vec![(acc_rows, acc_heads * m.head_dim()), (acc_rows, acc_heads)];
+    // The decode attention's split partials, for a call of every sequence.
+    let scratch = crate::backend::decode_scratch_rows(m.batch, p.attention_heads(cfg), p.cache.capacity());
+    let mut accs = vec![(acc_rows, acc_heads * m.head_dim()), (acc_rows, acc_heads), (scratch, m.head_dim() + 1)];
     acts.extend((0..p.cache.layers).map(|_| p.cache.layer_shape()));
     if let Some((g, blocks)) = &p.heads {
         acts.extend(group_of_heads(cfg, g, blocks[g.member].len()).buffers(1));
@@ -270,6 +272,8 @@ pub struct Decoder<B: Backend> {
     pub cache: KvCache<B>,
     heads: Option<(HeadGroup, Exchange<B>)>,
     context: Option<Combine<B>>,
+    /// The decode attention's split partials.
+    scratch: B::Acc,
 }
 
 impl<B: Backend> Decoder<B> {
@@ -294,6 +298,7 @@ impl<B: Backend> Decoder<B> {
             gated: next()?,
         };
         drop(a);
+        let scratch = be.alloc_acc(accs[2].0, accs[2].1)?;
         // The cache's layers were stated after the workspace; KvCache allocates them itself.
         let cache = KvCache::new(be, place.cache)?;
         let heads = match &place.heads {
@@ -322,6 +327,7 @@ impl<B: Backend> Decoder<B> {
             cache,
             heads,
             context,
+            scratch,
         })
     }
 
@@ -374,9 +380,9 @@ impl<B: Backend> Decoder<B> {
         let tokens = LocalTokens { segments: vec![Segment::run(self.prompt_len + step, 1)] };
         let batch = Batch { first_seq: seqs.start, seqs: seqs.len(), tokens: &tokens };
         let own: QueryRows = seqs.clone().map(Some).collect();
-        let Decoder { place, ws, x, cache, heads, context, .. } = self;
+        let Decoder { place, ws, x, cache, heads, context, scratch, .. } = self;
         for (l, w) in layers.iter().enumerate() {
-            let mut attention = |ws: &mut Workspace<B>| attend(be, place, cache, heads, context, comms, l, &own, ws);
+            let mut attention = |ws: &mut Workspace<B>| attend(be, place, cache, heads, context, comms, l, &own, ws, scratch);
             let mut reduce = |y: &mut B::Act| match comms.tp {
                 Some(tp) => tp.all_reduce_sum(y),
                 None => Ok(()),
@@ -417,6 +423,7 @@ fn attend<B: Backend, C: Communicator<B>>(
     layer: usize,
     own: &QueryRows,
     ws: &mut Workspace<B>,
+    scratch: &mut B::Acc,
 ) -> Result<()> {
     match heads {
         Some((hg, ex)) => {
@@ -424,11 +431,11 @@ fn attend<B: Backend, C: Communicator<B>>(
             hg.to_heads(be, comm, ws, ex, 1)?;
             let h = hg.attention_heads();
             match (context.as_mut(), comms.context) {
-                (Some(c), Some(ring)) => c.attend(be, ring, cache, layer, &ex.q_all, &ex.kv_all, &mut ws.o, &mut ws.lse)?,
+                (Some(c), Some(ring)) => c.attend(be, ring, cache, layer, &ex.q_all, &ex.kv_all, &mut ws.o, &mut ws.lse, scratch)?,
                 _ => {
                     let (_, blocks) = place.heads.as_ref().expect("stated");
                     let rows: QueryRows = blocks.iter().flatten().copied().collect();
-                    attend_local(be, cache, layer, h, &ex.q_all, &ex.kv_all, &rows, &mut ws.o, &mut ws.lse)?
+                    attend_local(be, cache, layer, h, &ex.q_all, &ex.kv_all, &rows, &mut ws.o, &mut ws.lse, scratch)?
                 }
             }
             be.attention_store(&ws.o, &mut ex.attn_all)?;
@@ -436,8 +443,8 @@ fn attend<B: Backend, C: Communicator<B>>(
         }
         None => {
             match (context.as_mut(), comms.context) {
-                (Some(c), Some(group)) => c.attend(be, group, cache, layer, &ws.q, &ws.kv, &mut ws.o, &mut ws.lse)?,
-                _ => attend_local(be, cache, layer, ws.heads, &ws.q, &ws.kv, own, &mut ws.o, &mut ws.lse)?,
+                (Some(c), Some(group)) => c.attend(be, group, cache, layer, &ws.q, &ws.kv, &mut ws.o, &mut ws.lse, scratch)?,
+                _ => attend_local(be, cache, layer, ws.heads, &ws.q, &ws.kv, own, &mut ws.o, &mut ws.lse, scratch)?,
             }
             be.attention_store(&ws.o, &mut ws.attn)
         }

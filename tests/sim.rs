@@ -158,6 +158,8 @@ fn a_kernel_short_of_its_register_budget_or_a_failing_nccl_group_ends_with_a_nam
 
 /// Models whose head dims take the plain kernel (16), and the flash kernel at 64 and 128.
 const PLAIN: &[&str] = &["--preset", "tiny", "--seq-len", "67", "--batch", "1"];
+const DECODE_GQA: &[&str] =
+    &["--d-model", "1024", "--heads", "8", "--kv-heads", "1", "--mlp", "64", "--layers", "1", "--seq-len", "130", "--batch", "3"];
 const FLASH64: &[&str] = &["--d-model", "128", "--heads", "2", "--mlp", "256", "--layers", "2", "--seq-len", "61", "--batch", "1"];
 const FLASH128: &[&str] = &[
     "--d-model",
@@ -198,6 +200,13 @@ fn every_strategy_verifies_on_the_simulated_gpu_over_nccl_and_mpi_with_random_de
         // The outer ring on a communication stream of its own, overlapping the inner ring's.
         (4, &["--strategy", "double-ring", "--window", "2", "--comm", "nccl"], FLASH64),
         (4, &["--strategy", "double-ring", "--window", "2", "--layout", "contiguous", "--comm", "mpi"], PLAIN),
+        // Decode through the split kernel (kernels/decode_attention.cu) and the merge of partial
+        // results: ring's pass-Q, allgather's gathered queries, tp-pp's heads down a pipeline, and
+        // grouped K/V 8:1 at head dim 128 with three sequences over the four query owners.
+        (4, &["--strategy", "ring", "--comm", "nccl", "--decode-tokens", "3"], FLASH64),
+        (4, &["--strategy", "allgather", "--comm", "nccl", "--decode-tokens", "2"], PLAIN),
+        (4, &["--strategy", "tp-pp", "--tp", "2", "--pp", "2", "--comm", "nccl", "--decode-tokens", "3"], PLAIN),
+        (4, &["--strategy", "ring", "--comm", "nccl", "--decode-tokens", "2"], DECODE_GQA),
     ];
     for (np, strategy, model) in cases {
         let mut args = vec!["verify", "--backend", "cuda"];
@@ -216,7 +225,7 @@ fn a_run_on_the_simulated_gpu_and_an_emulated_rank_reduce_as_simulated() {
     let root = common::temp_root("sim-run");
     let out = root.to_str().unwrap();
     let env = env_with(sim, &[]);
-    let small = ["--seq-len", "67", "--batch", "1", "--iters", "2", "--warmup", "1", "--out", out];
+    let small = ["--seq-len", "67", "--batch", "1", "--iters", "2", "--warmup", "1", "--decode-tokens", "2", "--out", out];
     let mut args = vec!["run", "--backend", "cuda", "--strategy", "all", "--run-id", "four"];
     args.extend_from_slice(&small);
     let run = common::mpirun_with(4, &args, &env, None);

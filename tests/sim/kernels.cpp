@@ -30,6 +30,7 @@
 #include "../../kernels/generate.cu"
 #include "../../kernels/elementwise.cu"
 #include "../../kernels/attention.cu"
+#include "../../kernels/decode_attention.cu"
 #include "../../kernels/flash_attention.cu"
 #include "../../kernels/flash_wgmma.cu"
 #pragma GCC visibility pop
@@ -88,17 +89,16 @@ bool launch_kernel(const Kernel* k, unsigned gx, unsigned gy, unsigned gz, unsig
         report("%s: a zero grid or block dimension (%u x %u x %u blocks of %u x %u x %u)", what.c_str(), gx, gy, gz, bx, by, bz);
         return false;
     }
-    if (gz != 1 || by != 1 || bz != 1) {
-        report("%s: grid %u x %u x %u, block %u x %u x %u: the SIMT stand-in runs 1-D blocks over a 2-D grid", what.c_str(), gx, gy, gz, bx,
-               by, bz);
+    if (by != 1 || bz != 1) {
+        report("%s: block %u x %u x %u: the SIMT stand-in runs 1-D blocks", what.c_str(), bx, by, bz);
         return false;
     }
     if (bx > 1024 || bx % 32 != 0) {
         report("%s: %u threads per block: the kernels' warp collectives need whole warps, at most 1024 threads", what.c_str(), bx);
         return false;
     }
-    if (gy > 65535) {
-        report("%s: grid y %u beyond the device's 65535", what.c_str(), gy);
+    if (gy > 65535 || gz > 65535) {
+        report("%s: grid y %u or z %u beyond the device's 65535", what.c_str(), gy, gz);
         return false;
     }
     if (!params && !k->sizes.empty()) {
@@ -117,13 +117,13 @@ bool launch_kernel(const Kernel* k, unsigned gx, unsigned gy, unsigned gz, unsig
             if (!device_range(ptr, 1, what.c_str(), arg.c_str())) return false;
         }
     }
-    enqueue(s, what, [k, gx, gy, bx, shared_bytes, what, args = std::move(args)]() mutable {
+    enqueue(s, what, [k, gx, gy, gz, bx, shared_bytes, what, args = std::move(args)]() mutable {
         static std::mutex one_at_a_time; // kernels of different streams share the stand-in's globals
         std::lock_guard<std::mutex> g(one_at_a_time);
         std::vector<void*> ptrs;
         for (auto& a : args) ptrs.push_back(a.data());
         const std::function<void()> body = [&] { k->trampoline(k->fn, ptrs.data()); };
-        launch_fibers(gx, gy, bx, shared_bytes, what.c_str(), body);
+        launch_fibers(gx, gy, bx, shared_bytes, what.c_str(), body, gz);
     });
     return true;
 }

@@ -461,20 +461,21 @@ inline void fiber_progress() { t_fibers->progress++; }
 inline CopyState& copies() { return t_fibers ? t_fibers->fibers[t_fibers->current].copies : t_copies; }
 #endif
 
-// Run `kernel` over a grid of gx x gy blocks of `threads` threads as fibers on this OS thread,
-// each block with `smem_bytes` of dynamic shared memory (filled with 0xff bytes, BF16 NaNs, so a
-// read of a tile no copy wrote shows).
+// Run `kernel` over a grid of gx x gy x gz blocks of `threads` threads as fibers on this OS
+// thread, each block with `smem_bytes` of dynamic shared memory (filled with 0xff bytes, BF16
+// NaNs, so a read of a tile no copy wrote shows).
 inline void launch_fibers(unsigned gx, unsigned gy, unsigned threads, size_t smem_bytes, const char* what,
-                          const std::function<void()>& kernel) {
+                          const std::function<void()>& kernel, unsigned gz = 1) {
     static thread_local FiberScheduler* sched = new FiberScheduler; // stacks kept for the next launch
     sched->body = &kernel;
     t_fibers = sched;
     blockDim = {threads, 1, 1};
+    for (unsigned bz = 0; bz < gz; bz++)
     for (unsigned by = 0; by < gy; by++) {
         for (unsigned bx = 0; bx < gx; bx++) {
             BlockState block{static_cast<int>(threads)};
             g_block = &block;
-            blockIdx = {bx, by, 0};
+            blockIdx = {bx, by, bz};
 #ifdef RINGBENCH_SIMT
             block_extras_begin(smem_bytes);
 #endif

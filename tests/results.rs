@@ -26,6 +26,9 @@ fn run_all(root: &Path, id: &str) -> common::Run {
             "2",
             "--ring",
             "4",
+            // And the decode steps after each prefill, whose columns and charts are checked too.
+            "--decode-tokens",
+            "4",
             "--out",
             out,
             "--run-id",
@@ -92,6 +95,7 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "batch",
     "micro_batch",
     "causal",
+    "decode_tokens",
     "seed",
     "warmup",
     "iters",
@@ -125,6 +129,27 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "gpu_util_pct_max",
     "compute_floor_ms",
     "efficiency_vs_floor",
+    "ttft_ms_mean",
+    "ttft_ms_ci95_lo",
+    "ttft_ms_ci95_hi",
+    "tpot_ms_mean",
+    "tpot_ms_std",
+    "tpot_ms_cv",
+    "tpot_ms_min",
+    "tpot_ms_median",
+    "tpot_ms_max",
+    "tpot_ms_ci95_lo",
+    "tpot_ms_ci95_hi",
+    "itl_ms_p50",
+    "itl_ms_p90",
+    "itl_ms_p99",
+    "decode_tps",
+    "decode_tps_per_user",
+    "decode_comm_ms_per_step_max",
+    "decode_comm_ms_per_step_mean",
+    "decode_sent_kib_per_step_max",
+    "kv_cache_gib_max",
+    "kv_cache_gib_mean",
     "ringbench_version",
     "git_commit",
     "start_utc",
@@ -287,7 +312,17 @@ fn a_run_writes_rank_files_and_tables_that_reduce_rebuilds_byte_for_byte() {
     // report: PNG charts next to the CSVs.
     let r = ringbench(&["report", dir.to_str().unwrap()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    for name in ["tps", "iterations", "memory", "compute_comm"] {
+    // Decode: TTFT is the prefill's time, TPOT's and ITL's figures consistent with each other.
+    for row in &rows {
+        let (ttft, iter) = (num(&header, row, "ttft_ms_mean"), num(&header, row, "iter_ms_mean"));
+        let (tpot, batch) = (num(&header, row, "tpot_ms_mean"), num(&header, row, "batch"));
+        let (p50, p90, p99) = (num(&header, row, "itl_ms_p50"), num(&header, row, "itl_ms_p90"), num(&header, row, "itl_ms_p99"));
+        assert!(ttft == iter && tpot > 0.0 && p50 > 0.0 && p50 <= p90 && p90 <= p99, "{row:?}");
+        let tps = num(&header, row, "decode_tps");
+        assert!((tps - batch / (tpot / 1e3)).abs() <= 1e-3 * tps + 1e-3, "decode tokens/s {tps} = batch / TPOT");
+        assert!(num(&header, row, "kv_cache_gib_max") > 0.0 && col(&header, row, "decode_tokens") == "4");
+    }
+    for name in ["tps", "iterations", "memory", "compute_comm", "ttft_tpot", "itl"] {
         let png = std::fs::read(dir.join(format!("{name}.png"))).unwrap_or_else(|e| panic!("{name}.png: {e}"));
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png signature");
         assert_eq!(&png[12..16], b"IHDR");

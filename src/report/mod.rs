@@ -1,6 +1,7 @@
 //! `ringbench report DIR`: PNG charts of a run next to its CSVs, from the rank files alone:
 //! tokens/s per strategy with 95% CI bars, the job's iteration times, per-rank peak memory, and
-//! per-rank compute, exposed and hidden communication time. DIR is a run directory, or one that
+//! per-rank compute, exposed and hidden communication time; with decode steps, TTFT and TPOT per
+//! strategy and each one's inter-token latencies (`decode`). DIR is a run directory, or one that
 //! `reduce A B --out DIR` wrote (its sources.json names the run directories).
 
 use crate::chart::{colour, err, fmt_count, Mark, Page, FONT};
@@ -10,6 +11,8 @@ use crate::output::reduce::{self, StrategySummary};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
+
+mod decode;
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
@@ -253,7 +256,7 @@ pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
         let grey = (255.0 - (255.0 - 90.0) * SHADES[p]) as u8;
         parts_legend.push((part.to_string(), Some(Mark::Block(RGBColor(grey, grey, grey)))));
     }
-    Ok(vec![
+    let mut charts = vec![
         crate::chart::chart(
             dir,
             "tps",
@@ -290,5 +293,25 @@ pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
                 })
             },
         )?,
-    ])
+    ];
+    // With decode steps: TTFT and TPOT, and the inter-token latencies.
+    if s.iter().any(|x| x.measured.as_ref().is_some_and(|m| m.decode.is_some())) {
+        let note = "TTFT is the prefill of the prompt (an iteration above); TPOT the mean decode step per request; bars 95% CIs.";
+        charts.push(crate::chart::chart(
+            dir,
+            "ttft_tpot",
+            false,
+            &page("time to first token and time per output token", runs_legend(Mark::Block), vec![note.into()]),
+            |root| decode::ttft_tpot_chart(root, &s),
+        )?);
+        let note = "Each step is the job's: its slowest rank. Dots mark p50, p90 and p99.";
+        charts.push(crate::chart::chart(
+            dir,
+            "itl",
+            false,
+            &page("inter-token latency, empirical CDF", runs_legend(Mark::Line), vec![note.into()]),
+            |root| decode::itl_chart(root, &s, &runs),
+        )?);
+    }
+    Ok(charts)
 }

@@ -124,6 +124,7 @@ pub fn calibrate(hw: &Hardware, profile: Profile, dir: &Path, peak_source: &str)
             out.nvlink_bytes_per_s = bytes as f64 / secs;
             // An effective rate: each call's latency is inside it already.
             (out.call_latency_s, out.nvlink_hop_latency_s) = (0.0, 0.0);
+            (out.small_call_latency_s, out.small_nvlink_hop_latency_s) = (0.0, 0.0);
             notes.push(format!(
                 "intra-node link {:.4e} B/s: measured in {} on one host ({bytes} bytes in {secs:.4e} s of communication, waits included); InfiniBand {:.0} GB/s: not measured (the profile's or --ib-gbps)",
                 out.nvlink_bytes_per_s,

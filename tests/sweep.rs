@@ -540,3 +540,31 @@ fn a_sweep_with_no_flags_but_the_preset_runs_the_default_grid_into_a_new_directo
     );
     std::fs::remove_dir_all(&cwd).ok();
 }
+
+/// With --decode-tokens every point's decode is projected beside its prefill: its TPOT at least
+/// the floor of bytes over HBM bandwidth, the strategies ranked by TPOT in best-decode.csv, and
+/// where sharding the cache starts to pay (llama3-70b on 16 H100: tp-cp's cache split over its
+/// context ranks overtakes tp-pp between 128Ki and 512Ki tokens) in crossovers-decode.csv.
+#[test]
+fn a_decode_sweep_ranks_by_tpot_and_finds_where_sharding_the_cache_pays() {
+    let out = common::temp_root("sweep-decode");
+    let o = sweep(&out, &["--preset", "llama3-70b", "--decode-tokens", "128", "--gpus", "16", "--seq-lens", "32Ki,128Ki,512Ki", "--quiet"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("decode of 128 tokens, 16 GPUs of h100-sxm"), "{text}");
+    for p in rows(&out.join("sweep.csv")) {
+        let (tpot, floor): (f64, f64) = (p["projected_tpot_s"].parse().unwrap(), p["projected_tpot_floor_s"].parse().unwrap());
+        assert!(tpot >= floor && floor > 0.0, "{p:?}");
+        let mbu: f64 = p["projected_mbu"].parse().unwrap();
+        assert!((mbu - floor / tpot).abs() < 1e-3, "{p:?}");
+    }
+    let best = rows(&out.join("best-decode.csv"));
+    assert_eq!(best.len(), 3, "{best:?}");
+    assert!(best.iter().all(|b| b["projected_tpot_s"].parse::<f64>().unwrap() > 0.0), "{best:?}");
+    let cross = rows(&out.join("crossovers-decode.csv"));
+    assert!(
+        cross.iter().any(|c| c["faster_below"] == "tp-pp" && c["faster_above"] == "tp-cp" && c["seq_len_below"] == "131072"),
+        "{cross:?}\n{text}"
+    );
+    std::fs::remove_dir_all(&out).ok();
+}

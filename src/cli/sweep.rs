@@ -53,6 +53,9 @@ pub struct SweepArgs {
     /// The model; --batch defaults to 1 here (the preset's batch otherwise decides the answer).
     #[command(flatten)]
     pub work: WorkArgs,
+    /// With --decode-tokens, every point's decode too, ranked by TPOT beside the prefill.
+    #[command(flatten)]
+    pub decode: super::args::DecodeArg,
     #[command(flatten)]
     pub hardware: HardwareArgs,
     /// Used by `--mode run` only.
@@ -66,14 +69,7 @@ impl SweepArgs {
         let work = WorkArgs { batch: Some(self.work.batch.unwrap_or(DEFAULT_BATCH)), ..self.work.clone() };
         let default_worlds = self.gpus.is_empty() && self.mode == SweepMode::Plan;
         SweepGrid {
-            request: super::args::request(
-                self.strategy,
-                &work,
-                None,
-                &SplitArgs::default(),
-                &self.measure,
-                &super::args::DecodeArg::default(),
-            ),
+            request: super::args::request(self.strategy, &work, None, &SplitArgs::default(), &self.measure, &self.decode),
             seq_lens: if self.seq_lens.is_empty() { DEFAULT_SEQ_LENS.to_vec() } else { self.seq_lens.clone() },
             worlds: if default_worlds { DEFAULT_WORLDS.to_vec() } else { self.gpus.clone() },
             kv_heads_list: self.kv_heads_list.clone(),

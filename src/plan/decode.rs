@@ -81,9 +81,10 @@ fn rank(cfg: &RunConfig, hw: &Hardware, gpus_per_node: usize, r: usize, steps: u
         gpus_per_node,
         nvlink_bytes_per_s: hw.nvlink_bytes_per_s,
         ib_bytes_per_s: hw.ib_bytes_per_s,
-        call_latency_s: hw.call_latency_s,
-        nvlink_hop_latency_s: hw.nvlink_hop_latency_s,
-        ib_hop_latency_s: hw.ib_hop_latency_s,
+        // A decode step's messages are small: NCCL's LL protocol's latencies.
+        call_latency_s: hw.small_call_latency_s,
+        nvlink_hop_latency_s: hw.small_nvlink_hop_latency_s,
+        ib_hop_latency_s: hw.small_ib_hop_latency_s,
     };
     // Every call of a step waits for its collectives (a token's work is too small to hide them);
     // a pipeline hand-off is counted once, at its sender.

@@ -20,6 +20,12 @@ pub const NCCL_BASE_LATENCY_S: f64 = 8.4e-6;
 pub const NCCL_NVLINK_HOP_LATENCY_S: f64 = 5.7e-6;
 pub const NCCL_NET_HOP_LATENCY_S: f64 = 6.6e-6;
 
+/// The same model for the small messages of decode, which NCCL sends with its LL protocol (Ring
+/// LL in tuning.cc's table: a base of 3.6 us, 0.47 us per NVLink hop, 2.7 us per network hop).
+pub const NCCL_LL_BASE_LATENCY_S: f64 = 3.6e-6;
+pub const NCCL_LL_NVLINK_HOP_LATENCY_S: f64 = 0.47e-6;
+pub const NCCL_LL_NET_HOP_LATENCY_S: f64 = 2.7e-6;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
     /// NVIDIA H100 SXM 80GB: 989 TFLOP/s BF16 dense, 3.35 TB/s, NVLink 450 GB/s, IB 50 GB/s per GPU.
@@ -63,6 +69,11 @@ pub struct Hardware {
     pub call_latency_s: f64,
     pub nvlink_hop_latency_s: f64,
     pub ib_hop_latency_s: f64,
+    /// The same for the small messages of a decode step (NCCL's LL protocol): per call, per
+    /// NVLink hop, per network hop.
+    pub small_call_latency_s: f64,
+    pub small_nvlink_hop_latency_s: f64,
+    pub small_ib_hop_latency_s: f64,
     /// Where `--calibrate` took numbers from measured runs: a line per number.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub calibrated: Vec<String>,
@@ -113,6 +124,9 @@ impl Profile {
                 call_latency_s: NCCL_BASE_LATENCY_S,
                 nvlink_hop_latency_s: NCCL_NVLINK_HOP_LATENCY_S,
                 ib_hop_latency_s: NCCL_NET_HOP_LATENCY_S,
+                small_call_latency_s: NCCL_LL_BASE_LATENCY_S,
+                small_nvlink_hop_latency_s: NCCL_LL_NVLINK_HOP_LATENCY_S,
+                small_ib_hop_latency_s: NCCL_LL_NET_HOP_LATENCY_S,
                 calibrated: Vec::new(),
             },
             // The H100's GEMM shape curve and NCCL's latencies, assumed (no A100 was measured here).
@@ -152,6 +166,9 @@ impl Profile {
                 call_latency_s: 0.0,
                 nvlink_hop_latency_s: 0.0,
                 ib_hop_latency_s: 0.0,
+                small_call_latency_s: 0.0,
+                small_nvlink_hop_latency_s: 0.0,
+                small_ib_hop_latency_s: 0.0,
                 calibrated: Vec::new(),
             },
         }

@@ -308,10 +308,13 @@ pub fn rates_in_words(hw: &super::Hardware) -> String {
         "no latency per call".to_string()
     } else {
         format!(
-            "each call {:.1} us + {:.1} us per NVLink hop or {:.1} us per network hop",
+            "each call {:.1} us + {:.1} us per NVLink hop or {:.1} us per network hop (decode's small messages: {:.1} + {:.2} or {:.1} us)",
             hw.call_latency_s * 1e6,
             hw.nvlink_hop_latency_s * 1e6,
-            hw.ib_hop_latency_s * 1e6
+            hw.ib_hop_latency_s * 1e6,
+            hw.small_call_latency_s * 1e6,
+            hw.small_nvlink_hop_latency_s * 1e6,
+            hw.small_ib_hop_latency_s * 1e6
         )
     };
     format!("{gemm}; {waves}; {latency}")

@@ -19,6 +19,14 @@ impl Basis {
     }
 }
 
+/// What the analysis ranks a point by: the prefill's tokens/s, or (with --decode-tokens) the
+/// decode's tokens/s, batch / TPOT, so the lowest TPOT ranks first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Figure {
+    Prefill,
+    Decode,
+}
+
 /// The grid a sweep covers: the strategies, model and measurement asked for (without any split
 /// or length, which the sweep sets), the lengths, worlds and K/V head counts.
 #[derive(Clone, Debug)]
@@ -43,6 +51,8 @@ pub struct Point {
     pub ttft_s: f64,
     pub link: String,
     pub exposed_comm_s: f64,
+    /// With decode steps: the projected TPOT, its floor (bytes / HBM bandwidth) and MBU.
+    pub decode: Option<crate::plan::decode::DecodePlan>,
     /// What `--mode run` measured at the point, where it ran.
     pub measured: Option<Measured>,
 }
@@ -58,15 +68,26 @@ pub struct Measured {
     pub run_dir: String,
     /// The device it ran on, as its rank files name it.
     pub device: String,
+    /// With decode steps: TPOT (mean, and its 95% interval) and decode tokens/s.
+    pub tpot_s: Option<f64>,
+    pub tpot_ci95: Option<(f64, f64)>,
+    pub decode_tps: Option<f64>,
 }
 
 impl Point {
     /// The figure `basis` ranks by: the projection where the point fits the profile's GPU, or the
     /// measurement where it ran.
     pub(super) fn figure(&self, basis: Basis) -> Option<f64> {
-        match basis {
-            Basis::Projected => self.fits.then_some(self.tps),
-            Basis::Measured => self.measured.as_ref().map(|m| m.tps),
+        self.figure_of(basis, Figure::Prefill)
+    }
+
+    /// As `figure`, of the prefill's or the decode's tokens/s.
+    pub(super) fn figure_of(&self, basis: Basis, f: Figure) -> Option<f64> {
+        match (basis, f) {
+            (Basis::Projected, Figure::Prefill) => self.fits.then_some(self.tps),
+            (Basis::Projected, Figure::Decode) => self.decode.as_ref().filter(|_| self.fits).map(|d| d.tokens_per_s),
+            (Basis::Measured, Figure::Prefill) => self.measured.as_ref().map(|m| m.tps),
+            (Basis::Measured, Figure::Decode) => self.measured.as_ref().and_then(|m| m.decode_tps),
         }
     }
 

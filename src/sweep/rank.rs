@@ -1,7 +1,7 @@
 //! The analysis of a sweep's points: the model's projection at each, each strategy's fastest
 //! split, the best strategy per point with its margin, and where the faster of two changes.
 
-use super::point::{Basis, Point};
+use super::point::{Basis, Figure, Point};
 use crate::config::{RunConfig, StrategyKind};
 use crate::plan::Hardware;
 use std::collections::BTreeMap;
@@ -22,6 +22,7 @@ pub fn evaluate(cfgs: &[RunConfig], hw: &Hardware, tick: &mut dyn FnMut()) -> Ve
                 ttft_s: pr.ttft_s,
                 link: pr.link.clone(),
                 exposed_comm_s: pr.exposed_comm_s,
+                decode: p.decode.clone(),
                 measured: None,
             }
         })
@@ -40,11 +41,16 @@ pub fn order(kind: StrategyKind) -> usize {
 }
 
 pub(super) fn fastest<'a>(points: impl IntoIterator<Item = &'a Point>, basis: Basis) -> Fastest<'a> {
+    fastest_by(points, basis, Figure::Prefill)
+}
+
+/// As `fastest`, by the prefill's or the decode's figure.
+pub(super) fn fastest_by<'a>(points: impl IntoIterator<Item = &'a Point>, basis: Basis, f: Figure) -> Fastest<'a> {
     let mut by: Fastest = BTreeMap::new();
     for p in points {
-        let Some(v) = p.figure(basis) else { continue };
+        let Some(v) = p.figure_of(basis, f) else { continue };
         let slot = by.entry(p.key()).or_default().entry(order(p.cfg.strategy)).or_insert(p);
-        if v > slot.figure(basis).unwrap_or(0.0) {
+        if v > slot.figure_of(basis, f).unwrap_or(0.0) {
             *slot = p;
         }
     }
@@ -60,8 +66,13 @@ pub struct Best<'a> {
 }
 
 pub fn best(points: &[Point], basis: Basis) -> Vec<Best<'_>> {
-    let v = |p: &Point| p.figure(basis).unwrap_or(0.0);
-    fastest(points, basis)
+    best_by(points, basis, Figure::Prefill)
+}
+
+/// As `best`, by the prefill's or the decode's figure.
+pub fn best_by(points: &[Point], basis: Basis, f: Figure) -> Vec<Best<'_>> {
+    let v = |p: &Point| p.figure_of(basis, f).unwrap_or(0.0);
+    fastest_by(points, basis, f)
         .into_values()
         .map(|by_strategy| {
             let mut ranked: Vec<&Point> = by_strategy.into_values().collect();
@@ -92,10 +103,17 @@ pub struct Crossover {
 /// interval of the sweep where the faster of the two changes; only lengths where both fit count.
 /// Whether two points' figures differ beyond what a run can tell apart: always for projections;
 /// for measurements, only where both have a 95% interval and the intervals do not overlap.
-fn distinct(a: &Point, b: &Point, basis: Basis) -> bool {
+fn distinct(a: &Point, b: &Point, basis: Basis, f: Figure) -> bool {
+    let ci = |p: &Point| {
+        let m = p.measured.as_ref()?;
+        match f {
+            Figure::Prefill => m.tps_ci95,
+            Figure::Decode => m.tpot_ci95,
+        }
+    };
     match basis {
         Basis::Projected => true,
-        Basis::Measured => match (a.measured.as_ref().and_then(|m| m.tps_ci95), b.measured.as_ref().and_then(|m| m.tps_ci95)) {
+        Basis::Measured => match (ci(a), ci(b)) {
             (Some((alo, ahi)), Some((blo, bhi))) => ahi < blo || bhi < alo,
             _ => false,
         },
@@ -103,7 +121,13 @@ fn distinct(a: &Point, b: &Point, basis: Basis) -> bool {
 }
 
 pub fn crossovers(points: &[Point], basis: Basis) -> Vec<Crossover> {
-    let by = fastest(points, basis);
+    crossovers_by(points, basis, Figure::Prefill)
+}
+
+/// As `crossovers`, by the prefill's or the decode's figure (decode: where the order of two
+/// strategies' TPOT changes; the tokens/s estimate is the decode's).
+pub fn crossovers_by(points: &[Point], basis: Basis, f: Figure) -> Vec<Crossover> {
+    let by = fastest_by(points, basis, f);
     let mut groups: BTreeMap<(usize, usize), Vec<(usize, &ByStrategy)>> = BTreeMap::new();
     for ((world, kv, seq), strategies) in &by {
         groups.entry((*world, *kv)).or_default().push((*seq, strategies));
@@ -119,7 +143,7 @@ pub fn crossovers(points: &[Point], basis: Basis) -> Vec<Crossover> {
                     .iter()
                     .filter_map(|(seq, s)| {
                         let (pa, pb) = (s.get(&a)?, s.get(&b)?);
-                        Some((*seq, pa.figure(basis)?, pb.figure(basis)?, distinct(pa, pb, basis)))
+                        Some((*seq, pa.figure_of(basis, f)?, pb.figure_of(basis, f)?, distinct(pa, pb, basis, f)))
                     })
                     .collect();
                 for w in both.windows(2) {
@@ -160,7 +184,18 @@ mod tests {
     fn point(kind: StrategyKind, world: usize, seq: usize, tps: f64, fits: bool) -> Point {
         let mut cfg = RunConfig::of_preset(crate::config::Preset::Tiny, kind, 1, 1, world);
         cfg.model.seq_len = seq;
-        Point { cfg, world, fits, memory_bytes: 0.0, tps, ttft_s: 0.0, link: "nvlink".into(), exposed_comm_s: 0.0, measured: None }
+        Point {
+            cfg,
+            world,
+            fits,
+            memory_bytes: 0.0,
+            tps,
+            ttft_s: 0.0,
+            link: "nvlink".into(),
+            exposed_comm_s: 0.0,
+            decode: None,
+            measured: None,
+        }
     }
 
     /// Two lines that cross once between 100 and 1000 tokens (ratio 2 and 1/2: the estimate is
@@ -202,6 +237,9 @@ mod tests {
                 peak_mem_gib: 0.0,
                 run_dir: String::new(),
                 device: "cpu".into(),
+                tpot_s: None,
+                tpot_ci95: None,
+                decode_tps: None,
             });
             p
         };

@@ -196,6 +196,9 @@ pub fn run_points<'a, B: crate::backend::Backend + 'a, C: crate::comm::Communica
             peak_mem_gib: measured.peak_buffers.0 / (1u64 << 30) as f64,
             run_dir: id,
             device: s.first.device.clone(),
+            tpot_s: measured.decode.as_ref().map(|d| d.tpot.mean),
+            tpot_ci95: measured.decode.as_ref().and_then(|d| d.tpot.ci95),
+            decode_tps: measured.decode.as_ref().map(|d| d.tokens_per_s),
         });
     }
     crate::outln!("{}", render(&points, hw, Basis::Measured));

@@ -2,8 +2,8 @@
 //! the console's account.
 
 use super::chart::chart;
-use super::point::{Basis, Point};
-use super::rank::{best, crossovers, fastest, order, Best, Crossover};
+use super::point::{Basis, Figure, Point};
+use super::rank::{best, best_by, crossovers, crossovers_by, fastest, fastest_by, order, Best, Crossover};
 use crate::plan::Hardware;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,12 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
         "projected_prefill_us_per_token",
         "projected_exposed_comm_s",
         "heaviest_link",
+        "projected_tpot_s",
+        "projected_tpot_floor_s",
+        "projected_decode_tps",
+        "projected_mbu",
+        "measured_tpot_s",
+        "measured_decode_tps",
         "measured_tps",
         "measured_iter_s",
         "measured_ttft_s",
@@ -55,6 +61,12 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
                 format!("{:.4}", 1e6 / p.tps),
                 format!("{:.6}", p.exposed_comm_s),
                 p.link.clone(),
+                p.decode.as_ref().map_or(String::new(), |d| format!("{:.9}", d.tpot_s)),
+                p.decode.as_ref().map_or(String::new(), |d| format!("{:.9}", d.tpot_floor_s)),
+                p.decode.as_ref().map_or(String::new(), |d| format!("{:.3}", d.tokens_per_s)),
+                p.decode.as_ref().map_or(String::new(), |d| format!("{:.4}", d.mbu)),
+                p.measured.as_ref().and_then(|m| m.tpot_s).map_or(String::new(), |t| format!("{t:.9}")),
+                p.measured.as_ref().and_then(|m| m.decode_tps).map_or(String::new(), |t| format!("{t:.3}")),
                 p.measured.as_ref().map_or(String::new(), |m| format!("{:.3}", m.tps)),
                 p.measured.as_ref().map_or(String::new(), |m| format!("{:.6}", m.iter_s)),
                 // One sequence per iteration: the iteration is its time to first token.
@@ -67,7 +79,12 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
     table_of(&header, rows)
 }
 
-fn best_table(best: &[Best], basis: Basis) -> crate::output::reduce::Table {
+fn best_table(best: &[Best], basis: Basis, f: Figure) -> crate::output::reduce::Table {
+    // By decode: its tokens/s (batch / TPOT) and the projected TPOT, where prefill has its own.
+    let (figure, time) = match f {
+        Figure::Prefill => ("tps", "projected_ttft_s"),
+        Figure::Decode => ("decode_tps", "projected_tpot_s"),
+    };
     let header = [
         "basis",
         "world",
@@ -75,14 +92,14 @@ fn best_table(best: &[Best], basis: Basis) -> crate::output::reduce::Table {
         "seq_len",
         "strategy",
         "split",
-        "tps",
-        "projected_ttft_s",
+        figure,
+        time,
         "memory_gib",
         "runner_up",
         "runner_up_split",
         "speedup_over_runner_up",
     ];
-    let v = |p: &Point| p.figure(basis).unwrap_or(0.0);
+    let v = |p: &Point| p.figure_of(basis, f).unwrap_or(0.0);
     let rows = best
         .iter()
         .map(|b| {
@@ -99,7 +116,10 @@ fn best_table(best: &[Best], basis: Basis) -> crate::output::reduce::Table {
                 p.cfg.strategy.name().to_string(),
                 p.split(),
                 format!("{:.1}", v(p)),
-                format!("{:.6}", p.ttft_s),
+                match f {
+                    Figure::Prefill => format!("{:.6}", p.ttft_s),
+                    Figure::Decode => p.decode.as_ref().map_or(String::new(), |d| format!("{:.9}", d.tpot_s)),
+                },
                 format!("{:.3}", p.memory_bytes / (1u64 << 30) as f64),
                 ru,
                 ru_split,
@@ -143,11 +163,16 @@ pub fn write(dir: &Path, points: &[Point], hw: &Hardware, basis: Basis) -> Resul
     // overwritten) whenever it is extended or re-measured, so they are replaced together: the
     // charts first, then the tables. A projected sweep's are the model's answer to one grid: a
     // different grid in the same --out is refused, file by file, before anything changes.
-    let tables = [
+    let mut tables = vec![
         ("sweep.csv", csv_bytes(&sweep_table(points, hw))?),
-        ("best.csv", csv_bytes(&best_table(&best, basis))?),
+        ("best.csv", csv_bytes(&best_table(&best, basis, Figure::Prefill))?),
         ("crossovers.csv", csv_bytes(&crossover_table(&crossovers, basis))?),
     ];
+    // With decode steps, the same ranking by TPOT (decode tokens/s).
+    if points.iter().any(|p| p.decode.is_some()) {
+        tables.push(("best-decode.csv", csv_bytes(&best_table(&best_by(points, basis, Figure::Decode), basis, Figure::Decode))?));
+        tables.push(("crossovers-decode.csv", csv_bytes(&crossover_table(&crossovers_by(points, basis, Figure::Decode), basis))?));
+    }
     if basis == Basis::Projected {
         for (name, bytes) in &tables {
             let path = dir.join(name);
@@ -263,6 +288,70 @@ pub fn render(points: &[Point], hw: &Hardware, basis: Basis) -> String {
         for c in crossovers.iter().filter(|c| c.world == world && c.kv_heads == kv) {
             o.push_str(&format!(
                 "crossover: {} is faster below, {} above, between {} and {} tokens (about {:.0})\n",
+                c.faster_below.name(),
+                c.faster_above.name(),
+                c.seq_below,
+                c.seq_above,
+                c.seq_estimate
+            ));
+        }
+    }
+    if points.iter().any(|p| p.decode.is_some()) {
+        o.push_str(&render_decode(points, hw, basis));
+    }
+    o
+}
+
+/// The decode's account, as `render`'s for the prefill: per world, a row per length with each
+/// strategy's TPOT (its split with the lowest that fits), the lowest, and where the order of two
+/// changes (where sharding the cache starts to pay).
+fn render_decode(points: &[Point], hw: &Hardware, basis: Basis) -> String {
+    let by = fastest_by(points, basis, Figure::Decode);
+    let best = best_by(points, basis, Figure::Decode);
+    let tpot = |p: &Point| match basis {
+        Basis::Projected => p.decode.as_ref().map(|d| d.tpot_s),
+        Basis::Measured => p.measured.as_ref().and_then(|m| m.tpot_s),
+    };
+    let kinds: std::collections::BTreeSet<usize> = points.iter().map(|p| order(p.cfg.strategy)).collect();
+    let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
+    let steps = points.first().map_or(0, |p| p.cfg.decode_tokens);
+    let mut o = String::new();
+    for (world, kv) in groups {
+        o.push_str(&format!(
+            "\ndecode of {steps} tokens, {world} {}, {kv} K/V heads: {} TPOT (ms) of each strategy's split with the lowest{}\n",
+            if basis == Basis::Projected { format!("GPUs of {}", hw.name) } else { "ranks".to_string() },
+            basis.name(),
+            if basis == Basis::Projected { " that fits" } else { "" }
+        ));
+        let mut header = format!("{:>10}", "seq_len");
+        for k in &kinds {
+            header.push_str(&format!("{:>12}", crate::strategy::SPECS[*k].kind.name()));
+        }
+        o.push_str(&header);
+        o.push_str("  lowest TPOT\n");
+        let seqs: std::collections::BTreeSet<usize> =
+            points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).map(|p| p.cfg.model.seq_len).collect();
+        for seq in seqs {
+            let mut row = format!("{seq:>10}");
+            let at = by.get(&(world, kv, seq));
+            for k in &kinds {
+                let cell = at.and_then(|s| s.get(k)).and_then(|p| tpot(p)).map_or("-".to_string(), |t| format!("{:.3}", t * 1e3));
+                row.push_str(&format!("{cell:>12}"));
+            }
+            match best.iter().find(|b| b.point.key() == (world, kv, seq)) {
+                Some(b) => {
+                    let ratio = b.runner_up.and_then(|r| Some((tpot(r)? / tpot(b.point)?, r.cfg.strategy.name())));
+                    let margin = ratio.map(|(x, n)| format!(", {n} {x:.2}x its TPOT")).unwrap_or_default();
+                    row.push_str(&format!("  {} ({}{margin})", b.point.cfg.strategy.name(), b.point.split()));
+                }
+                None => row.push_str("  nothing fits"),
+            }
+            o.push_str(&row);
+            o.push('\n');
+        }
+        for c in crossovers_by(points, basis, Figure::Decode).iter().filter(|c| c.world == world && c.kv_heads == kv) {
+            o.push_str(&format!(
+                "decode crossover: {} has the lower TPOT below, {} above, between {} and {} tokens (about {:.0})\n",
                 c.faster_below.name(),
                 c.faster_above.name(),
                 c.seq_below,

@@ -77,15 +77,19 @@ check verify-allgather-1-nccl 30 "$BIN" verify --backend cuda --strategy allgath
 check verify-ulysses-1-nccl 30 "$BIN" verify --backend cuda --strategy ulysses --ring 1 --kv-heads 2 --seq-len 1023
 # The double ring's outer ring makes a second NCCL communicator on a communication stream of its own.
 check verify-double-ring-1-nccl 30 "$BIN" verify --backend cuda --strategy double-ring --ring 1 --window 1 --seq-len 1023
+# Decode: the split kernel (kernels/decode_attention.cu), the K/V cache appended step by step, the
+# merge of partial results, held to the reference and to the FP64 oracle's prefill of prompt + steps.
+check verify-ring-1-decode 30 "$BIN" verify --backend cuda --strategy ring --ring 1 --kv-heads 4 --seq-len 1023 --decode-tokens 5
 check verify-ring-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --seq-len 1023
 check verify-ring-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy ring --layout contiguous --seq-len 1000
 check verify-double-ring-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy double-ring --window 2 --kv-heads 2 --seq-len 1000
+check verify-allgather-2-mpi-decode 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy allgather --seq-len 1000 --batch 3 --decode-tokens 4
 check verify-tp-pp-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --seq-len 1023
 check verify-tp-pp-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --pp 2 --layers 4 --no-causal --seq-len 97
 # Grouped K/V heads (one K/V head for all, as MQA) and SwiGLU: the kernels' GQA indexing and the
 # SwiGLU kernel inside a whole model, its reference held to the FP64 oracle.
 check verify-gqa-swiglu-ring-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --kv-heads 1 --mlp-act swiglu --seq-len 1023
-check run-small-all-4-mpi 90 "${MPIRUN[@]}" -np 4 "$BIN" run --backend cuda --comm mpi --preset small --strategy all --tp 2 --pp 2 --ring 4 --out "$LOGS/results" --run-id small --quiet
+check run-small-all-4-mpi 90 "${MPIRUN[@]}" -np 4 "$BIN" run --backend cuda --comm mpi --preset small --strategy all --tp 2 --pp 2 --ring 4 --decode-tokens 8 --out "$LOGS/results" --run-id small --quiet
 check bench-launch 40 "$BIN" bench launch --json
 
 # Benchmarks: ringbench and its PyTorch peer, same shapes, same card, this run; the headline pairs
@@ -98,6 +102,11 @@ check bench-attention 45 "$BIN" bench attention "${SHAPE[@]}" --json
 check peer-attention 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --json
 check bench-attention-causal 45 "$BIN" bench attention "${SHAPE[@]}" --causal --json
 check peer-attention-causal 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --causal --json
+# A decode step's attention: one query against a 128Ki-token cache of a llama3-70b layer (64
+# heads, 8 K/V heads of 128), K/V bytes read per second against the card's HBM bandwidth.
+DECODE=(--heads 64 --kv-heads 8 --head-dim 128 --keys 131072)
+check bench-decode 45 "$BIN" bench attention --decode --queries 1 "${DECODE[@]}" --iters 20 --json
+check peer-decode 60 python3 scripts/torch_peer.py decode "${DECODE[@]}" --json
 check bench-attention-wgmma 45 "$BIN" bench attention "${SHAPE[@]}" --kernel wgmma --json
 check bench-attention-wgmma-causal 45 "$BIN" bench attention "${SHAPE[@]}" --kernel wgmma --causal --json
 check emulated-ring-layer 90 "$BIN" run --backend cuda --strategy ring --emulate-world 16 --as-rank 0 "${LAYER[@]}" --out "$LOGS/results" --run-id ring-layer
@@ -142,6 +151,15 @@ for label, ours, peer in [
     row = [f"ringbench {kernel(o)} {tf(o)}" for name in ours for o in objs(name)]
     row += [f"{o['peer']} {tf(o)}" for o in objs(peer)]
     print(f"  {label:<11} " + " | ".join(row or ["no result"]))
+print("decode attention, 1 query x 131072 cached keys, 64 heads (8 K/V) of 128 (GB/s of K/V read)")
+hbm = next((v for k, v in (("H200", 4800.0), ("H100", 3350.0), ("A100", 2039.0)) for o in objs("bench-decode") if k in o.get("device", "")), None)
+def gb(o):
+    if "gbps" not in o:
+        return o.get("error", "n/a")[:40]
+    share = f", {100 * o['gbps'] / hbm:.0f}% of {hbm:.0f} GB/s HBM" if hbm else ""
+    return f"{o['gbps']:.0f} GB/s (best {o['gbps_best']:.0f}){share}"
+row = [f"ringbench decode kernel {gb(o)}" for o in objs("bench-decode")] + [f"{o['peer']} {gb(o)}" for o in objs("peer-decode")]
+print("  " + " | ".join(row or ["no result"]))
 plain = objs("bench-attention-plain")
 if plain:
     print(f"  {'plain':<11} ringbench plain kernel {tf(plain[0])} (non-causal)")

@@ -9,6 +9,9 @@
              merged by log-sum-exp, fully masked chunk pairs skipped, and each step's K/V transfer
              replaced by a device copy of the same size on a side stream, overlapped with the
              step's attention.
+  decode     SDPA with one query per sequence against a long K/V cache (grouped K/V heads as
+             `enable_gqa`), the shape `ringbench bench attention --decode` takes: GB/s of K/V
+             read, as a decode step reads its cache.
   check      the zigzag ring attention of this script on a small sequence with every rank's real
              K/V, against full causal SDPA: the peer's own correctness, before its timings count.
 
@@ -210,6 +213,36 @@ def cmd_attention(a):
         )
 
 
+def cmd_decode(a):
+    dev = device_of(a)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = (torch.rand((a.batch, a.heads, 1, a.head_dim), generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
+    k = (torch.rand((a.batch, a.kv_heads, a.keys, a.head_dim), generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
+    v = (torch.rand((a.batch, a.kv_heads, a.keys, a.head_dim), generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
+    kv_bytes = 2.0 * a.batch * a.kv_heads * a.keys * a.head_dim * 2
+    gqa = a.kv_heads != a.heads
+    # SDPA picks its own kernel for one query (FlashDecoding-like split where it has one).
+    times = device_time(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa), a.warmup, a.iters, dev)
+    s = summary(times)
+    emit(
+        {
+            "peer": "torch sdpa decode",
+            "torch": torch.__version__,
+            "device": device_name(dev),
+            "heads": a.heads,
+            "kv_heads": a.kv_heads,
+            "head_dim": a.head_dim,
+            "keys": a.keys,
+            "batch": a.batch,
+            **s,
+            "kv_bytes": kv_bytes,
+            "gbps": kv_bytes / s["mean_s"] / 1e9,
+            "gbps_best": kv_bytes / s["min_s"] / 1e9,
+        },
+        a.json,
+    )
+
+
 def cmd_layer(a):
     dev = device_of(a)
     d, heads, f = a.d_model, a.heads, a.mlp
@@ -346,6 +379,16 @@ def main():
     at.add_argument("--iters", type=int, default=10)
     at.add_argument("--cpu", action="store_true", help="run on the CPU: checks the logic, measures nothing")
     at.add_argument("--json", action="store_true")
+    dc = sub.add_parser("decode", help="SDPA with one query against a long K/V cache")
+    dc.add_argument("--heads", type=int, default=64)
+    dc.add_argument("--kv-heads", type=int, default=8)
+    dc.add_argument("--head-dim", type=int, default=128)
+    dc.add_argument("--keys", type=int, default=131072)
+    dc.add_argument("--batch", type=int, default=1)
+    dc.add_argument("--warmup", type=int, default=3)
+    dc.add_argument("--iters", type=int, default=20)
+    dc.add_argument("--cpu", action="store_true", help="run on the CPU: checks the logic, measures nothing")
+    dc.add_argument("--json", action="store_true")
     ly = sub.add_parser("layer", help="one zigzag ring rank's layers, communication emulated")
     ly.add_argument("--ring", type=int, default=16)
     ly.add_argument("--rank", type=int, default=0)
@@ -380,11 +423,13 @@ def main():
             raise SystemExit(f"torch_peer: --d-model {a.d_model} must be divisible by --heads {a.heads}")
         if a.seq_len < 2 * a.ring:
             raise SystemExit(f"torch_peer: --seq-len {a.seq_len}: a zigzag ring of {a.ring} needs at least {2 * a.ring} tokens")
-    if a.cmd in ("attention", "layer") and not a.cpu and not torch.cuda.is_available():
+    if a.cmd == "decode" and (a.kv_heads < 1 or a.heads % a.kv_heads):
+        raise SystemExit(f"torch_peer: --kv-heads {a.kv_heads}: --heads {a.heads} must be a multiple of it")
+    if a.cmd in ("attention", "layer", "decode") and not a.cpu and not torch.cuda.is_available():
         raise SystemExit(f"torch_peer {a.cmd}: PyTorch sees no CUDA device here")
     if a.cmd == "attention" and a.causal and a.queries != a.keys:
         raise SystemExit("torch_peer: --causal needs --queries = --keys (a diagonal block, as ringbench bench attention)")
-    return {"attention": cmd_attention, "layer": cmd_layer, "check": cmd_check}[a.cmd](a) or 0
+    return {"attention": cmd_attention, "decode": cmd_decode, "layer": cmd_layer, "check": cmd_check}[a.cmd](a) or 0
 
 
 if __name__ == "__main__":

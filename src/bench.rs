@@ -34,6 +34,8 @@ pub struct AttentionBench {
     pub batch: usize,
     /// Causal mask: queries and keys cover the same positions (a diagonal block; needs --queries = --keys).
     pub causal: bool,
+    /// A decode step's attention (`Backend::attention_decode`): one query per sequence.
+    pub decode: bool,
     pub warmup: usize,
     pub iters: usize,
     /// Print the result as JSON.
@@ -74,6 +76,9 @@ impl AttentionBench {
                 "--kernel {}: a choice among the CUDA backend's attention kernels; --backend cpu has one (leave --kernel out)",
                 self.kernel.name()
             )));
+        }
+        if self.decode && self.queries != 1 {
+            return Err(ConfigError(format!("--decode: one new query per sequence, so --queries 1 (given {})", self.queries)));
         }
         if self.causal && self.queries != self.keys {
             return Err(ConfigError(format!(
@@ -121,6 +126,11 @@ pub struct AttentionResult {
     pub tflops: f64,
     /// TFLOP/s of the fastest iteration.
     pub tflops_best: f64,
+    /// K/V bytes one call reads (every sequence's cache once), and that per second of the mean
+    /// and the fastest call: a decode step's attention is bound by them.
+    pub kv_bytes: f64,
+    pub gbps: f64,
+    pub gbps_best: f64,
 }
 
 impl AttentionBench {
@@ -163,6 +173,8 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionR
     be.fill(&mut kv, 0, &Region::rows(BENCH_KV, 2 * kvw, 0, kv_rows), 0, Init::Uniform)?;
     let mut o = be.alloc_acc(q_rows, w)?;
     let mut lse = be.alloc_acc(q_rows, args.heads)?;
+    let scratch_rows = if args.decode { crate::backend::decode_scratch_rows(args.batch, heads, args.keys) } else { 0 };
+    let scratch = std::cell::RefCell::new(be.alloc_acc(scratch_rows, args.head_dim + 1)?);
     let protocol = Protocol { warmup: args.warmup, iters: args.iters };
     let timings = {
         let (o, lse) = (std::cell::RefCell::new(&mut o), std::cell::RefCell::new(&mut lse));
@@ -171,6 +183,18 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionR
             protocol,
             &mut || be.attention_reset(&mut o.borrow_mut(), &mut lse.borrow_mut()),
             &mut || {
+                if args.decode {
+                    let span = crate::backend::DecodeSpan { q_row0: 0, count: args.batch, seq0: 0, stride: args.keys, len: args.keys };
+                    return be.attention_decode(
+                        &q,
+                        &kv,
+                        heads,
+                        span,
+                        &mut o.borrow_mut(),
+                        &mut lse.borrow_mut(),
+                        &mut scratch.borrow_mut(),
+                    );
+                }
                 for s in 0..args.batch {
                     let qs = Span { row0: s * args.queries, len: args.queries, pos0: 0 };
                     let ks = Span { row0: s * args.keys, len: args.keys, pos0: 0 };
@@ -187,8 +211,10 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionR
     let flops = args.flops();
     let kernel = match args.backend {
         BackendKind::Cpu => "cpu (tiled FP32 GEMMs)".to_string(),
+        BackendKind::Cuda if args.decode => "decode (cache split over thread blocks, partials merged by LSE)".to_string(),
         BackendKind::Cuda => args.kernel.describe(args.head_dim),
     };
+    let kv_bytes = (kv_rows * 2 * kvw * 2) as f64;
     let device = be.device_name();
     Ok(AttentionResult {
         timing: crate::backend::timing_kind(&device),
@@ -208,6 +234,9 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionR
         min_s: st.min,
         tflops: flops / st.mean / 1e12,
         tflops_best: flops / st.min / 1e12,
+        kv_bytes,
+        gbps: kv_bytes / st.mean / 1e9,
+        gbps_best: kv_bytes / st.min / 1e9,
     })
 }
 
@@ -332,5 +361,10 @@ pub fn render(r: &AttentionResult) -> String {
         r.tflops_best,
         r.flops,
         if r.causal { ", halved for causal" } else { "" }
+    ) + &format!(
+        "\n  K/V read {:.1} GB/s mean, {:.1} best ({} per call, every sequence's keys and values once)",
+        r.gbps,
+        r.gbps_best,
+        crate::metrics::fmt_bytes(r.kv_bytes)
     )
 }

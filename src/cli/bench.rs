@@ -31,6 +31,11 @@ pub struct AttentionArgs {
     /// Causal mask: queries and keys cover the same positions (a diagonal block; needs --queries = --keys).
     #[arg(long)]
     pub causal: bool,
+    /// A decode step's attention: each sequence's one new query (--queries 1) against its --keys
+    /// cached rows, through the decode kernel (the cache split over thread blocks); reports the
+    /// K/V bytes read per second.
+    #[arg(long, conflicts_with_all = ["causal", "kernel"])]
+    pub decode: bool,
     /// Warm-up calls (not timed).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
@@ -57,6 +62,7 @@ impl AttentionArgs {
             keys: self.keys,
             batch: self.batch,
             causal: self.causal,
+            decode: self.decode,
             warmup: self.warmup,
             iters: self.iters,
             json: self.json,

@@ -102,6 +102,18 @@ pub enum Step {
         to: usize,
         n: usize,
     },
+    /// A decode call (`attention_decode`): `count` sequences' new queries, each against its `len`
+    /// cached rows (rows `stride` apart), merged into accumulators that already hold one
+    /// attention call's result; then their FP32 bits through the wire (pack_acc, unpack_acc) and
+    /// merged with themselves (attention_merge: the same lse, + ln 2; o unchanged). Returns the
+    /// FP32 (o, lse) after the decode call, then after the merge.
+    Decode {
+        heads: Heads,
+        count: usize,
+        len: usize,
+        q: Vec<bf16>,
+        kv: Vec<bf16>,
+    },
     /// A block of columns into a buffer of another width (Ulysses' packing).
     CopyBlock {
         src: (usize, usize),
@@ -179,6 +191,32 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
             let mut all = be.download_acc(&o)?;
             all.extend(be.download_acc(&lse)?);
             all.extend(be.download(&stored)?.iter().map(|v| v.to_f32()));
+            Output::F32(all)
+        }
+        Step::Decode { heads, count, len, q, kv } => {
+            let (w, stride) = (heads.width(), len + 3);
+            let (q, kv) = (act(be, *count, w, q)?, act(be, count * stride, 2 * heads.kv_width(), kv)?);
+            let (mut o, mut lse) = (be.alloc_acc(*count, w)?, be.alloc_acc(*count, heads.heads)?);
+            be.attention_reset(&mut o, &mut lse)?;
+            // A first result to merge into: the last cached row of each sequence alone.
+            for i in 0..*count {
+                let (qs, ks) = (Span { row0: i, len: 1, pos0: 0 }, Span { row0: i * stride + len - 1, len: 1, pos0: 0 });
+                be.attention(&q, &kv, *heads, qs, ks, false, &mut o, &mut lse)?;
+            }
+            let mut scratch = be.alloc_acc(crate::backend::decode_scratch_rows(*count, *heads, *len), heads.head_dim + 1)?;
+            let span = crate::backend::DecodeSpan { q_row0: 0, count: *count, seq0: 0, stride, len: *len };
+            be.attention_decode(&q, &kv, *heads, span, &mut o, &mut lse, &mut scratch)?;
+            let mut all = be.download_acc(&o)?;
+            all.extend(be.download_acc(&lse)?);
+            let (mut wire_o, mut wire_l) = (poisoned(be, *count, 2 * w)?, poisoned(be, *count, 2 * heads.heads)?);
+            be.pack_acc(&o, &mut wire_o)?;
+            be.pack_acc(&lse, &mut wire_l)?;
+            let (mut o2, mut l2) = (be.alloc_acc(*count, w)?, be.alloc_acc(*count, heads.heads)?);
+            be.unpack_acc(&wire_o, &mut o2)?;
+            be.unpack_acc(&wire_l, &mut l2)?;
+            be.attention_merge(&mut o, &mut lse, &o2, &l2, 0)?;
+            all.extend(be.download_acc(&o)?);
+            all.extend(be.download_acc(&lse)?);
             Output::F32(all)
         }
         Step::CopyRows { rows, cols, x, from, to, n } => {
@@ -375,6 +413,25 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
                 first: (q, Span { row0: 0, len: 65, pos0: 0 }),
                 second: (q, Span { row0: 65, len: 65, pos0: 5000 }),
                 causal: true,
+            },
+        ));
+    }
+    // Decode: the split kernel at awkward cache lengths, grouped K/V 8:1 and 1:1, merged into a
+    // result already held, then the partials' bits through the wire and their LSE merge.
+    for (i, &(count, len, nh, nkv, hd)) in
+        [(1usize, 1usize, 16usize, 2usize, 128usize), (3, 127, 4, 4, 64), (2, 4097, 16, 2, 128), (5, 1000, 8, 1, 80)].iter().enumerate()
+    {
+        let heads = Heads { heads: nh, kv_heads: nkv, head_dim: hd };
+        let kv_label = if nkv == nh { String::new() } else { format!(" ({nkv} K/V)") };
+        v.push((
+            format!("decode {count} x {len} cached, {nh} x {hd}{kv_label}, then pack and merge"),
+            Tolerance::Relative(2e-4),
+            Step::Decode {
+                heads,
+                count,
+                len,
+                q: values(60 + i as u64, count * heads.width(), 3.0),
+                kv: values(65 + i as u64, count * (len + 3) * 2 * heads.kv_width(), 3.0),
             },
         ));
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The newcomer's first command: install the system packages, build, and run every strategy on the
-# CPU backend with the `small` preset under mpirun (4 ranks on this machine, loopback), then verify.
+# CPU backend with the `small` preset under mpirun (4 ranks on this machine, loopback), its prompt
+# and then 16 decode steps, then verify.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -9,5 +10,5 @@ cargo build --release
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 MPIRUN=(mpirun --oversubscribe -np 4 --hostfile hostfiles/loopback)
 # Both strategies in one launch; results (rank files, summary.csv, ranks.csv) land in results/<run id>/.
-"${MPIRUN[@]}" target/release/ringbench run --backend cpu --preset small --strategy all --tp 2 --pp 2 --ring 4
+"${MPIRUN[@]}" target/release/ringbench run --backend cpu --preset small --strategy all --tp 2 --pp 2 --ring 4 --decode-tokens 16
 "${MPIRUN[@]}" target/release/ringbench verify --backend cpu --preset tiny --strategy ring --ring 4

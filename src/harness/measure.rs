@@ -73,9 +73,10 @@ impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Iteration
     }
 }
 
-/// The decode steps of one iteration: each timed from its start to the end of its work on the
-/// device (as a server waits for each token before the next), with the communication the
-/// metered transport saw in it.
+/// The decode steps of one iteration: each started at a barrier (as an iteration is: a rank that
+/// finished the step before early would otherwise count its wait for the others in this one),
+/// timed from its start to the end of its work on the device (as a server waits for each token
+/// before the next), with the communication the metered transport saw in it.
 struct DecodeSteps<'r, 'a, B: Backend + 'a, C, S> {
     iteration: usize,
     warm: bool,
@@ -97,6 +98,7 @@ impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Timed for
                 self.cfg.strategy.name()
             )));
         }
+        self.comm.barrier()?;
         self.metered.take_iteration::<B>().map(|_| ())
     }
 

@@ -57,6 +57,9 @@ pub fn run<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a>(
     for (sequence, cfg) in cfgs.iter().enumerate() {
         if root {
             crate::outln!("{}", cfg.describe());
+            if let Some(note) = crate::strategy::idle_owners_note(cfg) {
+                crate::outln!("{note}");
+            }
         }
         be.reset_peak_memory();
         let run = RankRun {

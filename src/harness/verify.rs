@@ -85,6 +85,9 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
     }
     if root {
         crate::outln!("ringbench verify: {}", cfg.describe());
+        if let Some(note) = strategy::idle_owners_note(cfg) {
+            crate::outln!("{note}");
+        }
     }
     let mut strat = strategy::build(cfg, be, comm)?;
     strat.forward(be, comm, true)?;

@@ -32,6 +32,9 @@ pub struct DecodePlan {
     /// The largest batch whose weights and cache fit one GPU of the profile (0: not even one
     /// sequence).
     pub max_batch: usize,
+    /// Every kind of message of a step on the busiest rank, as its strategy's decode states it:
+    /// (kind, what, bytes sent per step, calls per step).
+    pub traffic: Vec<(String, String, f64, f64)>,
 }
 
 /// The decode of `cfg` (with its decode tokens) on `hw` with nodes of `gpus_per_node`.
@@ -109,6 +112,14 @@ fn rank(cfg: &RunConfig, hw: &Hardware, gpus_per_node: usize, r: usize, steps: u
         mbu: (weight_bytes + cache_bytes) / (tpot * hw.hbm_bytes_per_s),
         kv_cache_bytes: full,
         max_batch: 0,
+        traffic: traffic.iter().fold(Vec::new(), |mut out: Vec<(String, String, f64, f64)>, t| {
+            let (sent, calls) = ((t.sent * t.calls) as f64 / steps as f64, t.calls as f64 / steps as f64);
+            match out.iter_mut().find(|(op, what, _, _)| op == t.op.name() && what == t.what) {
+                Some(line) => (line.2, line.3) = (line.2 + sent, line.3 + calls),
+                None => out.push((t.op.name().to_string(), t.what.to_string(), sent, calls)),
+            }
+            out
+        }),
     }
 }
 

@@ -131,6 +131,9 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
             fmt_seconds(d.tpot_floor_s),
             hw.hbm_bytes_per_s / 1e12
         ));
+        for (op, what, sent, calls) in &d.traffic {
+            line(format!("  traffic      {op} ({what}): {} sent per step in {calls:.0} calls", fmt_bytes(*sent)));
+        }
         line(format!(
             "  collectives  {} per step (each call's latency and bytes, exposed; a pipeline's fill)",
             fmt_seconds(d.collectives_s)

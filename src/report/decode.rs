@@ -2,7 +2,7 @@
 //! and time per output token with their 95% intervals, and the distribution of its inter-token
 //! latencies (the job's step: its slowest rank's) as an empirical CDF with p50, p90 and p99.
 
-use super::{short_labels, Area};
+use super::labels::{short_labels, Area};
 use crate::chart::{colour, err, FONT};
 use crate::metrics::{quantile, Stats};
 use crate::output::rankfile::RankRun;

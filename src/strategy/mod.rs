@@ -47,6 +47,23 @@ pub fn decode_placement(cfg: &RunConfig, rank: usize) -> decode::DecodePlacement
     (spec(cfg.strategy).decode)(cfg, rank)
 }
 
+/// Where the batch has fewer sequences than the strategy has query owners, the line that says so:
+/// those owners compute nothing in the linear layers and only pass the others' queries on.
+pub fn idle_owners_note(cfg: &RunConfig) -> Option<String> {
+    if cfg.decode_tokens == 0 {
+        return None;
+    }
+    let world = cfg.world();
+    let idle = (0..world).filter(|&r| decode_placement(cfg, r).seqs.is_empty()).count();
+    (idle > 0).then(|| {
+        format!(
+            "note: --batch {} is smaller than {}'s query owners: {idle} of its {world} ranks own no sequence's new token, compute nothing in the linear layers and only pass the others' queries on",
+            cfg.model.batch,
+            cfg.strategy.name()
+        )
+    })
+}
+
 /// Every message `rank` exchanges in the decode steps of one iteration (all of them).
 pub fn decode_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     decode::traffic(cfg, &decode_placement(cfg, rank))

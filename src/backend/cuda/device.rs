@@ -403,27 +403,6 @@ impl CudaBackend {
         Ok(DevMat { data, rows, cols, capacity_rows: rows, tracker: self.memory.clone(), stream: self.stream.clone() })
     }
 
-    /// `copy_rows` queued on `stream` (the compute stream, or a transfer's).
-    pub fn copy_rows_on(
-        &self,
-        stream: &Arc<CudaStream>,
-        src: &DevMat<u16>,
-        src_row0: usize,
-        dst: &mut DevMat<u16>,
-        dst_row0: usize,
-        rows: usize,
-    ) -> Result<()> {
-        ensure!(src.cols == dst.cols && src_row0 + rows <= src.rows && dst_row0 + rows <= dst.rows, "copy_rows: outside the buffers");
-        if rows == 0 {
-            return Ok(());
-        }
-        let c = src.cols;
-        let from = src.data.slice(src_row0 * c..(src_row0 + rows) * c);
-        let mut to = dst.data.slice_mut(dst_row0 * c..(dst_row0 + rows) * c);
-        stream.memcpy_dtod(&from, &mut to).map_err(err("copy_rows"))?;
-        Ok(())
-    }
-
     fn sample_device_memory(&self) {
         if let Ok((free, total)) = self.ctx.mem_get_info() {
             self.device_peak.set(self.device_peak.get().max((total - free) as u64));

@@ -7,7 +7,8 @@ use super::launch::{checked_elementwise, per_row, Planned, Scalars, MAX_GRID_X};
 use crate::backend::{checks, BlockCopy, Heads, Matrix, Span};
 use crate::generator::{Init, Region};
 use anyhow::{ensure, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
 
 fn cfg(p: &Planned) -> LaunchConfig {
     LaunchConfig { grid_dim: p.geometry.grid, block_dim: p.geometry.block, shared_mem_bytes: 0 }
@@ -237,6 +238,27 @@ impl CudaBackend {
         // SAFETY: as pack_acc's, the other way: 2n u16 halves are the bytes of n FP32 values.
         let mut to = unsafe { acc.data.transmute_mut::<u16>(2 * n) }.ok_or_else(|| anyhow::anyhow!("unpack_acc: view of {n} values"))?;
         self.stream().memcpy_dtod(&wire.data.slice(..2 * n), &mut to).map_err(err("unpack_acc"))?;
+        Ok(())
+    }
+
+    /// `copy_rows` queued on `stream` (the compute stream, or a transfer's).
+    pub fn copy_rows_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        src: &DevMat<u16>,
+        src_row0: usize,
+        dst: &mut DevMat<u16>,
+        dst_row0: usize,
+        rows: usize,
+    ) -> Result<()> {
+        ensure!(src.cols == dst.cols && src_row0 + rows <= src.rows && dst_row0 + rows <= dst.rows, "copy_rows: outside the buffers");
+        if rows == 0 {
+            return Ok(());
+        }
+        let c = src.cols;
+        let from = src.data.slice(src_row0 * c..(src_row0 + rows) * c);
+        let mut to = dst.data.slice_mut(dst_row0 * c..(dst_row0 + rows) * c);
+        stream.memcpy_dtod(&from, &mut to).map_err(err("copy_rows"))?;
         Ok(())
     }
 

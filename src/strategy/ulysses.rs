@@ -91,26 +91,13 @@ fn placement(cfg: &RunConfig, rank: usize) -> Placement {
 fn decode(cfg: &RunConfig, rank: usize) -> DecodePlacement {
     let m = &cfg.model;
     let p = cfg.split.sp();
-    let seqs = decode::owned_seqs(m.batch, p, rank);
     let rows = m.batch.div_ceil(p).max(1);
-    let kv_heads = Shard::head_slice(m, p, rank).1.len();
+    let kv_cols = 2 * Shard::head_slice(m, p, rank).1.len() * m.head_dim();
+    let cache = CacheShape { layers: m.layers, batch: m.batch, prompt: m.seq_len, slots: cfg.decode_tokens, kv_cols };
+    let group = Group { ranks: (0..p).collect(), member: rank };
     DecodePlacement {
-        rows_per_call: seqs.len(),
-        seqs,
-        outputs: true,
-        shard: Shard::whole(m),
-        layers: 0..m.layers,
-        tp: None,
-        pipeline: (None, None),
-        heads: Some((Group { ranks: (0..p).collect(), member: rank }, (0..p).map(|j| padded(owned_rows(m.batch, p, j), rows)).collect())),
-        context: None,
-        cache: CacheShape {
-            layers: m.layers,
-            batch: m.batch,
-            prompt: m.seq_len,
-            slots: cfg.decode_tokens,
-            kv_cols: 2 * kv_heads * m.head_dim(),
-        },
+        heads: Some((group, (0..p).map(|j| padded(owned_rows(m.batch, p, j), rows)).collect())),
+        ..DecodePlacement::whole_model(cfg, decode::owned_seqs(m.batch, p, rank), cache)
     }
 }
 

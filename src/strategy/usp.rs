@@ -158,32 +158,19 @@ fn decode(cfg: &RunConfig, rank: usize) -> DecodePlacement {
     let rows = m.batch.div_ceil(p).max(1);
     let member_rows = |pos: usize, i: usize| padded(owned_rows(m.batch, p, grid_rank(i, pos, uu)), rows);
     let group_rows = |pos: usize| (0..uu).flat_map(|i| member_rows(pos, i)).collect::<Vec<_>>();
-    let seqs = decode::owned_seqs(m.batch, p, rank);
-    let kv_heads = Shard::head_slice(m, uu, member).1.len();
+    let cache = CacheShape {
+        layers: m.layers,
+        batch: m.batch,
+        prompt: members(cfg)[j].iter().map(LocalTokens::len).sum(),
+        slots: appended_steps(cfg.decode_tokens, r, j),
+        kv_cols: 2 * Shard::head_slice(m, uu, member).1.len() * m.head_dim(),
+    };
+    let group = Group { ranks: (0..uu).map(|i| grid_rank(i, j, uu)).collect(), member };
+    let ring = Group { ranks: (0..r).map(|pos| grid_rank(member, pos, uu)).collect(), member: j };
     DecodePlacement {
-        rows_per_call: seqs.len(),
-        seqs,
-        outputs: true,
-        shard: Shard::whole(m),
-        layers: 0..m.layers,
-        tp: None,
-        pipeline: (None, None),
-        heads: Some((
-            Group { ranks: (0..uu).map(|i| grid_rank(i, j, uu)).collect(), member },
-            (0..uu).map(|i| member_rows(j, i)).collect(),
-        )),
-        context: Some((
-            Group { ranks: (0..r).map(|pos| grid_rank(member, pos, uu)).collect(), member: j },
-            Route::Ring,
-            (0..r).map(group_rows).collect(),
-        )),
-        cache: CacheShape {
-            layers: m.layers,
-            batch: m.batch,
-            prompt: members(cfg)[j].iter().map(LocalTokens::len).sum(),
-            slots: appended_steps(cfg.decode_tokens, r, j),
-            kv_cols: 2 * kv_heads * m.head_dim(),
-        },
+        heads: Some((group, (0..uu).map(|i| member_rows(j, i)).collect())),
+        context: Some((ring, Route::Ring, (0..r).map(group_rows).collect())),
+        ..DecodePlacement::whole_model(cfg, decode::owned_seqs(m.batch, p, rank), cache)
     }
 }
 

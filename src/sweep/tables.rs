@@ -259,32 +259,13 @@ pub fn render(points: &[Point], hw: &Hardware, basis: Basis) -> String {
             basis.name(),
             if basis == Basis::Projected { " that fits" } else { "" }
         ));
-        let mut header = format!("{:>10}", "seq_len");
-        for k in &kinds {
-            header.push_str(&format!("{:>12}", crate::strategy::SPECS[*k].kind.name()));
-        }
-        header.push_str("  fastest");
-        o.push_str(&header);
-        o.push('\n');
-        let seqs: std::collections::BTreeSet<usize> =
-            points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).map(|p| p.cfg.model.seq_len).collect();
-        for seq in seqs {
-            let mut row = format!("{seq:>10}");
-            let at = by.get(&(world, kv, seq));
-            for k in &kinds {
-                let cell = at.and_then(|s| s.get(k)).map_or("-".to_string(), |p| format!("{:.0}", v(p)));
-                row.push_str(&format!("{cell:>12}"));
-            }
-            match best.iter().find(|b| b.point.key() == (world, kv, seq)) {
-                Some(b) => {
-                    let margin = b.runner_up.map(|r| format!(", {:.2}x {}", v(b.point) / v(r), r.cfg.strategy.name())).unwrap_or_default();
-                    row.push_str(&format!("  {} ({}{margin})", b.point.cfg.strategy.name(), b.point.split()));
-                }
-                None => row.push_str(if basis == Basis::Projected { "  nothing fits" } else { "  nothing measured" }),
-            }
-            o.push_str(&row);
-            o.push('\n');
-        }
+        let none = if basis == Basis::Projected { "nothing fits" } else { "nothing measured" };
+        let cell = |p: &Point| format!("{:.0}", v(p));
+        let fastest = |b: &Best| {
+            let margin = b.runner_up.map(|r| format!(", {:.2}x {}", v(b.point) / v(r), r.cfg.strategy.name())).unwrap_or_default();
+            format!("{} ({}{margin})", b.point.cfg.strategy.name(), b.point.split())
+        };
+        o.push_str(&length_table(points, (world, kv), &kinds, (&by, &best), &cell, &fastest, ("fastest", none)));
         for c in crossovers.iter().filter(|c| c.world == world && c.kv_heads == kv) {
             o.push_str(&format!(
                 "crossover: {} is faster below, {} above, between {} and {} tokens (about {:.0})\n",
@@ -302,6 +283,41 @@ pub fn render(points: &[Point], hw: &Hardware, basis: Basis) -> String {
     o
 }
 
+/// One world's table: a row per swept length with each strategy's `cell` (its fastest split by
+/// `by`, "-" where it has none), then the best one and its margin (`best_cell`), or `none`.
+#[allow(clippy::type_complexity)]
+fn length_table(
+    points: &[Point],
+    (world, kv): (usize, usize),
+    kinds: &[usize],
+    (by, best): (&super::rank::Fastest, &[Best]),
+    cell: &dyn Fn(&Point) -> String,
+    best_cell: &dyn Fn(&Best) -> String,
+    (last, none): (&str, &str),
+) -> String {
+    let mut o = format!("{:>10}", "seq_len");
+    for k in kinds {
+        o.push_str(&format!("{:>12}", crate::strategy::SPECS[*k].kind.name()));
+    }
+    o.push_str(&format!("  {last}\n"));
+    let seqs: std::collections::BTreeSet<usize> =
+        points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).map(|p| p.cfg.model.seq_len).collect();
+    for seq in seqs {
+        let mut row = format!("{seq:>10}");
+        let at = by.get(&(world, kv, seq));
+        for k in kinds {
+            row.push_str(&format!("{:>12}", at.and_then(|s| s.get(k)).map_or("-".to_string(), |p| cell(p))));
+        }
+        match best.iter().find(|b| b.point.key() == (world, kv, seq)) {
+            Some(b) => row.push_str(&format!("  {}", best_cell(b))),
+            None => row.push_str(&format!("  {none}")),
+        }
+        o.push_str(&row);
+        o.push('\n');
+    }
+    o
+}
+
 /// The decode's account, as `render`'s for the prefill: per world, a row per length with each
 /// strategy's TPOT (its split with the lowest that fits), the lowest, and where the order of two
 /// changes (where sharding the cache starts to pay).
@@ -312,7 +328,7 @@ fn render_decode(points: &[Point], hw: &Hardware, basis: Basis) -> String {
         Basis::Projected => p.decode.as_ref().map(|d| d.tpot_s),
         Basis::Measured => p.measured.as_ref().and_then(|m| m.tpot_s),
     };
-    let kinds: std::collections::BTreeSet<usize> = points.iter().map(|p| order(p.cfg.strategy)).collect();
+    let kinds: Vec<usize> = points.iter().map(|p| order(p.cfg.strategy)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let groups: std::collections::BTreeSet<(usize, usize)> = points.iter().map(|p| (p.world, p.cfg.model.kv_heads)).collect();
     let steps = points.first().map_or(0, |p| p.cfg.decode_tokens);
     let mut o = String::new();
@@ -323,32 +339,13 @@ fn render_decode(points: &[Point], hw: &Hardware, basis: Basis) -> String {
             basis.name(),
             if basis == Basis::Projected { " that fits" } else { "" }
         ));
-        let mut header = format!("{:>10}", "seq_len");
-        for k in &kinds {
-            header.push_str(&format!("{:>12}", crate::strategy::SPECS[*k].kind.name()));
-        }
-        o.push_str(&header);
-        o.push_str("  lowest TPOT\n");
-        let seqs: std::collections::BTreeSet<usize> =
-            points.iter().filter(|p| p.world == world && p.cfg.model.kv_heads == kv).map(|p| p.cfg.model.seq_len).collect();
-        for seq in seqs {
-            let mut row = format!("{seq:>10}");
-            let at = by.get(&(world, kv, seq));
-            for k in &kinds {
-                let cell = at.and_then(|s| s.get(k)).and_then(|p| tpot(p)).map_or("-".to_string(), |t| format!("{:.3}", t * 1e3));
-                row.push_str(&format!("{cell:>12}"));
-            }
-            match best.iter().find(|b| b.point.key() == (world, kv, seq)) {
-                Some(b) => {
-                    let ratio = b.runner_up.and_then(|r| Some((tpot(r)? / tpot(b.point)?, r.cfg.strategy.name())));
-                    let margin = ratio.map(|(x, n)| format!(", {n} {x:.2}x its TPOT")).unwrap_or_default();
-                    row.push_str(&format!("  {} ({}{margin})", b.point.cfg.strategy.name(), b.point.split()));
-                }
-                None => row.push_str("  nothing fits"),
-            }
-            o.push_str(&row);
-            o.push('\n');
-        }
+        let cell = |p: &Point| tpot(p).map_or("-".to_string(), |t| format!("{:.3}", t * 1e3));
+        let lowest = |b: &Best| {
+            let ratio = b.runner_up.and_then(|r| Some((tpot(r)? / tpot(b.point)?, r.cfg.strategy.name())));
+            let margin = ratio.map(|(x, n)| format!(", {n} {x:.2}x its TPOT")).unwrap_or_default();
+            format!("{} ({}{margin})", b.point.cfg.strategy.name(), b.point.split())
+        };
+        o.push_str(&length_table(points, (world, kv), &kinds, (&by, &best), &cell, &lowest, ("lowest TPOT", "nothing fits")));
         for c in crossovers_by(points, basis, Figure::Decode).iter().filter(|c| c.world == world && c.kv_heads == kv) {
             o.push_str(&format!(
                 "decode crossover: {} has the lower TPOT below, {} above, between {} and {} tokens (about {:.0})\n",

@@ -65,6 +65,24 @@ pub struct DecodePlacement {
 }
 
 impl DecodePlacement {
+    /// A rank that holds the whole model, computes the new tokens of `seqs` and reports their
+    /// outputs, with `cache`; no group (each strategy adds its own).
+    pub fn whole_model(cfg: &RunConfig, seqs: Range<usize>, cache: CacheShape) -> Self {
+        let m = &cfg.model;
+        DecodePlacement {
+            rows_per_call: seqs.len(),
+            seqs,
+            outputs: true,
+            shard: Shard::whole(m),
+            layers: 0..m.layers,
+            tp: None,
+            pipeline: (None, None),
+            heads: None,
+            context: None,
+            cache,
+        }
+    }
+
     /// Whether this rank appends step `step`'s K/V: every step where it holds every token of
     /// its heads, else round-robin over the context group by step.
     pub fn appends(&self, step: usize) -> bool {
@@ -454,19 +472,8 @@ fn attend<B: Backend, C: Communicator<B>>(
 /// The single rank's decode: every sequence, every head, the whole cache.
 pub fn whole(cfg: &RunConfig) -> DecodePlacement {
     let m = &cfg.model;
-    let shard = Shard::whole(m);
-    DecodePlacement {
-        seqs: 0..m.batch,
-        rows_per_call: m.batch,
-        outputs: true,
-        cache: CacheShape { layers: m.layers, batch: m.batch, prompt: m.seq_len, slots: cfg.decode_tokens, kv_cols: 2 * m.kv_dim() },
-        shard,
-        layers: 0..m.layers,
-        tp: None,
-        pipeline: (None, None),
-        heads: None,
-        context: None,
-    }
+    let cache = CacheShape { layers: m.layers, batch: m.batch, prompt: m.seq_len, slots: cfg.decode_tokens, kv_cols: 2 * m.kv_dim() };
+    DecodePlacement::whole_model(cfg, 0..m.batch, cache)
 }
 
 /// A strategy whose P ranks share the cache by tokens as the prefill laid them out (ring,
@@ -475,24 +482,12 @@ pub fn whole(cfg: &RunConfig) -> DecodePlacement {
 pub fn sequence_parallel(cfg: &RunConfig, rank: usize, route: Route, prompt_tokens: usize) -> DecodePlacement {
     let m = &cfg.model;
     let p = cfg.split.sp();
-    let seqs = owned_seqs(m.batch, p, rank);
+    let slots = appended_steps(cfg.decode_tokens, p, rank);
+    let cache = CacheShape { layers: m.layers, batch: m.batch, prompt: prompt_tokens, slots, kv_cols: 2 * m.kv_dim() };
+    let group = Group { ranks: (0..p).collect(), member: rank };
     DecodePlacement {
-        rows_per_call: seqs.len(),
-        seqs,
-        outputs: true,
-        shard: Shard::whole(m),
-        layers: 0..m.layers,
-        tp: None,
-        pipeline: (None, None),
-        heads: None,
-        context: Some((Group { ranks: (0..p).collect(), member: rank }, route, (0..p).map(|j| owned_rows(m.batch, p, j)).collect())),
-        cache: CacheShape {
-            layers: m.layers,
-            batch: m.batch,
-            prompt: prompt_tokens,
-            slots: appended_steps(cfg.decode_tokens, p, rank),
-            kv_cols: 2 * m.kv_dim(),
-        },
+        context: Some((group, route, (0..p).map(|j| owned_rows(m.batch, p, j)).collect())),
+        ..DecodePlacement::whole_model(cfg, owned_seqs(m.batch, p, rank), cache)
     }
 }
 

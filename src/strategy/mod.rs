@@ -283,6 +283,19 @@ mod tests {
         }
     }
 
+    /// `body` on every rank of `cfg`'s world, each an in-process thread with a metered transport;
+    /// what each returns, in rank order.
+    fn on_ranks<T: Send + 'static>(cfg: &RunConfig, body: fn(&RunConfig, &CpuBackend, &Metered<LocalComm>) -> T) -> Vec<T> {
+        let threads: Vec<_> = LocalComm::world(cfg.world())
+            .into_iter()
+            .map(|c| {
+                let cfg = cfg.clone();
+                std::thread::spawn(move || body(&cfg, &CpuBackend::new(), &Metered::new(c)))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("rank thread")).collect()
+    }
+
     /// The bytes the metered communicator counts in a real forward pass are the strategy's stated
     /// traffic, on every rank (in-process ranks, no MPI).
     #[test]
@@ -291,23 +304,14 @@ mod tests {
         for spec in SPECS {
             for cfg in configs(spec) {
                 let cfg = RunConfig { micro_batch: 1, ..cfg };
-                let threads: Vec<_> = LocalComm::world(cfg.world())
-                    .into_iter()
-                    .map(|c| {
-                        let cfg = cfg.clone();
-                        std::thread::spawn(move || {
-                            let be = CpuBackend::new();
-                            let comm = Metered::new(c);
-                            let mut s = build(&cfg, &be, &comm).unwrap();
-                            comm.counters().take();
-                            s.forward(&be, &comm, false).unwrap();
-                            let (_, sent, received) = comm.counters().take();
-                            (comm.rank(), sent, received)
-                        })
-                    })
-                    .collect();
-                for t in threads {
-                    let (rank, sent, received) = t.join().expect("rank thread");
+                let ranks = on_ranks(&cfg, |cfg, be, comm| {
+                    let mut s = build(cfg, be, comm).unwrap();
+                    comm.counters().take();
+                    s.forward(be, comm, false).unwrap();
+                    let (_, sent, received) = comm.counters().take();
+                    (comm.rank(), sent, received)
+                });
+                for (rank, sent, received) in ranks {
                     assert_eq!((sent, received), traffic(&cfg, rank), "rank {rank}: {}", cfg.describe());
                     checked += 1;
                 }
@@ -333,29 +337,20 @@ mod tests {
                 let exact = crate::model::oracle::decode(&base.model, base.seed, 0..3, 3);
                 for world in 1..=6 {
                     for cfg in every_split(spec, &base, world).into_iter().filter(|c| validate(c, world).is_ok()) {
-                        let threads: Vec<_> = LocalComm::world(cfg.world())
-                            .into_iter()
-                            .map(|c| {
-                                let cfg = cfg.clone();
-                                std::thread::spawn(move || {
-                                    let be = CpuBackend::new();
-                                    let comm = Metered::new(c);
-                                    let mut s = build(&cfg, &be, &comm).unwrap();
-                                    s.forward(&be, &comm, false).unwrap();
-                                    comm.counters().take();
-                                    for step in 0..cfg.decode_tokens {
-                                        s.decode_step(&be, &comm, step, true).unwrap();
-                                    }
-                                    let (_, sent, received) = comm.counters().take();
-                                    let out = s.decode_output().map(|o| be.download(o).unwrap());
-                                    (comm.rank(), sent, received, out)
-                                })
-                            })
-                            .collect();
+                        let ranks = on_ranks(&cfg, |cfg, be, comm| {
+                            let mut s = build(cfg, be, comm).unwrap();
+                            s.forward(be, comm, false).unwrap();
+                            comm.counters().take();
+                            for step in 0..cfg.decode_tokens {
+                                s.decode_step(be, comm, step, true).unwrap();
+                            }
+                            let (_, sent, received) = comm.counters().take();
+                            let out = s.decode_output().map(|o| be.download(o).unwrap());
+                            (comm.rank(), sent, received, out)
+                        });
                         let d = cfg.model.d_model;
                         let mut got = vec![f64::NAN; exact.len()];
-                        for t in threads {
-                            let (rank, sent, received, out) = t.join().expect("rank thread");
+                        for (rank, sent, received, out) in ranks {
                             let stated = decode_traffic(&cfg, rank)
                                 .iter()
                                 .fold((0, 0), |(s, r), t| (s + t.sent * t.calls, r + t.received * t.calls));

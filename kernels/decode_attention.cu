@@ -11,8 +11,9 @@
 // normalised and its LSE (-inf for an empty split), lands in part [(i x heads + h) x splits + s]
 // rows of head_dim + 1 values: o, then the LSE.
 //
-// decode_combine_f32: one thread per (sequence, head) merges the splits' partials by the
-// log-sum-exp rule, then into the accumulators (o, lse) at row q_row0 + i (lse_merge).
+// decode_combine_f32: a block per (sequence, head), a thread per output value (DEC_THREADS >=
+// head_dim), merges the splits' partials by the log-sum-exp rule, then into the accumulators
+// (o, lse) at row q_row0 + i (lse_merge).
 //
 // Layouts as attention.cu: q [rows, heads x head_dim]; kv [rows, 2 x kv_heads x head_dim] =
 // [K | V]; o [rows, heads x head_dim] FP32; lse [rows, heads] FP32.
@@ -113,22 +114,22 @@ extern "C" __global__ void decode_split_bf16(const __nv_bfloat16* q, const __nv_
 
 extern "C" __global__ void decode_combine_f32(const float* part, float* o, float* lse, int heads, int head_dim, int q_row0, int count,
                                               int splits) {
-    const long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (x >= (long long)count * heads) return;
+    const long long x = blockIdx.x; // (sequence, head)
+    const int d = threadIdx.x;
     const int i = (int)(x / heads), h = (int)(x % heads);
     const float* p = part + x * splits * (head_dim + 1);
-    // The splits' LSE, then each split's weight in it.
+    // The splits' LSE, then each split's weight in it (every thread of the block alike).
     float mx = NEG_INF;
     for (int s = 0; s < splits; s++) mx = fmaxf(mx, p[s * (head_dim + 1) + head_dim]);
-    if (mx == NEG_INF) return; // no key: the accumulators keep their state
+    if (mx == NEG_INF) return; // no key: the accumulators keep their state (the whole block returns)
     float sum = 0.0f;
     for (int s = 0; s < splits; s++) sum += __expf(p[s * (head_dim + 1) + head_dim] - mx);
     const float block = mx + logf(sum);
-    float* orow = o + (long long)(q_row0 + i) * heads * head_dim + (long long)h * head_dim;
     float* lrow = lse + (long long)(q_row0 + i) * heads + h;
     const float old = *lrow;
     const LseMerge mg = lse_merge(old, block);
-    for (int d = 0; d < head_dim; d++) {
+    if (d < head_dim) {
+        float* orow = o + (long long)(q_row0 + i) * heads * head_dim + (long long)h * head_dim;
         float v = 0.0f;
         for (int s = 0; s < splits; s++) {
             const float w = __expf(p[s * (head_dim + 1) + head_dim] - block);
@@ -136,5 +137,7 @@ extern "C" __global__ void decode_combine_f32(const float* part, float* o, float
         }
         orow[d] = (old == NEG_INF ? 0.0f : orow[d] * mg.w_old) + v * mg.w_new;
     }
-    *lrow = mg.lse;
+    // Every thread has read the old LSE before it is replaced.
+    __syncthreads();
+    if (d == 0) *lrow = mg.lse;
 }

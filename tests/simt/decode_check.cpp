@@ -66,8 +66,7 @@ static void check(const Case& c, int index) {
     launch3(splits, c.kv_heads, c.count, DEC_THREADS, [&] {
         decode_split_bf16(q.data(), kv.data(), part.data(), c.heads, c.kv_heads, hd, c.q_row0, c.seq0, stride, c.len, splits, chunk, scale);
     });
-    const int n = c.count * c.heads;
-    launch((n + 127) / 128, 1, 128, [&] { decode_combine_f32(part.data(), o.data(), lse.data(), c.heads, hd, c.q_row0, c.count, splits); });
+    launch(c.count * c.heads, 1, DEC_THREADS, [&] { decode_combine_f32(part.data(), o.data(), lse.data(), c.heads, hd, c.q_row0, c.count, splits); });
 
     // FP64: each row's softmax over its sequence's keys, merged with what the accumulators held.
     double worst = 0.0, largest = 0.0;

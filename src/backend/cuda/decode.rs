@@ -41,14 +41,15 @@ pub fn split(heads: Heads, span: DecodeSpan, splits: usize, scale: f32) -> Resul
     Ok(Planned { geometry, scalars: s })
 }
 
-/// `decode_combine_f32`: one thread per (sequence, head).
+/// `decode_combine_f32`: a block per (sequence, head), a thread per value of the head.
 pub fn combine(heads: Heads, span: DecodeSpan, splits: usize) -> Result<Planned> {
     const K: &str = "decode_combine_f32";
     let n = span.count * heads.heads;
-    ensure!((n as u64).div_ceil(128) <= MAX_GRID_X, "{K}: {n} rows exceed one launch");
+    ensure!(n as u64 <= MAX_GRID_X, "{K}: {n} (sequence, head) pairs exceed one launch");
+    ensure!(heads.head_dim <= DEC_THREADS as usize, "{K}: head dim {} beyond its {DEC_THREADS} threads", heads.head_dim);
     let s = Scalars::new(K).int("heads", heads.heads)?.int("head dim", heads.head_dim)?.int("query row0", span.q_row0)?;
     let s = s.int("sequences", span.count)?.int("splits", splits)?;
-    Ok(Planned { geometry: Geometry { grid: (n.div_ceil(128) as u32, 1, 1), block: (128, 1, 1) }, scalars: s })
+    Ok(Planned { geometry: Geometry { grid: (n as u32, 1, 1), block: (DEC_THREADS, 1, 1) }, scalars: s })
 }
 
 fn cfg(g: Geometry) -> LaunchConfig {
@@ -93,7 +94,7 @@ impl CudaBackend {
         let mut l = self.stream().launch_builder(self.f("decode_combine_f32")?);
         l.arg(&scratch.data).arg(&mut o.data).arg(&mut lse.data);
         push_scalars(&mut l, &c.scalars.values);
-        // SAFETY: as above; one thread per (sequence, head) of rows inside o and lse.
+        // SAFETY: as above; a block per (sequence, head) of rows inside o and lse.
         unsafe { l.launch(cfg(c.geometry)) }.map_err(err("decode_combine_f32"))?;
         Ok(())
     }

@@ -288,7 +288,8 @@ pub struct Decoder<B: Backend> {
     /// The kept outputs, [own sequences x steps, d_model] (allocated at the first step kept).
     out: Option<B::Act>,
     pub cache: KvCache<B>,
-    heads: Option<(HeadGroup, Exchange<B>)>,
+    /// The Ulysses exchange, its buffers, and the query rows after it (every member's block).
+    heads: Option<(HeadGroup, Exchange<B>, QueryRows)>,
     context: Option<Combine<B>>,
     /// The decode attention's split partials.
     scratch: B::Acc,
@@ -298,9 +299,10 @@ impl<B: Backend> Decoder<B> {
     pub fn new(cfg: &RunConfig, be: &B, place: DecodePlacement) -> Result<Self> {
         let m = &cfg.model;
         let (acts, accs) = buffer_shapes(cfg, &place, false);
-        let mut a = acts.iter().map(|&(r, c)| be.alloc_act(r, c));
+        // In `buffer_shapes`' order; the kept output (the second) is allocated by `keep`.
+        let mut a = acts.iter().enumerate().filter(|(k, _)| *k != 1).map(|(_, &(r, c))| be.alloc_act(r, c));
         let mut next = || a.next().expect("decode buffers stated");
-        let (x, _) = (next()?, next()?);
+        let x = next()?;
         let ws = Workspace {
             heads: place.shard.heads(m),
             mlp_act: m.mlp_act,
@@ -323,7 +325,7 @@ impl<B: Backend> Decoder<B> {
             Some((g, blocks)) => {
                 let hg = group_of_heads(cfg, g, blocks[g.member].len());
                 let ex = Exchange::alloc(be, &hg.buffers(1))?;
-                Some((hg, ex))
+                Some((hg, ex, blocks.iter().flatten().copied().collect()))
             }
             None => None,
         };
@@ -398,9 +400,9 @@ impl<B: Backend> Decoder<B> {
         let tokens = LocalTokens { segments: vec![Segment::run(self.prompt_len + step, 1)] };
         let batch = Batch { first_seq: seqs.start, seqs: seqs.len(), tokens: &tokens };
         let own: QueryRows = seqs.clone().map(Some).collect();
-        let Decoder { place, ws, x, cache, heads, context, scratch, .. } = self;
+        let Decoder { ws, x, cache, heads, context, scratch, .. } = self;
         for (l, w) in layers.iter().enumerate() {
-            let mut attention = |ws: &mut Workspace<B>| attend(be, place, cache, heads, context, comms, l, &own, ws, scratch);
+            let mut attention = |ws: &mut Workspace<B>| attend(be, cache, heads, context, comms, l, &own, ws, scratch);
             let mut reduce = |y: &mut B::Act| match comms.tp {
                 Some(tp) => tp.all_reduce_sum(y),
                 None => Ok(()),
@@ -433,9 +435,8 @@ impl<B: Backend> Decoder<B> {
 #[allow(clippy::too_many_arguments)]
 fn attend<B: Backend, C: Communicator<B>>(
     be: &B,
-    place: &DecodePlacement,
     cache: &mut KvCache<B>,
-    heads: &mut Option<(HeadGroup, Exchange<B>)>,
+    heads: &mut Option<(HeadGroup, Exchange<B>, QueryRows)>,
     context: &mut Option<Combine<B>>,
     comms: &Comms<C>,
     layer: usize,
@@ -444,17 +445,13 @@ fn attend<B: Backend, C: Communicator<B>>(
     scratch: &mut B::Acc,
 ) -> Result<()> {
     match heads {
-        Some((hg, ex)) => {
+        Some((hg, ex, rows)) => {
             let comm = comms.heads.expect("a Ulysses group has its communicator");
             hg.to_heads(be, comm, ws, ex, 1)?;
             let h = hg.attention_heads();
             match (context.as_mut(), comms.context) {
                 (Some(c), Some(ring)) => c.attend(be, ring, cache, layer, &ex.q_all, &ex.kv_all, &mut ws.o, &mut ws.lse, scratch)?,
-                _ => {
-                    let (_, blocks) = place.heads.as_ref().expect("stated");
-                    let rows: QueryRows = blocks.iter().flatten().copied().collect();
-                    attend_local(be, cache, layer, h, &ex.q_all, &ex.kv_all, &rows, &mut ws.o, &mut ws.lse, scratch)?
-                }
+                _ => attend_local(be, cache, layer, h, &ex.q_all, &ex.kv_all, rows, &mut ws.o, &mut ws.lse, scratch)?,
             }
             be.attention_store(&ws.o, &mut ex.attn_all)?;
             hg.to_tokens(be, comm, ws, ex, 1)

@@ -54,6 +54,10 @@ pub const INPUT_TENSOR: u64 = 1;
 /// steps a run takes.
 pub const DECODE_TENSOR: u64 = 2;
 
+/// Tensor id of a training step's upstream gradient dL/dY, shaped and indexed as the input
+/// hidden states (the loss is sum(Y G), docs/design.md, "Training").
+pub const GRAD_TENSOR: u64 = 3;
+
 /// The per-layer tensors, in id order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerTensor {

@@ -174,3 +174,101 @@ pub fn packed(acc: &impl Matrix, wire: &impl Matrix, rows: usize) -> Result<()> 
     );
     Ok(())
 }
+
+/// `matmul_backward_input`: dy [m, n] w^T with w [k, n], into k columns.
+pub fn matmul_backward_input(dy: &impl Matrix, w: &impl Matrix, dx: &impl Matrix) -> Result<()> {
+    ensure!(
+        dy.cols() == w.cols() && dx.cols() == w.rows(),
+        "matmul_backward_input: dy [{}, {}], w [{}, {}], dx {} wide",
+        dy.rows(),
+        dy.cols(),
+        w.rows(),
+        w.cols(),
+        dx.cols()
+    );
+    Ok(())
+}
+
+/// `matmul_backward_weight`: x [m, k]^T dy [m, n] into dw [k, n].
+pub fn matmul_backward_weight(x: &impl Matrix, dy: &impl Matrix, dw: &impl Matrix) -> Result<()> {
+    let fits = x.rows() == dy.rows() && dw.rows() == x.cols() && dw.cols() == dy.cols();
+    ensure!(
+        fits,
+        "matmul_backward_weight: x [{}, {}], dy [{}, {}], dw [{}, {}]",
+        x.rows(),
+        x.cols(),
+        dy.rows(),
+        dy.cols(),
+        dw.rows(),
+        dw.cols()
+    );
+    Ok(())
+}
+
+/// `rms_norm_backward`: x, dy and dx of one shape, the gain and its gradient as wide.
+pub fn rms_norm_backward(x: &impl Matrix, gain: &impl Matrix, dy: &impl Matrix, dx: &impl Matrix, dgain: &impl Matrix) -> Result<()> {
+    rms_norm(x, gain, dy)?;
+    add(dx, x)?;
+    add(dy, x)?;
+    ensure!(
+        dgain.cols() == x.cols() && dgain.rows() == 1,
+        "rms_norm_backward: the gain's gradient is [{}, {}]",
+        dgain.rows(),
+        dgain.cols()
+    );
+    Ok(())
+}
+
+/// `attention_backward_delta`: o and dO of one shape, delta [rows, heads].
+pub fn attention_backward_delta(o: &impl Matrix, d_o: &impl Matrix, heads: usize, delta: &impl Matrix) -> Result<()> {
+    add(o, d_o)?;
+    ensure!(
+        heads > 0 && o.cols() % heads == 0 && delta.cols() == heads && delta.capacity_rows() >= o.rows(),
+        "attention_backward_delta: o [{}, {}] over {heads} heads into [{}, {}]",
+        o.rows(),
+        o.cols(),
+        delta.rows(),
+        delta.cols()
+    );
+    Ok(())
+}
+
+/// `attention_backward`: the forward's shapes (`attention`), dO, lse and delta over the query
+/// rows, dq as wide as q and dkv as kv, each over its span's rows.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &impl Matrix,
+    kv: &impl Matrix,
+    heads: Heads,
+    qs: Span,
+    ks: Span,
+    d_o: &impl Matrix,
+    lse: &impl Matrix,
+    delta: &impl Matrix,
+    dq: &impl Matrix,
+    dkv: &impl Matrix,
+) -> Result<()> {
+    attention(q, kv, heads, qs, ks, d_o, lse)?;
+    let end = qs.row0 + qs.len;
+    ensure!(
+        delta.cols() == heads.heads && end <= delta.rows() && end <= lse.rows() && end <= d_o.rows(),
+        "attention_backward: query rows beyond dO, lse or delta"
+    );
+    ensure!(
+        dq.cols() == q.cols() && end <= dq.rows(),
+        "attention_backward: dq [{}, {}] for q [{}, {}]",
+        dq.rows(),
+        dq.cols(),
+        q.rows(),
+        q.cols()
+    );
+    ensure!(
+        dkv.cols() == kv.cols() && ks.row0 + ks.len <= dkv.rows(),
+        "attention_backward: dkv [{}, {}] for kv [{}, {}]",
+        dkv.rows(),
+        dkv.cols(),
+        kv.rows(),
+        kv.cols()
+    );
+    Ok(())
+}

@@ -100,8 +100,8 @@ const QUERY_TILE: usize = 64;
 #[derive(Default)]
 pub struct CpuBackend {
     memory: Arc<Tracker>,
-    flops: super::FlopCounter,
-    clock: super::OpClock,
+    pub(super) flops: super::FlopCounter,
+    pub(super) clock: super::OpClock,
 }
 
 impl CpuBackend {
@@ -310,10 +310,12 @@ impl Instruments for CpuBackend {
     }
 }
 
-impl Backend for CpuBackend {
+impl super::Storage for CpuBackend {
     type Act = HostMat<bf16>;
     type Acc = HostMat<f32>;
+}
 
+impl Backend for CpuBackend {
     fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act> {
         Ok(HostMat::new(rows, cols, Some(self.memory.clone())))
     }

@@ -5,8 +5,10 @@
 //! Numerics on every backend: storage BF16 (`Act`), arithmetic FP32, one rounding to BF16 per
 //! operation's output; attention statistics and partial outputs FP32 (`Acc`).
 
+pub mod backward;
 pub mod checks;
 pub mod cpu;
+pub mod cpu_backward;
 pub mod cuda;
 pub mod decode_twin;
 pub mod flash_twin;
@@ -312,14 +314,20 @@ pub trait Instruments {
     }
 }
 
-/// The ops every strategy is written in, on BF16 activations and FP32 attention accumulators;
-/// `Instruments` is what a backend measures of itself.
-pub trait Backend: Instruments {
+/// A backend's two kinds of buffer.
+pub trait Storage {
     /// BF16 activations and weights.
     type Act: Matrix;
-    /// FP32 attention accumulators.
+    /// FP32 accumulators: attention's, and the gradients of a training step.
     type Acc: Matrix;
+}
 
+pub use backward::Backward;
+
+/// The ops every strategy is written in, on BF16 activations and FP32 attention accumulators;
+/// `Backward` holds the backward of each for a training step, `Instruments` what a backend
+/// measures of itself.
+pub trait Backend: Instruments + Backward {
     fn alloc_act(&self, rows: usize, cols: usize) -> anyhow::Result<Self::Act>;
     fn alloc_acc(&self, rows: usize, cols: usize) -> anyhow::Result<Self::Acc>;
 

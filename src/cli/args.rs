@@ -22,6 +22,8 @@ pub struct ConfigArgs {
     pub measure: MeasureArgs,
     #[command(flatten)]
     pub decode: DecodeArg,
+    #[command(flatten)]
+    pub train: TrainArg,
 }
 
 /// Generation after the prompt (`run`, `verify`).
@@ -32,6 +34,18 @@ pub struct DecodeArg {
     /// with the K/V cache where the strategy placed it (TPOT, ITL). Causal only.
     #[arg(long, value_name = "N")]
     pub decode_tokens: Option<usize>,
+}
+
+/// A training step instead of a forward pass (`run`, `verify`).
+#[derive(Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Model and input")]
+pub struct TrainArg {
+    /// One training step per iteration: the forward over the batch with its activations kept,
+    /// the backward from a fixed upstream gradient (the ring's K/V travel again with their FP32
+    /// gradients), then the FP32 all-reduce of the weight gradients over the ranks that saw
+    /// different tokens. The CPU backend, and reference and ring, for now.
+    #[arg(long)]
+    pub train: bool,
 }
 
 /// The model and its input (every command that runs or projects work). Each defaults to the
@@ -178,6 +192,7 @@ pub fn request(
         seed: measure.seed,
         no_causal: work.no_causal,
         decode_tokens: decode.decode_tokens,
+        train: false,
         backend: measure.backend,
         comm: measure.comm,
         warmup: measure.warmup,
@@ -200,7 +215,10 @@ pub fn token_count(text: &str) -> Result<usize, String> {
 impl ConfigArgs {
     /// The flags as plain data, for `strategy::resolve`.
     pub fn request(&self) -> RunRequest {
-        request(self.strategy, &self.work, self.length.seq_len, &self.split, &self.measure, &self.decode)
+        RunRequest {
+            train: self.train.train,
+            ..request(self.strategy, &self.work, self.length.seq_len, &self.split, &self.measure, &self.decode)
+        }
     }
 }
 

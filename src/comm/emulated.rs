@@ -203,6 +203,12 @@ impl<B: Backend> Communicator<B> for Emulated<'_, B> {
         })
     }
 
+    /// Emulation times forward passes only: `--emulate` with `--train` is refused before any
+    /// work starts (its scratch buffer is BF16 activation rows), so nothing reaches this.
+    fn all_reduce_acc(&self, _: &mut B::Acc) -> Result<()> {
+        anyhow::bail!("an emulated rank has no FP32 gradient all-reduce: --emulate does not take --train")
+    }
+
     /// A ring all-reduce moves about the buffer out and the buffer in per rank: one copy out to the
     /// scratch buffer and one back.
     fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()> {

@@ -142,6 +142,14 @@ impl Communicator<CpuBackend> for LocalComm {
         Ok(())
     }
 
+    fn all_reduce_acc(&self, x: &mut HostMat<f32>) -> Result<()> {
+        let parts = self.gather_all(x.as_slice().to_vec())?;
+        for (i, v) in x.as_mut_slice().iter_mut().enumerate() {
+            *v = parts.iter().map(|p| p[i]).sum();
+        }
+        Ok(())
+    }
+
     fn send(&self, x: &HostMat<bf16>, to: usize) -> Result<()> {
         self.post(to, x.as_slice().to_vec())
     }

@@ -132,6 +132,12 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
         self.timed(wire, wire, || self.inner.all_reduce_sum(x))
     }
 
+    fn all_reduce_acc(&self, x: &mut B::Acc) -> Result<()> {
+        let n = self.inner.size() as u64;
+        let wire = if n > 1 { 2 * (n - 1) * (x.len() * std::mem::size_of::<f32>()) as u64 / n } else { 0 };
+        self.timed(wire, wire, || self.inner.all_reduce_acc(x))
+    }
+
     fn send(&self, x: &B::Act, to: usize) -> Result<()> {
         self.timed(bytes(x), 0, || self.inner.send(x, to))
     }

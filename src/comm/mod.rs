@@ -93,6 +93,9 @@ pub trait Communicator<B: Backend>: HostCollectives {
     /// x = sum of x over all ranks, in place, with BF16 on the wire (as NCCL reduces BF16).
     fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()>;
 
+    /// x = sum of x over all ranks, in place, in FP32 (a training step's weight gradients).
+    fn all_reduce_acc(&self, x: &mut B::Acc) -> Result<()>;
+
     /// Send x's rows to rank `to`.
     fn send(&self, x: &B::Act, to: usize) -> Result<()>;
 

@@ -66,6 +66,14 @@ impl MpiComm {
         }
     }
 
+    /// FP32 sums, by MPI's own operation.
+    fn all_reduce_f32(&self, x: &mut [f32]) {
+        if self.comm.size() > 1 {
+            let send = x.to_vec();
+            self.comm.all_reduce_into(&send[..], x, SystemOperation::sum());
+        }
+    }
+
     fn send_bits(&self, x: &[u16], to: usize) -> Result<()> {
         self.peer(to)?.send(x);
         Ok(())
@@ -129,6 +137,11 @@ impl Communicator<CpuBackend> for MpiComm {
         Ok(())
     }
 
+    fn all_reduce_acc(&self, x: &mut HostMat<f32>) -> Result<()> {
+        self.all_reduce_f32(x.as_mut_slice());
+        Ok(())
+    }
+
     fn send(&self, x: &HostMat<bf16>, to: usize) -> Result<()> {
         self.send_bits(bits(x.as_slice()), to)
     }
@@ -167,6 +180,12 @@ impl Communicator<CudaBackend> for MpiComm {
         let mut host = x.to_host()?;
         self.all_reduce_bits(&mut host);
         x.from_host(&host)
+    }
+
+    fn all_reduce_acc(&self, x: &mut DevMat<f32>) -> Result<()> {
+        let mut host = x.to_host_f32()?;
+        self.all_reduce_f32(&mut host);
+        x.from_host_f32(&host)
     }
 
     fn send(&self, x: &DevMat<u16>, to: usize) -> Result<()> {

@@ -172,6 +172,15 @@ impl Communicator<CudaBackend> for NcclComm {
         self.blocking(|c| c.all_reduce_in_place(&mut x.bf16_view_mut(), &ReduceOp::Sum).map(|_| ()).map_err(nccl_err("all-reduce")))
     }
 
+    /// FP32 in place, summed by NCCL.
+    fn all_reduce_acc(&self, x: &mut DevMat<f32>) -> Result<()> {
+        if x.is_empty() {
+            return Ok(());
+        }
+        let mut view = x.f32_view_mut();
+        self.blocking(|c| c.all_reduce_in_place(&mut view, &ReduceOp::Sum).map(|_| ()).map_err(nccl_err("all-reduce (FP32)")))
+    }
+
     fn send(&self, x: &DevMat<u16>, to: usize) -> Result<()> {
         self.blocking(|c| c.send(&x.bf16_view(), to as i32).map_err(nccl_err("send")))
     }

@@ -227,6 +227,11 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
         self.dog.guard("all_reduce", None, n, || self.inner.all_reduce_sum(x))
     }
 
+    fn all_reduce_acc(&self, x: &mut B::Acc) -> Result<()> {
+        let n = (x.len() * std::mem::size_of::<f32>()) as u64;
+        self.dog.guard("all_reduce (FP32)", None, n, || self.inner.all_reduce_acc(x))
+    }
+
     fn send(&self, x: &B::Act, to: usize) -> Result<()> {
         self.dog.guard("send", Some(self.job_rank(to)), bytes(x), || self.inner.send(x, to))
     }

@@ -8,6 +8,7 @@ pub mod console;
 mod measure;
 mod rundir;
 pub mod verify;
+mod verify_train;
 
 mod options;
 pub use admit::check_memory;

@@ -51,7 +51,7 @@ pub fn within(d: Diff, tol: Diff) -> bool {
 }
 
 /// How far (relative L2) the BF16 reference may be from the FP64 oracle.
-const REFERENCE_VS_FP64_LIMIT: f64 = 2e-2;
+pub(super) const REFERENCE_VS_FP64_LIMIT: f64 = 2e-2;
 
 /// The most FLOPs `verify`'s FP64 oracle may take: about a quarter of an hour on one core.
 const ORACLE_FLOP_LIMIT: f64 = 1e13;
@@ -75,7 +75,9 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
     } else {
         0.0
     };
-    let oracle_flops = flops::job_flops(&RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() }).total() + decode_oracle;
+    // A training step's oracle runs the backward too: about twice the forward again.
+    let passes = if cfg.train { 3.0 } else { 1.0 };
+    let oracle_flops = passes * flops::job_flops(&RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() }).total() + decode_oracle;
     if oracle_flops > ORACLE_FLOP_LIMIT {
         return Err(ConfigError(format!(
             "verify checks small configs: its FP64 oracle on rank 0 would compute {oracle_flops:.1e} FLOPs (about {:.0} min at ~10 GFLOP/s, the limit is {ORACLE_FLOP_LIMIT:.0e}); reduce --seq-len, --batch, --layers or --d-model",
@@ -88,6 +90,9 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
         if let Some(note) = strategy::idle_owners_note(cfg) {
             crate::outln!("{note}");
         }
+    }
+    if cfg.train {
+        return super::verify_train::verify_train(cfg, be, comm, save);
     }
     let mut strat = strategy::build(cfg, be, comm)?;
     strat.forward(be, comm, true)?;
@@ -130,7 +135,7 @@ fn assemble_decode(cfg: &RunConfig, parts: &[Vec<bf16>]) -> Result<Vec<f64>> {
 
 /// One comparison of a strategy's output with the reference's and the oracle's: the rows it
 /// prints and its verdict.
-fn judge(name: &str, what: &str, got: &[f64], reference: &[f64], exact: &[f64]) -> bool {
+pub(super) fn judge(name: &str, what: &str, got: &[f64], reference: &[f64], exact: &[f64]) -> bool {
     let vs_ref = Diff::between(got, reference);
     let ref_vs_exact = Diff::between(reference, exact);
     let vs_exact = Diff::between(got, exact);
@@ -171,7 +176,7 @@ fn save_target_problem(path: &Path) -> Option<String> {
 }
 
 /// Place every rank's rows at their global (sequence, position): [batch, seq, d_model].
-fn assemble(cfg: &RunConfig, parts: &[Vec<bf16>]) -> Result<Vec<f64>> {
+pub(super) fn assemble(cfg: &RunConfig, parts: &[Vec<bf16>]) -> Result<Vec<f64>> {
     let m = &cfg.model;
     let (d, s_len) = (m.d_model, m.seq_len);
     let mut out = vec![f64::NAN; m.batch * s_len * d];
@@ -234,9 +239,10 @@ fn compare_on_root<B: Backend + 'static, C: Communicator<B> + 'static>(
     if let Some(path) = save {
         let data: Vec<f32> = got.iter().map(|&v| v as f32).collect();
         let decode: Vec<f32> = got_decode.iter().flatten().map(|&v| v as f32).collect();
-        let mut sets: Vec<(&str, [usize; 3], &[f32])> = vec![("output", [m.batch, m.seq_len, m.d_model], &data)];
+        let (out_shape, decode_shape) = ([m.batch, m.seq_len, m.d_model], [m.batch, cfg.decode_tokens, m.d_model]);
+        let mut sets: Vec<(&str, &[usize], &[f32])> = vec![("output", &out_shape, &data)];
         if got_decode.is_some() {
-            sets.push(("decode_output", [m.batch, cfg.decode_tokens, m.d_model], &decode));
+            sets.push(("decode_output", &decode_shape, &decode));
         }
         output::write_hidden_states(path, &sets, &cfg.describe())?;
         let extra = if got_decode.is_some() {

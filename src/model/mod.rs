@@ -3,6 +3,7 @@
 //! it gets the heads and MLP columns it owns, the tokens it holds, an attention routine for those
 //! tokens, and a reduction for its row-parallel outputs.
 
+pub mod backward;
 pub mod oracle;
 
 use crate::backend::{Backend, Heads, Matrix, Span};
@@ -175,6 +176,43 @@ impl<B: Backend> Workspace<B> {
     }
 }
 
+/// What one layer's backward reads of its forward on one micro-batch, kept by `layer_forward`
+/// in a training step (docs/design.md, "Training"): the layer's input, Q and this rank's K|V
+/// after RoPE, the attention output and its final LSE, the input of the MLP block and the MLP's
+/// pre-activation. The norms' outputs and the activation are recomputed from these (one
+/// element-wise pass each, no GEMM).
+pub struct Saved<B: Backend> {
+    pub x_in: B::Act,
+    pub q: B::Act,
+    pub kv: B::Act,
+    pub attn: B::Act,
+    pub lse: B::Acc,
+    pub x_mid: B::Act,
+    pub up: B::Act,
+}
+
+impl<B: Backend> Saved<B> {
+    /// Room for `rows` rows of a layer of `ws`'s shapes (the LSE as its accumulator is).
+    pub fn new(be: &B, ws: &Workspace<B>, rows: usize) -> Result<Self> {
+        Ok(Saved {
+            x_in: be.alloc_act(rows, ws.proj.cols())?,
+            q: be.alloc_act(rows, ws.q.cols())?,
+            kv: be.alloc_act(rows, ws.kv.cols())?,
+            attn: be.alloc_act(rows, ws.attn.cols())?,
+            lse: be.alloc_acc(ws.lse.capacity_rows(), ws.lse.cols())?,
+            x_mid: be.alloc_act(rows, ws.proj.cols())?,
+            up: be.alloc_act(rows, ws.up.cols())?,
+        })
+    }
+}
+
+/// Bytes of one `Saved`, for the memory account: [rows, d] twice, Q and the attention output
+/// [rows, w], K|V [rows, 2 kvw], the pre-activation [rows, up] in BF16; the LSE [acc_rows,
+/// acc_heads] in FP32.
+pub fn saved_bytes(rows: u64, d: u64, w: u64, kvw: u64, up: u64, acc: (u64, u64)) -> u64 {
+    2 * rows * (2 * d + 2 * w + 2 * kvw + up) + 4 * acc.0 * acc.1
+}
+
 /// Rows of a micro-batch: `seqs` sequences, each holding `tokens` (global positions), sequence-major.
 #[derive(Clone, Debug)]
 pub struct Batch<'a> {
@@ -200,10 +238,16 @@ impl Batch<'_> {
 
 /// Generate the input hidden states of `batch`'s tokens into x.
 pub fn generate_input<B: Backend>(be: &B, m: &ModelConfig, seed: u64, batch: &Batch, x: &mut B::Act) -> Result<()> {
+    generate_rows(be, m, seed, INPUT_TENSOR, batch, x)
+}
+
+/// Generate `batch`'s rows of a tensor shaped as the input, [batch, seq_len, d_model] (the
+/// input, or a training step's upstream gradient), into x.
+pub fn generate_rows<B: Backend>(be: &B, m: &ModelConfig, seed: u64, tensor: u64, batch: &Batch, x: &mut B::Act) -> Result<()> {
     x.set_rows(batch.rows());
     for (s, span, stride) in batch.spans() {
         let row0 = (batch.first_seq + s) * m.seq_len + span.pos0;
-        let region = Region { row_stride: stride, ..Region::rows(INPUT_TENSOR, m.d_model, row0, span.len) };
+        let region = Region { row_stride: stride, ..Region::rows(tensor, m.d_model, row0, span.len) };
         be.fill(x, span.row0, &region, seed, Init::Uniform)?;
     }
     Ok(())
@@ -316,7 +360,9 @@ pub fn unit_stride(qs: Span, ks: Span, q_stride: usize, k_stride: usize) -> (Spa
 /// x += Attn(RMSNorm(x)) W_o;  x += GELU(RMSNorm(x) W_up) W_down, or with SwiGLU
 /// x += (silu(g W_gate) * (g W_up)) W_down, g = RMSNorm(x).
 /// `attention` fills ws.attn from ws.q and ws.kv (RoPE applied); `reduce` sums a row-parallel
-/// partial product over the tensor-parallel group (identity without TP).
+/// partial product over the tensor-parallel group (identity without TP). With `saved` (a
+/// training step), it keeps what the layer's backward reads.
+#[allow(clippy::too_many_arguments)]
 pub fn layer_forward<B: Backend>(
     be: &B,
     w: &LayerWeights<B>,
@@ -325,7 +371,15 @@ pub fn layer_forward<B: Backend>(
     batch: &Batch,
     attention: &mut dyn FnMut(&mut Workspace<B>) -> Result<()>,
     reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
+    mut saved: Option<&mut Saved<B>>,
 ) -> Result<()> {
+    let keep = |be: &B, src: &B::Act, dst: &mut B::Act| {
+        dst.set_rows(src.rows());
+        be.copy_rows(src, 0, dst, 0, src.rows())
+    };
+    if let Some(s) = saved.as_deref_mut() {
+        keep(be, x, &mut s.x_in)?;
+    }
     be.rms_norm(x, &w.norm1, &mut ws.norm)?;
     be.matmul(&ws.norm, &w.w_q, &mut ws.q)?;
     be.matmul(&ws.norm, &w.w_kv, &mut ws.kv)?;
@@ -333,13 +387,26 @@ pub fn layer_forward<B: Backend>(
         be.rope(&mut ws.q, ws.heads, span, stride)?;
         be.rope(&mut ws.kv, ws.heads.keys(), span, stride)?; // K is the first kv_heads x head_dim columns of [K | V]
     }
+    if let Some(s) = saved.as_deref_mut() {
+        // Before attention: the ring leaves another rank's K|V in ws.kv.
+        keep(be, &ws.q, &mut s.q)?;
+        keep(be, &ws.kv, &mut s.kv)?;
+    }
     attention(ws)?;
     be.matmul(&ws.attn, &w.w_o, &mut ws.proj)?;
     reduce(&mut ws.proj)?;
     be.add(x, &ws.proj)?;
+    if let Some(s) = saved.as_deref_mut() {
+        keep(be, &ws.attn, &mut s.attn)?;
+        be.copy_acc(&ws.lse, &mut s.lse)?;
+        keep(be, x, &mut s.x_mid)?;
+    }
 
     be.rms_norm(x, &w.norm2, &mut ws.norm)?;
     be.matmul(&ws.norm, &w.w_up, &mut ws.up)?;
+    if let Some(s) = saved {
+        keep(be, &ws.up, &mut s.up)?;
+    }
     match ws.mlp_act {
         MlpAct::Gelu => {
             be.gelu(&mut ws.up)?;

@@ -15,13 +15,22 @@ use std::path::{Path, PathBuf};
 
 /// Write FP32 hidden states to a new HDF5 file, one dataset per (name, [batch, tokens, d_model],
 /// values), each with the run's description as attribute `config`.
-pub fn write_hidden_states(path: &Path, datasets: &[(&str, [usize; 3], &[f32])], config: &str) -> Result<()> {
+pub fn write_hidden_states(path: &Path, datasets: &[(&str, &[usize], &[f32])], config: &str) -> Result<()> {
     let tmp = partial_name(path);
     let written = (|| -> hdf5::Result<()> {
         let file = hdf5::File::create_excl(&tmp)?;
         let text: VarLenUnicode = config.parse().map_err(|e| hdf5::Error::from(format!("{e}")))?;
         for (name, shape, data) in datasets {
-            let ds = file.new_dataset::<f32>().shape(*shape).create(*name)?;
+            // A name with slashes ("grad/layer0/w_o") lives in groups, made as they are first needed.
+            let (groups, leaf) = name.rsplit_once('/').unwrap_or(("", name));
+            let mut at = file.group("/")?;
+            for g in groups.split('/').filter(|g| !g.is_empty()) {
+                at = match at.group(g) {
+                    Ok(existing) => existing,
+                    Err(_) => at.create_group(g)?,
+                };
+            }
+            let ds = at.new_dataset::<f32>().shape(shape.to_vec()).create(leaf)?;
             ds.write_raw(data)?;
             ds.new_attr::<VarLenUnicode>().create("config")?.write_scalar(&text)?;
         }
@@ -60,13 +69,14 @@ mod tests {
         let path = dir.join("out.h5");
         let _ = std::fs::remove_file(&path);
         let data: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.5).collect();
-        write_hidden_states(&path, &[("output", [2, 3, 4], &data)], "tiny").unwrap();
+        write_hidden_states(&path, &[("output", &[2, 3, 4], &data), ("grad/layer0/w_o", &[3, 8], &data)], "tiny").unwrap();
         let file = hdf5::File::open(&path).unwrap();
         let ds = file.dataset("output").unwrap();
         assert_eq!(ds.shape(), vec![2, 3, 4]);
         assert_eq!(ds.read_raw::<f32>().unwrap(), data);
+        assert_eq!(file.dataset("grad/layer0/w_o").unwrap().shape(), vec![3, 8]);
         drop(file);
-        let err = write_hidden_states(&path, &[("output", [2, 3, 4], &[0.0; 24])], "again").unwrap_err();
+        let err = write_hidden_states(&path, &[("output", &[2, 3, 4], &[0.0; 24])], "again").unwrap_err();
         assert!(format!("{err:#}").contains("never replaced"), "{err:#}");
         let still = hdf5::File::open(&path).unwrap().dataset("output").unwrap().read_raw::<f32>().unwrap();
         assert_eq!(still, data);

@@ -34,6 +34,7 @@ pub const SPEC: Spec = Spec {
         let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
         super::decode::sequence_parallel(cfg, rank, Route::Gather, prompt)
     },
+    train: None,
 };
 
 /// The local K/V padded to the longest block (what the all-gather sends), and the whole
@@ -129,5 +130,9 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn kind(&self) -> StrategyKind {
+        SPEC.kind
     }
 }

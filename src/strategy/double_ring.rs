@@ -44,6 +44,7 @@ pub const SPEC: Spec = Spec {
         let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
         super::decode::sequence_parallel(cfg, rank, Route::Ring, prompt)
     },
+    train: None,
 };
 
 /// What the inner ring's blocks are called in the traffic table (and the outer ring's).
@@ -304,6 +305,10 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for DoubleRing<B, C> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn kind(&self) -> StrategyKind {
+        SPEC.kind
     }
 }
 

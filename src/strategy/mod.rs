@@ -27,6 +27,7 @@ mod shared;
 mod spec;
 mod stack;
 mod traffic;
+pub mod train;
 pub use crate::model::Buffers;
 pub use spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 
@@ -147,7 +148,15 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
     let matmul = f32b * (rows * d + d * up + rows * up);
     let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);
     let attention = f32b * (kv_r * kv_c + 64 * kv_r + 64 * w);
-    let activations = workspace + x + out + emulation + decode;
+    let training = match (&spec(cfg.strategy).train, cfg.train) {
+        (Some(t), true) => {
+            let place_rows = cfg.micro_batch * place.tokens.len();
+            let acc = (buf.acc_rows, buf.acc_heads);
+            train::train_bytes(cfg, &place.shard, place.layers.len(), place_rows, acc, buf.kv_rows, keep) + (t.extra_bytes)(cfg, rank)
+        }
+        _ => 0,
+    };
+    let activations = workspace + x + out + emulation + decode + training;
     MemoryEstimate { weights, activations, kv_cache, scratch: matmul.max(attention) + bf * rows * d }
 }
 

@@ -3,9 +3,11 @@
 use super::decode::{self, Decoder};
 use super::spec::{CommProjection, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
+use super::train::{StepPhases, TrainSpec, Trainer};
 use crate::backend::Backend;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, StrategyKind};
+use crate::model::backward::local_attention_backward;
 use crate::model::{local_attention, Shard};
 use crate::topology::LocalTokens;
 use anyhow::Result;
@@ -24,6 +26,7 @@ pub const SPEC: Spec = Spec {
     splits: super::shared::no_splits,
     project,
     decode: |cfg, _| super::decode::whole(cfg),
+    train: Some(TrainSpec { grad_peers: |_, rank| vec![rank], backward_traffic: |_, _| Vec::new(), extra_bytes: |_, _| 0 }),
 };
 
 fn check(_: &RunConfig, world: usize) -> Result<(), ConfigError> {
@@ -59,11 +62,15 @@ pub struct Reference<B: Backend> {
     cfg: RunConfig,
     stack: Stack<B>,
     decoder: Option<Decoder<B>>,
+    trainer: Option<Trainer<B>>,
 }
 
 impl<B: Backend> Reference<B> {
     pub fn new(cfg: &RunConfig, be: &B) -> Result<Self> {
-        Ok(Reference { cfg: cfg.clone(), stack: Stack::of(&SPEC, cfg, be, 0)?, decoder: decode::decoder_for(cfg, be, SPEC.decode, 0)? })
+        let stack = Stack::of(&SPEC, cfg, be, 0)?;
+        let rows = cfg.micro_batch * cfg.model.seq_len;
+        let trainer = if cfg.train { Some(Trainer::new(be, cfg, &stack, &Shard::whole(&cfg.model), rows)?) } else { None };
+        Ok(Reference { cfg: cfg.clone(), stack, decoder: decode::decoder_for(cfg, be, SPEC.decode, 0)?, trainer })
     }
 }
 
@@ -88,5 +95,27 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Reference<B> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn train_step(&mut self, be: &B, _comm: &C, keep: bool) -> Result<StepPhases> {
+        let causal = self.cfg.causal;
+        let trainer = super::train::need(&mut self.trainer)?;
+        trainer.step::<C>(
+            &mut self.stack,
+            be,
+            &self.cfg,
+            keep,
+            &mut |ws, batch, _| local_attention(be, ws, batch, causal),
+            &mut |ws, gws, saved, batch, _| local_attention_backward(be, gws, saved, ws.heads, batch, causal),
+            None,
+        )
+    }
+
+    fn gradients(&self) -> Option<super::spec::Gradients<'_, B>> {
+        self.trainer.as_ref().map(|t| t.gradients())
+    }
+
+    fn kind(&self) -> StrategyKind {
+        SPEC.kind
     }
 }

@@ -168,6 +168,7 @@ impl RunRequest {
                     iters: self.iters.unwrap_or(p.iters),
                     emulate: None,
                     decode_tokens: self.decode_tokens.unwrap_or(0),
+                    train: self.train,
                 };
                 (spec(strategy).resolve_sizes)(&mut cfg, &flags, world);
                 (strategy, validate(&cfg, world).map(|()| cfg))
@@ -196,6 +197,9 @@ impl EmulationRequest {
         }
         if processes != 1 {
             bad!("--emulate-world runs one rank's work in one process, but the job has {processes} processes (launch it with -np 1)");
+        }
+        if args.train {
+            bad!("--train with --emulate-world {world}: emulation times forward passes only (its stand-in transport has no FP32 gradient all-reduce)");
         }
         let mut cfgs = args.resolve(world)?;
         for cfg in &mut cfgs {
@@ -246,7 +250,25 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     if m.batch % cfg.micro_batch != 0 {
         bad!("--micro-batch {}: must divide --batch {}", cfg.micro_batch, m.batch);
     }
+    if cfg.train {
+        check_train(cfg)?;
+    }
     (spec(cfg.strategy).check)(cfg, world)
+}
+
+/// What `--train` takes: the CPU backend, a strategy whose backward is written, no decode
+/// steps (and no emulation: `EmulationRequest::resolve`).
+fn check_train(cfg: &RunConfig) -> Result<(), ConfigError> {
+    if cfg.backend == crate::config::BackendKind::Cuda {
+        bad!("--train with --backend cuda: {}", crate::backend::cuda::backward::NO_BACKWARD);
+    }
+    if spec(cfg.strategy).train.is_none() {
+        return Err(ConfigError(super::train::no_training_yet(cfg.strategy)));
+    }
+    if cfg.decode_tokens > 0 {
+        bad!("--train with --decode-tokens {}: a training step has no decode steps (run them apart)", cfg.decode_tokens);
+    }
+    Ok(())
 }
 
 impl RunConfig {
@@ -310,5 +332,6 @@ impl RunConfig {
             self.micro_batch,
             if self.causal { "causal" } else { "non-causal" },
         ) + &if self.decode_tokens > 0 { format!(", then {} decode steps", self.decode_tokens) } else { String::new() }
+            + if self.train { ", training step (forward + backward)" } else { "" }
     }
 }

@@ -8,11 +8,13 @@
 use super::decode::{self, combine::Route, Decoder};
 use super::spec::{CommProjection, Op, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
+use super::train::{StepPhases, TrainSpec, Trainer};
 use crate::backend::Heads;
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{RunConfig, StrategyKind};
-use crate::model::{attend_blocks, Batch, Blocks, Workspace};
+use crate::model::backward::{attend_backward, begin_attention_backward, GradWorkspace};
+use crate::model::{attend_blocks, Batch, Blocks, Saved, Workspace};
 use crate::topology::{ring_block_owner, ring_peers, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
 
@@ -33,6 +35,11 @@ pub const SPEC: Spec = Spec {
         let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
         super::decode::sequence_parallel(cfg, rank, Route::Ring, prompt)
     },
+    train: Some(TrainSpec {
+        grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
+        backward_traffic,
+        extra_bytes: |cfg, _| grad_ring_bytes((cfg.micro_batch * super::shared::longest_tokens(cfg)) as u64, 2 * cfg.model.kv_dim() as u64),
+    }),
 };
 
 /// Two K/V buffers of the longest block: the one in use, and the next one arriving.
@@ -75,6 +82,47 @@ pub(super) fn ring_steps(
             received: block_bytes(ring_block_owner(pos, step + 1, p)),
             calls,
             overlapped: true,
+        })
+        .collect()
+}
+
+/// The backward's ring, per layer and micro-batch: the K/V steps again (as the forward's), and
+/// P messages of FP32 dK|dV (twice a K/V block's bytes): at step s >= 1, the finished
+/// accumulator of the block held at step s - 1 goes on while the one for the block in hand
+/// arrives; a last exchange brings each rank its own block's, complete.
+fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    let (m, p) = (&cfg.model, cfg.split.sp());
+    let calls = (m.layers * cfg.micro_batches()) as u64;
+    let block = |owner: usize| (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.kv_dim() * 2) as u64;
+    let mut out = ring_steps(rank, p, block, |pos| pos, calls);
+    out.extend(gradient_steps(rank, p, |owner| 2 * block(owner), |pos| pos, calls));
+    out
+}
+
+/// The dK|dV messages of a ring backward at ring position `pos` of `p` (see `backward_traffic`):
+/// `grad_bytes(owner)` is ring position owner's accumulator on the wire.
+pub(super) fn gradient_steps(
+    pos: usize,
+    p: usize,
+    grad_bytes: impl Fn(usize) -> u64,
+    world_rank: impl Fn(usize) -> usize,
+    calls: u64,
+) -> Vec<Transfer> {
+    let (to, from) = ring_peers(pos, p);
+    let mut peers = vec![world_rank(to), world_rank(from)];
+    peers.dedup();
+    (1..p.max(1))
+        .map(|step| (step, true))
+        .chain((p > 1).then_some((p, false)))
+        .map(|(step, overlapped)| Transfer {
+            op: Op::RingStep,
+            what: "dK/dV accumulator (FP32)",
+            peers: peers.clone(),
+            buffer_bytes: grad_bytes(ring_block_owner(pos, step - 1, p)),
+            sent: grad_bytes(ring_block_owner(pos, step - 1, p)),
+            received: grad_bytes(ring_block_owner(pos, step % p, p)),
+            calls,
+            overlapped,
         })
         .collect()
 }
@@ -137,16 +185,49 @@ pub struct Ring<B: Backend> {
     layout: Vec<LocalTokens>,
     stack: Stack<B>,
     decoder: Option<Decoder<B>>,
+    trainer: Option<(Trainer<B>, GradRing<B>)>,
+}
+
+/// The travelling dK|dV of a ring backward: the FP32 accumulator of the block in hand, and its
+/// bits on the wire going out and coming in (`pack_acc`), each for the longest block.
+pub(super) struct GradRing<B: Backend> {
+    travel: B::Acc,
+    out: B::Act,
+    arriving: B::Act,
+}
+
+impl<B: Backend> GradRing<B> {
+    pub fn new(be: &B, rows: usize, kv_cols: usize) -> Result<Self> {
+        Ok(GradRing {
+            travel: be.alloc_acc(rows, kv_cols)?,
+            out: be.alloc_act(rows, 2 * kv_cols)?,
+            arriving: be.alloc_act(rows, 2 * kv_cols)?,
+        })
+    }
+}
+
+/// Bytes of a `GradRing` for `rows` rows of K|V `kv_cols` wide.
+pub(super) fn grad_ring_bytes(rows: u64, kv_cols: u64) -> u64 {
+    4 * rows * kv_cols + 2 * 2 * (2 * rows * kv_cols)
 }
 
 impl<B: Backend> Ring<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
+        let stack = Stack::of(&SPEC, cfg, be, rank)?;
+        let trainer = if cfg.train {
+            let rows = cfg.micro_batch * super::shared::longest_tokens(cfg);
+            let shard = crate::model::Shard::whole(&cfg.model);
+            Some((Trainer::new(be, cfg, &stack, &shard, rows)?, GradRing::new(be, rows, 2 * cfg.model.kv_dim())?))
+        } else {
+            None
+        };
         Ok(Ring {
             cfg: cfg.clone(),
             rank,
             layout: super::shared::sequence_layout(cfg),
-            stack: Stack::of(&SPEC, cfg, be, rank)?,
+            stack,
             decoder: decode::decoder_for(cfg, be, SPEC.decode, rank)?,
+            trainer,
         })
     }
 }
@@ -211,6 +292,87 @@ pub(super) fn ring_pass<B: Backend, C: Communicator<B>>(
     Ok(())
 }
 
+/// The backward of `ring_pass` over the ranks of `ring` (docs/design.md, "Training"): the
+/// K/V blocks travel around the ring again, each with its FP32 dK|dV accumulator one step
+/// behind it, and every rank adds its queries' share to the block in hand; dQ stays local. On
+/// return gws.dq and gws.dkv hold this rank's gradients (BF16). `ws.kv` and `ws.kv_in` carry
+/// the K/V blocks, as in the forward.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ring_backward<B: Backend, C: Communicator<B>>(
+    be: &B,
+    ring: &C,
+    ws: &mut Workspace<B>,
+    gws: &mut GradWorkspace<B>,
+    grad: &mut GradRing<B>,
+    saved: &Saved<B>,
+    batch: &Batch,
+    layout: &[LocalTokens],
+    causal: bool,
+) -> Result<()> {
+    let (pos, p) = (ring.rank(), layout.len());
+    let (to, from) = ring_peers(pos, p);
+    let heads = ws.heads;
+    begin_attention_backward(be, gws, saved, heads)?;
+    let rows = |owner: usize| batch.seqs * layout[owner].len();
+    ws.kv.set_rows(saved.kv.rows());
+    be.copy_rows(&saved.kv, 0, &mut ws.kv, 0, saved.kv.rows())?;
+    let Workspace { kv, kv_in, .. } = ws;
+    let GradWorkspace { dattn, delta, dq_acc, dkv_acc, .. } = gws;
+    for step in 0..p {
+        let owner = ring_block_owner(pos, step, p);
+        dkv_acc.set_rows(rows(owner));
+        be.zero_acc(dkv_acc)?;
+        let mut compute = || {
+            attend_backward(
+                be,
+                (&saved.q, 0),
+                (&*kv, 0),
+                heads,
+                batch,
+                &layout[owner],
+                causal,
+                (&*dattn, &saved.lse, &*delta),
+                dq_acc,
+                dkv_acc,
+            )
+        };
+        // The finished accumulator of the last step's block goes on while this block's arrives.
+        let mut with_grad = || {
+            if step == 0 {
+                return compute();
+            }
+            grad.arriving.set_rows(rows(owner));
+            ring.exchange(&grad.out, to, &mut grad.arriving, from, &mut compute)
+                .with_context(|| format!("ring backward step {step}: dK/dV to ring position {to}, from {from}"))
+        };
+        if step + 1 < p {
+            let incoming = ring_block_owner(pos, step + 1, p);
+            kv_in.set_rows(rows(incoming));
+            ring.exchange(kv, to, kv_in, from, &mut with_grad)
+                .with_context(|| format!("ring backward step {step}: K/V to ring position {to}, from {from}"))?;
+            std::mem::swap(kv, kv_in);
+        } else {
+            with_grad()?;
+        }
+        if step == 0 {
+            be.copy_acc(dkv_acc, &mut grad.travel)?;
+        } else {
+            be.unpack_acc(&grad.arriving, &mut grad.travel)?;
+            be.add_acc(&mut grad.travel, dkv_acc)?;
+        }
+        be.pack_acc(&grad.travel, &mut grad.out)?;
+    }
+    if p > 1 {
+        // The last block's accumulator to its owner; this rank's own arrives, complete.
+        grad.arriving.set_rows(rows(pos));
+        ring.exchange(&grad.out, to, &mut grad.arriving, from, &mut || Ok(()))
+            .with_context(|| format!("ring backward: own dK/dV from ring position {from}"))?;
+        be.unpack_acc(&grad.arriving, &mut grad.travel)?;
+    }
+    be.attention_store(dq_acc, &mut gws.dq)?;
+    be.attention_store(&grad.travel, &mut gws.dkv)
+}
+
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
         debug_assert_eq!(comm.rank(), self.rank);
@@ -233,6 +395,28 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn train_step(&mut self, be: &B, comm: &C, keep: bool) -> Result<StepPhases> {
+        let (cfg, layout) = (&self.cfg, &self.layout);
+        let (trainer, grad) = self.trainer.as_mut().ok_or_else(|| anyhow::anyhow!("ring set up without --train"))?;
+        trainer.step(
+            &mut self.stack,
+            be,
+            cfg,
+            keep,
+            &mut |ws, batch, _| ring_attention(be, comm, ws, batch, layout, cfg.causal),
+            &mut |ws, gws, saved, batch, _| ring_backward(be, comm, ws, gws, grad, saved, batch, layout, cfg.causal),
+            Some(comm),
+        )
+    }
+
+    fn gradients(&self) -> Option<super::spec::Gradients<'_, B>> {
+        self.trainer.as_ref().map(|(t, _)| t.gradients())
+    }
+
+    fn kind(&self) -> StrategyKind {
+        SPEC.kind
     }
 }
 

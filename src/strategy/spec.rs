@@ -12,6 +12,7 @@ use anyhow::Result;
 use std::ops::Range;
 
 pub use super::traffic::{Op, Transfer};
+use super::train::StepPhases;
 
 /// A strategy set up on one rank: what the harness drives.
 pub trait Strategy<B: Backend, C: Communicator<B>> {
@@ -31,6 +32,30 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
     /// The kept decode outputs: [own sequences x decode tokens, d_model], sequence-major, for
     /// the sequences `decode_placement` says it reports; None if it reports none.
     fn decode_output(&self) -> Option<&B::Act>;
+
+    /// One training step of a config with `train` (docs/design.md, "Training"): the forward over
+    /// the batch keeping activations, the backward, the gradient reduction; with `keep`, the
+    /// gradients are kept for `gradients`. Its phases' seconds on this rank.
+    fn train_step(&mut self, be: &B, comm: &C, keep: bool) -> Result<StepPhases> {
+        let _ = (be, comm, keep);
+        anyhow::bail!("{}", super::train::no_training_yet(self.kind()))
+    }
+
+    /// The kept gradients of the last training step with `keep`: dL/dX of the rows of
+    /// `output_tokens` ([batch x tokens, d_model], sequence-major) and every layer's weight
+    /// gradients (its shard, after the reduction); None before one.
+    fn gradients(&self) -> Option<Gradients<'_, B>> {
+        None
+    }
+
+    /// Which strategy this is (for messages).
+    fn kind(&self) -> StrategyKind;
+}
+
+/// A rank's kept gradients (`Strategy::gradients`).
+pub struct Gradients<'a, B: Backend> {
+    pub input: Option<&'a B::Act>,
+    pub layers: &'a [crate::model::backward::LayerGrads<B>],
 }
 
 /// What one rank owns of the model (docs/design.md, "Strategies"): the statement that FLOPs, memory,
@@ -79,6 +104,9 @@ pub struct Spec {
     pub project: fn(&RunConfig, &ProjectionInput) -> CommProjection,
     /// What each rank does in a decode step (docs/design.md, "Decode").
     pub decode: fn(&RunConfig, usize) -> super::decode::DecodePlacement,
+    /// What it adds for a training step; None where its backward is not written yet (`--train`
+    /// refuses it before any work).
+    pub train: Option<super::train::TrainSpec>,
 }
 
 /// What `plan` knows when it asks a strategy for its communication time: the busiest rank, its

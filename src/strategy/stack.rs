@@ -4,7 +4,7 @@ use super::spec::{Placement, Spec};
 use crate::backend::{Backend, Matrix};
 use crate::config::RunConfig;
 use crate::model::Buffers;
-use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Workspace};
+use crate::model::{generate_input, layer_forward, Batch, LayerWeights, Saved, Workspace};
 use crate::topology::LocalTokens;
 use anyhow::Result;
 
@@ -60,7 +60,8 @@ impl<B: Backend> Stack<B> {
         generate_input(be, &cfg.model, cfg.seed, &batch, &mut self.x)
     }
 
-    /// Every layer of the stack on the current micro-batch in x.
+    /// Every layer of the stack on the current micro-batch in x; with `saved` (one per layer),
+    /// keeping what each layer's backward reads.
     pub fn run_layers(
         &mut self,
         be: &B,
@@ -68,10 +69,12 @@ impl<B: Backend> Stack<B> {
         micro_batch: usize,
         attention: &mut LayerAttention<B>,
         reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
+        mut saved: Option<&mut [Saved<B>]>,
     ) -> Result<()> {
         let batch = micro_batch_of(cfg, micro_batch, &self.tokens);
         for (l, w) in self.layers.iter().enumerate() {
-            layer_forward(be, w, &mut self.ws, &mut self.x, &batch, &mut |ws| attention(ws, &batch, l), reduce)?;
+            let keep = saved.as_deref_mut().map(|s| &mut s[l]);
+            layer_forward(be, w, &mut self.ws, &mut self.x, &batch, &mut |ws| attention(ws, &batch, l), reduce, keep)?;
         }
         Ok(())
     }
@@ -82,7 +85,7 @@ impl<B: Backend> Stack<B> {
     pub fn forward_all(&mut self, be: &B, cfg: &RunConfig, keep: bool, attention: &mut LayerAttention<B>) -> Result<()> {
         for mb in 0..cfg.micro_batches() {
             self.generate_input(be, cfg, mb)?;
-            self.run_layers(be, cfg, mb, attention, &mut |_| Ok(()))?;
+            self.run_layers(be, cfg, mb, attention, &mut |_| Ok(()), None)?;
             if keep {
                 self.keep(be, cfg, mb)?;
             }

@@ -34,6 +34,7 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
+    train: None,
 };
 
 /// --tp and --cp (under `--strategy all`, --tp is tp-pp's and only --cp counts); a missing one
@@ -198,7 +199,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
                 decode::keep_own(dec, be, l, ws, batch)?;
                 ring_attention(be, cp_ring, ws, batch, layout, cfg.causal)
             };
-            self.stack.run_layers(be, cfg, mb, &mut attention, &mut |y| tp_group.all_reduce_sum(y))?;
+            self.stack.run_layers(be, cfg, mb, &mut attention, &mut |y| tp_group.all_reduce_sum(y), None)?;
             if keep {
                 self.stack.keep(be, cfg, mb)?;
             }
@@ -218,5 +219,9 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn kind(&self) -> StrategyKind {
+        SPEC.kind
     }
 }

@@ -34,6 +34,7 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
+    train: None,
 };
 
 fn sizes(cfg: &RunConfig) -> Vec<usize> {
@@ -258,7 +259,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
                 decode::keep_own(dec, be, l, ws, batch)?;
                 local_attention(be, ws, batch, causal)
             };
-            self.stack.run_layers(be, cfg, mb, &mut attention, &mut |y| tp_group.all_reduce_sum(y))?;
+            self.stack.run_layers(be, cfg, mb, &mut attention, &mut |y| tp_group.all_reduce_sum(y), None)?;
             match next {
                 Some(n) => world.send(&self.stack.x, n).with_context(|| format!("pipeline send of micro-batch {mb} to rank {n}"))?,
                 None if keep => self.stack.keep(be, cfg, mb)?,
@@ -305,5 +306,9 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn kind(&self) -> StrategyKind {
+        SPEC.kind
     }
 }

@@ -33,6 +33,7 @@ pub const SPEC: Spec = Spec {
     splits: super::shared::no_splits,
     project,
     decode,
+    train: None,
 };
 
 fn tokens(cfg: &RunConfig, rank: usize) -> LocalTokens {
@@ -196,5 +197,9 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn kind(&self) -> StrategyKind {
+        SPEC.kind
     }
 }

@@ -42,6 +42,7 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
+    train: None,
 };
 
 /// --ulysses and --ring (under `--strategy all`, --ring is the ring's and only --ulysses counts);
@@ -255,5 +256,9 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Usp<B, C> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn kind(&self) -> StrategyKind {
+        SPEC.kind
     }
 }

@@ -27,7 +27,7 @@ pub struct DevMat<T> {
     capacity_rows: usize,
     tracker: Arc<Tracker>,
     /// The stream that orders this buffer's work (for host staging in the MPI communicator).
-    stream: Arc<CudaStream>,
+    pub(super) stream: Arc<CudaStream>,
 }
 
 impl<T> Drop for DevMat<T> {
@@ -509,10 +509,12 @@ impl Instruments for CudaBackend {
     }
 }
 
-impl Backend for CudaBackend {
+impl crate::backend::Storage for CudaBackend {
     type Act = DevMat<u16>;
     type Acc = DevMat<f32>;
+}
 
+impl Backend for CudaBackend {
     fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act> {
         self.alloc(rows, cols)
     }

@@ -407,7 +407,7 @@ impl<B: Backend> Decoder<B> {
                 Some(tp) => tp.all_reduce_sum(y),
                 None => Ok(()),
             };
-            layer_forward(be, w, ws, x, &batch, &mut attention, &mut reduce)?;
+            layer_forward(be, w, ws, x, &batch, &mut attention, &mut reduce, None)?;
         }
         Ok(())
     }

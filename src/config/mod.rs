@@ -1,6 +1,9 @@
 //! What to run: the model, the strategy and its parallel sizes, the measurement; presets; and the
 //! validation that turns bad input into one clear line before any work starts.
 
+mod limits;
+pub use limits::*;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -306,6 +309,14 @@ pub struct RunConfig {
     /// a prefill-only run.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub decode_tokens: usize,
+    /// A training step (`--train`): the forward, then the backward from a fixed upstream
+    /// gradient, then the gradient reduction; false for inference.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub train: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -454,6 +465,8 @@ struct RunConfigRecord {
     emulate: Option<Emulation>,
     #[serde(default, skip_serializing_if = "is_zero")]
     decode_tokens: usize,
+    #[serde(default, skip_serializing_if = "is_false")]
+    train: bool,
 }
 
 impl From<RunConfigRecord> for RunConfig {
@@ -473,6 +486,7 @@ impl From<RunConfigRecord> for RunConfig {
             iters: r.iters,
             emulate: r.emulate,
             decode_tokens: r.decode_tokens,
+            train: r.train,
         }
     }
 }
@@ -500,6 +514,7 @@ impl From<RunConfig> for RunConfigRecord {
             iters: c.iters,
             emulate: c.emulate,
             decode_tokens: c.decode_tokens,
+            train: c.train,
         }
     }
 }
@@ -540,6 +555,7 @@ impl RunConfig {
             iters: p.iters,
             emulate: None,
             decode_tokens: 0,
+            train: false,
         }
     }
 
@@ -629,6 +645,8 @@ pub struct RunRequest {
     pub no_causal: bool,
     /// Decode steps after the prefill (`--decode-tokens`), as given.
     pub decode_tokens: Option<usize>,
+    /// A training step instead of a forward pass (`--train`).
+    pub train: bool,
     pub backend: BackendKind,
     /// Transport between ranks. Default: nccl with --backend cuda, mpi with --backend cpu.
     pub comm: Option<CommKind>,
@@ -675,26 +693,3 @@ pub fn require_at_most(flag: &str, value: usize, max: usize) -> Result<(), Confi
     }
     Ok(())
 }
-
-/// The shortest --comm-timeout accepted: the watchdog's verdict on a call shorter than this would
-/// be about scheduling noise, not a stalled peer.
-pub const MIN_COMM_TIMEOUT_S: f64 = 1.0;
-
-/// The longest --comm-timeout accepted (a larger one would not fit a timer, and means "never").
-pub const MAX_COMM_TIMEOUT_S: f64 = 1e6;
-
-/// The largest job ringbench takes (ranks, real or emulated): far beyond any cluster, and small
-/// enough that sizes derived from it (2P zigzag chunks, P x P steps) stay exact.
-pub const MAX_RANKS: usize = 1 << 20;
-
-/// The most iterations of either kind: each measured one is kept in memory and in the rank file,
-/// and a million even of 1 ms iterations is a quarter of an hour.
-pub const MAX_ITERATIONS: usize = 1_000_000;
-
-/// The most decode steps a run takes: each step's time is kept per measured iteration.
-pub const MAX_DECODE_TOKENS: usize = 1 << 20;
-
-/// Sizes beyond which products of them (tokens x width, pairs of tokens) leave 64-bit range; no
-/// machine holds such a model, and `plan` keeps exact arithmetic below them.
-pub(crate) const MAX_SIZES: [(&str, usize); 6] =
-    [("--seq-len", 1 << 40), ("--batch", 1 << 24), ("--layers", 1 << 16), ("--d-model", 1 << 20), ("--mlp", 1 << 22), ("--heads", 1 << 16)];

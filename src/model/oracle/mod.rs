@@ -6,6 +6,8 @@
 use crate::config::{MlpAct, ModelConfig};
 use crate::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, DECODE_TENSOR, INPUT_TENSOR};
 
+pub mod backward;
+
 /// RoPE's rotation for position `p` and pair `i` of a head of `hd`, from docs/design.md's formula
 /// (angle = p * 10000^(-2i/hd)), written here on its own: the oracle shares no arithmetic with
 /// the backends it checks. The frequency as e^(-(2i/hd) ln 10000).
@@ -45,7 +47,13 @@ fn gelu(z: f64) -> f64 {
 
 /// Final hidden states of sequences `seqs` of the batch, [seqs.len(), seq_len, d_model] row-major.
 pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usize>) -> Vec<f64> {
-    forward_extended(m, seed, causal, seqs, 0)
+    forward_extended(m, seed, causal, seqs, 0, None)
+}
+
+/// The final hidden states of sequence 0 with value `index` of tensor `tensor` (the input, or a
+/// layer's weight) moved by `h`: what a finite-difference check of the gradients differentiates.
+pub fn forward_perturbed(m: &ModelConfig, seed: u64, causal: bool, (tensor, index, h): (u64, usize, f64)) -> Vec<f64> {
+    forward_extended(m, seed, causal, 0..1, 0, Some((tensor, index, h)))
 }
 
 /// The final hidden states of the last `decode` rows of each of sequences `seqs`, [seqs.len(),
@@ -54,13 +62,26 @@ pub fn forward(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<u
 /// one at a time must give (docs/design.md, "Decode").
 pub fn decode(m: &ModelConfig, seed: u64, seqs: std::ops::Range<usize>, decode: usize) -> Vec<f64> {
     let (d, total) = (m.d_model, m.seq_len + decode);
-    let full = forward_extended(m, seed, true, seqs, decode);
+    let full = forward_extended(m, seed, true, seqs, decode, None);
     full.chunks(total * d).flat_map(|seq| seq[m.seq_len * d..].iter().copied()).collect()
 }
 
 /// Every row of sequences `seqs` over seq_len prompt tokens and `decode` more, [seqs.len(),
 /// seq_len + decode, d_model].
-fn forward_extended(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usize>, decode: usize) -> Vec<f64> {
+fn forward_extended(
+    m: &ModelConfig,
+    seed: u64,
+    causal: bool,
+    seqs: std::ops::Range<usize>,
+    decode: usize,
+    perturb: Option<(u64, usize, f64)>,
+) -> Vec<f64> {
+    let bump = |id: u64, mut t: Vec<f64>| {
+        if let Some((_, index, h)) = perturb.filter(|p| p.0 == id) {
+            t[index] += h;
+        }
+        t
+    };
     let (d, f, prompt, h, hd) = (m.d_model, m.mlp, m.seq_len, m.heads, m.head_dim());
     let s_len = prompt + decode;
     // W_qkv is [d, d + 2 kv_dim] = [Q | K | V]; query head h attends with K/V head h / group.
@@ -69,20 +90,22 @@ fn forward_extended(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Ra
     let layers: Vec<[Vec<f64>; 6]> = (0..m.layers)
         .map(|l| {
             let id = |t| layer_tensor_id(l, t);
+            let read = |t, n, init| bump(id(t), tensor(seed, id(t), n, init));
             [
-                tensor(seed, id(LayerTensor::Norm1), d, Init::Gain),
-                tensor(seed, id(LayerTensor::Qkv), d * qkv_cols, Init::Weight { fan_in: d }),
-                tensor(seed, id(LayerTensor::Out), d * d, Init::Weight { fan_in: d }),
-                tensor(seed, id(LayerTensor::Norm2), d, Init::Gain),
-                tensor(seed, id(LayerTensor::Up), d * up_cols, Init::Weight { fan_in: d }),
-                tensor(seed, id(LayerTensor::Down), f * d, Init::Weight { fan_in: f }),
+                read(LayerTensor::Norm1, d, Init::Gain),
+                read(LayerTensor::Qkv, d * qkv_cols, Init::Weight { fan_in: d }),
+                read(LayerTensor::Out, d * d, Init::Weight { fan_in: d }),
+                read(LayerTensor::Norm2, d, Init::Gain),
+                read(LayerTensor::Up, d * up_cols, Init::Weight { fan_in: d }),
+                read(LayerTensor::Down, f * d, Init::Weight { fan_in: f }),
             ]
         })
         .collect();
     let mut out = Vec::with_capacity(seqs.len() * s_len * d);
     for seq in seqs {
         let base = (seq * prompt * d) as u64;
-        let mut x: Vec<f64> = (0..(prompt * d) as u64).map(|i| value_bf16(seed, INPUT_TENSOR, base + i, Init::Uniform).to_f64()).collect();
+        let input = (0..(prompt * d) as u64).map(|i| value_bf16(seed, INPUT_TENSOR, base + i, Init::Uniform).to_f64()).collect();
+        let mut x: Vec<f64> = bump(INPUT_TENSOR, input);
         for step in 0..decode {
             let row = ((step * m.batch + seq) * d) as u64;
             x.extend((0..d as u64).map(|j| value_bf16(seed, DECODE_TENSOR, row + j, Init::Uniform).to_f64()));

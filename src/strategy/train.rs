@@ -1,0 +1,195 @@
+//! A training step on a rank's stack (docs/design.md, "Training"): per micro-batch the forward
+//! with every layer's activations kept, then the backward from the fixed upstream gradient
+//! (tensor 3) through the layers in reverse, the weight gradients accumulating in FP32; after
+//! the last micro-batch, the FP32 all-reduce of the gradients of weights that ranks with other
+//! tokens hold too. What a strategy adds is its attention's backward and whom it reduces with
+//! (`TrainSpec`).
+
+use super::spec::{Op, Transfer};
+use super::stack::{LayerAttention, Stack};
+use crate::backend::{Backend, Matrix};
+use crate::comm::Communicator;
+use crate::config::RunConfig;
+use crate::generator::GRAD_TENSOR;
+use crate::model::backward::{grad_workspace_bytes, grads_bytes, layer_backward, GradWorkspace, LayerGrads};
+use crate::model::{generate_rows, saved_bytes, Batch, Saved, Shard, Workspace};
+use anyhow::Result;
+use std::time::Instant;
+
+/// The refusal of `--train` for a strategy whose backward is not written yet.
+pub fn no_training_yet(kind: crate::config::StrategyKind) -> String {
+    let ready: Vec<&str> = super::SPECS.iter().filter(|s| s.train.is_some()).map(|s| s.kind.name()).collect();
+    format!("--train with --strategy {}: its backward is not written yet (training runs {} for now)", kind.name(), ready.join(", "))
+}
+
+/// The trainer of a strategy built for a config with `train`.
+pub(crate) fn need<B: Backend>(trainer: &mut Option<Trainer<B>>) -> Result<&mut Trainer<B>> {
+    trainer.as_mut().ok_or_else(|| anyhow::anyhow!("a training step of a strategy set up without --train"))
+}
+
+/// What a strategy adds for a training step.
+pub struct TrainSpec {
+    /// The world ranks whose weight gradients rank `rank`'s are summed with, itself included:
+    /// those that hold the same weights (or the same shard) and saw other tokens.
+    pub grad_peers: fn(&RunConfig, usize) -> Vec<usize>,
+    /// Every message of its backward pass (its forward's are `Spec::traffic`), the gradient
+    /// all-reduce apart (`grad_traffic`).
+    pub backward_traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
+    /// Bytes of its own training buffers beyond the `Trainer`'s (the ring's travelling dK|dV).
+    pub extra_bytes: fn(&RunConfig, usize) -> u64,
+}
+
+/// Seconds of each phase of one training step on this rank, by the host's clock after the
+/// device has finished the phase's work.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepPhases {
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub grad_reduce_s: f64,
+}
+
+/// A strategy's attention backward of layer `l` (index within the stack) on a micro-batch.
+pub type BackwardAttention<'f, B> = dyn FnMut(&mut Workspace<B>, &mut GradWorkspace<B>, &Saved<B>, &Batch, usize) -> Result<()> + 'f;
+
+/// The gradient all-reduce of `rank`: one FP32 all-reduce per weight tensor and layer over its
+/// gradient peers, as `comm::metered` counts a ring all-reduce (2 (n - 1) / n of the buffer each
+/// way); none where it has no peers.
+pub fn grad_traffic(cfg: &RunConfig, rank: usize, spec: &TrainSpec, shard: &Shard, layers: usize) -> Vec<Transfer> {
+    let peers = (spec.grad_peers)(cfg, rank);
+    let n = peers.len() as u64;
+    if n < 2 {
+        return Vec::new();
+    }
+    tensor_bytes(cfg, shard)
+        .into_iter()
+        .map(|(what, bytes)| Transfer {
+            op: Op::AllReduce,
+            what,
+            peers: peers.clone(),
+            buffer_bytes: bytes,
+            sent: 2 * (n - 1) * bytes / n,
+            received: 2 * (n - 1) * bytes / n,
+            calls: layers as u64,
+            overlapped: false,
+        })
+        .collect()
+}
+
+/// (name, FP32 bytes) of each weight gradient of one layer of `shard`, in `LayerGrads::each`'s order.
+fn tensor_bytes(cfg: &RunConfig, shard: &Shard) -> [(&'static str, u64); 7] {
+    let m = &cfg.model;
+    let heads = shard.heads(m);
+    let (d, w, kvw, f) = (m.d_model as u64, heads.width() as u64, heads.kv_width() as u64, shard.mlp.len() as u64);
+    [
+        ("norm1 gradient (FP32)", 4 * d),
+        ("W_q gradient (FP32)", 4 * d * w),
+        ("W_kv gradient (FP32)", 4 * d * 2 * kvw),
+        ("W_o gradient (FP32)", 4 * w * d),
+        ("norm2 gradient (FP32)", 4 * d),
+        ("W_up gradient (FP32)", 4 * d * f * m.mlp_act.up_factor() as u64),
+        ("W_down gradient (FP32)", 4 * f * d),
+    ]
+}
+
+/// Bytes a rank's training step allocates beyond its forward's: the kept activations of every
+/// layer of one micro-batch, the gradients, the backward's workspace, and with `keep` the
+/// input gradients of the whole batch.
+pub fn train_bytes(
+    cfg: &RunConfig,
+    shard: &Shard,
+    layers: usize,
+    rows: usize,
+    (acc_rows, acc_heads): (usize, usize),
+    dkv_rows: usize,
+    keep: bool,
+) -> u64 {
+    let m = &cfg.model;
+    let heads = shard.heads(m);
+    let (d, w, kvw) = (m.d_model as u64, heads.width() as u64, heads.kv_width() as u64);
+    let up = (shard.mlp.len() * m.mlp_act.up_factor()) as u64;
+    let saved = saved_bytes(rows as u64, d, w, kvw, up, (acc_rows as u64, acc_heads as u64));
+    let kept = if keep { 2 * (rows / cfg.micro_batch * m.batch) as u64 * d } else { 0 };
+    layers as u64 * (saved + grads_bytes(m, shard)) + grad_workspace_bytes(m, shard, rows as u64, dkv_rows.max(rows) as u64) + kept
+}
+
+/// A rank's training state beside its stack: the kept activations, the gradients, the
+/// backward's workspace and (with keep) the input gradients of the whole batch.
+pub struct Trainer<B: Backend> {
+    saved: Vec<Saved<B>>,
+    pub grads: Vec<LayerGrads<B>>,
+    gws: GradWorkspace<B>,
+    /// dL/dX of every row the rank holds, [batch x tokens, d_model], sequence-major (with keep).
+    pub input_grad: Option<B::Act>,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// For `stack`, its attention backward accumulating dK|dV over `dkv_rows` rows.
+    pub(crate) fn new(be: &B, cfg: &RunConfig, stack: &Stack<B>, shard: &Shard, dkv_rows: usize) -> Result<Self> {
+        let rows = cfg.micro_batch * stack.tokens.len();
+        Ok(Trainer {
+            saved: (0..stack.layers.len()).map(|_| Saved::new(be, &stack.ws, rows)).collect::<Result<_>>()?,
+            grads: stack.layers.iter().map(|w| LayerGrads::new(be, w)).collect::<Result<_>>()?,
+            gws: GradWorkspace::new(be, &cfg.model, shard, rows, dkv_rows.max(rows))?,
+            input_grad: None,
+        })
+    }
+
+    /// The kept gradients (`Strategy::gradients`).
+    pub fn gradients(&self) -> super::spec::Gradients<'_, B> {
+        super::spec::Gradients { input: self.input_grad.as_ref(), layers: &self.grads }
+    }
+
+    /// One training step of a strategy without a pipeline: per micro-batch the forward
+    /// (`attention`), the backward (`backward`); then every weight gradient through `reduce`
+    /// (the all-reduce over the gradient peers). With `keep`, the input gradients are kept.
+    pub(crate) fn step<C: Communicator<B>>(
+        &mut self,
+        stack: &mut Stack<B>,
+        be: &B,
+        cfg: &RunConfig,
+        keep: bool,
+        attention: &mut LayerAttention<B>,
+        backward: &mut BackwardAttention<B>,
+        grad_comm: Option<&C>,
+    ) -> Result<StepPhases> {
+        let mut phases = StepPhases::default();
+        for g in &mut self.grads {
+            g.each_mut().into_iter().try_for_each(|a| be.zero_acc(a))?;
+        }
+        let clock = |be: &B, t0: Instant| -> Result<f64> {
+            be.synchronize()?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        for mb in 0..cfg.micro_batches() {
+            let t0 = Instant::now();
+            stack.generate_input(be, cfg, mb)?;
+            stack.run_layers(be, cfg, mb, attention, &mut |_| Ok(()), Some(&mut self.saved))?;
+            phases.forward_s += clock(be, t0)?;
+
+            let t0 = Instant::now();
+            let batch = Batch { first_seq: mb * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &stack.tokens };
+            generate_rows(be, &cfg.model, cfg.seed, GRAD_TENSOR, &batch, &mut self.gws.dx)?;
+            for l in (0..stack.layers.len()).rev() {
+                let mut attn = |ws: &mut Workspace<B>, gws: &mut GradWorkspace<B>, s: &Saved<B>| backward(ws, gws, s, &batch, l);
+                let (w, g, s) = (&stack.layers[l], &mut self.grads[l], &self.saved[l]);
+                layer_backward(be, w, g, s, &mut stack.ws, &mut self.gws, &batch, &mut attn, &mut |_| Ok(()))?;
+            }
+            if keep {
+                let rows = self.gws.dx.rows();
+                if self.input_grad.is_none() {
+                    self.input_grad = Some(be.alloc_act(cfg.model.batch * stack.tokens.len(), cfg.model.d_model)?);
+                }
+                be.copy_rows(&self.gws.dx, 0, self.input_grad.as_mut().expect("allocated above"), mb * rows, rows)?;
+            }
+            phases.backward_s += clock(be, t0)?;
+        }
+        let t0 = Instant::now();
+        if let Some(comm) = grad_comm {
+            for g in &mut self.grads {
+                g.each_mut().into_iter().try_for_each(|a| comm.all_reduce_acc(a))?;
+            }
+        }
+        phases.grad_reduce_s = clock(be, t0)?;
+        Ok(phases)
+    }
+}

@@ -96,6 +96,7 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "micro_batch",
     "causal",
     "decode_tokens",
+    "train",
     "seed",
     "warmup",
     "iters",
@@ -150,6 +151,10 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "decode_sent_kib_per_step_max",
     "kv_cache_gib_max",
     "kv_cache_gib_mean",
+    "train_forward_ms_max",
+    "train_backward_ms_max",
+    "grad_reduce_ms_max",
+    "grad_reduce_mib_per_step_max",
     "ringbench_version",
     "git_commit",
     "start_utc",
@@ -460,5 +465,41 @@ fn a_log_written_under_mpirun_has_no_progress_frames() {
     assert_eq!(run.status, Some(0), "{}", run.all());
     let all = run.all();
     assert!(!all.contains('\u{1b}') && !all.contains('\r'), "{all:?}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// A training run (issue 30): each step's phases in the rank files and the summary, the
+/// gradient all-reduce's bytes as ring states them (every weight in FP32, 2 (n - 1) / n of it
+/// per rank), the FLOPs three times the forward's, and the memory estimate exactly what each
+/// rank allocated with its activations kept.
+#[test]
+fn a_training_run_reports_its_phases_gradient_traffic_and_memory() {
+    let root = temp_root("results-train");
+    let run = mpirun(2, &["run", "--train", "--strategy", "ring", "--preset", "tiny", "--out", root.to_str().unwrap(), "--run-id", "t"]);
+    let out = run.all();
+    assert_eq!(run.status, Some(0), "{out}");
+    assert!(out.contains("training step  forward") && out.contains("gradient all-reduce"), "{out}");
+    let dir = root.join("t");
+    let (header, rows) = read_csv(&dir.join("summary.csv"));
+    let row = &rows[0];
+    assert_eq!(col(&header, row, "train"), "true");
+    for c in ["train_forward_ms_max", "train_backward_ms_max", "grad_reduce_ms_max"] {
+        assert!(num(&header, row, c) > 0.0, "{c}");
+    }
+    // tiny: 2 layers of d 64 (norms 2 x 64, W_q 64 x 64, W_kv 64 x 128, W_o 64 x 64, W_up 64 x
+    // 256, W_down 256 x 64), FP32; a 2-rank ring all-reduce sends 2 (n - 1) / n = all of each.
+    let per_layer = 2 * 64 + 64 * 64 + 64 * 128 + 64 * 64 + 64 * 256 + 256 * 64;
+    let want_mib = (2 * per_layer * 4) as f64 / (1 << 20) as f64;
+    assert!((num(&header, row, "grad_reduce_mib_per_step_max") - want_mib).abs() < 1e-6, "{want_mib}");
+    for r in 0..2 {
+        let path = dir.join(format!("rank-{r:05}.h5"));
+        for run in ringbench::output::rankfile::read(&path).unwrap() {
+            assert!(run.iterations.iter().all(|i| i.phases.iter().all(|&p| p > 0.0)), "rank {r}: {:?}", run.iterations);
+            let forward = ringbench::metrics::flops::rank_flops(&ringbench::config::RunConfig { train: false, ..run.config.clone() }, r);
+            assert_eq!(run.flops.linear, 3.0 * forward.linear);
+            let est = ringbench::strategy::memory_estimate(&run.config, r, false);
+            assert_eq!(run.memory.buffers_peak_bytes, est.weights + est.activations, "rank {r}");
+        }
+    }
     std::fs::remove_dir_all(&root).ok();
 }

@@ -68,11 +68,20 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
             it.n
         );
         crate::outln!("  tokens/s       {:.1}, {}", m.tps, fmt_ci(m.tps_ci95, |v| format!("{v:.1}")));
-        crate::outln!(
-            "  prefill/token  {} (prefill time per token: iteration time / {} tokens)",
-            fmt_seconds(m.prefill_s_per_token),
-            s.config.tokens_per_iteration()
-        );
+        match &m.train {
+            Some(t) => crate::outln!(
+                "  training step  forward {}, backward {}, gradient all-reduce {} (slowest rank's mean each; {} FP32 per rank per step)",
+                fmt_seconds(t.forward_s),
+                fmt_seconds(t.backward_s),
+                fmt_seconds(t.grad_reduce_s),
+                fmt_bytes(t.grad_reduce_bytes)
+            ),
+            None => crate::outln!(
+                "  prefill/token  {} (prefill time per token: iteration time / {} tokens)",
+                fmt_seconds(m.prefill_s_per_token),
+                s.config.tokens_per_iteration()
+            ),
+        }
         crate::outln!(
             "  per rank       communication {} max / {} mean exposed, compute {} max / {} mean, sent {}/iter max",
             fmt_seconds(m.comm_s.0),
@@ -155,6 +164,13 @@ fn print_comparison(summaries: &[StrategySummary]) {
         row("decode tokens/s", &|m| format!("{:.1}", dec(m).tokens_per_s));
         row("K/V cache (max rank)", &|m| fmt_bytes(dec(m).kv_cache.0));
         row("decode sent per step", &|m| fmt_bytes(dec(m).sent_per_step_max));
+    }
+    if measured.iter().all(|(_, m)| m.train.is_some()) {
+        let phase = |m: &Measured, k: usize| m.train.as_ref().map_or(f64::NAN, |t| [t.forward_s, t.backward_s, t.grad_reduce_s][k]);
+        row("forward (max rank)", &|m| fmt_seconds(phase(m, 0)));
+        row("backward (max rank)", &|m| fmt_seconds(phase(m, 1)));
+        row("gradient all-reduce", &|m| fmt_seconds(phase(m, 2)));
+        row("gradients sent per step", &|m| fmt_bytes(m.train.as_ref().map_or(0.0, |t| t.grad_reduce_bytes)));
     }
     if summaries.iter().any(|s| s.config.emulate.is_some()) {
         crate::outln!("(emulated: one rank's work each, not a measured job)");

@@ -42,6 +42,7 @@ pub(super) fn measure<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B
         // --calibrate`): outside the measured ones, which the events would perturb.
         profiled: cfg.warmup.checked_sub(1),
         counted_before: (0.0, 0.0),
+        phases: Default::default(),
     };
     timing::run(be, Protocol { warmup: cfg.warmup, iters: cfg.iters }, &mut iteration)?;
     comm.set_phase(None);
@@ -135,6 +136,8 @@ struct Iteration<'r, 'a, B: Backend + 'a, C, S> {
     sampler: Option<crate::metrics::gpu_util::Sampler>,
     profiled: Option<usize>,
     counted_before: (f64, f64),
+    /// The phases of the training step in flight (zeros for a forward pass).
+    phases: strategy::train::StepPhases,
 }
 
 impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Timed for Iteration<'_, 'a, B, C, S> {
@@ -158,6 +161,10 @@ impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Timed for
     }
 
     fn work(&mut self, _: usize) -> Result<()> {
+        if self.cfg.train {
+            self.phases = self.strat.train_step(self.be, self.metered, false)?;
+            return Ok(());
+        }
         self.strat.forward(self.be, self.metered, false)
     }
 
@@ -171,7 +178,10 @@ impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Timed for
         let be = self.be;
         let total_s = t.seconds;
         let (comm_s, hidden_s, bytes_sent, bytes_received) = self.metered.take_iteration::<B>()?;
-        let record = IterationRecord { total_s, comm_s, hidden_s, compute_s: (total_s - comm_s).max(0.0), bytes_sent, bytes_received };
+        let compute_s = (total_s - comm_s).max(0.0);
+        let p = std::mem::take(&mut self.phases);
+        let phases = [p.forward_s, p.backward_s, p.grad_reduce_s];
+        let record = IterationRecord { total_s, comm_s, hidden_s, compute_s, bytes_sent, bytes_received, phases };
         let (counted, before) = (be.counted_flops(), self.counted_before);
         let counted = flops::Flops { linear: counted.0 - before.0, attention: counted.1 - before.1 };
         if Some(i) == self.profiled {

@@ -14,7 +14,23 @@ mod options;
 pub use admit::check_memory;
 pub use console::print_summaries;
 pub use options::{Place, RunOptions};
-pub use verify::{tolerance, verify, within, Diff};
+pub use verify::{tolerance, within, Diff};
+
+/// `verify`: the config admitted (`verify::admit`), then its forward pass or, with --train, its
+/// training step, compared on rank 0 with the reference and the FP64 oracle; the verdict every
+/// rank agrees on.
+pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(
+    cfg: &RunConfig,
+    be: &B,
+    comm: &C,
+    save: Option<&std::path::Path>,
+) -> Result<bool> {
+    verify::admit(cfg, comm, save)?;
+    match cfg.train {
+        true => verify_train::verify_train(cfg, be, comm, save),
+        false => verify::verify_forward(cfg, be, comm, save),
+    }
+}
 
 use crate::backend::Backend;
 use crate::comm::metered::Metered;

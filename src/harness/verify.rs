@@ -56,8 +56,9 @@ pub(super) const REFERENCE_VS_FP64_LIMIT: f64 = 2e-2;
 /// The most FLOPs `verify`'s FP64 oracle may take: about a quarter of an hour on one core.
 const ORACLE_FLOP_LIMIT: f64 = 1e13;
 
-/// Run the strategy once, compare on rank 0, and return the verdict every rank agrees on.
-pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfig, be: &B, comm: &C, save: Option<&Path>) -> Result<bool> {
+/// What `verify` checks before any work, on every rank alike: the output file can be written, and
+/// the FP64 oracle would not take hours. Prints the config on rank 0.
+pub fn admit<B: Backend, C: Communicator<B>>(cfg: &RunConfig, comm: &C, save: Option<&Path>) -> Result<()> {
     let root = comm.rank() == 0;
     if let Some(path) = save {
         // Checked where the file will be written (rank 0), agreed by all, before any work.
@@ -75,9 +76,8 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
     } else {
         0.0
     };
-    // A training step's oracle runs the backward too: about twice the forward again.
-    let passes = if cfg.train { 3.0 } else { 1.0 };
-    let oracle_flops = passes * flops::job_flops(&RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() }).total() + decode_oracle;
+    // A training step's FLOPs count its backward (the oracle's runs it too).
+    let oracle_flops = flops::job_flops(&RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() }).total() + decode_oracle;
     if oracle_flops > ORACLE_FLOP_LIMIT {
         return Err(ConfigError(format!(
             "verify checks small configs: its FP64 oracle on rank 0 would compute {oracle_flops:.1e} FLOPs (about {:.0} min at ~10 GFLOP/s, the limit is {ORACLE_FLOP_LIMIT:.0e}); reduce --seq-len, --batch, --layers or --d-model",
@@ -91,9 +91,17 @@ pub fn verify<B: Backend + 'static, C: Communicator<B> + 'static>(cfg: &RunConfi
             crate::outln!("{note}");
         }
     }
-    if cfg.train {
-        return super::verify_train::verify_train(cfg, be, comm, save);
-    }
+    Ok(())
+}
+
+/// Run the strategy's forward once (and its decode steps), compare on rank 0, and return the
+/// verdict every rank agrees on.
+pub fn verify_forward<B: Backend + 'static, C: Communicator<B> + 'static>(
+    cfg: &RunConfig,
+    be: &B,
+    comm: &C,
+    save: Option<&Path>,
+) -> Result<bool> {
     let mut strat = strategy::build(cfg, be, comm)?;
     strat.forward(be, comm, true)?;
     for step in 0..cfg.decode_tokens {

@@ -63,12 +63,15 @@ pub fn rank_flops(cfg: &RunConfig, rank: usize) -> Flops {
     let p = crate::strategy::placement(cfg, rank);
     // K/V heads replicated over tp / kv_heads ranks are computed on each of them.
     let layers = p.layers.len() as f64;
+    // A training step: the forward, and a backward of twice its FLOPs (docs/design.md, "Training").
+    let passes = if cfg.train { 3.0 } else { 1.0 };
     Flops {
         linear: shard_linear_per_token_layer(cfg, p.shard.heads.len(), p.shard.kv_heads.len(), p.shard.mlp.len())
             * p.tokens.len() as f64
             * seqs
-            * layers,
-        attention: 4.0 * hd * p.attention_heads.len() as f64 * pairs(&p.attention_tokens, m.seq_len, cfg.causal) * seqs * layers,
+            * layers
+            * passes,
+        attention: 4.0 * hd * p.attention_heads.len() as f64 * pairs(&p.attention_tokens, m.seq_len, cfg.causal) * seqs * layers * passes,
     }
 }
 

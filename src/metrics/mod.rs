@@ -30,6 +30,9 @@ pub struct IterationRecord {
     pub compute_s: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// A training step's phases on this rank, seconds: forward, backward, gradient reduction
+    /// (zeros for a forward pass).
+    pub phases: [f64; 3],
 }
 
 /// One measured iteration's decode steps on one rank (docs/design.md, "Decode").

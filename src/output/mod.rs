@@ -8,6 +8,7 @@ pub mod reduce;
 pub mod status;
 pub mod summary;
 pub mod tables;
+mod train;
 
 use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;

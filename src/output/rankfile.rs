@@ -23,6 +23,8 @@
 //!                             its communication not hidden
 //!   decode_bytes_sent, decode_bytes_received  u64 [iters]  over all N steps
 //!   and the attribute kv_cache_bytes (this rank's K/V cache at its full length)
+//!   with --train (then iter_s is the whole training step):
+//!   train_forward_s, train_backward_s, grad_reduce_s  f64 [iters]  the step's phases
 //! /ring                       the same
 //! ```
 
@@ -163,6 +165,12 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
     for (name, values) in [("bytes_sent", counts(|r| r.bytes_sent)), ("bytes_received", counts(|r| r.bytes_received))] {
         g.new_dataset::<u64>().shape([n]).create(name)?.write_raw(&values)?;
     }
+    if run.config.train {
+        for (k, name) in ["train_forward_s", "train_backward_s", "grad_reduce_s"].into_iter().enumerate() {
+            let values: Vec<f64> = run.iterations.iter().map(|r| r.phases[k]).collect();
+            g.new_dataset::<f64>().shape([n]).create(name)?.write_raw(&values)?;
+        }
+    }
     if run.config.decode_tokens > 0 {
         let (iters, steps) = (run.decode.len(), run.config.decode_tokens);
         let flat = |f: fn(&crate::metrics::DecodeRecord) -> &Vec<f64>| -> Vec<f64> {
@@ -245,6 +253,17 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
     if [comm.len(), hidden.len(), compute.len(), sent.len(), received.len()].iter().any(|&l| l != n) {
         return Err(hdf5::Error::from("per-iteration datasets differ in length"));
     }
+    // A training run's phases (absent from a forward pass's file).
+    let phases: Vec<[f64; 3]> = match config.train {
+        true => {
+            let (f, b, r) = (floats("train_forward_s")?, floats("train_backward_s")?, floats("grad_reduce_s")?);
+            if [f.len(), b.len(), r.len()].iter().any(|&l| l != n) {
+                return Err(hdf5::Error::from("training phase datasets differ in length from iter_s"));
+            }
+            (0..n).map(|i| [f[i], b[i], r[i]]).collect()
+        }
+        false => Vec::new(),
+    };
     let iterations = (0..n)
         .map(|i| IterationRecord {
             total_s: total[i],
@@ -253,6 +272,7 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
             compute_s: compute[i],
             bytes_sent: sent[i],
             bytes_received: received[i],
+            phases: phases.get(i).copied().unwrap_or_default(),
         })
         .collect();
     let decode = read_decode(g, &config)?;

@@ -412,6 +412,7 @@ fn measured(ranks: &[&RankRun], n: usize) -> Result<Measured> {
         efficiency_vs_floor: compute_floor_s.map(|f| f / iter.mean),
         compute_floor_s,
         decode: super::decode::measured(ranks, n),
+        train: super::train::measured(ranks, n),
     })
 }
 
@@ -589,6 +590,7 @@ mod tests {
             status: RunStatus::Complete,
             iterations: vec![
                 IterationRecord {
+                    phases: [0.0; 3],
                     total_s: iter_s,
                     comm_s: 0.0,
                     hidden_s: 0.0,

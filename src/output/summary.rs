@@ -52,6 +52,19 @@ pub struct Measured {
     pub efficiency_vs_floor: Option<f64>,
     /// The decode steps, with --decode-tokens (then `iter` is the prefill: the time to first token).
     pub decode: Option<DecodeMeasured>,
+    /// The phases of a training step, with --train (then `iter` is the whole step).
+    pub train: Option<TrainMeasured>,
+}
+
+/// A training step's phases (`output::train` computes them): per-rank means over the measured
+/// iterations, the max over ranks, seconds; and the gradient all-reduce's bytes as the
+/// strategy states them (a rank's send per step, the most of any rank).
+#[derive(Clone, Debug)]
+pub struct TrainMeasured {
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub grad_reduce_s: f64,
+    pub grad_reduce_bytes: f64,
 }
 
 /// A run's decode steps (`output::decode` computes them), reduced over its ranks and measured iterations.

@@ -53,6 +53,7 @@ fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
         ("micro_batch", cfg.micro_batch.to_string()),
         ("causal", cfg.causal.to_string()),
         ("decode_tokens", cfg.decode_tokens.to_string()),
+        ("train", cfg.train.to_string()),
         ("seed", cfg.seed.to_string()),
         ("warmup", cfg.warmup.to_string()),
         ("iters", cfg.iters.to_string()),
@@ -118,7 +119,21 @@ fn measured_columns(m: &Measured) -> Vec<(String, String)> {
         ("efficiency_vs_floor", opt(m.efficiency_vs_floor, 6)),
     ]));
     row.extend(decode_columns(m));
+    row.extend(train_columns(m));
     row
+}
+
+/// A training step's phases (docs/output.md): the slowest rank's mean of each; blank for a
+/// forward pass (iter_ms is then the forward alone, and with --train the whole step).
+fn train_columns(m: &Measured) -> Vec<(String, String)> {
+    let t = m.train.as_ref();
+    let ms = |v: Option<f64>| opt(v.map(|x| x * 1e3), 6);
+    own(vec![
+        ("train_forward_ms_max", ms(t.map(|t| t.forward_s))),
+        ("train_backward_ms_max", ms(t.map(|t| t.backward_s))),
+        ("grad_reduce_ms_max", ms(t.map(|t| t.grad_reduce_s))),
+        ("grad_reduce_mib_per_step_max", opt(t.map(|t| t.grad_reduce_bytes / MIB), 6)),
+    ])
 }
 
 /// The decode figures (docs/output.md): TTFT is the prefill's time; blank without decode steps.
@@ -168,6 +183,7 @@ pub fn summary_table(summaries: &[StrategySummary]) -> Table {
         compute_floor_s: None,
         efficiency_vs_floor: None,
         decode: None,
+        train: None,
     };
     table(
         summaries
@@ -286,6 +302,7 @@ pub fn column_unit(column: &str) -> Option<&'static str> {
         "decode_tokens" => Some("tokens"),
         c if stat("iter_ms") || c.starts_with("comm_ms") || c.starts_with("hidden_ms") || c.starts_with("compute_ms") => Some("ms"),
         "compute_floor_ms" => Some("ms"),
+        c if c.starts_with("train_") || c.starts_with("grad_reduce_ms") => Some("ms"),
         c if c.contains("_gib") => Some("GiB"),
         c if c.contains("_mib") => Some("MiB"),
         "tflops_per_gpu" => Some("TFLOP/s"),

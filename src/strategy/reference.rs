@@ -111,7 +111,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Reference<B> {
         )
     }
 
-    fn gradients(&self) -> Option<super::spec::Gradients<'_, B>> {
+    fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(|t| t.gradients())
     }
 

@@ -87,9 +87,9 @@ pub(super) fn ring_steps(
 }
 
 /// The backward's ring, per layer and micro-batch: the K/V steps again (as the forward's), and
-/// P messages of FP32 dK|dV (twice a K/V block's bytes): at step s >= 1, the finished
-/// accumulator of the block held at step s - 1 goes on while the one for the block in hand
-/// arrives; a last exchange brings each rank its own block's, complete.
+/// P messages of FP32 dK|dV (twice a K/V block's bytes): after each step's attention, the
+/// accumulator of the block in hand goes on to the rank that holds that block next, while the
+/// one of the block it holds next arrives; the last brings each rank its own block's, complete.
 fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     let (m, p) = (&cfg.model, cfg.split.sp());
     let calls = (m.layers * cfg.micro_batches()) as u64;
@@ -111,18 +111,17 @@ pub(super) fn gradient_steps(
     let (to, from) = ring_peers(pos, p);
     let mut peers = vec![world_rank(to), world_rank(from)];
     peers.dedup();
-    (1..p.max(1))
-        .map(|step| (step, true))
-        .chain((p > 1).then_some((p, false)))
-        .map(|(step, overlapped)| Transfer {
+    (0..if p > 1 { p } else { 0 })
+        .map(|step| Transfer {
             op: Op::RingStep,
             what: "dK/dV accumulator (FP32)",
             peers: peers.clone(),
-            buffer_bytes: grad_bytes(ring_block_owner(pos, step - 1, p)),
-            sent: grad_bytes(ring_block_owner(pos, step - 1, p)),
-            received: grad_bytes(ring_block_owner(pos, step % p, p)),
+            buffer_bytes: grad_bytes(ring_block_owner(pos, step, p)),
+            sent: grad_bytes(ring_block_owner(pos, step, p)),
+            received: grad_bytes(ring_block_owner(pos, (step + 1) % p, p)),
             calls,
-            overlapped,
+            // After the step's attention: nothing left to run under it.
+            overlapped: false,
         })
         .collect()
 }
@@ -293,8 +292,10 @@ pub(super) fn ring_pass<B: Backend, C: Communicator<B>>(
 }
 
 /// The backward of `ring_pass` over the ranks of `ring` (docs/design.md, "Training"): the
-/// K/V blocks travel around the ring again, each with its FP32 dK|dV accumulator one step
-/// behind it, and every rank adds its queries' share to the block in hand; dQ stays local. On
+/// K/V blocks travel around the ring again (under each step's attention, as in the forward),
+/// each followed by its FP32 dK|dV accumulator once the step's attention has added this rank's
+/// queries' share (that transfer is exposed: one exchange at a time keeps every transport's
+/// messages in order); dQ stays local. On
 /// return gws.dq and gws.dkv hold this rank's gradients (BF16). `ws.kv` and `ws.kv_in` carry
 /// the K/V blocks, as in the forward.
 #[allow(clippy::too_many_arguments)]
@@ -336,37 +337,32 @@ pub(super) fn ring_backward<B: Backend, C: Communicator<B>>(
                 dkv_acc,
             )
         };
-        // The finished accumulator of the last step's block goes on while this block's arrives.
-        let mut with_grad = || {
-            if step == 0 {
-                return compute();
-            }
-            grad.arriving.set_rows(rows(owner));
-            ring.exchange(&grad.out, to, &mut grad.arriving, from, &mut compute)
-                .with_context(|| format!("ring backward step {step}: dK/dV to ring position {to}, from {from}"))
-        };
         if step + 1 < p {
             let incoming = ring_block_owner(pos, step + 1, p);
             kv_in.set_rows(rows(incoming));
-            ring.exchange(kv, to, kv_in, from, &mut with_grad)
+            ring.exchange(kv, to, kv_in, from, &mut compute)
                 .with_context(|| format!("ring backward step {step}: K/V to ring position {to}, from {from}"))?;
             std::mem::swap(kv, kv_in);
         } else {
-            with_grad()?;
+            compute()?;
         }
+        // The accumulator of this block: what the ranks before added (arrived after their
+        // step), and this rank's share.
         if step == 0 {
             be.copy_acc(dkv_acc, &mut grad.travel)?;
         } else {
             be.unpack_acc(&grad.arriving, &mut grad.travel)?;
             be.add_acc(&mut grad.travel, dkv_acc)?;
         }
-        be.pack_acc(&grad.travel, &mut grad.out)?;
+        if p > 1 {
+            be.pack_acc(&grad.travel, &mut grad.out)?;
+            grad.arriving.set_rows(rows(ring_block_owner(pos, step + 1, p)));
+            ring.exchange(&grad.out, to, &mut grad.arriving, from, &mut || Ok(()))
+                .with_context(|| format!("ring backward step {step}: dK/dV to ring position {to}, from {from}"))?;
+        }
     }
     if p > 1 {
-        // The last block's accumulator to its owner; this rank's own arrives, complete.
-        grad.arriving.set_rows(rows(pos));
-        ring.exchange(&grad.out, to, &mut grad.arriving, from, &mut || Ok(()))
-            .with_context(|| format!("ring backward: own dK/dV from ring position {from}"))?;
+        // The last exchange brought this rank's own block's accumulator, complete.
         be.unpack_acc(&grad.arriving, &mut grad.travel)?;
     }
     be.attention_store(dq_acc, &mut gws.dq)?;
@@ -411,7 +407,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
         )
     }
 
-    fn gradients(&self) -> Option<super::spec::Gradients<'_, B>> {
+    fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(|(t, _)| t.gradients())
     }
 

@@ -12,7 +12,6 @@ use anyhow::Result;
 use std::ops::Range;
 
 pub use super::traffic::{Op, Transfer};
-use super::train::StepPhases;
 
 /// A strategy set up on one rank: what the harness drives.
 pub trait Strategy<B: Backend, C: Communicator<B>> {
@@ -38,7 +37,7 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
     /// gradients are kept for `gradients`. Its phases' seconds on this rank.
     fn train_step(&mut self, be: &B, comm: &C, keep: bool) -> Result<StepPhases> {
         let _ = (be, comm, keep);
-        anyhow::bail!("{}", super::train::no_training_yet(self.kind()))
+        anyhow::bail!("--train with --strategy {}: its backward is not written yet", self.kind().name())
     }
 
     /// The kept gradients of the last training step with `keep`: dL/dX of the rows of
@@ -50,12 +49,6 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
 
     /// Which strategy this is (for messages).
     fn kind(&self) -> StrategyKind;
-}
-
-/// A rank's kept gradients (`Strategy::gradients`).
-pub struct Gradients<'a, B: Backend> {
-    pub input: Option<&'a B::Act>,
-    pub layers: &'a [crate::model::backward::LayerGrads<B>],
 }
 
 /// What one rank owns of the model (docs/design.md, "Strategies"): the statement that FLOPs, memory,
@@ -106,7 +99,7 @@ pub struct Spec {
     pub decode: fn(&RunConfig, usize) -> super::decode::DecodePlacement,
     /// What it adds for a training step; None where its backward is not written yet (`--train`
     /// refuses it before any work).
-    pub train: Option<super::train::TrainSpec>,
+    pub train: Option<TrainSpec>,
 }
 
 /// What `plan` knows when it asks a strategy for its communication time: the busiest rank, its
@@ -197,4 +190,31 @@ impl SizeFlags {
     pub fn split(inner: usize, world: usize) -> Self {
         SizeFlags { tp: Some(inner), pp: Some(world / inner), ulysses: Some(inner), window: Some(inner), ..Default::default() }
     }
+}
+
+/// What a strategy adds for a training step.
+pub struct TrainSpec {
+    /// The world ranks whose weight gradients rank `rank`'s are summed with, itself included:
+    /// those that hold the same weights (or the same shard) and saw other tokens.
+    pub grad_peers: fn(&RunConfig, usize) -> Vec<usize>,
+    /// Every message of its backward pass (its forward's are `Spec::traffic`), the gradient
+    /// all-reduce apart (`grad_traffic`).
+    pub backward_traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
+    /// Bytes of its own training buffers beyond the `Trainer`'s (the ring's travelling dK|dV).
+    pub extra_bytes: fn(&RunConfig, usize) -> u64,
+}
+
+/// Seconds of each phase of one training step on this rank, by the host's clock after the
+/// device has finished the phase's work.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepPhases {
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub grad_reduce_s: f64,
+}
+
+/// A rank's kept gradients (`Strategy::gradients`).
+pub struct Gradients<'a, B: Backend> {
+    pub input: Option<&'a B::Act>,
+    pub layers: &'a [crate::model::backward::LayerGrads<B>],
 }

@@ -5,8 +5,9 @@
 //! tokens hold too. What a strategy adds is its attention's backward and whom it reduces with
 //! (`TrainSpec`).
 
-use super::spec::{Op, Transfer};
+pub use super::spec::{Gradients, StepPhases, TrainSpec};
 use super::stack::{LayerAttention, Stack};
+use super::traffic::{Op, Transfer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::RunConfig;
@@ -16,36 +17,9 @@ use crate::model::{generate_rows, saved_bytes, Batch, Saved, Shard, Workspace};
 use anyhow::Result;
 use std::time::Instant;
 
-/// The refusal of `--train` for a strategy whose backward is not written yet.
-pub fn no_training_yet(kind: crate::config::StrategyKind) -> String {
-    let ready: Vec<&str> = super::SPECS.iter().filter(|s| s.train.is_some()).map(|s| s.kind.name()).collect();
-    format!("--train with --strategy {}: its backward is not written yet (training runs {} for now)", kind.name(), ready.join(", "))
-}
-
 /// The trainer of a strategy built for a config with `train`.
 pub(crate) fn need<B: Backend>(trainer: &mut Option<Trainer<B>>) -> Result<&mut Trainer<B>> {
     trainer.as_mut().ok_or_else(|| anyhow::anyhow!("a training step of a strategy set up without --train"))
-}
-
-/// What a strategy adds for a training step.
-pub struct TrainSpec {
-    /// The world ranks whose weight gradients rank `rank`'s are summed with, itself included:
-    /// those that hold the same weights (or the same shard) and saw other tokens.
-    pub grad_peers: fn(&RunConfig, usize) -> Vec<usize>,
-    /// Every message of its backward pass (its forward's are `Spec::traffic`), the gradient
-    /// all-reduce apart (`grad_traffic`).
-    pub backward_traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
-    /// Bytes of its own training buffers beyond the `Trainer`'s (the ring's travelling dK|dV).
-    pub extra_bytes: fn(&RunConfig, usize) -> u64,
-}
-
-/// Seconds of each phase of one training step on this rank, by the host's clock after the
-/// device has finished the phase's work.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct StepPhases {
-    pub forward_s: f64,
-    pub backward_s: f64,
-    pub grad_reduce_s: f64,
 }
 
 /// A strategy's attention backward of layer `l` (index within the stack) on a micro-batch.
@@ -135,10 +109,11 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// The kept gradients (`Strategy::gradients`).
-    pub fn gradients(&self) -> super::spec::Gradients<'_, B> {
-        super::spec::Gradients { input: self.input_grad.as_ref(), layers: &self.grads }
+    pub fn gradients(&self) -> Gradients<'_, B> {
+        Gradients { input: self.input_grad.as_ref(), layers: &self.grads }
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// One training step of a strategy without a pipeline: per micro-batch the forward
     /// (`attention`), the backward (`backward`); then every weight gradient through `reduce`
     /// (the all-reduce over the gradient peers). With `keep`, the input gradients are kept.

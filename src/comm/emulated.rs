@@ -209,6 +209,11 @@ impl<B: Backend> Communicator<B> for Emulated<'_, B> {
         anyhow::bail!("an emulated rank has no FP32 gradient all-reduce: --emulate does not take --train")
     }
 
+    /// As `all_reduce_acc`: not reached (`--emulate` does not take --train).
+    fn reduce_scatter_acc(&self, _: &B::Acc, _: &mut B::Acc) -> Result<()> {
+        anyhow::bail!("an emulated rank has no FP32 reduce-scatter: --emulate does not take --train")
+    }
+
     /// A ring all-reduce moves about the buffer out and the buffer in per rank: one copy out to the
     /// scratch buffer and one back.
     fn all_reduce_sum(&self, x: &mut B::Act) -> Result<()> {

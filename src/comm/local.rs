@@ -150,6 +150,16 @@ impl Communicator<CpuBackend> for LocalComm {
         Ok(())
     }
 
+    fn reduce_scatter_acc(&self, send: &HostMat<f32>, recv: &mut HostMat<f32>) -> Result<()> {
+        super::check_all_gather(recv.len(), send.len(), self.members.len())?;
+        let parts = self.gather_all(send.as_slice().to_vec())?;
+        let at = self.rank * recv.len();
+        for (i, v) in recv.as_mut_slice().iter_mut().enumerate() {
+            *v = parts.iter().map(|p| p[at + i]).sum();
+        }
+        Ok(())
+    }
+
     fn send(&self, x: &HostMat<bf16>, to: usize) -> Result<()> {
         self.post(to, x.as_slice().to_vec())
     }

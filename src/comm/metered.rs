@@ -138,6 +138,12 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
         self.timed(wire, wire, || self.inner.all_reduce_acc(x))
     }
 
+    /// As a ring moves it: every block but the rank's own leaves it, as many arrive.
+    fn reduce_scatter_acc(&self, send: &B::Acc, recv: &mut B::Acc) -> Result<()> {
+        let wire = (self.inner.size() as u64 - 1) * (recv.len() * std::mem::size_of::<f32>()) as u64;
+        self.timed(wire, wire, || self.inner.reduce_scatter_acc(send, recv))
+    }
+
     fn send(&self, x: &B::Act, to: usize) -> Result<()> {
         self.timed(bytes(x), 0, || self.inner.send(x, to))
     }

@@ -96,6 +96,10 @@ pub trait Communicator<B: Backend>: HostCollectives {
     /// x = sum of x over all ranks, in place, in FP32 (a training step's weight gradients).
     fn all_reduce_acc(&self, x: &mut B::Acc) -> Result<()>;
 
+    /// `send` holds size() blocks of equal rows; block i of their sum over all ranks lands in
+    /// `recv` (its rows) on rank i, in FP32 (a training step's gradients of gathered K/V).
+    fn reduce_scatter_acc(&self, send: &B::Acc, recv: &mut B::Acc) -> Result<()>;
+
     /// Send x's rows to rank `to`.
     fn send(&self, x: &B::Act, to: usize) -> Result<()>;
 

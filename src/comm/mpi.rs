@@ -74,6 +74,14 @@ impl MpiComm {
         }
     }
 
+    /// FP32 sums of equal blocks, block i to rank i, by MPI's own operation.
+    fn reduce_scatter_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        super::check_all_gather(recv.len(), send.len(), self.size())?;
+        ensure!(i32::try_from(recv.len()).is_ok(), "reduce-scatter of {} values per rank exceeds MPI's 32-bit count", recv.len());
+        self.comm.reduce_scatter_block_into(send, recv, SystemOperation::sum());
+        Ok(())
+    }
+
     fn send_bits(&self, x: &[u16], to: usize) -> Result<()> {
         self.peer(to)?.send(x);
         Ok(())
@@ -142,6 +150,10 @@ impl Communicator<CpuBackend> for MpiComm {
         Ok(())
     }
 
+    fn reduce_scatter_acc(&self, send: &HostMat<f32>, recv: &mut HostMat<f32>) -> Result<()> {
+        self.reduce_scatter_f32(send.as_slice(), recv.as_mut_slice())
+    }
+
     fn send(&self, x: &HostMat<bf16>, to: usize) -> Result<()> {
         self.send_bits(bits(x.as_slice()), to)
     }
@@ -186,6 +198,12 @@ impl Communicator<CudaBackend> for MpiComm {
         let mut host = x.to_host_f32()?;
         self.all_reduce_f32(&mut host);
         x.from_host_f32(&host)
+    }
+
+    fn reduce_scatter_acc(&self, send: &DevMat<f32>, recv: &mut DevMat<f32>) -> Result<()> {
+        let mut host = vec![0f32; recv.len()];
+        self.reduce_scatter_f32(&send.to_host_f32()?, &mut host)?;
+        recv.from_host_f32(&host)
     }
 
     fn send(&self, x: &DevMat<u16>, to: usize) -> Result<()> {

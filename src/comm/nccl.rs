@@ -181,6 +181,17 @@ impl Communicator<CudaBackend> for NcclComm {
         self.blocking(|c| c.all_reduce_in_place(&mut view, &ReduceOp::Sum).map(|_| ()).map_err(nccl_err("all-reduce (FP32)")))
     }
 
+    /// FP32, block i of the sum to rank i.
+    fn reduce_scatter_acc(&self, send: &DevMat<f32>, recv: &mut DevMat<f32>) -> Result<()> {
+        super::check_all_gather(recv.len(), send.len(), self.size())?;
+        if recv.is_empty() {
+            return Ok(());
+        }
+        let send = send.f32_view();
+        let mut view = recv.f32_view_mut();
+        self.blocking(|c| c.reduce_scatter(&send, &mut view, &ReduceOp::Sum).map(|_| ()).map_err(nccl_err("reduce-scatter (FP32)")))
+    }
+
     fn send(&self, x: &DevMat<u16>, to: usize) -> Result<()> {
         self.blocking(|c| c.send(&x.bf16_view(), to as i32).map_err(nccl_err("send")))
     }

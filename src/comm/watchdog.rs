@@ -232,6 +232,11 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
         self.dog.guard("all_reduce (FP32)", None, n, || self.inner.all_reduce_acc(x))
     }
 
+    fn reduce_scatter_acc(&self, send: &B::Acc, recv: &mut B::Acc) -> Result<()> {
+        let n = (send.len() * std::mem::size_of::<f32>()) as u64;
+        self.dog.guard("reduce_scatter (FP32)", None, n, || self.inner.reduce_scatter_acc(send, recv))
+    }
+
     fn send(&self, x: &B::Act, to: usize) -> Result<()> {
         self.dog.guard("send", Some(self.job_rank(to)), bytes(x), || self.inner.send(x, to))
     }

@@ -4,7 +4,7 @@
 //! which may talk to other ranks) and the reduction of partial products over its tensor-parallel
 //! group (here of the input gradients of the column-parallel GEMMs).
 
-use super::{unit_stride, Batch, LayerWeights, Saved, Shard, Workspace};
+use super::{unit_stride, Batch, Blocks, LayerWeights, Saved, Shard, Workspace};
 use crate::backend::{Backend, Heads, Matrix, Span};
 use crate::config::{MlpAct, ModelConfig};
 use crate::topology::LocalTokens;
@@ -202,6 +202,28 @@ pub fn attend_backward<B: Backend>(
                 continue;
             }
             be.attention_backward(q, kv, heads, qs, ks, causal, d_o, lse, delta, dq, dkv)?;
+        }
+    }
+    Ok(())
+}
+
+/// The backward of `attend_blocks` (same parts, same skipping): every query part of `q` against
+/// every key part of `kv`, into dq (rows of q) and dkv (rows of kv).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_blocks_backward<B: Backend>(
+    be: &B,
+    (q, q_blocks): (&B::Act, &Blocks),
+    (kv, kv_blocks): (&B::Act, &Blocks),
+    heads: Heads,
+    causal: bool,
+    grads: (&B::Act, &B::Acc, &B::Acc),
+    dq: &mut B::Acc,
+    dkv: &mut B::Acc,
+) -> Result<()> {
+    for (q_row0, q_tokens) in &q_blocks.parts {
+        let batch = Batch { first_seq: 0, seqs: q_blocks.seqs, tokens: q_tokens };
+        for (kv_row0, kv_tokens) in &kv_blocks.parts {
+            attend_backward(be, (q, *q_row0), (kv, *kv_row0), heads, &batch, kv_tokens, causal, grads, dq, dkv)?;
         }
     }
     Ok(())

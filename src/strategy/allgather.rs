@@ -10,10 +10,12 @@
 use super::decode::{self, combine::Route, Decoder};
 use super::spec::{CommProjection, Op, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
+use super::train::{StepPhases, TrainSpec, Trainer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{RunConfig, StrategyKind};
-use crate::model::{attend_blocks, Batch, Blocks, Workspace};
+use crate::model::backward::{attend_blocks_backward, begin_attention_backward, GradWorkspace};
+use crate::model::{attend_blocks, Batch, Blocks, Saved, Workspace};
 use crate::topology::LocalTokens;
 use anyhow::{Context, Result};
 
@@ -34,7 +36,12 @@ pub const SPEC: Spec = Spec {
         let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
         super::decode::sequence_parallel(cfg, rank, Route::Gather, prompt)
     },
-    train: None,
+    train: Some(TrainSpec {
+        grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
+        backward_traffic,
+        dkv_rows: |cfg, _| cfg.split.sp() * cfg.micro_batch * super::shared::longest_tokens(cfg),
+        extra_bytes: |cfg, _| (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * cfg.model.kv_dim() * 4) as u64,
+    }),
 };
 
 /// The local K/V padded to the longest block (what the all-gather sends), and the whole
@@ -64,6 +71,27 @@ fn traffic(cfg: &RunConfig, _rank: usize) -> Vec<Transfer> {
     }]
 }
 
+/// The backward, per layer and micro-batch: the K/V all-gather again (the gathered sequence is
+/// not kept between the passes: that is what bounds its memory), and one FP32 reduce-scatter of
+/// the gathered K/V's gradients, each rank its own block's sum: P - 1 FP32 blocks out and in.
+fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    let m = &cfg.model;
+    let block = (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * m.kv_dim() * 4) as u64;
+    let wire = (cfg.split.sp() as u64 - 1) * block;
+    let mut out = traffic(cfg, rank);
+    out.push(Transfer {
+        op: Op::ReduceScatter,
+        what: "dK/dV of every rank (FP32)",
+        peers: (0..cfg.split.sp()).collect(),
+        buffer_bytes: block,
+        sent: wire,
+        received: wire,
+        calls: (m.layers * cfg.micro_batches()) as u64,
+        overlapped: false,
+    });
+    out
+}
+
 /// The all-gather is exposed, on InfiniBand as soon as the group spans two nodes.
 fn project(_: &RunConfig, x: &ProjectionInput) -> CommProjection {
     super::shared::project_collective(x, Op::AllGather, "one K/V all-gather")
@@ -75,15 +103,26 @@ pub struct Allgather<B: Backend> {
     layout: Vec<LocalTokens>,
     stack: Stack<B>,
     decoder: Option<Decoder<B>>,
+    /// With --train: the trainer, and this rank's block of the reduce-scattered dK|dV.
+    trainer: Option<(Trainer<B>, B::Acc)>,
 }
 
 impl<B: Backend> Allgather<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
+        let stack = Stack::of(&SPEC, cfg, be, rank)?;
+        let trainer = if cfg.train {
+            let block = cfg.micro_batch * super::shared::longest_tokens(cfg);
+            let shard = crate::model::Shard::whole(&cfg.model);
+            Some((Trainer::new(be, cfg, &stack, &shard, &SPEC, rank)?, be.alloc_acc(block, 2 * cfg.model.kv_dim())?))
+        } else {
+            None
+        };
         Ok(Allgather {
             cfg: cfg.clone(),
             layout: super::shared::sequence_layout(cfg),
-            stack: Stack::of(&SPEC, cfg, be, rank)?,
+            stack,
             decoder: decode::decoder_for(cfg, be, SPEC.decode, rank)?,
+            trainer,
         })
     }
 }
@@ -109,6 +148,39 @@ fn gathered_attention<B: Backend, C: Communicator<B>>(
     be.attention_store(&ws.o, &mut ws.attn)
 }
 
+/// The backward of `gathered_attention`: the K/V gathered again, this rank's queries' share of
+/// every rank's dK|dV, then the reduce-scatter that brings each rank the sum for its own block
+/// (`own`); dQ stays local. Fills gws.dq and gws.dkv.
+#[allow(clippy::too_many_arguments)]
+fn gathered_backward<B: Backend, C: Communicator<B>>(
+    be: &B,
+    comm: &C,
+    ws: &mut Workspace<B>,
+    gws: &mut GradWorkspace<B>,
+    own: &mut B::Acc,
+    saved: &Saved<B>,
+    batch: &Batch,
+    layout: &[LocalTokens],
+    causal: bool,
+) -> Result<()> {
+    begin_attention_backward(be, gws, saved, ws.heads)?;
+    let block = batch.seqs * layout.iter().map(LocalTokens::len).max().unwrap_or(0);
+    ws.kv.set_rows(block);
+    be.copy_rows(&saved.kv, 0, &mut ws.kv, 0, saved.kv.rows())?;
+    ws.kv_in.set_rows(layout.len() * block);
+    comm.all_gather(&ws.kv, &mut ws.kv_in).with_context(|| format!("backward all-gather of K/V ({block} rows per rank)"))?;
+    gws.dkv_acc.set_rows(layout.len() * block);
+    be.zero_acc(&mut gws.dkv_acc)?;
+    let (q, kv) = (Blocks::one(batch.seqs, batch.tokens), Blocks::padded(batch.seqs, layout, block));
+    let grads = (&gws.dattn, &saved.lse, &gws.delta);
+    attend_blocks_backward(be, (&saved.q, &q), (&ws.kv_in, &kv), ws.heads, causal, grads, &mut gws.dq_acc, &mut gws.dkv_acc)?;
+    own.set_rows(block);
+    comm.reduce_scatter_acc(&gws.dkv_acc, own).with_context(|| format!("reduce-scatter of dK/dV ({block} rows per rank)"))?;
+    own.set_rows(batch.rows());
+    be.attention_store(&gws.dq_acc, &mut gws.dq)?;
+    be.attention_store(own, &mut gws.dkv)
+}
+
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
         let (cfg, layout, dec) = (&self.cfg, &self.layout, &mut self.decoder);
@@ -130,6 +202,24 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn train_step(&mut self, be: &B, comm: &C, keep: bool) -> Result<StepPhases> {
+        let (cfg, layout) = (&self.cfg, &self.layout);
+        let (trainer, own) = self.trainer.as_mut().ok_or_else(|| anyhow::anyhow!("allgather set up without --train"))?;
+        trainer.step(
+            &mut self.stack,
+            be,
+            cfg,
+            keep,
+            &mut |ws, batch, _| gathered_attention(be, comm, ws, batch, layout, cfg.causal),
+            &mut |ws, gws, saved, batch, _| gathered_backward(be, comm, ws, gws, own, saved, batch, layout, cfg.causal),
+            Some(comm),
+        )
+    }
+
+    fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
+        self.trainer.as_ref().map(|(t, _)| t.gradients())
     }
 
     fn kind(&self) -> StrategyKind {

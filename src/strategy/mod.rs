@@ -176,7 +176,8 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
         (Some(t), true) => {
             let place_rows = cfg.micro_batch * place.tokens.len();
             let acc = (buf.acc_rows, buf.acc_heads);
-            train::train_bytes(cfg, &place.shard, place.layers.len(), place_rows, acc, buf.kv_rows, keep) + (t.extra_bytes)(cfg, rank)
+            train::train_bytes(cfg, &place.shard, place.layers.len(), place_rows, acc, (t.dkv_rows)(cfg, rank), keep)
+                + (t.extra_bytes)(cfg, rank)
         }
         _ => 0,
     };

@@ -26,7 +26,12 @@ pub const SPEC: Spec = Spec {
     splits: super::shared::no_splits,
     project,
     decode: |cfg, _| super::decode::whole(cfg),
-    train: Some(TrainSpec { grad_peers: |_, rank| vec![rank], backward_traffic: |_, _| Vec::new(), extra_bytes: |_, _| 0 }),
+    train: Some(TrainSpec {
+        grad_peers: |_, rank| vec![rank],
+        backward_traffic: |_, _| Vec::new(),
+        dkv_rows: |cfg, _| cfg.micro_batch * cfg.model.seq_len,
+        extra_bytes: |_, _| 0,
+    }),
 };
 
 fn check(_: &RunConfig, world: usize) -> Result<(), ConfigError> {
@@ -68,8 +73,7 @@ pub struct Reference<B: Backend> {
 impl<B: Backend> Reference<B> {
     pub fn new(cfg: &RunConfig, be: &B) -> Result<Self> {
         let stack = Stack::of(&SPEC, cfg, be, 0)?;
-        let rows = cfg.micro_batch * cfg.model.seq_len;
-        let trainer = if cfg.train { Some(Trainer::new(be, cfg, &stack, &Shard::whole(&cfg.model), rows)?) } else { None };
+        let trainer = if cfg.train { Some(Trainer::new(be, cfg, &stack, &Shard::whole(&cfg.model), &SPEC, 0)?) } else { None };
         Ok(Reference { cfg: cfg.clone(), stack, decoder: decode::decoder_for(cfg, be, SPEC.decode, 0)?, trainer })
     }
 }

@@ -38,6 +38,7 @@ pub const SPEC: Spec = Spec {
     train: Some(TrainSpec {
         grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
         backward_traffic,
+        dkv_rows: |cfg, _| cfg.micro_batch * super::shared::longest_tokens(cfg),
         extra_bytes: |cfg, _| grad_ring_bytes((cfg.micro_batch * super::shared::longest_tokens(cfg)) as u64, 2 * cfg.model.kv_dim() as u64),
     }),
 };
@@ -216,7 +217,7 @@ impl<B: Backend> Ring<B> {
         let trainer = if cfg.train {
             let rows = cfg.micro_batch * super::shared::longest_tokens(cfg);
             let shard = crate::model::Shard::whole(&cfg.model);
-            Some((Trainer::new(be, cfg, &stack, &shard, rows)?, GradRing::new(be, rows, 2 * cfg.model.kv_dim())?))
+            Some((Trainer::new(be, cfg, &stack, &shard, &SPEC, rank)?, GradRing::new(be, rows, 2 * cfg.model.kv_dim())?))
         } else {
             None
         };

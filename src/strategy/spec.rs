@@ -128,7 +128,7 @@ impl ProjectionInput<'_> {
         let n = t.peers.iter().filter(|&&p| p != self.rank).count() as f64 + 1.0;
         let steps = match t.op {
             Op::AllReduce => 2.0 * (n - 1.0),
-            Op::AllGather | Op::AllToAll => n - 1.0,
+            Op::AllGather | Op::AllToAll | Op::ReduceScatter => n - 1.0,
             Op::RingStep | Op::PipelineSend | Op::PipelineRecv => 1.0,
         };
         self.call_latency_s + steps * if crosses { self.ib_hop_latency_s } else { self.nvlink_hop_latency_s }
@@ -200,6 +200,9 @@ pub struct TrainSpec {
     /// Every message of its backward pass (its forward's are `Spec::traffic`), the gradient
     /// all-reduce apart (`grad_traffic`).
     pub backward_traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
+    /// Rows of the FP32 dK|dV accumulator its attention backward fills (its own rows, the
+    /// longest ring block, the whole gathered sequence).
+    pub dkv_rows: fn(&RunConfig, usize) -> usize,
     /// Bytes of its own training buffers beyond the `Trainer`'s (the ring's travelling dK|dV).
     pub extra_bytes: fn(&RunConfig, usize) -> u64,
 }

@@ -8,6 +8,7 @@ pub enum Op {
     AllReduce,
     AllGather,
     AllToAll,
+    ReduceScatter,
     PipelineSend,
     PipelineRecv,
 }
@@ -19,6 +20,7 @@ impl Op {
             Op::AllReduce => "all-reduce",
             Op::AllGather => "all-gather",
             Op::AllToAll => "all-to-all",
+            Op::ReduceScatter => "reduce-scatter",
             Op::PipelineSend => "pipeline send",
             Op::PipelineRecv => "pipeline receive",
         }

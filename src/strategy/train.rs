@@ -97,9 +97,10 @@ pub struct Trainer<B: Backend> {
 }
 
 impl<B: Backend> Trainer<B> {
-    /// For `stack`, its attention backward accumulating dK|dV over `dkv_rows` rows.
-    pub(crate) fn new(be: &B, cfg: &RunConfig, stack: &Stack<B>, shard: &Shard, dkv_rows: usize) -> Result<Self> {
+    /// For `stack` of rank `rank` of the strategy `spec` states (its dK|dV accumulator's rows).
+    pub(crate) fn new(be: &B, cfg: &RunConfig, stack: &Stack<B>, shard: &Shard, spec: &super::spec::Spec, rank: usize) -> Result<Self> {
         let rows = cfg.micro_batch * stack.tokens.len();
+        let dkv_rows = spec.train.as_ref().map_or(rows, |t| (t.dkv_rows)(cfg, rank));
         Ok(Trainer {
             saved: (0..stack.layers.len()).map(|_| Saved::new(be, &stack.ws, rows)).collect::<Result<_>>()?,
             grads: stack.layers.iter().map(|w| LayerGrads::new(be, w)).collect::<Result<_>>()?,

@@ -17,6 +17,11 @@ impl DevMat<f32> {
         self.stream.clone_dtoh(&self.data.slice(..self.rows * self.cols)).map_err(|e| anyhow::anyhow!("device to host: {e:?}"))
     }
 
+    /// The rows in use, read-only (NCCL's send buffer).
+    pub(crate) fn f32_view(&self) -> cudarc::driver::CudaView<'_, f32> {
+        self.data.slice(..self.rows * self.cols)
+    }
+
     /// The rows in use (NCCL reduces them as FP32).
     pub(crate) fn f32_view_mut(&mut self) -> cudarc::driver::CudaViewMut<'_, f32> {
         let n = self.rows * self.cols;

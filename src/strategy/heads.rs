@@ -69,9 +69,20 @@ impl HeadGroup {
     /// The three all-to-alls of a layer and micro-batch (Q and K|V out, the output back), each
     /// sending and receiving (n - 1) / n of its buffer; `peers` are the group's world ranks.
     pub fn traffic(&self, micro_batch: usize, calls: u64, peers: Vec<usize>) -> Vec<Transfer> {
+        let (w, kvw) = self.widths();
+        self.transfers(micro_batch, calls, peers, [("Q to heads", w), ("K/V to heads", 2 * kvw), ("output to tokens", w)])
+    }
+
+    /// The three all-to-alls of a layer's backward (issue 30): the output's gradient to heads,
+    /// then dQ and dK|dV back to tokens, as large as the forward's.
+    pub fn backward_traffic(&self, micro_batch: usize, calls: u64, peers: Vec<usize>) -> Vec<Transfer> {
+        let (w, kvw) = self.widths();
+        self.transfers(micro_batch, calls, peers, [("dO to heads", w), ("dQ to tokens", w), ("dK/dV to tokens", 2 * kvw)])
+    }
+
+    fn transfers(&self, micro_batch: usize, calls: u64, peers: Vec<usize>, what: [(&'static str, usize); 3]) -> Vec<Transfer> {
         let n = self.size() as u64;
         let (_, all) = self.rows(micro_batch);
-        let (w, kvw) = self.widths();
         let transfer = |what, cols: usize| {
             let buffer = (all * cols * 2) as u64;
             let wire = (n - 1) * buffer / n;
@@ -86,7 +97,7 @@ impl HeadGroup {
                 overlapped: false,
             }
         };
-        vec![transfer("Q to heads", w), transfer("K/V to heads", 2 * kvw), transfer("output to tokens", w)]
+        what.into_iter().map(|(w, cols)| transfer(w, cols)).collect()
     }
 
     /// Q and K|V from [this rank's tokens, all heads] in ws into [every member's tokens, this
@@ -138,6 +149,77 @@ impl HeadGroup {
         for (j, (q, _)) in self.heads.iter().enumerate() {
             let copy = BlockCopy { src_row0: j * block, src_col0: 0, dst_row0: 0, dst_col0: q.start * hd, rows, cols: q.len() * hd };
             be.copy_block(&ex.q_pack, &mut ws.attn, copy)?;
+        }
+        Ok(())
+    }
+}
+
+impl HeadGroup {
+    /// The backward of `to_tokens`: dO ([this rank's tokens, all heads], `d_attn`) into
+    /// [every member's tokens, this rank's heads] in ex.q_all.
+    pub fn grad_to_heads<B: Backend, C: Communicator<B>>(
+        &self,
+        be: &B,
+        comm: &C,
+        d_attn: &B::Act,
+        ex: &mut Exchange<B>,
+        seqs: usize,
+    ) -> Result<()> {
+        let (hd, rows) = (self.head_dim, d_attn.rows());
+        let (block, all) = self.rows(seqs);
+        ex.q_pack.set_rows(all);
+        ex.q_all.set_rows(all);
+        for (j, (q, _)) in self.heads.iter().enumerate() {
+            let copy = BlockCopy { src_row0: 0, src_col0: q.start * hd, dst_row0: j * block, dst_col0: 0, rows, cols: q.len() * hd };
+            be.copy_block(d_attn, &mut ex.q_pack, copy)?;
+        }
+        comm.all_to_all(&ex.q_pack, &mut ex.q_all).context("ulysses backward all-to-all of dO")
+    }
+
+    /// The backward of `to_heads`: dQ (ex.q_all) and dK|dV (ex.kv_all) of this rank's heads
+    /// over every member's tokens, back to [this rank's tokens, all heads] in `dq` and `dkv`.
+    /// Members that share a replicated K/V head each hold a part of its gradient: the parts are
+    /// summed (`zero` is an FP32 buffer at least as wide as dkv's rows, used to clear).
+    #[allow(clippy::too_many_arguments)]
+    pub fn grads_to_tokens<B: Backend, C: Communicator<B>>(
+        &self,
+        be: &B,
+        comm: &C,
+        ex: &mut Exchange<B>,
+        (dq, dkv, spare): (&mut B::Act, &mut B::Act, &mut B::Act),
+        zero: &mut B::Acc,
+        rows: usize,
+        seqs: usize,
+    ) -> Result<()> {
+        let hd = self.head_dim;
+        let (block, _) = self.rows(seqs);
+        comm.all_to_all(&ex.q_all, &mut ex.q_pack).context("ulysses backward all-to-all of dQ")?;
+        comm.all_to_all(&ex.kv_all, &mut ex.kv_pack).context("ulysses backward all-to-all of dK/dV")?;
+        dq.set_rows(rows);
+        let kv_width = dkv.cols() / 2;
+        let mut clear = |be: &B, x: &mut B::Act| -> Result<()> {
+            zero.set_rows(rows);
+            be.zero_acc(zero)?;
+            be.attention_store(zero, x)
+        };
+        clear(be, dkv)?;
+        let mut seen: Vec<Range<usize>> = Vec::new();
+        for (j, (q, kv)) in self.heads.iter().enumerate() {
+            let copy = |src_col0, dst_col0, cols| BlockCopy { src_row0: j * block, src_col0, dst_row0: 0, dst_col0, rows, cols };
+            be.copy_block(&ex.q_pack, dq, copy(0, q.start * hd, q.len() * hd))?;
+            let (k0, kvw) = (kv.start * hd, kv.len() * hd);
+            let replica = seen.contains(kv);
+            let target: &mut B::Act = if replica { &mut *spare } else { &mut *dkv };
+            if replica {
+                target.set_rows(rows);
+                clear(be, target)?;
+            }
+            be.copy_block(&ex.kv_pack, target, copy(0, k0, kvw))?;
+            be.copy_block(&ex.kv_pack, target, copy(kvw, kv_width + k0, kvw))?;
+            if replica {
+                be.add(dkv, spare)?;
+            }
+            seen.push(kv.clone());
         }
         Ok(())
     }

@@ -12,10 +12,12 @@ use super::decode::{self, owned_rows, padded, CacheShape, DecodePlacement, Decod
 use super::heads::{Exchange, HeadGroup};
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
+use super::train::{StepPhases, TrainSpec, Trainer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{ConfigError, Layout, RunConfig, StrategyKind};
-use crate::model::{attend_blocks, Batch, Shard, Workspace};
+use crate::model::backward::{attend_blocks_backward, GradWorkspace};
+use crate::model::{attend_blocks, Batch, Saved, Shard, Workspace};
 use crate::topology::{chunk_count, even_slice, ring_tokens, LocalTokens};
 use anyhow::Result;
 
@@ -33,7 +35,17 @@ pub const SPEC: Spec = Spec {
     splits: super::shared::no_splits,
     project,
     decode,
-    train: None,
+    train: Some(TrainSpec {
+        grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
+        backward_traffic: |cfg, rank| {
+            let calls = (cfg.model.layers * cfg.micro_batches()) as u64;
+            group(cfg, rank).backward_traffic(cfg.micro_batch, calls, (0..cfg.split.sp()).collect())
+        },
+        dkv_rows: |cfg, rank| cfg.micro_batch * tokens(cfg, rank).len(),
+        extra_bytes: |cfg, rank| {
+            HeadTrainer::<crate::backend::cpu::CpuBackend>::bytes(&group(cfg, rank), cfg.micro_batch, cfg.model.layers)
+        },
+    }),
 };
 
 fn tokens(cfg: &RunConfig, rank: usize) -> LocalTokens {
@@ -142,13 +154,21 @@ pub struct Ulysses<B: Backend> {
     stack: Stack<B>,
     ex: Exchange<B>,
     decoder: Option<Decoder<B>>,
+    trainer: Option<(Trainer<B>, HeadTrainer<B>)>,
 }
 
 impl<B: Backend> Ulysses<B> {
     pub fn new(cfg: &RunConfig, be: &B, rank: usize) -> Result<Self> {
         let stack = Stack::of(&SPEC, cfg, be, rank)?;
         let ex = Exchange::alloc(be, &buffers(cfg, rank).extra)?;
-        Ok(Ulysses { cfg: cfg.clone(), group: group(cfg, rank), stack, ex, decoder: decode::decoder_for(cfg, be, SPEC.decode, rank)? })
+        let g = group(cfg, rank);
+        let trainer = if cfg.train {
+            let t = Trainer::new(be, cfg, &stack, &Shard::whole(&cfg.model), &SPEC, rank)?;
+            Some((t, HeadTrainer::new(be, &g, cfg.micro_batch, cfg.model.layers)?))
+        } else {
+            None
+        };
+        Ok(Ulysses { cfg: cfg.clone(), group: g, stack, ex, decoder: decode::decoder_for(cfg, be, SPEC.decode, rank)?, trainer })
     }
 }
 
@@ -177,6 +197,73 @@ fn ulysses_attention<B: Backend, C: Communicator<B>>(
     g.to_tokens(be, comm, ws, ex, batch.seqs)
 }
 
+/// A Ulysses group's training state: per layer, the head-layout Q, K|V and output the backward
+/// reads (kept from the forward: the backward reverses the all-to-alls instead of repeating
+/// them), and the FP32 gradients of its heads over every token.
+pub(super) struct HeadTrainer<B: Backend> {
+    kept: Vec<[B::Act; 3]>,
+    dq: B::Acc,
+    dkv: B::Acc,
+    delta: B::Acc,
+}
+
+impl<B: Backend> HeadTrainer<B> {
+    pub fn new(be: &B, g: &HeadGroup, micro_batch: usize, layers: usize) -> Result<Self> {
+        let (_, all) = g.rows(micro_batch);
+        let ((w, kvw), heads) = (g.widths(), g.attention_heads().heads);
+        let kept =
+            (0..layers).map(|_| Ok([be.alloc_act(all, w)?, be.alloc_act(all, 2 * kvw)?, be.alloc_act(all, w)?])).collect::<Result<_>>()?;
+        Ok(HeadTrainer { kept, dq: be.alloc_acc(all, w)?, dkv: be.alloc_acc(all, 2 * kvw)?, delta: be.alloc_acc(all, heads)? })
+    }
+
+    /// Bytes of one (`new`'s buffers).
+    pub fn bytes(g: &HeadGroup, micro_batch: usize, layers: usize) -> u64 {
+        let (_, all) = g.rows(micro_batch);
+        let ((w, kvw), heads) = (g.widths(), g.attention_heads().heads);
+        (2 * layers * all * (2 * w + 2 * kvw) + 4 * all * (w + 2 * kvw + heads)) as u64
+    }
+
+    /// Keep layer `l`'s head-layout Q, K|V and output (after `ulysses_attention`).
+    pub fn keep(&mut self, be: &B, ex: &Exchange<B>, l: usize) -> Result<()> {
+        for (src, dst) in [&ex.q_all, &ex.kv_all, &ex.attn_all].into_iter().zip(self.kept[l].iter_mut()) {
+            dst.set_rows(src.rows());
+            be.copy_rows(src, 0, dst, 0, src.rows())?;
+        }
+        Ok(())
+    }
+
+    /// The backward of `ulysses_attention` for layer `l`: dO to heads, attention's backward of
+    /// this rank's heads over every token, dQ and dK|dV back to tokens (gws.dq, gws.dkv).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<C: Communicator<B>>(
+        &mut self,
+        be: &B,
+        comm: &C,
+        g: &HeadGroup,
+        ex: &mut Exchange<B>,
+        (ws, gws, saved): (&mut Workspace<B>, &mut GradWorkspace<B>, &Saved<B>),
+        batch: &Batch,
+        l: usize,
+        causal: bool,
+    ) -> Result<()> {
+        let [q, kv, o] = &self.kept[l];
+        g.grad_to_heads(be, comm, &gws.dattn, ex, batch.seqs)?;
+        let heads = g.attention_heads();
+        be.attention_backward_delta(o, &ex.q_all, heads.heads, &mut self.delta)?;
+        let blocks = g.blocks(batch.seqs);
+        for acc in [&mut self.dq, &mut self.dkv] {
+            acc.set_rows(blocks.rows);
+            be.zero_acc(acc)?;
+        }
+        let grads = (&ex.q_all, &saved.lse, &self.delta);
+        attend_blocks_backward(be, (q, &blocks), (kv, &blocks), heads, causal, grads, &mut self.dq, &mut self.dkv)?;
+        be.attention_store(&self.dq, &mut ex.q_all)?;
+        be.attention_store(&self.dkv, &mut ex.kv_all)?;
+        let rows = batch.rows();
+        g.grads_to_tokens(be, comm, ex, (&mut gws.dq, &mut gws.dkv, &mut ws.kv), &mut gws.dkv_acc, rows, batch.seqs)
+    }
+}
+
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
     fn forward(&mut self, be: &B, comm: &C, keep: bool) -> Result<()> {
         let (causal, g, ex, dec) = (self.cfg.causal, &self.group, &mut self.ex, &mut self.decoder);
@@ -197,6 +284,33 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    fn train_step(&mut self, be: &B, comm: &C, keep: bool) -> Result<StepPhases> {
+        let (causal, g, ex) = (self.cfg.causal, &self.group, &mut self.ex);
+        let (trainer, heads) = self.trainer.as_mut().ok_or_else(|| anyhow::anyhow!("ulysses set up without --train"))?;
+        // The forward and the backward take turns with the exchange buffers.
+        let ex = std::cell::RefCell::new(ex);
+        let heads = std::cell::RefCell::new(heads);
+        trainer.step(
+            &mut self.stack,
+            be,
+            &self.cfg,
+            keep,
+            &mut |ws, batch, l| {
+                let mut ex = ex.borrow_mut();
+                ulysses_attention(be, comm, g, ws, &mut ex, batch, causal, None)?;
+                heads.borrow_mut().keep(be, &ex, l)
+            },
+            &mut |ws, gws, saved, batch, l| {
+                heads.borrow_mut().backward(be, comm, g, &mut ex.borrow_mut(), (ws, gws, saved), batch, l, causal)
+            },
+            Some(comm),
+        )
+    }
+
+    fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
+        self.trainer.as_ref().map(|(t, _)| t.gradients())
     }
 
     fn kind(&self) -> StrategyKind {

@@ -9,6 +9,7 @@ use crate::metrics::flops;
 use crate::model::oracle;
 use crate::output;
 use crate::strategy::{self, reference::Reference, Strategy};
+use crate::topology::LocalTokens;
 use anyhow::{ensure, Result};
 use half::bf16;
 use std::path::Path;
@@ -185,12 +186,17 @@ fn save_target_problem(path: &Path) -> Option<String> {
 
 /// Place every rank's rows at their global (sequence, position): [batch, seq, d_model].
 pub(super) fn assemble(cfg: &RunConfig, parts: &[Vec<bf16>]) -> Result<Vec<f64>> {
+    assemble_rows(cfg, parts, &|rank| strategy::output_tokens(cfg, rank))
+}
+
+/// As `assemble`, each rank's rows those of `tokens_of(rank)` (None: it sends none).
+pub(super) fn assemble_rows(cfg: &RunConfig, parts: &[Vec<bf16>], tokens_of: &dyn Fn(usize) -> Option<LocalTokens>) -> Result<Vec<f64>> {
     let m = &cfg.model;
     let (d, s_len) = (m.d_model, m.seq_len);
     let mut out = vec![f64::NAN; m.batch * s_len * d];
     let mut covered = 0usize;
     for (rank, part) in parts.iter().enumerate() {
-        let Some(tokens) = strategy::output_tokens(cfg, rank) else {
+        let Some(tokens) = tokens_of(rank) else {
             ensure!(part.is_empty(), "rank {rank} sent {} values but holds no output", part.len());
             continue;
         };

@@ -164,7 +164,10 @@ fn compare_on_root<B: Backend + 'static, C: Communicator<B> + 'static>(
     save: Option<&Path>,
 ) -> Result<bool> {
     let m = &cfg.model;
-    let got_input = super::verify::assemble(cfg, inputs)?;
+    // dL/dX lives where the input enters: every rank's own tokens, or a pipeline's first stage
+    // (where one TP rank reports it); a rank that holds none sends none.
+    let holds = |rank: usize| (!inputs[rank].is_empty()).then(|| strategy::placement(cfg, rank).tokens);
+    let got_input = super::verify::assemble_rows(cfg, inputs, &holds)?;
     let got = assemble_weights(cfg, weights)?;
     let ref_cfg = RunConfig { strategy: StrategyKind::Reference, ..cfg.clone() };
     let mut reference = Reference::new(&ref_cfg, be)?;

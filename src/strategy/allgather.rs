@@ -41,6 +41,7 @@ pub const SPEC: Spec = Spec {
         backward_traffic,
         dkv_rows: |cfg, _| cfg.split.sp() * cfg.micro_batch * super::shared::longest_tokens(cfg),
         extra_bytes: |cfg, _| (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * cfg.model.kv_dim() * 4) as u64,
+        pipelined: false,
     }),
 };
 

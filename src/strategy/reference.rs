@@ -31,6 +31,7 @@ pub const SPEC: Spec = Spec {
         backward_traffic: |_, _| Vec::new(),
         dkv_rows: |cfg, _| cfg.micro_batch * cfg.model.seq_len,
         extra_bytes: |_, _| 0,
+        pipelined: false,
     }),
 };
 

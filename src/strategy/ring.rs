@@ -40,6 +40,7 @@ pub const SPEC: Spec = Spec {
         backward_traffic,
         dkv_rows: |cfg, _| cfg.micro_batch * super::shared::longest_tokens(cfg),
         extra_bytes: |cfg, _| grad_ring_bytes((cfg.micro_batch * super::shared::longest_tokens(cfg)) as u64, 2 * cfg.model.kv_dim() as u64),
+        pipelined: false,
     }),
 };
 

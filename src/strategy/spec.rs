@@ -205,6 +205,9 @@ pub struct TrainSpec {
     pub dkv_rows: fn(&RunConfig, usize) -> usize,
     /// Bytes of its own training buffers beyond the `Trainer`'s (the ring's travelling dK|dV).
     pub extra_bytes: fn(&RunConfig, usize) -> u64,
+    /// Whether it runs every micro-batch's forward before the first backward (a pipeline's
+    /// fill-drain schedule, GPipe's), so keeps the activations of all of them.
+    pub pipelined: bool,
 }
 
 /// Seconds of each phase of one training step on this rank, by the host's clock after the

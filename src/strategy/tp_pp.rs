@@ -13,9 +13,11 @@ use super::decode::{self, CacheShape, DecodePlacement, Decoder, Group};
 use super::spec::SizeFlags;
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
+use super::train::{clock, StepPhases, TrainSpec, Trainer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
+use crate::model::backward::local_attention_backward;
 use crate::model::{local_attention, Shard};
 use crate::topology::{even_slice, tp_pp_coord, tp_pp_rank, LocalTokens, TpPpCoord};
 use anyhow::{Context, Result};
@@ -34,7 +36,13 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
-    train: None,
+    train: Some(TrainSpec {
+        grad_peers: |_, rank| vec![rank],
+        backward_traffic,
+        dkv_rows: |cfg, _| cfg.micro_batch * cfg.model.seq_len,
+        extra_bytes: |_, _| 0,
+        pipelined: true,
+    }),
 };
 
 fn sizes(cfg: &RunConfig) -> Vec<usize> {
@@ -125,6 +133,19 @@ fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
 /// them); per micro-batch, the hand-off of the same activations to the next stage, and from the
 /// previous one.
 fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    transfers(cfg, rank, ["row-parallel output", "activations to the next stage", "activations from the previous stage"], false)
+}
+
+/// The backward's mirror of `traffic`: per micro-batch and local layer, the all-reduces of the
+/// column-parallel GEMMs' input gradients (as large, as many); per micro-batch, the gradient
+/// of the stage's input to the previous stage, and of its output from the next.
+fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    transfers(cfg, rank, ["column-parallel input gradient", "gradients to the previous stage", "gradients from the next stage"], true)
+}
+
+/// The all-reduces and the pipeline's hand-offs, labelled `what` (all-reduce, send, receive);
+/// `backward`: the hand-offs run to the previous stage, from the next.
+fn transfers(cfg: &RunConfig, rank: usize, what: [&'static str; 3], backward: bool) -> Vec<Transfer> {
     let m = &cfg.model;
     let c = tp_pp_coord(rank, cfg.split.tp());
     let activations = (cfg.micro_batch * m.seq_len * m.d_model * 2) as u64;
@@ -136,7 +157,7 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
         let calls = 2 * (m.layers / cfg.split.pp()) as u64 * mbs;
         out.push(Transfer {
             op: Op::AllReduce,
-            what: "row-parallel output",
+            what: what[0],
             peers: group,
             buffer_bytes: activations,
             sent: wire,
@@ -155,11 +176,15 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
         calls: mbs,
         overlapped: false,
     };
-    if c.stage + 1 < cfg.split.pp() {
-        out.push(hand_off(Op::PipelineSend, "activations to the next stage", c.stage + 1, activations, 0));
+    let (to, from) = match backward {
+        false => ((c.stage + 1 < cfg.split.pp()).then(|| c.stage + 1), c.stage.checked_sub(1)),
+        true => (c.stage.checked_sub(1), (c.stage + 1 < cfg.split.pp()).then(|| c.stage + 1)),
+    };
+    if let Some(to) = to {
+        out.push(hand_off(Op::PipelineSend, what[1], to, activations, 0));
     }
-    if c.stage > 0 {
-        out.push(hand_off(Op::PipelineRecv, "activations from the previous stage", c.stage - 1, 0, activations));
+    if let Some(from) = from {
+        out.push(hand_off(Op::PipelineRecv, what[2], from, 0, activations));
     }
     out
 }
@@ -225,6 +250,7 @@ pub struct TpPp<B: Backend, C> {
     tp_group: C,
     stack: Stack<B>,
     decoder: Option<Decoder<B>>,
+    trainer: Option<Trainer<B>>,
 }
 
 impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
@@ -234,7 +260,11 @@ impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
         let [(color, key)] = splits(cfg, rank)[..] else { unreachable!("tp-pp makes one split") };
         let tp_group = world.split(color, key).context("creating the tensor-parallel group")?;
         let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, SPEC.decode, rank)?);
-        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack, decoder })
+        let trainer = match cfg.train {
+            true => Some(Trainer::new(be, cfg, &stack, &placement(cfg, rank).shard, &SPEC, rank)?),
+            false => None,
+        };
+        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack, decoder, trainer })
     }
 }
 
@@ -306,6 +336,64 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    /// GPipe's schedule: every micro-batch's forward down the pipeline (activations kept), then
+    /// every micro-batch's backward up it; the TP group all-reduces the input gradients of its
+    /// column-parallel GEMMs. Each stage owns its layers' shards alone: no gradient reduction.
+    fn train_step(&mut self, be: &B, world: &C, keep: bool) -> Result<StepPhases> {
+        let (cfg, TpPpCoord { stage, tp_rank }) = (&self.cfg, self.coord);
+        let causal = cfg.causal;
+        let peer = |s: usize| tp_pp_rank(TpPpCoord { stage: s, tp_rank }, cfg.split.tp());
+        let (prev, next) = (stage.checked_sub(1).map(peer), (stage + 1 < cfg.split.pp()).then(|| peer(stage + 1)));
+        let (tp_group, stack) = (&self.tp_group, &mut self.stack);
+        let trainer = super::train::need(&mut self.trainer)?;
+        trainer.zero(be)?;
+        let mut phases = StepPhases::default();
+        let t0 = std::time::Instant::now();
+        for mb in 0..cfg.micro_batches() {
+            match prev {
+                None => stack.generate_input(be, cfg, mb)?,
+                Some(p) => {
+                    stack.x.set_rows(stack.batch(cfg, mb).rows());
+                    world.recv(&mut stack.x, p).with_context(|| format!("pipeline receive of micro-batch {mb} from rank {p}"))?;
+                }
+            }
+            let mut attention =
+                |ws: &mut crate::model::Workspace<B>, batch: &crate::model::Batch, _| local_attention(be, ws, batch, causal);
+            trainer.forward_mb(stack, be, cfg, (mb, mb), &mut attention, &mut |y| tp_group.all_reduce_sum(y))?;
+            if let Some(n) = next {
+                world.send(&stack.x, n).with_context(|| format!("pipeline send of micro-batch {mb} to rank {n}"))?;
+            }
+        }
+        phases.forward_s = clock(be, t0)?;
+        let t0 = std::time::Instant::now();
+        for mb in 0..cfg.micro_batches() {
+            match next {
+                None => trainer.upstream(stack, be, cfg, mb)?,
+                Some(n) => {
+                    trainer.dx().set_rows(stack.batch(cfg, mb).rows());
+                    world
+                        .recv(trainer.dx(), n)
+                        .with_context(|| format!("pipeline receive of micro-batch {mb}'s gradient from rank {n}"))?;
+                }
+            }
+            // The first stage's first TP rank reports dL/dX (every TP rank holds the same).
+            let keep_here = keep && prev.is_none() && tp_rank == 0;
+            let mut backward = |ws: &mut crate::model::Workspace<B>, gws: &mut _, saved: &_, batch: &crate::model::Batch, _| {
+                local_attention_backward(be, gws, saved, ws.heads, batch, causal)
+            };
+            trainer.backward_mb(stack, be, cfg, (mb, mb), keep_here, &mut backward, &mut |y| tp_group.all_reduce_sum(y))?;
+            if let Some(p) = prev {
+                world.send(trainer.dx(), p).with_context(|| format!("pipeline send of micro-batch {mb}'s gradient to rank {p}"))?;
+            }
+        }
+        phases.backward_s = clock(be, t0)?;
+        Ok(phases)
+    }
+
+    fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
+        self.trainer.as_ref().map(Trainer::gradients)
     }
 
     fn kind(&self) -> StrategyKind {

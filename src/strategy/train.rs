@@ -66,10 +66,11 @@ fn tensor_bytes(cfg: &RunConfig, shard: &Shard) -> [(&'static str, u64); 7] {
 }
 
 /// Bytes a rank's training step allocates beyond its forward's: the kept activations of every
-/// layer of one micro-batch, the gradients, the backward's workspace, and with `keep` the
-/// input gradients of the whole batch.
+/// layer (of one micro-batch, or of every one where `spec` pipelines), the gradients, the
+/// backward's workspace, and with `keep` the input gradients of the whole batch.
 pub fn train_bytes(
     cfg: &RunConfig,
+    spec: &TrainSpec,
     shard: &Shard,
     layers: usize,
     rows: usize,
@@ -83,7 +84,10 @@ pub fn train_bytes(
     let up = (shard.mlp.len() * m.mlp_act.up_factor()) as u64;
     let saved = saved_bytes(rows as u64, d, w, kvw, up, (acc_rows as u64, acc_heads as u64));
     let kept = if keep { 2 * (rows / cfg.micro_batch * m.batch) as u64 * d } else { 0 };
-    layers as u64 * (saved + grads_bytes(m, shard)) + grad_workspace_bytes(m, shard, rows as u64, dkv_rows.max(rows) as u64) + kept
+    let kept_mbs = kept_micro_batches(cfg, Some(spec)) as u64;
+    layers as u64 * (kept_mbs * saved + grads_bytes(m, shard))
+        + grad_workspace_bytes(m, shard, rows as u64, dkv_rows.max(rows) as u64)
+        + kept
 }
 
 /// A rank's training state beside its stack: the kept activations, the gradients, the
@@ -97,12 +101,15 @@ pub struct Trainer<B: Backend> {
 }
 
 impl<B: Backend> Trainer<B> {
-    /// For `stack` of rank `rank` of the strategy `spec` states (its dK|dV accumulator's rows).
+    /// For `stack` of rank `rank` of the strategy `spec` states (its dK|dV accumulator's rows;
+    /// the activations of every micro-batch kept where it pipelines, of one otherwise).
     pub(crate) fn new(be: &B, cfg: &RunConfig, stack: &Stack<B>, shard: &Shard, spec: &super::spec::Spec, rank: usize) -> Result<Self> {
         let rows = cfg.micro_batch * stack.tokens.len();
-        let dkv_rows = spec.train.as_ref().map_or(rows, |t| (t.dkv_rows)(cfg, rank));
+        let t = spec.train.as_ref();
+        let dkv_rows = t.map_or(rows, |t| (t.dkv_rows)(cfg, rank));
+        let kept = kept_micro_batches(cfg, t);
         Ok(Trainer {
-            saved: (0..stack.layers.len()).map(|_| Saved::new(be, &stack.ws, rows)).collect::<Result<_>>()?,
+            saved: (0..kept * stack.layers.len()).map(|_| Saved::new(be, &stack.ws, rows)).collect::<Result<_>>()?,
             grads: stack.layers.iter().map(|w| LayerGrads::new(be, w)).collect::<Result<_>>()?,
             gws: GradWorkspace::new(be, &cfg.model, shard, rows, dkv_rows.max(rows))?,
             input_grad: None,
@@ -112,6 +119,75 @@ impl<B: Backend> Trainer<B> {
     /// The kept gradients (`Strategy::gradients`).
     pub fn gradients(&self) -> Gradients<'_, B> {
         Gradients { input: self.input_grad.as_ref(), layers: &self.grads }
+    }
+
+    /// The gradients to zero: the start of a step.
+    pub fn zero(&mut self, be: &B) -> Result<()> {
+        self.grads.iter_mut().try_for_each(|g| g.each_mut().into_iter().try_for_each(|a| be.zero_acc(a)))
+    }
+
+    /// The forward of micro-batch `mb` from stack.x (its input, generated or received), keeping
+    /// its activations in slot `slot`; `reduce` as `Stack::run_layers` takes it.
+    pub(crate) fn forward_mb(
+        &mut self,
+        stack: &mut Stack<B>,
+        be: &B,
+        cfg: &RunConfig,
+        (mb, slot): (usize, usize),
+        attention: &mut LayerAttention<B>,
+        reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
+    ) -> Result<()> {
+        let layers = stack.layers.len();
+        stack.run_layers(be, cfg, mb, attention, reduce, Some(&mut self.saved[slot * layers..(slot + 1) * layers]))
+    }
+
+    /// dL/d(output) of micro-batch `mb`: the upstream gradient (tensor 3) into `dx()`, for the
+    /// rank that holds the model's output.
+    pub(crate) fn upstream(&mut self, stack: &Stack<B>, be: &B, cfg: &RunConfig, mb: usize) -> Result<()> {
+        let batch = Batch { first_seq: mb * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &stack.tokens };
+        generate_rows(be, &cfg.model, cfg.seed, GRAD_TENSOR, &batch, &mut self.gws.dx)
+    }
+
+    /// The gradient flowing between layers (and stages): dL/d(output) before `backward_mb`,
+    /// dL/d(input) after.
+    pub fn dx(&mut self) -> &mut B::Act {
+        &mut self.gws.dx
+    }
+
+    /// The backward of micro-batch `mb` through the stack's layers from `dx()`, with the
+    /// activations of slot `slot`; `reduce` sums the column-parallel GEMMs' input gradients over
+    /// the TP group. With `keep`, dL/dX of its rows is kept.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_mb(
+        &mut self,
+        stack: &mut Stack<B>,
+        be: &B,
+        cfg: &RunConfig,
+        (mb, slot): (usize, usize),
+        keep: bool,
+        backward: &mut BackwardAttention<B>,
+        reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
+    ) -> Result<()> {
+        let batch = Batch { first_seq: mb * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &stack.tokens };
+        let layers = stack.layers.len();
+        for l in (0..layers).rev() {
+            let mut attn = |ws: &mut Workspace<B>, gws: &mut GradWorkspace<B>, s: &Saved<B>| backward(ws, gws, s, &batch, l);
+            let (w, g, s) = (&stack.layers[l], &mut self.grads[l], &self.saved[slot * layers + l]);
+            layer_backward(be, w, g, s, &mut stack.ws, &mut self.gws, &batch, &mut attn, reduce)?;
+        }
+        if keep {
+            let rows = self.gws.dx.rows();
+            if self.input_grad.is_none() {
+                self.input_grad = Some(be.alloc_act(cfg.model.batch * stack.tokens.len(), cfg.model.d_model)?);
+            }
+            be.copy_rows(&self.gws.dx, 0, self.input_grad.as_mut().expect("allocated above"), mb * rows, rows)?;
+        }
+        Ok(())
+    }
+
+    /// Every weight gradient summed over `comm` (the gradient peers), in FP32.
+    pub fn reduce_grads<C: Communicator<B>>(&mut self, comm: &C) -> Result<()> {
+        self.grads.iter_mut().try_for_each(|g| g.each_mut().into_iter().try_for_each(|a| comm.all_reduce_acc(a)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -129,43 +205,38 @@ impl<B: Backend> Trainer<B> {
         grad_comm: Option<&C>,
     ) -> Result<StepPhases> {
         let mut phases = StepPhases::default();
-        for g in &mut self.grads {
-            g.each_mut().into_iter().try_for_each(|a| be.zero_acc(a))?;
-        }
-        let clock = |be: &B, t0: Instant| -> Result<f64> {
-            be.synchronize()?;
-            Ok(t0.elapsed().as_secs_f64())
-        };
+        self.zero(be)?;
         for mb in 0..cfg.micro_batches() {
             let t0 = Instant::now();
             stack.generate_input(be, cfg, mb)?;
-            stack.run_layers(be, cfg, mb, attention, &mut |_| Ok(()), Some(&mut self.saved))?;
+            self.forward_mb(stack, be, cfg, (mb, 0), attention, &mut |_| Ok(()))?;
             phases.forward_s += clock(be, t0)?;
-
             let t0 = Instant::now();
-            let batch = Batch { first_seq: mb * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &stack.tokens };
-            generate_rows(be, &cfg.model, cfg.seed, GRAD_TENSOR, &batch, &mut self.gws.dx)?;
-            for l in (0..stack.layers.len()).rev() {
-                let mut attn = |ws: &mut Workspace<B>, gws: &mut GradWorkspace<B>, s: &Saved<B>| backward(ws, gws, s, &batch, l);
-                let (w, g, s) = (&stack.layers[l], &mut self.grads[l], &self.saved[l]);
-                layer_backward(be, w, g, s, &mut stack.ws, &mut self.gws, &batch, &mut attn, &mut |_| Ok(()))?;
-            }
-            if keep {
-                let rows = self.gws.dx.rows();
-                if self.input_grad.is_none() {
-                    self.input_grad = Some(be.alloc_act(cfg.model.batch * stack.tokens.len(), cfg.model.d_model)?);
-                }
-                be.copy_rows(&self.gws.dx, 0, self.input_grad.as_mut().expect("allocated above"), mb * rows, rows)?;
-            }
+            self.upstream(stack, be, cfg, mb)?;
+            self.backward_mb(stack, be, cfg, (mb, 0), keep, backward, &mut |_| Ok(()))?;
             phases.backward_s += clock(be, t0)?;
         }
         let t0 = Instant::now();
         if let Some(comm) = grad_comm {
-            for g in &mut self.grads {
-                g.each_mut().into_iter().try_for_each(|a| comm.all_reduce_acc(a))?;
-            }
+            self.reduce_grads(comm)?;
         }
         phases.grad_reduce_s = clock(be, t0)?;
         Ok(phases)
+    }
+}
+
+/// Seconds since `t0` once the device has finished what was queued: a phase's time.
+pub fn clock<B: Backend>(be: &B, t0: Instant) -> Result<f64> {
+    be.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Micro-batches whose activations a rank keeps at once: all of them where the strategy
+/// pipelines (every forward before the first backward), else one.
+fn kept_micro_batches(cfg: &RunConfig, spec: Option<&TrainSpec>) -> usize {
+    if spec.is_some_and(|t| t.pipelined) {
+        cfg.micro_batches()
+    } else {
+        1
     }
 }

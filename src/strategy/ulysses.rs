@@ -45,6 +45,7 @@ pub const SPEC: Spec = Spec {
         extra_bytes: |cfg, rank| {
             HeadTrainer::<crate::backend::cpu::CpuBackend>::bytes(&group(cfg, rank), cfg.micro_batch, cfg.model.layers)
         },
+        pipelined: false,
     }),
 };
 

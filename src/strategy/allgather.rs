@@ -38,6 +38,7 @@ pub const SPEC: Spec = Spec {
     },
     train: Some(TrainSpec {
         grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
+        kv_replicas: |_, rank| vec![rank],
         backward_traffic,
         dkv_rows: |cfg, _| cfg.split.sp() * cfg.micro_batch * super::shared::longest_tokens(cfg),
         extra_bytes: |cfg, _| (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * cfg.model.kv_dim() * 4) as u64,
@@ -215,6 +216,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
             keep,
             &mut |ws, batch, _| gathered_attention(be, comm, ws, batch, layout, cfg.causal),
             &mut |ws, gws, saved, batch, _| gathered_backward(be, comm, ws, gws, own, saved, batch, layout, cfg.causal),
+            &mut |_| Ok(()),
             Some(comm),
         )
     }

@@ -439,12 +439,39 @@ mod tests {
                             let (_, sent, received) = comm.counters().take();
                             let peak = crate::backend::Instruments::memory(be).buffers_peak_bytes;
                             s.train_step(be, comm, true).unwrap();
-                            let input = s.gradients().and_then(|g| g.input).map(|x| be.download(x).unwrap()).unwrap_or_default();
-                            (comm.rank(), sent, received, peak, input)
+                            let g = s.gradients().unwrap();
+                            let input = g.input.map(|x| be.download(x).unwrap()).unwrap_or_default();
+                            let w_kv: Vec<Vec<f32>> = g.layers.iter().map(|l| be.download_acc(&l.w_kv).unwrap()).collect();
+                            (comm.rank(), sent, received, peak, input, w_kv)
                         });
                         let d = cfg.model.d_model;
                         let mut got = vec![f64::NAN; exact.input.len()];
-                        for (rank, sent, received, peak, input) in ranks {
+                        for (rank, sent, received, peak, input, w_kv) in ranks {
+                            // W_kv's gradient, the most strategy-dependent (K/V travel, gather, are
+                            // split or copied), against the oracle's columns of the rank's K/V heads.
+                            let p = placement(&cfg, rank);
+                            let (hd, kvd, d) = (cfg.model.head_dim(), cfg.model.kv_dim(), cfg.model.d_model);
+                            let kvw = p.shard.kv_heads.len() * hd;
+                            for (k, l) in p.layers.clone().enumerate() {
+                                let whole = &exact.layers[l].w_qkv;
+                                let col = |c: usize| {
+                                    if c < kvw {
+                                        d + p.shard.kv_heads.start * hd + c
+                                    } else {
+                                        d + kvd + p.shard.kv_heads.start * hd + c - kvw
+                                    }
+                                };
+                                let want: Vec<f64> =
+                                    (0..d * 2 * kvw).map(|i| whole[(i / (2 * kvw)) * (d + 2 * kvd) + col(i % (2 * kvw))]).collect();
+                                let got: Vec<f64> = w_kv[k].iter().map(|&v| v as f64).collect();
+                                let diff = crate::harness::Diff::between(&got, &want);
+                                assert!(
+                                    diff.rel_l2 < 2e-2,
+                                    "rank {rank} layer {l}: W_kv gradient rel L2 {:.3e}: {}",
+                                    diff.rel_l2,
+                                    cfg.describe()
+                                );
+                            }
                             assert_eq!((sent, received), traffic(&cfg, rank), "rank {rank}: {}", cfg.describe());
                             let est = memory_estimate(&cfg, rank, false);
                             assert_eq!(peak, est.weights + est.activations, "memory of rank {rank}: {}", cfg.describe());

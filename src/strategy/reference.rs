@@ -28,6 +28,7 @@ pub const SPEC: Spec = Spec {
     decode: |cfg, _| super::decode::whole(cfg),
     train: Some(TrainSpec {
         grad_peers: |_, rank| vec![rank],
+        kv_replicas: |_, rank| vec![rank],
         backward_traffic: |_, _| Vec::new(),
         dkv_rows: |cfg, _| cfg.micro_batch * cfg.model.seq_len,
         extra_bytes: |_, _| 0,
@@ -112,6 +113,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Reference<B> {
             keep,
             &mut |ws, batch, _| local_attention(be, ws, batch, causal),
             &mut |ws, gws, saved, batch, _| local_attention_backward(be, gws, saved, ws.heads, batch, causal),
+            &mut |_| Ok(()),
             None,
         )
     }

@@ -37,6 +37,7 @@ pub const SPEC: Spec = Spec {
     },
     train: Some(TrainSpec {
         grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
+        kv_replicas: |_, rank| vec![rank],
         backward_traffic,
         dkv_rows: |cfg, _| cfg.micro_batch * super::shared::longest_tokens(cfg),
         extra_bytes: |cfg, _| grad_ring_bytes((cfg.micro_batch * super::shared::longest_tokens(cfg)) as u64, 2 * cfg.model.kv_dim() as u64),
@@ -405,6 +406,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
             keep,
             &mut |ws, batch, _| ring_attention(be, comm, ws, batch, layout, cfg.causal),
             &mut |ws, gws, saved, batch, _| ring_backward(be, comm, ws, gws, grad, saved, batch, layout, cfg.causal),
+            &mut |_| Ok(()),
             Some(comm),
         )
     }

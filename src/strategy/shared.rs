@@ -164,3 +164,8 @@ pub(super) fn ring_layout(cfg: &RunConfig, n: usize) -> Vec<LocalTokens> {
 pub(super) fn longest_tokens(cfg: &RunConfig) -> usize {
     sequence_layout(cfg).iter().map(LocalTokens::len).max().unwrap_or(0)
 }
+
+/// The longest of a layout's blocks, in tokens per sequence.
+pub(super) fn longest_tokens_of(layout: &[LocalTokens]) -> usize {
+    layout.iter().map(LocalTokens::len).max().unwrap_or(0)
+}

@@ -200,6 +200,10 @@ pub struct TrainSpec {
     /// Every message of its backward pass (its forward's are `Spec::traffic`), the gradient
     /// all-reduce apart (`grad_traffic`).
     pub backward_traffic: fn(&RunConfig, usize) -> Vec<Transfer>,
+    /// The world ranks whose W_kv gradient is a part of the same K/V heads' as `rank`'s (itself
+    /// included): tensor parallelism over more ranks than K/V heads copies each head to several,
+    /// and each computes only its query heads' share. [rank] where nothing is copied.
+    pub kv_replicas: fn(&RunConfig, usize) -> Vec<usize>,
     /// Rows of the FP32 dK|dV accumulator its attention backward fills (its own rows, the
     /// longest ring block, the whole gathered sequence).
     pub dkv_rows: fn(&RunConfig, usize) -> usize,

@@ -9,10 +9,11 @@
 //! shard of every layer), which is what lets 70B and 405B models run at all.
 
 use super::decode::{self, appended_steps, combine::Route, owned_rows, CacheShape, DecodePlacement, Decoder, Group};
-use super::ring::{ring_attention, ring_steps};
+use super::ring::{grad_ring_bytes, gradient_steps, ring_attention, ring_backward, ring_steps, GradRing};
 use super::spec::SizeFlags;
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
+use super::train::{StepPhases, TrainSpec, Trainer};
 use crate::backend::Backend;
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
@@ -34,7 +35,20 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
-    train: None,
+    train: Some(TrainSpec {
+        grad_peers: |cfg, rank| {
+            let (t, _) = coord(cfg, rank);
+            (0..cfg.split.cp()).map(|pos| grid_rank(t, pos, cfg.split.tp())).collect()
+        },
+        kv_replicas,
+        backward_traffic,
+        dkv_rows: |cfg, _| cfg.micro_batch * super::shared::longest_tokens_of(&layout(cfg)),
+        extra_bytes: |cfg, rank| {
+            let kvw = placement(cfg, rank).shard.heads(&cfg.model).kv_width();
+            grad_ring_bytes((cfg.micro_batch * super::shared::longest_tokens_of(&layout(cfg))) as u64, 2 * kvw as u64)
+        },
+        pipelined: false,
+    }),
 };
 
 /// --tp and --cp (under `--strategy all`, --tp is tp-pp's and only --cp counts); a missing one
@@ -85,7 +99,16 @@ fn placement(cfg: &RunConfig, rank: usize) -> Placement {
 /// rank, key = context position).
 fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
     let (t, c) = coord(cfg, rank);
-    vec![(c, t), (t, c)]
+    let mut out = vec![(c, t), (t, c)];
+    out.extend(super::train::replica_split(cfg, rank, kv_replicas(cfg, rank)));
+    out
+}
+
+/// The ranks of its TP group that hold its K/V heads (copies where tp exceeds them).
+fn kv_replicas(cfg: &RunConfig, rank: usize) -> Vec<usize> {
+    let ((t, c), tp) = (coord(cfg, rank), cfg.split.tp());
+    let kv = |t| Shard::tensor_parallel(&cfg.model, tp, t).kv_heads;
+    (0..tp).filter(|&i| kv(i) == kv(t)).map(|i| grid_rank(i, c, tp)).collect()
 }
 
 /// Two K/V buffers of the longest context block, of its K/V heads: the one in use, and the next.
@@ -99,6 +122,17 @@ fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
 /// group (2 (T - 1) / T of the buffer each way), and the C - 1 ring steps of its K/V heads'
 /// block: micro-batch x the owner's tokens x 2 x its K/V heads x head_dim BF16 values.
 fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    transfers(cfg, rank, "row-parallel output", false)
+}
+
+/// The backward's: the TP group's all-reduces of the column-parallel GEMMs' input gradients (as
+/// the forward's), and the context ring's backward (its K/V steps again, and the FP32 dK/dV
+/// accumulators of its K/V heads, as the ring's backward moves them).
+fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    transfers(cfg, rank, "column-parallel input gradient", true)
+}
+
+fn transfers(cfg: &RunConfig, rank: usize, all_reduce: &'static str, backward: bool) -> Vec<Transfer> {
     let m = &cfg.model;
     let (t, c) = coord(cfg, rank);
     let calls = (m.layers * cfg.micro_batches()) as u64;
@@ -109,7 +143,7 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
         let wire = 2 * (tp - 1) * buffer / tp;
         out.push(Transfer {
             op: Op::AllReduce,
-            what: "row-parallel output",
+            what: all_reduce,
             peers: (0..cfg.split.tp()).map(|i| grid_rank(i, c, cfg.split.tp())).collect(),
             buffer_bytes: buffer,
             sent: wire,
@@ -121,6 +155,9 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     let kvw = Shard::tensor_parallel(m, cfg.split.tp(), t).heads(m).kv_width();
     let block = |owner: usize| (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, cfg.split.cp(), owner).len() * 2 * kvw * 2) as u64;
     out.extend(ring_steps(c, cfg.split.cp(), block, |pos| grid_rank(t, pos, cfg.split.tp()), calls));
+    if backward {
+        out.extend(gradient_steps(c, cfg.split.cp(), |owner| 2 * block(owner), |pos| grid_rank(t, pos, cfg.split.tp()), calls));
+    }
     out
 }
 
@@ -176,16 +213,33 @@ pub struct TpCp<B: Backend, C> {
     layout: Vec<LocalTokens>,
     stack: Stack<B>,
     decoder: Option<Decoder<B>>,
+    trainer: Option<(Trainer<B>, GradRing<B>)>,
+    /// With --train and copied K/V heads: the ranks of its TP group holding the same ones.
+    kv_group: Option<C>,
 }
 
 impl<B: Backend, C: Communicator<B>> TpCp<B, C> {
     pub fn new(cfg: &RunConfig, be: &B, world: &C) -> Result<Self> {
         let rank = world.rank();
-        let [(tp_color, tp_key), (cp_color, cp_key)] = splits(cfg, rank)[..] else { unreachable!("tp-cp makes two splits") };
+        let splits = splits(cfg, rank);
+        let [(tp_color, tp_key), (cp_color, cp_key)] = splits[..2] else {
+            unreachable!("tp-cp makes two splits, and one more to train with copied K/V heads")
+        };
         let tp_group = world.split(tp_color, tp_key).context("creating the tensor-parallel group")?;
         let cp_ring = world.split(cp_color, cp_key).context("creating the context-parallel ring")?;
+        let kv_group =
+            splits.get(2).map(|&(color, key)| world.split(color, key).context("creating the group of K/V head copies")).transpose()?;
         let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, SPEC.decode, rank)?);
-        Ok(TpCp { cfg: cfg.clone(), tp_group, cp_ring, layout: layout(cfg), stack, decoder })
+        let trainer = match cfg.train {
+            true => {
+                let shard = placement(cfg, rank).shard;
+                let rows = cfg.micro_batch * super::shared::longest_tokens_of(&layout(cfg));
+                let ring = GradRing::new(be, rows, 2 * shard.heads(&cfg.model).kv_width())?;
+                Some((Trainer::new(be, cfg, &stack, &shard, &SPEC, rank)?, ring))
+            }
+            false => None,
+        };
+        Ok(TpCp { cfg: cfg.clone(), tp_group, cp_ring, layout: layout(cfg), stack, decoder, trainer, kv_group })
     }
 }
 
@@ -219,6 +273,35 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    /// Per micro-batch the forward and the backward (the context ring's backward with the TP
+    /// shard's K/V heads, the TP group's all-reduces), then each TP shard's gradients summed
+    /// over its context ring.
+    fn train_step(&mut self, be: &B, _world: &C, keep: bool) -> Result<StepPhases> {
+        let (cfg, layout, tp_group, cp_ring) = (&self.cfg, &self.layout, &self.tp_group, &self.cp_ring);
+        let (trainer, grad) = self.trainer.as_mut().ok_or_else(|| anyhow::anyhow!("tp-cp set up without --train"))?;
+        let mut phases = trainer.step(
+            &mut self.stack,
+            be,
+            cfg,
+            // The first TP rank reports dL/dX (every TP rank holds the same).
+            keep && tp_group.rank() == 0,
+            &mut |ws, batch, _| ring_attention(be, cp_ring, ws, batch, layout, cfg.causal),
+            &mut |ws, gws, saved, batch, _| ring_backward(be, cp_ring, ws, gws, grad, saved, batch, layout, cfg.causal),
+            &mut |y| tp_group.all_reduce_sum(y),
+            Some(cp_ring),
+        )?;
+        if let Some(g) = &self.kv_group {
+            let t0 = std::time::Instant::now();
+            trainer.reduce_kv(g)?;
+            phases.grad_reduce_s += super::train::clock(be, t0)?;
+        }
+        Ok(phases)
+    }
+
+    fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
+        self.trainer.as_ref().map(|(t, _)| t.gradients())
     }
 
     fn kind(&self) -> StrategyKind {

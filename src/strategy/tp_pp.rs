@@ -38,6 +38,7 @@ pub const SPEC: Spec = Spec {
     decode,
     train: Some(TrainSpec {
         grad_peers: |_, rank| vec![rank],
+        kv_replicas,
         backward_traffic,
         dkv_rows: |cfg, _| cfg.micro_batch * cfg.model.seq_len,
         extra_bytes: |_, _| 0,
@@ -125,7 +126,16 @@ fn placement(cfg: &RunConfig, rank: usize) -> Placement {
 /// The TP group: color = stage, key = TP rank.
 fn splits(cfg: &RunConfig, rank: usize) -> Vec<(usize, usize)> {
     let c = tp_pp_coord(rank, cfg.split.tp());
-    vec![(c.stage, c.tp_rank)]
+    let mut out = vec![(c.stage, c.tp_rank)];
+    out.extend(super::train::replica_split(cfg, rank, kv_replicas(cfg, rank)));
+    out
+}
+
+/// The ranks of its stage's TP group that hold its K/V heads (copies where tp exceeds them).
+fn kv_replicas(cfg: &RunConfig, rank: usize) -> Vec<usize> {
+    let (tp, c) = (cfg.split.tp(), tp_pp_coord(rank, cfg.split.tp()));
+    let kv = |t| Shard::tensor_parallel(&cfg.model, tp, t).kv_heads;
+    (0..tp).filter(|&t| kv(t) == kv(c.tp_rank)).map(|t| tp_pp_rank(TpPpCoord { stage: c.stage, tp_rank: t }, tp)).collect()
 }
 
 /// Per micro-batch and local layer, two all-reduces of [micro-batch x seq, d_model] BF16 counted
@@ -251,20 +261,25 @@ pub struct TpPp<B: Backend, C> {
     stack: Stack<B>,
     decoder: Option<Decoder<B>>,
     trainer: Option<Trainer<B>>,
+    /// With --train and copied K/V heads: the ranks of its stage holding the same ones.
+    kv_group: Option<C>,
 }
 
 impl<B: Backend, C: Communicator<B>> TpPp<B, C> {
     pub fn new(cfg: &RunConfig, be: &B, world: &C) -> Result<Self> {
         let rank = world.rank();
         let coord = tp_pp_coord(rank, cfg.split.tp());
-        let [(color, key)] = splits(cfg, rank)[..] else { unreachable!("tp-pp makes one split") };
+        let splits = splits(cfg, rank);
+        let (color, key) = splits[0];
         let tp_group = world.split(color, key).context("creating the tensor-parallel group")?;
+        let kv_group =
+            splits.get(1).map(|&(color, key)| world.split(color, key).context("creating the group of K/V head copies")).transpose()?;
         let (stack, decoder) = (Stack::of(&SPEC, cfg, be, rank)?, decode::decoder_for(cfg, be, SPEC.decode, rank)?);
         let trainer = match cfg.train {
             true => Some(Trainer::new(be, cfg, &stack, &placement(cfg, rank).shard, &SPEC, rank)?),
             false => None,
         };
-        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack, decoder, trainer })
+        Ok(TpPp { cfg: cfg.clone(), coord, tp_group, stack, decoder, trainer, kv_group })
     }
 }
 
@@ -389,6 +404,11 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
             }
         }
         phases.backward_s = clock(be, t0)?;
+        let t0 = std::time::Instant::now();
+        if let Some(g) = &self.kv_group {
+            trainer.reduce_kv(g)?;
+        }
+        phases.grad_reduce_s = clock(be, t0)?;
         Ok(phases)
     }
 

@@ -25,18 +25,21 @@ pub(crate) fn need<B: Backend>(trainer: &mut Option<Trainer<B>>) -> Result<&mut 
 /// A strategy's attention backward of layer `l` (index within the stack) on a micro-batch.
 pub type BackwardAttention<'f, B> = dyn FnMut(&mut Workspace<B>, &mut GradWorkspace<B>, &Saved<B>, &Batch, usize) -> Result<()> + 'f;
 
-/// The gradient all-reduce of `rank`: one FP32 all-reduce per weight tensor and layer over its
-/// gradient peers, as `comm::metered` counts a ring all-reduce (2 (n - 1) / n of the buffer each
-/// way); none where it has no peers.
+/// The extra split (color, key) of a training run whose rank holds copies of K/V heads with
+/// `replicas` (world ranks, itself included): the group that sums their W_kv gradients.
+pub fn replica_split(cfg: &RunConfig, rank: usize, replicas: Vec<usize>) -> Option<(usize, usize)> {
+    let key = replicas.iter().position(|&r| r == rank)?;
+    (cfg.train && replicas.len() > 1).then(|| (replicas[0], key))
+}
+
+/// The gradient all-reduce of `rank`: first W_kv's over the ranks holding copies of its K/V
+/// heads (where tensor parallelism copies them), then one FP32 all-reduce per weight tensor and
+/// layer over its gradient peers, as `comm::metered` counts a ring all-reduce (2 (n - 1) / n of
+/// the buffer each way); none where it has no peers.
 pub fn grad_traffic(cfg: &RunConfig, rank: usize, spec: &TrainSpec, shard: &Shard, layers: usize) -> Vec<Transfer> {
-    let peers = (spec.grad_peers)(cfg, rank);
-    let n = peers.len() as u64;
-    if n < 2 {
-        return Vec::new();
-    }
-    tensor_bytes(cfg, shard)
-        .into_iter()
-        .map(|(what, bytes)| Transfer {
+    let all_reduce = |what, bytes: u64, peers: &Vec<usize>| {
+        let n = peers.len() as u64;
+        Transfer {
             op: Op::AllReduce,
             what,
             peers: peers.clone(),
@@ -45,8 +48,20 @@ pub fn grad_traffic(cfg: &RunConfig, rank: usize, spec: &TrainSpec, shard: &Shar
             received: 2 * (n - 1) * bytes / n,
             calls: layers as u64,
             overlapped: false,
-        })
-        .collect()
+        }
+    };
+    let mut out = Vec::new();
+    let replicas = (spec.kv_replicas)(cfg, rank);
+    if replicas.len() > 1 {
+        out.push(all_reduce("W_kv gradient of copied K/V heads (FP32)", tensor_bytes(cfg, shard)[2].1, &replicas));
+    }
+    let peers = (spec.grad_peers)(cfg, rank);
+    let n = peers.len() as u64;
+    if n < 2 {
+        return out;
+    }
+    out.extend(tensor_bytes(cfg, shard).into_iter().map(|(what, bytes)| all_reduce(what, bytes, &peers)));
+    out
 }
 
 /// (name, FP32 bytes) of each weight gradient of one layer of `shard`, in `LayerGrads::each`'s order.
@@ -185,6 +200,11 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
+    /// W_kv's gradients summed over `comm` (the ranks holding copies of the same K/V heads).
+    pub fn reduce_kv<C: Communicator<B>>(&mut self, comm: &C) -> Result<()> {
+        self.grads.iter_mut().try_for_each(|g| comm.all_reduce_acc(&mut g.w_kv))
+    }
+
     /// Every weight gradient summed over `comm` (the gradient peers), in FP32.
     pub fn reduce_grads<C: Communicator<B>>(&mut self, comm: &C) -> Result<()> {
         self.grads.iter_mut().try_for_each(|g| g.each_mut().into_iter().try_for_each(|a| comm.all_reduce_acc(a)))
@@ -192,8 +212,10 @@ impl<B: Backend> Trainer<B> {
 
     #[allow(clippy::too_many_arguments)]
     /// One training step of a strategy without a pipeline: per micro-batch the forward
-    /// (`attention`), the backward (`backward`); then every weight gradient through `reduce`
-    /// (the all-reduce over the gradient peers). With `keep`, the input gradients are kept.
+    /// (`attention`), the backward (`backward`), `tp_reduce` summing the row-parallel outputs
+    /// and column-parallel input gradients over a TP group (identity without); then every
+    /// weight gradient all-reduced over `grad_comm` (the gradient peers). With `keep`, the input
+    /// gradients are kept.
     pub(crate) fn step<C: Communicator<B>>(
         &mut self,
         stack: &mut Stack<B>,
@@ -202,6 +224,7 @@ impl<B: Backend> Trainer<B> {
         keep: bool,
         attention: &mut LayerAttention<B>,
         backward: &mut BackwardAttention<B>,
+        tp_reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
         grad_comm: Option<&C>,
     ) -> Result<StepPhases> {
         let mut phases = StepPhases::default();
@@ -209,11 +232,11 @@ impl<B: Backend> Trainer<B> {
         for mb in 0..cfg.micro_batches() {
             let t0 = Instant::now();
             stack.generate_input(be, cfg, mb)?;
-            self.forward_mb(stack, be, cfg, (mb, 0), attention, &mut |_| Ok(()))?;
+            self.forward_mb(stack, be, cfg, (mb, 0), attention, tp_reduce)?;
             phases.forward_s += clock(be, t0)?;
             let t0 = Instant::now();
             self.upstream(stack, be, cfg, mb)?;
-            self.backward_mb(stack, be, cfg, (mb, 0), keep, backward, &mut |_| Ok(()))?;
+            self.backward_mb(stack, be, cfg, (mb, 0), keep, backward, tp_reduce)?;
             phases.backward_s += clock(be, t0)?;
         }
         let t0 = Instant::now();

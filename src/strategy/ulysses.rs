@@ -37,6 +37,7 @@ pub const SPEC: Spec = Spec {
     decode,
     train: Some(TrainSpec {
         grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
+        kv_replicas: |_, rank| vec![rank],
         backward_traffic: |cfg, rank| {
             let calls = (cfg.model.layers * cfg.micro_batches()) as u64;
             group(cfg, rank).backward_traffic(cfg.micro_batch, calls, (0..cfg.split.sp()).collect())
@@ -306,6 +307,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
             &mut |ws, gws, saved, batch, l| {
                 heads.borrow_mut().backward(be, comm, g, &mut ex.borrow_mut(), (ws, gws, saved), batch, l, causal)
             },
+            &mut |_| Ok(()),
             Some(comm),
         )
     }

@@ -13,7 +13,7 @@ use crate::backend::Heads;
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{RunConfig, StrategyKind};
-use crate::model::backward::{attend_backward, begin_attention_backward, GradWorkspace};
+use crate::model::backward::{attend_blocks_backward, begin_attention_backward, GradWorkspace};
 use crate::model::{attend_blocks, Batch, Blocks, Saved, Workspace};
 use crate::topology::{ring_block_owner, ring_peers, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
@@ -193,7 +193,8 @@ pub struct Ring<B: Backend> {
 /// The travelling dK|dV of a ring backward: the FP32 accumulator of the block in hand, and its
 /// bits on the wire going out and coming in (`pack_acc`), each for the longest block.
 pub(super) struct GradRing<B: Backend> {
-    travel: B::Acc,
+    /// On return from `ring_pass_backward`, this position's own block's complete dK|dV.
+    pub travel: B::Acc,
     out: B::Act,
     arriving: B::Act,
 }
@@ -294,13 +295,9 @@ pub(super) fn ring_pass<B: Backend, C: Communicator<B>>(
     Ok(())
 }
 
-/// The backward of `ring_pass` over the ranks of `ring` (docs/design.md, "Training"): the
-/// K/V blocks travel around the ring again (under each step's attention, as in the forward),
-/// each followed by its FP32 dK|dV accumulator once the step's attention has added this rank's
-/// queries' share (that transfer is exposed: one exchange at a time keeps every transport's
-/// messages in order); dQ stays local. On
-/// return gws.dq and gws.dkv hold this rank's gradients (BF16). `ws.kv` and `ws.kv_in` carry
-/// the K/V blocks, as in the forward.
+/// The ring strategy's attention backward: `ring_pass_backward` of its queries against every
+/// position's block, from its own K/V (saved); gws.dq and gws.dkv hold this rank's gradients
+/// (BF16) on return. `ws.kv` and `ws.kv_in` carry the K/V blocks, as in the forward.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn ring_backward<B: Backend, C: Communicator<B>>(
     be: &B,
@@ -313,63 +310,75 @@ pub(super) fn ring_backward<B: Backend, C: Communicator<B>>(
     layout: &[LocalTokens],
     causal: bool,
 ) -> Result<()> {
-    let (pos, p) = (ring.rank(), layout.len());
-    let (to, from) = ring_peers(pos, p);
     let heads = ws.heads;
     begin_attention_backward(be, gws, saved, heads)?;
-    let rows = |owner: usize| batch.seqs * layout[owner].len();
     ws.kv.set_rows(saved.kv.rows());
     be.copy_rows(&saved.kv, 0, &mut ws.kv, 0, saved.kv.rows())?;
-    let Workspace { kv, kv_in, .. } = ws;
+    let q = Blocks::one(batch.seqs, batch.tokens);
+    let blocks: Vec<Blocks> = layout.iter().map(|t| Blocks::one(batch.seqs, t)).collect();
     let GradWorkspace { dattn, delta, dq_acc, dkv_acc, .. } = gws;
+    let grads = (&*dattn, &saved.lse, &*delta);
+    ring_pass_backward(be, ring, (&saved.q, &q), (&mut ws.kv, &mut ws.kv_in), &blocks, heads, causal, grads, (dq_acc, dkv_acc), grad)?;
+    be.attention_store(dq_acc, &mut gws.dq)?;
+    be.attention_store(&grad.travel, &mut gws.dkv)
+}
+
+/// The backward of `ring_pass` over the ranks of `ring` (docs/design.md, "Training"): the K/V
+/// blocks travel around the ring again (each step's transfer under its attention, as in the
+/// forward), each followed by its FP32 dK|dV accumulator once the step's attention has added
+/// this position's queries' share (that transfer is exposed: one exchange at a time keeps every
+/// transport's messages in order); dQ accumulates locally in `dq`, `dkv` takes each step's
+/// share. On entry `kv` holds this position's own block; on return `grad.travel` holds its
+/// complete dK|dV (FP32). `grads` are dO, the forward's final lse and delta of the queries.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ring_pass_backward<B: Backend, C: Communicator<B>>(
+    be: &B,
+    ring: &C,
+    (q, q_blocks): (&B::Act, &Blocks),
+    (kv, kv_in): (&mut B::Act, &mut B::Act),
+    kv_blocks: &[Blocks],
+    heads: Heads,
+    causal: bool,
+    grads: (&B::Act, &B::Acc, &B::Acc),
+    (dq, dkv): (&mut B::Acc, &mut B::Acc),
+    grad: &mut GradRing<B>,
+) -> Result<()> {
+    let (pos, p) = (ring.rank(), kv_blocks.len());
+    let (to, from) = ring_peers(pos, p);
     for step in 0..p {
         let owner = ring_block_owner(pos, step, p);
-        dkv_acc.set_rows(rows(owner));
-        be.zero_acc(dkv_acc)?;
-        let mut compute = || {
-            attend_backward(
-                be,
-                (&saved.q, 0),
-                (&*kv, 0),
-                heads,
-                batch,
-                &layout[owner],
-                causal,
-                (&*dattn, &saved.lse, &*delta),
-                dq_acc,
-                dkv_acc,
-            )
-        };
+        dkv.set_rows(kv_blocks[owner].rows);
+        be.zero_acc(dkv)?;
+        let mut compute = || attend_blocks_backward(be, (q, q_blocks), (&*kv, &kv_blocks[owner]), heads, causal, grads, dq, dkv);
         if step + 1 < p {
             let incoming = ring_block_owner(pos, step + 1, p);
-            kv_in.set_rows(rows(incoming));
+            kv_in.set_rows(kv_blocks[incoming].rows);
             ring.exchange(kv, to, kv_in, from, &mut compute)
                 .with_context(|| format!("ring backward step {step}: K/V to ring position {to}, from {from}"))?;
             std::mem::swap(kv, kv_in);
         } else {
             compute()?;
         }
-        // The accumulator of this block: what the ranks before added (arrived after their
-        // step), and this rank's share.
+        // The accumulator of this block: what the positions before added (arrived after their
+        // step), and this position's share.
         if step == 0 {
-            be.copy_acc(dkv_acc, &mut grad.travel)?;
+            be.copy_acc(dkv, &mut grad.travel)?;
         } else {
             be.unpack_acc(&grad.arriving, &mut grad.travel)?;
-            be.add_acc(&mut grad.travel, dkv_acc)?;
+            be.add_acc(&mut grad.travel, dkv)?;
         }
         if p > 1 {
             be.pack_acc(&grad.travel, &mut grad.out)?;
-            grad.arriving.set_rows(rows(ring_block_owner(pos, step + 1, p)));
+            grad.arriving.set_rows(kv_blocks[ring_block_owner(pos, step + 1, p)].rows);
             ring.exchange(&grad.out, to, &mut grad.arriving, from, &mut || Ok(()))
                 .with_context(|| format!("ring backward step {step}: dK/dV to ring position {to}, from {from}"))?;
         }
     }
     if p > 1 {
-        // The last exchange brought this rank's own block's accumulator, complete.
+        // The last exchange brought this position's own block's accumulator, complete.
         be.unpack_acc(&grad.arriving, &mut grad.travel)?;
     }
-    be.attention_store(dq_acc, &mut gws.dq)?;
-    be.attention_store(&grad.travel, &mut gws.dkv)
+    Ok(())
 }
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {

@@ -203,10 +203,10 @@ fn ulysses_attention<B: Backend, C: Communicator<B>>(
 /// reads (kept from the forward: the backward reverses the all-to-alls instead of repeating
 /// them), and the FP32 gradients of its heads over every token.
 pub(super) struct HeadTrainer<B: Backend> {
-    kept: Vec<[B::Act; 3]>,
-    dq: B::Acc,
-    dkv: B::Acc,
-    delta: B::Acc,
+    pub kept: Vec<[B::Act; 3]>,
+    pub dq: B::Acc,
+    pub dkv: B::Acc,
+    pub delta: B::Acc,
 }
 
 impl<B: Backend> HeadTrainer<B> {
@@ -227,11 +227,25 @@ impl<B: Backend> HeadTrainer<B> {
 
     /// Keep layer `l`'s head-layout Q, K|V and output (after `ulysses_attention`).
     pub fn keep(&mut self, be: &B, ex: &Exchange<B>, l: usize) -> Result<()> {
-        for (src, dst) in [&ex.q_all, &ex.kv_all, &ex.attn_all].into_iter().zip(self.kept[l].iter_mut()) {
+        self.keep_inputs(be, ex, l)?;
+        self.keep_output(be, ex, l)
+    }
+
+    /// Keep layer `l`'s head-layout Q and this rank's K|V (after `to_heads`: before a ring
+    /// moves other blocks through ex.kv_all).
+    pub fn keep_inputs(&mut self, be: &B, ex: &Exchange<B>, l: usize) -> Result<()> {
+        for (src, dst) in [&ex.q_all, &ex.kv_all].into_iter().zip(self.kept[l].iter_mut()) {
             dst.set_rows(src.rows());
             be.copy_rows(src, 0, dst, 0, src.rows())?;
         }
         Ok(())
+    }
+
+    /// Keep layer `l`'s head-layout attention output (ex.attn_all).
+    pub fn keep_output(&mut self, be: &B, ex: &Exchange<B>, l: usize) -> Result<()> {
+        let dst = &mut self.kept[l][2];
+        dst.set_rows(ex.attn_all.rows());
+        be.copy_rows(&ex.attn_all, 0, dst, 0, ex.attn_all.rows())
     }
 
     /// The backward of `ulysses_attention` for layer `l`: dO to heads, attention's backward of

@@ -16,15 +16,18 @@
 
 use super::decode::{self, appended_steps, combine::Route, owned_rows, padded, CacheShape, DecodePlacement, Decoder, Group};
 use super::heads::{Exchange, HeadGroup};
-use super::ring::{ring_pass, ring_steps};
+use super::ring::{grad_ring_bytes, gradient_steps, ring_pass, ring_pass_backward, ring_steps, GradRing};
 use super::spec::SizeFlags;
 use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy, Transfer};
 use super::stack::Stack;
+use super::train::{StepPhases, TrainSpec, Trainer};
 use super::ulysses::check_heads;
-use crate::backend::Backend;
+use super::ulysses::HeadTrainer;
+use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
-use crate::model::{Batch, Blocks, Shard, Workspace};
+use crate::model::backward::GradWorkspace;
+use crate::model::{Batch, Blocks, Saved, Shard, Workspace};
 use crate::topology::{grid_coord, grid_rank, ring_tokens, usp_tokens, LocalTokens};
 use anyhow::{Context, Result};
 
@@ -42,7 +45,19 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
-    train: None,
+    train: Some(TrainSpec {
+        grad_peers: |cfg, _| (0..cfg.split.ulysses() * cfg.split.ring()).collect(),
+        kv_replicas: |_, rank| vec![rank],
+        backward_traffic,
+        dkv_rows: |cfg, rank| cfg.micro_batch * placement(cfg, rank).tokens.len(),
+        extra_bytes: |cfg, rank| {
+            let g = group(cfg, rank);
+            let ((_, all), (_, kvw)) = (g.rows(cfg.micro_batch), g.widths());
+            HeadTrainer::<crate::backend::cpu::CpuBackend>::bytes(&g, cfg.micro_batch, cfg.model.layers)
+                + grad_ring_bytes(all as u64, 2 * kvw as u64)
+        },
+        pipelined: false,
+    }),
 };
 
 /// --ulysses and --ring (under `--strategy all`, --ring is the ring's and only --ulysses counts);
@@ -124,14 +139,29 @@ fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
 /// Per layer and micro-batch: the group's three all-to-alls, and R - 1 ring steps of the
 /// group's K/V of its head slice (U padded blocks, every step the same size).
 fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    transfers(cfg, rank, false)
+}
+
+/// The backward's: the group's all-to-alls reversed (dO to heads, dQ and dK/dV back), and the
+/// ring's backward (its K/V steps again, and the FP32 dK/dV accumulators).
+fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    transfers(cfg, rank, true)
+}
+
+fn transfers(cfg: &RunConfig, rank: usize, backward: bool) -> Vec<Transfer> {
     let (u, j) = coord(cfg, rank);
     let g = group(cfg, rank);
     let calls = (cfg.model.layers * cfg.micro_batches()) as u64;
     let (_, all) = g.rows(cfg.micro_batch);
     let (_, kvw) = g.widths();
-    let mut out = g.traffic(cfg.micro_batch, calls, (0..cfg.split.ulysses()).map(|i| grid_rank(i, j, cfg.split.ulysses())).collect());
+    let peers = (0..cfg.split.ulysses()).map(|i| grid_rank(i, j, cfg.split.ulysses())).collect();
+    let mut out = if backward { g.backward_traffic(cfg.micro_batch, calls, peers) } else { g.traffic(cfg.micro_batch, calls, peers) };
     let block = (all * 2 * kvw * 2) as u64;
-    out.extend(ring_steps(j, cfg.split.ring(), |_| block, |pos| grid_rank(u, pos, cfg.split.ulysses()), calls));
+    let position = |pos| grid_rank(u, pos, cfg.split.ulysses());
+    out.extend(ring_steps(j, cfg.split.ring(), |_| block, position, calls));
+    if backward {
+        out.extend(gradient_steps(j, cfg.split.ring(), |_| 2 * block, position, calls));
+    }
     out
 }
 
@@ -189,6 +219,7 @@ pub struct Usp<B: Backend, C> {
     /// Where the ring's next K/V block lands.
     kv_in: B::Act,
     decoder: Option<Decoder<B>>,
+    trainer: Option<(Trainer<B>, HeadTrainer<B>, GradRing<B>)>,
 }
 
 impl<B: Backend, C: Communicator<B>> Usp<B, C> {
@@ -203,7 +234,16 @@ impl<B: Backend, C: Communicator<B>> Usp<B, C> {
         let (rows, cols) = extra[5];
         let kv_in = be.alloc_act(rows, cols)?;
         let decoder = decode::decoder_for(cfg, be, SPEC.decode, rank)?;
-        Ok(Usp { cfg: cfg.clone(), ulysses, ring, group: group(cfg, rank), members: members(cfg), stack, ex, kv_in, decoder })
+        let g = group(cfg, rank);
+        let trainer = match cfg.train {
+            true => {
+                let ((_, all), (_, kvw)) = (g.rows(cfg.micro_batch), g.widths());
+                let t = Trainer::new(be, cfg, &stack, &Shard::whole(&cfg.model), &SPEC, rank)?;
+                Some((t, HeadTrainer::new(be, &g, cfg.micro_batch, cfg.model.layers)?, GradRing::new(be, all, 2 * kvw)?))
+            }
+            false => None,
+        };
+        Ok(Usp { cfg: cfg.clone(), ulysses, ring, group: g, members: members(cfg), stack, ex, kv_in, decoder, trainer })
     }
 }
 
@@ -222,8 +262,12 @@ fn usp_attention<B: Backend, C: Communicator<B>>(
     batch: &Batch,
     causal: bool,
     cache: Option<(&mut Decoder<B>, usize)>,
+    mut kept: Option<(&mut HeadTrainer<B>, usize)>,
 ) -> Result<()> {
     g.to_heads(be, ulysses, ws, ex, batch.seqs)?;
+    if let Some((h, l)) = kept.as_mut() {
+        h.keep_inputs(be, ex, *l)?;
+    }
     let (block, _) = g.rows(batch.seqs);
     let q = g.blocks(batch.seqs);
     if let Some((dec, layer)) = cache {
@@ -232,16 +276,62 @@ fn usp_attention<B: Backend, C: Communicator<B>>(
     let kv_blocks: Vec<Blocks> = members.iter().map(|m| Blocks::padded(batch.seqs, m, block)).collect();
     ring_pass(be, ring, &ex.q_all, &q, &mut ex.kv_all, kv_in, &kv_blocks, g.attention_heads(), causal, &mut ws.o, &mut ws.lse)?;
     be.attention_store(&ws.o, &mut ex.attn_all)?;
+    if let Some((h, l)) = kept {
+        h.keep_output(be, ex, l)?;
+    }
     g.to_tokens(be, ulysses, ws, ex, batch.seqs)
+}
+
+/// What a USP backward works with beyond the layer's buffers: the group, the ring's layout, the
+/// kept head-layout activations and FP32 gradients, the travelling dK|dV.
+struct UspGrads<'a, B: Backend> {
+    g: &'a HeadGroup,
+    members: &'a [Vec<LocalTokens>],
+    heads: &'a mut HeadTrainer<B>,
+    grad: &'a mut GradRing<B>,
+}
+
+/// The backward of `usp_attention` for layer `l`: dO to heads inside the group, the ring's
+/// backward of the group's queries of this rank's heads (K/V again, dK/dV travelling home), dQ
+/// and dK|dV back to tokens (gws.dq, gws.dkv).
+#[allow(clippy::too_many_arguments)]
+fn usp_backward<B: Backend, C: Communicator<B>>(
+    be: &B,
+    (ulysses, ring): (&C, &C),
+    t: UspGrads<B>,
+    (ws, gws, saved): (&mut Workspace<B>, &mut GradWorkspace<B>, &Saved<B>),
+    (ex, kv_in): (&mut Exchange<B>, &mut B::Act),
+    batch: &Batch,
+    l: usize,
+    causal: bool,
+) -> Result<()> {
+    let UspGrads { g, members, heads: h, grad } = t;
+    let [q, kv, o] = &h.kept[l];
+    g.grad_to_heads(be, ulysses, &gws.dattn, ex, batch.seqs)?;
+    let heads = g.attention_heads();
+    be.attention_backward_delta(o, &ex.q_all, heads.heads, &mut h.delta)?;
+    let (block, _) = g.rows(batch.seqs);
+    let q_blocks = g.blocks(batch.seqs);
+    let kv_blocks: Vec<Blocks> = members.iter().map(|m| Blocks::padded(batch.seqs, m, block)).collect();
+    h.dq.set_rows(q_blocks.rows);
+    be.zero_acc(&mut h.dq)?;
+    let Exchange { q_all, kv_all, .. } = ex;
+    kv_all.set_rows(kv.rows());
+    be.copy_rows(kv, 0, kv_all, 0, kv.rows())?;
+    let grads = (&*q_all, &saved.lse, &h.delta);
+    ring_pass_backward(be, ring, (q, &q_blocks), (kv_all, kv_in), &kv_blocks, heads, causal, grads, (&mut h.dq, &mut h.dkv), grad)?;
+    be.attention_store(&h.dq, &mut ex.q_all)?;
+    be.attention_store(&grad.travel, &mut ex.kv_all)?;
+    g.grads_to_tokens(be, ulysses, ex, (&mut gws.dq, &mut gws.dkv, &mut ws.kv), &mut gws.dkv_acc, batch.rows(), batch.seqs)
 }
 
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Usp<B, C> {
     fn forward(&mut self, be: &B, _world: &C, keep: bool) -> Result<()> {
-        let Usp { cfg, ulysses, ring, group, members, stack, ex, kv_in, decoder } = self;
+        let Usp { cfg, ulysses, ring, group, members, stack, ex, kv_in, decoder, .. } = self;
         let causal = cfg.causal;
         decoder.iter_mut().for_each(Decoder::restart);
         stack.forward_all(be, cfg, keep, &mut |ws, batch, l| {
-            usp_attention(be, ulysses, ring, group, members, ws, ex, kv_in, batch, causal, decoder.as_mut().map(|d| (d, l)))
+            usp_attention(be, ulysses, ring, group, members, ws, ex, kv_in, batch, causal, decoder.as_mut().map(|d| (d, l)), None)
         })
     }
 
@@ -256,6 +346,59 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Usp<B, C> {
 
     fn decode_output(&self) -> Option<&B::Act> {
         self.decoder.as_ref().and_then(Decoder::output)
+    }
+
+    /// Per micro-batch the forward and the backward (the group's all-to-alls reversed around
+    /// the ring's backward); every weight's gradients summed over the whole job (`world`).
+    fn train_step(&mut self, be: &B, world: &C, keep: bool) -> Result<StepPhases> {
+        let Usp { cfg, ulysses, ring, group, members, stack, ex, kv_in, trainer, .. } = self;
+        let causal = cfg.causal;
+        let (trainer, heads, grad) = trainer.as_mut().ok_or_else(|| anyhow::anyhow!("usp set up without --train"))?;
+        // The forward and the backward take turns with the exchange buffers.
+        let (ex, kv_in, heads) = (std::cell::RefCell::new(ex), std::cell::RefCell::new(kv_in), std::cell::RefCell::new(heads));
+        let (ulysses, ring): (&C, &C) = (ulysses, ring);
+        trainer.step(
+            stack,
+            be,
+            cfg,
+            keep,
+            &mut |ws, batch, l| {
+                let kept = Some((&mut **heads.borrow_mut(), l));
+                usp_attention(
+                    be,
+                    ulysses,
+                    ring,
+                    group,
+                    members,
+                    ws,
+                    &mut ex.borrow_mut(),
+                    &mut kv_in.borrow_mut(),
+                    batch,
+                    causal,
+                    None,
+                    kept,
+                )
+            },
+            &mut |ws, gws, saved, batch, l| {
+                let grads = UspGrads { g: group, members, heads: &mut heads.borrow_mut(), grad: &mut *grad };
+                usp_backward(
+                    be,
+                    (ulysses, ring),
+                    grads,
+                    (ws, gws, saved),
+                    (&mut ex.borrow_mut(), &mut kv_in.borrow_mut()),
+                    batch,
+                    l,
+                    causal,
+                )
+            },
+            &mut |_| Ok(()),
+            Some(world),
+        )
+    }
+
+    fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
+        self.trainer.as_ref().map(|(t, _, _)| t.gradients())
     }
 
     fn kind(&self) -> StrategyKind {

@@ -71,12 +71,6 @@ fn dispatch(cli: &Cli, launch: &Launch) -> anyhow::Result<ExitCode> {
         Command::Verify(a) => node_window(a.config.request(), launch).resolve(launch.size)?,
         _ => unreachable!("runs without MPI"),
     };
-    if let Command::Run(a) = &cli.command {
-        let pending: Vec<&str> = crate::strategy::SPECS.iter().filter(|s| s.train.is_none()).map(|s| s.kind.name()).collect();
-        if a.config.train.train && a.config.strategy == crate::config::StrategySelection::All && launch.rank == 0 && !pending.is_empty() {
-            crate::outln!("note: --train --strategy all: the backward of {} is not written yet; they are not run", pending.join(", "));
-        }
-    }
     let hw = hw.as_ref();
     let world = || MpiComm::new(launch.world_for_strategies());
     match cfgs[0].backend {

@@ -148,7 +148,8 @@ fn print_comparison(summaries: &[StrategySummary]) {
     crate::outln!();
     crate::outln!("{:<24}{names}", "");
     row("tokens/s", &|m| format!("{:.1}", m.tps));
-    row("prefill time per token", &|m| fmt_seconds(m.prefill_s_per_token));
+    let per_token = if measured.iter().all(|(_, m)| m.train.is_some()) { "step time per token" } else { "prefill time per token" };
+    row(per_token, &|m| fmt_seconds(m.prefill_s_per_token));
     row("iteration (mean)", &|m| fmt_seconds(m.iter.mean));
     row("peak memory (max rank)", &|m| fmt_bytes(m.peak_buffers.0));
     row("exposed comm (max)", &|m| fmt_seconds(m.comm_s.0));

@@ -36,14 +36,14 @@ pub const SPEC: Spec = Spec {
         let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
         super::decode::sequence_parallel(cfg, rank, Route::Gather, prompt)
     },
-    train: Some(TrainSpec {
+    train: TrainSpec {
         grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
         kv_replicas: |_, rank| vec![rank],
         backward_traffic,
         dkv_rows: |cfg, _| cfg.split.sp() * cfg.micro_batch * super::shared::longest_tokens(cfg),
         extra_bytes: |cfg, _| (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * cfg.model.kv_dim() * 4) as u64,
         pipelined: false,
-    }),
+    },
 };
 
 /// The local K/V padded to the longest block (what the all-gather sends), and the whole
@@ -223,9 +223,5 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
 
     fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(|(t, _)| t.gradients())
-    }
-
-    fn kind(&self) -> StrategyKind {
-        SPEC.kind
     }
 }

@@ -15,13 +15,15 @@
 //! they overlap the inner ring's. W = P is ring (one window); W = 1 is ring too (the outer ring).
 
 use super::decode::{self, combine::Route, Decoder};
-use super::ring::ring_steps;
+use super::ring::{grad_ring_bytes, gradient_steps, ring_pass_backward, ring_steps, GradRing};
 use super::spec::{CommProjection, Op, ProjectionInput, SizeFlags, Spec, Strategy, Transfer};
 use super::stack::Stack;
+use super::train::{StepPhases, TrainSpec, Trainer};
 use crate::backend::{Backend, Heads, Matrix};
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
-use crate::model::{attend_blocks, Batch, Blocks, Workspace};
+use crate::model::backward::{begin_attention_backward, GradWorkspace};
+use crate::model::{attend_blocks, Batch, Blocks, Saved, Workspace};
 use crate::topology::{grid_coord, grid_rank, ring_peers, ring_tokens, LocalTokens};
 use anyhow::{Context, Result};
 
@@ -44,7 +46,16 @@ pub const SPEC: Spec = Spec {
         let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
         super::decode::sequence_parallel(cfg, rank, Route::Ring, prompt)
     },
-    train: None,
+    train: TrainSpec {
+        grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
+        kv_replicas: |_, rank| vec![rank],
+        backward_traffic,
+        dkv_rows: |cfg, _| cfg.micro_batch * super::shared::longest_tokens(cfg),
+        extra_bytes: |cfg, _| {
+            2 * grad_ring_bytes((cfg.micro_batch * super::shared::longest_tokens(cfg)) as u64, 2 * cfg.model.kv_dim() as u64)
+        },
+        pipelined: false,
+    },
 };
 
 /// What the inner ring's blocks are called in the traffic table (and the outer ring's).
@@ -128,6 +139,39 @@ fn traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
     out
 }
 
+/// The backward's, per layer and micro-batch: the forward's K/V steps again, and the FP32
+/// dK/dV accumulators: per outer step, those of the window's blocks around the inner ring (as
+/// the ring's backward moves them), then the window's sum of the block it started with to the
+/// next window (N messages across windows, the last bringing each rank its own block's).
+fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
+    let (m, w, p) = (&cfg.model, cfg.split.window(), cfg.split.sp());
+    let n = p / w;
+    let (i, k) = coord(cfg, rank);
+    let calls = (m.layers * cfg.micro_batches()) as u64;
+    let grad = |owner: usize| 2 * (cfg.micro_batch * ring_tokens(cfg.layout, m.seq_len, p, owner).len() * 2 * m.kv_dim() * 2) as u64;
+    let mut out = traffic(cfg, rank);
+    for j in 0..n {
+        let window = (k + n - j) % n;
+        out.extend(gradient_steps(i, w, |pos| grad(grid_rank(pos, window, w)), |pos| grid_rank(pos, k, w), calls));
+    }
+    let (to, from) = ring_peers(k, n);
+    let mut peers = vec![grid_rank(i, to, w), grid_rank(i, from, w)];
+    peers.dedup();
+    for j in 0..if n > 1 { n } else { 0 } {
+        out.push(Transfer {
+            op: Op::RingStep,
+            what: "dK/dV accumulator (FP32, outer ring)",
+            peers: peers.clone(),
+            buffer_bytes: grad(owner(i, k, j, 0, w, n)),
+            sent: grad(owner(i, k, j, 0, w, n)),
+            received: grad(owner(i, k, j + 1, 0, w, n)),
+            calls,
+            overlapped: false,
+        });
+    }
+    out
+}
+
 /// Each inner step's transfer hides under that step's attention (at the window's link); each
 /// outer transfer under the whole inner ring of its outer step (W steps of attention, and what
 /// of the inner transfers they do not hide), at the outer ring's link.
@@ -184,6 +228,8 @@ pub struct DoubleRing<B: Backend, C> {
     next: B::Act,
     spare: B::Act,
     decoder: Option<Decoder<B>>,
+    /// With --train: the trainer, and the travelling dK|dV of the inner and the outer ring.
+    trainer: Option<(Trainer<B>, [GradRing<B>; 2])>,
 }
 
 impl<B: Backend, C: Communicator<B>> DoubleRing<B, C> {
@@ -194,15 +240,25 @@ impl<B: Backend, C: Communicator<B>> DoubleRing<B, C> {
         let outer = world.split_own_lane(o_color, o_key).context("creating the outer ring across the windows")?;
         let extra = buffers(cfg, rank).extra;
         let (next, spare) = (be.alloc_act(extra[0].0, extra[0].1)?, be.alloc_act(extra[1].0, extra[1].1)?);
+        let stack = Stack::of(&SPEC, cfg, be, rank)?;
+        let trainer = match cfg.train {
+            true => {
+                let (rows, cols) = (cfg.micro_batch * super::shared::longest_tokens(cfg), 2 * cfg.model.kv_dim());
+                let t = Trainer::new(be, cfg, &stack, &crate::model::Shard::whole(&cfg.model), &SPEC, rank)?;
+                Some((t, [GradRing::new(be, rows, cols)?, GradRing::new(be, rows, cols)?]))
+            }
+            false => None,
+        };
         Ok(DoubleRing {
             cfg: cfg.clone(),
             inner,
             outer,
             layout: super::shared::sequence_layout(cfg),
-            stack: Stack::of(&SPEC, cfg, be, rank)?,
+            stack,
             next,
             spare,
             decoder: decode::decoder_for(cfg, be, SPEC.decode, rank)?,
+            trainer,
         })
     }
 }
@@ -278,9 +334,80 @@ fn double_ring_pass<B: Backend, C: Communicator<B>>(
     Ok(())
 }
 
+/// The backward of `double_ring_pass`: per outer step, the ring's backward over the window
+/// (`ring_pass_backward`, the K/V blocks of window k - j and their FP32 dK|dV accumulators) under
+/// the outer ring's transfer of the next start block, as in the forward; then the window's sum
+/// for the block it started with goes on to the next window, where the sum of the windows before
+/// is added, until the last brings each rank its own block's. Fills gws.dq and gws.dkv.
+#[allow(clippy::too_many_arguments)]
+fn double_ring_backward<B: Backend, C: Communicator<B>>(
+    be: &B,
+    (inner, outer): (&C, &C),
+    (ws, gws, saved): (&mut Workspace<B>, &mut GradWorkspace<B>, &Saved<B>),
+    (next, spare): (&mut B::Act, &mut B::Act),
+    [in_grad, out_grad]: &mut [GradRing<B>; 2],
+    batch: &Batch,
+    layout: &[LocalTokens],
+    causal: bool,
+) -> Result<()> {
+    let (i, w, k, n) = (inner.rank(), inner.size(), outer.rank(), outer.size());
+    let (to_o, from_o) = ring_peers(k, n);
+    let heads = ws.heads;
+    begin_attention_backward(be, gws, saved, heads)?;
+    let q = Blocks::one(batch.seqs, batch.tokens);
+    let blocks: Vec<Blocks> = layout.iter().map(|t| Blocks::one(batch.seqs, t)).collect();
+    let Workspace { kv, kv_in, .. } = ws;
+    let (mut start, mut next) = (kv, next);
+    start.set_rows(saved.kv.rows());
+    be.copy_rows(&saved.kv, 0, start, 0, saved.kv.rows())?;
+    let GradWorkspace { dattn, delta, dq_acc, dkv_acc, .. } = gws;
+    let grads = (&*dattn, &saved.lse, &*delta);
+    for j in 0..n {
+        let window = (k + n - j) % n;
+        let inner_blocks: Vec<Blocks> = (0..w).map(|pos| blocks[grid_rank(pos, window, w)].clone()).collect();
+        let mut inner_ring = || -> Result<()> {
+            // The inner ring moves its blocks through kv_in and the spare; `start` goes on intact.
+            kv_in.set_rows(start.rows());
+            be.copy_rows(start, 0, kv_in, 0, start.rows())?;
+            let bufs = (&mut *kv_in, &mut *spare);
+            ring_pass_backward(be, inner, (&saved.q, &q), bufs, &inner_blocks, heads, causal, grads, (&mut *dq_acc, &mut *dkv_acc), in_grad)
+        };
+        if j + 1 < n {
+            let incoming = owner(i, k, j + 1, 0, w, n);
+            next.set_rows(blocks[incoming].rows);
+            outer.exchange(start, to_o, next, from_o, &mut inner_ring).with_context(|| {
+                format!("outer ring backward step {j}: sending to window {to_o}, receiving rank {incoming}'s block from window {from_o}")
+            })?;
+            std::mem::swap(&mut start, &mut next);
+        } else {
+            inner_ring()?;
+        }
+        // The window's sum for the block this rank started the outer step with, plus the windows' before.
+        if j > 0 {
+            be.unpack_acc(&out_grad.arriving, &mut out_grad.travel)?;
+            be.add_acc(&mut in_grad.travel, &out_grad.travel)?;
+        }
+        if n > 1 {
+            be.pack_acc(&in_grad.travel, &mut out_grad.out)?;
+            out_grad.arriving.set_rows(blocks[owner(i, k, j + 1, 0, w, n)].rows);
+            outer
+                .exchange(&out_grad.out, to_o, &mut out_grad.arriving, from_o, &mut || Ok(()))
+                .with_context(|| format!("outer ring backward step {j}: dK/dV to window {to_o}, from window {from_o}"))?;
+        }
+    }
+    let own = if n > 1 {
+        be.unpack_acc(&out_grad.arriving, &mut out_grad.travel)?;
+        &out_grad.travel
+    } else {
+        &in_grad.travel
+    };
+    be.attention_store(dq_acc, &mut gws.dq)?;
+    be.attention_store(own, &mut gws.dkv)
+}
+
 impl<B: Backend, C: Communicator<B>> Strategy<B, C> for DoubleRing<B, C> {
     fn forward(&mut self, be: &B, _world: &C, keep: bool) -> Result<()> {
-        let DoubleRing { cfg, inner, outer, layout, stack, next, spare, decoder } = self;
+        let DoubleRing { cfg, inner, outer, layout, stack, next, spare, decoder, .. } = self;
         let causal = cfg.causal;
         decoder.iter_mut().for_each(Decoder::restart);
         stack.forward_all(be, cfg, keep, &mut |ws, batch: &Batch, l| {
@@ -307,8 +434,36 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for DoubleRing<B, C> {
         self.decoder.as_ref().and_then(Decoder::output)
     }
 
-    fn kind(&self) -> StrategyKind {
-        SPEC.kind
+    fn train_step(&mut self, be: &B, world: &C, keep: bool) -> Result<StepPhases> {
+        let DoubleRing { cfg, inner, outer, layout, stack, next, spare, trainer, .. } = self;
+        let causal = cfg.causal;
+        let (trainer, rings) = trainer.as_mut().ok_or_else(|| anyhow::anyhow!("double-ring set up without --train"))?;
+        let (next, spare) = (std::cell::RefCell::new(next), std::cell::RefCell::new(spare));
+        trainer.step(
+            stack,
+            be,
+            cfg,
+            keep,
+            &mut |ws, batch: &Batch, _| {
+                let q = Blocks::one(batch.seqs, batch.tokens);
+                let blocks: Vec<Blocks> = layout.iter().map(|t| Blocks::one(batch.seqs, t)).collect();
+                let Workspace { q: wq, kv, kv_in, o, lse, heads, .. } = ws;
+                let (mut next, mut spare) = (next.borrow_mut(), spare.borrow_mut());
+                let bufs = KvBuffers { start: kv, next: &mut **next, a: kv_in, b: &mut **spare };
+                double_ring_pass(be, inner, outer, wq, &q, bufs, &blocks, *heads, causal, o, lse)?;
+                be.attention_store(&ws.o, &mut ws.attn)
+            },
+            &mut |ws, gws, saved, batch, _| {
+                let (mut next, mut spare) = (next.borrow_mut(), spare.borrow_mut());
+                double_ring_backward(be, (inner, outer), (ws, gws, saved), (&mut **next, &mut **spare), rings, batch, layout, causal)
+            },
+            &mut |_| Ok(()),
+            Some(world),
+        )
+    }
+
+    fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
+        self.trainer.as_ref().map(|(t, _)| t.gradients())
     }
 }
 

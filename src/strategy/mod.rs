@@ -82,21 +82,21 @@ pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
 
 /// Every message of `rank`'s backward pass in a training step (none for a forward pass).
 pub fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
-    match (&spec(cfg.strategy).train, cfg.train) {
-        (Some(t), true) => (t.backward_traffic)(cfg, rank),
-        _ => Vec::new(),
+    match cfg.train {
+        true => (spec(cfg.strategy).train.backward_traffic)(cfg, rank),
+        false => Vec::new(),
     }
 }
 
 /// `rank`'s FP32 all-reduce of its weight gradients in a training step (none for a forward pass,
 /// or where no other rank holds its weights).
 pub fn grad_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
-    match (&spec(cfg.strategy).train, cfg.train) {
-        (Some(t), true) => {
+    match cfg.train {
+        true => {
             let p = placement(cfg, rank);
-            train::grad_traffic(cfg, rank, t, &p.shard, p.layers.len())
+            train::grad_traffic(cfg, rank, &spec(cfg.strategy).train, &p.shard, p.layers.len())
         }
-        _ => Vec::new(),
+        false => Vec::new(),
     }
 }
 
@@ -173,7 +173,7 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
     let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);
     let attention = f32b * (kv_r * kv_c + 64 * kv_r + 64 * w);
     let training = match (&spec(cfg.strategy).train, cfg.train) {
-        (Some(t), true) => {
+        (t, true) => {
             let place_rows = cfg.micro_batch * place.tokens.len();
             let acc = (buf.acc_rows, buf.acc_heads);
             train::train_bytes(cfg, t, &place.shard, place.layers.len(), place_rows, acc, (t.dkv_rows)(cfg, rank), keep)
@@ -426,7 +426,7 @@ mod tests {
             base.train = true;
             let exact = crate::model::oracle::backward::train(&base.model, base.seed, base.causal, 0..2);
             let mut ring_errors = Vec::new();
-            for spec in SPECS.iter().filter(|s| s.train.is_some()) {
+            for spec in SPECS {
                 for world in 1..=6 {
                     for cfg in every_split(spec, &RunConfig { strategy: spec.kind, ..base.clone() }, world)
                         .into_iter()

@@ -26,14 +26,14 @@ pub const SPEC: Spec = Spec {
     splits: super::shared::no_splits,
     project,
     decode: |cfg, _| super::decode::whole(cfg),
-    train: Some(TrainSpec {
+    train: TrainSpec {
         grad_peers: |_, rank| vec![rank],
         kv_replicas: |_, rank| vec![rank],
         backward_traffic: |_, _| Vec::new(),
         dkv_rows: |cfg, _| cfg.micro_batch * cfg.model.seq_len,
         extra_bytes: |_, _| 0,
         pipelined: false,
-    }),
+    },
 };
 
 fn check(_: &RunConfig, world: usize) -> Result<(), ConfigError> {
@@ -120,9 +120,5 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Reference<B> {
 
     fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(|t| t.gradients())
-    }
-
-    fn kind(&self) -> StrategyKind {
-        SPEC.kind
     }
 }

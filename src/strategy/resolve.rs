@@ -90,13 +90,7 @@ impl RunRequest {
     /// of `world` ranks.
     pub fn resolve(&self, world: usize) -> Result<Vec<RunConfig>, ConfigError> {
         let flags = self.size_flags();
-        // `all` with --train runs the strategies whose backward is written (`harness::run` says which not).
-        let trains = |kind: StrategyKind| !self.train || spec(kind).train.is_some();
-        self.resolve_each(world)?
-            .into_iter()
-            .filter(|(kind, r)| !flags.all || (runs_in_all(*kind, &flags, r) && trains(*kind)))
-            .map(|(_, r)| r)
-            .collect()
+        self.resolve_each(world)?.into_iter().filter(|(kind, r)| !flags.all || runs_in_all(*kind, &flags, r)).map(|(_, r)| r).collect()
     }
 
     /// Every strategy `--strategy` names, resolved for a job of `world` ranks, with its verdict
@@ -262,20 +256,11 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     (spec(cfg.strategy).check)(cfg, world)
 }
 
-/// The refusal of `--train` for a strategy whose backward is not written yet.
-pub(crate) fn no_training_yet(kind: crate::config::StrategyKind) -> String {
-    let ready: Vec<&str> = SPECS.iter().filter(|s| s.train.is_some()).map(|s| s.kind.name()).collect();
-    format!("--train with --strategy {}: its backward is not written yet (training runs {} for now)", kind.name(), ready.join(", "))
-}
-
-/// What `--train` takes: the CPU backend, a strategy whose backward is written, no decode
-/// steps (and no emulation: `EmulationRequest::resolve`).
+/// What `--train` takes: the CPU backend, no decode steps (and no emulation:
+/// `EmulationRequest::resolve`).
 fn check_train(cfg: &RunConfig) -> Result<(), ConfigError> {
     if cfg.backend == crate::config::BackendKind::Cuda {
         bad!("--train with --backend cuda: {}", crate::backend::cuda::backward::NO_BACKWARD);
-    }
-    if spec(cfg.strategy).train.is_none() {
-        return Err(ConfigError(no_training_yet(cfg.strategy)));
     }
     if cfg.decode_tokens > 0 {
         bad!("--train with --decode-tokens {}: a training step has no decode steps (run them apart)", cfg.decode_tokens);

@@ -35,14 +35,14 @@ pub const SPEC: Spec = Spec {
         let prompt = super::shared::sequence_parallel_placement(cfg, rank).tokens.len();
         super::decode::sequence_parallel(cfg, rank, Route::Ring, prompt)
     },
-    train: Some(TrainSpec {
+    train: TrainSpec {
         grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
         kv_replicas: |_, rank| vec![rank],
         backward_traffic,
         dkv_rows: |cfg, _| cfg.micro_batch * super::shared::longest_tokens(cfg),
         extra_bytes: |cfg, _| grad_ring_bytes((cfg.micro_batch * super::shared::longest_tokens(cfg)) as u64, 2 * cfg.model.kv_dim() as u64),
         pipelined: false,
-    }),
+    },
 };
 
 /// Two K/V buffers of the longest block: the one in use, and the next one arriving.
@@ -195,8 +195,8 @@ pub struct Ring<B: Backend> {
 pub(super) struct GradRing<B: Backend> {
     /// On return from `ring_pass_backward`, this position's own block's complete dK|dV.
     pub travel: B::Acc,
-    out: B::Act,
-    arriving: B::Act,
+    pub out: B::Act,
+    pub arriving: B::Act,
 }
 
 impl<B: Backend> GradRing<B> {
@@ -422,10 +422,6 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
 
     fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(|(t, _)| t.gradients())
-    }
-
-    fn kind(&self) -> StrategyKind {
-        SPEC.kind
     }
 }
 

@@ -35,20 +35,12 @@ pub trait Strategy<B: Backend, C: Communicator<B>> {
     /// One training step of a config with `train` (docs/design.md, "Training"): the forward over
     /// the batch keeping activations, the backward, the gradient reduction; with `keep`, the
     /// gradients are kept for `gradients`. Its phases' seconds on this rank.
-    fn train_step(&mut self, be: &B, comm: &C, keep: bool) -> Result<StepPhases> {
-        let _ = (be, comm, keep);
-        anyhow::bail!("--train with --strategy {}: its backward is not written yet", self.kind().name())
-    }
+    fn train_step(&mut self, be: &B, comm: &C, keep: bool) -> Result<StepPhases>;
 
     /// The kept gradients of the last training step with `keep`: dL/dX of the rows of
     /// `output_tokens` ([batch x tokens, d_model], sequence-major) and every layer's weight
     /// gradients (its shard, after the reduction); None before one.
-    fn gradients(&self) -> Option<Gradients<'_, B>> {
-        None
-    }
-
-    /// Which strategy this is (for messages).
-    fn kind(&self) -> StrategyKind;
+    fn gradients(&self) -> Option<Gradients<'_, B>>;
 }
 
 /// What one rank owns of the model (docs/design.md, "Strategies"): the statement that FLOPs, memory,
@@ -97,9 +89,8 @@ pub struct Spec {
     pub project: fn(&RunConfig, &ProjectionInput) -> CommProjection,
     /// What each rank does in a decode step (docs/design.md, "Decode").
     pub decode: fn(&RunConfig, usize) -> super::decode::DecodePlacement,
-    /// What it adds for a training step; None where its backward is not written yet (`--train`
-    /// refuses it before any work).
-    pub train: Option<TrainSpec>,
+    /// What it adds for a training step.
+    pub train: TrainSpec,
 }
 
 /// What `plan` knows when it asks a strategy for its communication time: the busiest rank, its

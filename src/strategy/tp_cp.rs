@@ -35,7 +35,7 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
-    train: Some(TrainSpec {
+    train: TrainSpec {
         grad_peers: |cfg, rank| {
             let (t, _) = coord(cfg, rank);
             (0..cfg.split.cp()).map(|pos| grid_rank(t, pos, cfg.split.tp())).collect()
@@ -48,7 +48,7 @@ pub const SPEC: Spec = Spec {
             grad_ring_bytes((cfg.micro_batch * super::shared::longest_tokens_of(&layout(cfg))) as u64, 2 * kvw as u64)
         },
         pipelined: false,
-    }),
+    },
 };
 
 /// --tp and --cp (under `--strategy all`, --tp is tp-pp's and only --cp counts); a missing one
@@ -302,9 +302,5 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
 
     fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(|(t, _)| t.gradients())
-    }
-
-    fn kind(&self) -> StrategyKind {
-        SPEC.kind
     }
 }

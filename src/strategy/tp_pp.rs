@@ -36,14 +36,14 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
-    train: Some(TrainSpec {
+    train: TrainSpec {
         grad_peers: |_, rank| vec![rank],
         kv_replicas,
         backward_traffic,
         dkv_rows: |cfg, _| cfg.micro_batch * cfg.model.seq_len,
         extra_bytes: |_, _| 0,
         pipelined: true,
-    }),
+    },
 };
 
 fn sizes(cfg: &RunConfig) -> Vec<usize> {
@@ -414,9 +414,5 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
 
     fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(Trainer::gradients)
-    }
-
-    fn kind(&self) -> StrategyKind {
-        SPEC.kind
     }
 }

@@ -99,7 +99,7 @@ pub fn train_bytes(
     let up = (shard.mlp.len() * m.mlp_act.up_factor()) as u64;
     let saved = saved_bytes(rows as u64, d, w, kvw, up, (acc_rows as u64, acc_heads as u64));
     let kept = if keep { 2 * (rows / cfg.micro_batch * m.batch) as u64 * d } else { 0 };
-    let kept_mbs = kept_micro_batches(cfg, Some(spec)) as u64;
+    let kept_mbs = kept_micro_batches(cfg, spec) as u64;
     layers as u64 * (kept_mbs * saved + grads_bytes(m, shard))
         + grad_workspace_bytes(m, shard, rows as u64, dkv_rows.max(rows) as u64)
         + kept
@@ -120,9 +120,8 @@ impl<B: Backend> Trainer<B> {
     /// the activations of every micro-batch kept where it pipelines, of one otherwise).
     pub(crate) fn new(be: &B, cfg: &RunConfig, stack: &Stack<B>, shard: &Shard, spec: &super::spec::Spec, rank: usize) -> Result<Self> {
         let rows = cfg.micro_batch * stack.tokens.len();
-        let t = spec.train.as_ref();
-        let dkv_rows = t.map_or(rows, |t| (t.dkv_rows)(cfg, rank));
-        let kept = kept_micro_batches(cfg, t);
+        let dkv_rows = (spec.train.dkv_rows)(cfg, rank);
+        let kept = kept_micro_batches(cfg, &spec.train);
         Ok(Trainer {
             saved: (0..kept * stack.layers.len()).map(|_| Saved::new(be, &stack.ws, rows)).collect::<Result<_>>()?,
             grads: stack.layers.iter().map(|w| LayerGrads::new(be, w)).collect::<Result<_>>()?,
@@ -256,8 +255,8 @@ pub fn clock<B: Backend>(be: &B, t0: Instant) -> Result<f64> {
 
 /// Micro-batches whose activations a rank keeps at once: all of them where the strategy
 /// pipelines (every forward before the first backward), else one.
-fn kept_micro_batches(cfg: &RunConfig, spec: Option<&TrainSpec>) -> usize {
-    if spec.is_some_and(|t| t.pipelined) {
+fn kept_micro_batches(cfg: &RunConfig, spec: &TrainSpec) -> usize {
+    if spec.pipelined {
         cfg.micro_batches()
     } else {
         1

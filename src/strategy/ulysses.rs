@@ -35,7 +35,7 @@ pub const SPEC: Spec = Spec {
     splits: super::shared::no_splits,
     project,
     decode,
-    train: Some(TrainSpec {
+    train: TrainSpec {
         grad_peers: |cfg, _| (0..cfg.split.sp()).collect(),
         kv_replicas: |_, rank| vec![rank],
         backward_traffic: |cfg, rank| {
@@ -47,7 +47,7 @@ pub const SPEC: Spec = Spec {
             HeadTrainer::<crate::backend::cpu::CpuBackend>::bytes(&group(cfg, rank), cfg.micro_batch, cfg.model.layers)
         },
         pipelined: false,
-    }),
+    },
 };
 
 fn tokens(cfg: &RunConfig, rank: usize) -> LocalTokens {
@@ -328,9 +328,5 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
 
     fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(|(t, _)| t.gradients())
-    }
-
-    fn kind(&self) -> StrategyKind {
-        SPEC.kind
     }
 }

@@ -45,7 +45,7 @@ pub const SPEC: Spec = Spec {
     splits,
     project,
     decode,
-    train: Some(TrainSpec {
+    train: TrainSpec {
         grad_peers: |cfg, _| (0..cfg.split.ulysses() * cfg.split.ring()).collect(),
         kv_replicas: |_, rank| vec![rank],
         backward_traffic,
@@ -57,7 +57,7 @@ pub const SPEC: Spec = Spec {
                 + grad_ring_bytes(all as u64, 2 * kvw as u64)
         },
         pipelined: false,
-    }),
+    },
 };
 
 /// --ulysses and --ring (under `--strategy all`, --ring is the ring's and only --ulysses counts);
@@ -399,9 +399,5 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Usp<B, C> {
 
     fn gradients(&self) -> Option<super::train::Gradients<'_, B>> {
         self.trainer.as_ref().map(|(t, _, _)| t.gradients())
-    }
-
-    fn kind(&self) -> StrategyKind {
-        SPEC.kind
     }
 }

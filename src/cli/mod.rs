@@ -109,6 +109,8 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub decode: args::DecodeArg,
     #[command(flatten)]
+    pub train: args::TrainArg,
+    #[command(flatten)]
     pub hardware: HardwareArgs,
     /// Print the plan as JSON.
     #[arg(long)]
@@ -119,7 +121,8 @@ impl PlanArgs {
     /// The flags as plain data; `all` where no strategy is named.
     pub fn request(&self) -> crate::config::RunRequest {
         let strategy = self.strategy.unwrap_or(StrategySelection::All);
-        args::request(strategy, &self.work, self.length.seq_len, &self.split, &args::MeasureArgs::default(), &self.decode)
+        let request = args::request(strategy, &self.work, self.length.seq_len, &self.split, &args::MeasureArgs::default(), &self.decode);
+        crate::config::RunRequest { train: self.train.train, ..request }
     }
 }
 

@@ -56,6 +56,9 @@ pub struct SweepArgs {
     /// With --decode-tokens, every point's decode too, ranked by TPOT beside the prefill.
     #[command(flatten)]
     pub decode: super::args::DecodeArg,
+    /// With --train, every point's training step (forward, backward, gradient all-reduce).
+    #[command(flatten)]
+    pub train: super::args::TrainArg,
     #[command(flatten)]
     pub hardware: HardwareArgs,
     /// Used by `--mode run` only.
@@ -69,7 +72,10 @@ impl SweepArgs {
         let work = WorkArgs { batch: Some(self.work.batch.unwrap_or(DEFAULT_BATCH)), ..self.work.clone() };
         let default_worlds = self.gpus.is_empty() && self.mode == SweepMode::Plan;
         SweepGrid {
-            request: super::args::request(self.strategy, &work, None, &SplitArgs::default(), &self.measure, &self.decode),
+            request: crate::config::RunRequest {
+                train: self.train.train,
+                ..super::args::request(self.strategy, &work, None, &SplitArgs::default(), &self.measure, &self.decode)
+            },
             seq_lens: if self.seq_lens.is_empty() { DEFAULT_SEQ_LENS.to_vec() } else { self.seq_lens.clone() },
             worlds: if default_worlds { DEFAULT_WORLDS.to_vec() } else { self.gpus.clone() },
             kv_heads_list: self.kv_heads_list.clone(),
@@ -83,7 +89,7 @@ impl SweepArgs {
         if let Some(out) = &self.out {
             return out.clone();
         }
-        let preset = self.work.preset.name();
+        let preset = format!("{}{}", self.work.preset.name(), if self.train.train { "-train" } else { "" });
         let name = match launch_world {
             None => format!("sweep-{preset}-{}-{}", self.hardware.hardware.name(), chrono::Utc::now().format("%Y%m%dT%H%M%SZ")),
             Some(w) => format!("sweep-{preset}-measured-{}-{w}ranks", self.measure.backend.name()),

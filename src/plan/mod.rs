@@ -20,6 +20,7 @@ pub mod decode;
 pub mod hardware;
 pub mod rates;
 pub mod render;
+pub mod train;
 
 pub use hardware::{Hardware, Profile};
 
@@ -69,6 +70,8 @@ pub struct Projection {
     /// Time to first token: the iteration time of one sequence alone (batch and micro-batch 1),
     /// the prefill latency a user waits for.
     pub ttft_s: f64,
+    /// With --train: the step's phases (then `iteration_s` is the whole step).
+    pub train: Option<train::TrainProjection>,
 }
 
 impl Projection {
@@ -89,6 +92,9 @@ pub struct TrafficLine {
     /// by the sequences alone).
     pub sent_per_layer_sequence: f64,
     pub received_per_layer_sequence: f64,
+    /// What `*_per_layer_sequence` is per: "layer and sequence", "sequence" (a pipeline's
+    /// hand-offs) or "layer" (a training step's gradient all-reduce, once per step).
+    pub per: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -167,7 +173,10 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let job = flops::job_flops(cfg);
     // The busiest rank: the one with the most FLOPs (all equal but for the contiguous ring).
     let busiest = (0..world).max_by(|&a, &b| flops::rank_flops(cfg, a).total().total_cmp(&flops::rank_flops(cfg, b).total())).unwrap_or(0);
-    let rf = flops::rank_flops(cfg, busiest);
+    // The forward's compute: a training step's is three times it (`train::project`).
+    let forward_cfg = RunConfig { train: false, ..cfg.clone() };
+    let rf = flops::rank_flops(&forward_cfg, busiest);
+    let step_flops = flops::rank_flops(cfg, busiest);
     let mb = cfg.micro_batch as f64;
     let seqs = m.batch as f64;
 
@@ -186,8 +195,14 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     let allreduce_bytes_per_iter = sent_by(Op::AllReduce);
     let pipeline_bytes_per_iter = sent_by(Op::PipelineSend);
     let mut traffic: Vec<TrafficLine> = Vec::new();
-    for t in &transfers {
-        let per = if matches!(t.op, Op::PipelineSend | Op::PipelineRecv) { seqs } else { layers_local * seqs };
+    let (backward, grads) = (crate::strategy::backward_traffic(cfg, busiest), crate::strategy::grad_traffic(cfg, busiest));
+    let units = transfers.iter().chain(&backward).map(|t| (t, false)).chain(grads.iter().map(|t| (t, true)));
+    for (t, gradient) in units {
+        let (per, unit) = match (gradient, t.op) {
+            (true, _) => (layers_local, "layer"),
+            (false, Op::PipelineSend | Op::PipelineRecv) => (seqs, "sequence"),
+            _ => (layers_local * seqs, "layer and sequence"),
+        };
         let (sent, received) = ((t.sent * t.calls) as f64, (t.received * t.calls) as f64);
         match traffic.iter_mut().find(|l| l.op == t.op.name() && l.what == t.what) {
             Some(l) => {
@@ -203,6 +218,7 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
                 received_per_iter: received,
                 sent_per_layer_sequence: sent / per,
                 received_per_layer_sequence: received / per,
+                per: unit.into(),
             }),
         }
     }
@@ -231,7 +247,7 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
     // Per layer: W_qkv [d, d + 2 kv_dim], W_o [d, d], W_up [d, F] ([d, 2F] gated), W_down [F, d], two gains.
     let params = l * (d * (d + 2.0 * m.kv_dim() as f64) + d * d + d * f * m.mlp_act.up_factor() as f64 + f * d + 2.0 * d);
     let flops_per_token = job.total() / tokens;
-    let compute_floor_s = rf.total() / hw.peak_flops;
+    let compute_floor_s = step_flops.total() / hw.peak_flops;
     let tps_bound = world as f64 * hw.peak_flops / flops_per_token;
 
     // Element-wise passes per layer and token row: ~10 reads/writes of d-wide rows, 4 of the
@@ -259,7 +275,9 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
                 ib_hop_latency_s: hw.ib_hop_latency_s,
             };
             let c = (spec.project)(cfg, &input);
-            let iteration_s = compute_s + c.exposed_s + c.bubble_s;
+            let forward_s = compute_s + c.exposed_s + c.bubble_s;
+            let train = cfg.train.then(|| train::project(cfg, spec, &input, forward_s, busiest));
+            let iteration_s = train.as_ref().map_or(forward_s, |t| t.step_s);
             Projection {
                 gpus_per_node: g,
                 nodes: world.div_ceil(g),
@@ -274,13 +292,20 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
                 tps_projected: tokens / iteration_s,
                 prefill_s_per_token: iteration_s / tokens,
                 ttft_s: iteration_s,
+                train,
             }
         })
         .collect::<Vec<_>>();
     // One sequence alone: the same placement's iteration at batch 1.
     let mut projections = projections;
     if m.batch > 1 {
-        let one = RunConfig { model: crate::config::ModelConfig { batch: 1, ..*m }, micro_batch: 1, decode_tokens: 0, ..cfg.clone() };
+        let one = RunConfig {
+            model: crate::config::ModelConfig { batch: 1, ..*m },
+            micro_batch: 1,
+            decode_tokens: 0,
+            train: false,
+            ..cfg.clone()
+        };
         for (p, q) in projections.iter_mut().zip(project(&one, hw, node_sizes).projections) {
             p.ttft_s = q.iteration_s;
         }
@@ -293,8 +318,8 @@ pub fn project(cfg: &RunConfig, hw: &Hardware, node_sizes: &[usize]) -> Plan {
         params,
         linear_flops_per_token: linear_per_token_layer(cfg) * l,
         attention_flops_per_token: job.attention / tokens,
-        rank_linear_flops: rf.linear,
-        rank_attention_flops: rf.attention,
+        rank_linear_flops: step_flops.linear,
+        rank_attention_flops: step_flops.attention,
         ring_step_bytes,
         allreduce_bytes,
         pipeline_bytes,

@@ -67,9 +67,13 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
     }
     for t in &p.traffic {
         // The lines the seed's readers know, then every kind in the same form.
-        let known = match t.op.as_str() {
-            "ring step" => format!("ring K/V {:.1} MB per step and sequence; ", p.ring_step_bytes / 1e6),
-            "all-reduce" => format!("TP all-reduce {:.1} MB per sequence (2 per layer); ", p.allreduce_bytes / 1e6),
+        let known = match (t.op.as_str(), t.per.as_str()) {
+            ("ring step", _) if t.what.starts_with("K/V block") => {
+                format!("ring K/V {:.1} MB per step and sequence; ", p.ring_step_bytes / 1e6)
+            }
+            ("all-reduce", "layer and sequence") if t.what == "row-parallel output" => {
+                format!("TP all-reduce {:.1} MB per sequence (2 per layer); ", p.allreduce_bytes / 1e6)
+            }
             _ => String::new(),
         };
         line(format!(
@@ -78,7 +82,7 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
             t.what,
             t.sent_per_layer_sequence / 1e6,
             t.received_per_layer_sequence / 1e6,
-            if t.op.starts_with("pipeline") { "sequence" } else { "layer and sequence" },
+            t.per,
             fmt_bytes(t.sent_per_iter)
         ));
     }
@@ -113,10 +117,21 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
     if p.projections.iter().any(|pr| pr.pipeline_bubble_s > 0.0) {
         line(row("  pipeline bubble", &|pr| fmt_seconds(pr.pipeline_bubble_s)));
     }
-    line(row("  iteration", &|pr| fmt_seconds(pr.iteration_s)));
-    line(row("  tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
-    line(row("  prefill time per token", &|pr| fmt_seconds(pr.prefill_s_per_token)));
-    line(row("  time to first token", &|pr| fmt_seconds(pr.ttft_s)));
+    if p.projections.iter().any(|pr| pr.train.is_some()) {
+        let phase = |pr: &Projection, f: fn(&crate::plan::train::TrainProjection) -> f64| {
+            pr.train.as_ref().map_or("-".into(), |t| fmt_seconds(f(t)))
+        };
+        line(row("  forward", &|pr| phase(pr, |t| t.forward_s)));
+        line(row("  backward (2x its compute)", &|pr| phase(pr, |t| t.backward_s)));
+        line(row("  gradient all-reduce", &|pr| phase(pr, |t| t.grad_reduce_s)));
+        line(row("  training step", &|pr| fmt_seconds(pr.iteration_s)));
+        line(row("  training tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
+    } else {
+        line(row("  iteration", &|pr| fmt_seconds(pr.iteration_s)));
+        line(row("  tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
+        line(row("  prefill time per token", &|pr| fmt_seconds(pr.prefill_s_per_token)));
+        line(row("  time to first token", &|pr| fmt_seconds(pr.ttft_s)));
+    }
     if let Some(d) = &p.decode {
         let first = p.projections.first().map(|pr| pr.gpus_per_node).unwrap_or(hw.gpus_per_node);
         line(String::new());
@@ -173,9 +188,17 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
         }
     };
     let m = &plans[0].0.model;
+    // A training step's second figure is the step itself; a prefill's, its first token.
+    let training = plans[0].0.train;
+    let (second_label, second): (&str, fn(&Projection) -> f64) =
+        if training { ("training step", |pr| pr.iteration_s) } else { ("time to first token", |pr| pr.ttft_s) };
     o.push_str(&format!(
-        "\ncomparison on {} GPUs of {}, batch {} x {} tokens ({} per placement):\n",
-        first.world, first.hardware.name, m.batch, m.seq_len, "tokens/s, time to first token"
+        "\ncomparison on {} GPUs of {}, batch {} x {} tokens ({}tokens/s, {second_label} per placement):\n",
+        first.world,
+        first.hardware.name,
+        m.batch,
+        m.seq_len,
+        if training { "training " } else { "" }
     ));
     let mut header = format!("{:<12}{:<30}{:>12} {:<5}", "strategy", "split", "memory/GPU", "fits");
     for pr in &first.projections {
@@ -191,7 +214,7 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
         let split = cfg.describe_split();
         let mut row = format!("{:<12}{:<30}{:>12} {:<5}", p.strategy, split, fmt_bytes(p.memory.total), if p.fits { "yes" } else { "NO" });
         for pr in &p.projections {
-            row.push_str(&format!("{:>34}", format!("{:.0} tok/s, {}", pr.tps_projected, fmt_seconds(pr.ttft_s))));
+            row.push_str(&format!("{:>34}", format!("{:.0} tok/s, {}", pr.tps_projected, fmt_seconds(second(pr)))));
         }
         o.push_str(&row);
         o.push('\n');
@@ -211,12 +234,12 @@ pub fn render_comparison(plans: &[(RunConfig, Plan)], refused: &[(String, String
             continue;
         };
         o.push_str(&format!(
-            "fastest that fits on {}: {} ({}), {:.0} tokens/s, time to first token {}, {} per GPU\n",
+            "fastest that fits on {}: {} ({}), {:.0} tokens/s, {second_label} {}, {} per GPU\n",
             placement(pr),
             c.strategy.name(),
             c.describe_split(),
             b.tps_projected,
-            fmt_seconds(b.ttft_s),
+            fmt_seconds(second(b)),
             fmt_bytes(p.memory.total)
         ));
         // Within the model's uncertainty of the fastest: a tie, and which of them holds least.

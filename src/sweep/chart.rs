@@ -72,7 +72,12 @@ fn page_of(world: usize, kv: usize, pts: &[&Point], by: &Fastest, cross: &[&Cros
         );
     }
     Page {
-        title: format!("{} tokens/s on {world} {}, {kv} K/V heads", basis.name(), if basis == Basis::Measured { "ranks" } else { "GPUs" }),
+        title: format!(
+            "{} {}tokens/s on {world} {}, {kv} K/V heads",
+            basis.name(),
+            if cfg.train { "training " } else { "" },
+            if basis == Basis::Measured { "ranks" } else { "GPUs" }
+        ),
         subtitle,
         legend,
         notes,

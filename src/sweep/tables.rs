@@ -19,6 +19,7 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
         "gpus_per_node",
         "kv_heads",
         "seq_len",
+        "train",
         "strategy",
         "split",
         "layout",
@@ -51,6 +52,7 @@ fn sweep_table(points: &[Point], hw: &Hardware) -> crate::output::reduce::Table 
                 hw.gpus_per_node.to_string(),
                 p.cfg.model.kv_heads.to_string(),
                 p.cfg.model.seq_len.to_string(),
+                p.cfg.train.to_string(),
                 p.cfg.strategy.name().to_string(),
                 p.split(),
                 layout.to_string(),
@@ -255,8 +257,9 @@ pub fn render(points: &[Point], hw: &Hardware, basis: Basis) -> String {
             }
         };
         o.push_str(&format!(
-            "\n{on}, {kv} K/V heads: {} tokens/s of each strategy's fastest split{}\n",
+            "\n{on}, {kv} K/V heads: {} {}tokens/s of each strategy's fastest split{}\n",
             basis.name(),
+            if points.first().is_some_and(|p| p.cfg.train) { "training " } else { "" },
             if basis == Basis::Projected { " that fits" } else { "" }
         ));
         let none = if basis == Basis::Projected { "nothing fits" } else { "nothing measured" };

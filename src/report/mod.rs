@@ -203,12 +203,16 @@ pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
         s.iter().flat_map(|x| runs.iter().filter(|r| r.run_id == x.first.run_id)).map(|r| r.memory.buffers_peak_bytes).max().unwrap_or(0);
     let (mem_unit, mem_scale) =
         if peak as f64 >= (1u64 << 30) as f64 { ("GiB", (1u64 << 30) as f64) } else { ("MiB", (1u64 << 20) as f64) };
-    let mut parts_legend = runs_legend(Mark::Block);
-    for (p, part) in ["compute", "communication exposed", "communication hidden"].iter().enumerate() {
-        // The grey a shade of the strategy's colour gives over white.
-        let grey = (255.0 - (255.0 - 90.0) * SHADES[p]) as u8;
-        parts_legend.push((part.to_string(), Some(Mark::Block(RGBColor(grey, grey, grey)))));
-    }
+    // Stacked parts, named under the runs in the grey a shade of the strategy's colour gives over white.
+    let stacked_legend = |parts: &[&str]| {
+        let mut legend = runs_legend(Mark::Block);
+        for (p, part) in parts.iter().enumerate() {
+            let grey = (255.0 - (255.0 - 90.0) * SHADES[p]) as u8;
+            legend.push((part.to_string(), Some(Mark::Block(RGBColor(grey, grey, grey)))));
+        }
+        legend
+    };
+    let parts_legend = stacked_legend(&["compute", "communication exposed", "communication hidden"]);
     let mut charts = vec![
         crate::chart::chart(
             dir,
@@ -247,6 +251,21 @@ pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
             },
         )?,
     ];
+    // With training steps: each rank's step by phase.
+    if s.iter().any(|x| x.config.train) {
+        let note = "Each phase on each rank, mean over the measured steps, by the host's clock once the device finished the phase.";
+        charts.push(crate::chart::chart(
+            dir,
+            "train_phases",
+            false,
+            &page("training step by phase", stacked_legend(&["forward", "backward", "gradient all-reduce"]), vec![note.into()]),
+            |root| {
+                per_rank_chart(root, "ms", &s, &runs, &|r| {
+                    (0..3).map(|k| 1e3 * r.iterations.iter().map(|i| i.phases[k]).sum::<f64>() / r.iterations.len().max(1) as f64).collect()
+                })
+            },
+        )?);
+    }
     // With decode steps: TTFT and TPOT, and the inter-token latencies.
     if s.iter().any(|x| x.measured.as_ref().is_some_and(|m| m.decode.is_some())) {
         let note = "TTFT is the prefill of the prompt (an iteration above); TPOT the mean decode step per request; bars 95% CIs.";

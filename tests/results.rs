@@ -97,6 +97,7 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "causal",
     "decode_tokens",
     "train",
+    "recompute",
     "seed",
     "warmup",
     "iters",

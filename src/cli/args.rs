@@ -46,6 +46,10 @@ pub struct TrainArg {
     /// different tokens. The CPU backend, and reference and ring, for now.
     #[arg(long)]
     pub train: bool,
+    /// With --train: keep only each layer's input from the forward and recompute the layer's
+    /// forward (its communication included) in the backward: less memory, a forward's more work.
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 /// The model and its input (every command that runs or projects work). Each defaults to the
@@ -193,6 +197,7 @@ pub fn request(
         no_causal: work.no_causal,
         decode_tokens: decode.decode_tokens,
         train: false,
+        recompute: false,
         backend: measure.backend,
         comm: measure.comm,
         warmup: measure.warmup,
@@ -217,6 +222,7 @@ impl ConfigArgs {
     pub fn request(&self) -> RunRequest {
         RunRequest {
             train: self.train.train,
+            recompute: self.train.recompute,
             ..request(self.strategy, &self.work, self.length.seq_len, &self.split, &self.measure, &self.decode)
         }
     }

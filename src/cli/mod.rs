@@ -122,7 +122,7 @@ impl PlanArgs {
     pub fn request(&self) -> crate::config::RunRequest {
         let strategy = self.strategy.unwrap_or(StrategySelection::All);
         let request = args::request(strategy, &self.work, self.length.seq_len, &self.split, &args::MeasureArgs::default(), &self.decode);
-        crate::config::RunRequest { train: self.train.train, ..request }
+        crate::config::RunRequest { train: self.train.train, recompute: self.train.recompute, ..request }
     }
 }
 

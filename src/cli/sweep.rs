@@ -74,6 +74,7 @@ impl SweepArgs {
         SweepGrid {
             request: crate::config::RunRequest {
                 train: self.train.train,
+                recompute: self.train.recompute,
                 ..super::args::request(self.strategy, &work, None, &SplitArgs::default(), &self.measure, &self.decode)
             },
             seq_lens: if self.seq_lens.is_empty() { DEFAULT_SEQ_LENS.to_vec() } else { self.seq_lens.clone() },
@@ -89,7 +90,12 @@ impl SweepArgs {
         if let Some(out) = &self.out {
             return out.clone();
         }
-        let preset = format!("{}{}", self.work.preset.name(), if self.train.train { "-train" } else { "" });
+        let phase = match (self.train.train, self.train.recompute) {
+            (false, _) => "",
+            (true, false) => "-train",
+            (true, true) => "-train-recompute",
+        };
+        let preset = format!("{}{phase}", self.work.preset.name());
         let name = match launch_world {
             None => format!("sweep-{preset}-{}-{}", self.hardware.hardware.name(), chrono::Utc::now().format("%Y%m%dT%H%M%SZ")),
             Some(w) => format!("sweep-{preset}-measured-{}-{w}ranks", self.measure.backend.name()),

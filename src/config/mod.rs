@@ -5,7 +5,6 @@ mod limits;
 pub use limits::*;
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -313,6 +312,10 @@ pub struct RunConfig {
     /// gradient, then the gradient reduction; false for inference.
     #[serde(default, skip_serializing_if = "is_false")]
     pub train: bool,
+    /// With `train`: keep only each layer's input and recompute its forward in the backward
+    /// (`--recompute`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recompute: bool,
 }
 
 fn is_false(v: &bool) -> bool {
@@ -467,6 +470,8 @@ struct RunConfigRecord {
     decode_tokens: usize,
     #[serde(default, skip_serializing_if = "is_false")]
     train: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    recompute: bool,
 }
 
 impl From<RunConfigRecord> for RunConfig {
@@ -487,6 +492,7 @@ impl From<RunConfigRecord> for RunConfig {
             emulate: r.emulate,
             decode_tokens: r.decode_tokens,
             train: r.train,
+            recompute: r.recompute,
         }
     }
 }
@@ -515,6 +521,7 @@ impl From<RunConfig> for RunConfigRecord {
             emulate: c.emulate,
             decode_tokens: c.decode_tokens,
             train: c.train,
+            recompute: c.recompute,
         }
     }
 }
@@ -556,6 +563,7 @@ impl RunConfig {
             emulate: None,
             decode_tokens: 0,
             train: false,
+            recompute: false,
         }
     }
 
@@ -581,18 +589,6 @@ impl RunConfig {
         self.model.batch * self.model.seq_len
     }
 }
-
-/// Bad input: one line naming the flag, what was given and what is needed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// What the flags of `run`, `verify`, `plan` and `sweep` ask for, before any resolution: the
 /// preset, the strategies, and every size and measurement flag as given (None where absent:
@@ -647,6 +643,8 @@ pub struct RunRequest {
     pub decode_tokens: Option<usize>,
     /// A training step instead of a forward pass (`--train`).
     pub train: bool,
+    /// Recompute each layer's forward in the backward (`--recompute`, with --train).
+    pub recompute: bool,
     pub backend: BackendKind,
     /// Transport between ranks. Default: nccl with --backend cuda, mpi with --backend cpu.
     pub comm: Option<CommKind>,
@@ -665,31 +663,4 @@ pub struct RunRequest {
 pub struct EmulationRequest {
     pub world: Option<usize>,
     pub as_rank: Option<usize>,
-}
-
-/// A number as a flag's value reads in an error: plain where it is ordinary, in exponent form
-/// where plain digits would run to hundreds ("1e308", "1e-300").
-pub fn flag_number(v: f64) -> String {
-    if v != 0.0 && v.is_finite() && !(1e-4..1e9).contains(&v.abs()) {
-        format!("{v:e}")
-    } else {
-        format!("{v}")
-    }
-}
-
-/// The first of `flags` (name, value) that is 0, as the error that names it.
-pub fn require_positive(flags: &[(&str, usize)]) -> Result<(), ConfigError> {
-    match flags.iter().find(|(_, v)| *v == 0) {
-        Some((flag, _)) => Err(ConfigError(format!("{flag} 0: must be at least 1"))),
-        None => Ok(()),
-    }
-}
-
-/// A flag above the most ringbench accepts, refused before any allocation or directory exists,
-/// with the limit named (a value that large is a typo, or would only fail later, mid-run).
-pub fn require_at_most(flag: &str, value: usize, max: usize) -> Result<(), ConfigError> {
-    if value > max {
-        return Err(ConfigError(format!("{flag} {value}: at most {max} is accepted")));
-    }
-    Ok(())
 }

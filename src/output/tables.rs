@@ -54,6 +54,7 @@ fn model_columns(cfg: &RunConfig) -> Vec<(&'static str, String)> {
         ("causal", cfg.causal.to_string()),
         ("decode_tokens", cfg.decode_tokens.to_string()),
         ("train", cfg.train.to_string()),
+        ("recompute", cfg.recompute.to_string()),
         ("seed", cfg.seed.to_string()),
         ("warmup", cfg.warmup.to_string()),
         ("iters", cfg.iters.to_string()),

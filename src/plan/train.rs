@@ -38,7 +38,9 @@ pub fn project(cfg: &RunConfig, spec: &Spec, forward: &ProjectionInput, forward_
         ts.iter().filter(|t| keep(t)).map(|t| forward.seconds(t) * t.calls as f64).sum()
     };
     let extra_s = seconds(&crate::strategy::backward_traffic(cfg, rank), &backward_only);
-    let backward_s = mirror.compute_s + c.exposed_s + c.bubble_s + extra_s;
+    // Recomputing, each layer's forward runs again inside the backward.
+    let recomputed_s = if cfg.recompute { forward_s } else { 0.0 };
+    let backward_s = mirror.compute_s + c.exposed_s + c.bubble_s + extra_s + recomputed_s;
     let grad = crate::strategy::grad_traffic(cfg, rank);
     let grad_reduce_s = seconds(&grad, &|_| true);
     TrainProjection {

@@ -75,6 +75,11 @@ pub fn decode_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
 /// reduction included).
 pub fn traffic(cfg: &RunConfig, rank: usize) -> (u64, u64) {
     let mut all = (spec(cfg.strategy).traffic)(cfg, rank);
+    if cfg.train && cfg.recompute {
+        // Each layer's forward again, its communication included (not a pipeline's hand-offs).
+        let again = (spec(cfg.strategy).traffic)(cfg, rank);
+        all.extend(again.into_iter().filter(|t| !matches!(t.op, Op::PipelineSend | Op::PipelineRecv)));
+    }
     all.extend(backward_traffic(cfg, rank));
     all.extend(grad_traffic(cfg, rank));
     all.iter().fold((0, 0), |(s, r), t| (s + t.sent * t.calls, r + t.received * t.calls))
@@ -408,22 +413,25 @@ mod tests {
         println!("{checked} decode configs checked");
         assert!(checked > 40, "{checked} configs checked");
     }
-    /// Every strategy with a training step, on 1 to 6 ranks at an awkward length (61 tokens,
-    /// micro-batches of 1 over 2 sequences; grouped K/V with SwiGLU causal, multi-head with GELU
-    /// not): its input gradients within reach of the FP64 oracle's backward, the bytes it moves
-    /// its stated forward, backward and gradient traffic, its memory exactly the estimate; and
+    /// Every strategy's training step, on 1 to 6 ranks at an awkward length (61 tokens,
+    /// micro-batches of 1 over 2 sequences; grouped K/V with SwiGLU causal, also recomputing each
+    /// layer's forward, and multi-head with GELU not): its input gradients and every rank's W_kv
+    /// gradient within reach of the FP64 oracle's backward, the FLOPs it does the model's, the
+    /// bytes it moves its stated forward, backward and gradient traffic, its memory exactly the
+    /// estimate; and
     /// the ring's error does not grow with the ring (ring-flash-attention's complaint): 6 ranks
     /// stay within 1.5x of 2 ranks' distance from the oracle.
     #[test]
     fn every_trained_strategy_matches_the_oracle_with_its_stated_traffic_and_memory() {
         let mut checked = 0;
-        for kv_heads in [2, 6] {
+        for (kv_heads, recompute) in [(2, false), (6, false), (2, true)] {
             let act = if kv_heads == 2 { MlpAct::Swiglu } else { MlpAct::Gelu };
             let mut base = RunConfig::of_preset(Preset::Tiny, StrategyKind::Reference, 1, 1, 1);
             base.model = ModelConfig { heads: 6, kv_heads, d_model: 48, mlp: 36, mlp_act: act, seq_len: 61, batch: 2, layers: 2 };
             base.micro_batch = 1;
             base.causal = kv_heads == 2;
             base.train = true;
+            base.recompute = recompute;
             let exact = crate::model::oracle::backward::train(&base.model, base.seed, base.causal, 0..2);
             let mut ring_errors = Vec::new();
             for spec in SPECS {
@@ -435,8 +443,24 @@ mod tests {
                         let ranks = on_ranks(&cfg, |cfg, be, comm| {
                             let mut s = build(cfg, be, comm).unwrap();
                             comm.counters().take();
+                            let before = crate::backend::Instruments::counted_flops(be);
                             s.train_step(be, comm, false).unwrap();
+                            let after = crate::backend::Instruments::counted_flops(be);
                             let (_, sent, received) = comm.counters().take();
+                            let counted = crate::metrics::flops::Flops { linear: after.0 - before.0, attention: after.1 - before.1 };
+                            // The model's FLOPs (3 x the forward's); recomputing, a forward's more are done.
+                            let model = crate::metrics::flops::rank_flops(cfg, comm.rank());
+                            let done = if cfg.recompute { 4.0 / 3.0 } else { 1.0 };
+                            for (c, m, what) in
+                                [(counted.linear, done * model.linear, "linear"), (counted.attention, done * model.attention, "attention")]
+                            {
+                                assert!(
+                                    (c - m).abs() <= 1e-9 * m,
+                                    "rank {}: {what} FLOPs counted {c}, the model's {m}: {}",
+                                    comm.rank(),
+                                    cfg.describe()
+                                );
+                            }
                             let peak = crate::backend::Instruments::memory(be).buffers_peak_bytes;
                             s.train_step(be, comm, true).unwrap();
                             let g = s.gradients().unwrap();

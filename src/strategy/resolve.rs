@@ -169,6 +169,7 @@ impl RunRequest {
                     emulate: None,
                     decode_tokens: self.decode_tokens.unwrap_or(0),
                     train: self.train,
+                    recompute: self.recompute,
                 };
                 (spec(strategy).resolve_sizes)(&mut cfg, &flags, world);
                 (strategy, validate(&cfg, world).map(|()| cfg))
@@ -250,6 +251,9 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     if m.batch % cfg.micro_batch != 0 {
         bad!("--micro-batch {}: must divide --batch {}", cfg.micro_batch, m.batch);
     }
+    if cfg.recompute && !cfg.train {
+        bad!("--recompute without --train: it recomputes a training step's forward in its backward");
+    }
     if cfg.train {
         check_train(cfg)?;
     }
@@ -329,6 +333,10 @@ impl RunConfig {
             self.micro_batch,
             if self.causal { "causal" } else { "non-causal" },
         ) + &if self.decode_tokens > 0 { format!(", then {} decode steps", self.decode_tokens) } else { String::new() }
-            + if self.train { ", training step (forward + backward)" } else { "" }
+            + match (self.train, self.recompute) {
+                (true, false) => ", training step (forward + backward)",
+                (true, true) => ", training step (forward + backward, each layer's forward recomputed)",
+                _ => "",
+            }
     }
 }

@@ -398,7 +398,10 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
             let mut backward = |ws: &mut crate::model::Workspace<B>, gws: &mut _, saved: &_, batch: &crate::model::Batch, _| {
                 local_attention_backward(be, gws, saved, ws.heads, batch, causal)
             };
-            trainer.backward_mb(stack, be, cfg, (mb, mb), keep_here, &mut backward, &mut |y| tp_group.all_reduce_sum(y))?;
+            let mut attention =
+                |ws: &mut crate::model::Workspace<B>, batch: &crate::model::Batch, _| local_attention(be, ws, batch, causal);
+            trainer
+                .backward_mb(stack, be, cfg, (mb, mb), keep_here, (&mut attention, &mut backward), &mut |y| tp_group.all_reduce_sum(y))?;
             if let Some(p) = prev {
                 world.send(trainer.dx(), p).with_context(|| format!("pipeline send of micro-batch {mb}'s gradient to rank {p}"))?;
             }

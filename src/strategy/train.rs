@@ -13,7 +13,7 @@ use crate::comm::Communicator;
 use crate::config::RunConfig;
 use crate::generator::GRAD_TENSOR;
 use crate::model::backward::{grad_workspace_bytes, grads_bytes, layer_backward, GradWorkspace, LayerGrads};
-use crate::model::{generate_rows, saved_bytes, Batch, Saved, Shard, Workspace};
+use crate::model::{generate_rows, layer_forward, saved_bytes, Batch, Saved, Shard, Workspace};
 use anyhow::Result;
 use std::time::Instant;
 
@@ -100,15 +100,22 @@ pub fn train_bytes(
     let saved = saved_bytes(rows as u64, d, w, kvw, up, (acc_rows as u64, acc_heads as u64));
     let kept = if keep { 2 * (rows / cfg.micro_batch * m.batch) as u64 * d } else { 0 };
     let kept_mbs = kept_micro_batches(cfg, spec) as u64;
-    layers as u64 * (kept_mbs * saved + grads_bytes(m, shard))
-        + grad_workspace_bytes(m, shard, rows as u64, dkv_rows.max(rows) as u64)
-        + kept
+    // Recomputing: each layer's input kept, and one layer's activations while its backward runs.
+    let activations = match cfg.recompute {
+        false => layers as u64 * kept_mbs * saved,
+        true => layers as u64 * kept_mbs * 2 * rows as u64 * d + saved,
+    };
+    activations + layers as u64 * grads_bytes(m, shard) + grad_workspace_bytes(m, shard, rows as u64, dkv_rows.max(rows) as u64) + kept
 }
 
 /// A rank's training state beside its stack: the kept activations, the gradients, the
 /// backward's workspace and (with keep) the input gradients of the whole batch.
 pub struct Trainer<B: Backend> {
+    /// What each layer's backward reads, per kept micro-batch and layer; recomputing, the one
+    /// layer's whose backward runs.
     saved: Vec<Saved<B>>,
+    /// Recomputing: each layer's input, per kept micro-batch and layer.
+    inputs: Vec<B::Act>,
     pub grads: Vec<LayerGrads<B>>,
     gws: GradWorkspace<B>,
     /// dL/dX of every row the rank holds, [batch x tokens, d_model], sequence-major (with keep).
@@ -121,9 +128,11 @@ impl<B: Backend> Trainer<B> {
     pub(crate) fn new(be: &B, cfg: &RunConfig, stack: &Stack<B>, shard: &Shard, spec: &super::spec::Spec, rank: usize) -> Result<Self> {
         let rows = cfg.micro_batch * stack.tokens.len();
         let dkv_rows = (spec.train.dkv_rows)(cfg, rank);
-        let kept = kept_micro_batches(cfg, &spec.train);
+        let kept = kept_micro_batches(cfg, &spec.train) * stack.layers.len();
+        let (saved, inputs) = if cfg.recompute { (1, kept) } else { (kept, 0) };
         Ok(Trainer {
-            saved: (0..kept * stack.layers.len()).map(|_| Saved::new(be, &stack.ws, rows)).collect::<Result<_>>()?,
+            saved: (0..saved).map(|_| Saved::new(be, &stack.ws, rows)).collect::<Result<_>>()?,
+            inputs: (0..inputs).map(|_| be.alloc_act(rows, cfg.model.d_model)).collect::<Result<_>>()?,
             grads: stack.layers.iter().map(|w| LayerGrads::new(be, w)).collect::<Result<_>>()?,
             gws: GradWorkspace::new(be, &cfg.model, shard, rows, dkv_rows.max(rows))?,
             input_grad: None,
@@ -152,7 +161,17 @@ impl<B: Backend> Trainer<B> {
         reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
     ) -> Result<()> {
         let layers = stack.layers.len();
-        stack.run_layers(be, cfg, mb, attention, reduce, Some(&mut self.saved[slot * layers..(slot + 1) * layers]))
+        if self.inputs.is_empty() {
+            return stack.run_layers(be, cfg, mb, attention, reduce, Some(&mut self.saved[slot * layers..(slot + 1) * layers]));
+        }
+        let batch = Batch { first_seq: mb * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &stack.tokens };
+        for (l, w) in stack.layers.iter().enumerate() {
+            let input = &mut self.inputs[slot * layers + l];
+            input.set_rows(stack.x.rows());
+            be.copy_rows(&stack.x, 0, input, 0, stack.x.rows())?;
+            layer_forward(be, w, &mut stack.ws, &mut stack.x, &batch, &mut |ws| attention(ws, &batch, l), reduce, None)?;
+        }
+        Ok(())
     }
 
     /// dL/d(output) of micro-batch `mb`: the upstream gradient (tensor 3) into `dx()`, for the
@@ -169,8 +188,9 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// The backward of micro-batch `mb` through the stack's layers from `dx()`, with the
-    /// activations of slot `slot`; `reduce` sums the column-parallel GEMMs' input gradients over
-    /// the TP group. With `keep`, dL/dX of its rows is kept.
+    /// activations of slot `slot` (recomputing, each layer's forward first from its kept input,
+    /// with `attention`); `reduce` sums the row-parallel outputs and the column-parallel GEMMs'
+    /// input gradients over the TP group. With `keep`, dL/dX of its rows is kept.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward_mb(
         &mut self,
@@ -179,14 +199,24 @@ impl<B: Backend> Trainer<B> {
         cfg: &RunConfig,
         (mb, slot): (usize, usize),
         keep: bool,
-        backward: &mut BackwardAttention<B>,
+        (attention, backward): (&mut LayerAttention<B>, &mut BackwardAttention<B>),
         reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
     ) -> Result<()> {
         let batch = Batch { first_seq: mb * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &stack.tokens };
         let layers = stack.layers.len();
         for l in (0..layers).rev() {
+            let s = if self.inputs.is_empty() {
+                &self.saved[slot * layers + l]
+            } else {
+                let input = &self.inputs[slot * layers + l];
+                stack.x.set_rows(input.rows());
+                be.copy_rows(input, 0, &mut stack.x, 0, input.rows())?;
+                let (w, x) = (&stack.layers[l], &mut stack.x);
+                layer_forward(be, w, &mut stack.ws, x, &batch, &mut |ws| attention(ws, &batch, l), reduce, Some(&mut self.saved[0]))?;
+                &self.saved[0]
+            };
             let mut attn = |ws: &mut Workspace<B>, gws: &mut GradWorkspace<B>, s: &Saved<B>| backward(ws, gws, s, &batch, l);
-            let (w, g, s) = (&stack.layers[l], &mut self.grads[l], &self.saved[slot * layers + l]);
+            let (w, g) = (&stack.layers[l], &mut self.grads[l]);
             layer_backward(be, w, g, s, &mut stack.ws, &mut self.gws, &batch, &mut attn, reduce)?;
         }
         if keep {
@@ -235,7 +265,7 @@ impl<B: Backend> Trainer<B> {
             phases.forward_s += clock(be, t0)?;
             let t0 = Instant::now();
             self.upstream(stack, be, cfg, mb)?;
-            self.backward_mb(stack, be, cfg, (mb, 0), keep, backward, tp_reduce)?;
+            self.backward_mb(stack, be, cfg, (mb, 0), keep, (&mut *attention, &mut *backward), tp_reduce)?;
             phases.backward_s += clock(be, t0)?;
         }
         let t0 = Instant::now();

@@ -43,9 +43,7 @@ pub const SPEC: Spec = Spec {
             group(cfg, rank).backward_traffic(cfg.micro_batch, calls, (0..cfg.split.sp()).collect())
         },
         dkv_rows: |cfg, rank| cfg.micro_batch * tokens(cfg, rank).len(),
-        extra_bytes: |cfg, rank| {
-            HeadTrainer::<crate::backend::cpu::CpuBackend>::bytes(&group(cfg, rank), cfg.micro_batch, cfg.model.layers)
-        },
+        extra_bytes: |cfg, rank| head_trainer_bytes(&group(cfg, rank), cfg.micro_batch, kept_layers(cfg)),
         pipelined: false,
     },
 };
@@ -166,7 +164,7 @@ impl<B: Backend> Ulysses<B> {
         let g = group(cfg, rank);
         let trainer = if cfg.train {
             let t = Trainer::new(be, cfg, &stack, &Shard::whole(&cfg.model), &SPEC, rank)?;
-            Some((t, HeadTrainer::new(be, &g, cfg.micro_batch, cfg.model.layers)?))
+            Some((t, HeadTrainer::new(be, &g, cfg.micro_batch, kept_layers(cfg))?))
         } else {
             None
         };
@@ -199,6 +197,23 @@ fn ulysses_attention<B: Backend, C: Communicator<B>>(
     g.to_tokens(be, comm, ws, ex, batch.seqs)
 }
 
+/// Layers whose head-layout activations a rank keeps: every one, or the one whose backward
+/// runs when each layer's forward is recomputed (its slot refilled by the recomputation).
+pub(super) fn kept_layers(cfg: &RunConfig) -> usize {
+    if cfg.recompute {
+        1
+    } else {
+        cfg.model.layers
+    }
+}
+
+/// Bytes of a `HeadTrainer` keeping `layers` layers (`HeadTrainer::new`'s buffers).
+pub(super) fn head_trainer_bytes(g: &HeadGroup, micro_batch: usize, layers: usize) -> u64 {
+    let (_, all) = g.rows(micro_batch);
+    let ((w, kvw), heads) = (g.widths(), g.attention_heads().heads);
+    (2 * layers * all * (2 * w + 2 * kvw) + 4 * all * (w + 2 * kvw + heads)) as u64
+}
+
 /// A Ulysses group's training state: per layer, the head-layout Q, K|V and output the backward
 /// reads (kept from the forward: the backward reverses the all-to-alls instead of repeating
 /// them), and the FP32 gradients of its heads over every token.
@@ -218,13 +233,6 @@ impl<B: Backend> HeadTrainer<B> {
         Ok(HeadTrainer { kept, dq: be.alloc_acc(all, w)?, dkv: be.alloc_acc(all, 2 * kvw)?, delta: be.alloc_acc(all, heads)? })
     }
 
-    /// Bytes of one (`new`'s buffers).
-    pub fn bytes(g: &HeadGroup, micro_batch: usize, layers: usize) -> u64 {
-        let (_, all) = g.rows(micro_batch);
-        let ((w, kvw), heads) = (g.widths(), g.attention_heads().heads);
-        (2 * layers * all * (2 * w + 2 * kvw) + 4 * all * (w + 2 * kvw + heads)) as u64
-    }
-
     /// Keep layer `l`'s head-layout Q, K|V and output (after `ulysses_attention`).
     pub fn keep(&mut self, be: &B, ex: &Exchange<B>, l: usize) -> Result<()> {
         self.keep_inputs(be, ex, l)?;
@@ -234,7 +242,8 @@ impl<B: Backend> HeadTrainer<B> {
     /// Keep layer `l`'s head-layout Q and this rank's K|V (after `to_heads`: before a ring
     /// moves other blocks through ex.kv_all).
     pub fn keep_inputs(&mut self, be: &B, ex: &Exchange<B>, l: usize) -> Result<()> {
-        for (src, dst) in [&ex.q_all, &ex.kv_all].into_iter().zip(self.kept[l].iter_mut()) {
+        let slot = l % self.kept.len();
+        for (src, dst) in [&ex.q_all, &ex.kv_all].into_iter().zip(self.kept[slot].iter_mut()) {
             dst.set_rows(src.rows());
             be.copy_rows(src, 0, dst, 0, src.rows())?;
         }
@@ -243,7 +252,8 @@ impl<B: Backend> HeadTrainer<B> {
 
     /// Keep layer `l`'s head-layout attention output (ex.attn_all).
     pub fn keep_output(&mut self, be: &B, ex: &Exchange<B>, l: usize) -> Result<()> {
-        let dst = &mut self.kept[l][2];
+        let slots = self.kept.len();
+        let dst = &mut self.kept[l % slots][2];
         dst.set_rows(ex.attn_all.rows());
         be.copy_rows(&ex.attn_all, 0, dst, 0, ex.attn_all.rows())
     }
@@ -262,7 +272,7 @@ impl<B: Backend> HeadTrainer<B> {
         l: usize,
         causal: bool,
     ) -> Result<()> {
-        let [q, kv, o] = &self.kept[l];
+        let [q, kv, o] = &self.kept[l % self.kept.len()];
         g.grad_to_heads(be, comm, &gws.dattn, ex, batch.seqs)?;
         let heads = g.attention_heads();
         be.attention_backward_delta(o, &ex.q_all, heads.heads, &mut self.delta)?;

@@ -22,7 +22,7 @@ use super::spec::{CommProjection, Op, Placement, ProjectionInput, Spec, Strategy
 use super::stack::Stack;
 use super::train::{StepPhases, TrainSpec, Trainer};
 use super::ulysses::check_heads;
-use super::ulysses::HeadTrainer;
+use super::ulysses::{head_trainer_bytes, kept_layers, HeadTrainer};
 use crate::backend::{Backend, Matrix};
 use crate::comm::Communicator;
 use crate::config::{ConfigError, RunConfig, Split, StrategyKind};
@@ -53,8 +53,7 @@ pub const SPEC: Spec = Spec {
         extra_bytes: |cfg, rank| {
             let g = group(cfg, rank);
             let ((_, all), (_, kvw)) = (g.rows(cfg.micro_batch), g.widths());
-            HeadTrainer::<crate::backend::cpu::CpuBackend>::bytes(&g, cfg.micro_batch, cfg.model.layers)
-                + grad_ring_bytes(all as u64, 2 * kvw as u64)
+            head_trainer_bytes(&g, cfg.micro_batch, kept_layers(cfg)) + grad_ring_bytes(all as u64, 2 * kvw as u64)
         },
         pipelined: false,
     },
@@ -239,7 +238,7 @@ impl<B: Backend, C: Communicator<B>> Usp<B, C> {
             true => {
                 let ((_, all), (_, kvw)) = (g.rows(cfg.micro_batch), g.widths());
                 let t = Trainer::new(be, cfg, &stack, &Shard::whole(&cfg.model), &SPEC, rank)?;
-                Some((t, HeadTrainer::new(be, &g, cfg.micro_batch, cfg.model.layers)?, GradRing::new(be, all, 2 * kvw)?))
+                Some((t, HeadTrainer::new(be, &g, cfg.micro_batch, kept_layers(cfg))?, GradRing::new(be, all, 2 * kvw)?))
             }
             false => None,
         };
@@ -306,7 +305,7 @@ fn usp_backward<B: Backend, C: Communicator<B>>(
     causal: bool,
 ) -> Result<()> {
     let UspGrads { g, members, heads: h, grad } = t;
-    let [q, kv, o] = &h.kept[l];
+    let [q, kv, o] = &h.kept[l % h.kept.len()];
     g.grad_to_heads(be, ulysses, &gws.dattn, ex, batch.seqs)?;
     let heads = g.attention_heads();
     be.attention_backward_delta(o, &ex.q_all, heads.heads, &mut h.delta)?;

@@ -263,8 +263,9 @@ fn decode_matches_the_reference_and_the_oracle_on_every_strategy() {
 }
 
 /// A training step's gradients (issue 30): dX and every weight gradient of every layer, gathered
-/// whole on rank 0, within tolerance of the reference's and of the FP64 oracle's backward, at
-/// awkward lengths (61, 97, 130), grouped K/V with SwiGLU, causal and not, every layout; and
+/// whole on rank 0, within tolerance of the reference's and of the FP64 oracle's backward, for
+/// every strategy on 2, 3, 4 and 6 ranks at awkward lengths (61, 97, 130), grouped K/V (copied
+/// over TP ranks too) with SwiGLU, causal and not, every layout, recomputing once; and
 /// `--save-output` writes them in the whole tensors' shapes.
 #[test]
 fn training_gradients_match_the_reference_and_the_oracle() {
@@ -277,6 +278,12 @@ fn training_gradients_match_the_reference_and_the_oracle() {
         (3, "--strategy ring --seq-len 61 --kv-heads 2 --mlp-act swiglu"),
         (4, "--strategy ring --seq-len 130 --layout striped --no-causal"),
         (2, "--strategy ring --seq-len 97 --layout contiguous --kv-heads 2"),
+        (3, "--strategy allgather --seq-len 130 --no-causal --kv-heads 2 --mlp-act swiglu"),
+        (2, "--strategy ulysses --seq-len 97 --kv-heads 1"),
+        (4, "--strategy usp --ulysses 2 --ring 2 --seq-len 61 --kv-heads 2 --mlp-act swiglu"),
+        (6, "--strategy tp-cp --tp 2 --cp 3 --seq-len 97 --no-causal"),
+        (4, "--strategy tp-pp --tp 2 --pp 2 --seq-len 130 --kv-heads 1 --recompute"),
+        (6, "--strategy double-ring --window 3 --seq-len 61 --kv-heads 2"),
     ];
     for (i, (np, flags)) in cases.into_iter().enumerate() {
         let mut args: Vec<&str> = vec!["verify", "--train", "--layers", "2"];

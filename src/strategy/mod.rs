@@ -419,8 +419,8 @@ mod tests {
     /// gradient within reach of the FP64 oracle's backward, the FLOPs it does the model's, the
     /// bytes it moves its stated forward, backward and gradient traffic, its memory exactly the
     /// estimate; and
-    /// the ring's error does not grow with the ring (ring-flash-attention's complaint): 6 ranks
-    /// stay within 1.5x of 2 ranks' distance from the oracle.
+    /// the ring's error does not grow with the ring (ring-flash-attention's complaint): 4 and 6
+    /// ranks stay within 1.5x of 2 ranks' distance from the oracle.
     #[test]
     fn every_trained_strategy_matches_the_oracle_with_its_stated_traffic_and_memory() {
         let mut checked = 0;
@@ -526,7 +526,9 @@ mod tests {
                 }
             }
             let err = |w: usize| ring_errors.iter().find(|(n, _)| *n == w).map(|e| e.1).expect("ring ran");
-            assert!(err(6) <= 1.5 * err(2) + 1e-4, "ring's dX error grows with the ring: {ring_errors:?}");
+            for w in [4, 6] {
+                assert!(err(w) <= 1.5 * err(2) + 1e-4, "ring's dX error grows with the ring: {ring_errors:?}");
+            }
         }
         assert!(checked >= 10, "{checked} configs checked");
     }

@@ -153,7 +153,11 @@ const SUMMARY_COLUMNS: &[&str] = &[
     "kv_cache_gib_max",
     "kv_cache_gib_mean",
     "train_forward_ms_max",
+    "train_forward_comm_ms_max",
+    "train_forward_hidden_ms_max",
     "train_backward_ms_max",
+    "train_backward_comm_ms_max",
+    "train_backward_hidden_ms_max",
     "grad_reduce_ms_max",
     "grad_reduce_mib_per_step_max",
     "ringbench_version",
@@ -495,7 +499,12 @@ fn a_training_run_reports_its_phases_gradient_traffic_and_memory() {
     for r in 0..2 {
         let path = dir.join(format!("rank-{r:05}.h5"));
         for run in ringbench::output::rankfile::read(&path).unwrap() {
-            assert!(run.iterations.iter().all(|i| i.phases.iter().all(|&p| p > 0.0)), "rank {r}: {:?}", run.iterations);
+            assert!(run.iterations.iter().all(|i| i.phases.seconds.iter().all(|&p| p > 0.0)), "rank {r}: {:?}", run.iterations);
+            // Ring's forward and backward move K/V, its reduction the gradients: each phase communicates,
+            // and no phase's communication exceeds the phase.
+            for i in &run.iterations {
+                assert!((0..3).all(|k| i.phases.comm_s[k] > 0.0 && i.phases.comm_s[k] <= i.phases.seconds[k]), "rank {r}: {:?}", i.phases);
+            }
             let forward = ringbench::metrics::flops::rank_flops(&ringbench::config::RunConfig { train: false, ..run.config.clone() }, r);
             assert_eq!(run.flops.linear, 3.0 * forward.linear);
             let est = ringbench::strategy::memory_estimate(&run.config, r, false);

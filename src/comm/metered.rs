@@ -19,15 +19,22 @@ pub struct Counters {
     comm_s: Cell<f64>,
     sent: Cell<u64>,
     received: Cell<u64>,
+    /// The host-timed seconds since the last phase's take.
+    phase_s: Cell<f64>,
+    /// Device times (exposed, hidden) taken for phases since the last iteration's take: the
+    /// iteration's own take adds them back.
+    taken: Cell<(f64, f64)>,
 }
 
 impl Counters {
     /// (communication seconds, bytes sent, bytes received) since the last take, and reset.
     pub fn take(&self) -> (f64, u64, u64) {
+        self.phase_s.set(0.0);
         (self.comm_s.replace(0.0), self.sent.replace(0), self.received.replace(0))
     }
 
     fn add(&self, seconds: f64, sent: u64, received: u64) {
+        self.phase_s.set(self.phase_s.get() + seconds);
         self.comm_s.set(self.comm_s.get() + seconds);
         self.sent.set(self.sent.get() + sent);
         self.received.set(self.received.get() + received);
@@ -58,8 +65,9 @@ impl<C> Metered<C> {
         C: Communicator<B>,
     {
         let (host_s, sent, received) = self.counters.take();
+        let (exposed, hidden) = self.counters.taken.replace((0.0, 0.0));
         Ok(match self.inner.take_device_times()? {
-            Some(t) => (t.exposed_s, t.hidden_s, sent, received),
+            Some(t) => (t.exposed_s + exposed, t.hidden_s + hidden, sent, received),
             None => (host_s, 0.0, sent, received),
         })
     }
@@ -183,6 +191,20 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
 
     fn take_device_times(&self) -> Result<Option<super::DeviceCommTimes>> {
         self.inner.take_device_times()
+    }
+
+    /// The host's clock around the calls since the last phase, or the device's times of them,
+    /// kept for the iteration's take too.
+    fn take_phase_times(&self) -> Result<Option<(f64, f64)>> {
+        let host = self.counters.phase_s.replace(0.0);
+        Ok(Some(match self.inner.take_device_times()? {
+            Some(t) => {
+                let (e, h) = self.counters.taken.get();
+                self.counters.taken.set((e + t.exposed_s, h + t.hidden_s));
+                (t.exposed_s, t.hidden_s)
+            }
+            None => (host, 0.0),
+        }))
     }
 }
 

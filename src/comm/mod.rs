@@ -120,6 +120,13 @@ pub trait Communicator<B: Backend>: HostCollectives {
     /// rows and columns) arrives from rank i.
     fn all_to_all(&self, send: &B::Act, recv: &mut B::Act) -> Result<()>;
 
+    /// The communication time (exposed, hidden) since the last call, once the device is
+    /// synchronised: a measured phase's share of the iteration's, which the iteration's totals
+    /// still count. None for a transport that is not metered.
+    fn take_phase_times(&self) -> Result<Option<(f64, f64)>> {
+        Ok(None)
+    }
+
     /// The device timing of every call since the last take, once the device is synchronised; None
     /// for transports that move data inside the call, where the host's clock is the measure (and
     /// nothing is hidden: an MPI transfer without a progress thread moves only inside MPI calls,

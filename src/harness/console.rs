@@ -69,13 +69,24 @@ pub fn print_summaries(summaries: &[StrategySummary]) {
         );
         crate::outln!("  tokens/s       {:.1}, {}", m.tps, fmt_ci(m.tps_ci95, |v| format!("{v:.1}")));
         match &m.train {
-            Some(t) => crate::outln!(
-                "  training step  forward {}, backward {}, gradient all-reduce {} (slowest rank's mean each; {} FP32 per rank per step)",
-                fmt_seconds(t.forward_s),
-                fmt_seconds(t.backward_s),
-                fmt_seconds(t.grad_reduce_s),
-                fmt_bytes(t.grad_reduce_bytes)
-            ),
+            Some(t) => {
+                crate::outln!(
+                    "  training step  forward {}, backward {}, gradient all-reduce {} (slowest rank's mean each; {} FP32 per rank per step)",
+                    fmt_seconds(t.forward_s),
+                    fmt_seconds(t.backward_s),
+                    fmt_seconds(t.grad_reduce_s),
+                    fmt_bytes(t.grad_reduce_bytes)
+                );
+                crate::outln!(
+                    "  step comm      forward {} exposed / {} hidden, backward {} / {}, gradient all-reduce {} / {}",
+                    fmt_seconds(t.comm_s[0]),
+                    fmt_seconds(t.hidden_s[0]),
+                    fmt_seconds(t.comm_s[1]),
+                    fmt_seconds(t.hidden_s[1]),
+                    fmt_seconds(t.comm_s[2]),
+                    fmt_seconds(t.hidden_s[2])
+                );
+            }
             None => crate::outln!(
                 "  prefill/token  {} (prefill time per token: iteration time / {} tokens)",
                 fmt_seconds(m.prefill_s_per_token),

@@ -180,7 +180,8 @@ impl<'a, B: Backend + 'a, C: Communicator<B>, S: Communicator<B> + 'a> Timed for
         let (comm_s, hidden_s, bytes_sent, bytes_received) = self.metered.take_iteration::<B>()?;
         let compute_s = (total_s - comm_s).max(0.0);
         let p = std::mem::take(&mut self.phases);
-        let phases = [p.forward_s, p.backward_s, p.grad_reduce_s];
+        let phases =
+            crate::metrics::PhaseRecord { seconds: [p.forward_s, p.backward_s, p.grad_reduce_s], comm_s: p.comm_s, hidden_s: p.hidden_s };
         let record = IterationRecord { total_s, comm_s, hidden_s, compute_s, bytes_sent, bytes_received, phases };
         let (counted, before) = (be.counted_flops(), self.counted_before);
         let counted = flops::Flops { linear: counted.0 - before.0, attention: counted.1 - before.1 };

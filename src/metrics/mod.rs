@@ -30,9 +30,17 @@ pub struct IterationRecord {
     pub compute_s: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// A training step's phases on this rank, seconds: forward, backward, gradient reduction
-    /// (zeros for a forward pass).
-    pub phases: [f64; 3],
+    /// A training step's phases on this rank (zeros for a forward pass).
+    pub phases: PhaseRecord,
+}
+
+/// A training step's phases on one rank: forward, backward, gradient reduction, each's seconds
+/// and of them the communication not hidden under compute and the communication hidden.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseRecord {
+    pub seconds: [f64; 3],
+    pub comm_s: [f64; 3],
+    pub hidden_s: [f64; 3],
 }
 
 /// One measured iteration's decode steps on one rank (docs/design.md, "Decode").

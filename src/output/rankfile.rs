@@ -24,7 +24,9 @@
 //!   decode_bytes_sent, decode_bytes_received  u64 [iters]  over all N steps
 //!   and the attribute kv_cache_bytes (this rank's K/V cache at its full length)
 //!   with --train (then iter_s is the whole training step):
-//!   train_forward_s, train_backward_s, grad_reduce_s  f64 [iters]  the step's phases
+//!   train_forward_s, train_backward_s, grad_reduce_s  f64 [iters]  the step's phases, and
+//!                             of each its communication not hidden (`*_comm_s`) and hidden
+//!                             (`*_hidden_s`): train_forward_comm_s, ..., grad_reduce_hidden_s
 //! /ring                       the same
 //! ```
 
@@ -166,9 +168,11 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
         g.new_dataset::<u64>().shape([n]).create(name)?.write_raw(&values)?;
     }
     if run.config.train {
-        for (k, name) in ["train_forward_s", "train_backward_s", "grad_reduce_s"].into_iter().enumerate() {
-            let values: Vec<f64> = run.iterations.iter().map(|r| r.phases[k]).collect();
-            g.new_dataset::<f64>().shape([n]).create(name)?.write_raw(&values)?;
+        for (k, phase) in PHASES.into_iter().enumerate() {
+            for (what, part) in [("s", 0), ("comm_s", 1), ("hidden_s", 2)] {
+                let values: Vec<f64> = run.iterations.iter().map(|r| phase_part(&r.phases, part)[k]).collect();
+                g.new_dataset::<f64>().shape([n]).create(format!("{phase}_{what}").as_str())?.write_raw(&values)?;
+            }
         }
     }
     if run.config.decode_tokens > 0 {
@@ -188,6 +192,22 @@ fn write_group(file: &hdf5::File, run: &RankRun) -> hdf5::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The names a training step's phases have in a rank file.
+const PHASES: [&str; 3] = ["train_forward", "train_backward", "grad_reduce"];
+
+/// Seconds (0), communication not hidden (1) or hidden (2) of a record's phases.
+fn phase_part(p: &crate::metrics::PhaseRecord, part: usize) -> &[f64; 3] {
+    [&p.seconds, &p.comm_s, &p.hidden_s][part]
+}
+
+fn phase_part_mut(p: &mut crate::metrics::PhaseRecord, part: usize) -> &mut [f64; 3] {
+    match part {
+        0 => &mut p.seconds,
+        1 => &mut p.comm_s,
+        _ => &mut p.hidden_s,
+    }
 }
 
 /// Write this rank's file with every strategy run so far. The file is rebuilt under a temporary
@@ -254,16 +274,18 @@ fn read_group(g: &hdf5::Group) -> hdf5::Result<RankRun> {
         return Err(hdf5::Error::from("per-iteration datasets differ in length"));
     }
     // A training run's phases (absent from a forward pass's file).
-    let phases: Vec<[f64; 3]> = match config.train {
-        true => {
-            let (f, b, r) = (floats("train_forward_s")?, floats("train_backward_s")?, floats("grad_reduce_s")?);
-            if [f.len(), b.len(), r.len()].iter().any(|&l| l != n) {
-                return Err(hdf5::Error::from("training phase datasets differ in length from iter_s"));
+    let mut phases = vec![crate::metrics::PhaseRecord::default(); if config.train { n } else { 0 }];
+    for (k, phase) in PHASES.into_iter().enumerate().filter(|_| config.train) {
+        for (what, part) in [("s", 0), ("comm_s", 1), ("hidden_s", 2)] {
+            let values = floats(&format!("{phase}_{what}"))?;
+            if values.len() != n {
+                return Err(hdf5::Error::from(format!("{phase}_{what} holds {} values, iter_s {n}", values.len())));
             }
-            (0..n).map(|i| [f[i], b[i], r[i]]).collect()
+            for (p, v) in phases.iter_mut().zip(values) {
+                phase_part_mut(p, part)[k] = v;
+            }
         }
-        false => Vec::new(),
-    };
+    }
     let iterations = (0..n)
         .map(|i| IterationRecord {
             total_s: total[i],

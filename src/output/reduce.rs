@@ -590,7 +590,7 @@ mod tests {
             status: RunStatus::Complete,
             iterations: vec![
                 IterationRecord {
-                    phases: [0.0; 3],
+                    phases: Default::default(),
                     total_s: iter_s,
                     comm_s: 0.0,
                     hidden_s: 0.0,

@@ -65,6 +65,10 @@ pub struct TrainMeasured {
     pub backward_s: f64,
     pub grad_reduce_s: f64,
     pub grad_reduce_bytes: f64,
+    /// Of each phase (forward, backward, gradient reduction), the communication not hidden and
+    /// hidden: the slowest rank's mean, seconds.
+    pub comm_s: [f64; 3],
+    pub hidden_s: [f64; 3],
 }
 
 /// A run's decode steps (`output::decode` computes them), reduced over its ranks and measured iterations.

@@ -131,7 +131,11 @@ fn train_columns(m: &Measured) -> Vec<(String, String)> {
     let ms = |v: Option<f64>| opt(v.map(|x| x * 1e3), 6);
     own(vec![
         ("train_forward_ms_max", ms(t.map(|t| t.forward_s))),
+        ("train_forward_comm_ms_max", ms(t.map(|t| t.comm_s[0]))),
+        ("train_forward_hidden_ms_max", ms(t.map(|t| t.hidden_s[0]))),
         ("train_backward_ms_max", ms(t.map(|t| t.backward_s))),
+        ("train_backward_comm_ms_max", ms(t.map(|t| t.comm_s[1]))),
+        ("train_backward_hidden_ms_max", ms(t.map(|t| t.hidden_s[1]))),
         ("grad_reduce_ms_max", ms(t.map(|t| t.grad_reduce_s))),
         ("grad_reduce_mib_per_step_max", opt(t.map(|t| t.grad_reduce_bytes / MIB), 6)),
     ])

@@ -12,10 +12,20 @@ pub(super) fn measured(ranks: &[&RankRun], n: usize) -> Option<TrainMeasured> {
     if !cfg.train || n == 0 {
         return None;
     }
-    let phase = |k: usize| ranks.iter().map(|r| mean(r.iterations[..n].iter().map(|i| i.phases[k]))).fold(0.0, f64::max);
+    let most = |f: &dyn Fn(&crate::metrics::PhaseRecord) -> f64| {
+        ranks.iter().map(|r| mean(r.iterations[..n].iter().map(|i| f(&i.phases)))).fold(0.0, f64::max)
+    };
+    let phase = |k: usize| most(&|p| p.seconds[k]);
     let grad_bytes = ranks
         .iter()
         .map(|r| crate::strategy::grad_traffic(cfg, r.rank).iter().map(|t| t.sent * t.calls).sum::<u64>() as f64)
         .fold(0.0, f64::max);
-    Some(TrainMeasured { forward_s: phase(0), backward_s: phase(1), grad_reduce_s: phase(2), grad_reduce_bytes: grad_bytes })
+    Some(TrainMeasured {
+        forward_s: phase(0),
+        backward_s: phase(1),
+        grad_reduce_s: phase(2),
+        grad_reduce_bytes: grad_bytes,
+        comm_s: [0, 1, 2].map(|k| most(&|p| p.comm_s[k])),
+        hidden_s: [0, 1, 2].map(|k| most(&|p| p.hidden_s[k])),
+    })
 }

@@ -261,7 +261,9 @@ pub fn report(dir: &Path) -> Result<Vec<PathBuf>> {
             &page("training step by phase", stacked_legend(&["forward", "backward", "gradient all-reduce"]), vec![note.into()]),
             |root| {
                 per_rank_chart(root, "ms", &s, &runs, &|r| {
-                    (0..3).map(|k| 1e3 * r.iterations.iter().map(|i| i.phases[k]).sum::<f64>() / r.iterations.len().max(1) as f64).collect()
+                    (0..3)
+                        .map(|k| 1e3 * r.iterations.iter().map(|i| i.phases.seconds[k]).sum::<f64>() / r.iterations.len().max(1) as f64)
+                        .collect()
                 })
             },
         )?);

@@ -217,7 +217,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Allgather<B> {
             &mut |ws, batch, _| gathered_attention(be, comm, ws, batch, layout, cfg.causal),
             &mut |ws, gws, saved, batch, _| gathered_backward(be, comm, ws, gws, own, saved, batch, layout, cfg.causal),
             &mut |_| Ok(()),
-            Some(comm),
+            (comm, Some(comm)),
         )
     }
 

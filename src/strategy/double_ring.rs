@@ -458,7 +458,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for DoubleRing<B, C> {
                 double_ring_backward(be, (inner, outer), (ws, gws, saved), (&mut **next, &mut **spare), rings, batch, layout, causal)
             },
             &mut |_| Ok(()),
-            Some(world),
+            (world, Some(world)),
         )
     }
 

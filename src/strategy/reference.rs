@@ -103,10 +103,10 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Reference<B> {
         self.decoder.as_ref().and_then(Decoder::output)
     }
 
-    fn train_step(&mut self, be: &B, _comm: &C, keep: bool) -> Result<StepPhases> {
+    fn train_step(&mut self, be: &B, comm: &C, keep: bool) -> Result<StepPhases> {
         let causal = self.cfg.causal;
         let trainer = super::train::need(&mut self.trainer)?;
-        trainer.step::<C>(
+        trainer.step(
             &mut self.stack,
             be,
             &self.cfg,
@@ -114,7 +114,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Reference<B> {
             &mut |ws, batch, _| local_attention(be, ws, batch, causal),
             &mut |ws, gws, saved, batch, _| local_attention_backward(be, gws, saved, ws.heads, batch, causal),
             &mut |_| Ok(()),
-            None,
+            (comm, None),
         )
     }
 

@@ -416,7 +416,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ring<B> {
             &mut |ws, batch, _| ring_attention(be, comm, ws, batch, layout, cfg.causal),
             &mut |ws, gws, saved, batch, _| ring_backward(be, comm, ws, gws, grad, saved, batch, layout, cfg.causal),
             &mut |_| Ok(()),
-            Some(comm),
+            (comm, Some(comm)),
         )
     }
 

@@ -212,6 +212,21 @@ pub struct StepPhases {
     pub forward_s: f64,
     pub backward_s: f64,
     pub grad_reduce_s: f64,
+    /// Of each phase (forward, backward, gradient reduction), the communication not hidden
+    /// under compute and the communication hidden, as the metered transport saw it.
+    pub comm_s: [f64; 3],
+    pub hidden_s: [f64; 3],
+}
+
+impl StepPhases {
+    /// Phase `k`'s communication since the last take (the metered transport's; none elsewhere).
+    pub fn take_comm<B: Backend, C: Communicator<B>>(&mut self, comm: &C, k: usize) -> Result<()> {
+        if let Some((exposed, hidden)) = comm.take_phase_times()? {
+            self.comm_s[k] += exposed;
+            self.hidden_s[k] += hidden;
+        }
+        Ok(())
+    }
 }
 
 /// A rank's kept gradients (`Strategy::gradients`).

@@ -278,7 +278,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
     /// Per micro-batch the forward and the backward (the context ring's backward with the TP
     /// shard's K/V heads, the TP group's all-reduces), then each TP shard's gradients summed
     /// over its context ring.
-    fn train_step(&mut self, be: &B, _world: &C, keep: bool) -> Result<StepPhases> {
+    fn train_step(&mut self, be: &B, world: &C, keep: bool) -> Result<StepPhases> {
         let (cfg, layout, tp_group, cp_ring) = (&self.cfg, &self.layout, &self.tp_group, &self.cp_ring);
         let (trainer, grad) = self.trainer.as_mut().ok_or_else(|| anyhow::anyhow!("tp-cp set up without --train"))?;
         let mut phases = trainer.step(
@@ -290,12 +290,13 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpCp<B, C> {
             &mut |ws, batch, _| ring_attention(be, cp_ring, ws, batch, layout, cfg.causal),
             &mut |ws, gws, saved, batch, _| ring_backward(be, cp_ring, ws, gws, grad, saved, batch, layout, cfg.causal),
             &mut |y| tp_group.all_reduce_sum(y),
-            Some(cp_ring),
+            (world, Some(cp_ring)),
         )?;
         if let Some(g) = &self.kv_group {
             let t0 = std::time::Instant::now();
             trainer.reduce_kv(g)?;
             phases.grad_reduce_s += super::train::clock(be, t0)?;
+            phases.take_comm(world, 2)?;
         }
         Ok(phases)
     }

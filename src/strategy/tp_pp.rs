@@ -365,6 +365,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
         let trainer = super::train::need(&mut self.trainer)?;
         trainer.zero(be)?;
         let mut phases = StepPhases::default();
+        world.take_phase_times()?;
         let t0 = std::time::Instant::now();
         for mb in 0..cfg.micro_batches() {
             match prev {
@@ -382,6 +383,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
             }
         }
         phases.forward_s = clock(be, t0)?;
+        phases.take_comm(world, 0)?;
         let t0 = std::time::Instant::now();
         for mb in 0..cfg.micro_batches() {
             match next {
@@ -407,11 +409,13 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
             }
         }
         phases.backward_s = clock(be, t0)?;
+        phases.take_comm(world, 1)?;
         let t0 = std::time::Instant::now();
         if let Some(g) = &self.kv_group {
             trainer.reduce_kv(g)?;
         }
         phases.grad_reduce_s = clock(be, t0)?;
+        phases.take_comm(world, 2)?;
         Ok(phases)
     }
 

@@ -243,8 +243,9 @@ impl<B: Backend> Trainer<B> {
     /// One training step of a strategy without a pipeline: per micro-batch the forward
     /// (`attention`), the backward (`backward`), `tp_reduce` summing the row-parallel outputs
     /// and column-parallel input gradients over a TP group (identity without); then every
-    /// weight gradient all-reduced over `grad_comm` (the gradient peers). With `keep`, the input
-    /// gradients are kept.
+    /// weight gradient all-reduced over `grad_comm` (the gradient peers). `comm` is the
+    /// strategy's transport, whose phase times (`StepPhases::take_comm`) split the step's
+    /// communication by phase. With `keep`, the input gradients are kept.
     pub(crate) fn step<C: Communicator<B>>(
         &mut self,
         stack: &mut Stack<B>,
@@ -254,25 +255,29 @@ impl<B: Backend> Trainer<B> {
         attention: &mut LayerAttention<B>,
         backward: &mut BackwardAttention<B>,
         tp_reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
-        grad_comm: Option<&C>,
+        (comm, grad_comm): (&C, Option<&C>),
     ) -> Result<StepPhases> {
         let mut phases = StepPhases::default();
         self.zero(be)?;
+        comm.take_phase_times()?;
         for mb in 0..cfg.micro_batches() {
             let t0 = Instant::now();
             stack.generate_input(be, cfg, mb)?;
             self.forward_mb(stack, be, cfg, (mb, 0), attention, tp_reduce)?;
             phases.forward_s += clock(be, t0)?;
+            phases.take_comm(comm, 0)?;
             let t0 = Instant::now();
             self.upstream(stack, be, cfg, mb)?;
             self.backward_mb(stack, be, cfg, (mb, 0), keep, (&mut *attention, &mut *backward), tp_reduce)?;
             phases.backward_s += clock(be, t0)?;
+            phases.take_comm(comm, 1)?;
         }
         let t0 = Instant::now();
-        if let Some(comm) = grad_comm {
-            self.reduce_grads(comm)?;
+        if let Some(g) = grad_comm {
+            self.reduce_grads(g)?;
         }
         phases.grad_reduce_s = clock(be, t0)?;
+        phases.take_comm(comm, 2)?;
         Ok(phases)
     }
 }

@@ -332,7 +332,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Ulysses<B> {
                 heads.borrow_mut().backward(be, comm, g, &mut ex.borrow_mut(), (ws, gws, saved), batch, l, causal)
             },
             &mut |_| Ok(()),
-            Some(comm),
+            (comm, Some(comm)),
         )
     }
 

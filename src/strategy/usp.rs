@@ -392,7 +392,7 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for Usp<B, C> {
                 )
             },
             &mut |_| Ok(()),
-            Some(world),
+            (world, Some(world)),
         )
     }
 

@@ -177,6 +177,8 @@ pub fn memory_estimate(cfg: &RunConfig, rank: usize, keep: bool) -> MemoryEstima
     let matmul = f32b * (rows * d + d * up + rows * up);
     let (kv_r, kv_c) = (buf.attention_kv.0 as u64, buf.attention_kv.1 as u64);
     let attention = f32b * (kv_r * kv_c + 64 * kv_r + 64 * w);
+    // The attention backward holds an FP32 dK|dV beside the K|V copy, and two score tiles.
+    let attention = if cfg.train { 2 * attention } else { attention };
     let training = match (&spec(cfg.strategy).train, cfg.train) {
         (t, true) => {
             let place_rows = cfg.micro_batch * place.tokens.len();

@@ -166,7 +166,7 @@ impl CpuBackend {
                 let g = heads.kv_head(h);
                 let (qh, kh, vh) = (&q_tile[h * hd..], &kv_rows[g * hd..], &kv_rows[kvw + g * hd..]);
                 // scores[tq, kn] = scale q_h k_g^T
-                sgemm_strided(tq, hd, kn, scale, qh, (width as isize, 1), kh, (1, 2 * kvw as isize), &mut scores, kn);
+                gemm((tq, hd, kn), scale, qh, (width, 1), kh, (1, 2 * kvw), &mut scores, kn, false);
                 let mut tile_lse = [f32::NEG_INFINITY; QUERY_TILE];
                 for i in 0..tq {
                     let row = &mut scores[i * kn..(i + 1) * kn];
@@ -187,7 +187,7 @@ impl CpuBackend {
                     tile_lse[i] = m + sum.ln();
                 }
                 // out_tile[tq, hd] = p v_h
-                sgemm_strided(tq, kn, hd, 1.0, &scores, (kn as isize, 1), vh, (2 * kvw as isize, 1), &mut out_tile, hd);
+                gemm((tq, kn, hd), 1.0, &scores, (kn, 1), vh, (2 * kvw, 1), &mut out_tile, hd, false);
                 for i in 0..tq {
                     let r = row0 + i;
                     lse_merge(
@@ -220,33 +220,52 @@ fn peak_rss_bytes() -> Option<u64> {
 
 /// c[m, n] = a[m, k] b[k, n] in FP32, all row-major and contiguous.
 fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm_strided(m, k, n, 1.0, a, (k as isize, 1), b, (n as isize, 1), c, n);
+    gemm((m, k, n), 1.0, a, (k, 1), b, (n, 1), c, n, false);
 }
 
-/// c[m, n] = alpha a b with explicit (row, column) strides for a and b; c row-major, `ldc` wide.
+/// c[m, n] (+)= alpha a b with (row, column) strides for a and b, c row-major `ldc` wide;
+/// `accumulate` adds to c instead of overwriting it.
 #[allow(clippy::too_many_arguments)]
-fn sgemm_strided(
-    m: usize,
-    k: usize,
-    n: usize,
+pub(super) fn gemm(
+    (m, k, n): (usize, usize, usize),
     alpha: f32,
     a: &[f32],
-    sa: (isize, isize),
+    sa: (usize, usize),
     b: &[f32],
-    sb: (isize, isize),
+    sb: (usize, usize),
     c: &mut [f32],
     ldc: usize,
+    accumulate: bool,
 ) {
-    assert!(m == 0 || n == 0 || k == 0 || (a.len() > (m - 1) * sa.0 as usize + (k - 1) * sa.1 as usize));
-    assert!(m == 0 || n == 0 || k == 0 || (b.len() > (k - 1) * sb.0 as usize + (n - 1) * sb.1 as usize));
-    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || a.len() > (m - 1) * sa.0 + (k - 1) * sa.1);
+    assert!(k == 0 || b.len() > (k - 1) * sb.0 + (n - 1) * sb.1);
+    assert!(c.len() >= (m - 1) * ldc + n);
+    let beta = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: the asserts above keep every element matrixmultiply touches inside the slices.
     unsafe {
-        matrixmultiply::sgemm(m, k, n, alpha, a.as_ptr(), sa.0, sa.1, b.as_ptr(), sb.0, sb.1, 0.0, c.as_mut_ptr(), ldc as isize, 1);
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            sa.0 as isize,
+            sa.1 as isize,
+            b.as_ptr(),
+            sb.0 as isize,
+            sb.1 as isize,
+            beta,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        );
     }
 }
 
-fn to_f32(x: &[bf16]) -> Vec<f32> {
+pub(super) fn to_f32(x: &[bf16]) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
     x.convert_to_f32_slice(&mut out);
     out

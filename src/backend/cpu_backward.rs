@@ -2,7 +2,7 @@
 //! rounded once, the GEMMs by `matrixmultiply`. They are the twins the GPU's backward kernels
 //! are checked against, and each is checked here against a finite difference of an FP64 forward.
 
-use super::cpu::{rope_angle, silu_f32, CpuBackend, HostMat};
+use super::cpu::{gemm, rope_angle, silu_f32, to_f32, CpuBackend, HostMat};
 use super::{checks, Backward, Heads, Matrix, Span};
 use anyhow::{ensure, Result};
 use half::bf16;
@@ -10,54 +10,6 @@ use half::slice::HalfFloatSliceExt;
 
 /// Queries per tile of the attention backward: bounds its FP32 score tiles to QUERY_TILE x keys.
 const QUERY_TILE: usize = 64;
-
-fn to_f32(x: &[bf16]) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    x.convert_to_f32_slice(&mut out);
-    out
-}
-
-/// c[m, n] (+)= alpha a b with (row, column) strides for a and b, c row-major `ldc` wide;
-/// `accumulate` adds to c instead of overwriting it.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    (m, k, n): (usize, usize, usize),
-    alpha: f32,
-    a: &[f32],
-    sa: (usize, usize),
-    b: &[f32],
-    sb: (usize, usize),
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(k == 0 || a.len() > (m - 1) * sa.0 + (k - 1) * sa.1);
-    assert!(k == 0 || b.len() > (k - 1) * sb.0 + (n - 1) * sb.1);
-    assert!(c.len() >= (m - 1) * ldc + n);
-    let beta = if accumulate { 1.0 } else { 0.0 };
-    // SAFETY: the asserts above keep every element matrixmultiply touches inside the slices.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            sa.0 as isize,
-            sa.1 as isize,
-            b.as_ptr(),
-            sb.0 as isize,
-            sb.1 as isize,
-            beta,
-            c.as_mut_ptr(),
-            ldc as isize,
-            1,
-        );
-    }
-}
 
 /// GELU'(z) of the tanh form, in FP32.
 pub fn gelu_grad_f32(z: f32) -> f32 {

@@ -58,39 +58,33 @@ fn buffers(cfg: &RunConfig, rank: usize) -> crate::model::Buffers {
 /// Per layer and micro-batch one all-gather of the padded K/V block: as a ring all-gather moves
 /// it, P - 1 blocks out and P - 1 in.
 fn traffic(cfg: &RunConfig, _rank: usize) -> Vec<Transfer> {
+    vec![per_layer(cfg, Op::AllGather, "K/V of every rank", 2)]
+}
+
+/// A collective of every rank's padded K/V block per layer and micro-batch, `value_bytes` per
+/// value, moving P - 1 blocks each way as a ring does.
+fn per_layer(cfg: &RunConfig, op: Op, what: &'static str, value_bytes: usize) -> Transfer {
     let m = &cfg.model;
-    let block = (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * m.kv_dim() * 2) as u64;
+    let block = (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * m.kv_dim() * value_bytes) as u64;
     let wire = (cfg.split.sp() as u64 - 1) * block;
-    vec![Transfer {
-        op: Op::AllGather,
-        what: "K/V of every rank",
+    Transfer {
+        op,
+        what,
         peers: (0..cfg.split.sp()).collect(),
         buffer_bytes: block,
         sent: wire,
         received: wire,
         calls: (m.layers * cfg.micro_batches()) as u64,
         overlapped: false,
-    }]
+    }
 }
 
 /// The backward, per layer and micro-batch: the K/V all-gather again (the gathered sequence is
 /// not kept between the passes: that is what bounds its memory), and one FP32 reduce-scatter of
 /// the gathered K/V's gradients, each rank its own block's sum: P - 1 FP32 blocks out and in.
 fn backward_traffic(cfg: &RunConfig, rank: usize) -> Vec<Transfer> {
-    let m = &cfg.model;
-    let block = (cfg.micro_batch * super::shared::longest_tokens(cfg) * 2 * m.kv_dim() * 4) as u64;
-    let wire = (cfg.split.sp() as u64 - 1) * block;
     let mut out = traffic(cfg, rank);
-    out.push(Transfer {
-        op: Op::ReduceScatter,
-        what: "dK/dV of every rank (FP32)",
-        peers: (0..cfg.split.sp()).collect(),
-        buffer_bytes: block,
-        sent: wire,
-        received: wire,
-        calls: (m.layers * cfg.micro_batches()) as u64,
-        overlapped: false,
-    });
+    out.push(per_layer(cfg, Op::ReduceScatter, "dK/dV of every rank (FP32)", 4));
     out
 }
 

@@ -470,7 +470,6 @@ mod tests {
                             let w_kv: Vec<Vec<f32>> = g.layers.iter().map(|l| be.download_acc(&l.w_kv).unwrap()).collect();
                             (comm.rank(), sent, received, peak, input, w_kv)
                         });
-                        let d = cfg.model.d_model;
                         let mut got = vec![f64::NAN; exact.input.len()];
                         for (rank, sent, received, peak, input, w_kv) in ranks {
                             // W_kv's gradient, the most strategy-dependent (K/V travel, gather, are

@@ -83,6 +83,7 @@ fn tensor_bytes(cfg: &RunConfig, shard: &Shard) -> [(&'static str, u64); 7] {
 /// Bytes a rank's training step allocates beyond its forward's: the kept activations of every
 /// layer (of one micro-batch, or of every one where `spec` pipelines), the gradients, the
 /// backward's workspace, and with `keep` the input gradients of the whole batch.
+#[allow(clippy::too_many_arguments)]
 pub fn train_bytes(
     cfg: &RunConfig,
     spec: &TrainSpec,
@@ -239,13 +240,13 @@ impl<B: Backend> Trainer<B> {
         self.grads.iter_mut().try_for_each(|g| g.each_mut().into_iter().try_for_each(|a| comm.all_reduce_acc(a)))
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// One training step of a strategy without a pipeline: per micro-batch the forward
     /// (`attention`), the backward (`backward`), `tp_reduce` summing the row-parallel outputs
     /// and column-parallel input gradients over a TP group (identity without); then every
     /// weight gradient all-reduced over `grad_comm` (the gradient peers). `comm` is the
     /// strategy's transport, whose phase times (`StepPhases::take_comm`) split the step's
     /// communication by phase. With `keep`, the input gradients are kept.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn step<C: Communicator<B>>(
         &mut self,
         stack: &mut Stack<B>,

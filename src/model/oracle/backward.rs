@@ -3,9 +3,9 @@
 //! backward ops it checks: attention's backward by the softmax Jacobian row by row (not
 //! FlashAttention's delta), RMSNorm's by its own derivation.
 
-use super::{gelu, matmul, rms_norm, rotation, tensor};
+use super::{gelu, matmul, rms_norm, rotate_qk, weights};
 use crate::config::{MlpAct, ModelConfig};
-use crate::generator::{layer_tensor_id, value_bf16, Init, LayerTensor, GRAD_TENSOR, INPUT_TENSOR};
+use crate::generator::{value_bf16, Init, GRAD_TENSOR, INPUT_TENSOR};
 
 /// One layer's weight gradients, in the whole tensors' shapes: norm1 [d], w_qkv [d, d + 2
 /// kv_dim], w_o [d, d], norm2 [d], w_up [d, F or 2F], w_down [F, d].
@@ -88,19 +88,7 @@ pub fn train(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usi
     let (kvd, group) = (m.kv_heads * hd, m.heads / m.kv_heads);
     let up_cols = f * if m.mlp_act == MlpAct::Swiglu { 2 } else { 1 };
     let qkv_cols = d + 2 * kvd;
-    let weights: Vec<[Vec<f64>; 6]> = (0..m.layers)
-        .map(|l| {
-            let id = |t| layer_tensor_id(l, t);
-            [
-                tensor(seed, id(LayerTensor::Norm1), d, Init::Gain),
-                tensor(seed, id(LayerTensor::Qkv), d * qkv_cols, Init::Weight { fan_in: d }),
-                tensor(seed, id(LayerTensor::Out), d * d, Init::Weight { fan_in: d }),
-                tensor(seed, id(LayerTensor::Norm2), d, Init::Gain),
-                tensor(seed, id(LayerTensor::Up), d * up_cols, Init::Weight { fan_in: d }),
-                tensor(seed, id(LayerTensor::Down), f * d, Init::Weight { fan_in: f }),
-            ]
-        })
-        .collect();
+    let weights = weights(m, seed, &|_, t| t);
     let mut grads = Gradients {
         input: Vec::new(),
         layers: (0..m.layers)
@@ -129,17 +117,7 @@ pub fn train(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usi
         for [g1, w_qkv, w_o, g2, w_up, w_down] in &weights {
             let x_in = x.clone();
             let mut qkv = matmul(&rms_norm(&x, g1, d), w_qkv, s_len, d, qkv_cols);
-            for p in 0..s_len {
-                for col0 in (0..d + kvd).step_by(hd) {
-                    for i in 0..hd / 2 {
-                        let (c, s) = rotation(p, i, hd);
-                        let at = p * qkv_cols + col0;
-                        let (a, b) = (qkv[at + i], qkv[at + i + hd / 2]);
-                        qkv[at + i] = a * c - b * s;
-                        qkv[at + i + hd / 2] = a * s + b * c;
-                    }
-                }
-            }
+            rotate_qk(&mut qkv, m, s_len, 1.0);
             let mut attn = vec![0.0; s_len * d];
             for head in 0..h {
                 for p in 0..s_len {
@@ -208,17 +186,7 @@ pub fn train(m: &ModelConfig, seed: u64, causal: bool, seqs: std::ops::Range<usi
                 }
             }
             // RoPE is a rotation: its transpose turns back by the same angle.
-            for p in 0..s_len {
-                for col0 in (0..d + kvd).step_by(hd) {
-                    for i in 0..hd / 2 {
-                        let (c, s) = rotation(p, i, hd);
-                        let at = p * qkv_cols + col0;
-                        let (a, b) = (d_qkv[at + i], d_qkv[at + i + hd / 2]);
-                        d_qkv[at + i] = a * c + b * s;
-                        d_qkv[at + i + hd / 2] = b * c - a * s;
-                    }
-                }
-            }
+            rotate_qk(&mut d_qkv, m, s_len, -1.0);
             add_into(&mut g.w_qkv, &matmul_tn(&rms_norm(x_in, g1, d), &d_qkv, s_len, d, qkv_cols));
             let d_n1 = matmul_nt(&d_qkv, w_qkv, s_len, qkv_cols, d);
             add_into(&mut dx, &rms_norm_backward(x_in, g1, &d_n1, d, &mut g.norm1));
@@ -255,6 +223,7 @@ fn softmax_row(qkv: &[f64], cols: usize, hd: usize, scale: f64, qc: usize, kc: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generator::{layer_tensor_id, LayerTensor};
 
     /// The oracle's gradients are the derivatives of the oracle's forward (`super::forward`,
     /// written apart from the tape here): L = sum(Y G) by central differences in values of the

@@ -17,6 +17,47 @@ fn rotation(p: usize, i: usize, hd: usize) -> (f64, f64) {
     (cos, sin)
 }
 
+/// Every layer's [norm1, W_qkv, W_o, norm2, W_up, W_down], whole, each through `bump` (which may
+/// move one value, for a finite difference).
+fn weights(m: &ModelConfig, seed: u64, bump: &dyn Fn(u64, Vec<f64>) -> Vec<f64>) -> Vec<[Vec<f64>; 6]> {
+    let (d, f, kvd) = (m.d_model, m.mlp, m.kv_heads * m.head_dim());
+    let up_cols = f * if m.mlp_act == MlpAct::Swiglu { 2 } else { 1 };
+    (0..m.layers)
+        .map(|l| {
+            let id = |t| layer_tensor_id(l, t);
+            let read = |t, n, init| bump(id(t), tensor(seed, id(t), n, init));
+            [
+                read(LayerTensor::Norm1, d, Init::Gain),
+                read(LayerTensor::Qkv, d * (d + 2 * kvd), Init::Weight { fan_in: d }),
+                read(LayerTensor::Out, d * d, Init::Weight { fan_in: d }),
+                read(LayerTensor::Norm2, d, Init::Gain),
+                read(LayerTensor::Up, d * up_cols, Init::Weight { fan_in: d }),
+                read(LayerTensor::Down, f * d, Init::Weight { fan_in: f }),
+            ]
+        })
+        .collect()
+}
+
+/// RoPE on every query head (columns 0 .. d) and every key head (d .. d + kv_dim) of the `rows`
+/// rows of [Q | K | V] (row p at position p), by each angle times `sign`: 1 the rotation, -1
+/// its transpose (the backward's).
+fn rotate_qk(qkv: &mut [f64], m: &ModelConfig, rows: usize, sign: f64) {
+    let (d, hd) = (m.d_model, m.head_dim());
+    let cols = d + 2 * m.kv_heads * hd;
+    for p in 0..rows {
+        for col0 in (0..d + m.kv_heads * hd).step_by(hd) {
+            let base = p * cols + col0;
+            for i in 0..hd / 2 {
+                let (c, s) = rotation(p, i, hd);
+                let s = s * sign;
+                let (a, b) = (qkv[base + i], qkv[base + i + hd / 2]);
+                qkv[base + i] = a * c - b * s;
+                qkv[base + i + hd / 2] = a * s + b * c;
+            }
+        }
+    }
+}
+
 fn tensor(seed: u64, id: u64, n: usize, init: Init) -> Vec<f64> {
     (0..n as u64).map(|i| value_bf16(seed, id, i, init).to_f64()).collect()
 }
@@ -87,20 +128,7 @@ fn forward_extended(
     // W_qkv is [d, d + 2 kv_dim] = [Q | K | V]; query head h attends with K/V head h / group.
     let (kvd, group, up_cols) = (m.kv_heads * hd, m.heads / m.kv_heads, f * if m.mlp_act == MlpAct::Swiglu { 2 } else { 1 });
     let qkv_cols = d + 2 * kvd;
-    let layers: Vec<[Vec<f64>; 6]> = (0..m.layers)
-        .map(|l| {
-            let id = |t| layer_tensor_id(l, t);
-            let read = |t, n, init| bump(id(t), tensor(seed, id(t), n, init));
-            [
-                read(LayerTensor::Norm1, d, Init::Gain),
-                read(LayerTensor::Qkv, d * qkv_cols, Init::Weight { fan_in: d }),
-                read(LayerTensor::Out, d * d, Init::Weight { fan_in: d }),
-                read(LayerTensor::Norm2, d, Init::Gain),
-                read(LayerTensor::Up, d * up_cols, Init::Weight { fan_in: d }),
-                read(LayerTensor::Down, f * d, Init::Weight { fan_in: f }),
-            ]
-        })
-        .collect();
+    let layers = weights(m, seed, &bump);
     let mut out = Vec::with_capacity(seqs.len() * s_len * d);
     for seq in seqs {
         let base = (seq * prompt * d) as u64;
@@ -112,20 +140,7 @@ fn forward_extended(
         }
         for [g1, w_qkv, w_o, g2, w_up, w_down] in &layers {
             let mut qkv = matmul(&rms_norm(&x, g1, d), w_qkv, s_len, d, qkv_cols);
-            // RoPE on every query head (columns 0 .. d) and every key head (d .. d + kv_dim).
-            for p in 0..s_len {
-                for col0 in (0..d + kvd).step_by(hd) {
-                    {
-                        let base = p * qkv_cols + col0;
-                        for i in 0..hd / 2 {
-                            let (c, s) = rotation(p, i, hd);
-                            let (a, b) = (qkv[base + i], qkv[base + i + hd / 2]);
-                            qkv[base + i] = a * c - b * s;
-                            qkv[base + i + hd / 2] = a * s + b * c;
-                        }
-                    }
-                }
-            }
+            rotate_qk(&mut qkv, m, s_len, 1.0);
             let mut attn = vec![0.0; s_len * d];
             let scale = 1.0 / (hd as f64).sqrt();
             for head in 0..h {

@@ -31,6 +31,17 @@ __device__ __forceinline__ LseMerge lse_merge(float old, float block) {
     return {merged, expf(old - merged), expf(block - merged)};
 }
 
+// The block's dynamic shared memory (the launch's shared_mem_bytes); the SIMT stand-in's under
+// RINGBENCH_SIMT (launch_fibers provides it).
+#if defined(__CUDACC__)
+__device__ __forceinline__ unsigned char* shared_dynamic() {
+    extern __shared__ __align__(16) unsigned char shared_dynamic_raw[];
+    return shared_dynamic_raw;
+}
+#elif defined(RINGBENCH_SIMT)
+inline unsigned char* shared_dynamic() { return dynamic_smem(); }
+#endif
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

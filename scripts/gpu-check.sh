@@ -8,12 +8,14 @@
 # NCCL on one rank and with --comm mpi on 2 and 4 processes sharing the GPU, allgather and ulysses
 # on one NCCL rank (NCCL's AllGather, the all-to-all as grouped sends and receives), the double
 # ring on one NCCL rank (its outer ring's second communicator and stream) and on 4 processes over
-# MPI, the ring with grouped K/V heads and SwiGLU; a small timed run of
+# MPI, the ring with grouped K/V heads and SwiGLU; a training step (`verify --train`: the backward
+# kernels, cuBLAS's transposed GEMMs, the FP32 gradient all-reduce) on one NCCL rank and on 2 MPI
+# processes at head dims 16, 64 and 128; a small timed run of
 # every strategy; the launch overhead with and without cudarc's buffer events; then the
 # benchmarks, each beside its PyTorch peer from the same run on the same card: the attention
 # kernels alone (32 heads x 6250 x 6250, head dim 128: mma.sync at both block shapes, wgmma + TMA,
-# plain) and one paper-model layer on rank 0 of an
-# emulated zigzag ring of 16.
+# plain), the attention backward (flash, causal) beside SDPA's backward, and one paper-model
+# layer on rank 0 of an emulated zigzag ring of 16.
 #
 # It ends by itself within 7 minutes whatever hangs: one deadline for the whole script
 # (GPU_CHECK_DEADLINE_S, default 380 s, then at most 25 s for the table), each step killed at its own limit or at the deadline,
@@ -89,6 +91,12 @@ check verify-tp-pp-4-mpi 60 "${MPIRUN[@]}" -np 4 "$BIN" verify --backend cuda --
 # Grouped K/V heads (one K/V head for all, as MQA) and SwiGLU: the kernels' GQA indexing and the
 # SwiGLU kernel inside a whole model, its reference held to the FP64 oracle.
 check verify-gqa-swiglu-ring-2-mpi 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --kv-heads 1 --mlp-act swiglu --seq-len 1023
+# A training step: forward, backward and the gradient all-reduce, held to the reference and the
+# FP64 oracle's gradients; the plain backward kernels at head dim 16 (tiny preset) over NCCL, the
+# flash backward at 128 (ring, grouped K/V, SwiGLU) and 64 (tp-pp) over MPI.
+check verify-ring-1-nccl-train 45 "$BIN" verify --backend cuda --strategy ring --ring 1 --seq-len 1023 --train
+check verify-ring-2-mpi-train-d128 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy ring --d-model 512 --heads 4 --kv-heads 2 --mlp 1024 --mlp-act swiglu --layers 2 --seq-len 1000 --train
+check verify-tp-pp-2-mpi-train-d64 60 "${MPIRUN[@]}" -np 2 "$BIN" verify --backend cuda --comm mpi --strategy tp-pp --tp 2 --d-model 256 --heads 4 --layers 2 --seq-len 1023 --train
 check run-small-all-4-mpi 90 "${MPIRUN[@]}" -np 4 "$BIN" run --backend cuda --comm mpi --preset small --strategy all --tp 2 --pp 2 --ring 4 --decode-tokens 8 --out "$LOGS/results" --run-id small --quiet
 check bench-launch 40 "$BIN" bench launch --json
 
@@ -102,6 +110,9 @@ check bench-attention 45 "$BIN" bench attention "${SHAPE[@]}" --json
 check peer-attention 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --json
 check bench-attention-causal 45 "$BIN" bench attention "${SHAPE[@]}" --causal --json
 check peer-attention-causal 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --causal --json
+# The attention backward (kernels/flash_backward.cu) beside SDPA's backward: FLOPs 2.5 x forward.
+check bench-attention-backward-causal 60 "$BIN" bench attention "${SHAPE[@]}" --causal --backward --json
+check peer-attention-backward-causal 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --causal --backward --json
 # A decode step's attention: one query against a 128Ki-token cache of a llama3-70b layer (64
 # heads, 8 K/V heads of 128), K/V bytes read per second against the card's HBM bandwidth.
 DECODE=(--heads 64 --kv-heads 8 --head-dim 128 --keys 131072)
@@ -115,6 +126,8 @@ check peer-layer-flash 60 python3 scripts/torch_peer.py layer --ring 16 --rank 0
 check bench-attention-m64 45 "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --json
 check bench-attention-m64-causal 45 "$BIN" bench attention "${SHAPE[@]}" --kernel flash64 --causal --json
 check bench-attention-plain 45 "$BIN" bench attention "${SHAPE[@]}" --kernel plain --iters 3 --json
+check bench-attention-backward 60 "$BIN" bench attention "${SHAPE[@]}" --backward --json
+check peer-attention-backward 60 python3 scripts/torch_peer.py attention "${SHAPE[@]}" --backward --json
 check emulated-tp-pp-layer 90 "$BIN" run --backend cuda --strategy tp-pp --tp 8 --pp 2 --emulate-world 16 --as-rank 0 --preset paper --layers 2 --batch 1 --warmup 2 --iters 5 --quiet --out "$LOGS/results" --run-id tp-pp-layer
 [ -f "$LOGS/results/small/summary.csv" ] && cp "$LOGS/results/small/summary.csv" "$LOGS/summary.csv"
 
@@ -160,6 +173,11 @@ def gb(o):
     return f"{o['gbps']:.0f} GB/s (best {o['gbps_best']:.0f}){share}"
 row = [f"ringbench decode kernel {gb(o)}" for o in objs("bench-decode")] + [f"{o['peer']} {gb(o)}" for o in objs("peer-decode")]
 print("  " + " | ".join(row or ["no result"]))
+print("attention backward, same shape (TFLOP/s: 2.5 x the forward's count, as FlashAttention counts)")
+for label, ours, peer in [("causal", "bench-attention-backward-causal", "peer-attention-backward-causal"),
+                          ("non-causal", "bench-attention-backward", "peer-attention-backward")]:
+    row = [f"ringbench flash backward {tf(o)}" for o in objs(ours)] + [f"{o['peer']} backward {tf(o)}" for o in objs(peer)]
+    print(f"  {label:<11} " + " | ".join(row or ["no result"]))
 plain = objs("bench-attention-plain")
 if plain:
     print(f"  {'plain':<11} ringbench plain kernel {tf(plain[0])} (non-causal)")

@@ -3,7 +3,8 @@
 
   attention  SDPA alone (its flash and cuDNN backends) on the shapes `ringbench bench attention`
              takes; TFLOP/s by the same convention: 4 x queries x keys x head_dim x heads, halved
-             for causal.
+             for causal. With --backward, SDPA's backward alone (autograd's dQ, dK, dV from a
+             retained forward), FLOPs 2.5 x the forward's, as `bench attention --backward`.
   layer      one rank of a zigzag ring of P, as `ringbench run --emulate-world P --as-rank K` runs
              it: the normative layer (docs/design.md) on the rank's tokens, ring attention in P steps
              merged by log-sum-exp, fully masked chunk pairs skipped, and each step's K/V transfer
@@ -186,10 +187,14 @@ def cmd_attention(a):
     k = (torch.rand(shape_k, generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
     v = (torch.rand(shape_k, generator=gen, device=dev) * 2 - 1).to(torch.bfloat16)
     flops = 4.0 * a.queries * a.keys * a.head_dim * a.heads * a.batch / (2 if a.causal else 1)
+    flops *= 2.5 if a.backward else 1.0
     # On the CPU there is one SDPA with LSE (the private CPU flash op), whatever --backends says.
     for backend in a.backends.split(",") if dev.type == "cuda" else ["cpu"]:
         try:
-            times = device_time(lambda: sdpa_with_lse(q, k, v, a.causal, backend), a.warmup, a.iters, dev)
+            if a.backward:
+                times = device_time(sdpa_backward(q, k, v, a.causal, backend), a.warmup, a.iters, dev)
+            else:
+                times = device_time(lambda: sdpa_with_lse(q, k, v, a.causal, backend), a.warmup, a.iters, dev)
         except RuntimeError as e:  # a backend this build or card lacks: say so, keep going
             emit({"peer": f"torch sdpa {backend}", "error": str(e).splitlines()[0]}, a.json)
             continue
@@ -205,12 +210,30 @@ def cmd_attention(a):
                 "keys": a.keys,
                 "batch": a.batch,
                 "causal": a.causal,
+                "backward": a.backward,
                 **s,
                 "tflops": flops / s["mean_s"] / 1e12,
                 "tflops_best": flops / s["min_s"] / 1e12,
             },
             a.json,
         )
+
+
+def sdpa_backward(q, k, v, causal, backend):
+    """One call of SDPA's backward on `backend` (a forward retained once, untimed): the timed work."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "cpu": SDPBackend.MATH}[backend]
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    with sdpa_kernel([chosen]):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    d_out = torch.rand_like(out) * 2 - 1
+
+    def backward():
+        with sdpa_kernel([chosen]):
+            torch.autograd.grad(out, (q, k, v), d_out, retain_graph=True)
+
+    return backward
 
 
 def cmd_decode(a):
@@ -374,6 +397,7 @@ def main():
     at.add_argument("--keys", type=int, default=6250)
     at.add_argument("--batch", type=int, default=1)
     at.add_argument("--causal", action="store_true")
+    at.add_argument("--backward", action="store_true", help="time the backward (dQ, dK, dV) instead")
     at.add_argument("--backends", default="flash,cudnn")
     at.add_argument("--warmup", type=int, default=3)
     at.add_argument("--iters", type=int, default=10)

@@ -17,6 +17,7 @@ use serde::Serialize;
 /// Generator tensor ids of the benchmark's inputs (outside the model's ids).
 const BENCH_Q: u64 = 1 << 40;
 const BENCH_KV: u64 = (1 << 40) + 1;
+const BENCH_DO: u64 = (1 << 40) + 2;
 
 /// What `bench attention` measures (its flags, resolved by the command line).
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct AttentionBench {
     pub causal: bool,
     /// A decode step's attention (`Backend::attention_decode`): one query per sequence.
     pub decode: bool,
+    /// The attention backward (`Backward::attention_backward`) instead of the forward.
+    pub backward: bool,
     pub warmup: usize,
     pub iters: usize,
     /// Print the result as JSON.
@@ -93,13 +96,15 @@ impl AttentionBench {
         self.kv_heads.unwrap_or(self.heads)
     }
 
-    /// FLOPs of one call by the convention above.
+    /// FLOPs of one call by the convention above: the backward's 2.5 x the forward's
+    /// (FlashAttention's count: S, dP, dV, dK and dQ, five GEMMs to the forward's two).
     pub fn flops(&self) -> f64 {
         let full = 4.0 * self.queries as f64 * self.keys as f64 * self.head_dim as f64 * self.heads as f64 * self.batch as f64;
+        let pass = if self.backward { 2.5 } else { 1.0 };
         if self.causal {
-            full / 2.0
+            pass * full / 2.0
         } else {
-            full
+            pass * full
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct AttentionResult {
     pub keys: usize,
     pub batch: usize,
     pub causal: bool,
+    /// The attention backward was timed (FLOPs 2.5 x the forward's).
+    pub backward: bool,
     pub flops: f64,
     pub iters: usize,
     pub mean_s: f64,
@@ -138,7 +145,11 @@ impl AttentionBench {
     pub fn buffer_bytes(&self) -> f64 {
         let (q, kv, w) = ((self.batch * self.queries) as f64, (self.batch * self.keys) as f64, (self.heads * self.head_dim) as f64);
         let kvw = (self.kv_heads() * self.head_dim) as f64;
-        q * w * 2.0 + kv * 2.0 * kvw * 2.0 + q * w * 4.0 + q * self.heads as f64 * 4.0
+        let forward = q * w * 2.0 + kv * 2.0 * kvw * 2.0 + q * w * 4.0 + q * self.heads as f64 * 4.0;
+        // The backward's: the stored output and dO (BF16), delta, and the FP32 dQ and dK|dV.
+        let backward =
+            if self.backward { q * w * 2.0 * 2.0 + q * self.heads as f64 * 4.0 + q * w * 4.0 + kv * 2.0 * kvw * 4.0 } else { 0.0 };
+        forward + backward
     }
 
     /// Refuse, before any allocation, buffers that `budget` bytes (the device's memory) cannot hold.
@@ -160,8 +171,47 @@ impl AttentionBench {
     }
 }
 
+/// `attention`'s timed work for `--backward`: the forward once (untimed) for its LSE, dO and
+/// delta, then each sample zeroes dQ and dK|dV (untimed) and runs every sequence's backward.
+fn backward_samples<B: Backend>(be: &B, args: &AttentionBench, heads: Heads, (q, kv): (&B::Act, &B::Act)) -> Result<Vec<timing::Timing>> {
+    let (w, kvw) = (heads.width(), heads.kv_width());
+    let (q_rows, kv_rows) = (args.batch * args.queries, args.batch * args.keys);
+    let spans =
+        |s: usize| (Span { row0: s * args.queries, len: args.queries, pos0: 0 }, Span { row0: s * args.keys, len: args.keys, pos0: 0 });
+    let (mut o, mut lse) = (be.alloc_acc(q_rows, w)?, be.alloc_acc(q_rows, heads.heads)?);
+    be.attention_reset(&mut o, &mut lse)?;
+    for s in 0..args.batch {
+        let (qs, ks) = spans(s);
+        be.attention(q, kv, heads, qs, ks, args.causal, &mut o, &mut lse)?;
+    }
+    let (mut out, mut d_o) = (be.alloc_act(q_rows, w)?, be.alloc_act(q_rows, w)?);
+    be.attention_store(&o, &mut out)?;
+    drop(o);
+    be.fill(&mut d_o, 0, &Region::rows(BENCH_DO, w, 0, q_rows), 0, Init::Uniform)?;
+    let mut delta = be.alloc_acc(q_rows, heads.heads)?;
+    be.attention_backward_delta(&out, &d_o, heads.heads, &mut delta)?;
+    let (dq, dkv) = (std::cell::RefCell::new(be.alloc_acc(q_rows, w)?), std::cell::RefCell::new(be.alloc_acc(kv_rows, 2 * kvw)?));
+    timing::samples(
+        be,
+        Protocol { warmup: args.warmup, iters: args.iters },
+        &mut || {
+            be.zero_acc(&mut dq.borrow_mut())?;
+            be.zero_acc(&mut dkv.borrow_mut())
+        },
+        &mut || {
+            for s in 0..args.batch {
+                let (qs, ks) = spans(s);
+                be.attention_backward(q, kv, heads, qs, ks, args.causal, &d_o, &lse, &delta, &mut dq.borrow_mut(), &mut dkv.borrow_mut())?;
+            }
+            Ok(())
+        },
+        &mut || be.synchronize(),
+    )
+}
+
 /// Time the attention of every sequence's query block against its key/value block, merged into
-/// freshly reset accumulators; each iteration ends when the device is done.
+/// freshly reset accumulators (with `--backward`, its backward); each iteration ends when the
+/// device is done.
 pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionResult> {
     args.check_memory(be.memory_budget(1))?;
     let heads = Heads { heads: args.heads, kv_heads: args.kv_heads(), head_dim: args.head_dim };
@@ -176,7 +226,9 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionR
     let scratch_rows = if args.decode { crate::backend::decode_scratch_rows(args.batch, heads, args.keys) } else { 0 };
     let scratch = std::cell::RefCell::new(be.alloc_acc(scratch_rows, args.head_dim + 1)?);
     let protocol = Protocol { warmup: args.warmup, iters: args.iters };
-    let timings = {
+    let timings = if args.backward {
+        backward_samples(be, args, heads, (&q, &kv))?
+    } else {
         let (o, lse) = (std::cell::RefCell::new(&mut o), std::cell::RefCell::new(&mut lse));
         timing::samples(
             be,
@@ -212,6 +264,7 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionR
     let kernel = match args.backend {
         BackendKind::Cpu => "cpu (tiled FP32 GEMMs)".to_string(),
         BackendKind::Cuda if args.decode => "decode (cache split over thread blocks, partials merged by LSE)".to_string(),
+        BackendKind::Cuda if args.backward => args.kernel.describe_backward(args.head_dim),
         BackendKind::Cuda => args.kernel.describe(args.head_dim),
     };
     let kv_bytes = (kv_rows * 2 * kvw * 2) as f64;
@@ -227,6 +280,7 @@ pub fn attention<B: Backend>(be: &B, args: &AttentionBench) -> Result<AttentionR
         keys: args.keys,
         batch: args.batch,
         causal: args.causal,
+        backward: args.backward,
         flops,
         iters: st.n,
         mean_s: st.mean,
@@ -343,8 +397,9 @@ pub fn render_launch(r: &LaunchResult) -> String {
 
 pub fn render(r: &AttentionResult) -> String {
     format!(
-        "{}ringbench bench attention on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, {}, min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: 4 q kv d h{})",
+        "{}ringbench bench attention{} on {}, {} kernel: {} sequence(s) x {} queries x {} keys, {} heads x head dim {}, {}\n  time     mean {}, {}, min {} (n {})\n  rate     {:.3} TFLOP/s mean, {:.3} best ({:.4e} FLOPs per call: {}4 q kv d h{})",
         simulated_note(r.timing),
+        if r.backward { " --backward" } else { "" },
         r.device,
         r.kernel,
         r.batch,
@@ -360,6 +415,7 @@ pub fn render(r: &AttentionResult) -> String {
         r.tflops,
         r.tflops_best,
         r.flops,
+        if r.backward { "2.5 x " } else { "" },
         if r.causal { ", halved for causal" } else { "" }
     ) + &format!(
         "\n  K/V read {:.1} GB/s mean, {:.1} best ({} per call, every sequence's keys and values once)",

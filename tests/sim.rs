@@ -186,15 +186,20 @@ fn every_strategy_verifies_on_the_simulated_gpu_over_nccl_and_mpi_with_random_de
     let env = env_with(sim, &[("RINGBENCH_SIM_DELAY", "1")]);
     let cases: &[(usize, &[&str], &[&str])] = &[
         (1, &["--strategy", "reference"], PLAIN),
-        (1, &["--strategy", "ring", "--comm", "nccl"], FLASH64),
-        (1, &["--strategy", "tp-pp", "--comm", "nccl"], FLASH128),
-        (4, &["--strategy", "ring", "--comm", "nccl"], FLASH64),
+        // A training step (kernels/flash_backward.cu at head dims 64 and 128, attention_backward.cu
+        // at 16, backward.cu, cuBLAS's transposed GEMMs, NCCL's FP32 all-reduce) against the
+        // reference and the FP64 oracle: one rank, then the ring's travelling dK/dV, tp-pp's
+        // pipeline and Ulysses' head exchange (its forward checked through its gradients). The
+        // forward of the others is verified by the decode cases below (which check the prefill).
+        (1, &["--strategy", "ring", "--comm", "nccl", "--train"], FLASH64),
+        (1, &["--strategy", "tp-pp", "--comm", "nccl", "--train"], FLASH128),
+        (4, &["--strategy", "ring", "--comm", "nccl", "--train"], FLASH64),
         (4, &["--strategy", "ring", "--layout", "contiguous", "--comm", "nccl"], FLASH128),
         (4, &["--strategy", "ring", "--comm", "mpi"], PLAIN),
-        (4, &["--strategy", "tp-pp", "--tp", "2", "--pp", "2", "--comm", "nccl"], PLAIN),
+        (4, &["--strategy", "tp-pp", "--tp", "2", "--pp", "2", "--comm", "nccl", "--train"], PLAIN),
         (4, &["--strategy", "tp-pp", "--tp", "2", "--pp", "2", "--comm", "mpi"], FLASH64),
         (4, &["--strategy", "allgather", "--layout", "striped", "--comm", "nccl"], FLASH128),
-        (4, &["--strategy", "ulysses", "--comm", "nccl"], PLAIN),
+        (4, &["--strategy", "ulysses", "--comm", "nccl", "--train"], PLAIN),
         (4, &["--strategy", "usp", "--ulysses", "2", "--ring", "2", "--comm", "nccl"], FLASH64),
         (4, &["--strategy", "tp-cp", "--tp", "2", "--cp", "2", "--layout", "striped", "--comm", "nccl"], FLASH128),
         // The outer ring on a communication stream of its own, overlapping the inner ring's.

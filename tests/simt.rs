@@ -3,8 +3,8 @@
 //! ldmatrix and mma.sync, cp.async copies landing late or early; for the wgmma kernel, wgmma with
 //! its shared-memory descriptors and swizzles, mbarriers and TMA bulk tensor copies, each block's
 //! threads as fibers) and run on the CPU, so CI checks
-//! their indexing, masking, reductions and merges without a GPU: the attention kernels against
-//! FP64 attention, the flash kernel also within a few BF16 ulps of its CPU twin
+//! their indexing, masking, reductions and merges without a GPU: the attention kernels (forward
+//! and backward) against FP64, the flash kernel also within a few BF16 ulps of its CPU twin
 //! (src/backend/flash_twin.rs, P rounded to BF16 as the kernel rounds it), the generator against docs/design.md's test vectors, the element-wise kernels
 //! against their formulas. What this cannot check (the real instructions' rounding and speed, the
 //! backend's launch arguments) is left to `selftest` on a GPU.
@@ -203,6 +203,80 @@ fn the_decode_kernel_sources_match_fp64_attention_and_their_twin_on_the_simt_emu
         // The same FP32 operations in the same order: equal but for the exponentials' last bits.
         assert!(eo <= 1e-6 && el <= 1e-6, "decode case {n}: o {eo:e}, lse {el:e} from the twin");
         std::fs::remove_file(&path).unwrap();
+    }
+    let _ = std::fs::remove_file(&exe);
+}
+
+/// The backward kernels' sources (kernels/flash_backward.cu, attention_backward.cu, backward.cu)
+/// against FP64 on the SIMT stand-in (tests/simt/backward_check.cpp: 8 flash and 4 plain
+/// attention cases, two calls into the same accumulators as a ring's steps make them, then RMSNorm,
+/// GELU, SwiGLU, delta and the FP32 add), copies landing late and early; then each attention case
+/// held to the kernel's CPU twin (CpuBackend::attention_backward, src/backend/cpu_backward.rs, FP32
+/// without rounding P or dS) within the per-element bound the check derived from BF16 rounding.
+#[test]
+fn the_backward_kernel_sources_match_fp64_and_their_cpu_twin_on_the_simt_emulation() {
+    use ringbench::backend::{cpu::CpuBackend, Backend, Backward};
+    let exe = build("backward_check");
+    let dump = std::env::temp_dir().join(format!("ringbench-simt-backward-dump-{}", std::process::id()));
+    for mode in ["deferred", "eager"] {
+        let prefix = format!("{}-{mode}", dump.display());
+        run(&exe, &[("SIMT_COPY", mode), ("SIMT_DUMP", &prefix)], "backward kernels on the SIMT emulation", 17);
+        for n in 0..12 {
+            let path = PathBuf::from(format!("{prefix}-{n}.bin"));
+            let b = std::fs::read(&path).unwrap();
+            let h: Vec<usize> = (0..16).map(|k| i32::from_le_bytes(b[4 * k..4 * k + 4].try_into().unwrap()) as usize).collect();
+            let heads = Heads { heads: h[1], kv_heads: h[14], head_dim: h[0] };
+            let (rows, w, kvw2) = (h[2], heads.width(), 2 * heads.kv_width());
+            let span = |k: usize| Span { row0: h[k], len: h[k + 1], pos0: h[k + 2] };
+            let (qs, spans, causal) = (span(3), [span(6), span(9)], h[12] != 0);
+            let mut at = 64;
+            let mut take = |n: usize, size: usize| {
+                let s = b[at..at + n * size].to_vec();
+                at += n * size;
+                s
+            };
+            let bits = |v: Vec<u8>| v.chunks(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect::<Vec<_>>();
+            let floats = |v: Vec<u8>| v.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+            let (q, kv, d_o) = (bits(take(rows * w, 2)), bits(take(rows * kvw2, 2)), bits(take(rows * w, 2)));
+            let (lse, delta) = (floats(take(rows * heads.heads, 4)), floats(take(rows * heads.heads, 4)));
+            let (dq0, dkv0) = (floats(take(rows * w, 4)), floats(take(rows * kvw2, 4)));
+            let (got_dq, got_dkv) = (floats(take(rows * w, 4)), floats(take(rows * kvw2, 4)));
+            let (bound_dq, bound_dkv) = (floats(take(rows * w, 4)), floats(take(rows * kvw2, 4)));
+            // The twin on the same inputs, two calls into the same accumulators.
+            let be = CpuBackend::new();
+            let act = |v: &[bf16], cols: usize| {
+                let mut a = be.alloc_act(rows, cols).unwrap();
+                be.upload(&mut a, v).unwrap();
+                a
+            };
+            let acc = |v: &[f32], cols: usize| {
+                let mut a = be.alloc_acc(rows, cols).unwrap();
+                be.upload_acc(&mut a, v).unwrap();
+                a
+            };
+            let (q, kv, d_o) = (act(&q, w), act(&kv, kvw2), act(&d_o, w));
+            let (lse, delta) = (acc(&lse, heads.heads), acc(&delta, heads.heads));
+            let (mut dq, mut dkv) = (acc(&dq0, w), acc(&dkv0, kvw2));
+            for ks in spans {
+                be.attention_backward(&q, &kv, heads, qs, ks, causal, &d_o, &lse, &delta, &mut dq, &mut dkv).unwrap();
+            }
+            let (twin_dq, twin_dkv) = (be.download_acc(&dq).unwrap(), be.download_acc(&dkv).unwrap());
+            let mut worst = 0f64;
+            for (what, got, twin, bound) in [("dq", &got_dq, &twin_dq, &bound_dq), ("dkv", &got_dkv, &twin_dkv, &bound_dkv)] {
+                for (i, ((g, t), b)) in got.iter().zip(twin.iter()).zip(bound.iter()).enumerate() {
+                    let err = (*g as f64 - *t as f64).abs();
+                    // Both within the bound of FP64's, so within twice it of each other.
+                    assert!(err <= 2.0 * *b as f64, "{mode} case {n} {what}[{i}]: kernel {g} vs twin {t}, bound {b:e}");
+                    worst = worst.max(err / (2.0 * *b as f64).max(1e-30));
+                }
+            }
+            println!(
+                "{mode} case {n} ({heads:?}, flash {}): kernel vs its CPU twin within {:.0}% of twice the bound",
+                h[13],
+                100.0 * worst
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
     }
     let _ = std::fs::remove_file(&exe);
 }

@@ -36,6 +36,11 @@ pub struct AttentionArgs {
     /// K/V bytes read per second.
     #[arg(long, conflicts_with_all = ["causal", "kernel"])]
     pub decode: bool,
+    /// The attention backward instead (a training step's: dQ, dK, dV from dO, the forward's LSE
+    /// and delta, which are computed once before timing); FLOPs counted as FlashAttention counts
+    /// them, 2.5 x the forward's (five GEMMs to its two).
+    #[arg(long, conflicts_with = "decode")]
+    pub backward: bool,
     /// Warm-up calls (not timed).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
@@ -63,6 +68,7 @@ impl AttentionArgs {
             batch: self.batch,
             causal: self.causal,
             decode: self.decode,
+            backward: self.backward,
             warmup: self.warmup,
             iters: self.iters,
             json: self.json,
@@ -186,5 +192,11 @@ mod tests {
         assert_eq!(r.iters, 2);
         assert!((r.tflops - r.flops / r.mean_s / 1e12).abs() <= 1e-12 * r.tflops.max(1.0));
         assert!(r.min_s <= r.mean_s && r.tflops_best >= r.tflops);
+        // The backward: 2.5 x the forward's FLOPs, its buffers counted, --decode refused with it.
+        let b = args("--backend cpu --heads 2 --head-dim 16 --queries 33 --keys 33 --causal --warmup 0 --iters 2 --backward");
+        let rb = attention(&CpuBackend::new(), &b).unwrap();
+        assert!(rb.backward && (rb.flops - 2.5 * r.flops).abs() < 1e-6, "{} vs {}", rb.flops, r.flops);
+        assert!(b.buffer_bytes() > a.buffer_bytes());
+        assert!(Cli::try_parse_from(["bench", "--backward", "--decode"]).is_err());
     }
 }

@@ -5,42 +5,16 @@
 
 use crate::backend::cuda::device::AttentionKernel;
 use crate::backend::{Backend, Heads, Span};
-use crate::generator::{layer_tensor_id, uniform, Init, LayerTensor, Region};
+use crate::generator::{layer_tensor_id, Init, LayerTensor, Region};
 use anyhow::{bail, Result};
 use half::bf16;
 
+pub mod backward;
+pub mod case;
 pub mod comm;
 
-/// What an op produced, on the host.
-pub enum Output {
-    Bf16(Vec<bf16>),
-    F32(Vec<f32>),
-}
-
-/// How a GPU result may differ from the CPU's.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Tolerance {
-    /// Bit for bit (the generator).
-    Exact,
-    /// One BF16 rounding apart: FP32 sums in another order can round the other way.
-    OneUlp,
-    /// FP32 values within this relative error (attention accumulators: fast exp, another order).
-    Relative(f64),
-    /// The tensor-core attention's output [o | lse | stored], against the flash kernel's CPU twin
-    /// (backend::flash_twin: P rounded to BF16 as the kernel rounds it): each value within the
-    /// twin's bound for its row and head (a few BF16 ulps where P rounds near a boundary, FP32
-    /// summation otherwise), the stored copy one BF16 ulp more, the twin taking keys in tiles of
-    /// `tile` as the kernel does. Set by `expected`.
-    FlashTwin { tile: usize },
-    /// Per output value, the absolute bound (FlashTwin, or an attention case's Relative, resolved
-    /// by `expected`).
-    Bounds(Vec<f64>),
-}
-
-/// Seeded values in [-scale, scale).
-pub(crate) fn values(seed: u64, n: usize, scale: f32) -> Vec<bf16> {
-    (0..n).map(|i| bf16::from_f32(scale * uniform(seed, 99, i as u64))).collect()
-}
+pub(crate) use case::{act, poisoned, values, POISON_BF16};
+pub use case::{Output, Tolerance};
 
 /// One op with its inputs (host data) and shapes.
 pub enum Step {
@@ -121,18 +95,8 @@ pub enum Step {
         x: Vec<bf16>,
         block: crate::backend::BlockCopy,
     },
-}
-
-pub(crate) const POISON_BF16: bf16 = bf16::NAN;
-
-fn act<B: Backend>(be: &B, rows: usize, cols: usize, data: &[bf16]) -> Result<B::Act> {
-    let mut a = be.alloc_act(rows, cols)?;
-    be.upload(&mut a, data)?;
-    Ok(a)
-}
-
-fn poisoned<B: Backend>(be: &B, rows: usize, cols: usize) -> Result<B::Act> {
-    act(be, rows, cols, &vec![POISON_BF16; rows * cols])
+    /// A backward op (a training step's): `backward`.
+    Backward(backward::Step),
 }
 
 /// Run one step on a backend.
@@ -233,6 +197,7 @@ pub fn execute<B: Backend>(be: &B, step: &Step) -> Result<Output> {
             be.copy_block(&x, &mut o, *block)?;
             Output::Bf16(be.download(&o)?)
         }
+        Step::Backward(s) => backward::execute(be, s)?,
     };
     be.synchronize()?;
     Ok(out)
@@ -250,6 +215,9 @@ pub(crate) fn attention_tolerance(kernel: AttentionKernel, hd: usize) -> Toleran
 /// What a step should give and how close: the reference backend's output, or for attention on
 /// the flash kernel (FlashTwin) the kernel's CPU twin's, with its per-value bounds.
 pub fn expected<R: Backend>(reference: &R, step: &Step, tol: &Tolerance) -> Result<(Output, Tolerance)> {
+    if let (&Tolerance::Derived { flash }, Step::Backward(s)) = (tol, step) {
+        return Ok((execute(reference, step)?, backward::bounds(s, flash)?));
+    }
     if let (Tolerance::Relative(r), Step::Attention { rows, heads, .. }) = (tol, step) {
         let want = execute(reference, step)?;
         let Output::F32(v) = &want else { bail!("attention gives FP32 outputs") };
@@ -450,6 +418,7 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
             block: crate::backend::BlockCopy { src_row0: 50, src_col0: 48, dst_row0: 83, dst_col0: 13, rows: 41, cols: 24 },
         },
     ));
+    v.extend(backward::steps().into_iter().map(|(name, s)| (name, backward::tolerance(&s, kernel), Step::Backward(s))));
     v
 }
 
@@ -476,7 +445,7 @@ pub fn compare(want: &Output, got: &Output, tol: &Tolerance) -> (f64, f64, bool)
             Tolerance::OneUlp => d <= crate::backend::bf16_ulp(x.abs().max(y.abs())) + 1e-30,
             Tolerance::Relative(r) => d <= r * x.abs().max(1.0),
             Tolerance::Bounds(b) => x == y || d <= b[i],
-            Tolerance::FlashTwin { .. } => false, // resolved by `expected` before any comparison
+            Tolerance::FlashTwin { .. } | Tolerance::Derived { .. } => false, // resolved by `expected` before any comparison
         };
         pass &= ok;
         max_abs = if d > max_abs || d.is_nan() { d } else { max_abs };
@@ -508,6 +477,7 @@ pub fn run<R: Backend, T: Backend>(
             Tolerance::Relative(r) => format!("{r:.0e} rel"),
             Tolerance::Bounds(b) => format!("{:.1e} max", b.iter().cloned().fold(0.0, f64::max)),
             Tolerance::FlashTwin { .. } => "twin".to_string(),
+            Tolerance::Derived { .. } => "derived".to_string(),
         };
         crate::outln!("{name:<58} {abs:>12.3e} {rel:>12.3e} {t:>10}  {}", if pass { "PASS" } else { "FAIL" });
     }

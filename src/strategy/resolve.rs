@@ -260,12 +260,8 @@ pub fn validate(cfg: &RunConfig, world: usize) -> Result<(), ConfigError> {
     (spec(cfg.strategy).check)(cfg, world)
 }
 
-/// What `--train` takes: the CPU backend, no decode steps (and no emulation:
-/// `EmulationRequest::resolve`).
+/// What `--train` takes: no decode steps (and no emulation: `EmulationRequest::resolve`).
 fn check_train(cfg: &RunConfig) -> Result<(), ConfigError> {
-    if cfg.backend == crate::config::BackendKind::Cuda {
-        bad!("--train with --backend cuda: {}", crate::backend::cuda::backward::NO_BACKWARD);
-    }
     if cfg.decode_tokens > 0 {
         bad!("--train with --decode-tokens {}: a training step has no decode steps (run them apart)", cfg.decode_tokens);
     }

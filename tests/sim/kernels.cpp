@@ -33,6 +33,9 @@
 #include "../../kernels/decode_attention.cu"
 #include "../../kernels/flash_attention.cu"
 #include "../../kernels/flash_wgmma.cu"
+#include "../../kernels/backward.cu"
+#include "../../kernels/attention_backward.cu"
+#include "../../kernels/flash_backward.cu"
 #pragma GCC visibility pop
 
 #include "sim.h"

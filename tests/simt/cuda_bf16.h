@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <deque>
 #include <map>
 #include <barrier>
@@ -78,6 +79,9 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+
+// FP32 atomic add: the OS threads of a block (and blocks on other threads) add one at a time.
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 
 // The fast exponential's result differs from expf by a few ulps on a GPU; the exact one serves.
 inline float __expf(float x) { return expf(x); }

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 /// The spans' scalars every attention kernel takes after its head counts, checked: each start
 /// and length as `int`, and each span's end too (the kernels index rows as row0 + i).
-fn span_ints(s: Scalars, name: &str, span: Span, with_row0: bool) -> Result<Scalars> {
+pub(super) fn span_ints(s: Scalars, name: &str, span: Span, with_row0: bool) -> Result<Scalars> {
     let s = if with_row0 { s.int(&format!("{name} row0"), span.row0)? } else { s };
     let s = s.int(&format!("{name} length"), span.len)?.int(&format!("{name} position"), span.pos0)?;
     for (what, v) in [("end", span.row0 + span.len), ("last position", span.pos0 + span.len)] {
@@ -22,7 +22,7 @@ fn span_ints(s: Scalars, name: &str, span: Span, with_row0: bool) -> Result<Scal
 }
 
 /// The blocks of `rows` query rows that cover a span, refused beyond the grid.
-fn query_blocks(kernel: &str, q_len: usize, rows: usize) -> Result<()> {
+pub(super) fn query_blocks(kernel: &str, q_len: usize, rows: usize) -> Result<()> {
     if (q_len as u64).div_ceil(rows as u64) > MAX_GRID_X {
         bail!("{kernel}: {q_len} query rows exceed one launch");
     }

@@ -46,6 +46,13 @@ impl AttentionKernel {
         (self == AttentionKernel::Wgmma).then(|| launch::wgmma_kernel(head_dim)).flatten()
     }
 
+    /// The flash backward entry point that runs head dim `head_dim` under this choice: every
+    /// choice but `Plain` (which runs the plain backward too, for comparison) where the kernel
+    /// has the head dim.
+    pub fn backward_flash(self, head_dim: usize) -> Option<&'static str> {
+        (self != AttentionKernel::Plain).then(|| launch::flash_backward_kernel(head_dim)).flatten()
+    }
+
     /// The key tile of the flash kernel that runs head dim `head_dim` (its CPU twin takes keys in
     /// the same tiles), or None where the plain kernel runs it.
     pub fn twin_tile(self, head_dim: usize) -> Option<usize> {
@@ -53,6 +60,14 @@ impl AttentionKernel {
             return Some(crate::backend::flash_twin::WGMMA_TILE);
         }
         self.flash_rows().and_then(|r| launch::flash_kernel(head_dim, r)).map(|_| crate::backend::flash_twin::MMA_SYNC_TILE)
+    }
+
+    /// What runs attention's backward at head dim `head_dim` under this choice.
+    pub fn describe_backward(self, head_dim: usize) -> String {
+        match self.backward_flash(head_dim) {
+            Some(_) => "flash backward, 64 keys per block, 64-query tiles (mma.sync, dQ by FP32 atomics)".to_string(),
+            None => "plain backward (one warp per query row for dQ, per key row for dK and dV)".to_string(),
+        }
     }
 
     /// What runs attention of head dim `head_dim` under this choice.

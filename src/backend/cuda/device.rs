@@ -272,13 +272,13 @@ impl CudaBackend {
             let mut loaded = LoadedSource { file: k.file, format, log, kernels: Vec::new(), notes: Vec::new() };
             for &e in k.entries {
                 let f = module.load_function(e).map_err(|err| anyhow!("{} has no kernel {e}: {err:?}", k.file))?;
-                if let Some(hd) = [64, 128].into_iter().find(|&hd| launch::wgmma_kernel(hd) == Some(e)) {
+                if let Some(bytes) = launch::dynamic_shared_limit(e) {
                     // Beyond the default 48 KB of dynamic shared memory, a kernel must ask.
                     f.set_attribute(
                         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        launch::wgmma_shared_bytes(hd) as i32,
+                        bytes as i32,
                     )
-                    .map_err(|err| anyhow!("{e}: allowing {} bytes of dynamic shared memory: {err:?}", launch::wgmma_shared_bytes(hd)))?;
+                    .map_err(|err| anyhow!("{e}: allowing {bytes} bytes of dynamic shared memory: {err:?}"))?;
                 }
                 let r = resources(&f).map_err(|err| anyhow!("{e}: reading its registers and local memory: {err:?}"))?;
                 loaded.kernels.push((e, r));
@@ -536,7 +536,7 @@ impl Backend for CudaBackend {
     }
 
     fn rope(&self, x: &mut Self::Act, heads: Heads, span: Span, stride: usize) -> Result<()> {
-        self.rope_now(x, heads, span, stride)
+        self.rope_now(x, heads, span, stride, false)
     }
 
     fn gelu(&self, x: &mut Self::Act) -> Result<()> {
@@ -634,7 +634,7 @@ impl Backend for CudaBackend {
 /// The GEMM and attention calls themselves; the trait's methods time them when asked.
 impl CudaBackend {
     /// Run `op`, between two events on the compute stream while op timing is on.
-    fn timed(&self, linear: bool, op: impl FnOnce() -> Result<()>) -> Result<()> {
+    pub(super) fn timed(&self, linear: bool, op: impl FnOnce() -> Result<()>) -> Result<()> {
         if !self.op_timing.get() {
             return op();
         }

@@ -43,8 +43,10 @@ pub fn rms_norm(rows: usize, cols: usize) -> Result<Option<Planned>> {
     Ok(Some(Planned { geometry: per_row(rows), scalars: Scalars::new(K).int("cols", cols)? }))
 }
 
-/// `rope_bf16`: one thread per (row, head, pair) of the span; None for none.
-pub fn rope(cols: usize, heads: Heads, span: Span, stride: usize) -> Result<Option<Planned>> {
+/// `rope_bf16`: one thread per (row, head, pair) of the span; None for none. `inverse` rotates
+/// by minus the angles (`rope_backward`): the positions and their stride negated, which the
+/// kernel's FP64 angle, cosine and sine turn into exactly the CPU twin's inverse rotation.
+pub fn rope(cols: usize, heads: Heads, span: Span, stride: usize, inverse: bool) -> Result<Option<Planned>> {
     const K: &str = "rope_bf16";
     let n = span.len * heads.heads * heads.head_dim / 2;
     if n == 0 {
@@ -52,7 +54,9 @@ pub fn rope(cols: usize, heads: Heads, span: Span, stride: usize) -> Result<Opti
     }
     ensure!(heads.head_dim % 2 == 0, "{K}: head dim {} is odd; RoPE rotates pairs", heads.head_dim);
     let s = Scalars::new(K).int("cols", cols)?.int("heads", heads.heads)?.int("head dim", heads.head_dim)?;
-    let s = s.int("row0", span.row0)?.int("length", span.len)?.int("position", span.pos0)?.int("position stride", stride)?;
+    let sign = if inverse { -1 } else { 1 };
+    let s = s.int("row0", span.row0)?.int("length", span.len)?;
+    let s = s.signed("position", sign * span.pos0 as i64)?.signed("position stride", sign * stride as i64)?;
     // The kernel's int arithmetic: the span's last row, and a row's pairs.
     Scalars::new(K).int("the span's end", span.row0 + span.len)?.int("pairs per row", heads.heads * heads.head_dim / 2)?;
     Ok(Some(Planned { geometry: checked_elementwise(K, n)?, scalars: s }))
@@ -127,9 +131,9 @@ impl CudaBackend {
         Ok(())
     }
 
-    pub(super) fn rope_now(&self, x: &mut DevMat<u16>, heads: Heads, span: Span, stride: usize) -> Result<()> {
+    pub(super) fn rope_now(&self, x: &mut DevMat<u16>, heads: Heads, span: Span, stride: usize, inverse: bool) -> Result<()> {
         checks::rope(x, heads, span)?;
-        let Some(p) = rope(x.cols(), heads, span, stride)? else { return Ok(()) };
+        let Some(p) = rope(x.cols(), heads, span, stride, inverse)? else { return Ok(()) };
         let mut l = self.stream().launch_builder(self.f("rope_bf16")?);
         l.arg(&mut x.data);
         push_scalars(&mut l, &p.scalars.values);
@@ -299,7 +303,7 @@ mod tests {
         for (kernel, n) in [
             ("generate_bf16", generate(64, 0, &region, 1, Init::Uniform).unwrap().scalars.values.len()),
             ("rms_norm_bf16", rms_norm(10, 64).unwrap().unwrap().scalars.values.len()),
-            ("rope_bf16", rope(64, heads, span, 1).unwrap().unwrap().scalars.values.len()),
+            ("rope_bf16", rope(64, heads, span, 1, false).unwrap().unwrap().scalars.values.len()),
             ("gelu_bf16", over_elements("gelu_bf16", 10).unwrap().unwrap().scalars.values.len()),
             ("add_bf16", over_elements("add_bf16", 10).unwrap().unwrap().scalars.values.len()),
             ("f32_to_bf16", over_elements("f32_to_bf16", 10).unwrap().unwrap().scalars.values.len()),
@@ -322,10 +326,10 @@ mod tests {
         let e = rms_norm(10, big).unwrap_err().to_string();
         assert!(e.contains("rms_norm_bf16: cols = 2147483648"), "{e}");
         let heads = Heads { heads: 4, kv_heads: 4, head_dim: 16 };
-        let e = rope(64, heads, Span { row0: big - 4, len: 8, pos0: 0 }, 1).unwrap_err().to_string();
+        let e = rope(64, heads, Span { row0: big - 4, len: 8, pos0: 0 }, 1, false).unwrap_err().to_string();
         assert!(e.contains("rope_bf16: the span's end = 2147483652"), "{e}");
         let odd = Heads { heads: 1, kv_heads: 1, head_dim: 15 };
-        assert!(rope(64, odd, Span { row0: 0, len: 8, pos0: 0 }, 1).unwrap_err().to_string().contains("head dim 15 is odd"));
+        assert!(rope(64, odd, Span { row0: 0, len: 8, pos0: 0 }, 1, true).unwrap_err().to_string().contains("head dim 15 is odd"));
         let e = swiglu(2, big).unwrap_err().to_string();
         assert!(e.contains("swiglu_bf16: f = 2147483648"), "{e}");
         let c = BlockCopy { src_row0: 0, src_col0: 0, dst_row0: 0, dst_col0: 0, rows: 1, cols: 1 };

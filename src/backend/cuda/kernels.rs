@@ -85,6 +85,27 @@ pub const SOURCES: &[KernelSource] = &[
         only_arch: None,
     },
     KernelSource {
+        file: "backward.cu",
+        source: include_str!("../../../kernels/backward.cu"),
+        entries: &["rms_norm_backward_bf16", "gelu_backward_bf16", "swiglu_backward_bf16", "attention_delta_f32", "add_f32"],
+        hot: true,
+        only_arch: None,
+    },
+    KernelSource {
+        file: "attention_backward.cu",
+        source: include_str!("../../../kernels/attention_backward.cu"),
+        entries: &["attention_backward_dq_bf16", "attention_backward_dkv_bf16"],
+        hot: true,
+        only_arch: None,
+    },
+    KernelSource {
+        file: "flash_backward.cu",
+        source: include_str!("../../../kernels/flash_backward.cu"),
+        entries: &["flash_backward_d64_bf16", "flash_backward_d128_bf16"],
+        hot: true,
+        only_arch: None,
+    },
+    KernelSource {
         file: "flash_wgmma.cu",
         source: include_str!("../../../kernels/flash_wgmma.cu"),
         entries: &["flash_wgmma_d64_bf16", "flash_wgmma_d128_bf16"],

@@ -65,6 +65,15 @@ impl Scalars {
         Ok(self)
     }
 
+    /// `v` as the kernel's `int`, signed (RoPE's backward runs at negated positions).
+    pub fn signed(mut self, name: &str, v: i64) -> Result<Self> {
+        match i32::try_from(v) {
+            Ok(x) => self.values.push(Scalar::Int(x)),
+            Err(_) => bail!("{}: {name} = {v} exceeds the kernel's int argument", self.kernel),
+        }
+        Ok(self)
+    }
+
     /// A flag or a code the kernel takes as `int` (0 or 1, a small enumeration).
     pub fn code(mut self, v: i32) -> Self {
         self.values.push(Scalar::Int(v));
@@ -164,6 +173,19 @@ pub fn wgmma_shared_bytes(head_dim: usize) -> u32 {
     (tile * 5 + 8 * 7 + 1024) as u32
 }
 
+/// The dynamic shared memory an entry point may ask for, set as its attribute at load (a launch
+/// past the default 48 KB fails without it); None for kernels with static shared memory only.
+pub fn dynamic_shared_limit(entry: &str) -> Option<u32> {
+    match entry {
+        "rms_norm_backward_bf16" => Some((RMS_BACKWARD_MAX_COLS * 4) as u32),
+        _ => [64, 128].into_iter().find_map(|hd| {
+            (wgmma_kernel(hd) == Some(entry))
+                .then(|| wgmma_shared_bytes(hd))
+                .or_else(|| (flash_backward_kernel(hd) == Some(entry)).then(|| flash_backward_shared_bytes(hd)))
+        }),
+    }
+}
+
 /// The wgmma kernel's grid: one block of 128 query rows per head.
 pub fn wgmma_attention(q_len: usize, heads: usize) -> Geometry {
     assert!(heads <= 65535, "{heads} heads exceed the grid's y dimension");
@@ -186,14 +208,18 @@ pub struct ColMajorGemm {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    /// A is this operand's buffer (no transpose), lda its leading dimension.
+    /// A is this operand's buffer, transposed (op = T) where `ta`, lda its leading dimension.
     pub a: Operand,
+    pub ta: bool,
     pub lda: usize,
     pub b: Operand,
+    pub tb: bool,
     pub ldb: usize,
     pub ldc: usize,
 }
 
+/// An op's two inputs, in its argument order: (x, w) of `matmul`, (dy, w) of
+/// `matmul_backward_input`, (x, dy) of `matmul_backward_weight`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operand {
     X,
@@ -204,22 +230,128 @@ pub enum Operand {
 /// matrix is its transpose in column-major, so out^T = w^T x^T: cuBLAS's A is w (n x k, ld n),
 /// its B is x (k x m, ld k), its C is out (n x m, ld n).
 pub fn row_major_gemm(m: usize, k: usize, n: usize) -> ColMajorGemm {
-    ColMajorGemm { m: n, n: m, k, a: Operand::W, lda: n, b: Operand::X, ldb: k, ldc: n }
+    ColMajorGemm { m: n, n: m, k, a: Operand::W, ta: false, lda: n, b: Operand::X, tb: false, ldb: k, ldc: n }
+}
+
+/// Row-major dx[m, k] = dy[m, n] w[k, n]^T (`matmul_backward_input`): dx^T = w dy^T, where w is
+/// read as its column-major n x k self transposed (A = w, op T, ld n) and dy^T is dy's buffer
+/// (B, n x m, ld n); C is dx (k x m, ld k).
+pub fn row_major_gemm_input_grad(m: usize, n: usize, k: usize) -> ColMajorGemm {
+    ColMajorGemm { m: k, n: m, k: n, a: Operand::W, ta: true, lda: n, b: Operand::X, tb: false, ldb: n, ldc: k }
+}
+
+/// Row-major dw[k, n] (+)= x[m, k]^T dy[m, n] (`matmul_backward_weight`): dw^T = dy^T x, where
+/// dy^T is dy's buffer (A, n x m, ld n) and x is its column-major k x m self transposed (B, op T,
+/// ld k); C is dw (n x k, ld n).
+pub fn row_major_gemm_weight_grad(m: usize, k: usize, n: usize) -> ColMajorGemm {
+    ColMajorGemm { m: n, n: k, k: m, a: Operand::W, ta: false, lda: n, b: Operand::X, tb: true, ldb: k, ldc: n }
+}
+
+/// Keys per block of the flash backward kernel (FB_BN in kernels/flash_backward.cu), its threads
+/// (FB_THREADS: 4 warps of 16 keys) and queries per tile (FB_BM).
+pub const FLASH_BACKWARD_KEYS: usize = 64;
+pub const FLASH_BACKWARD_THREADS: u32 = 128;
+pub const FLASH_BACKWARD_QUERIES: usize = 64;
+
+/// The flash backward entry point for a head dim, where there is one.
+pub fn flash_backward_kernel(head_dim: usize) -> Option<&'static str> {
+    match head_dim {
+        64 => Some("flash_backward_d64_bf16"),
+        128 => Some("flash_backward_d128_bf16"),
+        _ => None,
+    }
+}
+
+/// Dynamic shared memory of the flash backward kernel (FbSmem<D>::BYTES): K, V, Q and dO tiles of
+/// 64 rows with rows padded to D + 8, dS^T (64 x 72), all BF16, then the tile's lse and delta.
+pub fn flash_backward_shared_bytes(head_dim: usize) -> u32 {
+    let halves = 4 * 64 * (head_dim + 8) + FLASH_BACKWARD_KEYS * (FLASH_BACKWARD_QUERIES + 8);
+    (halves * 2 + 2 * FLASH_BACKWARD_QUERIES * 4) as u32
+}
+
+/// The flash backward grid: one block per 64 keys and K/V head.
+pub fn flash_backward(k_len: usize, kv_heads: usize) -> Geometry {
+    assert!(kv_heads <= 65535, "{kv_heads} K/V heads exceed the grid's y dimension");
+    let blocks = (k_len as u64).div_ceil(FLASH_BACKWARD_KEYS as u64).max(1);
+    assert!(blocks <= MAX_GRID_X);
+    Geometry { grid: (blocks as u32, kv_heads as u32, 1), block: (FLASH_BACKWARD_THREADS, 1, 1) }
+}
+
+/// Rows per block of rms_norm_backward_bf16 (RMS_ROWS in kernels/backward.cu), and the widest
+/// row it takes: its dynamic shared memory holds a row's FP32 gain gradient, and the backend asks
+/// for this much at load (the default is 48 KB; every architecture from sm_80 allows more).
+pub const RMS_BACKWARD_ROWS: usize = 32;
+pub const RMS_BACKWARD_MAX_COLS: usize = 24 * 1024;
+
+/// rms_norm_backward_bf16's grid: one block per RMS_BACKWARD_ROWS rows.
+pub fn rms_norm_backward(rows: usize) -> Geometry {
+    let blocks = (rows as u64).div_ceil(RMS_BACKWARD_ROWS as u64).max(1);
+    assert!(blocks <= MAX_GRID_X);
+    Geometry { grid: (blocks as u32, 1, 1), block: (BLOCK, 1, 1) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// What cuBLAS computes for a non-transposed column-major GEMM.
+    /// What cuBLAS computes for a column-major GEMM C = op(A) op(B) (cuBLAS's definition).
     fn col_major(g: &ColMajorGemm, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let at = |i: usize, p: usize| if g.ta { a[p + i * g.lda] } else { a[i + p * g.lda] };
+        let bt = |p: usize, j: usize| if g.tb { b[j + p * g.ldb] } else { b[p + j * g.ldb] };
         let mut c = vec![0.0; g.ldc * g.n];
         for j in 0..g.n {
             for i in 0..g.m {
-                c[i + j * g.ldc] = (0..g.k).map(|p| a[i + p * g.lda] * b[p + j * g.ldb]).sum();
+                c[i + j * g.ldc] = (0..g.k).map(|p| at(i, p) * bt(p, j)).sum();
             }
         }
         c
+    }
+
+    /// The operands in the mapping's order, from the op's (first, second) inputs.
+    fn operands<'a>(g: &ColMajorGemm, first: &'a [f64], second: &'a [f64]) -> (&'a [f64], &'a [f64]) {
+        let pick = |o: Operand| if o == Operand::X { first } else { second };
+        (pick(g.a), pick(g.b))
+    }
+
+    #[test]
+    fn the_backward_gemm_mappings_compute_the_row_major_gradients() {
+        let (m, k, n) = (5, 3, 7);
+        let v = |len: usize, f: f64| (0..len).map(|i| (i as f64 * f).sin()).collect::<Vec<f64>>();
+        let (x, w, dy) = (v(m * k, 0.7), v(k * n, 1.3), v(m * n, 0.4));
+        // dx[m, k] = dy w^T.
+        let g = row_major_gemm_input_grad(m, n, k);
+        let (a, b) = operands(&g, &dy, &w);
+        let dx = col_major(&g, a, b);
+        for r in 0..m {
+            for c in 0..k {
+                let want: f64 = (0..n).map(|p| dy[r * n + p] * w[c * n + p]).sum();
+                assert!((dx[r * k + c] - want).abs() < 1e-12, "dx[{r},{c}]");
+            }
+        }
+        // dw[k, n] = x^T dy.
+        let g = row_major_gemm_weight_grad(m, k, n);
+        let (a, b) = operands(&g, &x, &dy);
+        let dw = col_major(&g, a, b);
+        for r in 0..k {
+            for c in 0..n {
+                let want: f64 = (0..m).map(|p| x[p * k + r] * dy[p * n + c]).sum();
+                assert!((dw[r * n + c] - want).abs() < 1e-12, "dw[{r},{c}]");
+            }
+        }
+    }
+
+    #[test]
+    fn the_flash_backward_launch_covers_every_key_with_its_shared_memory() {
+        for (k_len, kvh) in [(1usize, 1usize), (64, 8), (65, 8), (100_000, 8)] {
+            let g = flash_backward(k_len, kvh);
+            assert_eq!((g.grid.1 as usize, g.block.0), (kvh, FLASH_BACKWARD_THREADS));
+            let keys = g.grid.0 as usize * FLASH_BACKWARD_KEYS;
+            assert!(keys >= k_len && keys < k_len + FLASH_BACKWARD_KEYS);
+        }
+        // FbSmem<D>::BYTES: 4 tiles of 64 x (D + 8) and 64 x 72 BF16, 2 x 64 floats.
+        assert_eq!(flash_backward_shared_bytes(64), 46_592);
+        assert_eq!(flash_backward_shared_bytes(128), 79_360);
+        assert_eq!(rms_norm_backward(65).grid.0, 3);
     }
 
     #[test]

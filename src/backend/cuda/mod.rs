@@ -4,6 +4,7 @@
 //! its NVRTC build (`kernels`) and the pure arithmetic of launching (`launch`).
 
 pub mod attention;
+pub mod attention_backward;
 pub mod backward;
 pub mod choice;
 pub mod decode;

@@ -146,6 +146,22 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Metered<C> {
         self.timed(wire, wire, || self.inner.all_reduce_acc(x))
     }
 
+    fn overlaps_reductions(&self) -> bool {
+        self.inner.overlaps_reductions()
+    }
+
+    /// Each buffer's bytes as `all_reduce_acc` counts them.
+    fn start_all_reduce_accs(&self, xs: &mut [&mut B::Acc]) -> Result<()> {
+        let n = self.inner.size() as u64;
+        let bytes: u64 = xs.iter().map(|x| (x.len() * std::mem::size_of::<f32>()) as u64).sum();
+        let wire = if n > 1 { 2 * (n - 1) * bytes / n } else { 0 };
+        self.timed(wire, wire, || self.inner.start_all_reduce_accs(xs))
+    }
+
+    fn finish_reductions(&self) -> Result<()> {
+        self.timed(0, 0, || self.inner.finish_reductions())
+    }
+
     /// As a ring moves it: every block but the rank's own leaves it, as many arrive.
     fn reduce_scatter_acc(&self, send: &B::Acc, recv: &mut B::Acc) -> Result<()> {
         let wire = (self.inner.size() as u64 - 1) * (recv.len() * std::mem::size_of::<f32>()) as u64;

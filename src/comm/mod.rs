@@ -96,6 +96,27 @@ pub trait Communicator<B: Backend>: HostCollectives {
     /// x = sum of x over all ranks, in place, in FP32 (a training step's weight gradients).
     fn all_reduce_acc(&self, x: &mut B::Acc) -> Result<()>;
 
+    /// Whether `start_all_reduce_accs` returns with the reductions still running (NCCL, on a
+    /// communication stream and a communicator of their own): then a training step starts each
+    /// layer's gradient all-reduce once that layer's backward is done, under the backward of the
+    /// layers before it. False where transfers move only inside the calls (MPI, in-process): the
+    /// step then reduces after its backward, a phase of its own.
+    fn overlaps_reductions(&self) -> bool {
+        false
+    }
+
+    /// Queue the FP32 all-reduce of each of `xs` in place, as one group, to complete by
+    /// `finish_reductions`; the caller leaves `xs` untouched until then. Where nothing overlaps,
+    /// the reductions are done on return.
+    fn start_all_reduce_accs(&self, xs: &mut [&mut B::Acc]) -> Result<()> {
+        xs.iter_mut().try_for_each(|x| self.all_reduce_acc(x))
+    }
+
+    /// The compute waits for every reduction `start_all_reduce_accs` queued.
+    fn finish_reductions(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// `send` holds size() blocks of equal rows; block i of their sum over all ranks lands in
     /// `recv` (its rows) on rank i, in FP32 (a training step's gradients of gathered K/V).
     fn reduce_scatter_acc(&self, send: &B::Acc, recv: &mut B::Acc) -> Result<()>;

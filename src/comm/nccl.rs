@@ -9,14 +9,15 @@
 //! before any communicator is created (`--comm mpi` serves tests that share a GPU).
 
 use super::mpi::MpiComm;
-use super::timeline::Timeline;
+use super::timeline::{Closed, Timeline};
 use super::{Communicator, DeviceCommTimes, HostCollectives};
 use crate::backend::cuda::device::{nccl_available, CudaBackend, DevMat};
 use crate::backend::Matrix;
-use anyhow::{anyhow, bail, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::nccl::result::NcclError;
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use half::bf16;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 pub struct NcclComm {
@@ -24,6 +25,12 @@ pub struct NcclComm {
     nccl: Comm,
     /// Shared by the groups split from one world: one communication stream, one set of timings.
     line: Rc<Timeline>,
+    /// The gradient all-reduces' own communicator and stream (`start_all_reduce_accs`), made at
+    /// the first: beside this one's, so that the strategy's own transfers neither wait behind the
+    /// reductions nor count their time as theirs.
+    reductions: OnceCell<Box<NcclComm>>,
+    /// The reductions queued and not yet waited for.
+    started: RefCell<Vec<Closed>>,
 }
 
 /// NCCL's code and its own words for it (cudarc's `NcclError` prints neither).
@@ -89,7 +96,7 @@ impl NcclComm {
         }
         let nccl = Comm::from_rank(line.comm_stream().clone(), host.rank(), host.size(), Id::uninit(internal))
             .map_err(nccl_err("ncclCommInitRank"))?;
-        Ok(NcclComm { host, nccl, line })
+        Ok(NcclComm { host, nccl, line, reductions: OnceCell::new(), started: RefCell::default() })
     }
 
     /// The NCCL library's version, as "2.28.3".
@@ -190,6 +197,36 @@ impl Communicator<CudaBackend> for NcclComm {
         let send = send.f32_view();
         let mut view = recv.f32_view_mut();
         self.blocking(|c| c.reduce_scatter(&send, &mut view, &ReduceOp::Sum).map(|_| ()).map_err(nccl_err("reduce-scatter (FP32)")))
+    }
+
+    fn overlaps_reductions(&self) -> bool {
+        true
+    }
+
+    /// One NCCL group of FP32 all-reduces on the reductions' own communicator and stream, after
+    /// the compute queued so far (which wrote `xs`), closed but not waited for.
+    fn start_all_reduce_accs(&self, xs: &mut [&mut DevMat<f32>]) -> Result<()> {
+        if self.reductions.get().is_none() {
+            // Every rank reaches its first reduction at the same point: the split is collective.
+            let own = self.split_own_lane(0, self.rank()).context("creating the gradient all-reduce's communicator")?;
+            let _ = self.reductions.set(Box::new(own));
+        }
+        let lane = self.reductions.get().expect("made above");
+        let t = lane.line.begin()?;
+        lane.grouped("all-reduce (FP32)", &format!("{} buffers", xs.len()), |c| {
+            for x in xs.iter_mut().filter(|x| !x.is_empty()) {
+                c.all_reduce_in_place(&mut x.f32_view_mut(), &ReduceOp::Sum).map(|_| ()).map_err(nccl_err("all-reduce (FP32)"))?;
+            }
+            Ok(())
+        })?;
+        lane.started.borrow_mut().push(lane.line.close(t)?);
+        Ok(())
+    }
+
+    fn finish_reductions(&self) -> Result<()> {
+        let Some(lane) = self.reductions.get() else { return Ok(()) };
+        let started = std::mem::take(&mut *lane.started.borrow_mut());
+        started.into_iter().try_for_each(|c| lane.line.wait(c))
     }
 
     fn send(&self, x: &DevMat<u16>, to: usize) -> Result<()> {

@@ -29,6 +29,12 @@ pub struct Transfer {
     start: CudaEvent,
 }
 
+/// A transfer queued and closed (`Timeline::close`) that the compute stream has not waited for.
+pub struct Closed {
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
 pub struct Timeline {
     compute: Arc<CudaStream>,
     comm: Arc<CudaStream>,
@@ -83,15 +89,28 @@ impl Timeline {
     /// Close the transfer queued since `begin`; `overlap` queues the compute that may run during
     /// it; then the compute stream waits for the transfer.
     pub fn end(&self, t: Transfer, overlap: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let closed = self.close(t)?;
+        overlap()?;
+        self.wait(closed)
+    }
+
+    /// Mark the end of the transfer queued since `begin` without waiting for it: the compute
+    /// queued until `wait` runs beside it (a training step's gradient all-reduce under the
+    /// backward of the layers before).
+    pub fn close(&self, t: Transfer) -> Result<Closed> {
         let end = self.event()?;
         end.record(&self.comm).map_err(err("recording an event"))?;
-        overlap()?;
+        Ok(Closed { start: t.start, end })
+    }
+
+    /// The compute stream waits for a closed transfer; its time joins the account.
+    pub fn wait(&self, c: Closed) -> Result<()> {
         let done = self.event()?;
         done.record(&self.compute).map_err(err("recording an event"))?;
-        self.compute.wait(&end).map_err(err("ordering the compute stream"))?;
+        self.compute.wait(&c.end).map_err(err("ordering the compute stream"))?;
         let resumed = self.event()?;
         resumed.record(&self.compute).map_err(err("recording an event"))?;
-        self.pending.borrow_mut().push([t.start, end, done, resumed]);
+        self.pending.borrow_mut().push([c.start, c.end, done, resumed]);
         Ok(())
     }
 

@@ -232,6 +232,19 @@ impl<B: Backend, C: Communicator<B>> Communicator<B> for Watched<C> {
         self.dog.guard("all_reduce (FP32)", None, n, || self.inner.all_reduce_acc(x))
     }
 
+    fn overlaps_reductions(&self) -> bool {
+        self.inner.overlaps_reductions()
+    }
+
+    fn start_all_reduce_accs(&self, xs: &mut [&mut B::Acc]) -> Result<()> {
+        let n = xs.iter().map(|x| (x.len() * std::mem::size_of::<f32>()) as u64).sum();
+        self.dog.guard("all_reduce (FP32 gradients)", None, n, || self.inner.start_all_reduce_accs(xs))
+    }
+
+    fn finish_reductions(&self) -> Result<()> {
+        self.dog.guard("all_reduce (FP32 gradients), waiting", None, 0, || self.inner.finish_reductions())
+    }
+
     fn reduce_scatter_acc(&self, send: &B::Acc, recv: &mut B::Acc) -> Result<()> {
         let n = (send.len() * std::mem::size_of::<f32>()) as u64;
         self.dog.guard("reduce_scatter (FP32)", None, n, || self.inner.reduce_scatter_acc(send, recv))

@@ -123,7 +123,7 @@ pub fn render(cfg: &RunConfig, p: &Plan) -> String {
         };
         line(row("  forward", &|pr| phase(pr, |t| t.forward_s)));
         line(row("  backward (2x its compute)", &|pr| phase(pr, |t| t.backward_s)));
-        line(row("  gradient all-reduce", &|pr| phase(pr, |t| t.grad_reduce_s)));
+        line(row("  gradient all-reduce, exposed", &|pr| phase(pr, |t| t.grad_reduce_s)));
         line(row("  training step", &|pr| fmt_seconds(pr.iteration_s)));
         line(row("  training tokens/s", &|pr| format!("{:.0}", pr.tps_projected)));
     } else {

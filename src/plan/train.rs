@@ -2,7 +2,10 @@
 //! backward as its mirror at twice its compute (every K/V step, all-reduce, all-to-all and
 //! pipeline hand-off again, hidden or exposed as the forward's, under twice the attention), plus
 //! what only the backward moves (the ring's FP32 dK/dV accumulators, all-gather's
-//! reduce-scatter: exposed) and the gradient all-reduce after it (exposed).
+//! reduce-scatter: exposed), and the gradient all-reduce: each layer's started once the last
+//! micro-batch's backward of that layer is done, under the backward of the layers before it (as
+//! the CUDA backend runs it over NCCL), so that only what outlasts the backward is exposed; the
+//! copied K/V heads' W_kv all-reduce after it, exposed.
 
 use crate::config::RunConfig;
 use crate::strategy::{Op, ProjectionInput, Spec, Transfer};
@@ -42,7 +45,10 @@ pub fn project(cfg: &RunConfig, spec: &Spec, forward: &ProjectionInput, forward_
     let recomputed_s = if cfg.recompute { forward_s } else { 0.0 };
     let backward_s = mirror.compute_s + c.exposed_s + c.bubble_s + extra_s + recomputed_s;
     let grad = crate::strategy::grad_traffic(cfg, rank);
-    let grad_reduce_s = seconds(&grad, &|_| true);
+    let layers = grad.iter().filter(|t| t.overlapped).map(|t| t.calls).max().unwrap_or(0) as usize;
+    let per_layer_backward_s = backward_s / (cfg.micro_batches() * layers.max(1)) as f64;
+    let grad_reduce_s =
+        seconds(&grad, &|t| !t.overlapped) + overlapped_tail(seconds(&grad, &|t| t.overlapped), layers, per_layer_backward_s);
     TrainProjection {
         forward_s,
         backward_s,
@@ -52,10 +58,31 @@ pub fn project(cfg: &RunConfig, spec: &Spec, forward: &ProjectionInput, forward_
     }
 }
 
+/// What of `total` seconds of gradient all-reduces over `layers` layers outlasts the backward:
+/// each layer's (total / layers) starts when its backward is done, `per_layer_backward_s` after
+/// the one before, and they run one after another on their stream; the step waits for the last,
+/// which starts with the first layer's backward done.
+fn overlapped_tail(total: f64, layers: usize, per_layer_backward_s: f64) -> f64 {
+    if layers == 0 {
+        return 0.0;
+    }
+    let (a, n) = (total / layers as f64, layers as f64);
+    a.max(n * a - (n - 1.0) * per_layer_backward_s)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{Preset, RunConfig, StrategyKind};
     use crate::plan::{project, Profile};
+
+    #[test]
+    fn the_gradient_all_reduce_is_exposed_only_where_it_outlasts_the_backward() {
+        // 4 layers, 1 s of all-reduce each: under 2 s of backward per layer only the last one's
+        // second is left; under 0.5 s, the queue runs 4 - 3 x 0.5 = 2.5 s past the backward.
+        assert_eq!(super::overlapped_tail(4.0, 4, 2.0), 1.0);
+        assert_eq!(super::overlapped_tail(4.0, 4, 0.5), 2.5);
+        assert_eq!(super::overlapped_tail(0.0, 0, 1.0), 0.0);
+    }
 
     /// The paper's model (16 layers, d 4096, MLP 16384, MHA, GELU) on 16 H100s: the step is its
     /// forward (the prefill's projection, unchanged) plus a backward of at least twice its

@@ -402,8 +402,16 @@ impl<B: Backend, C: Communicator<B>> Strategy<B, C> for TpPp<B, C> {
             };
             let mut attention =
                 |ws: &mut crate::model::Workspace<B>, batch: &crate::model::Batch, _| local_attention(be, ws, batch, causal);
-            trainer
-                .backward_mb(stack, be, cfg, (mb, mb), keep_here, (&mut attention, &mut backward), &mut |y| tp_group.all_reduce_sum(y))?;
+            trainer.backward_mb(
+                stack,
+                be,
+                cfg,
+                (mb, mb),
+                keep_here,
+                (&mut attention, &mut backward),
+                &mut |y| tp_group.all_reduce_sum(y),
+                &mut |_| Ok(()),
+            )?;
             if let Some(p) = prev {
                 world.send(trainer.dx(), p).with_context(|| format!("pipeline send of micro-batch {mb}'s gradient to rank {p}"))?;
             }

@@ -2,8 +2,8 @@
 //! with every layer's activations kept, then the backward from the fixed upstream gradient
 //! (tensor 3) through the layers in reverse, the weight gradients accumulating in FP32; after
 //! the last micro-batch, the FP32 all-reduce of the gradients of weights that ranks with other
-//! tokens hold too. What a strategy adds is its attention's backward and whom it reduces with
-//! (`TrainSpec`).
+//! tokens hold too (over NCCL, each layer's started under the backward of the layers before it).
+//! What a strategy adds is its attention's backward and whom it reduces with (`TrainSpec`).
 
 pub use super::spec::{Gradients, StepPhases, TrainSpec};
 use super::stack::{LayerAttention, Stack};
@@ -33,11 +33,12 @@ pub fn replica_split(cfg: &RunConfig, rank: usize, replicas: Vec<usize>) -> Opti
 }
 
 /// The gradient all-reduce of `rank`: first W_kv's over the ranks holding copies of its K/V
-/// heads (where tensor parallelism copies them), then one FP32 all-reduce per weight tensor and
-/// layer over its gradient peers, as `comm::metered` counts a ring all-reduce (2 (n - 1) / n of
-/// the buffer each way); none where it has no peers.
+/// heads (where tensor parallelism copies them; after the backward), then one FP32 all-reduce
+/// per weight tensor and layer over its gradient peers (`overlapped`: over NCCL each layer's
+/// starts under the backward of the layers before it), as `comm::metered` counts a ring
+/// all-reduce (2 (n - 1) / n of the buffer each way); none where it has no peers.
 pub fn grad_traffic(cfg: &RunConfig, rank: usize, spec: &TrainSpec, shard: &Shard, layers: usize) -> Vec<Transfer> {
-    let all_reduce = |what, bytes: u64, peers: &Vec<usize>| {
+    let all_reduce = |what, bytes: u64, peers: &Vec<usize>, overlapped: bool| {
         let n = peers.len() as u64;
         Transfer {
             op: Op::AllReduce,
@@ -47,20 +48,20 @@ pub fn grad_traffic(cfg: &RunConfig, rank: usize, spec: &TrainSpec, shard: &Shar
             sent: 2 * (n - 1) * bytes / n,
             received: 2 * (n - 1) * bytes / n,
             calls: layers as u64,
-            overlapped: false,
+            overlapped,
         }
     };
     let mut out = Vec::new();
     let replicas = (spec.kv_replicas)(cfg, rank);
     if replicas.len() > 1 {
-        out.push(all_reduce("W_kv gradient of copied K/V heads (FP32)", tensor_bytes(cfg, shard)[2].1, &replicas));
+        out.push(all_reduce("W_kv gradient of copied K/V heads (FP32)", tensor_bytes(cfg, shard)[2].1, &replicas, false));
     }
     let peers = (spec.grad_peers)(cfg, rank);
     let n = peers.len() as u64;
     if n < 2 {
         return out;
     }
-    out.extend(tensor_bytes(cfg, shard).into_iter().map(|(what, bytes)| all_reduce(what, bytes, &peers)));
+    out.extend(tensor_bytes(cfg, shard).into_iter().map(|(what, bytes)| all_reduce(what, bytes, &peers, true)));
     out
 }
 
@@ -202,6 +203,7 @@ impl<B: Backend> Trainer<B> {
         keep: bool,
         (attention, backward): (&mut LayerAttention<B>, &mut BackwardAttention<B>),
         reduce: &mut dyn FnMut(&mut B::Act) -> Result<()>,
+        layer_done: &mut dyn FnMut(&mut LayerGrads<B>) -> Result<()>,
     ) -> Result<()> {
         let batch = Batch { first_seq: mb * cfg.micro_batch, seqs: cfg.micro_batch, tokens: &stack.tokens };
         let layers = stack.layers.len();
@@ -219,6 +221,7 @@ impl<B: Backend> Trainer<B> {
             let mut attn = |ws: &mut Workspace<B>, gws: &mut GradWorkspace<B>, s: &Saved<B>| backward(ws, gws, s, &batch, l);
             let (w, g) = (&stack.layers[l], &mut self.grads[l]);
             layer_backward(be, w, g, s, &mut stack.ws, &mut self.gws, &batch, &mut attn, reduce)?;
+            layer_done(g)?;
         }
         if keep {
             let rows = self.gws.dx.rows();
@@ -243,9 +246,12 @@ impl<B: Backend> Trainer<B> {
     /// One training step of a strategy without a pipeline: per micro-batch the forward
     /// (`attention`), the backward (`backward`), `tp_reduce` summing the row-parallel outputs
     /// and column-parallel input gradients over a TP group (identity without); then every
-    /// weight gradient all-reduced over `grad_comm` (the gradient peers). `comm` is the
-    /// strategy's transport, whose phase times (`StepPhases::take_comm`) split the step's
-    /// communication by phase. With `keep`, the input gradients are kept.
+    /// weight gradient all-reduced over `grad_comm` (the gradient peers). Where that transport
+    /// overlaps reductions (NCCL), each layer's all-reduce starts as soon as the last
+    /// micro-batch's backward of that layer is done, under the backward of the layers before it,
+    /// and the gradient phase is the wait for what is left of them. `comm` is the strategy's
+    /// transport, whose phase times (`StepPhases::take_comm`) split the step's communication by
+    /// phase. With `keep`, the input gradients are kept.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn step<C: Communicator<B>>(
         &mut self,
@@ -259,6 +265,7 @@ impl<B: Backend> Trainer<B> {
         (comm, grad_comm): (&C, Option<&C>),
     ) -> Result<StepPhases> {
         let mut phases = StepPhases::default();
+        let overlapped = grad_comm.filter(|g| g.overlaps_reductions());
         self.zero(be)?;
         comm.take_phase_times()?;
         for mb in 0..cfg.micro_batches() {
@@ -269,13 +276,20 @@ impl<B: Backend> Trainer<B> {
             phases.take_comm(comm, 0)?;
             let t0 = Instant::now();
             self.upstream(stack, be, cfg, mb)?;
-            self.backward_mb(stack, be, cfg, (mb, 0), keep, (&mut *attention, &mut *backward), tp_reduce)?;
+            let last = mb + 1 == cfg.micro_batches();
+            let mut layer_done = |g: &mut LayerGrads<B>| match overlapped {
+                Some(c) if last => c.start_all_reduce_accs(&mut g.each_mut()),
+                _ => Ok(()),
+            };
+            self.backward_mb(stack, be, cfg, (mb, 0), keep, (&mut *attention, &mut *backward), tp_reduce, &mut layer_done)?;
             phases.backward_s += clock(be, t0)?;
             phases.take_comm(comm, 1)?;
         }
         let t0 = Instant::now();
-        if let Some(g) = grad_comm {
-            self.reduce_grads(g)?;
+        match (overlapped, grad_comm) {
+            (Some(g), _) => g.finish_reductions()?,
+            (None, Some(g)) => self.reduce_grads(g)?,
+            (None, None) => {}
         }
         phases.grad_reduce_s = clock(be, t0)?;
         phases.take_comm(comm, 2)?;

@@ -95,6 +95,7 @@ impl CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cuda::kernels::declared_scalars;
 
     fn span(row0: usize, len: usize) -> Span {
         Span { row0, len, pos0: row0 }
@@ -110,6 +111,8 @@ mod tests {
         assert_eq!((a.geometry.grid, b.geometry.grid), ((1563, 32, 1), (18, 8, 1)));
         let (k, f, shared) = flash(gqa, span(0, 100), span(0, 130), true, 0.5).unwrap();
         assert_eq!((k, f.scalars.values.len(), shared), ("flash_backward_d128_bf16", 10, 79_360));
+        // The entry points are macro-made: the shared body's signature is what they forward to.
+        assert_eq!(declared_scalars("flash_backward"), 10);
         assert_eq!(f.geometry.grid, (3, 8, 1));
     }
 

@@ -202,15 +202,7 @@ impl Backward for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cuda::kernels::SOURCES;
-
-    /// The scalar (non-pointer) parameters a kernel's source declares.
-    fn declared_scalars(kernel: &str) -> usize {
-        let src = SOURCES.iter().map(|k| k.source).collect::<String>();
-        let at = src.find(&format!(" {kernel}(")).unwrap_or_else(|| panic!("{kernel} is defined"));
-        let sig = &src[at..at + src[at..].find(')').unwrap()];
-        sig.split(',').filter(|p| !p.contains('*')).count()
-    }
+    use crate::backend::cuda::kernels::declared_scalars;
 
     #[test]
     fn each_backward_launcher_pushes_as_many_scalars_as_its_kernel_declares() {

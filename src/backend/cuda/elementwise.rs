@@ -284,15 +284,7 @@ impl CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cuda::kernels::SOURCES;
-
-    /// The scalars a launcher pushes, as the kernel's signature declares them after its buffers.
-    fn declared_scalars(kernel: &str) -> usize {
-        let src = SOURCES.iter().map(|k| k.source).collect::<String>();
-        let at = src.find(&format!(" {kernel}(")).unwrap_or_else(|| panic!("{kernel} is defined"));
-        let sig = &src[at..at + src[at..].find(')').unwrap()];
-        sig.split(',').filter(|p| !p.contains('*')).count()
-    }
+    use crate::backend::cuda::kernels::declared_scalars;
 
     #[test]
     fn each_launcher_pushes_as_many_scalars_as_its_kernel_declares() {

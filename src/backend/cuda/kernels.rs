@@ -114,6 +114,16 @@ pub const SOURCES: &[KernelSource] = &[
     },
 ];
 
+/// The scalars a launcher pushes, as the kernel's signature declares them after its buffers (the
+/// launchers' tests hold each launcher to its kernel's source).
+#[cfg(test)]
+pub(crate) fn declared_scalars(kernel: &str) -> usize {
+    let src = SOURCES.iter().map(|k| k.source).collect::<String>();
+    let at = src.find(&format!(" {kernel}(")).unwrap_or_else(|| panic!("{kernel} is defined"));
+    let sig = &src[at..at + src[at..].find(')').unwrap()];
+    sig.split(',').filter(|p| !p.contains('*')).count()
+}
+
 /// The architectures CI compiles for: Ampere and up, and Hopper with its arch-specific features.
 pub const CHECKED_ARCHS: &[&str] = &["sm_80", "sm_90a"];
 

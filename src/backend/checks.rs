@@ -219,6 +219,19 @@ pub fn rms_norm_backward(x: &impl Matrix, gain: &impl Matrix, dy: &impl Matrix, 
     Ok(())
 }
 
+/// `copy_acc`: as wide, and `dst` holds `src`'s rows.
+pub fn copy_acc(src: &impl Matrix, dst: &impl Matrix) -> Result<()> {
+    ensure!(
+        src.cols() == dst.cols() && src.rows() <= dst.capacity_rows(),
+        "copy_acc: [{}, {}] into [{}, {}]",
+        src.rows(),
+        src.cols(),
+        dst.capacity_rows(),
+        dst.cols()
+    );
+    Ok(())
+}
+
 /// `attention_backward_delta`: o and dO of one shape, delta [rows, heads].
 pub fn attention_backward_delta(o: &impl Matrix, d_o: &impl Matrix, heads: usize, delta: &impl Matrix) -> Result<()> {
     add(o, d_o)?;

@@ -230,14 +230,7 @@ impl Backward for CpuBackend {
     }
 
     fn copy_acc(&self, src: &HostMat<f32>, dst: &mut HostMat<f32>) -> Result<()> {
-        ensure!(
-            src.cols() == dst.cols() && src.rows() <= dst.capacity_rows(),
-            "copy_acc: [{}, {}] into [{}, {}]",
-            src.rows(),
-            src.cols(),
-            dst.capacity_rows(),
-            dst.cols()
-        );
+        checks::copy_acc(src, dst)?;
         dst.set_rows(src.rows());
         dst.as_mut_slice().copy_from_slice(src.as_slice());
         Ok(())

@@ -6,7 +6,7 @@
 //! sum is stored in BF16; for the flash backward kernel, which rounds P and dS to BF16, 2^-8 of
 //! its terms' magnitudes more.
 
-use super::case::{act, poisoned, values, Output, Tolerance};
+use super::case::{act, poisoned, ring_calls, values, Output, Tolerance};
 use crate::backend::cuda::device::AttentionKernel;
 use crate::backend::{bf16_ulp, Backend, Backward, Heads, Span};
 use anyhow::Result;
@@ -380,14 +380,7 @@ pub fn steps() -> Vec<(String, Step)> {
     .enumerate()
     {
         let heads = Heads { heads: nh, kv_heads: nkv, head_dim: hd };
-        let split = rows / 2;
-        let q = Span { row0: split, len: rows - split, pos0: 1000 + split };
-        let diagonal = (q, Span { row0: split, len: rows - split, pos0: 1000 + split });
-        let calls = if rows == 1 {
-            [diagonal, (q, Span { row0: 0, len: 0, pos0: 0 })]
-        } else {
-            [(q, Span { row0: 0, len: split, pos0: 1000 }), diagonal]
-        };
+        let calls = ring_calls(rows);
         let s = 200 + 3 * i as u64;
         let (qv, kv, d_o) = (
             values(s, rows * heads.width(), 3.0),

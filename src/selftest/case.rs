@@ -1,7 +1,7 @@
 //! What every selftest case shares: an op's output on the host, the tolerances a GPU result is
 //! held to, seeded inputs, and buffers made from host data or poisoned with NaN.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Span};
 use crate::generator::uniform;
 use anyhow::Result;
 use half::bf16;
@@ -42,6 +42,15 @@ pub(crate) fn values(seed: u64, n: usize, scale: f32) -> Vec<bf16> {
 }
 
 pub(crate) const POISON_BF16: bf16 = bf16::NAN;
+
+/// An attention case's two calls (query span, key span) as a ring delivers them: the queries (the
+/// last rows - rows / 2 rows, at positions from 1000 + rows / 2) against the keys before them
+/// (unmasked), then against the diagonal (their own rows). At one row the first has no keys.
+pub(crate) fn ring_calls(rows: usize) -> [(Span, Span); 2] {
+    let split = rows / 2;
+    let q = Span { row0: split, len: rows - split, pos0: 1000 + split };
+    [(q, Span { row0: 0, len: split, pos0: 1000 }), (q, Span { row0: split, len: rows - split, pos0: 1000 + split })]
+}
 
 pub(crate) fn act<B: Backend>(be: &B, rows: usize, cols: usize, data: &[bf16]) -> Result<B::Act> {
     let mut a = be.alloc_act(rows, cols)?;

@@ -13,7 +13,7 @@ pub mod backward;
 pub mod case;
 pub mod comm;
 
-pub(crate) use case::{act, poisoned, values, POISON_BF16};
+pub(crate) use case::{act, poisoned, ring_calls, values, POISON_BF16};
 pub use case::{Output, Tolerance};
 
 /// One op with its inputs (host data) and shapes.
@@ -348,12 +348,8 @@ pub fn steps(kernel: AttentionKernel) -> Vec<(String, Tolerance, Step)> {
     {
         let heads = Heads { heads: nh, kv_heads: nkv, head_dim: hd };
         let w = heads.width();
-        // Queries are the last part of the rows, keys come in two blocks: one before them
-        // (unmasked), one overlapping them (the diagonal), as a ring delivers them.
-        let split = rows / 2;
-        let q = Span { row0: split, len: rows - split, pos0: 1000 + split };
-        let first = (q, Span { row0: 0, len: split, pos0: 1000 });
-        let second = (q, Span { row0: split, len: rows - split, pos0: 1000 + split });
+        // At one row the diagonal twice, so that the merge into a non-empty state runs there too.
+        let [first, second] = ring_calls(rows);
         let (first, second) = if rows == 1 { (second, second) } else { (first, second) };
         let kv = values(80 + i as u64, rows * 2 * heads.kv_width(), 3.0);
         let kv_label = if nkv == nh { String::new() } else { format!(" ({nkv} K/V)") };

@@ -12,21 +12,7 @@
 #include <functional>
 #include <vector>
 
-struct Span {
-    int row0, len, pos0;
-};
-
-struct Case {
-    const char* name;
-    int d, heads, rows;
-    Span q, first, second;
-    bool causal;
-    int kv_heads; // 0: one per query head (multi-head attention)
-    int kvh() const { return kv_heads ? kv_heads : heads; }
-};
-
-using Bf16s = std::vector<__nv_bfloat16>;
-using Floats = std::vector<float>;
+#include "cases.h"
 
 // A kernel under test: its label, whether it is a flash kernel (P rounded to BF16; its cases are
 // dumped for the twin, whose key tile is `tile`), its query rows per block, and one call of it:

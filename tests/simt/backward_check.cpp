@@ -19,21 +19,7 @@
 
 #include <stdio.h>
 
-struct Span {
-    int row0, len, pos0;
-};
-
-struct Case {
-    const char* name;
-    int d, heads, rows;
-    Span q, first, second;
-    bool causal;
-    int kv_heads; // 0: one per query head
-    int kvh() const { return kv_heads ? kv_heads : heads; }
-};
-
-using Bf16s = std::vector<__nv_bfloat16>;
-using Floats = std::vector<float>;
+#include "cases.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 static float uniform(float scale) { // in [-scale, scale), BF16-exact

@@ -181,14 +181,7 @@ impl Backward for CudaBackend {
     }
 
     fn copy_acc(&self, src: &DevMat<f32>, dst: &mut DevMat<f32>) -> Result<()> {
-        ensure!(
-            src.cols() == dst.cols() && src.rows() <= dst.capacity_rows(),
-            "copy_acc: [{}, {}] into [{}, {}]",
-            src.rows(),
-            src.cols(),
-            dst.capacity_rows(),
-            dst.cols()
-        );
+        checks::copy_acc(src, dst)?;
         dst.set_rows(src.rows());
         let n = src.len();
         if n == 0 {
